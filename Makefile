@@ -1,0 +1,43 @@
+# Charge-point controller: build, test, simulate, deploy.
+# `make test` and `make sim` set up everything they need on a fresh Debian machine.
+
+PY      := .venv/bin/python
+MPY     := .venv/bin/micropython
+PORT    ?= /dev/ttyUSB0
+STAMP   := build/.setup
+
+.PHONY: all setup test sim bench check deploy repl clean
+
+all: test
+
+$(STAMP): requirements.txt tools/setup.sh
+	./tools/setup.sh
+	@mkdir -p build && touch $(STAMP)
+
+setup: $(STAMP)
+
+# Everything: mpy-cross over the device files, pytest on CPython, the unit tests on the
+# MicroPython unix port; ends with one SUMMARY line. TESTS=tests/unit/test_x.py narrows it.
+test: $(STAMP)
+	$(PY) tests/run_all.py $(TESTS)
+
+# The firmware on the unix port against the pilot-signal simulator, a simulated meter and
+# (when installed) a real mosquitto, playing the default charging session.
+sim: $(STAMP)
+	$(PY) -m tools.pilotsim demo
+
+bench: $(STAMP)
+	$(PY) -m tools.bench
+
+# mpy-cross over every device file; the last line is the total .mpy size.
+check: $(STAMP)
+	$(PY) -m tools.deploy check
+
+deploy: $(STAMP)
+	$(PY) -m tools.deploy deploy --port $(PORT)
+
+repl: $(STAMP)
+	.venv/bin/mpremote connect $(PORT) repl
+
+clean:
+	rm -rf build

@@ -1,0 +1,9 @@
+# pytest configuration shared by all tests: the project root and the fake ESP32 modules
+# (machine, esp32, network) are importable, as they are on the unix port's MICROPYPATH.
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+for p in (ROOT, os.path.join(ROOT, "tests", "fakes")):
+    if p not in sys.path:
+        sys.path.insert(0, p)

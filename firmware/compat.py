@@ -1,0 +1,48 @@
+"""The few MicroPython built-ins the core needs, with stand-ins where they differ.
+
+Ticks wrap at 2**30 everywhere, as on the ESP32: on the device the built-ins already do;
+on CPython (which has none) and on the unix port (whose period is far longer) this module
+supplies functions that wrap at 2**30, so wraparound bugs show up in host tests instead of
+after 12.4 days in the field.
+"""
+import sys
+
+IS_MICROPYTHON = sys.implementation.name == "micropython"
+
+TICKS_PERIOD = 1 << 30
+TICKS_MAX = TICKS_PERIOD - 1
+_TICKS_HALF = TICKS_PERIOD // 2
+
+try:
+    from micropython import const  # noqa: F401
+except ImportError:
+    def const(value):
+        return value
+
+try:
+    import time as _time
+    _native = _time.ticks_add(TICKS_MAX, 1) == 0
+except AttributeError:
+    _native = False
+
+if _native:
+    from time import ticks_ms, ticks_add, ticks_diff, sleep_ms  # noqa: F401
+else:
+    if IS_MICROPYTHON:
+        def ticks_ms():
+            return _time.ticks_ms() & TICKS_MAX
+
+        sleep_ms = _time.sleep_ms
+    else:
+        def ticks_ms():
+            return int(_time.monotonic() * 1000) & TICKS_MAX
+
+        def sleep_ms(ms):
+            _time.sleep(ms / 1000)
+
+    def ticks_add(ticks, delta):
+        return (ticks + delta) & TICKS_MAX
+
+    def ticks_diff(end, start):
+        # Signed difference in [-2**29, 2**29), as on the device.
+        return ((end - start + _TICKS_HALF) & TICKS_MAX) - _TICKS_HALF

@@ -1,0 +1,203 @@
+"""Station configuration: one schema, validated on every change.
+
+Every key has a default, a type (taken from the default), a range (ints), a length or a list
+of allowed values (strings), and flags. A change is validated in full before anything is
+applied, so a bad value changes nothing. Secrets are never echoed: `public()` masks them.
+
+Numbers are integers in the units their names say (_ma milliamps, _ms milliseconds,
+_dc tenths of a degree Celsius, _minor minor currency units), because floats on the ESP32
+are 32-bit and allocate.
+
+Modules that own a group of keys document them beside the code that uses them; the schema
+lives here so that the MQTT `config` command, the REPL `set()` and boot all validate alike.
+"""
+import json
+
+SECRET = 1   # never published or printed
+REBOOT = 2   # takes effect after a reboot
+
+_MASK = "***"
+
+# key: (default, low, high, flags)
+#   int:  low/high are the inclusive range
+#   bool: low/high unused (None)
+#   str:  a tuple in `low` lists the allowed values; otherwise low/high bound the length
+SCHEMA = {
+    # -- station identity -------------------------------------------------------------
+    "station_id": ("cp-0001", 1, 64, REBOOT),
+    "connector_id": (1, 1, 8, REBOOT),
+
+    # -- charge controller (firmware/charger.py) ---------------------------------------
+    # Site/installation limit; the effective limit is the minimum of this, the cable
+    # rating, the backend limit, thermal derating and the comms-loss fallback.
+    "max_current_ma": (32000, 6000, 80000, 0),
+    "phases": (3, 1, 3, 0),
+    "ventilation_supported": (False, None, None, 0),   # state D allowed only when True
+    "wake_up_enabled": (True, None, None, 0),
+    "wake_up_after_ms": (30000, 5000, 600000, 0),
+    # Over-current: stop when the EV draws more than offered + margin for longer than grace.
+    "overcurrent_margin_ma": (5000, 500, 20000, 0),
+    "overcurrent_grace_ms": (5000, 1000, 60000, 0),
+    # Over-temperature (tenths of a degree C): halve / restore / quarter / stop.
+    "temp_derate_dc": (650, 300, 1200, 0),
+    "temp_restore_dc": (620, 300, 1200, 0),
+    "temp_quarter_dc": (680, 300, 1200, 0),
+    "temp_stop_dc": (710, 300, 1200, 0),
+    "rcd_selftest": (True, None, None, 0),
+    "rcd_selftest_timeout_ms": (500, 100, 5000, 0),
+    "welded_check_ms": (1000, 200, 5000, 0),
+    "contactor_close_timeout_ms": (1000, 100, 5000, 0),
+    "b_to_c_debounce_ms": (500, 0, 3000, 0),
+    "fault_hold_ms": (300, 300, 10000, 0),
+    "pwm_off_open_ms": (6000, 3000, 6000, 0),
+    "lock_enabled": (False, None, None, 0),
+
+    # -- energy meter (firmware/meter_service.py) --------------------------------------
+    "meter_map": ("sdm630", 1, 32, 0),
+    "meter_custom_map": ("", 0, 1024, 0),
+    "meter_addr": (1, 1, 247, 0),
+    "meter_baud": (9600, 1200, 115200, REBOOT),
+    "meter_parity": ("N", ("N", "E", "O"), None, REBOOT),
+    "meter_poll_ms": (1000, 200, 60000, 0),
+    "meter_timeout_ms": (300, 50, 2000, 0),
+    "meter_retries": (1, 0, 5, 0),
+    "meter_stale_after": (3, 1, 20, 0),
+    "meter_max_power_w": (50000, 1000, 200000, 0),
+
+    # -- backend link (firmware/mqtt_link.py) ------------------------------------------
+    "mqtt_host": ("", 0, 128, REBOOT),
+    "mqtt_port": (1883, 1, 65535, REBOOT),
+    "mqtt_prefix": ("cp", 1, 32, REBOOT),
+    "mqtt_user": ("", 0, 64, REBOOT),
+    "mqtt_password": ("", 0, 128, SECRET | REBOOT),
+    "mqtt_tls": (False, None, None, REBOOT),
+    "mqtt_ca_file": ("", 0, 64, REBOOT),
+    "mqtt_cert_file": ("", 0, 64, REBOOT),
+    "mqtt_key_file": ("", 0, 64, SECRET | REBOOT),
+    "mqtt_keepalive_s": (60, 10, 1200, REBOOT),
+    "telemetry_interval_s": (60, 5, 3600, 0),
+    "telemetry_deadband_w": (500, 0, 50000, 0),
+    "comms_loss_timeout_s": (300, 10, 86400, 0),
+    "comms_fallback_ma": (0, 0, 80000, 0),    # 0 = pause while the backend is unreachable
+
+    # -- network (drivers) ------------------------------------------------------------
+    "wifi_ssid": ("", 0, 32, REBOOT),
+    "wifi_password": ("", 0, 64, SECRET | REBOOT),
+
+    # -- authorization and tariff (firmware/auth.py, firmware/tariff.py) -------------------
+    "auth_mode": ("free", ("free", "backend", "local"), None, 0),
+    "offline_policy": ("local_list", ("local_list", "allow_all", "deny"), None, 0),
+    "tariff_id": ("default", 1, 32, 0),
+    "currency": ("EUR", 3, 3, 0),
+    "price_per_kwh_minor": (0, 0, 100000, 0),
+    "price_per_min_charging_minor": (0, 0, 100000, 0),
+    "price_per_min_idle_minor": (0, 0, 100000, 0),
+    "idle_grace_min": (0, 0, 1440, 0),
+    "session_fee_minor": (0, 0, 100000, 0),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(key, value):
+    """Return `value` normalised for `key`, or raise ConfigError with the reason."""
+    spec = SCHEMA.get(key)
+    if spec is None:
+        raise ConfigError("%s: unknown key" % key)
+    default, low, high, _flags = spec
+    if isinstance(default, bool):
+        if value is True or value is False:
+            return value
+        raise ConfigError("%s: expected true or false" % key)
+    if isinstance(default, int):
+        # bool is not an int here: `true` for a current is a mistake, not 1 mA.
+        if value is True or value is False or not isinstance(value, int):
+            raise ConfigError("%s: expected an integer" % key)
+        if value < low or value > high:
+            raise ConfigError("%s: %d out of range %d..%d" % (key, value, low, high))
+        return value
+    if not isinstance(value, str):
+        raise ConfigError("%s: expected a string" % key)
+    if isinstance(low, tuple):
+        if value not in low:
+            raise ConfigError("%s: must be one of %s" % (key, ", ".join(low)))
+        return value
+    if len(value) < low or len(value) > high:
+        raise ConfigError("%s: length must be %d..%d" % (key, low, high))
+    return value
+
+
+def is_secret(key):
+    spec = SCHEMA.get(key)
+    return spec is not None and bool(spec[3] & SECRET)
+
+
+def needs_reboot(key):
+    spec = SCHEMA.get(key)
+    return spec is not None and bool(spec[3] & REBOOT)
+
+
+def _check_relations(values):
+    # Cross-key rules that single-key ranges cannot express.
+    if not (values["temp_restore_dc"] < values["temp_derate_dc"]
+            <= values["temp_quarter_dc"] <= values["temp_stop_dc"]):
+        raise ConfigError("temperatures: need restore < derate <= quarter <= stop")
+    if values["comms_fallback_ma"] and values["comms_fallback_ma"] < 6000:
+        raise ConfigError("comms_fallback_ma: 0 (pause) or 6000..80000")
+
+
+class Config:
+    def __init__(self, values=None):
+        self._values = {}
+        for key in SCHEMA:
+            self._values[key] = SCHEMA[key][0]
+        if values:
+            self.update(values)
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def get(self, key, default=None):
+        return self._values.get(key, default)
+
+    def update(self, changes):
+        """Validate every change, then apply all or none. Returns the keys that changed."""
+        if not isinstance(changes, dict):
+            raise ConfigError("config: expected an object")
+        candidate = dict(self._values)
+        for key in changes:
+            candidate[key] = validate(key, changes[key])
+        _check_relations(candidate)
+        changed = [k for k in changes if self._values[k] != candidate[k]]
+        self._values = candidate
+        return changed
+
+    def set(self, key, value):
+        return self.update({key: value})
+
+    def public(self, keys=None):
+        """The values safe to show an operator: secrets masked (or empty when unset)."""
+        out = {}
+        for key in keys or SCHEMA:
+            if key not in SCHEMA:
+                raise ConfigError("%s: unknown key" % key)
+            value = self._values[key]
+            out[key] = (_MASK if value else "") if is_secret(key) else value
+        return out
+
+    def changed_from_defaults(self):
+        return {k: v for k, v in self._values.items() if v != SCHEMA[k][0]}
+
+    def to_json(self):
+        # Only what differs from the defaults is stored, so new firmware defaults apply.
+        return json.dumps(self.changed_from_defaults())
+
+    @classmethod
+    def from_json(cls, text):
+        try:
+            values = json.loads(text)
+        except ValueError:
+            raise ConfigError("config: stored file is not valid JSON")
+        return cls(values)
