@@ -1,0 +1,37 @@
+"""docs/faults.md must show exactly the fault table in firmware/faults.py."""
+import subprocess
+import sys
+
+from firmware import faults
+from tools import gen_faults_doc
+
+
+def _doc():
+    with open(gen_faults_doc.DOC) as fh:
+        return fh.read()
+
+
+def test_doc_matches_the_table():
+    text = _doc()
+    assert gen_faults_doc.render(text) == text, \
+        "docs/faults.md is out of date: run python -m tools.gen_faults_doc"
+
+
+def test_every_fault_is_documented():
+    text = _doc()
+    for f in faults.FAULTS:
+        assert "| %d | %s |" % (f.code, f.name) in text
+        assert f.ocpp in text
+
+
+def test_check_detects_a_changed_row(monkeypatch):
+    text = _doc()
+    row = faults.FAULTS[0]
+    monkeypatch.setattr(row, "text", row.text + " Changed.")
+    assert gen_faults_doc.render(text) != text
+
+
+def test_check_command_exits_zero_when_equal():
+    r = subprocess.run([sys.executable, "-m", "tools.gen_faults_doc", "--check"],
+                       cwd=gen_faults_doc.ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
