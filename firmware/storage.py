@@ -1,0 +1,446 @@
+"""Crash-safe files on flash: whole files replaced atomically, and append-only journals.
+
+The station loses power whenever the site does, so every file must read back as either
+its old or its new contents, and a record that was reported written must stay written.
+
+Store.write_atomic(name, data) writes `name.tmp`, flushes it to the medium, closes it and
+renames it over `name`. The file starts with a header (magic, length, CRC-32), so a torn,
+truncated or bit-flipped copy is recognised rather than parsed:
+  - `name` intact            -> it is the value; a leftover `name.tmp` is a write that never
+                                finished (rolled back) and is removed.
+  - `name` missing or broken,
+    `name.tmp` intact        -> the crash fell between removing the old file and the rename
+                                (FAT renames over an existing file that way): rolled forward.
+  - neither intact           -> StorageError; missing both -> None.
+
+Journal(store, name) is an append-only file of framed records:
+    0xA5, kind ('R' record / 'C' commit), length (u16 big-endian), CRC-32 (u32 big-endian)
+    over kind + length + payload, then the payload.
+An append is one write and one flush. At the first use after boot the journal is scanned:
+a torn tail (the append that was in flight when power failed) is dropped and cut away by an
+atomic rewrite; a damaged record inside the file (flash corruption, not a power cut) is
+skipped and the next valid frame is found by its magic and CRC, so nothing else is lost.
+rewrite() writes `name.tmp` ending in a commit frame and renames it over the journal; a
+temp file without its commit frame is never promoted.
+
+Durability per platform:
+  - littlefs (the ESP32's default): a file's data and size are committed by flush()
+    (lfs_file_sync) and by close(); rename() is atomic. MicroPython has no os.fsync, so
+    flush + close is the commit point there; os.sync() is called where the port has it.
+  - POSIX (unix port, CPython on the host): flush + os.fsync on CPython; the unix port
+    has no fsync, which only matters on a host power loss, not for the tests.
+  - FAT: rename over an existing file is remove + rename; read() rolls forward (above).
+
+Nothing here is for the control tick: every call does file I/O and allocates.
+"""
+import struct
+from binascii import crc32
+
+try:
+    import os
+except ImportError:  # pragma: no cover - every port has os; kept for frozen minimal builds
+    os = None
+
+try:
+    from errno import ENOENT, EEXIST
+except ImportError:  # pragma: no cover
+    ENOENT = 2
+    EEXIST = 17
+
+from firmware.compat import const
+
+_FILE_MAGIC = b"CPF1"
+_FILE_HDR = const(12)                 # magic(4) + length u32 + crc32 u32
+_REC_MAGIC = const(0xA5)
+_KIND_RECORD = const(0x52)            # 'R'
+_KIND_COMMIT = const(0x43)            # 'C'
+_REC_HDR = const(8)                   # magic, kind, length u16, crc32 u32
+MAX_RECORD = 65535                    # a record's payload, bytes (u16 length field)
+_SCAN_CHUNK = const(128)
+TMP_SUFFIX = ".tmp"
+
+
+class StorageError(OSError):
+    """The medium failed, or a file is damaged with no intact copy left. args[0] says which."""
+
+
+def _crc(data, value=0):
+    return crc32(data, value) & 0xFFFFFFFF
+
+
+def _errno(e):
+    code = getattr(e, "errno", None)
+    if code is None and e.args:
+        code = e.args[0]
+    return code
+
+
+def _as_bytes(data, what):
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise ValueError("%s: expected bytes, got %s" % (what, type(data).__name__))
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not name or "/" in name or name.endswith(TMP_SUFFIX) \
+            or name in (".", ".."):
+        raise ValueError("storage: bad file name %r" % (name,))
+
+
+try:
+    _fsync = os.fsync          # CPython
+except AttributeError:
+    _fsync = None
+try:
+    _os_sync = os.sync         # MicroPython ports with a block cache (FAT on SD)
+except AttributeError:
+    _os_sync = None
+
+
+class OsFs:
+    """The real filesystem: os and open(). The interface the storage layer uses; a test
+    double with the same methods can cut the power between any two of them."""
+
+    def open(self, path, mode):
+        return open(path, mode)
+
+    def sync(self, f):
+        # littlefs commits on flush; fsync is the POSIX equivalent where it exists.
+        f.flush()
+        if _fsync is not None:
+            _fsync(f.fileno())
+        elif _os_sync is not None:
+            _os_sync()
+
+    def rename(self, old, new):
+        os.rename(old, new)
+
+    def remove(self, path):
+        os.remove(path)
+
+    def stat(self, path):
+        return os.stat(path)
+
+    def listdir(self, path):
+        return os.listdir(path)
+
+    def mkdir(self, path):
+        os.mkdir(path)
+
+
+class Store:
+    """Named files in one directory, each replaced atomically and checked by CRC on read."""
+
+    def __init__(self, root, fs=None):
+        if not isinstance(root, str) or not root:
+            raise ValueError("storage: root must be a directory path")
+        self.fs = fs if fs is not None else OsFs()
+        self.root = root.rstrip("/") if root != "/" else ""
+        self._make_root()
+
+    def _make_root(self):
+        prefix = "/" if self.root.startswith("/") else ""
+        path = ""
+        for part in self.root.split("/"):
+            if not part:
+                continue
+            path = (path + "/" + part) if path else prefix + part
+            try:
+                self.fs.mkdir(path)
+            except OSError as e:
+                # An existing directory reports EEXIST (or EISDIR/EPERM on some ports).
+                if _errno(e) != EEXIST and not self._exists(path):
+                    raise StorageError("storage: cannot create %s (errno %s)" % (path, _errno(e)))
+
+    def path(self, name):
+        _check_name(name)
+        return self.root + "/" + name
+
+    # -- helpers shared with Journal -----------------------------------------------------
+    def _read_raw(self, path):
+        try:
+            f = self.fs.open(path, "rb")
+        except OSError as e:
+            if _errno(e) == ENOENT:
+                return None
+            raise StorageError("%s: cannot open (errno %s)" % (path, _errno(e)))
+        try:
+            return f.read()
+        except OSError as e:
+            raise StorageError("%s: read failed (errno %s)" % (path, _errno(e)))
+        finally:
+            f.close()
+
+    def _exists(self, path):
+        try:
+            self.fs.stat(path)
+            return True
+        except OSError:
+            return False
+
+    def _discard(self, path):
+        try:
+            self.fs.remove(path)
+        except OSError as e:
+            if _errno(e) != ENOENT:
+                raise StorageError("%s: cannot remove (errno %s)" % (path, _errno(e)))
+
+    def _replace(self, tmp, path):
+        try:
+            self.fs.rename(tmp, path)
+        except OSError as e:
+            if _errno(e) != EEXIST:
+                raise StorageError("%s: rename failed (errno %s)" % (path, _errno(e)))
+            # Filesystems that refuse to rename over a file: remove, then rename. A crash
+            # in between leaves only the complete temp file, which read() rolls forward.
+            self._discard(path)
+            try:
+                self.fs.rename(tmp, path)
+            except OSError as e2:
+                raise StorageError("%s: rename failed (errno %s)" % (path, _errno(e2)))
+
+    def _write_file(self, path, chunks):
+        # `chunks` is an iterable of bytes; all of it is on the medium when this returns.
+        try:
+            f = self.fs.open(path, "wb")
+        except OSError as e:
+            raise StorageError("%s: cannot create (errno %s)" % (path, _errno(e)))
+        try:
+            for chunk in chunks:
+                f.write(chunk)
+            self.fs.sync(f)
+        except OSError as e:
+            raise StorageError("%s: write failed (errno %s)" % (path, _errno(e)))
+        finally:
+            f.close()
+
+    # -- public --------------------------------------------------------------------------
+    def write_atomic(self, name, data):
+        """Replace `name` with `data` (bytes): afterwards a reader sees the old or the new
+        contents in full, whatever moment the power fails."""
+        path = self.path(name)
+        data = _as_bytes(data, name)
+        header = _FILE_MAGIC + struct.pack(">II", len(data), _crc(data))
+        tmp = path + TMP_SUFFIX
+        self._write_file(tmp, (header, data))
+        self._replace(tmp, path)
+
+    def read(self, name):
+        """The contents last written by write_atomic, or None when there are none.
+        Raises StorageError when the file is damaged and no intact copy exists."""
+        path = self.path(name)
+        tmp = path + TMP_SUFFIX
+        raw = self._read_raw(path)
+        if raw is not None:
+            data = _unframe_file(raw)
+            if data is not None:
+                if self._exists(tmp):
+                    self._discard(tmp)     # an unfinished write: rolled back
+                return data
+        tmp_raw = self._read_raw(tmp)
+        if tmp_raw is not None:
+            data = _unframe_file(tmp_raw)
+            if data is not None:
+                self._replace(tmp, path)   # the old copy is gone: roll forward
+                return data
+            self._discard(tmp)
+        if raw is not None:
+            raise StorageError("%s: damaged (bad header or CRC) and no intact copy" % name)
+        return None
+
+    def remove(self, name):
+        """Delete `name` (and any unfinished write of it). Missing is not an error."""
+        path = self.path(name)
+        self._discard(path + TMP_SUFFIX)
+        self._discard(path)
+
+    def exists(self, name):
+        path = self.path(name)
+        return self._exists(path) or self._exists(path + TMP_SUFFIX)
+
+    def size(self, name):
+        """Bytes on the medium (0 when missing)."""
+        try:
+            return self.fs.stat(self.path(name))[6]
+        except OSError:
+            return 0
+
+    def names(self):
+        """Stored names (temp files excluded)."""
+        try:
+            entries = self.fs.listdir(self.root or "/")
+        except OSError as e:
+            raise StorageError("%s: cannot list (errno %s)" % (self.root, _errno(e)))
+        return [n for n in entries if not n.endswith(TMP_SUFFIX)]
+
+
+def _unframe_file(raw):
+    if len(raw) < _FILE_HDR or raw[:4] != _FILE_MAGIC:
+        return None
+    length, crc = struct.unpack(">II", raw[4:_FILE_HDR])
+    data = raw[_FILE_HDR:]
+    if len(data) != length or _crc(data) != crc:
+        return None
+    return data
+
+
+def _frame(kind, payload):
+    head = struct.pack(">BH", kind, len(payload))
+    return struct.pack(">B", _REC_MAGIC) + head + struct.pack(">I", _crc(payload, _crc(head))) + payload
+
+
+class Journal:
+    """Append-only records with a CRC each; see the module docstring for the format."""
+
+    def __init__(self, store, name):
+        self.store = store
+        self.name = name
+        self.path = store.path(name)
+        self.tmp = self.path + TMP_SUFFIX
+        self._ready = False
+        self.dropped_bytes = 0     # damaged bytes cut away at the last recovery
+        self.tail_torn = False     # the last recovery found a torn tail
+
+    # -- reading -------------------------------------------------------------------------
+    def _parse_at(self, f, pos):
+        """(kind, payload, next_pos) for a valid frame at pos, else None."""
+        f.seek(pos)
+        head = f.read(_REC_HDR)
+        if len(head) < _REC_HDR or head[0] != _REC_MAGIC:
+            return None
+        kind, length, crc = struct.unpack(">BHI", head[1:])
+        if kind != _KIND_RECORD and kind != _KIND_COMMIT:
+            return None
+        payload = f.read(length) if length else b""
+        if len(payload) < length or _crc(payload, _crc(head[1:4])) != crc:
+            return None
+        return kind, payload, pos + _REC_HDR + length
+
+    def _next_magic(self, f, pos):
+        while True:
+            f.seek(pos)
+            chunk = f.read(_SCAN_CHUNK)
+            if not chunk:
+                return -1
+            i = chunk.find(b"\xa5")
+            if i >= 0:
+                return pos + i
+            pos += len(chunk)
+
+    def _frames(self, path, stats=None):
+        """Yield (kind, payload) of every valid frame in `path`; damaged stretches are
+        skipped. `stats` (a list [junk_bytes, torn_tail]) is filled in when given."""
+        try:
+            f = self.store.fs.open(path, "rb")
+        except OSError as e:
+            if _errno(e) == ENOENT:
+                return
+            raise StorageError("%s: cannot open (errno %s)" % (self.name, _errno(e)))
+        try:
+            pos = 0
+            while True:
+                rec = self._parse_at(f, pos)
+                if rec is None:
+                    f.seek(pos)
+                    if not f.read(1):
+                        return                   # clean end of file
+                    bad = pos
+                    q = self._next_magic(f, pos + 1)
+                    while q >= 0:
+                        rec = self._parse_at(f, q)
+                        if rec is not None:
+                            break
+                        q = self._next_magic(f, q + 1)
+                    if rec is None:
+                        if stats is not None:
+                            f.seek(0, 2)
+                            stats[0] += f.tell() - bad
+                            stats[1] = True
+                        return
+                    if stats is not None:
+                        stats[0] += q - bad
+                yield rec[0], rec[1]
+                pos = rec[2]
+        except OSError as e:
+            raise StorageError("%s: read failed (errno %s)" % (self.name, _errno(e)))
+        finally:
+            f.close()
+
+    def _has_commit(self, path):
+        last = None
+        for kind, _payload in self._frames(path):
+            last = kind
+        return last == _KIND_COMMIT
+
+    def _recover(self):
+        if self._ready:
+            return
+        st = self.store
+        if st._exists(self.tmp):
+            if st._exists(self.path) or not self._has_commit(self.tmp):
+                st._discard(self.tmp)            # an unfinished rewrite: the old file stands
+            else:
+                st._replace(self.tmp, self.path)  # removed old, crashed before rename
+        stats = [0, False]
+        for _frame_ in self._frames(self.path, stats):
+            pass
+        self.dropped_bytes = stats[0]
+        self.tail_torn = stats[1]
+        if stats[0]:
+            # Cut the damage away so later appends follow a clean record boundary.
+            self._swap((p for k, p in self._frames(self.path) if k == _KIND_RECORD))
+        self._ready = True
+
+    def records(self):
+        """Yield each record's payload in order (streamed: one record in memory at a time)."""
+        self._recover()
+        for kind, payload in self._frames(self.path):
+            if kind == _KIND_RECORD:
+                yield payload
+
+    def replay(self):
+        """Every record's payload, in order. The first call after boot drops a torn tail."""
+        return list(self.records())
+
+    # -- writing -------------------------------------------------------------------------
+    def append(self, payload):
+        """Add one record; it is on the medium when this returns."""
+        payload = _as_bytes(payload, self.name)
+        if len(payload) > MAX_RECORD:
+            raise ValueError("%s: record of %d bytes exceeds %d" % (self.name, len(payload), MAX_RECORD))
+        self._recover()
+        frame = _frame(_KIND_RECORD, payload)
+        fs = self.store.fs
+        try:
+            f = fs.open(self.path, "ab")
+        except OSError as e:
+            raise StorageError("%s: cannot open for append (errno %s)" % (self.name, _errno(e)))
+        try:
+            f.write(frame)
+            fs.sync(f)
+        except OSError as e:
+            self._ready = False      # a partial frame may be on disk: rescan before the next append
+            raise StorageError("%s: append failed (errno %s)" % (self.name, _errno(e)))
+        finally:
+            f.close()
+
+    def _swap(self, payloads):
+        def chunks():
+            for p in payloads:
+                p = _as_bytes(p, self.name)
+                if len(p) > MAX_RECORD:
+                    raise ValueError("%s: record of %d bytes exceeds %d" % (self.name, len(p), MAX_RECORD))
+                yield _frame(_KIND_RECORD, p)
+            yield _frame(_KIND_COMMIT, b"")
+        self.store._write_file(self.tmp, chunks())
+        self.store._replace(self.tmp, self.path)
+
+    def rewrite(self, payloads):
+        """Replace the whole journal with `payloads` (an iterable of bytes, which may stream
+        from this journal's own records()) in one atomic step."""
+        self._recover()
+        self._swap(payloads)
+
+    def size(self):
+        """Bytes on the medium."""
+        return self.store.size(self.name)
