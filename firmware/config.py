@@ -51,9 +51,17 @@ SCHEMA = {
     "fault_hold_ms": (300, 300, 10000, 0),
     "pwm_off_open_ms": (6000, 3000, 6000, 0),
     "lock_enabled": (False, None, None, 0),
+    "lock_timeout_ms": (1000, 200, 5000, 0),          # lock feedback must confirm within
+    "pilot_confirm_n": (2, 1, 5, 0),                  # equal CP readings to accept a level
+    "duty_update_interval_ms": (5000, 0, 60000, 0),   # min time between current increases
+    "socket_outlet": (True, None, None, 0),           # True: PP codes the cable rating
+    "temp_sensor_required": (False, None, None, 0),   # True: no reading blocks charging
+    "wake_up_pilot": ("x1", ("x1", "F"), None, 0),    # wake-up: steady +12 V or -12 V
+    "wake_up_hold_ms": (3000, 1000, 10000, 0),        # how long the wake-up level is held
+    "rcd_selftest_period_ms": (86400000, 3600000, 86400000, 0),  # re-test when idle this long
 
     # -- energy meter (firmware/meter_service.py) --------------------------------------
-    "meter_map": ("sdm630", 1, 32, 0),
+    "meter_map": ("sdm630", ("sdm630", "sdm120", "sdm230", "abb_b23", "em340", "eem350", "orno_we516", "custom"), None, 0),
     "meter_custom_map": ("", 0, 1024, 0),
     "meter_addr": (1, 1, 247, 0),
     "meter_baud": (9600, 1200, 115200, REBOOT),
@@ -94,6 +102,11 @@ SCHEMA = {
     "price_per_min_idle_minor": (0, 0, 100000, 0),
     "idle_grace_min": (0, 0, 1440, 0),
     "session_fee_minor": (0, 0, 100000, 0),
+    "auth_list_max": (250, 1, 2000, 0),                # local allow-list entries (RAM, flash)
+    "session_checkpoint_s": (60, 10, 3600, 0),         # live session to flash at most this often
+    "session_checkpoint_wh": (100, 10, 10000, 0),      # ... or after this much energy (>= 10 s apart)
+    "counters_save_s": (60, 60, 86400, 0),             # lifetime counters to flash at most this often
+    "contactor_load_threshold_w": (100, 0, 10000, 0),  # opening above this counts as under load
 }
 
 
