@@ -1,0 +1,347 @@
+"""Scenario files: parse and validate (docs/scenarios.md is the reference).
+
+A scenario is one JSON object: settings, expectations and a list of timed steps. Parsing
+checks everything (names, types, ranges, time order) and raises ScenarioError with the
+step number and the reason, so a bad file fails before any peer or firmware starts.
+
+Runs on CPython (the orchestrator checks the file) and on the MicroPython unix port (the
+runner plays it), so it uses only what both have.
+"""
+import json
+
+MAX_DURATION_MS = 3600 * 1000
+MAX_STEPS = 500
+
+# EV actions: what the vehicle does with its plug and S2 switch, and how much it draws.
+EV_ACTIONS = ("plug", "unplug", "request", "request_ventilation", "pause", "resume", "draw")
+
+# Fault names: injected into the model, the board or a peer. Each takes "on" (default true);
+# "temperature" takes to_dc / over_ms instead.
+FAULTS = (
+    "diode_short",          # EV diode shorted: the CP's negative half mirrors the positive
+    "cp_short_pe",          # CP wire shorted to PE: state E
+    "cp_open",              # CP wire broken: the EVSE sees +12 / -12 V (like no EV)
+    "pe_loss",              # PE broken: the EV circuit and the cable's Rc float
+    "rcd_trip",             # residual-current monitor trips
+    "rcd_selftest_fail",    # residual-current monitor does not answer its test input
+    "contactor_welded",     # main contacts stay closed once closed
+    "contactor_stuck_open",  # main contacts never close
+    "meter_silent",         # the meter peer stops answering
+    "meter_garbage",        # the meter peer answers with corrupted frames
+    "ev_overdraw",          # the EV draws its wanted current whatever is offered
+    "network_stall",        # the broker path is black-holed (TCP open, nothing passes)
+    "temperature",          # temperature ramp: to_dc (0.1 C) over over_ms
+)
+
+# Backend commands are those of firmware/commands.py; their arguments are checked there.
+PEER_CHOICES = ("required", "optional", "none")
+
+_TOP_KEYS = ("name", "description", "duration_ms", "seed", "config", "ev", "front_end",
+             "broker", "meter", "start_ticks", "expect", "steps", "tick_ms")
+_EV_KEYS = ("phases", "draw_a", "cable_a", "stop_ms")
+_EXPECT_KEYS = ("faults", "states", "sequences", "energy_wh_min", "energy_wh_max",
+                "no_faults", "min_mqtt_messages", "replies_ok")
+_FRONT_KEYS = ("noise_mv",)
+_CABLES = (13, 20, 32, 63)
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+def _is_int(v):
+    return isinstance(v, int) and v is not True and v is not False
+
+
+def _int(where, v, low, high):
+    if not _is_int(v):
+        raise ScenarioError("%s: expected an integer" % where)
+    if v < low or v > high:
+        raise ScenarioError("%s: %d out of range %d..%d" % (where, v, low, high))
+    return v
+
+
+def _bool(where, v):
+    if v is True or v is False:
+        return v
+    raise ScenarioError("%s: expected true or false" % where)
+
+
+def _str(where, v, maxlen=200):
+    if not isinstance(v, str) or not v or len(v) > maxlen:
+        raise ScenarioError("%s: expected a string of 1..%d characters" % (where, maxlen))
+    return v
+
+
+def _strlist(where, v):
+    if not isinstance(v, list):
+        raise ScenarioError("%s: expected a list of strings" % where)
+    for i, s in enumerate(v):
+        _str("%s[%d]" % (where, i), s, 64)
+    return v
+
+
+def _only(where, obj, allowed):
+    if not isinstance(obj, dict):
+        raise ScenarioError("%s: expected an object" % where)
+    for k in obj:
+        if k not in allowed:
+            raise ScenarioError("%s: unknown key '%s' (known: %s)"
+                                % (where, k, ", ".join(allowed)))
+
+
+class Step:
+    """One timed action. `kind` is "ev", "fault", "backend", "meter" or "mark"."""
+
+    def __init__(self, at_ms, kind, name, args):
+        self.at_ms = at_ms
+        self.kind = kind
+        self.name = name
+        self.args = args
+
+    def __repr__(self):
+        return "Step(%d, %s, %s, %r)" % (self.at_ms, self.kind, self.name, self.args)
+
+
+class Scenario:
+    def __init__(self):
+        self.name = ""
+        self.description = ""
+        self.duration_ms = 0
+        self.seed = 1
+        self.tick_ms = 10
+        self.config = {}
+        self.phases = 3
+        self.draw_ma = 16000
+        self.cable_a = 32
+        self.stop_ms = 1000
+        self.noise_mv = 3
+        self.broker = "optional"
+        self.meter = True
+        self.start_ticks = 0
+        self.expect = {}
+        self.steps = []
+
+    def to_dict(self):
+        """The checked scenario as plain data (the runner's input)."""
+        return {
+            "name": self.name, "description": self.description,
+            "duration_ms": self.duration_ms, "seed": self.seed, "tick_ms": self.tick_ms,
+            "config": self.config, "ev": {"phases": self.phases,
+                                          "draw_a": self.draw_ma // 1000,
+                                          "cable_a": self.cable_a, "stop_ms": self.stop_ms},
+            "front_end": {"noise_mv": self.noise_mv}, "broker": self.broker,
+            "meter": self.meter, "start_ticks": self.start_ticks, "expect": self.expect,
+            "steps": [_step_dict(s) for s in self.steps],
+        }
+
+    def uses_backend(self):
+        for s in self.steps:
+            if s.kind == "backend" or (s.kind == "fault" and s.name == "network_stall"):
+                return True
+        return False
+
+
+def _step_dict(s):
+    d = {"at": s.at_ms}
+    if s.kind == "ev":
+        d["ev"] = s.name
+    elif s.kind == "fault":
+        d["fault"] = s.name
+    elif s.kind == "backend":
+        d["backend"] = s.name
+    elif s.kind == "meter":
+        d["meter"] = s.name
+    else:
+        d["mark"] = s.name
+    for k in s.args:
+        d[k] = s.args[k]
+    return d
+
+
+def _parse_step(i, raw, prev_ms, duration_ms):
+    where = "steps[%d]" % i
+    if not isinstance(raw, dict):
+        raise ScenarioError("%s: expected an object" % where)
+    if "at" in raw and "after" in raw:
+        raise ScenarioError("%s: give 'at' or 'after', not both" % where)
+    if "at" in raw:
+        at = _int(where + ".at", raw["at"], 0, MAX_DURATION_MS)
+    elif "after" in raw:
+        at = prev_ms + _int(where + ".after", raw["after"], 0, MAX_DURATION_MS)
+    else:
+        raise ScenarioError("%s: needs 'at' (ms from start) or 'after' (ms after the"
+                            " previous step)" % where)
+    if at < prev_ms:
+        raise ScenarioError("%s: at %d ms is before the previous step (%d ms): steps must"
+                            " be in time order" % (where, at, prev_ms))
+    if at > duration_ms:
+        raise ScenarioError("%s: at %d ms is after the end (duration_ms %d)"
+                            % (where, at, duration_ms))
+    kinds = [k for k in ("ev", "fault", "backend", "meter", "mark") if k in raw]
+    if len(kinds) != 1:
+        raise ScenarioError("%s: needs exactly one of ev, fault, backend, meter, mark" % where)
+    kind = kinds[0]
+    name = raw[kind]
+    args = {}
+    if kind == "ev":
+        _only(where, raw, ("at", "after", "ev", "amps"))
+        if name not in EV_ACTIONS:
+            raise ScenarioError("%s: unknown ev action '%s' (known: %s)"
+                                % (where, name, ", ".join(EV_ACTIONS)))
+        if name == "draw":
+            if "amps" not in raw:
+                raise ScenarioError("%s: draw needs 'amps'" % where)
+            args["amps"] = _int(where + ".amps", raw["amps"], 0, 80)
+        elif "amps" in raw:
+            raise ScenarioError("%s: 'amps' only goes with draw" % where)
+    elif kind == "fault":
+        if name not in FAULTS:
+            raise ScenarioError("%s: unknown fault '%s' (known: %s)"
+                                % (where, name, ", ".join(FAULTS)))
+        if name == "temperature":
+            _only(where, raw, ("at", "after", "fault", "to_dc", "over_ms"))
+            if "to_dc" not in raw:
+                raise ScenarioError("%s: temperature needs 'to_dc' (0.1 C)" % where)
+            args["to_dc"] = _int(where + ".to_dc", raw["to_dc"], -400, 1500)
+            args["over_ms"] = _int(where + ".over_ms", raw.get("over_ms", 0), 0,
+                                   MAX_DURATION_MS)
+        else:
+            _only(where, raw, ("at", "after", "fault", "on"))
+            args["on"] = _bool(where + ".on", raw.get("on", True))
+    elif kind == "backend":
+        _only(where, raw, ("at", "after", "backend", "args", "raw", "id"))
+        _str(where + ".backend", name, 32)
+        if "raw" in raw:
+            # A deliberately malformed command, sent as is: tests the firmware's rejection.
+            args["raw"] = _str(where + ".raw", raw["raw"], 1024)
+        else:
+            a = raw.get("args", {})
+            if not isinstance(a, dict):
+                raise ScenarioError("%s.args: expected an object" % where)
+            args["args"] = a
+            _check_command(where, name, a)
+        if "id" in raw:
+            args["id"] = _str(where + ".id", raw["id"], 64)
+    elif kind == "meter":
+        _only(where, raw, ("at", "after", "meter", "voltage_v", "energy_wh"))
+        if name != "set":
+            raise ScenarioError("%s: meter action must be 'set'" % where)
+        if "voltage_v" in raw:
+            args["voltage_v"] = _int(where + ".voltage_v", raw["voltage_v"], 0, 500)
+        if "energy_wh" in raw:
+            args["energy_wh"] = _int(where + ".energy_wh", raw["energy_wh"], 0, 10 ** 9)
+        if not args:
+            raise ScenarioError("%s: meter set needs voltage_v and/or energy_wh" % where)
+    else:
+        _only(where, raw, ("at", "after", "mark"))
+        _str(where + ".mark", name, 64)
+    return Step(at, kind, name, args)
+
+
+def _check_command(where, name, args):
+    # The firmware's own parser decides what a valid command is.
+    try:
+        from firmware import commands
+    except ImportError:
+        return
+    payload = json.dumps({"v": 1, "id": "check", "cmd": name, "args": args})
+    try:
+        commands.parse(payload.encode())
+    except ValueError as e:
+        raise ScenarioError("%s: backend command rejected: %s" % (where, e))
+
+
+def parse(data, source="scenario"):
+    """A Scenario from a dict (already decoded JSON). Raises ScenarioError."""
+    try:
+        return _parse(data)
+    except ScenarioError as e:
+        raise ScenarioError("%s: %s" % (source, e.args[0]))
+
+
+def _parse(data):
+    _only("scenario", data, _TOP_KEYS)
+    sc = Scenario()
+    sc.name = _str("name", data.get("name"), 64)
+    for ch in sc.name:
+        if not (ch.isalpha() or ch.isdigit() or ch in "-_."):
+            raise ScenarioError("name: letters, digits, - _ . only")
+    sc.description = data.get("description", "")
+    if not isinstance(sc.description, str):
+        raise ScenarioError("description: expected a string")
+    if "duration_ms" not in data:
+        raise ScenarioError("duration_ms: required")
+    sc.duration_ms = _int("duration_ms", data["duration_ms"], 100, MAX_DURATION_MS)
+    sc.seed = _int("seed", data.get("seed", 1), 0, 0x3FFFFFFF)
+    sc.tick_ms = _int("tick_ms", data.get("tick_ms", 10), 1, 100)
+    sc.start_ticks = _int("start_ticks", data.get("start_ticks", 0), 0, (1 << 30) - 1)
+    cfg = data.get("config", {})
+    if not isinstance(cfg, dict):
+        raise ScenarioError("config: expected an object")
+    try:
+        from firmware.config import Config
+        Config(cfg)
+    except ValueError as e:
+        raise ScenarioError("config: %s" % e.args[0])
+    sc.config = cfg
+    ev = data.get("ev", {})
+    _only("ev", ev, _EV_KEYS)
+    sc.phases = _int("ev.phases", ev.get("phases", 3), 1, 3)
+    sc.draw_ma = _int("ev.draw_a", ev.get("draw_a", 16), 0, 80) * 1000
+    sc.cable_a = ev.get("cable_a", 32)
+    if sc.cable_a not in _CABLES or not _is_int(sc.cable_a):
+        raise ScenarioError("ev.cable_a: one of 13, 20, 32, 63")
+    sc.stop_ms = _int("ev.stop_ms", ev.get("stop_ms", 1000), 0, 3000)
+    fe = data.get("front_end", {})
+    _only("front_end", fe, _FRONT_KEYS)
+    sc.noise_mv = _int("front_end.noise_mv", fe.get("noise_mv", 3), 0, 50)
+    sc.broker = data.get("broker", "optional")
+    if sc.broker not in PEER_CHOICES:
+        raise ScenarioError("broker: one of %s" % ", ".join(PEER_CHOICES))
+    sc.meter = _bool("meter", data.get("meter", True))
+    exp = data.get("expect", {})
+    _only("expect", exp, _EXPECT_KEYS)
+    for k in ("faults", "states", "sequences"):
+        if k in exp:
+            _strlist("expect." + k, exp[k])
+    for k in ("energy_wh_min", "energy_wh_max", "min_mqtt_messages"):
+        if k in exp:
+            _int("expect." + k, exp[k], 0, 10 ** 9)
+    for k in ("no_faults", "replies_ok"):
+        if k in exp:
+            _bool("expect." + k, exp[k])
+    sc.expect = exp
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise ScenarioError("steps: expected a non-empty list")
+    if len(steps) > MAX_STEPS:
+        raise ScenarioError("steps: at most %d" % MAX_STEPS)
+    prev = 0
+    for i, raw in enumerate(steps):
+        st = _parse_step(i, raw, prev, sc.duration_ms)
+        prev = st.at_ms
+        sc.steps.append(st)
+    if not sc.meter:
+        for i, st in enumerate(sc.steps):
+            if st.kind == "meter" or (st.kind == "fault" and st.name.startswith("meter_")):
+                raise ScenarioError("steps[%d]: needs the meter (\"meter\": true)" % i)
+    if sc.broker == "none":
+        for i, st in enumerate(sc.steps):
+            if st.kind == "backend" or (st.kind == "fault" and st.name == "network_stall"):
+                raise ScenarioError("steps[%d]: needs a broker (\"broker\" is \"none\")" % i)
+    return sc
+
+
+def loads(text, source="scenario"):
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ScenarioError("%s: not valid JSON (%s)" % (source, e))
+    return parse(data, source)
+
+
+def load(path):
+    with open(path) as f:
+        text = f.read()
+    return loads(text, path)
