@@ -1,0 +1,233 @@
+"""The energy meter as the charge point sees it: integer readings, stale and plausibility.
+
+`poll(now_ms)` is called every control-loop iteration and never waits on the meter: it
+advances the Modbus master's state machine and, every `meter_poll_ms`, starts one read
+cycle through the map's poll plan. A cycle commits all values at once, so voltage, current,
+power and energy always come from the same cycle.
+
+Readings are integers: `voltage_dv` (0.1 V) and `current_ma` per phase (lists of 3; L2/L3
+stay 0 on single-phase meters), `power_w`, `import_wh`, `export_wh` (None until read, and
+always None where the meter has no export register). `current_ma` feeds the charger's
+over-current check; `import_wh` gives the session energy.
+
+Stale: after `meter_stale_after` consecutive failed cycles `stale` is set; the next good
+cycle clears it. The last values stay readable; whoever bills or limits on them must look
+at `stale` (the integrator raises / clears the METER_STALE fault from it).
+
+Plausibility (billing must not use a reading that cannot be true): energy never goes
+backwards; |power| <= meter_max_power_w; energy rises no faster than meter_max_power_w
+allows over the time since the last accepted reading (plus one step of the register's
+resolution). A failing reading sets `implausible`, `implausible_reason` and counts
+`implausible_count`; its power and energy are not taken (the last plausible ones stay),
+while its voltages and currents are (the over-current check errs on the side of caution).
+The next plausible reading clears the flag. After a meter exchange `rebase()` accepts the
+next reading as the new energy baseline.
+
+`poll()` returns a bitmask of what changed (STALE_CHANGED, IMPLAUSIBLE_CHANGED,
+NEW_READING); an optional `on_change(kind, active, reason)` callback hears the same
+stale / implausible transitions ("stale" or "implausible").
+"""
+from firmware.compat import const, ticks_add, ticks_diff
+from firmware import meters
+from firmware.modbus import ModbusMaster, DONE, ERROR, ERROR_NAMES
+
+STALE_CHANGED = const(1)
+IMPLAUSIBLE_CHANGED = const(2)
+NEW_READING = const(4)
+
+# Reasons a reading is implausible.
+NOT_A_NUMBER = "not_a_number"
+POWER_RANGE = "power_range"
+IMPORT_BACKWARDS = "import_backwards"
+EXPORT_BACKWARDS = "export_backwards"
+IMPORT_JUMP = "import_jump"
+EXPORT_JUMP = "export_jump"
+
+_MS_PER_HOUR = const(3600000)
+
+
+class MeterService:
+    def __init__(self, cfg, stream, de=None, on_change=None):
+        self.map = meters.load_map(cfg["meter_map"], cfg["meter_custom_map"])
+        if de is None:
+            de = getattr(stream, "set_de", None)
+        self.master = ModbusMaster(stream, baud=cfg["meter_baud"], parity=cfg["meter_parity"],
+                                   timeout_ms=cfg["meter_timeout_ms"],
+                                   retries=cfg["meter_retries"], de=de)
+        self.addr = cfg["meter_addr"]
+        self.poll_ms = cfg["meter_poll_ms"]
+        self.stale_after = cfg["meter_stale_after"]
+        self.max_power_w = cfg["meter_max_power_w"]
+        self.on_change = on_change
+        self.phases = self.map.phases
+        self.has_export = self.map.has_export
+        # Public readings (the lists are updated in place: safe to keep a reference).
+        self.voltage_dv = [0, 0, 0]
+        self.current_ma = [0, 0, 0]
+        self.power_w = 0
+        self.import_wh = None
+        self.export_wh = None
+        self.last_ok_ms = None
+        self.readings = 0           # increments with every committed reading
+        self.stale = False
+        self.implausible = False
+        self.implausible_reason = ""
+        self.implausible_count = 0
+        self.last_error = ""        # why the last failed cycle failed
+        self.consecutive_failures = 0
+        self.cycles = 0
+        self.cycles_failed = 0
+        self._scratch = [0] * meters.N_QUANTITIES
+        self._bad = 0
+        self._step = -1             # plan step in flight, -1 when idle
+        self._next_ms = None
+        self._energy_ms = 0         # when import/export were last accepted
+        self._rebase = True         # no energy baseline yet
+
+    def poll(self, now_ms):
+        """Advance the meter bus; never blocks on the meter. Returns a bitmask of changes."""
+        plan = self.map.plan
+        master = self.master
+        if self._step < 0:
+            if self._next_ms is not None and ticks_diff(now_ms, self._next_ms) < 0:
+                return 0
+            # Fixed rate, but a late cycle does not build a backlog.
+            self._next_ms = ticks_add(now_ms, self.poll_ms)
+            self._step = 0
+            self._bad = 0
+            self.cycles += 1
+            start = plan[0]
+            master.start_read(self.addr, self.map.fc, start[0], start[1])
+        status = master.poll(now_ms)
+        while status == DONE:
+            self._bad += self.map.decode(self._step, master.rx, master.data_start,
+                                         self._scratch)
+            self._step += 1
+            if self._step == len(plan):
+                self._step = -1
+                return self._complete(now_ms)
+            start = plan[self._step]
+            master.start_read(self.addr, self.map.fc, start[0], start[1])
+            status = master.poll(now_ms)
+        if status == ERROR:
+            self._step = -1
+            return self._failed()
+        return 0
+
+    def rebase(self):
+        """Accept the next reading's energy as the new baseline (after a meter exchange)."""
+        self._rebase = True
+
+    # -- cycle outcomes --------------------------------------------------------------
+    def _failed(self):
+        master = self.master
+        self.cycles_failed += 1
+        self.consecutive_failures += 1
+        self.last_error = ERROR_NAMES[master.error]
+        if master.exception_code:
+            self.last_error = "exception %d" % master.exception_code
+        if not self.stale and self.consecutive_failures >= self.stale_after:
+            self.stale = True
+            self._notify("stale", True, self.last_error)
+            return STALE_CHANGED
+        return 0
+
+    def _complete(self, now_ms):
+        changes = NEW_READING
+        self.consecutive_failures = 0
+        self.last_ok_ms = now_ms
+        if self.stale:
+            self.stale = False
+            changes |= STALE_CHANGED
+            self._notify("stale", False, "")
+        s = self._scratch
+        for k in range(3):
+            self.voltage_dv[k] = s[meters.V_L1 + k]
+            self.current_ma[k] = s[meters.I_L1 + k]
+        reason = self._check(now_ms)
+        if reason:
+            self.implausible_count += 1
+            self.implausible_reason = reason
+            if not self.implausible:
+                self.implausible = True
+                changes |= IMPLAUSIBLE_CHANGED
+                self._notify("implausible", True, reason)
+        else:
+            self.power_w = s[meters.POWER]
+            self.import_wh = s[meters.IMPORT]
+            if self.has_export:
+                self.export_wh = s[meters.EXPORT]
+            self._energy_ms = now_ms
+            self._rebase = False
+            if self.implausible:
+                self.implausible = False
+                self.implausible_reason = ""
+                changes |= IMPLAUSIBLE_CHANGED
+                self._notify("implausible", False, "")
+        self.readings += 1
+        return changes
+
+    def _check(self, now_ms):
+        s = self._scratch
+        if self._bad:
+            return NOT_A_NUMBER
+        power = s[meters.POWER]
+        if power > self.max_power_w or power < -self.max_power_w:
+            return POWER_RANGE
+        if self._rebase:
+            return ""
+        elapsed = ticks_diff(now_ms, self._energy_ms)
+        reason = self._energy_rule(meters.IMPORT, s[meters.IMPORT], self.import_wh, elapsed,
+                                   IMPORT_BACKWARDS, IMPORT_JUMP)
+        if reason or not self.has_export:
+            return reason
+        return self._energy_rule(meters.EXPORT, s[meters.EXPORT], self.export_wh, elapsed,
+                                 EXPORT_BACKWARDS, EXPORT_JUMP)
+
+    def _energy_rule(self, quantity, new, old, elapsed, backwards, jump):
+        if old is None:
+            return ""
+        delta = new - old
+        if delta < 0:
+            return backwards
+        if elapsed < 0:
+            # The last accepted reading is more than 2**29 ms (6.2 days) old: no basis
+            # for a rate check, only the direction rule applies.
+            return ""
+        allowed = self.max_power_w * elapsed // _MS_PER_HOUR + \
+            self.map.energy_step_wh(quantity, new)
+        if delta > allowed:
+            return jump
+        return ""
+
+    def _notify(self, kind, active, reason):
+        if self.on_change is not None:
+            self.on_change(kind, active, reason)
+
+    # -- reporting -------------------------------------------------------------------
+    def reading(self):
+        """The current reading as a dict (telemetry, tools; allocates)."""
+        return {
+            "voltage_dv": list(self.voltage_dv),
+            "current_ma": list(self.current_ma),
+            "power_w": self.power_w,
+            "import_wh": self.import_wh,
+            "export_wh": self.export_wh,
+            "last_ok_ms": self.last_ok_ms,
+            "stale": self.stale,
+            "implausible": self.implausible,
+            "implausible_reason": self.implausible_reason,
+        }
+
+    def stats(self):
+        """Bus and service counters (allocates; for telemetry and the technician)."""
+        out = self.master.stats()
+        out["cycles"] = self.cycles
+        out["cycles_failed"] = self.cycles_failed
+        out["consecutive_failures"] = self.consecutive_failures
+        out["implausible_count"] = self.implausible_count
+        out["stale"] = self.stale
+        out["last_error"] = self.last_error
+        out["requests_per_poll"] = len(self.map.plan)
+        out["bytes_per_poll"] = self.map.plan_bytes()
+        return out

@@ -1,0 +1,288 @@
+"""Meter service: polling cadence, integer readings, stale handling, plausibility.
+
+A simulated RTU meter (tests/unit/meter_doubles.py) answers in simulated time; the control
+loop is played at 10 ms per iteration. Runs on CPython and the MicroPython unix port.
+"""
+import unittest
+
+from firmware import meters
+from firmware.config import Config
+from firmware.meter_service import (MeterService, STALE_CHANGED, IMPLAUSIBLE_CHANGED,
+                                    NEW_READING, IMPORT_BACKWARDS, IMPORT_JUMP,
+                                    EXPORT_BACKWARDS, POWER_RANGE, NOT_A_NUMBER)
+from meter_doubles import SimClock, SlaveStream
+
+LOOP_MS = 10
+# dV, mA, W, Wh
+READING = [2301, 2315, 2288, 15999, 16012, 15987, 11034, 12345678, 4321]
+
+
+class Meter:
+    """A simulated meter of a given map on a SlaveStream."""
+
+    def __init__(self, clock, name="sdm630", slave=1, values=READING):
+        self.map = meters.load_map(name)
+        self.stream = SlaveStream(clock, slave=slave, fcs=(self.map.fc,))
+        self.values = list(values)
+        self.publish()
+
+    def publish(self, **changes):
+        for k, v in changes.items():
+            self.values[meters.QUANTITY_NAMES.index(k)] = v
+        regs = self.map.encode(self.values)
+        # Eastron-style maps let a request run through unused registers.
+        if self.map.max_gap:
+            lo = min(regs)
+            hi = max(regs)
+            for a in range(lo, hi + 1):
+                regs.setdefault(a, 0)
+        self.stream.regs.clear()
+        self.stream.regs.update(regs)
+
+
+class Base(unittest.TestCase):
+    MAP = "sdm630"
+    CFG = {"meter_poll_ms": 1000, "meter_timeout_ms": 100, "meter_retries": 0,
+           "meter_stale_after": 3, "meter_max_power_w": 22000}
+
+    def setUp(self):
+        self.clock = SimClock(100000)
+        self.meter = Meter(self.clock, self.MAP)
+        cfg = dict(self.CFG)
+        cfg["meter_map"] = self.MAP
+        self.cfg = Config(cfg)
+        self.events = []
+        self.svc = MeterService(self.cfg, self.meter.stream,
+                                on_change=lambda k, a, r: self.events.append((k, a, r)))
+
+    def loop(self, ms):
+        """Run the control loop for `ms`; return the OR of every poll's changes."""
+        changes = 0
+        end = self.clock.now + ms
+        while self.clock.now < end:
+            changes |= self.svc.poll(self.clock.now)
+            self.clock.advance(LOOP_MS)
+        return changes
+
+
+class TestReadings(Base):
+    def test_first_reading_within_one_cycle(self):
+        self.assertIsNone(self.svc.import_wh)
+        self.assertIsNone(self.svc.last_ok_ms)
+        changes = self.loop(100)
+        self.assertTrue(changes & NEW_READING)
+        self.assertEqual(self.svc.voltage_dv, [2301, 2315, 2288])
+        self.assertEqual(self.svc.current_ma, [15999, 16012, 15987])
+        self.assertEqual(self.svc.power_w, 11034)
+        self.assertEqual(self.svc.import_wh, 12345678)
+        self.assertEqual(self.svc.export_wh, 4321)
+        self.assertIsNotNone(self.svc.last_ok_ms)
+        self.assertFalse(self.svc.stale)
+        self.assertFalse(self.svc.implausible)
+
+    def test_polls_at_the_configured_interval(self):
+        self.loop(10000)
+        # One request per cycle (the SDM630 plan is one request), one cycle a second.
+        self.assertEqual(len(self.meter.stream.requests), 10)
+        self.assertEqual(self.svc.stats()["cycles"], 10)
+        self.assertEqual(self.svc.readings, 10)
+
+    def test_reading_lists_are_updated_in_place(self):
+        currents = self.svc.current_ma
+        self.loop(100)
+        self.meter.publish(current_l2_ma=20000)
+        self.loop(1000)
+        self.assertIs(currents, self.svc.current_ma)
+        self.assertEqual(currents[1], 20000)
+
+    def test_energy_follows_the_meter(self):
+        self.loop(100)
+        self.meter.publish(import_wh=12345678 + 3)
+        self.loop(1000)
+        self.assertEqual(self.svc.import_wh, 12345681)
+
+    def test_stats(self):
+        self.loop(3000)
+        s = self.svc.stats()
+        for key in ("requests", "replies", "timeouts", "crc_errors", "exceptions",
+                    "bad_frames", "retries", "cycles", "stale", "implausible_count",
+                    "bytes_per_poll", "requests_per_poll"):
+            self.assertIn(key, s)
+        self.assertEqual((s["requests"], s["replies"]), (3, 3))
+        self.assertEqual(s["bytes_per_poll"], 165)
+
+    def test_reading_dict(self):
+        self.loop(100)
+        r = self.svc.reading()
+        self.assertEqual(r["voltage_dv"], [2301, 2315, 2288])
+        self.assertEqual(r["import_wh"], 12345678)
+
+
+class TestSinglePhase(Base):
+    MAP = "sdm120"
+
+    def test_l2_l3_stay_zero(self):
+        self.loop(100)
+        self.assertEqual(self.svc.voltage_dv, [2301, 0, 0])
+        self.assertEqual(self.svc.current_ma, [15999, 0, 0])
+        self.assertEqual(self.svc.phases, 1)
+
+
+class TestNoExport(Base):
+    MAP = "eem350"
+
+    def test_export_is_none(self):
+        self.loop(200)
+        self.assertEqual(self.svc.import_wh, 12345700)   # 0.1 kWh register
+        self.assertIsNone(self.svc.export_wh)
+        self.assertEqual(len(self.meter.stream.requests), 2)   # two requests per cycle
+
+
+class TestStale(Base):
+    def test_stale_after_n_failed_cycles_and_cleared_on_recovery(self):
+        self.loop(100)
+        self.meter.stream.set_fault("silent")
+        self.assertEqual(self.loop(2100) & STALE_CHANGED, 0)   # two failed cycles
+        self.assertFalse(self.svc.stale)
+        changes = self.loop(1000)                              # third
+        self.assertTrue(changes & STALE_CHANGED)
+        self.assertTrue(self.svc.stale)
+        self.assertEqual(self.svc.last_error, "timeout")
+        self.assertEqual(self.events, [("stale", True, "timeout")])
+        # The last values stay readable while stale.
+        self.assertEqual(self.svc.import_wh, 12345678)
+        self.meter.stream.set_fault(None)
+        changes = self.loop(1000)
+        self.assertTrue(changes & STALE_CHANGED)
+        self.assertFalse(self.svc.stale)
+        self.assertEqual(self.events[-1], ("stale", False, ""))
+        self.assertEqual(self.svc.stats()["timeouts"], 3)
+
+    def test_one_good_cycle_resets_the_count(self):
+        self.meter.stream.set_fault("silent", 2)
+        self.loop(3000)
+        self.assertEqual(self.svc.consecutive_failures, 0)
+        self.meter.stream.set_fault("silent", 2)
+        self.loop(2000)
+        self.assertFalse(self.svc.stale)
+
+    def test_exception_replies_count_as_failures(self):
+        self.meter.stream.set_fault("exception", None, 4)
+        self.loop(3000)
+        self.assertTrue(self.svc.stale)
+        self.assertEqual(self.svc.last_error, "exception 4")
+        self.assertEqual(self.svc.stats()["exceptions"], 3)
+
+    def test_a_hung_meter_never_holds_up_the_loop(self):
+        # Every poll returns at once; the loop runs 10 ms iterations regardless.
+        self.meter.stream.set_fault("silent")
+        iterations = 0
+        end = self.clock.now + 5000
+        while self.clock.now < end:
+            self.svc.poll(self.clock.now)
+            iterations += 1
+            self.clock.advance(LOOP_MS)
+        self.assertEqual(iterations, 500)
+        self.assertTrue(self.svc.stale)
+
+
+class TestPlausibility(Base):
+    def test_energy_going_backwards_is_flagged_not_used(self):
+        self.loop(100)
+        self.meter.publish(import_wh=12345000)
+        changes = self.loop(1000)
+        self.assertTrue(changes & IMPLAUSIBLE_CHANGED)
+        self.assertTrue(self.svc.implausible)
+        self.assertEqual(self.svc.implausible_reason, IMPORT_BACKWARDS)
+        self.assertEqual(self.svc.import_wh, 12345678)     # billing keeps the good value
+        self.assertEqual(self.events, [("implausible", True, IMPORT_BACKWARDS)])
+        # Flag stays (no new change bit) while it persists; count goes up per reading.
+        self.assertEqual(self.loop(1000) & IMPLAUSIBLE_CHANGED, 0)
+        self.assertEqual(self.svc.implausible_count, 2)
+
+    def test_recovery_clears_the_flag(self):
+        self.loop(100)
+        self.meter.publish(import_wh=1)
+        self.loop(1000)
+        self.meter.publish(import_wh=12345684)      # 6 Wh in 2 s: under 22 kW
+        changes = self.loop(1000)
+        self.assertTrue(changes & IMPLAUSIBLE_CHANGED)
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.implausible_reason, "")
+        self.assertEqual(self.svc.import_wh, 12345684)
+
+    def test_export_backwards(self):
+        self.loop(100)
+        self.meter.publish(export_wh=4000)
+        self.loop(1000)
+        self.assertEqual(self.svc.implausible_reason, EXPORT_BACKWARDS)
+
+    def test_power_beyond_the_limit(self):
+        self.loop(100)
+        self.meter.publish(power_w=-30000)
+        self.loop(1000)
+        self.assertEqual(self.svc.implausible_reason, POWER_RANGE)
+        self.assertEqual(self.svc.power_w, 11034)
+
+    def test_energy_jump_faster_than_max_power(self):
+        self.loop(100)
+        # 22 kW for one second is 6.1 Wh; 100 Wh in a second cannot be.
+        self.meter.publish(import_wh=12345678 + 100)
+        self.loop(1000)
+        self.assertEqual(self.svc.implausible_reason, IMPORT_JUMP)
+
+    def test_energy_at_max_power_is_plausible(self):
+        self.loop(100)
+        # 22 kW for 60 s = 366 Wh: plausible after a minute (one reading per second).
+        for k in range(1, 61):
+            self.meter.publish(import_wh=12345678 + 22000 * k // 3600)
+            self.loop(1000)
+            self.assertFalse(self.svc.implausible, k)
+
+    def test_a_long_outage_allows_a_proportional_jump(self):
+        self.loop(100)
+        self.meter.stream.set_fault("silent")
+        self.loop(600000)
+        self.assertTrue(self.svc.stale)
+        self.meter.stream.set_fault(None)
+        self.meter.publish(import_wh=12345678 + 3000)   # 10 minutes at 18 kW
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.assertFalse(self.svc.stale)
+        self.assertEqual(self.svc.import_wh, 12348678)
+
+    def test_currents_of_an_implausible_reading_still_feed_the_overcurrent_check(self):
+        self.loop(100)
+        self.meter.publish(import_wh=1, current_l1_ma=40000)
+        self.loop(1000)
+        self.assertTrue(self.svc.implausible)
+        self.assertEqual(self.svc.current_ma[0], 40000)
+
+    def test_not_a_number(self):
+        self.loop(100)
+        self.meter.stream.regs[0x34] = 0x7FC0      # power register := NaN
+        self.meter.stream.regs[0x35] = 0x0000
+        self.loop(1000)
+        self.assertEqual(self.svc.implausible_reason, NOT_A_NUMBER)
+
+    def test_rebase_after_meter_exchange(self):
+        self.loop(100)
+        self.meter.publish(import_wh=500, export_wh=0)
+        self.loop(1000)
+        self.assertTrue(self.svc.implausible)
+        self.svc.rebase()
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.import_wh, 500)
+
+
+class TestWrongAddress(Base):
+    def test_meter_at_another_address_goes_stale(self):
+        self.meter.stream.slave = 7
+        self.loop(3000)
+        self.assertTrue(self.svc.stale)
+        self.assertIsNone(self.svc.import_wh)
+
+
+if __name__ == "__main__":
+    unittest.main()
