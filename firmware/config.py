@@ -87,6 +87,13 @@ SCHEMA = {
     "telemetry_deadband_w": (500, 0, 50000, 0),
     "comms_loss_timeout_s": (300, 10, 86400, 0),
     "comms_fallback_ma": (0, 0, 80000, 0),    # 0 = pause while the backend is unreachable
+    "mqtt_connect_timeout_ms": (10000, 500, 60000, 0),  # TCP + TLS + CONNACK, across steps
+    "mqtt_io_timeout_ms": (20, 1, 1000, 0),   # longest wait inside one step (rest of a packet)
+    "mqtt_backoff_min_ms": (1000, 100, 60000, 0),
+    "mqtt_backoff_max_s": (300, 1, 3600, 0),
+    "outbox_capacity": (64, 4, 1000, REBOOT),  # records held until the backend acks them
+    "outbox_window": (4, 1, 32, 0),           # records in flight (sent, not yet acked)
+    "outbox_resend_s": (60, 5, 3600, 0),      # resend an unacked record after this
 
     # -- network (drivers) ------------------------------------------------------------
     "wifi_ssid": ("", 0, 32, REBOOT),

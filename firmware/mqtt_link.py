@@ -1,0 +1,858 @@
+"""The MQTT link to the operator backend, built on micropython-lib's umqtt.simple.
+
+The control loop calls `step(now_ms)` every iteration and it NEVER waits on the network:
+the connection is a small state machine advanced one bounded step at a time.
+
+    OFFLINE --(backoff elapsed)--> TCP --(writable)--> HELLO --(CONNECT written)--> CONNACK
+       ^                                                                              |
+       +---------------- any error, timeout, protocol violation ---------- ONLINE <---+
+
+What umqtt.simple does and what this module adds:
+- umqtt's connect() resolves, connects, handshakes and waits for CONNACK in one blocking
+  call, and subscribe() and QoS 1 publish() wait for their acknowledgements forever. So the
+  link writes CONNECT and SUBSCRIBE itself (from the client's own fields: client id, will,
+  credentials) without waiting, and polls CONNACK/SUBACK non-blockingly in later steps.
+  It publishes QoS 0 only; records that must arrive go through the Outbox and are resent
+  until the backend acks them on the ack topic.
+- check_msg() ends with setblocking(True), an infinite wait on the ESP32. The socket umqtt
+  sees is a _Wire that turns "blocking" into a bounded wait: every read and write inside one
+  step shares one budget of mqtt_io_timeout_ms; a packet that does not complete within it is
+  a dead connection (a timeout mid-packet leaves the stream unparseable anyway).
+- ping() only sends: the link tracks PINGRESP and drops the connection when it does not
+  arrive within half the keepalive.
+- Protocol checks in umqtt are asserts: an AssertionError (or any malformed input) is a
+  protocol error and closes the connection.
+
+Worst-case blocking per step (docs/mqtt.md has the full table):
+- OFFLINE, new attempt: one getaddrinfo() when the address is not cached. With an IP
+  literal there is no DNS; with a name, the first attempt (and every 4th failed one) blocks
+  for the resolver (lwIP: seconds when the DNS server is unreachable). Use an IP literal,
+  or call resolve() before the control loop starts.
+- TCP connect: non-blocking connect() (EINPROGRESS) then poll(0) per step, bounded by
+  mqtt_connect_timeout_ms in total; no step waits.
+- TLS: the handshake is driven by non-blocking writes; a step never waits for the network,
+  but the step that processes the server's certificate runs the public-key operations
+  (on the ESP32 that is CPU time in mbedtls, not measurable from here: keep TLS off
+  stations whose safety reaction relies on the loop, or see docs/mqtt.md).
+- CONNACK / messages: the first byte of each packet is read non-blocking; the rest of a
+  packet, and every write, within the step's budget of mqtt_io_timeout_ms.
+"""
+import errno
+import sys
+
+from firmware.compat import ticks_add, ticks_diff, ticks_ms
+from firmware import messages
+from firmware.commands import CommandDispatcher, MAX_COMMAND_BYTES
+from firmware.outbox import KIND_TELEMETRY
+
+if sys.implementation.name != "micropython":
+    # umqtt.simple imports MicroPython's u-names; on CPython (host tests) they are the same
+    # modules under their standard names.
+    import binascii as _binascii
+    import socket as _socket
+    import struct as _struct
+    sys.modules.setdefault("usocket", _socket)
+    sys.modules.setdefault("ustruct", _struct)
+    sys.modules.setdefault("ubinascii", _binascii)
+    import ssl as _cpython_ssl
+    _WANT = (_cpython_ssl.SSLWantReadError, _cpython_ssl.SSLWantWriteError, BlockingIOError)
+else:
+    _WANT = ()
+
+from umqtt.simple import MQTTClient, MQTTException  # noqa: E402
+import select  # noqa: E402
+import struct  # noqa: E402
+
+# Connection states
+OFFLINE = 0
+TCP = 1
+HELLO = 2
+CONNACK = 3
+ONLINE = 4
+STATE_NAMES = ("offline", "tcp", "hello", "connack", "online")
+
+# MQTT 3.1.1 control packet types (first byte, upper nibble)
+_CONNECT = 0x10
+_CONNACK = 0x20
+_PUBACK = 0x40
+_SUBSCRIBE = 0x82
+_SUBACK = 0x90
+_PINGRESP = 0xD0
+
+_CONNACK_REASONS = ("accepted", "unacceptable protocol version", "client id rejected",
+                    "server unavailable", "bad user name or password", "not authorized")
+
+_RX_PACKETS_PER_STEP = 4    # bounded work per step; the rest waits for the next step
+_EVENTS_PER_STEP = 4
+_EVENT_QUEUE = 16
+_REPLY_QUEUE = 4
+_MAX_PACKET = 8192          # larger incoming packets are a protocol error (heap safety)
+_TELEMETRY_MIN_GAP_MS = 1000  # on-change telemetry no more often than this
+_RESOLVE_EVERY = 4          # re-resolve the host name after this many failed attempts
+_STABLE_BACKOFF_SHIFT = 16
+
+_WOULD_BLOCK = (errno.EAGAIN, errno.ETIMEDOUT, errno.EINPROGRESS)
+
+
+def _would_block(e):
+    if _WANT and isinstance(e, _WANT):
+        return True
+    return isinstance(e, OSError) and e.args and e.args[0] in _WOULD_BLOCK
+
+
+class _Wire:
+    """The stream umqtt.simple reads and writes: counts bytes and bounds every wait.
+
+    raw is the TCP socket (timeouts are set on it: an SSL socket has no settimeout);
+    stream is raw or the TLS socket over it."""
+
+    def __init__(self, raw, stream, io_timeout_ms):
+        self.raw = raw
+        self.stream = stream
+        self.io_timeout_ms = io_timeout_ms
+        self.rx = 0
+        self.tx = 0
+        self.blocking = False
+        self.op = 0            # first byte of the last packet started by a non-blocking read
+        self._timeout = -1
+        self._deadline = ticks_ms()
+        self._readfn = stream.read if hasattr(stream, "read") else stream.recv
+        self._writefn = stream.write if hasattr(stream, "write") else stream.send
+        self._set_timeout(0)
+
+    def arm(self):
+        """Start a step's I/O budget."""
+        self._deadline = ticks_add(ticks_ms(), self.io_timeout_ms)
+
+    def _set_timeout(self, ms):
+        if ms != self._timeout:
+            self.raw.settimeout(ms / 1000 if ms else 0)
+            self._timeout = ms
+
+    def _remaining(self):
+        left = ticks_diff(self._deadline, ticks_ms())
+        if left <= 0:
+            raise OSError(errno.ETIMEDOUT)
+        return left
+
+    def setblocking(self, flag):
+        # umqtt calls setblocking(True) after the first byte of every packet: here that
+        # means "wait, within the step's budget", never forever.
+        self.blocking = flag
+
+    def settimeout(self, t):
+        self.blocking = t != 0
+
+    def _recv(self, n):
+        try:
+            return self._readfn(n)
+        except Exception as e:
+            if _would_block(e):
+                return None
+            raise
+
+    def read(self, n):
+        if not self.blocking:
+            self._set_timeout(0)
+            data = self._recv(n)
+            if not data:
+                return data
+            self.rx += len(data)
+            self.op = data[0]
+            if len(data) < n:
+                data = data + self._read_exact(n - len(data))
+            return data
+        return self._read_exact(n)
+
+    def _read_exact(self, n):
+        buf = b""
+        while len(buf) < n:
+            self._set_timeout(self._remaining())
+            data = self._recv(n - len(buf))
+            if data is None:
+                continue
+            if not data:
+                raise OSError(errno.ECONNRESET)
+            self.rx += len(data)
+            buf += data
+        return buf
+
+    def try_write(self, buf):
+        """Non-blocking write: the number of bytes taken (0 when it would block)."""
+        self._set_timeout(0)
+        try:
+            n = self._writefn(buf)
+        except Exception as e:
+            if _would_block(e):
+                return 0
+            raise
+        n = n or 0
+        self.tx += n
+        return n
+
+    def write(self, buf, length=None):
+        mv = memoryview(buf)
+        if length is not None:
+            mv = mv[:length]
+        total = len(mv)
+        done = 0
+        while done < total:
+            self._set_timeout(self._remaining())
+            try:
+                n = self._writefn(mv[done:])
+            except Exception as e:
+                if _would_block(e):
+                    continue
+                raise
+            if n:
+                done += n
+                self.tx += n
+        return total
+
+    def close(self):
+        for s in (self.stream, self.raw):
+            try:
+                s.close()
+            except Exception:
+                pass
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _mqtt_str(b):
+    return struct.pack("!H", len(b)) + b
+
+
+class _Client(MQTTClient):
+    """umqtt.simple's client with CONNECT and SUBSCRIBE built as packets, so that the link
+    can write them without waiting for their acknowledgements, and with a bound on the size
+    of incoming packets."""
+
+    def connect_packet(self, clean_session=True):
+        flags = 0x02 if clean_session else 0
+        payload = _mqtt_str(self.client_id)
+        if self.lw_topic:
+            flags |= 0x04 | (self.lw_qos & 0x3) << 3 | (0x20 if self.lw_retain else 0)
+            payload += _mqtt_str(self.lw_topic) + _mqtt_str(self.lw_msg)
+        if self.user:
+            flags |= 0xC0
+            payload += _mqtt_str(self.user) + _mqtt_str(self.pswd or b"")
+        body = b"\x00\x04MQTT\x04" + bytes((flags,)) + struct.pack("!H", self.keepalive) + payload
+        return bytes((_CONNECT,)) + _varint(len(body)) + body
+
+    def subscribe_packet(self, topics, qos=0):
+        self.pid = self.pid % 0xFFFF + 1
+        body = struct.pack("!H", self.pid)
+        for t in topics:
+            body += _mqtt_str(t) + bytes((qos,))
+        return bytes((_SUBSCRIBE,)) + _varint(len(body)) + body
+
+    def _recv_len(self):
+        n = MQTTClient._recv_len(self)
+        if n > _MAX_PACKET:
+            raise MQTTException("packet of %d bytes exceeds %d" % (n, _MAX_PACKET))
+        return n
+
+
+class MqttLink:
+    """The station's connection to the backend. See the module docstring and docs/mqtt.md.
+
+    cfg: firmware.config.Config (mqtt_*, telemetry_*, comms_*, outbox_* keys).
+    outbox: firmware.outbox.Outbox; target: a firmware.commands.CommandTarget.
+    socket_factory: an object with getaddrinfo() and socket() like the socket module
+      (the default); tests pass one that records how sockets are used.
+    rand: rand(n) -> int in [0, n) for backoff jitter; default from the random module.
+    """
+
+    def __init__(self, cfg, station_id, outbox, target, socket_factory=None, rand=None):
+        self.cfg = cfg
+        self.station_id = station_id
+        self.outbox = outbox
+        self.dispatcher = CommandDispatcher(target)
+        self.topics = messages.Topics(cfg["mqtt_prefix"], station_id)
+        if socket_factory is None:
+            import socket as socket_factory
+        self._sf = socket_factory
+        if rand is None:
+            import random
+
+            def rand(n):
+                return random.getrandbits(30) % n if n > 0 else 0
+        self._rand = rand
+        user = cfg["mqtt_user"]
+        self._client = _Client(station_id.encode(), cfg["mqtt_host"], cfg["mqtt_port"],
+                               user=user.encode() if user else None,
+                               password=cfg["mqtt_password"].encode() if user else None,
+                               keepalive=cfg["mqtt_keepalive_s"])
+        self._client.set_callback(self._on_message)
+        self._client.set_last_will(self.topics.status, messages.encode(messages.will()),
+                                   retain=True, qos=1)
+        self._keepalive_ms = cfg["mqtt_keepalive_s"] * 1000
+        self._state = OFFLINE
+        self._wire = None
+        self._addr = None
+        self._poller = None
+        self._hello = None
+        self._hello_off = 0
+        self._tls_ctx = None
+        self._attempt = 0
+        self._next_attempt_ms = None
+        self._deadline_ms = 0
+        self._now = 0
+        self._last_step_ms = None
+        self._sub_pid = None
+        self.subscribed = False
+        self.offline_since_ms = None
+        self._offline_ms = 0
+        self._fallback = False
+        self._ever_connected = False
+        self._last_rx_ms = 0
+        self._last_tx_ms = 0
+        self._rx_seen = 0
+        self._tx_seen = 0
+        self._ping_sent_ms = None
+        self.last_error = None
+        self.disabled_reason = self._check_config()
+        # what to send
+        self._status = None
+        self._status_dirty = False
+        self._events = []
+        self._replies = []
+        self._telemetry = None
+        self._tele_last_ms = None
+        self._tele_last_power = None
+        # counters
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self.connects = 0
+        self.attempts = 0
+        self.failures = 0
+        self.disconnects = 0
+        self.protocol_errors = 0
+        self.tls_errors = 0
+        self.pings = 0
+        self.ping_timeouts = 0
+        self.rx_commands = 0
+        self.rx_acks = 0
+        self.bad_acks = 0
+        self.foreign_messages = 0
+        self.dropped_events = 0
+        self.telemetry_sent = 0
+        self.telemetry_stored = 0
+        self.records_sent = 0
+        self.events_sent = 0
+        self.replies_sent = 0
+
+    def _check_config(self):
+        if not self.cfg["mqtt_host"]:
+            return "mqtt_host not set"
+        if self.cfg["mqtt_tls"] and not self.cfg["mqtt_ca_file"]:
+            # Never fall back to an unverified connection.
+            return "mqtt_tls needs mqtt_ca_file"
+        return None
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def online(self):
+        return self._state == ONLINE
+
+    @property
+    def state(self):
+        return self._state
+
+    def comms_lost(self, now_ms):
+        """True once the backend has been unreachable for comms_loss_timeout_s; stays True
+        until the link is back online (the station then applies comms_fallback_ma)."""
+        if self._state == ONLINE:
+            return False
+        if not self._fallback:
+            since = self.offline_since_ms if self.offline_since_ms is not None else now_ms
+            if self.offline_since_ms is None:
+                self.offline_since_ms = now_ms
+            if ticks_diff(now_ms, since) >= self.cfg["comms_loss_timeout_s"] * 1000:
+                self._fallback = True
+        return self._fallback
+
+    def stats(self):
+        w = self._wire
+        sent = self._bytes_sent + (w.tx if w else 0)
+        received = self._bytes_received + (w.rx if w else 0)
+        out = {"state": STATE_NAMES[self._state], "bytes_sent": sent,
+               "bytes_received": received, "connects": self.connects,
+               "reconnects": max(0, self.connects - 1), "attempts": self.attempts,
+               "failures": self.failures, "disconnects": self.disconnects,
+               "protocol_errors": self.protocol_errors, "tls_errors": self.tls_errors,
+               "pings": self.pings,
+               "ping_timeouts": self.ping_timeouts, "rx_commands": self.rx_commands,
+               "rejected_commands": self.dispatcher.rejected,
+               "failed_commands": self.dispatcher.failed,
+               "accepted_commands": self.dispatcher.accepted, "rx_acks": self.rx_acks,
+               "bad_acks": self.bad_acks, "foreign_messages": self.foreign_messages,
+               "dropped_events": self.dropped_events, "events_sent": self.events_sent,
+               "telemetry_sent": self.telemetry_sent, "telemetry_stored": self.telemetry_stored,
+               "records_sent": self.records_sent, "replies_sent": self.replies_sent,
+               "last_error": self.last_error}
+        return out
+
+    # -- what the station publishes -------------------------------------------------------------
+    def publish_status(self, fields):
+        """Retained status; sent on the next step and again after every reconnect."""
+        self._status = fields
+        self._status_dirty = True
+
+    def publish_event(self, fields):
+        """An event dict with a "type" (state change, fault raised/cleared, ...). Queued
+        while offline up to 16, oldest dropped; not persisted."""
+        kind = fields.get("type", "event") if isinstance(fields, dict) else "event"
+        msg = messages.event(kind, fields)
+        if len(self._events) >= _EVENT_QUEUE:
+            self._events.pop(0)
+            self.dropped_events += 1
+        self._events.append(msg)
+
+    def publish_telemetry(self, fields, force=False, now_ms=None):
+        """Telemetry every telemetry_interval_s, and sooner when power_w moved by
+        telemetry_deadband_w or more (at most once a second), or when forced. While offline
+        the interval samples go to the outbox (kind "telemetry"). Returns True when the
+        sample was taken (sent on the next step, or stored)."""
+        now = self._now if now_ms is None else now_ms
+        last = self._tele_last_ms
+        power = fields.get("power_w")
+        take = force or last is None or \
+            ticks_diff(now, last) >= self.cfg["telemetry_interval_s"] * 1000
+        if not take and self._state == ONLINE and power is not None \
+                and self._tele_last_power is not None \
+                and ticks_diff(now, last) >= _TELEMETRY_MIN_GAP_MS:
+            band = self.cfg["telemetry_deadband_w"]
+            take = abs(power - self._tele_last_power) >= (band if band > 0 else 1)
+        if not take:
+            return False
+        self._tele_last_ms = now
+        self._tele_last_power = power
+        if self._state == ONLINE:
+            self._telemetry = messages.telemetry(fields)
+        else:
+            self.outbox.put(KIND_TELEMETRY, fields)
+            self.telemetry_stored += 1
+        return True
+
+    # -- the step ---------------------------------------------------------------------------------
+    def step(self, now_ms):
+        """Advance the link by one bounded step. Never raises for network trouble."""
+        self._now = now_ms
+        if self.offline_since_ms is None:
+            self.offline_since_ms = now_ms
+        if self._state != ONLINE and self._last_step_ms is not None:
+            self._offline_ms += max(0, ticks_diff(now_ms, self._last_step_ms))
+        self._last_step_ms = now_ms
+        state = self._state
+        try:
+            if state == OFFLINE:
+                if self.disabled_reason is None and (
+                        self._next_attempt_ms is None
+                        or ticks_diff(now_ms, self._next_attempt_ms) >= 0):
+                    self._begin(now_ms)
+            elif state == TCP:
+                self._poll_tcp(now_ms)
+            elif state == HELLO:
+                self._write_hello(now_ms)
+            elif state == CONNACK:
+                self._poll_connack(now_ms)
+            else:
+                self._service(now_ms)
+        except AssertionError as e:
+            self.protocol_errors += 1
+            self._fail(now_ms, "protocol error%s" % (": %s" % e.args[0] if e.args else ""))
+        except MQTTException as e:
+            self.protocol_errors += 1
+            self._fail(now_ms, "protocol error: %s" % (e.args[0] if e.args else "?"))
+        except (IndexError, TypeError, ValueError) as e:
+            self.protocol_errors += 1
+            self._fail(now_ms, "protocol error: %r" % e)
+        except OSError as e:
+            self._fail(now_ms, "%s: %s" % (STATE_NAMES[state], _os_reason(e)))
+
+    def resolve(self):
+        """Resolve the broker's address now (blocking DNS). Call before the control loop
+        starts when mqtt_host is a name; step() then reuses the cached address."""
+        ai = self._sf.getaddrinfo(self.cfg["mqtt_host"], self.cfg["mqtt_port"], 0, 1)[0]
+        self._addr = ai
+        return ai[-1]
+
+    def _begin(self, now_ms):
+        self.attempts += 1
+        self._deadline_ms = ticks_add(now_ms, self.cfg["mqtt_connect_timeout_ms"])
+        if self._addr is None or (self._attempt and self._attempt % _RESOLVE_EVERY == 0):
+            self.resolve()
+        if self.cfg["mqtt_tls"] and self._tls_ctx is None:
+            self._tls_ctx = self._make_tls()
+        ai = self._addr
+        raw = self._sf.socket(ai[0], ai[1], ai[2])
+        self._wire = None
+        self._raw = raw
+        raw.setblocking(False)
+        try:
+            raw.connect(ai[-1])
+        except OSError as e:
+            if not _would_block(e):
+                raw.close()
+                raise
+        self._poller = select.poll()
+        self._poller.register(raw, select.POLLOUT)
+        self._state = TCP
+
+    def _make_tls(self):
+        # The ssl module's default is no certificate check: require one, against our CA.
+        import ssl
+        ca = self.cfg["mqtt_ca_file"]
+        cert = self.cfg["mqtt_cert_file"]
+        key = self.cfg["mqtt_key_file"]
+        if not hasattr(ssl, "SSLContext"):
+            return _LegacyTls(ssl, ca, cert, key)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if sys.implementation.name == "micropython":
+            # MicroPython's mbedtls builds parse DER only ("invalid cert" for PEM): the
+            # files may be PEM or DER, they are handed over as DER bytes.
+            ctx.load_verify_locations(cadata=_der(ca))
+            if cert:
+                ctx.load_cert_chain(_der(cert), _der(key))
+        else:
+            ctx.load_verify_locations(cafile=ca)
+            if cert:
+                ctx.load_cert_chain(cert, key or None)
+        return ctx
+
+    def _poll_tcp(self, now_ms):
+        ready = self._poller.poll(0)
+        if not ready:
+            if ticks_diff(now_ms, self._deadline_ms) >= 0:
+                raise OSError(errno.ETIMEDOUT)
+            return
+        mask = ready[0][1]
+        if mask & (select.POLLERR | select.POLLHUP):
+            raise OSError(errno.ECONNREFUSED)
+        raw = self._raw
+        if hasattr(raw, "getsockopt"):
+            # CPython: the connect's own result (MicroPython reports it as POLLERR).
+            import socket
+            err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err)
+        self._poller = None
+        stream = raw
+        if self._tls_ctx is not None:
+            stream = self._tls_ctx.wrap_socket(raw, server_hostname=self.cfg["mqtt_host"],
+                                               do_handshake_on_connect=False)
+        # CPython's wrap_socket detaches `raw`: timeouts then go to the TLS socket.
+        # MicroPython's TLS socket has no settimeout: they go to the TCP socket under it.
+        timeouts = stream if hasattr(stream, "settimeout") else raw
+        self._wire = _Wire(timeouts, stream, self.cfg["mqtt_io_timeout_ms"])
+        self._client.sock = self._wire
+        self._hello = self._client.connect_packet(True)
+        self._hello_off = 0
+        self._state = HELLO
+        self._write_hello(now_ms)
+
+    def _write_hello(self, now_ms):
+        try:
+            self._write_hello_(now_ms)
+        except Exception as e:
+            if self._tls_ctx is None:
+                raise
+            # Certificate verification and handshake failures (ValueError on MicroPython,
+            # ssl.SSLError on CPython).
+            self.tls_errors += 1
+            raise OSError("tls: %s" % _text(e))
+
+    def _write_hello_(self, now_ms):
+        # With TLS the first writes drive the handshake; they take nothing until it is done.
+        w = self._wire
+        stream = w.stream
+        if hasattr(stream, "do_handshake") and self._hello_off == 0:
+            try:
+                stream.do_handshake()
+            except Exception as e:
+                if not _would_block(e):
+                    raise
+                return self._check_deadline(now_ms)
+        n = w.try_write(memoryview(self._hello)[self._hello_off:])
+        self._hello_off += n
+        if self._hello_off >= len(self._hello):
+            self._hello = None
+            self._state = CONNACK
+            return
+        self._check_deadline(now_ms)
+
+    def _check_deadline(self, now_ms):
+        if ticks_diff(now_ms, self._deadline_ms) >= 0:
+            raise OSError(errno.ETIMEDOUT)
+
+    def _poll_connack(self, now_ms):
+        w = self._wire
+        w.arm()
+        op = self._client.check_msg()
+        if op is None:
+            return self._check_deadline(now_ms)
+        if op != _CONNACK:
+            raise MQTTException("expected CONNACK, got 0x%02x" % op)
+        n = self._client._recv_len()
+        body = w.read(n)
+        if n != 2:
+            raise MQTTException("CONNACK length %d" % n)
+        rc = body[1]
+        if rc:
+            reason = _CONNACK_REASONS[rc] if rc < len(_CONNACK_REASONS) else "code %d" % rc
+            raise OSError("connection refused: %s" % reason)
+        self._on_connected(now_ms)
+
+    def _on_connected(self, now_ms):
+        self._state = ONLINE
+        self.connects += 1
+        self._last_rx_ms = now_ms
+        self._last_tx_ms = now_ms
+        self._rx_seen = self._wire.rx
+        self._tx_seen = self._wire.tx
+        self._ping_sent_ms = None
+        self.subscribed = False
+        c = self._client
+        packet = c.subscribe_packet((self.topics.cmd, self.topics.ack))
+        self._sub_pid = c.pid
+        self._wire.write(packet)
+        self._send_status()
+        fallback = self._fallback
+        info = {"offline_s": self._offline_ms // 1000, "fallback_applied": fallback,
+                "reconnect": self._ever_connected}
+        if fallback:
+            info["fallback_ma"] = self.cfg["comms_fallback_ma"]
+        if self.last_error:
+            info["reason"] = self.last_error
+        self._events.insert(0, messages.event("link_up", info))
+        if len(self._events) > _EVENT_QUEUE:
+            self._events.pop()
+            self.dropped_events += 1
+        self._ever_connected = True
+        self._fallback = False
+        self._offline_ms = 0
+        self.offline_since_ms = None
+        self.outbox.unsend_all()
+
+    def _send_status(self):
+        self._status_dirty = False
+        self._publish(self.topics.status, messages.status(self._status, True), retain=True)
+
+    def _publish(self, topic, msg, retain=False):
+        self._client.publish(topic, messages.encode(msg), retain, 0)
+
+    def _service(self, now_ms):
+        w = self._wire
+        w.arm()
+        c = self._client
+        for _ in range(_RX_PACKETS_PER_STEP):
+            rx_before = w.rx
+            op = c.check_msg()
+            if op is None:
+                if w.rx == rx_before:
+                    break
+                if w.op == _PINGRESP:
+                    self._ping_sent_ms = None
+                continue
+            self._control_packet(op)
+        if w.rx != self._rx_seen:
+            self._rx_seen = w.rx
+            self._last_rx_ms = now_ms
+        while self._replies:
+            self._publish(self.topics.reply, self._replies.pop(0))
+            self.replies_sent += 1
+        if self._status_dirty:
+            self._send_status()
+        for _ in range(_EVENTS_PER_STEP):
+            if not self._events:
+                break
+            self._publish(self.topics.event, self._events.pop(0))
+            self.events_sent += 1
+        if self._telemetry is not None:
+            msg = self._telemetry
+            self._telemetry = None
+            self._publish(self.topics.telemetry, msg)
+            self.telemetry_sent += 1
+        rec = self.outbox.due(now_ms)
+        if rec is not None:
+            self._publish(self.topics.record,
+                          messages.record(rec.kind, rec.seq, rec.id, rec.data))
+            self.outbox.sent(rec, now_ms)
+            self.records_sent += 1
+        self._keepalive(now_ms)
+        if w.tx != self._tx_seen:
+            self._tx_seen = w.tx
+            self._last_tx_ms = now_ms
+
+    def _keepalive(self, now_ms):
+        half = self._keepalive_ms // 2
+        if self._ping_sent_ms is not None:
+            if ticks_diff(now_ms, self._ping_sent_ms) >= half:
+                self.ping_timeouts += 1
+                raise OSError("no PINGRESP within %d ms" % half)
+            return
+        if ticks_diff(now_ms, self._last_rx_ms) >= half or \
+                ticks_diff(now_ms, self._last_tx_ms) >= half:
+            self._client.ping()
+            self.pings += 1
+            self._ping_sent_ms = now_ms
+
+    def _control_packet(self, op):
+        c = self._client
+        n = c._recv_len()
+        body = self._wire.read(n) if n else b""
+        if op == _SUBACK:
+            if n < 3 or (body[0] << 8 | body[1]) != self._sub_pid:
+                raise MQTTException("unexpected SUBACK")
+            for code in body[2:]:
+                if code & 0x80:
+                    raise OSError("subscription refused by the broker")
+            self.subscribed = True
+            self._attempt = 0     # a complete session: the next failure starts backoff anew
+            return
+        if op == _PUBACK:
+            return
+        raise MQTTException("unexpected packet 0x%02x" % op)
+
+    # -- incoming ------------------------------------------------------------------------------
+    def _on_message(self, topic, msg):
+        topic = bytes(topic)
+        if topic == self.topics.cmd:
+            self.rx_commands += 1
+            if len(msg) > MAX_COMMAND_BYTES:
+                reply = self.dispatcher.reject("payload too large: %d > %d bytes"
+                                               % (len(msg), MAX_COMMAND_BYTES))
+            else:
+                reply = self.dispatcher.handle(bytes(msg), self._now)
+            if len(self._replies) >= _REPLY_QUEUE:
+                self._replies.pop(0)
+            self._replies.append(reply)
+        elif topic == self.topics.ack:
+            try:
+                ids = messages.parse_ack(bytes(msg))
+            except messages.MessageError:
+                self.bad_acks += 1
+                return
+            self.rx_acks += 1
+            for i in ids:
+                self.outbox.ack(i)
+        else:
+            # Only the station's own topics are acted on (a broker ACL or bridge mistake
+            # must not let one station obey another's commands).
+            self.foreign_messages += 1
+
+    # -- failure and shutdown ---------------------------------------------------------------------
+    def _drop_socket(self):
+        w = self._wire
+        if w is not None:
+            self._bytes_sent += w.tx
+            self._bytes_received += w.rx
+            w.close()
+        elif getattr(self, "_raw", None) is not None:
+            try:
+                self._raw.close()
+            except Exception:
+                pass
+        self._wire = None
+        self._raw = None
+        self._poller = None
+        self._client.sock = None
+
+    def _fail(self, now_ms, reason):
+        was_online = self._state == ONLINE
+        self._drop_socket()
+        self.last_error = reason
+        if was_online:
+            self.disconnects += 1
+            self.offline_since_ms = now_ms
+            self._fallback = False
+            self._offline_ms = 0
+        else:
+            self.failures += 1
+        self.outbox.unsend_all()
+        self._state = OFFLINE
+        self._attempt += 1
+        low = self.cfg["mqtt_backoff_min_ms"]
+        high = self.cfg["mqtt_backoff_max_s"] * 1000
+        delay = low << min(self._attempt - 1, _STABLE_BACKOFF_SHIFT)
+        if delay > high:
+            delay = high
+        # "Equal jitter": half fixed, half random, so stations do not reconnect in lockstep.
+        delay = delay // 2 + self._rand(delay // 2 + 1)
+        self.backoff_ms = delay
+        self._next_attempt_ms = ticks_add(now_ms, delay)
+
+    def close(self, reason="shutdown"):
+        """Clean disconnect (before a reboot): retained offline status, then DISCONNECT,
+        so the broker does not publish the will."""
+        if self._state == ONLINE:
+            try:
+                self._wire.arm()
+                self._publish(self.topics.status,
+                              messages.status({"reason": reason}, False), retain=True)
+                self._client.disconnect()
+            except Exception:
+                pass
+        self._drop_socket()
+        self._state = OFFLINE
+
+
+def _text(e):
+    msg = e.args[0] if e.args else repr(e)
+    if not isinstance(msg, str):
+        msg = str(e) or repr(e)
+    return msg.strip()
+
+
+def _os_reason(e):
+    if e.args and isinstance(e.args[0], str):
+        return e.args[0]
+    code = e.args[0] if e.args else None
+    if code == -1:
+        return "connection closed by the broker"
+    name = errno.errorcode.get(code) if isinstance(code, int) else None
+    return name or ("error %s" % code)
+
+
+class _LegacyTls:
+    """Firmware before ssl.SSLContext (MicroPython < 1.23): ssl.wrap_socket with the
+    certificates as bytes. Not exercised by the host tests (the unix port is newer)."""
+
+    def __init__(self, ssl, ca, cert, key):
+        self._ssl = ssl
+        self._kw = {"cert_reqs": ssl.CERT_REQUIRED, "cadata": _der(ca)}
+        if cert:
+            self._kw["cert"] = _der(cert)
+            self._kw["key"] = _der(key)
+
+    def wrap_socket(self, sock, server_hostname=None, do_handshake_on_connect=True):
+        return self._ssl.wrap_socket(sock, server_hostname=server_hostname,
+                                     do_handshake=do_handshake_on_connect, **self._kw)
+
+
+def _der(path):
+    """The first PEM block of `path` decoded to DER (or the file itself when it is DER)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    start = data.find(b"-----BEGIN")
+    if start < 0:
+        return data
+    body_start = data.find(b"\n", start) + 1
+    end = data.find(b"-----END", body_start)
+    if body_start <= 0 or end < 0:
+        raise ValueError("%s: truncated PEM" % path)
+    import binascii
+    return binascii.a2b_base64(data[body_start:end].replace(b"\r", b"").replace(b"\n", b""))
