@@ -1,0 +1,118 @@
+"""Lifetime counters of the station, kept across resets with few flash writes.
+
+Counted: boots, sessions, energy_wh delivered in sessions, contactor_cycles (one per opening),
+contactor_cycles_under_load (opened while the EV drew at least `load_threshold_w`: these wear
+the contacts), and faults per name.
+
+Flash wear: the file is replaced (Store.write_atomic) only
+  - at boot (the boot number must be on flash before any session uses it as its id),
+  - at the end of a session (session_ended),
+  - from tick() when something changed and at least `counters_save_s` passed since the
+    last write (default once a minute; never per control tick).
+A reset loses at most the contactor and fault counts of that last interval; session counts
+and energy are written with the session.
+
+session_ended() remembers the last session id it counted, so a session replayed after a
+power cut (finished on flash, counters not yet written) is counted exactly once.
+"""
+import json
+
+from firmware.compat import ticks_diff
+from firmware.storage import StorageError
+
+FILE = "counters.json"
+_MAX_FAULT_NAMES = 32         # distinct names kept; further names count under "other"
+_FIELDS = ("boots", "sessions", "energy_wh", "contactor_cycles", "contactor_cycles_under_load")
+
+
+class Counters:
+    def __init__(self, store, save_interval_s=60, load_threshold_w=100):
+        self.store = store
+        self.save_interval_ms = save_interval_s * 1000
+        self.load_threshold_w = load_threshold_w
+        self.boots = 0
+        self.sessions = 0
+        self.energy_wh = 0
+        self.contactor_cycles = 0
+        self.contactor_cycles_under_load = 0
+        self.faults = {}
+        self.last_session = None
+        self.error = None        # why the stored counters could not be read, if so
+        self.writes = 0          # flash writes made by this instance
+        self._dirty = False
+        self._saved_ms = None
+        self._load()
+
+    @classmethod
+    def from_config(cls, cfg, store):
+        return cls(store, cfg["counters_save_s"], cfg["contactor_load_threshold_w"])
+
+    def _load(self):
+        try:
+            raw = self.store.read(FILE)
+            if raw is None:
+                return
+            d = json.loads(raw)
+            for k in _FIELDS:
+                v = d.get(k, 0)
+                if isinstance(v, int) and v >= 0:
+                    setattr(self, k, v)
+            faults = d.get("faults", {})
+            if isinstance(faults, dict):
+                self.faults = {k: v for k, v in faults.items() if isinstance(v, int) and v > 0}
+            self.last_session = d.get("last_session")
+        except (StorageError, ValueError) as e:
+            # Start again from zero rather than refuse to run; the reason stays visible.
+            self.error = "counters: %s" % (e.args[0] if e.args else e)
+
+    def values(self):
+        d = {k: getattr(self, k) for k in _FIELDS}
+        d["faults"] = dict(self.faults)
+        d["last_session"] = self.last_session
+        return d
+
+    def save(self, now_ms=None):
+        self.store.write_atomic(FILE, json.dumps(self.values()).encode())
+        self.writes += 1
+        self._dirty = False
+        self._saved_ms = now_ms
+
+    # -- events --------------------------------------------------------------------------
+    def boot(self, now_ms=None):
+        """Count this boot and write it at once. Returns the boot number (1, 2, ...)."""
+        self.boots += 1
+        self.save(now_ms)
+        return self.boots
+
+    def session_ended(self, session_id, energy_wh, now_ms=None):
+        """Count a finished session (once per id) and write the counters."""
+        if session_id is not None and session_id == self.last_session:
+            return False
+        self.sessions += 1
+        if energy_wh:
+            self.energy_wh += energy_wh
+        self.last_session = session_id
+        self.save(now_ms)
+        return True
+
+    def contactor_opened(self, power_w):
+        """One contactor cycle ends; `power_w` is the last valid power (None = unknown)."""
+        self.contactor_cycles += 1
+        if power_w is not None and power_w >= self.load_threshold_w:
+            self.contactor_cycles_under_load += 1
+        self._dirty = True
+
+    def fault(self, name):
+        if name not in self.faults and len(self.faults) >= _MAX_FAULT_NAMES:
+            name = "other"
+        self.faults[name] = self.faults.get(name, 0) + 1
+        self._dirty = True
+
+    def tick(self, now_ms):
+        """Write pending changes when the interval since the last write has passed."""
+        if not self._dirty:
+            return False
+        if self._saved_ms is not None and ticks_diff(now_ms, self._saved_ms) < self.save_interval_ms:
+            return False
+        self.save(now_ms)
+        return True

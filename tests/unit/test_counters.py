@@ -1,0 +1,109 @@
+# Runs on CPython (pytest) and on the MicroPython unix port (tests/mprun.py).
+import unittest
+
+from firmware.compat import TICKS_MAX, ticks_add
+from firmware.config import Config
+from firmware.counters import FILE, Counters
+from firmware.storage import Store
+from powercut_fs import PowerCutFs
+
+ROOT = "/data"
+
+
+def _writes(fs):
+    # one atomic replacement = one rename onto the counters file
+    return sum(1 for op in fs.log if op.startswith("rename") and op.endswith("/" + FILE))
+
+
+class Persistence(unittest.TestCase):
+    def test_boot_is_written_at_once_and_counts_up(self):
+        fs = PowerCutFs()
+        for n in (1, 2, 3):
+            c = Counters(Store(ROOT, fs))
+            self.assertEqual(c.boot(0), n)
+        self.assertEqual(_writes(fs), 3)
+
+    def test_everything_survives_a_reset(self):
+        fs = PowerCutFs()
+        c = Counters(Store(ROOT, fs), save_interval_s=60, load_threshold_w=100)
+        c.boot(0)
+        c.contactor_opened(7000)
+        c.contactor_opened(20)
+        c.contactor_opened(None)
+        c.fault("rcd_trip")
+        c.fault("rcd_trip")
+        c.fault("diode")
+        c.session_ended("1-1", 1234, 1000)
+        c.session_ended("1-2", None, 2000)
+        self.assertFalse(c.tick(70000))     # the session end wrote everything
+        c.fault("diode")
+        self.assertFalse(c.tick(61999))
+        self.assertTrue(c.tick(62000))
+        again = Counters(Store(ROOT, fs.restart()))
+        self.assertEqual(again.values(), {
+            "boots": 1, "sessions": 2, "energy_wh": 1234, "contactor_cycles": 3,
+            "contactor_cycles_under_load": 1, "faults": {"rcd_trip": 2, "diode": 2},
+            "last_session": "1-2"})
+
+    def test_a_session_is_counted_once(self):
+        c = Counters(Store(ROOT, PowerCutFs()))
+        self.assertTrue(c.session_ended("4-1", 500))
+        self.assertFalse(c.session_ended("4-1", 500))
+        self.assertEqual((c.sessions, c.energy_wh), (1, 500))
+
+    def test_damaged_file_restarts_from_zero_and_says_why(self):
+        fs = PowerCutFs()
+        Counters(Store(ROOT, fs)).boot(0)
+        fs.medium[ROOT + "/" + FILE] = b"garbage"
+        c = Counters(Store(ROOT, fs))
+        self.assertEqual(c.boots, 0)
+        self.assertIn("damaged", c.error)
+        self.assertEqual(c.boot(0), 1)
+
+    def test_fault_names_are_bounded(self):
+        c = Counters(Store(ROOT, PowerCutFs()))
+        for i in range(40):
+            c.fault("f%d" % i)
+        self.assertEqual(len(c.faults), 33)
+        self.assertEqual(c.faults["other"], 8)
+
+    def test_config_keys(self):
+        cfg = Config({"counters_save_s": 120, "contactor_load_threshold_w": 500})
+        c = Counters.from_config(cfg, Store(ROOT, PowerCutFs()))
+        self.assertEqual((c.save_interval_ms, c.load_threshold_w), (120000, 500))
+
+
+class WearLimits(unittest.TestCase):
+    def test_at_most_one_write_a_minute_while_events_pour_in(self):
+        fs = PowerCutFs()
+        c = Counters(Store(ROOT, fs), save_interval_s=60)
+        c.boot(0)
+        start = _writes(fs)
+        now = 0
+        for step in range(6000):          # 10 minutes of 100 ms control ticks
+            now = step * 100
+            if step % 7 == 0:
+                c.contactor_opened(3000)
+            if step % 50 == 0:
+                c.fault("overcurrent")
+            c.tick(now)
+        self.assertEqual(_writes(fs) - start, 9)   # at 60 s, 120 s, ... 540 s
+        self.assertEqual(c.writes, 10)
+
+    def test_nothing_changed_nothing_written(self):
+        fs = PowerCutFs()
+        c = Counters(Store(ROOT, fs))
+        c.boot(0)
+        before = len(fs.log)
+        for t in range(0, 3600000, 1000):
+            c.tick(t)
+        self.assertEqual(len(fs.log), before)
+
+    def test_interval_holds_across_the_ticks_wrap(self):
+        fs = PowerCutFs()
+        c = Counters(Store(ROOT, fs), save_interval_s=60)
+        t0 = ticks_add(TICKS_MAX, -20000)
+        c.boot(t0)
+        c.fault("x")
+        self.assertFalse(c.tick(ticks_add(t0, 59999)))
+        self.assertTrue(c.tick(ticks_add(t0, 60000)))
