@@ -1,0 +1,30 @@
+# boot.py: runs first after every reset. Minimal on purpose.
+#
+# 1. Drive the contactor coil off before anything that could fail: the pin and its polarity
+#    come straight from /board.json with only built-in modules. If even that fails, the coil
+#    driver's pull-down (a board requirement, docs/board.md) keeps it off.
+# 2. Report the reset cause and any crash the previous run left, and decide service mode
+#    (flag file /service or the service pin held): main.py then starts neither the
+#    application nor the watchdog, leaving a plain REPL.
+import machine
+
+_board = None
+_contactor = None
+_contactor_off = 0
+try:
+    import json
+
+    with open("board.json") as _f:
+        _board = json.load(_f)
+    _c = _board["contactor"]
+    _contactor_off = 0 if _c.get("active_high", True) else 1
+    _contactor = machine.Pin(_c["pin"], machine.Pin.OUT, value=_contactor_off)
+except Exception as _e:
+    print("boot: contactor pin not driven (%r); relying on the board's pull-down" % (_e,))
+
+try:
+    from drivers import bootinfo
+
+    bootinfo.start(_board, _contactor, _contactor_off)
+except Exception as _e:
+    print("boot: start-up report failed:", _e)
