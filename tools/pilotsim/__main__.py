@@ -1,0 +1,108 @@
+"""python -m tools.pilotsim COMMAND
+
+  demo                      the default session (what `make sim` runs)
+  run FILE [FILE ...]       play scenario files; summary, Annex A report, JSONL trace
+  check FILE [FILE ...]     parse scenario files only (exit 1 on the first bad one)
+  list                      the scenario library
+  bench FILE --port DEV     play a scenario's EV steps on a hardware pilot simulator
+
+Options for run/demo: --trace PATH (default build/pilotsim/NAME.jsonl), --speed N (simulated
+ms per wall ms, 0 = as fast as possible), --no-broker, --quiet (no live view).
+Exit status: 0 when every Annex A check passes and the scenario's expectations hold.
+"""
+import argparse
+import os
+import sys
+
+from tools.devicefiles import ROOT
+from tools.pilotsim import expect as _expect
+from tools.pilotsim import orchestrate
+from tools.pilotsim import scenario as _scenario
+
+SCENARIO_DIR = os.path.join(ROOT, "tools", "pilotsim", "scenarios")
+DEMO = os.path.join(SCENARIO_DIR, "demo.json")
+TRACE_DIR = os.path.join(ROOT, "build", "pilotsim")
+
+
+def library():
+    return sorted(os.path.join(SCENARIO_DIR, f) for f in os.listdir(SCENARIO_DIR)
+                  if f.endswith(".json"))
+
+
+def _play(path, args, out):
+    sc = _scenario.load(path)
+    trace = args.trace
+    if trace is None:
+        os.makedirs(TRACE_DIR, exist_ok=True)
+        trace = os.path.join(TRACE_DIR, sc.name + ".jsonl")
+    live = None if args.quiet else orchestrate.LiveView(out)
+    out.write("== %s: %s\n" % (sc.name, sc.description))
+    res = orchestrate.run(path, trace_path=trace, live=live, speed=args.speed,
+                          broker=not args.no_broker)
+    if not res.broker and sc.broker != "none":
+        out.write("   (running WITHOUT a broker: backend steps are skipped)\n")
+    out.write("\n" + orchestrate.format_summary(res) + "\n")
+    problems = _expect.check(res)
+    for p in problems:
+        out.write("  EXPECTATION FAILED: %s\n" % p)
+    out.write("  trace: %s\n\n" % trace)
+    return res.ok() and not problems
+
+
+def main(argv=None, out=None):
+    out = out or sys.stdout
+    p = argparse.ArgumentParser(prog="python -m tools.pilotsim", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("demo", "run"):
+        sp = sub.add_parser(name)
+        if name == "run":
+            sp.add_argument("files", nargs="+")
+        sp.add_argument("--trace")
+        sp.add_argument("--speed", type=int, default=0)
+        sp.add_argument("--no-broker", action="store_true")
+        sp.add_argument("--quiet", action="store_true")
+    sp = sub.add_parser("check")
+    sp.add_argument("files", nargs="+")
+    sub.add_parser("list")
+    sp = sub.add_parser("bench")
+    sp.add_argument("file")
+    sp.add_argument("--port", required=True)
+    sp.add_argument("--baud", type=int, default=115200)
+    args = p.parse_args(argv)
+
+    if args.cmd == "check":
+        for f in args.files:
+            try:
+                _scenario.load(f)
+            except (_scenario.ScenarioError, OSError) as e:
+                out.write("%s\n" % e)
+                return 1
+            out.write("%s: ok\n" % f)
+        return 0
+    if args.cmd == "list":
+        for f in library():
+            sc = _scenario.load(f)
+            out.write("%-28s %s\n" % (sc.name, sc.description))
+        return 0
+    if args.cmd == "bench":
+        from tools.pilotsim import bench
+        return bench.main_play(args.file, args.port, args.baud, out)
+    files = [DEMO] if args.cmd == "demo" else args.files
+    if len(files) > 1 and args.trace:
+        out.write("--trace takes one file; traces go to %s\n" % TRACE_DIR)
+        return 2
+    ok = True
+    for f in files:
+        try:
+            ok = _play(f, args, out) and ok
+        except _scenario.ScenarioError as e:
+            out.write("%s\n" % e)
+            return 2
+        except orchestrate.PeerMissing as e:
+            out.write("skipped: %s\n" % e)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

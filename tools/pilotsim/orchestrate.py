@@ -1,0 +1,387 @@
+"""Host side of a simulation (CPython): peers, the firmware process, trace, report.
+
+    result = run("tools/pilotsim/scenarios/basic-session.json", trace_path="t.jsonl")
+
+starts the peers the scenario needs - a real mosquitto (tests/system/mosquitto.py) behind
+a stallable relay (netproxy.py), and the pymodbus meter (tests/system/meter_peer.py)
+reached by the firmware through tools/tcpuart.py - then the firmware on the MicroPython unix
+port (tools/pilotsim/runner.py), answers its lock-step requests (meter registers, meter
+faults, network stalls), writes the JSONL trace, and analyses it (annexa.py).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+from tools.pilotsim import annexa
+from tools.pilotsim import scenario as _scenario
+from tools.pilotsim.netproxy import NetProxy
+
+DEFAULT_TIMEOUT_S = 120
+METER_START_WH = 1234567     # a meter that has seen use: sessions are differences
+
+
+class PeerMissing(RuntimeError):
+    pass
+
+
+class SimError(RuntimeError):
+    pass
+
+
+class RunResult:
+    def __init__(self, sc):
+        self.scenario = sc
+        self.records = []
+        self.checks = []
+        self.returncode = None
+        self.stderr = ""
+        self.trace_path = None
+        self.broker = False
+        self.meter = False
+        self.notes = []
+
+    @property
+    def end(self):
+        return next((r for r in reversed(self.records) if r.get("k") == "end"), None)
+
+    def ticks(self):
+        return [r for r in self.records if r.get("k") == "tick"]
+
+    def faults_seen(self):
+        seen = []
+        for r in self.ticks():
+            for f in r["faults"]:
+                if f not in seen:
+                    seen.append(f)
+        return seen
+
+    def states_seen(self):
+        seen = []
+        for r in self.ticks():
+            if r["state"] not in seen:
+                seen.append(r["state"])
+        return seen
+
+    def ok(self):
+        return self.returncode == 0 and self.end is not None and annexa.all_pass(self.checks)
+
+
+# -- peers -----------------------------------------------------------------------------
+
+def _broker_module():
+    try:
+        from tests.system import mosquitto
+    except ImportError:
+        return None
+    return mosquitto if mosquitto.available() else None
+
+
+class _Meter:
+    """The pymodbus meter peer and how the simulation drives it."""
+
+    # scenario fault -> meter_peer fault injection (until cleared)
+    FAULTS = {"meter_silent": "no_reply", "meter_garbage": "garbage"}
+
+    def __init__(self, start_wh):
+        from tests.system.meter_peer import MeterPeer
+        self.peer = MeterPeer("sdm630", {"voltage_dv": [2300, 2300, 2300],
+                                         "current_ma": [0, 0, 0], "power_w": 0,
+                                         "import_wh": start_wh, "export_wh": 0})
+        self.peer.start()
+        self.port = self.peer.port
+
+    def set(self, req):
+        self.peer.set_values(voltage_dv=req["voltage_dv"], current_ma=req["current_ma"],
+                             power_w=req["power_w"], import_wh=req["import_wh"])
+
+    def fault(self, mode):
+        self.peer.clear_faults()
+        if mode != "ok":
+            self.peer.inject(self.FAULTS[mode])
+
+    def close(self):
+        self.peer.stop()
+
+
+# -- the run ------------------------------------------------------------------------------
+
+def load(path_or_dict):
+    if isinstance(path_or_dict, dict):
+        return _scenario.parse(path_or_dict, path_or_dict.get("name", "scenario"))
+    return _scenario.load(path_or_dict)
+
+
+def run(path_or_dict, trace_path=None, live=None, speed=0, broker=True, meter=True,
+        timeout_s=DEFAULT_TIMEOUT_S, extra_config=None):
+    """Play one scenario. `live(record)` sees every record as it arrives. `broker`/`meter`
+    False forces running without that peer (steps that need it are then skipped)."""
+    sc = load(path_or_dict)
+    res = RunResult(sc)
+    cleanup = []
+    try:
+        return _run(sc, res, cleanup, trace_path, live, speed, broker, meter, timeout_s,
+                    extra_config)
+    finally:
+        for fn in reversed(cleanup):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - cleanup must go on
+                pass
+
+
+def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, timeout_s,
+         extra_config):
+    run_cfg = {"scenario": sc.to_dict(), "speed": speed, "meter_start_wh": METER_START_WH}
+    if extra_config:
+        run_cfg["scenario"]["config"] = dict(run_cfg["scenario"]["config"], **extra_config)
+    tmp = tempfile.mkdtemp(prefix="pilotsim-")
+    cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    storage = os.path.join(tmp, "data")
+    os.makedirs(storage)
+    run_cfg["storage"] = storage
+
+    proxy = None
+    if sc.broker != "none" and want_broker:
+        mq = _broker_module()
+        if mq is None:
+            if sc.broker == "required":
+                raise PeerMissing("%s needs a broker and mosquitto is not installed" % sc.name)
+            res.notes.append("no broker: mosquitto not installed, running without MQTT")
+        else:
+            b = mq.Mosquitto()
+            b.start()
+            cleanup.append(b.close)
+            proxy = NetProxy(b.port)
+            cleanup.append(proxy.close)
+            run_cfg["broker_host"] = b.host
+            run_cfg["broker_port"] = b.port
+            run_cfg["station_broker_port"] = proxy.port
+            res.broker = True
+    elif sc.broker == "required":
+        raise PeerMissing("%s needs a broker" % sc.name)
+    else:
+        res.notes.append("no broker: running without MQTT")
+
+    meter = None
+    if sc.meter and want_meter:
+        try:
+            meter = _Meter(METER_START_WH)
+        except ImportError as e:
+            res.notes.append("no meter peer (%s): running without a meter" % e)
+        else:
+            cleanup.append(meter.close)
+            run_cfg["meter_port"] = meter.port
+            res.meter = True
+
+    run_path = os.path.join(tmp, "run.json")
+    with open(run_path, "w") as f:
+        json.dump(run_cfg, f)
+
+    trace = open(trace_path, "w") if trace_path else None
+    if trace:
+        cleanup.append(trace.close)
+        res.trace_path = trace_path
+    err_path = os.path.join(tmp, "stderr.txt")
+    err = open(err_path, "w")
+    cleanup.append(err.close)
+    proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=4M", "-m", "tools.pilotsim.runner",
+                             run_path], cwd=ROOT, env=micropython_env(fakes=False),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                            text=True, bufsize=1)
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    cleanup.append(timer.cancel)
+    cleanup.append(lambda: proc.poll() is None and proc.kill())
+    try:
+        for line in proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                res.notes.append("firmware output: " + line[:200])
+                continue
+            if "req" in rec:
+                answer = _answer(rec, meter, proxy, res)
+                proc.stdin.write(answer + "\n")
+                proc.stdin.flush()
+                continue
+            res.records.append(rec)
+            if trace:
+                trace.write(line + "\n")
+            if live:
+                live(rec)
+    finally:
+        res.returncode = proc.wait()
+        timer.cancel()
+        err.close()
+        with open(err_path) as f:
+            res.stderr = f.read()
+    if res.returncode and not timer.is_alive() and res.end is None:
+        res.notes.append("firmware process ended with %d" % res.returncode)
+    res.checks = annexa.analyse(res.records)
+    return res
+
+
+def _answer(rec, meter, proxy, res):
+    req = rec["req"]
+    try:
+        if req == "meter":
+            if meter is not None:
+                meter.set(rec)
+        elif req == "meter_fault":
+            if meter is not None:
+                meter.fault(rec["mode"])
+        elif req == "network":
+            if proxy is None:
+                return "ok"
+            if rec["mode"] == "stall":
+                proxy.stall()
+            else:
+                proxy.resume()
+        else:
+            return "err unknown request %s" % req
+    except Exception as e:  # noqa: BLE001 - the firmware side reports it and stops
+        return "err %s" % e
+    return "ok"
+
+
+# -- summary -----------------------------------------------------------------------------
+
+def state_times(records):
+    """[(state, entered_ms, duration_ms)] in order, from the tick records."""
+    out = []
+    end = next((r["t"] for r in reversed(records) if r.get("k") == "end"), None)
+    for r in records:
+        if r.get("k") != "tick":
+            continue
+        if not out or out[-1][0] != r["state"]:
+            out.append([r["state"], r["t"], 0])
+    for i, row in enumerate(out):
+        nxt = out[i + 1][1] if i + 1 < len(out) else (end if end is not None else row[1])
+        row[2] = nxt - row[1]
+    return [tuple(r) for r in out]
+
+
+def mqtt_traffic(records):
+    t = {"from_station": [0, 0], "to_station": [0, 0]}
+    for r in records:
+        if r.get("k") == "mqtt":
+            t[r["dir"]][0] += 1
+            t[r["dir"]][1] += r["bytes"]
+    return t
+
+
+def session_records(records):
+    out = []
+    for r in records:
+        if (r.get("k") == "mqtt" and r.get("topic") == "record"
+                and isinstance(r.get("payload"), dict)):
+            p = r["payload"]
+            if p.get("kind") == "session" and p.get("id") not in [o.get("id") for o in out]:
+                out.append(p)
+    return out
+
+
+def format_summary(res):
+    lines = []
+    sc = res.scenario
+    end = res.end or {}
+    lines.append("Summary of %s (%s)" % (sc.name, sc.description or "no description"))
+    lines.append("  peers: broker %s, meter %s" % ("mosquitto" if res.broker else "none",
+                                                  "pymodbus" if res.meter else "none"))
+    for n in res.notes:
+        lines.append("  note: " + n)
+    lines.append("  states:")
+    for st, t, d in state_times(res.records):
+        lines.append("    %-12s from %9.3f s  for %8.3f s" % (st, t / 1000, d / 1000))
+    totals = {}
+    for st, _t, d in state_times(res.records):
+        totals[st] = totals.get(st, 0) + d
+    lines.append("  time per state: " + ", ".join("%s %.1f s" % (k, v / 1000)
+                                                  for k, v in totals.items()))
+    lines.append("  energy delivered (simulated EV): %d Wh" % end.get("energy_wh", 0))
+    for p in session_records(res.records):
+        data = p.get("data", {})
+        lines.append("  session %s: %s" % (p.get("id"), _session_line(data)))
+    faults = res.faults_seen()
+    lines.append("  faults seen: %s" % (", ".join(faults) if faults else "none"))
+    tr = mqtt_traffic(res.records)
+    lines.append("  MQTT: %d messages / %d bytes from the station, %d / %d to it"
+                 % (tr["from_station"][0], tr["from_station"][1], tr["to_station"][0],
+                    tr["to_station"][1]))
+    stats = end.get("stats", {})
+    if stats:
+        lines.append("  firmware loop: %d iterations, %d meter updates, %d commands, %d s"
+                     " paced to wall time" % (stats.get("ticks", 0), stats.get("meter_pushes", 0),
+                                              stats.get("commands", 0),
+                                              stats.get("paced_ms", 0) // 1000))
+    if res.returncode:
+        lines.append("  firmware process exit code %d" % res.returncode)
+        if res.stderr:
+            lines.append("  stderr:\n" + res.stderr[-3000:])
+    lines.append("")
+    lines.append(annexa.format_report(res.checks))
+    return "\n".join(lines)
+
+
+def _session_line(data):
+    parts = []
+    for key in ("energy_wh", "cost_minor", "currency", "reason", "duration_s",
+                "charging_s", "id_tag"):
+        if key in data:
+            parts.append("%s=%s" % (key, data[key]))
+    return ", ".join(parts) if parts else json.dumps(data)[:200]
+
+
+# -- live view -----------------------------------------------------------------------------
+
+class LiveView:
+    """One line per state change and at most one per simulated second, plus scenario steps
+    and backend traffic as they happen."""
+
+    def __init__(self, out=None):
+        self.out = out or sys.stdout
+        self._last_t = None
+        self._last_state = None
+
+    def __call__(self, r):
+        k = r.get("k")
+        if k == "tick":
+            if r["state"] == self._last_state and self._last_t is not None \
+                    and r["t"] - self._last_t < 1000:
+                return
+            self._last_t = r["t"]
+            self._last_state = r["state"]
+            duty = r["duty"]
+            duty_s = "+12V" if duty >= 1000 else ("-12V" if duty <= 0 else "%4.1f%%" % (duty / 10))
+            self._w("%8.2f s  %-4s  CP %+5.1f/%+5.1f V  duty %-6s offer %2d A  contactor %-6s"
+                    " %6d W  %6d Wh%s" % (
+                        r["t"] / 1000, r["state"], r["cp_hi"] / 1000, r["cp_lo"] / 1000, duty_s,
+                        r["offered_ma"] // 1000, "closed" if r["contactor"] else "open",
+                        r["power_w"], r["energy_wh"],
+                        ("  faults " + ",".join(r["faults"])) if r["faults"] else ""))
+        elif k in ("ev", "fault", "meter"):
+            extra = " ".join("%s=%s" % (a, r[a]) for a in r if a not in ("t", "k", "name"))
+            self._w("%8.2f s  >> %s %s %s" % (r["t"] / 1000, k, r["name"], extra))
+        elif k == "backend":
+            self._w("%8.2f s  >> backend %s %s" % (r["t"] / 1000, r["name"],
+                                                   json.dumps(r.get("args", r.get("raw")))))
+        elif k == "mqtt" and r.get("topic") == "reply":
+            p = r["payload"]
+            self._w("%8.2f s  << reply %s" % (r["t"] / 1000, json.dumps(p)[:100]))
+        elif k == "mqtt" and r.get("topic") == "record":
+            p = r["payload"]
+            if isinstance(p, dict):
+                self._w("%8.2f s  << record %s %s" % (r["t"] / 1000, p.get("kind"),
+                                                      json.dumps(p.get("data"))[:110]))
+
+    def _w(self, s):
+        self.out.write(s + "\n")
+        self.out.flush()

@@ -1,0 +1,492 @@
+"""The firmware side of a simulation: runs on the MicroPython unix port.
+
+    micropython -m tools.pilotsim.runner RUN.json
+
+RUN.json (written by the orchestrator, tools/pilotsim/orchestrate.py) holds the checked
+scenario and where the peers are. This process builds a SimBoard, starts the real firmware
+(firmware.station.Station) on it and plays the scenario's steps at their exact simulated
+times between two control-loop iterations. It talks to the orchestrator over its stdio:
+
+- stdout: one JSON object per line. Trace records have "k" (see docs/scenarios.md,
+  "Trace"); requests have "req" and wait for one line on stdin ("ok" or "err REASON"):
+  meter register updates, meter faults, network stalls. This lock-step keeps the meter's
+  registers exactly in line with the simulated EV.
+- The backend: this process publishes the scenario's commands to the broker itself (at their
+  simulated time) and subscribes to the station's topics, so MQTT traffic lands in the trace
+  with simulated timestamps.
+
+Time: see SimBoard and docs/scenarios.md: simulated time runs as fast as the firmware
+computes, except that it is paced 1:1 with wall time while a peer owes an answer (a Modbus
+request in flight, a backend command not yet answered, the link coming up), so that the
+firmware's Modbus and MQTT timeouts keep their meaning against real peers.
+"""
+import json
+import sys
+import time
+
+from firmware import states
+from tools.pilotsim import scenario as _scenario
+from tools.pilotsim.model import (CABLE_OHMS, EVLoad, EnergyCounter, FrontEnd, PilotModel,
+                                  S2_C, S2_D, S2_OPEN)
+from tools.pilotsim.simboard import SimBoard, SimReset
+
+HEARTBEAT_MS = 1000          # a trace record at least this often
+METER_PUSH_MS = 500          # meter registers refreshed at least this often while energy flows
+CMD_SETTLE_MS = 5000         # pace 1:1 at most this long waiting for a command's reply
+LINK_SETTLE_MS = 3000        # pace 1:1 at most this long for the link to come up
+
+
+def _wall_ms():
+    return time.ticks_ms()
+
+
+def _wall_diff(a, b):
+    return time.ticks_diff(a, b)
+
+
+class Channel:
+    """Line-based JSON to the orchestrator; requests wait for its answer (lock-step)."""
+
+    def __init__(self, out=None, inp=None):
+        self.out = out or sys.stdout
+        self.inp = inp or sys.stdin
+        self.lines = 0
+
+    def emit(self, record):
+        self.out.write(json.dumps(record))
+        self.out.write("\n")
+        self.lines += 1
+
+    def request(self, record):
+        self.emit(record)
+        if hasattr(self.out, "flush"):
+            self.out.flush()
+        answer = self.inp.readline()
+        if not answer:
+            raise RuntimeError("orchestrator went away")
+        answer = answer.strip()
+        if answer != "ok":
+            raise RuntimeError("orchestrator refused %s: %s" % (record.get("req"), answer))
+
+
+class PacedUart:
+    """The meter's UART as the firmware sees it, remembering whether a request is in flight
+    so the pacer can wait (in wall time) for the real pymodbus peer to answer."""
+
+    def __init__(self, uart):
+        self._u = uart
+        self.pending = False
+        self.requests = 0
+
+    def write(self, buf):
+        self.pending = True
+        self.requests += 1
+        return self._u.write(buf)
+
+    def any(self):
+        n = self._u.any()
+        if n:
+            self.pending = False
+        return n
+
+    def read(self, n=-1):
+        data = self._u.read(n) if n != -1 else self._u.read()
+        if data:
+            self.pending = False
+        return data
+
+    def readinto(self, buf, n=None):
+        got = self._u.readinto(buf) if n is None else self._u.readinto(buf, n)
+        if got:
+            self.pending = False
+        return got
+
+    def set_de(self, on):
+        if hasattr(self._u, "set_de"):
+            self._u.set_de(on)
+
+    def __getattr__(self, name):
+        return getattr(self._u, name)
+
+
+class Backend:
+    """The scenario's side of MQTT: publishes commands, observes the station's topics."""
+
+    def __init__(self, host, port, prefix, station_id, channel, now):
+        from umqtt.simple import MQTTClient
+        self.base = "%s/%s/" % (prefix, station_id)
+        self.cmd_topic = self.base + "cmd"
+        self.channel = channel
+        self.now = now
+        self.messages = 0
+        self.bytes = 0
+        self.replies = {}           # id -> reply payload (dict)
+        self.seen_from_station = 0
+        self._n = 0
+        self.client = MQTTClient(b"pilotsim-backend", host, port, keepalive=0)
+        self.client.set_callback(self._on_msg)
+        self.client.connect()
+        self.client.subscribe((self.base + "#").encode())
+
+    def _on_msg(self, topic, msg):
+        topic = topic.decode()
+        self.messages += 1
+        self.bytes += len(topic) + len(msg)
+        sub = topic[len(self.base):] if topic.startswith(self.base) else topic
+        try:
+            payload = json.loads(msg)
+        except ValueError:
+            payload = msg.decode() if isinstance(msg, bytes) else msg
+        if sub != "cmd":
+            self.seen_from_station += 1
+        if sub == "reply" and isinstance(payload, dict) and "id" in payload:
+            self.replies[payload["id"]] = payload
+        if sub == "record" and isinstance(payload, dict) and "id" in payload:
+            # As a backend does: acknowledge every record so the outbox can let it go.
+            self.client.publish((self.base + "ack").encode(),
+                                json.dumps({"v": 1, "ids": [payload["id"]]}).encode())
+        self.channel.emit({"t": self.now(), "k": "mqtt", "topic": sub,
+                           "dir": "to_station" if sub == "cmd" else "from_station",
+                           "bytes": len(msg), "payload": payload})
+
+    def poll(self):
+        # Bounded: at most a handful of queued messages per control-loop iteration.
+        for _ in range(8):
+            if self.client.check_msg() is None:
+                # check_msg returns None both for "nothing" and "handled"; stop when idle.
+                if not self._readable():
+                    break
+
+    def _readable(self):
+        try:
+            import select
+            p = select.poll()
+            p.register(self.client.sock, select.POLLIN)
+            return bool(p.poll(0))
+        except (ImportError, OSError):
+            return False
+
+    def send(self, name, args, raw, cid):
+        self._n += 1
+        if cid is None:
+            cid = "sim-%d" % self._n
+        if raw is not None:
+            payload = raw
+        else:
+            payload = json.dumps({"v": 1, "id": cid, "cmd": name, "args": args})
+        self.client.publish(self.cmd_topic.encode(), payload.encode())
+        return cid
+
+
+class Runner:
+    def __init__(self, run, channel=None, station_factory=None):
+        self.run_cfg = run
+        self.sc = _scenario.parse(run["scenario"], run["scenario"].get("name", "scenario"))
+        self.channel = channel or Channel()
+        sc = self.sc
+        self.model = PilotModel()
+        self.model.cable_ohms = CABLE_OHMS[sc.cable_a]
+        self.model.update()
+        self.board = SimBoard(model=self.model,
+                              frontend=FrontEnd(seed=sc.seed, noise_mv=sc.noise_mv),
+                              start_ms=sc.start_ticks, storage=run.get("storage", "data"))
+        self.t0 = sc.start_ticks
+        self.ev = EVLoad(phases=sc.phases, wanted_ma=sc.draw_ma, stop_ms=sc.stop_ms,
+                         voltage_mv=230000)
+        self.energy = EnergyCounter(start_wh=run.get("meter_start_wh", 0))
+        self.meter_voltage_dv = 2300
+        self.meter_fault = None
+        self.uart = None
+        if run.get("meter_port"):
+            self.uart = PacedUart(self._open_meter(run["meter_port"]))
+            self.board._meter_uart = self.uart
+        self.backend = None
+        self.config = dict(sc.config)
+        if run.get("broker_port"):
+            self.config["mqtt_host"] = run.get("broker_host", "127.0.0.1")
+            self.config["mqtt_port"] = run.get("station_broker_port") or run["broker_port"]
+            self.backend = Backend(run.get("broker_host", "127.0.0.1"), run["broker_port"],
+                                   self._cfg("mqtt_prefix"), self._cfg("station_id"),
+                                   self.channel, self.sim_ms)
+        self.speed = run.get("speed", 0)        # sim ms per wall ms; 0 = unlimited
+        self._factory = station_factory or _station_factory
+        self.station = self._factory(self.board, self.config)
+        self.board.pacer = self._pace
+        self._wall0 = _wall_ms()
+        self._sim0 = 0
+        self._cmd_wait = None       # (id, until sim ms) while a command is unanswered
+        self._link_until = LINK_SETTLE_MS if self.backend else 0
+        self._last = None
+        self._last_emit = -HEARTBEAT_MS
+        self._last_push = None
+        self._pushed = None
+        self.stats = {"ticks": 0, "restarts": 0, "meter_pushes": 0, "commands": 0,
+                      "paced_ms": 0}
+
+    def _cfg(self, key):
+        from firmware.config import SCHEMA
+        return self.config.get(key, SCHEMA[key][0])
+
+    def _open_meter(self, port):
+        from tools.tcpuart import TcpUart
+        return TcpUart(self.run_cfg.get("meter_host", "127.0.0.1"), port)
+
+    def sim_ms(self):
+        return self.board.now_ms - self.t0
+
+    # -- pacing ---------------------------------------------------------------------------
+    def _pace(self, ms):
+        t = self.sim_ms()
+        waited = 0
+        paced = False
+        if (self.uart is not None and self.uart.pending and self.meter_fault != "meter_silent"):
+            paced = True
+        if self._cmd_wait is not None:
+            cid, until = self._cmd_wait
+            if self.backend.replies.get(cid) is not None or t >= until:
+                self._cmd_wait = None
+            else:
+                paced = True
+        if t < self._link_until:
+            if self.backend is not None and self.backend.seen_from_station:
+                self._link_until = 0
+            else:
+                paced = True
+        if paced:
+            # 1:1 with wall time, but return as soon as the meter's answer is there.
+            start = _wall_ms()
+            while True:
+                if self.backend is not None:
+                    self.backend.poll()
+                if (self.uart is not None and self.uart.pending and self._cmd_wait is None
+                        and t >= self._link_until and self.uart._u.any()):
+                    break
+                waited = _wall_diff(_wall_ms(), start)
+                if waited >= ms:
+                    break
+                time.sleep_ms(1)
+            self.stats["paced_ms"] += ms
+            self._wall0 = _wall_ms()
+            self._sim0 = t + ms
+        elif self.speed:
+            due = (t + ms - self._sim0) // self.speed
+            lag = due - _wall_diff(_wall_ms(), self._wall0)
+            if lag > 0:
+                time.sleep_ms(lag)
+
+    # -- scenario steps ---------------------------------------------------------------------
+    def apply(self, step):
+        m = self.model
+        b = self.board
+        rec = {"t": self.sim_ms(), "k": step.kind, "name": step.name}
+        for k in step.args:
+            rec[k] = step.args[k]
+        if step.kind == "ev":
+            n = step.name
+            if n == "plug":
+                m.plugged = True
+                m.s2 = S2_OPEN
+            elif n == "unplug":
+                m.plugged = False
+                m.s2 = S2_OPEN
+            elif n == "request" or n == "resume":
+                m.s2 = S2_C
+            elif n == "request_ventilation":
+                m.s2 = S2_D
+            elif n == "pause":
+                m.s2 = S2_OPEN
+            elif n == "draw":
+                self.ev.wanted_ma = step.args["amps"] * 1000
+            m.update()
+        elif step.kind == "fault":
+            n = step.name
+            on = step.args.get("on", True)
+            if n in ("diode_short", "cp_short_pe", "cp_open", "pe_loss"):
+                setattr(m, n, on)
+                m.update()
+            elif n == "rcd_trip":
+                b.rcd_fault = on
+            elif n == "rcd_selftest_fail":
+                b.rcd_selftest_ok = not on
+            elif n == "contactor_welded":
+                b.contactor_welded = on
+            elif n == "contactor_stuck_open":
+                b.contactor_stuck_open = on
+            elif n == "ev_overdraw":
+                self.ev.overdraw = on
+            elif n == "temperature":
+                b.ramp_temperature(step.args["to_dc"], step.args["over_ms"])
+            elif n in ("meter_silent", "meter_garbage"):
+                self.meter_fault = n if on else None
+                self.channel.request({"req": "meter_fault", "mode": n if on else "ok"})
+            elif n == "network_stall":
+                self.channel.request({"req": "network", "mode": "stall" if on else "ok"})
+        elif step.kind == "backend":
+            if self.backend is None:
+                rec["skipped"] = "no broker"
+            else:
+                cid = self.backend.send(step.name, step.args.get("args"),
+                                        step.args.get("raw"), step.args.get("id"))
+                rec["id"] = cid
+                self.stats["commands"] += 1
+                self._cmd_wait = (cid, self.sim_ms() + CMD_SETTLE_MS)
+        elif step.kind == "meter":
+            if "voltage_v" in step.args:
+                self.meter_voltage_dv = step.args["voltage_v"] * 10
+                self.ev.voltage_mv = step.args["voltage_v"] * 1000
+            if "energy_wh" in step.args:
+                self.energy.wh = step.args["energy_wh"]
+            self._push_meter(force=True)
+        self.channel.emit(rec)
+
+    # -- the meter's registers follow the simulated EV -------------------------------------
+    def _push_meter(self, force=False):
+        if self.uart is None:
+            return
+        i = self.ev.current_ma if self.board.contacts_closed else 0
+        key = (i, self.energy.wh, self.meter_voltage_dv)
+        t = self.sim_ms()
+        if not force and key == self._pushed:
+            return
+        if (not force and self._pushed is not None and key[0] == self._pushed[0]
+                and t - self._last_push < METER_PUSH_MS):
+            return
+        currents = [i if p < self.ev.phases else 0 for p in range(3)]
+        volts = [self.meter_voltage_dv if p < self.ev.phases else 0 for p in range(3)]
+        power = self.ev.phases * i * self.meter_voltage_dv // 10000 if i else 0
+        self.channel.request({"req": "meter", "t": t, "voltage_dv": volts,
+                              "current_ma": currents, "power_w": power,
+                              "import_wh": self.energy.wh})
+        self._pushed = key
+        self._last_push = t
+        self.stats["meter_pushes"] += 1
+
+    # -- observation ------------------------------------------------------------------------
+    def _observe(self):
+        b = self.board
+        st = _station_view(self.station)
+        temp = b.temperature_dc()
+        key = (st[0], b.duty, b.contactor_cmd, b.contacts_closed, st[1], self.model.ev_state(),
+               self.ev.current_ma, st[2], None if temp is None else temp // 10)
+        t = self.sim_ms()
+        if key != self._last or t - self._last_emit >= HEARTBEAT_MS:
+            self._last = key
+            self._last_emit = t
+            self.channel.emit({
+                "t": t, "k": "tick", "state": st[0], "ev": key[5],
+                "cp_hi": b.cp_high_mv, "cp_lo": b.cp_low_mv, "duty": b.duty,
+                "contactor": 1 if b.contactor_cmd else 0,
+                "mirror": 1 if b.contacts_closed else 0, "faults": st[1],
+                "blocking": st[3],
+                "offered_ma": st[2], "current_ma": self.ev.current_ma,
+                "power_w": self.ev.power_w() if b.contacts_closed else 0,
+                "energy_wh": self.energy.wh, "temp_dc": temp,
+                "led": b.led})
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self):
+        sc = self.sc
+        steps = sc.steps
+        i = 0
+        tick = sc.tick_ms
+        self.channel.emit({"t": 0, "k": "start", "scenario": sc.name, "seed": sc.seed,
+                           "tick_ms": tick, "start_ticks": sc.start_ticks,
+                           "config": self.config, "duration_ms": sc.duration_ms,
+                           "meter": self.uart is not None, "broker": self.backend is not None})
+        while True:
+            t = self.sim_ms()
+            while i < len(steps) and steps[i].at_ms <= t:
+                self.apply(steps[i])
+                i += 1
+            try:
+                self.station.step()
+            except SimReset:
+                self.stats["restarts"] += 1
+                self.channel.emit({"t": t, "k": "reset"})
+                self.station = self._factory(self.board, self.config)
+            b = self.board
+            requesting = self.model.plugged and self.model.s2 != S2_OPEN
+            self.ev.update(t, requesting, b.duty, b.contactor_mirror_closed())
+            if b.contacts_closed:
+                self.energy.add(self.ev.power_w(), tick)
+            self._push_meter()
+            if self.backend is not None:
+                self.backend.poll()
+            self._observe()
+            self.stats["ticks"] += 1
+            if t >= sc.duration_ms:
+                break
+            b.sleep_ms(tick)
+        end = {"t": self.sim_ms(), "k": "end", "energy_wh": self.energy.wh,
+               "stats": self.stats, "status": _status(self.station)}
+        if self.backend is not None:
+            end["mqtt"] = {"messages": self.backend.messages, "bytes": self.backend.bytes}
+        self.channel.emit(end)
+
+
+def _station_factory(board, config):
+    try:
+        from firmware.station import Station
+    except ImportError:
+        return ChargerOnly(board, config)
+    return Station(board, config)
+
+
+class ChargerOnly:
+    """The safety tick alone (no meter service, no MQTT), for firmware trees without
+    firmware/station.py: sample -> Charger.tick -> outputs, as Station's safety tick does."""
+
+    def __init__(self, board, config):
+        from firmware.charger import Charger
+        from firmware.config import Config
+        self.board = board
+        self.cfg = Config(config)
+        self.charger = Charger(self.cfg)
+        self.meter = None
+        self.link = None
+        if self.cfg["auth_mode"] == "free":
+            self.charger.authorize(True)
+
+    def step(self):
+        b = self.board
+        c = self.charger
+        b.sample_pilot()
+        c.cp_high_mv = b.cp_high_mv
+        c.cp_low_mv = b.cp_low_mv
+        c.pp_ohms = b.read_pp_ohms()
+        c.rcd_tripped = b.rcd_tripped()
+        c.mirror_closed = b.contactor_mirror_closed()
+        c.temp_dc = b.temperature_dc()
+        c.tick(b.ticks_ms())
+        b.set_pilot(c.duty_pm)
+        b.set_contactor(c.contactor)
+        b.set_rcd_test(c.rcd_test)
+        b.set_led(c.led)
+
+    def status(self):
+        return self.charger.status()
+
+
+def _status(station):
+    try:
+        return station.status()
+    except Exception as e:  # noqa: B902 - report what the firmware says, whatever it is
+        return {"error": repr(e)}
+
+
+def _station_view(station):
+    """(state name, [active fault names], offered mA, a blocking fault is active)."""
+    ch = station.charger
+    fs = ch.faults
+    return (states.NAMES[ch.state], fs.active_names(), ch.offered_ma,
+            1 if fs.blocking() else 0)
+
+
+def main(argv):
+    with open(argv[1]) as f:
+        run = json.load(f)
+    Runner(run).run()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
