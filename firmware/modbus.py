@@ -167,13 +167,7 @@ class ModbusMaster:
         if count < 1 or count > MAX_READ_REGISTERS:
             raise ValueError("count must be 1..125")
         self._check(slave, addr, count)
-        tx = self._tx
-        tx[0] = slave
-        tx[1] = fc
-        tx[2] = addr >> 8
-        tx[3] = addr & 0xFF
-        tx[4] = count >> 8
-        tx[5] = count & 0xFF
+        self._header(slave, fc, addr, count)
         self._begin(slave, fc, addr, count, 6, 5 + 2 * count)
 
     def start_write_single(self, slave, addr, value):
@@ -181,13 +175,7 @@ class ModbusMaster:
         if value < 0 or value > 0xFFFF:
             raise ValueError("register value must be 0..65535")
         self._check(slave, addr, 1)
-        tx = self._tx
-        tx[0] = slave
-        tx[1] = FC_WRITE_SINGLE
-        tx[2] = addr >> 8
-        tx[3] = addr & 0xFF
-        tx[4] = value >> 8
-        tx[5] = value & 0xFF
+        self._header(slave, FC_WRITE_SINGLE, addr, value)
         self._begin(slave, FC_WRITE_SINGLE, addr, 1, 6, 8)
 
     def start_write_multiple(self, slave, addr, values):
@@ -199,13 +187,8 @@ class ModbusMaster:
         for v in values:
             if v < 0 or v > 0xFFFF:
                 raise ValueError("register value must be 0..65535")
+        self._header(slave, FC_WRITE_MULTIPLE, addr, count)
         tx = self._tx
-        tx[0] = slave
-        tx[1] = FC_WRITE_MULTIPLE
-        tx[2] = addr >> 8
-        tx[3] = addr & 0xFF
-        tx[4] = count >> 8
-        tx[5] = count & 0xFF
         tx[6] = 2 * count
         i = 7
         for v in values:
@@ -213,6 +196,16 @@ class ModbusMaster:
             tx[i + 1] = v & 0xFF
             i += 2
         self._begin(slave, FC_WRITE_MULTIPLE, addr, count, i, 8)
+
+    def _header(self, slave, fc, addr, word):
+        # Every request this master sends starts: slave, function, address, one word.
+        tx = self._tx
+        tx[0] = slave
+        tx[1] = fc
+        tx[2] = addr >> 8
+        tx[3] = addr & 0xFF
+        tx[4] = word >> 8
+        tx[5] = word & 0xFF
 
     def _check(self, slave, addr, count):
         if self._state == _S_SEND or self._state == _S_WAIT:

@@ -276,6 +276,33 @@ class TestPlausibility(Base):
         self.assertEqual(self.svc.import_wh, 500)
 
 
+class TestNoAllocation(Base):
+    def test_idle_and_waiting_polls_allocate_nothing(self):
+        import sys
+        if sys.implementation.name != "micropython":
+            raise unittest.SkipTest("heap_lock is MicroPython only")
+        import micropython
+        self.loop(100)                          # first reading done, next cycle in 1 s
+        self.meter.stream.set_fault("silent")
+        micropython.heap_lock()
+        try:
+            for _ in range(80):                 # idle between cycles
+                self.svc.poll(self.clock.now)
+                self.clock.advance(LOOP_MS)
+        finally:
+            micropython.heap_unlock()
+        self.loop(150)                          # the next cycle's request goes out
+        self.assertEqual(len(self.meter.stream.requests), 2)
+        micropython.heap_lock()
+        try:
+            for _ in range(10):                 # waiting for a reply, then its timeout
+                self.svc.poll(self.clock.now)
+                self.clock.advance(LOOP_MS)
+        finally:
+            micropython.heap_unlock()
+        self.assertEqual(self.svc.consecutive_failures, 1)
+
+
 class TestWrongAddress(Base):
     def test_meter_at_another_address_goes_stale(self):
         self.meter.stream.slave = 7

@@ -71,7 +71,6 @@ class TestFrames(unittest.TestCase):
     def test_read_request_bytes(self):
         self.m.start_read(1, 3, 0, 10)
         self.assertEqual(self.m.request, bytes([1, 3, 0, 0, 0, 10, 0xC5, 0xCD]))
-        self.m.start_read  # noqa: B018
         self.m.cancel()
         self.m.start_read(1, 4, 0, 2)
         self.assertEqual(self.m.request, bytes([1, 4, 0, 0, 0, 2, 0x71, 0xCB]))
