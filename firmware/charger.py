@@ -144,7 +144,6 @@ class Charger:
         self._prev_blocking = 0
         self._f_hold = False
         self._f_since = 0
-        self._was_driving_f = False
         self._open_ok = True              # contactor open long enough to re-close
         self._opened_at = 0
         self._mismatch = False
@@ -318,7 +317,7 @@ class Charger:
         self._check_rcd(now)
         self._check_mirror(now)
         self._check_temperature(now)
-        self._check_pp(now, ev_seen)
+        self._check_pp(now, level, ev_seen)
         self._check_overcurrent(now)
         self._check_lock(now)
         fs.update(now)
@@ -347,7 +346,7 @@ class Charger:
         if self.paused:
             why = LIMIT_PAUSED
             target = 0
-        elif blocking or not self.authorized or not self.available or not ev_seen:
+        elif blocking or not self.authorized or not self.available or not self._connected:
             why = LIMIT_NONE
             target = 0
         else:
@@ -375,11 +374,14 @@ class Charger:
                 duty = duty_for_current(self.offered_ma)
             duty = self._wake_up(now, level, pwm, duty)
             if requesting:
-                # Closing: PWM on (C2/D2), debounced, self-test passed, lock confirmed, and
-                # the contactor open long enough for the welded check after its last opening.
-                close = (0 < duty < PILOT_STEADY_HIGH and self._c_stable
-                         and self._selftest_ok() and self._lock_ready()
-                         and (self.contactor or (self._open_ok and not self.mirror_closed)))
+                # Closing needs PWM on (C2/D2), the debounce, a passed self-test, the lock
+                # confirmed, and the contactor open long enough for the welded check after
+                # its last opening. Staying closed needs only PWM on: a lost lock or a
+                # failed check opens through its fault.
+                close = 0 < duty < PILOT_STEADY_HIGH and (
+                    self.contactor or (self._c_stable and self._selftest_ok()
+                                       and self._lock_ready() and self._open_ok
+                                       and not self.mirror_closed))
                 if self.contactor and not close and duty == PILOT_STEADY_HIGH:
                     # PWM off while the EV stays in C: it should stop within 3 s; open at
                     # pwm_off_open_ms at the latest.
@@ -405,13 +407,13 @@ class Charger:
             self._open(now, open_reason)
         if close and 0 < duty < PILOT_STEADY_HIGH:
             self._pwm_off = False
-        if self._was_driving_f and duty != PILOT_STEADY_LOW:
-            # Back from -12 V: what the pilot said before is stale.
+        if duty == PILOT_STEADY_LOW and self.pilot_level != PILOT_HOLD:
+            # While we drive -12 V the EV is invisible: its last level is stale from now on
+            # and is read afresh (confirm_n readings) once +12 V or PWM is back.
             self._filter.reset()
             self.pilot_level = PILOT_HOLD
             self._level_since = now
             self._c_stable = False
-        self._was_driving_f = duty == PILOT_STEADY_LOW
         self.duty_pm = duty
         self._selftest(now)
 
@@ -525,7 +527,7 @@ class Charger:
         else:
             fs.clear(OVERTEMP, now)
 
-    def _check_pp(self, now, ev_seen):
+    def _check_pp(self, now, level, ev_seen):
         if not self._socket:
             self._cable_ma = CURRENT_MAX_MA
             self.faults.clear(PP_INVALID, now)
@@ -538,6 +540,8 @@ class Charger:
             return
         self._cable_ma = 0
         if not ev_seen:
+            if level == PILOT_HOLD:
+                return                      # EV unknown (just back from F): keep the verdict
             self._pp_bad = False
             self.faults.clear(PP_INVALID, now)
             return
@@ -654,8 +658,10 @@ class Charger:
         # An EV sitting in B2 without requesting is woken once per plug-in by a short
         # steady level (x1 or F), which many EVs take as "restart your charge logic".
         if self._wake == _WAKE_ACTIVE:
-            if (ticks_diff(now, self._wake_since) >= self._wake_hold or not pwm
-                    or (level != PILOT_B and not self._wake_f)):
+            # On -12 V the EV is invisible (level HOLD): only the time ends an F wake-up.
+            if (ticks_diff(now, self._wake_since) >= self._wake_hold
+                    or not self.offered_ma or not self.available
+                    or (not self._wake_f and level != PILOT_B and level != PILOT_HOLD)):
                 self._wake = _WAKE_DONE
                 self.events.push(now, EV_WAKEUP, 0, 0)
                 return duty

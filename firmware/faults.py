@@ -290,10 +290,10 @@ class FaultSet:
         bit = 1 << code
         if not self.active & bit:
             return "%s is not active" % f.name
-        if self._present & bit:
-            return "%s: its cause is still present" % f.name
         if remote and not f.remote_clear:
             return "%s may only be cleared on site" % f.name
+        if self._present & bit:
+            return "%s: its cause is still present" % f.name
         self._drop(code, now_ms, 1)
         return None
 
