@@ -75,6 +75,15 @@ class Timeline:
             cur = r
         return cur
 
+    def before(self, t):
+        """The last tick record strictly before t (the state a step at t acted on)."""
+        cur = None
+        for r in self.ticks:
+            if r["t"] >= t:
+                break
+            cur = r
+        return cur
+
     def first(self, t0, pred, until=None):
         for r in self.ticks:
             if r["t"] < t0:
@@ -108,7 +117,8 @@ def analyse(records):
 
 
 def _closed_at(tl, t):
-    r = tl.at(t)
+    """Was the contactor closed just before t (a step at t acts before the tick at t)?"""
+    r = tl.before(t)
     return bool(r and r["contactor"])
 
 
@@ -136,9 +146,14 @@ def _close_in_c(tl):
     out = []
     vent = tl.cfg("ventilation_supported", False)
     armed = None
+    prev = None
     for r in tl.ticks:
         want = (r["ev"] == "C" or (r["ev"] == "D" and vent)) and _pwm(r["duty"]) \
             and not r["blocking"]
+        if r["contactor"] and want and armed is None and prev is not None \
+                and not prev["contactor"]:
+            armed = r["t"]          # PWM switched on and closed in the same tick
+        prev = r
         if r["contactor"]:
             if armed is not None:
                 dt = r["t"] - armed
@@ -443,7 +458,8 @@ def _overtemp(tl):
     hot = tl.first(0, lambda x: x.get("temp_dc") is not None and x["temp_dc"] >= derate
                    and x["contactor"])
     if hot is not None:
-        before = hot["offered_ma"]
+        prior = tl.before(hot["t"])
+        before = (prior or hot)["offered_ma"]
         r = tl.first(hot["t"], lambda x: x["offered_ma"] < before or not x["contactor"])
         dt = None if r is None else r["t"] - hot["t"]
         out.append(Check("overtemp_derate", "temperature >= %d.%d C -> offer reduced"

@@ -193,7 +193,8 @@ class Runner:
         self.t0 = sc.start_ticks
         self.ev = EVLoad(phases=sc.phases, wanted_ma=sc.draw_ma, stop_ms=sc.stop_ms,
                          voltage_mv=230000)
-        self.energy = EnergyCounter(start_wh=run.get("meter_start_wh", 0))
+        self.meter_start_wh = run.get("meter_start_wh", 0)
+        self.energy = EnergyCounter(start_wh=self.meter_start_wh)
         self.meter_voltage_dv = 2300
         self.meter_fault = None
         self.uart = None
@@ -335,6 +336,9 @@ class Runner:
                 self.meter_voltage_dv = step.args["voltage_v"] * 10
                 self.ev.voltage_mv = step.args["voltage_v"] * 1000
             if "energy_wh" in step.args:
+                # A register jump (meter exchange, corruption): the EV's delivered energy
+                # is unchanged, only the meter's reading moves.
+                self.meter_start_wh += step.args["energy_wh"] - self.energy.wh
                 self.energy.wh = step.args["energy_wh"]
             self._push_meter(force=True)
         self.channel.emit(rec)
@@ -380,7 +384,7 @@ class Runner:
                 "blocking": st[3],
                 "offered_ma": st[2], "current_ma": self.ev.current_ma,
                 "power_w": self.ev.power_w() if b.contacts_closed else 0,
-                "energy_wh": self.energy.wh, "temp_dc": temp,
+                "energy_wh": self.energy.wh - self.meter_start_wh, "temp_dc": temp,
                 "led": b.led})
 
     # -- the loop ---------------------------------------------------------------------------
@@ -417,7 +421,8 @@ class Runner:
             if t >= sc.duration_ms:
                 break
             b.sleep_ms(tick)
-        end = {"t": self.sim_ms(), "k": "end", "energy_wh": self.energy.wh,
+        end = {"t": self.sim_ms(), "k": "end",
+               "energy_wh": self.energy.wh - self.meter_start_wh, "meter_wh": self.energy.wh,
                "stats": self.stats, "status": _status(self.station)}
         if self.backend is not None:
             end["mqtt"] = {"messages": self.backend.messages, "bytes": self.backend.bytes}
