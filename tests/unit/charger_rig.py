@@ -19,7 +19,8 @@ except (ImportError, AttributeError):
     _heap_unlock = None
 
 # Positive plateau of each EV state at the connector (Annex A circuit, 0.7 V diode).
-EV_LEVEL_MV = {"A": 12000, "B": 8980, "C": 6000, "D": 2930, "E": 0}
+EV_LEVEL_MV = {"A": 12000, "B": 8980, "C": 6000, "D": 2930, "E": 0,
+               "X": 14000}   # X: a broken front end reading over 13 V
 PP_CABLE_32A = 220
 PP_OPEN = 100000
 
