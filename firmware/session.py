@@ -1,0 +1,648 @@
+"""Charging sessions: what happened between plug-in and unplug, as a billing record.
+
+A session starts when the EV is plugged in (the pilot leaves A/E/F for B..D) or when a user
+is authorized before plugging in, whichever comes first, and ends when the EV is unplugged
+(back to A). Pauses inside it (the EV stops drawing, the backend pauses and resumes, a fault
+clears) stay one session: charging time keeps adding up. The record format, lifecycle and
+crash-safety guarantees are described in docs/sessions.md.
+
+Persistence (flash writes are bounded, never per control tick):
+  session.live   the live session, replaced atomically at its start and then from tick()
+                 at most every `session_checkpoint_s`, or after `session_checkpoint_wh`
+                 (but not more often than every 10 s).
+  sessions.jnl   Journal of finished records ({"k":"done","r":record}) and backend
+                 acknowledgements ({"k":"ack","id":id}); compacted when it grows.
+A finished record is on flash before pop_completed() hands it out; it stays pending until
+acknowledged(id). A live checkpoint found at boot is closed as "power_loss" by recover().
+
+All times in: now_ms are ticks (firmware.compat.ticks_ms or the simulator's clock); all
+differences use ticks_diff.
+"""
+import json
+
+from firmware.compat import ticks_diff
+from firmware.states import STATE_A, STATE_B2, ev_connected
+from firmware.storage import Journal, StorageError
+from firmware.tariff import Tariff
+
+LIVE_FILE = "session.live"
+JOURNAL_FILE = "sessions.jnl"
+RECORD_VERSION = 1
+
+REASON_EV_UNPLUGGED = "ev_unplugged"
+REASON_REMOTE_STOP = "remote_stop"
+REASON_LOCAL_STOP = "local_stop"
+REASON_DEAUTHORIZED = "deauthorized"
+REASON_POWER_LOSS = "power_loss"
+REASON_AUTH_TIMEOUT = "auth_timeout"
+FAULT_PREFIX = "fault:"
+
+TIME_WALL = "wall"            # seconds since 1970-01-01 UTC (NTP)
+TIME_MONOTONIC = "monotonic"  # ticks_ms of boot number `boot`
+
+_MIN_CHECKPOINT_GAP_MS = 10000    # the energy trigger waits at least this long
+_JUMP_SLACK_WH = 20               # register resolution and poll jitter above max power
+_COMPACT_BYTES = 8192             # journal size that triggers a compaction
+_MAX_FAULT_NAMES = 8              # per session
+_REASON_MAX = 48
+_MS_PER_WH_PER_W = 3600000        # W * ms per Wh
+
+
+class SessionError(ValueError):
+    pass
+
+
+def _id_key(session_id):
+    # "boot-seq" -> (boot, seq) for ordering; unknown shapes sort first.
+    try:
+        boot, seq = session_id.split("-")
+        return int(boot), int(seq)
+    except (AttributeError, ValueError):
+        return (-1, -1)
+
+
+class _Session:
+    """The live session's state: everything a checkpoint needs to finish it after a reset."""
+
+    FIELDS = ("id", "boot", "station_id", "connector_id", "id_tag", "auth", "time_source",
+              "start_time", "last_ms", "last_wall", "elapsed_ms", "charging_ms", "idle_ms",
+              "suspended_ms", "plugged", "meter_start_wh", "seg_base", "seg_last",
+              "closed_wh", "power_wms", "power_seen", "peak_power_w", "stale", "implausible",
+              "rebased", "late_register", "recovered_wh", "faults", "reason", "tariff")
+
+    def __init__(self):
+        self.id = None
+        self.boot = 0
+        self.station_id = ""
+        self.connector_id = 1
+        self.id_tag = None
+        self.auth = None
+        self.time_source = TIME_MONOTONIC
+        self.start_time = 0
+        self.last_ms = 0          # ticks of the last accounted moment
+        self.last_wall = None     # wall seconds at the last accounted moment, when known
+        self.elapsed_ms = 0
+        self.charging_ms = 0      # plugged, contactor closed
+        self.idle_ms = 0          # plugged, contactor open
+        self.suspended_ms = 0     # part of idle_ms while the station withheld current
+        self.plugged = False
+        self.meter_start_wh = None
+        self.seg_base = None      # import register at the start of the current segment
+        self.seg_last = None      # last accepted import register
+        self.closed_wh = 0        # energy of earlier segments (before a meter re-base)
+        self.power_wms = 0        # power integrated while no register was available, W*ms
+        self.power_seen = False
+        self.peak_power_w = None
+        self.stale = 0
+        self.implausible = 0
+        self.rebased = 0
+        self.late_register = False
+        self.recovered_wh = None
+        self.faults = []
+        self.reason = None        # stop reason to record if nothing resumes charging
+        self.tariff = None
+
+    def to_dict(self):
+        d = {"v": RECORD_VERSION}
+        for k in self.FIELDS:
+            d[k] = getattr(self, k)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        s = cls()
+        for k in cls.FIELDS:
+            if k not in d:
+                raise SessionError("checkpoint: missing %s" % k)
+            setattr(s, k, d[k])
+        return s
+
+    def energy_wh(self):
+        power = self.power_wms // _MS_PER_WH_PER_W
+        if self.seg_last is not None:
+            return self.closed_wh + self.seg_last - self.seg_base + power
+        if self.power_seen:
+            return power
+        return None
+
+    def energy_source(self):
+        if self.seg_last is not None:
+            return "register+power" if self.power_wms else "register"
+        return "power" if self.power_seen else "none"
+
+
+class SessionManager:
+    def __init__(self, cfg, store, counters, boot_id, wall_time=lambda: None):
+        self.cfg = cfg
+        self.store = store
+        self.counters = counters
+        self.boot_id = boot_id
+        self._wall = wall_time
+        self.journal = Journal(store, JOURNAL_FILE)
+        self.error = None             # the last storage problem, for diagnostics
+        self._pending = []            # ids of finished, unacknowledged records, oldest first
+        self._handed = set()          # ids handed out by pop_completed since boot
+        self._fresh = {}              # id -> record finished this boot, not yet handed out
+        self._unsaved = {}            # id -> record the journal could not take (retried)
+        self._dead = 0                # journal entries no longer needed (acks, acked records)
+        self._seq = 0
+        self._session = None
+        self._orphan = None           # live checkpoint from before the reset
+        self._state = None
+        self._contactor = False
+        self._now = 0
+        self._block_until_unplug = False
+        self._reg = None              # last accepted import register, Wh
+        self._reg_ms = 0
+        self._cand = None             # (register, ms): a jump waiting for confirmation
+        self._power = None            # last valid power, W (None while stale)
+        self._power_ms = 0
+        self._ckpt_ms = 0
+        self._ckpt_wh = 0
+        self._load()
+
+    # -- boot ----------------------------------------------------------------------------
+    def _load(self):
+        done = set()
+        last_done = None
+        try:
+            for payload in self.journal.records():
+                try:
+                    entry = json.loads(payload)
+                    kind = entry["k"]
+                    if kind == "done":
+                        rec = entry["r"]
+                        sid = rec["id"]
+                        if sid not in done:
+                            done.add(sid)
+                            self._pending.append(sid)
+                        last_done = rec
+                    elif kind == "ack" and entry["id"] in self._pending:
+                        self._pending.remove(entry["id"])
+                        self._dead += 2
+                except (ValueError, KeyError, TypeError):
+                    self.error = "sessions: unreadable journal entry skipped"
+        except StorageError as e:
+            self.error = e.args[0]
+        for sid in done:
+            boot, seq = _id_key(sid)
+            if boot == self.boot_id and seq > self._seq:
+                self._seq = seq
+        # A session finished on flash whose counters update was cut off by a reset.
+        if last_done is not None and _id_key(last_done["id"]) > _id_key(self.counters.last_session):
+            self._count(last_done, None)
+        try:
+            raw = self.store.read(LIVE_FILE)
+            if raw is not None:
+                s = _Session.from_dict(json.loads(raw))
+                if s.id in done or _id_key(s.id) <= _id_key(self.counters.last_session):
+                    # Finished already (the counters count a session after its record is
+                    # on flash); only the removal of the live file was cut off.
+                    self.store.remove(LIVE_FILE)
+                else:
+                    self._orphan = s
+                    boot, seq = _id_key(s.id)
+                    if boot == self.boot_id and seq > self._seq:
+                        self._seq = seq
+        except (StorageError, SessionError, ValueError, TypeError) as e:
+            self.error = "session.live: %s" % (e.args[0] if e.args else type(e).__name__)
+
+    def recover(self, now_ms, import_wh=None):
+        """Close the session that was live when power failed, as "power_loss", with the
+        values of its last checkpoint. `import_wh`: the meter's import register now; energy
+        delivered after the checkpoint is added when it is plausible. Returns the record,
+        or None when there was nothing to recover. Called by the integrator once the meter
+        has answered (or has not, after a while); also called automatically before a new
+        session starts and by the first valid on_meter()."""
+        s = self._orphan
+        if s is None:
+            return None
+        self._orphan = None
+        if import_wh is not None and s.seg_last is not None:
+            delta = import_wh - s.seg_last
+            # Power was cut at most one checkpoint interval (or energy step) after the
+            # checkpoint, and nothing flows while the station is off.
+            bound = (self.cfg["meter_max_power_w"] * self.cfg["session_checkpoint_s"] // 3600
+                     + self.cfg["session_checkpoint_wh"] + _JUMP_SLACK_WH)
+            if 0 <= delta <= bound:
+                s.seg_last = import_wh
+                s.recovered_wh = delta
+            else:
+                s.implausible += 1
+        return self._finish(s, REASON_POWER_LOSS, now_ms)
+
+    # -- events from the integrator ------------------------------------------------------
+    def on_state(self, now_ms, state):
+        """The charge state (firmware.states) after each change."""
+        self._advance(now_ms)
+        self._state = state
+        s = self._session
+        if ev_connected(state):
+            if s is None:
+                if not self._block_until_unplug:
+                    self._start(now_ms, True)
+            elif not s.plugged:
+                s.plugged = True
+        elif state == STATE_A:
+            self._block_until_unplug = False
+            if s is not None and s.plugged:
+                self._end(now_ms, s.reason or REASON_EV_UNPLUGGED)
+
+    def on_contactor(self, now_ms, closed):
+        self._advance(now_ms)
+        closed = bool(closed)
+        if closed == self._contactor:
+            return
+        self._contactor = closed
+        s = self._session
+        if closed:
+            if s is not None:
+                s.reason = None       # charging resumed: an earlier stop was a pause
+        else:
+            self.counters.contactor_opened(self._power)
+
+    def on_meter(self, now_ms, import_wh, power_w, valid):
+        """A meter reading: import register (Wh, None when the meter has none), power (W).
+        valid=False: the reading is stale or failed; it is counted, not used."""
+        self._advance(now_ms)
+        s = self._session
+        if not valid:
+            self._power = None
+            if s is not None:
+                s.stale += 1
+            return
+        if self._orphan is not None and import_wh is not None:
+            self.recover(now_ms, import_wh)
+        if power_w is not None:
+            if s is not None:
+                if self._power is not None and s.seg_last is None:
+                    dt = ticks_diff(now_ms, self._power_ms)
+                    if dt > 0:
+                        s.power_wms += self._power * dt
+                s.power_seen = True
+                if s.peak_power_w is None or power_w > s.peak_power_w:
+                    s.peak_power_w = power_w
+            self._power = power_w
+            self._power_ms = now_ms
+        if import_wh is not None:
+            self._register(now_ms, import_wh)
+
+    def on_fault(self, now_ms, fault_name):
+        self._advance(now_ms)
+        self.counters.fault(fault_name)
+        s = self._session
+        if s is not None:
+            if fault_name not in s.faults and len(s.faults) < _MAX_FAULT_NAMES:
+                s.faults.append(fault_name)
+            s.reason = FAULT_PREFIX + fault_name
+
+    def set_id_tag(self, id_tag, now_ms=None, auth=None):
+        """The user authorized for this connector (id_tag None in free mode). Starts a
+        session when none is active; `auth` records how (a reason from firmware.auth)."""
+        if now_ms is None:
+            now_ms = self._now
+        self._advance(now_ms)
+        s = self._session
+        if s is None:
+            self._block_until_unplug = False
+            s = self._start(now_ms, ev_connected(self._state) if self._state is not None else False)
+        s.id_tag = id_tag
+        s.auth = auth
+
+    def stop_reason(self, reason):
+        """Why charging stops (remote_stop, deauthorized, ...): recorded when the session
+        ends, unless charging resumes first."""
+        if not isinstance(reason, str) or not 0 < len(reason) <= _REASON_MAX:
+            raise SessionError("stop reason: 1..%d characters" % _REASON_MAX)
+        if self._session is not None:
+            self._session.reason = reason
+
+    def end(self, now_ms, reason):
+        """End the session now without an unplug (an authorization that expired before
+        plug-in, an operator's hard stop). While the EV stays plugged no new session starts
+        until it is unplugged or authorized again. Returns the record or None."""
+        self.stop_reason(reason)
+        self._advance(now_ms)
+        s = self._session
+        if s is None:
+            return None
+        if s.plugged:
+            self._block_until_unplug = True
+        return self._end(now_ms, reason)
+
+    def tick(self, now_ms):
+        """Call occasionally (any rate): writes a checkpoint of the live session when due,
+        the counters when due, and retries records the journal could not take."""
+        s = self._session
+        if s is not None:
+            since = ticks_diff(now_ms, self._ckpt_ms)
+            if since >= self.cfg["session_checkpoint_s"] * 1000 or (
+                    since >= _MIN_CHECKPOINT_GAP_MS and s.seg_last is not None
+                    and s.energy_wh() - self._ckpt_wh >= self.cfg["session_checkpoint_wh"]):
+                self._advance(now_ms)
+                self._checkpoint(now_ms)
+        self.counters.tick(now_ms)
+        if self._unsaved:
+            self._retry_unsaved()
+
+    # -- views for the integrator and the outbox -------------------------------------------
+    @property
+    def active(self):
+        """The live session as a record so far (stop_time and stop_reason None), or None."""
+        s = self._session
+        if s is None:
+            return None
+        return self._record(s, None)
+
+    def pop_completed(self):
+        """Finished records not yet handed out since boot, oldest first. Each is on flash
+        already and stays pending until acknowledged(id)."""
+        out = []
+        want = [sid for sid in self._pending if sid not in self._handed]
+        if not want:
+            return out
+        stored = None
+        for sid in want:
+            rec = self._fresh.pop(sid, None) or self._unsaved.get(sid)
+            if rec is None:
+                if stored is None:
+                    stored = self._stored_records(want)
+                rec = stored.get(sid)
+            if rec is not None:
+                out.append(rec)
+                self._handed.add(sid)
+        return out
+
+    def pending(self):
+        """Every finished record not yet acknowledged, oldest first (read from flash)."""
+        stored = self._stored_records(self._pending)
+        out = []
+        for sid in self._pending:
+            rec = stored.get(sid) or self._unsaved.get(sid)
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def redeliver(self):
+        """Offer every pending record again through pop_completed (e.g. after the outbox
+        lost them)."""
+        self._handed = set()
+
+    def acknowledged(self, session_id):
+        """The backend has the record: drop it from the pending list. Returns False for an
+        unknown or already acknowledged id."""
+        if session_id not in self._pending:
+            return False
+        if session_id in self._unsaved:
+            del self._unsaved[session_id]
+            self._pending.remove(session_id)
+            return True
+        rest = [sid for sid in self._pending if sid != session_id]
+        try:
+            if not rest:
+                self.journal.rewrite([])       # nothing pending: the empty journal is the ack
+                self._dead = 0
+            else:
+                self.journal.append(json.dumps({"k": "ack", "id": session_id}).encode())
+                self._dead += 2
+                # Compact when most of the file is dead, so pending records that stay
+                # unacknowledged for long are not rewritten at every acknowledgement.
+                if self._dead > len(rest) and self.journal.size() > _COMPACT_BYTES:
+                    self._compact(rest)
+                    self._dead = 0
+        except StorageError as e:
+            self.error = e.args[0]
+            return False
+        self._pending = rest
+        self._handed.discard(session_id)
+        self._fresh.pop(session_id, None)
+        return True
+
+    # -- internals -----------------------------------------------------------------------
+    def _advance(self, now_ms):
+        self._now = now_ms
+        s = self._session
+        if s is None:
+            return
+        dt = ticks_diff(now_ms, s.last_ms)
+        s.last_ms = now_ms
+        if dt <= 0:
+            return
+        s.elapsed_ms += dt
+        if s.plugged:
+            if self._contactor:
+                s.charging_ms += dt
+            else:
+                s.idle_ms += dt
+                # Only B2 (current offered, EV not taking it) is the EV's own idling;
+                # x1 states, E/F and C/D before the contactor closes are the station's.
+                if self._state != STATE_B2:
+                    s.suspended_ms += dt
+
+    def _register(self, now_ms, reg):
+        s = self._session
+        if self._reg is not None:
+            delta = reg - self._reg
+            if not 0 <= delta <= self._jump_limit(ticks_diff(now_ms, self._reg_ms)):
+                if s is not None:
+                    s.implausible += 1
+                cand = self._cand
+                if cand is None or not 0 <= reg - cand[0] <= self._jump_limit(ticks_diff(now_ms, cand[1])):
+                    self._cand = (reg, now_ms)   # wait for a second reading to agree
+                    return
+                # Two readings agree with each other, not with the old reference: the meter
+                # was replaced or reset. Energy up to the old reference is kept.
+                self._reg = cand[0]
+                if s is not None and s.seg_last is not None:
+                    s.closed_wh += s.seg_last - s.seg_base
+                    s.seg_base = s.seg_last = cand[0]
+                    s.rebased += 1
+        self._cand = None
+        self._reg = reg
+        self._reg_ms = now_ms
+        if s is not None:
+            if s.seg_base is None:
+                s.seg_base = reg
+                s.meter_start_wh = reg
+                if s.charging_ms:
+                    s.late_register = True
+            s.seg_last = reg
+
+    def _jump_limit(self, dt_ms):
+        if dt_ms < 0:
+            dt_ms = 0
+        return self.cfg["meter_max_power_w"] * dt_ms // _MS_PER_WH_PER_W + _JUMP_SLACK_WH
+
+    def _start(self, now_ms, plugged):
+        if self._orphan is not None:
+            self.recover(now_ms, None)
+        self._seq += 1
+        s = _Session()
+        s.id = "%d-%d" % (self.boot_id, self._seq)
+        s.boot = self.boot_id
+        s.station_id = self.cfg["station_id"]
+        s.connector_id = self.cfg["connector_id"]
+        s.last_ms = now_ms
+        s.plugged = plugged
+        s.tariff = Tariff.from_config(self.cfg).to_dict()
+        wall = self._wall()
+        if wall is None:
+            s.time_source = TIME_MONOTONIC
+            s.start_time = now_ms
+        else:
+            s.time_source = TIME_WALL
+            s.start_time = wall
+        if self._reg is not None:
+            # The contactor was open before the session, so the register has not moved.
+            s.seg_base = s.seg_last = s.meter_start_wh = self._reg
+        self._session = s
+        self._checkpoint(now_ms)
+        return s
+
+    def _sync_wall(self, s):
+        wall = self._wall()
+        if wall is None:
+            return
+        if s.time_source == TIME_MONOTONIC and s.boot == self.boot_id:
+            # The clock was set during the session: date its start back.
+            s.start_time = wall - s.elapsed_ms // 1000
+            s.time_source = TIME_WALL
+        s.last_wall = wall
+
+    def _checkpoint(self, now_ms):
+        s = self._session
+        self._sync_wall(s)
+        self._ckpt_ms = now_ms
+        e = s.energy_wh()
+        self._ckpt_wh = e if e is not None else 0
+        try:
+            self.store.write_atomic(LIVE_FILE, json.dumps(s.to_dict()).encode())
+        except StorageError as e:
+            self.error = e.args[0]
+
+    def _end(self, now_ms, reason):
+        s = self._session
+        self._session = None
+        self._sync_wall(s)
+        return self._finish(s, reason, now_ms)
+
+    def _record(self, s, reason):
+        energy = s.energy_wh()
+        charging_s = s.charging_ms // 1000
+        idle_s = s.idle_ms // 1000
+        suspended_s = s.suspended_ms // 1000
+        tariff = Tariff.from_dict(s.tariff)
+        total, breakdown = tariff.cost(energy, charging_s, (s.idle_ms - s.suspended_ms) // 1000)
+        if reason is None:
+            stop = None
+        elif s.time_source == TIME_WALL:
+            stop = s.last_wall if s.last_wall is not None else s.start_time + s.elapsed_ms // 1000
+        else:
+            stop = s.last_ms
+        return {
+            "v": RECORD_VERSION,
+            "id": s.id,
+            "station_id": s.station_id,
+            "connector_id": s.connector_id,
+            "id_tag": s.id_tag,
+            "auth": s.auth,
+            "boot": s.boot,
+            "time_source": s.time_source,
+            "start_time": s.start_time,
+            "stop_time": stop,
+            "duration_s": s.elapsed_ms // 1000,
+            "charging_s": charging_s,
+            "idle_s": idle_s,
+            "suspended_s": suspended_s,
+            "meter_start_wh": s.meter_start_wh,
+            "meter_stop_wh": s.seg_last,
+            "energy_wh": energy,
+            "peak_power_w": s.peak_power_w,
+            "stop_reason": reason,
+            "faults": list(s.faults),
+            "tariff_id": tariff.tariff_id,
+            "currency": tariff.currency,
+            "cost_minor": total,
+            "cost": breakdown,
+            "meter_flags": {
+                "energy_source": s.energy_source(),
+                "stale": s.stale,
+                "implausible": s.implausible,
+                "rebased": s.rebased,
+                "late_register": s.late_register,
+                "recovered_wh": s.recovered_wh,
+            },
+        }
+
+    def _finish(self, s, reason, now_ms):
+        rec = self._record(s, reason)
+        sid = rec["id"]
+        # Order matters for crash safety: the record first, then the live file, then the
+        # counters (which skip a session id they already counted).
+        try:
+            self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
+            self._fresh[sid] = rec
+        except (StorageError, ValueError) as e:
+            self.error = e.args[0]
+            self._unsaved[sid] = rec
+        self._pending.append(sid)
+        if sid not in self._unsaved:
+            try:
+                self.store.remove(LIVE_FILE)
+            except StorageError as e:
+                self.error = e.args[0]
+        self._count(rec, now_ms)
+        return rec
+
+    def _count(self, rec, now_ms):
+        try:
+            self.counters.session_ended(rec["id"], rec["energy_wh"], now_ms)
+        except StorageError as e:
+            self.error = e.args[0]
+
+    def _retry_unsaved(self):
+        for sid in list(self._unsaved):
+            rec = self._unsaved[sid]
+            try:
+                self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
+            except (StorageError, ValueError) as e:
+                self.error = e.args[0]
+                return
+            del self._unsaved[sid]
+            if sid not in self._handed:
+                self._fresh[sid] = rec
+            if self._session is None:
+                try:
+                    self.store.remove(LIVE_FILE)
+                except StorageError as e:
+                    self.error = e.args[0]
+
+    def _stored_records(self, ids):
+        want = set(ids)
+        out = {}
+        if not want:
+            return out
+        try:
+            for payload in self.journal.records():
+                try:
+                    entry = json.loads(payload)
+                    if entry.get("k") == "done" and entry["r"]["id"] in want:
+                        out[entry["r"]["id"]] = entry["r"]
+                except (ValueError, KeyError, TypeError):
+                    pass
+        except StorageError as e:
+            self.error = e.args[0]
+        return out
+
+    def _compact(self, pending_ids):
+        want = set(pending_ids)
+
+        def live():
+            for payload in self.journal.records():
+                try:
+                    entry = json.loads(payload)
+                except ValueError:
+                    continue
+                if entry.get("k") == "done" and entry["r"]["id"] in want:
+                    yield payload
+        self.journal.rewrite(live())
