@@ -303,6 +303,48 @@ class TestNoAllocation(Base):
         self.assertEqual(self.svc.consecutive_failures, 1)
 
 
+class TestFaultHandOff(Base):
+    """The integrator's side: change bits drive METER_STALE / METER_IMPLAUSIBLE."""
+
+    def step(self, faults, ms):
+        from firmware import faults as f
+        end = self.clock.now + ms
+        while self.clock.now < end:
+            now = self.clock.now
+            changes = self.svc.poll(now)
+            if changes & STALE_CHANGED:
+                if self.svc.stale:
+                    faults.raise_(f.METER_STALE, now)
+                else:
+                    faults.clear(f.METER_STALE, now)
+            if changes & IMPLAUSIBLE_CHANGED:
+                if self.svc.implausible:
+                    faults.raise_(f.METER_IMPLAUSIBLE, now)
+                else:
+                    faults.clear(f.METER_IMPLAUSIBLE, now)
+            faults.update(now)
+            self.clock.advance(LOOP_MS)
+
+    def test_meter_faults_raise_and_clear(self):
+        from firmware import faults as f
+        fs = f.FaultSet()
+        self.step(fs, 100)
+        self.assertFalse(fs.is_active(f.METER_STALE))
+        self.meter.stream.set_fault("silent")
+        self.step(fs, 3200)
+        self.assertTrue(fs.is_active(f.METER_STALE))
+        self.meter.stream.set_fault(None)
+        self.step(fs, 1000)
+        self.assertFalse(fs.is_active(f.METER_STALE))
+        self.meter.publish(import_wh=5)
+        self.step(fs, 1000)
+        self.assertTrue(fs.is_active(f.METER_IMPLAUSIBLE))
+        self.meter.publish(import_wh=12345680)
+        self.step(fs, 1000)
+        self.assertFalse(fs.is_active(f.METER_IMPLAUSIBLE))
+        self.assertEqual(fs.counts[f.METER_STALE], 1)
+
+
 class TestWrongAddress(Base):
     def test_meter_at_another_address_goes_stale(self):
         self.meter.stream.slave = 7
