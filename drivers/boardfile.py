@@ -94,6 +94,8 @@ SECTIONS = {
         "ntc_beta": ("int", 3950, 1000, 10000),
         # True: NTC from the ADC node to GND, fixed resistor to ref_mv.
         "ntc_low_side": ("bool", True),
+        # Readings at or above this are an open sensor (or a saturated ADC).
+        "open_mv": ("int", 3050, 500, 3300),
     }),
     "led": (False, {
         "red_pin": ("out", None),

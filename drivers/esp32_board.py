@@ -116,7 +116,8 @@ class Esp32Board(_board.Board):
         self.thermistor = None
         if t is not None:
             self.thermistor = NtcThermistor(_adc(t["adc_pin"]), t["fixed_ohms"], t["ref_mv"],
-                                            t["ntc_r25_ohms"], t["ntc_beta"], t["ntc_low_side"])
+                                            t["ntc_r25_ohms"], t["ntc_beta"], t["ntc_low_side"],
+                                            t["open_mv"])
 
         led = cfg["led"]
         self.led = None

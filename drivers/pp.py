@@ -5,6 +5,7 @@ pulls it to PE, so the node sits at V = Vpu * Rc / (Rc + Rpu) and Rc = Rpu * V /
 A reading at or above `open_mv` is an open PP (no cable) or an ADC in saturation: both mean
 "no cable coding", reported as PP_OPEN_OHMS.
 """
+from drivers.analog import mean_mv
 from firmware.board import PP_OPEN_OHMS
 from firmware.compat import const
 
@@ -21,11 +22,7 @@ class ProximityPilot:
 
     def read_ohms(self):
         """[tick] Mean of a few conversions, converted with integer math."""
-        read = self._read
-        total = 0
-        for _ in range(_SAMPLES):
-            total += read()
-        mv = total // (_SAMPLES * 1000)
+        mv = mean_mv(self._read, _SAMPLES)
         self.last_mv = mv
         if mv >= self._open:
             return PP_OPEN_OHMS

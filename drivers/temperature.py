@@ -4,13 +4,16 @@ The Beta model (1/T = 1/T25 + ln(R/R25)/B) needs logarithms, so it is evaluated 
 construction, into a table of ADC millivolts every 5 C from -40 to +150 C; a reading is
 then placed in the table and interpolated with integers, which allocates nothing.
 
-An open or shorted sensor reads outside the table and is reported as SENSOR_FAULT_DC
-(200.0 C): above every derating and stop threshold, so a broken sensor stops charging
-instead of letting it run unsupervised.
+An open or shorted sensor reads outside the table, or at/above `open_mv` where the ADC
+saturates (~3.1 V at 11 dB), and is reported as SENSOR_FAULT_DC (200.0 C): above every
+derating and stop threshold, so a broken sensor stops charging instead of letting it run
+unsupervised. The price: a divider whose cold end reaches `open_mv` cannot read that cold
+(the reference divider reads down to about -25 C; see docs/board.md).
 """
 import array
 import math
 
+from drivers.analog import mean_mv
 from firmware.compat import const
 
 SENSOR_FAULT_DC = const(2000)
@@ -26,8 +29,10 @@ def ntc_ohms(t_c, r25, beta):
 
 
 class NtcThermistor:
-    def __init__(self, adc, fixed_ohms, ref_mv, r25_ohms, beta, ntc_low_side=True):
+    def __init__(self, adc, fixed_ohms, ref_mv, r25_ohms, beta, ntc_low_side=True,
+                 open_mv=3050):
         self._read = adc.read_uv
+        self._open_mv = open_mv
         n = (_T_MAX_C - _T_MIN_C) // _STEP_C + 1
         self._mv = array.array("i", [0] * n)
         for i in range(n):
@@ -44,17 +49,15 @@ class NtcThermistor:
 
     def read_dc(self):
         """[tick] Temperature in tenths of a degree C."""
-        read = self._read
-        total = 0
-        for _ in range(_SAMPLES):
-            total += read()
-        mv = total // (_SAMPLES * 1000)
+        mv = mean_mv(self._read, _SAMPLES)
         self.last_mv = mv
         return self.mv_to_dc(mv)
 
     def mv_to_dc(self, mv):
         table = self._mv
         n = self._n
+        if mv >= self._open_mv:
+            return SENSOR_FAULT_DC
         if self._falling:
             if mv > table[0] or mv < table[n - 1]:
                 return SENSOR_FAULT_DC
