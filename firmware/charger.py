@@ -128,7 +128,7 @@ class Charger:
         self.pilot_level = PILOT_HOLD      # confirmed raw level (firmware.pilot PILOT_*)
 
         # -- requests (set by commands between ticks) --
-        self.authorized = False
+        self.authorized = self._free
         self.available = True
         self.paused = False
         self._backend_ma = -1              # -1: no backend limit
@@ -206,6 +206,7 @@ class Charger:
         self._lock_timeout = c["lock_timeout_ms"]
         self._rate_ms = c["duty_update_interval_ms"]
         self._socket = c["socket_outlet"]
+        self._free = c["auth_mode"] == "free"
         n = c["pilot_confirm_n"]
         if n != self._filter.confirm_n:
             self._filter = PilotFilter(n)
@@ -213,7 +214,8 @@ class Charger:
     # -- commands (between ticks; they only record the request) ------------------------
     def authorize(self, on):
         """The authorization layer allows (True) or withdraws (False) charging. Without it
-        the EV sees B1/C1 (steady +12 V). Authorization ends when the EV is unplugged."""
+        the EV sees B1/C1 (steady +12 V). Authorization ends when the EV is unplugged
+        (with auth_mode "free" each session starts authorized)."""
         _check_bool("authorize", on)
         self.authorized = on
 
@@ -439,10 +441,12 @@ class Charger:
 
     def _on_unplug(self, now):
         # A session ends at unplug: its authorization, pause and per-session checks go.
+        # With auth_mode "free" every session starts authorized.
         self._connected = False
-        self.authorized = False
+        self.authorized = self._free
         self.paused = False
         self._st_session_passed = False
+        self._cable_ma = 0                  # the next plug brings its own rating
         self._wake = _WAKE_ARMED
         self._offer_rate_ok = True
 
@@ -538,7 +542,8 @@ class Charger:
             self._pp_bad = False
             self.faults.clear(PP_INVALID, now)
             return
-        self._cable_ma = 0
+        # A bad reading keeps the last rating: one reading (the plug leaving first) must not
+        # flip the offer; PP_INVALID after the debounce is what stops charging.
         if not ev_seen:
             if level == PILOT_HOLD:
                 return                      # EV unknown (just back from F): keep the verdict

@@ -26,7 +26,7 @@ PP_OPEN = 100000
 
 # Defaults the sequence tests start from: the charger closes without waiting for optional
 # features unless a test enables them.
-BASE = {"rcd_selftest": False}
+BASE = {"rcd_selftest": False, "auth_mode": "backend"}
 
 
 class Rig:

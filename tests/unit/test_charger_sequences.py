@@ -128,6 +128,15 @@ class LeavingCharge(unittest.TestCase):
         r.plug("B")
         self.assertEqual(r.ch.state, STATE_B1)
 
+    def test_free_mode_authorizes_every_session(self):
+        r = Rig(auth_mode="free")
+        r.plug("B")
+        self.assertEqual(r.ch.state, STATE_B2)
+        r.ev = "A"
+        r.step(3)
+        r.plug("B")
+        self.assertEqual(r.ch.state, STATE_B2)
+
     def test_authorization_before_plug_in_is_kept(self):
         r = Rig()
         r.ch.authorize(True)
@@ -379,3 +388,28 @@ class StateEvents(unittest.TestCase):
         r.step(1)
         self.assertEqual(r.ch.state, STATE_F)
         self.assertEqual(r.ch.duty_pm, 0)
+
+
+class UnplugOrder(unittest.TestCase):
+    def test_plug_leaving_the_socket_first_does_not_flip_the_offer(self):
+        # The PP contact opens a moment before the pilot reads A: C2 goes straight to A.
+        r = Rig()
+        r.charging()
+        r.pp_ohms = 100000
+        r.step(1)
+        self.assertEqual(r.ch.state, STATE_C2)
+        self.assertTrue(r.ch.offered_ma > 0)
+        r.ev = "A"
+        r.step(2)
+        self.assertEqual(r.events_of(EV_STATE)[-1][2:], (STATE_A, STATE_C2))
+
+    def test_a_new_plug_does_not_inherit_the_last_cable_rating(self):
+        r = Rig()
+        r.charging()
+        r.ev = "A"
+        r.step(3)
+        r.pp_ohms = 100000               # a cable without coding
+        r.ev = "B"
+        r.ch.authorize(True)
+        r.step(3)
+        self.assertEqual(r.ch.offered_ma, 0)
