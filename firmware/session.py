@@ -20,6 +20,7 @@ differences use ticks_diff.
 """
 import json
 
+from firmware.auth import check_id_tag
 from firmware.compat import ticks_diff
 from firmware.states import STATE_A, STATE_B2, ev_connected
 from firmware.storage import Journal, StorageError
@@ -44,6 +45,7 @@ _MIN_CHECKPOINT_GAP_MS = 10000    # the energy trigger waits at least this long
 _JUMP_SLACK_WH = 20               # register resolution and poll jitter above max power
 _COMPACT_BYTES = 8192             # journal size that triggers a compaction
 _MAX_FAULT_NAMES = 8              # per session
+_FRESH_MAX = 4                    # finished records kept in RAM until handed out
 _REASON_MAX = 48
 _MS_PER_WH_PER_W = 3600000        # W * ms per Wh
 
@@ -299,6 +301,8 @@ class SessionManager:
     def set_id_tag(self, id_tag, now_ms=None, auth=None):
         """The user authorized for this connector (id_tag None in free mode). Starts a
         session when none is active; `auth` records how (a reason from firmware.auth)."""
+        if id_tag is not None:
+            check_id_tag(id_tag)
         if now_ms is None:
             now_ms = self._now
         self._advance(now_ms)
@@ -354,11 +358,14 @@ class SessionManager:
             return None
         return self._record(s, None)
 
-    def pop_completed(self):
-        """Finished records not yet handed out since boot, oldest first. Each is on flash
-        already and stays pending until acknowledged(id)."""
+    def pop_completed(self, limit=None):
+        """Finished records not yet handed out since boot, oldest first (at most `limit`;
+        a record is about 1.5 KB of heap as a dict). Each is on flash already and stays
+        pending until acknowledged(id)."""
         out = []
         want = [sid for sid in self._pending if sid not in self._handed]
+        if limit is not None:
+            want = want[:limit]
         if not want:
             return out
         stored = None
@@ -581,7 +588,7 @@ class SessionManager:
         # counters (which skip a session id they already counted).
         try:
             self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
-            self._fresh[sid] = rec
+            self._keep_fresh(sid, rec)
         except (StorageError, ValueError) as e:
             self.error = e.args[0]
             self._unsaved[sid] = rec
@@ -593,6 +600,17 @@ class SessionManager:
                 self.error = e.args[0]
         self._count(rec, now_ms)
         return rec
+
+    def _keep_fresh(self, sid, rec):
+        # A few just-finished records stay in RAM for pop_completed; older ones are read
+        # back from the journal, so an outbox that does not poll cannot fill the heap.
+        if len(self._fresh) >= _FRESH_MAX:
+            oldest = None
+            for k in self._fresh:
+                if oldest is None or _id_key(k) < _id_key(oldest):
+                    oldest = k
+            del self._fresh[oldest]
+        self._fresh[sid] = rec
 
     def _count(self, rec, now_ms):
         try:
@@ -610,7 +628,7 @@ class SessionManager:
                 return
             del self._unsaved[sid]
             if sid not in self._handed:
-                self._fresh[sid] = rec
+                self._keep_fresh(sid, rec)
             if self._session is None:
                 try:
                     self.store.remove(LIVE_FILE)

@@ -114,6 +114,18 @@ class OsFs:
 
     def rename(self, old, new):
         os.rename(old, new)
+        if _fsync is not None:
+            # POSIX: the rename itself is durable only once its directory is synced.
+            try:
+                fd = os.open(new.rsplit("/", 1)[0] if "/" in new else ".", os.O_RDONLY)
+            except (OSError, AttributeError):
+                return
+            try:
+                _fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def remove(self, path):
         os.remove(path)

@@ -410,7 +410,9 @@ class Delivery(unittest.TestCase):
         self.assertFalse(st.sm.acknowledged("1-1"))
         self.assertFalse(st.sm.acknowledged("9-9"))
         st.reset()
-        again = st.sm.pop_completed()
+        self.assertEqual(st.sm.pop_completed(limit=0), [])
+        again = st.sm.pop_completed(limit=1)
+        self.assertEqual(st.sm.pop_completed(limit=1), [])
         self.assertEqual(again, [first[1]])           # offered again, identical
         st.sm.redeliver()
         self.assertEqual(st.sm.pop_completed(), [first[1]])
@@ -419,6 +421,15 @@ class Delivery(unittest.TestCase):
         st.reset()
         self.assertEqual(st.sm.pop_completed(), [])
         self.assertTrue(st.store.size(JOURNAL_FILE) <= 8)   # compacted to its commit frame
+
+    def test_an_outbox_that_does_not_poll_cannot_fill_the_heap(self):
+        st = Station()
+        for _ in range(10):
+            self._session(st)
+        self.assertTrue(len(st.sm._fresh) <= 4)
+        got = st.sm.pop_completed(limit=3) + st.sm.pop_completed()
+        self.assertEqual([r["id"] for r in got], ["1-%d" % i for i in range(1, 11)])
+        self.assertEqual(got, st.sm.pending())
 
     def test_journal_stays_bounded_while_the_backend_acks(self):
         st = Station()
@@ -515,3 +526,30 @@ class PowerLoss(unittest.TestCase):
         self.assertEqual(st.sm.active["id"], "2-1")
         (r,) = st.sm.pop_completed()
         self.assertEqual((r["id"], r["stop_reason"], r["charging_s"]), ("1-1", "power_loss", 60))
+
+
+class ControlLoopCost(unittest.TestCase):
+    def test_tick_between_checkpoints_allocates_nothing(self):
+        try:
+            import micropython
+            micropython.heap_lock
+        except (ImportError, AttributeError):
+            raise unittest.SkipTest("heap_lock is only on the MicroPython port")
+        st = Station()
+        st.state(STATE_B2)
+        st.start_charging(7000)
+        st.run(5000)
+        t = st.t
+        sm = st.sm
+        micropython.heap_lock()
+        try:
+            for i in range(50):
+                sm.tick(t + i * 100)
+        finally:
+            micropython.heap_unlock()
+
+    def test_bad_id_tag_is_refused(self):
+        st = Station()
+        self.assertRaises(ValueError, st.sm.set_id_tag, "with space", st.t)
+        self.assertRaises(ValueError, st.sm.set_id_tag, 42, st.t)
+        self.assertIsNone(st.sm.active)
