@@ -48,27 +48,19 @@ _MS_PER_HOUR = const(3600000)
 
 class MeterService:
     def __init__(self, cfg, stream, de=None, on_change=None):
+        if stream is None:
+            raise ValueError("meter service needs a stream (the board has no meter UART)")
         self.map = meters.load_map(cfg["meter_map"], cfg["meter_custom_map"])
         if de is None:
             de = getattr(stream, "set_de", None)
         self.master = ModbusMaster(stream, baud=cfg["meter_baud"], parity=cfg["meter_parity"],
                                    timeout_ms=cfg["meter_timeout_ms"],
                                    retries=cfg["meter_retries"], de=de)
-        self.addr = cfg["meter_addr"]
-        self.poll_ms = cfg["meter_poll_ms"]
-        self.stale_after = cfg["meter_stale_after"]
-        self.max_power_w = cfg["meter_max_power_w"]
         self.on_change = on_change
-        self.phases = self.map.phases
-        self.has_export = self.map.has_export
         # Public readings (the lists are updated in place: safe to keep a reference).
         self.voltage_dv = [0, 0, 0]
         self.current_ma = [0, 0, 0]
-        self.power_w = 0
-        self.import_wh = None
-        self.export_wh = None
-        self.last_ok_ms = None
-        self.readings = 0           # increments with every committed reading
+        self._settings(cfg)
         self.stale = False
         self.implausible = False
         self.implausible_reason = ""
@@ -83,6 +75,46 @@ class MeterService:
         self._next_ms = None
         self._energy_ms = 0         # when import/export were last accepted
         self._rebase = True         # no energy baseline yet
+
+    def _settings(self, cfg):
+        self._meter_key = (cfg["meter_map"], cfg["meter_custom_map"], cfg["meter_addr"])
+        self.addr = cfg["meter_addr"]
+        self.poll_ms = cfg["meter_poll_ms"]
+        self.stale_after = cfg["meter_stale_after"]
+        self.max_power_w = cfg["meter_max_power_w"]
+        self.master.timeout_ms = cfg["meter_timeout_ms"]
+        self.master.retries_allowed = cfg["meter_retries"]
+        self.phases = self.map.phases
+        self.has_export = self.map.has_export
+        for k in range(3):
+            self.voltage_dv[k] = 0
+            self.current_ma[k] = 0
+        self.power_w = 0
+        self.import_wh = None
+        self.export_wh = None
+        self.last_ok_ms = None
+        self.readings = 0           # increments with every committed reading
+
+    def configure(self, cfg):
+        """Apply changed meter_* settings at run time (baud and parity need a reboot).
+        The map is validated first: a bad one raises MeterMapError and changes nothing.
+        Another meter (map or address) starts from no reading and a new energy baseline."""
+        key = (cfg["meter_map"], cfg["meter_custom_map"], cfg["meter_addr"])
+        if key == self._meter_key:
+            self.poll_ms = cfg["meter_poll_ms"]
+            self.stale_after = cfg["meter_stale_after"]
+            self.max_power_w = cfg["meter_max_power_w"]
+            self.master.timeout_ms = cfg["meter_timeout_ms"]
+            self.master.retries_allowed = cfg["meter_retries"]
+            return
+        new_map = meters.load_map(cfg["meter_map"], cfg["meter_custom_map"])
+        self.master.cancel()
+        self._step = -1
+        self._next_ms = None
+        self.map = new_map
+        self._settings(cfg)
+        self._scratch = [0] * meters.N_QUANTITIES
+        self._rebase = True
 
     def poll(self, now_ms):
         """Advance the meter bus; never blocks on the meter. Returns a bitmask of changes."""

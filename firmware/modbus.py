@@ -126,6 +126,7 @@ class ModbusMaster:
         self.baud = baud
         self.timeout_ms = timeout_ms
         self.retries_allowed = retries
+        self.char_us = bits_per_char(parity, stop_bits) * 1000000 // baud
         self.silence_us = silence_us(baud, bits_per_char(parity, stop_bits))
         # Compare whole milliseconds strictly greater, so at least silence_us really passed.
         self.silence_ms = (self.silence_us + 999) // 1000
@@ -143,6 +144,7 @@ class ModbusMaster:
         self._expect = 0            # length of a normal reply
         self._tries_left = 0
         self._sent_ms = 0
+        self._limit_ms = 0          # response timeout + both frames' time on the wire
         self._last_bus_ms = None    # last time a byte went either way
         self._last_rx_ms = 0
         self._crc_suspect = False   # a complete frame with our header failed its CRC
@@ -220,6 +222,9 @@ class ModbusMaster:
         self._tx[n] = crc & 0xFF
         self._tx[n + 1] = crc >> 8
         self._tx_len = n + 2
+        # The response timeout covers the slave's latency; the request's and the reply's
+        # own transmission time come on top (a 76-register reply takes 163 ms at 9600).
+        self._limit_ms = self.timeout_ms + ((n + 2 + expect) * self.char_us + 999) // 1000
         self._slave = slave
         self._fc = fc
         self._addr = addr
@@ -318,7 +323,7 @@ class ModbusMaster:
             # The slave answered and then fell silent: the frame is over and it was damaged.
             self.crc_errors += 1
             return self._fail(ERR_CRC)
-        if elapsed >= self.timeout_ms:
+        if elapsed >= self._limit_ms:
             if self._crc_suspect:
                 self.crc_errors += 1
                 return self._fail(ERR_CRC)

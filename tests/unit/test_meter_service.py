@@ -142,7 +142,7 @@ class TestStale(Base):
     def test_stale_after_n_failed_cycles_and_cleared_on_recovery(self):
         self.loop(100)
         self.meter.stream.set_fault("silent")
-        self.assertEqual(self.loop(2100) & STALE_CHANGED, 0)   # two failed cycles
+        self.assertEqual(self.loop(2300) & STALE_CHANGED, 0)   # two failed cycles
         self.assertFalse(self.svc.stale)
         changes = self.loop(1000)                              # third
         self.assertTrue(changes & STALE_CHANGED)
@@ -295,7 +295,7 @@ class TestNoAllocation(Base):
         self.assertEqual(len(self.meter.stream.requests), 2)
         micropython.heap_lock()
         try:
-            for _ in range(10):                 # waiting for a reply, then its timeout
+            for _ in range(30):                 # waiting for a reply, then its timeout
                 self.svc.poll(self.clock.now)
                 self.clock.advance(LOOP_MS)
         finally:
@@ -343,6 +343,39 @@ class TestFaultHandOff(Base):
         self.step(fs, 1000)
         self.assertFalse(fs.is_active(f.METER_IMPLAUSIBLE))
         self.assertEqual(fs.counts[f.METER_STALE], 1)
+
+
+class TestConfigure(Base):
+    def test_timing_changes_apply_at_once(self):
+        self.loop(100)
+        self.cfg.update({"meter_poll_ms": 500, "meter_stale_after": 1})
+        self.svc.configure(self.cfg)
+        self.loop(5000)
+        # The cycle already scheduled (t+1000) stands; from then on every 500 ms.
+        self.assertEqual(len(self.meter.stream.requests), 1 + 9)
+        self.assertEqual(self.svc.import_wh, 12345678)     # same meter: readings kept
+
+    def test_another_map_starts_afresh(self):
+        self.loop(100)
+        self.meter.stream.slave = 3
+        self.cfg.update({"meter_map": "sdm120", "meter_addr": 3})
+        self.svc.configure(self.cfg)
+        self.assertIsNone(self.svc.import_wh)
+        self.assertEqual(self.svc.phases, 1)
+        self.meter.publish(import_wh=10)         # lower than before: a new meter, no flag
+        self.loop(1000)
+        self.assertEqual(self.svc.import_wh, 10)
+        self.assertFalse(self.svc.implausible)
+
+    def test_a_bad_custom_map_changes_nothing(self):
+        self.loop(100)
+        self.cfg.update({"meter_map": "custom", "meter_custom_map": '{"fc": 4}'})
+        self.assertRaises(ValueError, self.svc.configure, self.cfg)
+        self.assertEqual(self.svc.map.name, "sdm630")
+        self.assertEqual(self.svc.import_wh, 12345678)
+
+    def test_no_stream(self):
+        self.assertRaises(ValueError, MeterService, self.cfg, None)
 
 
 class TestWrongAddress(Base):

@@ -180,8 +180,22 @@ class TestTransactions(unittest.TestCase):
         t0 = self.clock.now
         self.assertEqual(run(self.m, self.clock), ERROR)
         self.assertEqual(self.m.error, ERR_TIMEOUT)
-        self.assertEqual(self.clock.now - t0, 100)
+        # 100 ms for the slave plus request and reply on the wire: 17 bytes at 9600 8N1.
+        self.assertEqual(self.clock.now - t0, 100 + 18)
         self.assertEqual(self.m.timeouts, 1)
+
+    def test_a_long_reply_gets_its_transmission_time(self):
+        # 76 registers: 157 reply bytes, 164 ms at 9600 baud, on top of the timeout.
+        regs = {}
+        for a in range(76):
+            regs[a] = a
+        slave = SlaveStream(self.clock, regs)
+        m = ModbusMaster(slave, 9600, timeout_ms=100, retries=0)
+        frame_ms = (157 + 8) * 1041 // 1000
+        slave.delay_ms = frame_ms + 90          # meter latency 90 ms < timeout
+        m.start_read(1, 4, 0, 76)
+        self.assertEqual(run(m, self.clock), DONE)
+        self.assertEqual(m.register(75), 75)
 
     def test_retries_then_success(self):
         m = ModbusMaster(self.slave, 9600, timeout_ms=100, retries=2)
@@ -310,7 +324,7 @@ class TestTransactions(unittest.TestCase):
             polls += 1
             self.clock.advance(1)
         self.assertEqual(m.error, ERR_TIMEOUT)
-        self.assertEqual(polls, 100)
+        self.assertEqual(polls, 118)
 
     def test_blocking_wrapper(self):
         m = ModbusMaster(self.slave, 9600, timeout_ms=100, retries=0)
