@@ -1,0 +1,67 @@
+"""Run boot.py then main.py on the MicroPython unix port as the ESP32 would, against the fake
+machine in simulated time, and print what happened as one JSON line:  DEVICERUN {...}
+
+Usage (cwd = the device's filesystem root, a temp dir holding board.json):
+    micropython tests/system/devicerun.py REPO_ROOT SCENARIO_FILE
+(a file, because the unix port aborts on very long arguments). SCENARIO keys: reset_cause (int), inputs {pin: level}, adc {pin: mV}, station {module
+globals of standin_station}, use_standin (default true).
+"""
+import json
+import sys
+
+import machine
+
+sim = machine.sim
+root = sys.argv[1]
+with open(sys.argv[2]) as _f:
+    scenario = json.load(_f)
+
+sim.reset()
+sim.reset_cause = scenario.get("reset_cause", machine.PWRON_RESET)
+for pin, level in scenario.get("inputs", {}).items():
+    sim.set_input(int(pin), level)
+for pin, mv in scenario.get("adc", {}).items():
+    sim.set_adc(int(pin), mv)
+
+from drivers import clock  # noqa: E402
+
+clock.source = sim.clock
+
+import standin_station  # noqa: E402
+
+for key, value in scenario.get("station", {}).items():
+    setattr(standin_station, key, value)
+if scenario.get("use_standin", True):
+    sys.modules["firmware.station"] = standin_station
+
+outcome = "main returned"
+g = {"__name__": "__main__"}
+try:
+    for name in ("boot.py", "main.py"):
+        with open(root + "/" + name) as f:
+            code = f.read()
+        exec(code, g)
+except machine.SimulatedReset:
+    outcome = "reset"
+except standin_station.StopRun:
+    outcome = "stopped"
+
+from drivers import bootinfo  # noqa: E402
+
+print("DEVICERUN " + json.dumps({
+    "outcome": outcome,
+    "events": [list(e) for e in sim.events()],
+    "now_us": sim.now_us,
+    "reset_count": sim.reset_count,
+    "wdt_timeout_ms": sim.wdt_timeout_ms,
+    "wdt_expired": sim.wdt_expired,
+    "service_mode": bootinfo.service_mode,
+    "reset_cause": bootinfo.reset_cause,
+    "steps": standin_station.steps,
+    "crash_at_us": standin_station.crash_at_us,
+    "seen_last_crash": standin_station.seen_last_crash,
+    "seen_reset_cause": standin_station.seen_reset_cause,
+    "constructed_with": standin_station.constructed_with,
+    "levels": {str(p): sim.level(p) for p in (4, 14, 21, 22, 23, 26, 32, 33)},
+    "pilot_duty": sim.pwm(25).duty_u16() if sim.pwm(25) is not None else None,
+}))

@@ -1,0 +1,187 @@
+"""boot.py and main.py on the MicroPython unix port with the fake ESP32 machine, in
+simulated time: normal start, service mode, the crash path and board-file errors.
+
+Each run is a micropython subprocess (MICROPYPATH from tools.devicefiles) whose working
+directory plays the device's filesystem root: board.json, crash.txt and the service flag
+live there. tests/system/devicerun.py executes boot.py then main.py like the ESP32 does
+and reports the fake machine's event log as JSON.
+"""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REFERENCE = os.path.join(ROOT, "boards", "reference.json")
+CONTACTOR = 26
+PWRON, HARD, WDT = 1, 2, 3
+
+
+def reference():
+    with open(REFERENCE) as f:
+        return json.load(f)
+
+
+def run_device(fsroot, scenario=None, board=None):
+    if board is not None:
+        with open(os.path.join(fsroot, "board.json"), "w") as f:
+            json.dump(board, f)
+    # The scenario lives beside, not inside, the device's filesystem root.
+    scenario_file = fsroot.rstrip("/") + ".scenario.json"
+    with open(scenario_file, "w") as f:
+        json.dump(scenario or {}, f)
+    env = micropython_env()
+    env["MICROPYPATH"] = HERE + ":" + env["MICROPYPATH"]
+    r = subprocess.run([MICROPYTHON, os.path.join(HERE, "devicerun.py"), ROOT, scenario_file],
+                       cwd=fsroot, env=env, capture_output=True, text=True, timeout=60)
+    out = r.stdout + r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("DEVICERUN ")]
+    assert lines, out
+    result = json.loads(lines[-1][len("DEVICERUN "):])
+    result["stdout"] = out
+    return result
+
+
+def events(result, kind=None, pin=None):
+    return [e for e in result["events"]
+            if (kind is None or e[1] == kind) and (pin is None or e[2] == pin)]
+
+
+@pytest.fixture
+def fsroot(tmp_path):
+    shutil.copy(REFERENCE, str(tmp_path / "board.json"))
+    return str(tmp_path)
+
+
+def test_normal_start_runs_the_station_with_the_watchdog(fsroot):
+    r = run_device(fsroot, {"station": {"steps_before_stop": 5}})
+    assert r["outcome"] == "stopped"
+    assert r["steps"] == 5
+    assert r["constructed_with"] == ["Esp32Board", None]
+    assert r["wdt_timeout_ms"] == 8000 and not r["wdt_expired"]
+    assert r["reset_count"] == 0
+    assert "boot: reset cause power_on" in r["stdout"]
+    assert r["seen_reset_cause"] == "power_on"
+    assert r["seen_last_crash"] is None
+    assert not os.path.exists(os.path.join(fsroot, "crash.txt"))
+    # The steps took simulated time (20 ms each, plus the bursts).
+    assert r["now_us"] >= 5 * 20000
+
+
+def test_contactor_is_driven_off_before_anything_else(fsroot):
+    r = run_device(fsroot, {"station": {"steps_before_stop": 1}})
+    first, second = r["events"][0], r["events"][1]
+    assert first[1:] == ["pin_mode", CONTACTOR, 3]       # Pin.OUT
+    assert second[1:] == ["pin_level", CONTACTOR, 0]
+    assert r["levels"][str(CONTACTOR)] == 0
+    # The watchdog starts only after the board is built.
+    kinds = [e[1] for e in r["events"]]
+    assert kinds.index("wdt_start") > kinds.index("pwm_init")
+
+
+def test_active_low_contactor_is_driven_high_first(fsroot):
+    board = reference()
+    board["contactor"]["active_high"] = False
+    r = run_device(fsroot, {"station": {"steps_before_stop": 1}}, board=board)
+    assert r["events"][1][1:] == ["pin_level", CONTACTOR, 1]
+    assert all(e[3] == 1 for e in events(r, "pin_level", CONTACTOR))
+
+
+def test_service_mode_by_flag_file(fsroot):
+    open(os.path.join(fsroot, "service"), "w").close()
+    r = run_device(fsroot)
+    assert r["service_mode"] is True
+    assert r["outcome"] == "main returned"
+    assert r["steps"] == 0 and r["constructed_with"] is None
+    assert r["wdt_timeout_ms"] == 0
+    assert not events(r, "pwm_init")
+    assert "SERVICE MODE" in r["stdout"]
+    assert r["levels"][str(CONTACTOR)] == 0
+
+
+def test_service_mode_by_pin(fsroot):
+    r = run_device(fsroot, {"inputs": {"18": 0}})     # jumper pulls GPIO 18 low
+    assert r["service_mode"] is True
+    assert r["wdt_timeout_ms"] == 0 and r["steps"] == 0
+    r = run_device(fsroot, {"inputs": {"18": 1}, "station": {"steps_before_stop": 1}})
+    assert r["service_mode"] is False and r["steps"] == 1
+
+
+def test_crash_opens_contactor_records_and_resets(fsroot):
+    r = run_device(fsroot, {"station": {"crash_at_step": 3, "crash_message": "boom in step 3"}})
+    assert r["outcome"] == "reset" and r["reset_count"] == 1
+    # The station closed the contactor just before dying; the crash path opened it again
+    # and put the pilot to state F.
+    levels = [e[3] for e in events(r, "pin_level", CONTACTOR)]
+    assert levels[-2:] == [1, 0]
+    assert r["levels"][str(CONTACTOR)] == 0
+    assert r["pilot_duty"] == 0
+    # Reset after the delay, with the watchdog fed meanwhile.
+    reset_at = events(r, "reset")[0][0]
+    assert reset_at - r["crash_at_us"] >= 3000 * 1000
+    assert not r["wdt_expired"]
+    with open(os.path.join(fsroot, "crash.txt")) as f:
+        text = f.read()
+    assert "RuntimeError: boom in step 3" in text
+    assert "standin_station.py" in text
+    assert text.startswith("reset_cause=power_on")
+
+    # Next boot: the reset cause and the previous crash are reported.
+    again = run_device(fsroot, {"reset_cause": HARD, "station": {"steps_before_stop": 1}})
+    assert "boot: reset cause hard" in again["stdout"]
+    assert "previous run crashed" in again["stdout"]
+    assert "boom in step 3" in again["stdout"]
+    assert "boom in step 3" in again["seen_last_crash"]
+
+
+def test_crash_file_is_bounded(fsroot):
+    r = run_device(fsroot, {"station": {"crash_at_step": 1, "crash_message": "x" * 6000}})
+    assert r["outcome"] == "reset"
+    size = os.path.getsize(os.path.join(fsroot, "crash.txt"))
+    assert 1000 < size <= 2048
+
+
+def test_run_returning_is_a_crash(fsroot):
+    r = run_device(fsroot, {"station": {"steps_before_stop": 2, "return_from_run": True}})
+    assert r["outcome"] == "reset"
+    with open(os.path.join(fsroot, "crash.txt")) as f:
+        assert "Station.run() returned" in f.read()
+
+
+def test_watchdog_reset_cause_is_reported(fsroot):
+    r = run_device(fsroot, {"reset_cause": WDT, "station": {"steps_before_stop": 1}})
+    assert r["seen_reset_cause"] == "watchdog"
+    assert "boot: reset cause watchdog" in r["stdout"]
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda b: b["pilot"].__setitem__("adc_pin", 15), "pilot.adc_pin: GPIO 15 is on ADC2"),
+    (lambda b: b["pp"].__setitem__("adc_pin", 4), "pp.adc_pin: GPIO 4 is on ADC2"),
+    (lambda b: b["led"].__setitem__("red_pin", 37), "led.red_pin: GPIO 37 is input-only"),
+    (lambda b: b["rs485"].__setitem__("de_pin", 26), "GPIO 26 is already used"),
+    (lambda b: b["pilot"].pop("pwm_pin"), "pilot.pwm_pin: required"),
+    (lambda b: b["lock"].__setitem__("retries", "2"), "lock.retries: expected an integer"),
+])
+def test_board_file_errors_stop_cleanly(fsroot, change, expected):
+    board = reference()
+    change(board)
+    r = run_device(fsroot, board=board)
+    assert expected in r["stdout"]
+    assert r["outcome"] == "main returned"      # stays at the REPL, no reset loop
+    assert r["reset_count"] == 0 and r["wdt_timeout_ms"] == 0
+    assert r["steps"] == 0
+    assert r["levels"][str(CONTACTOR)] == 0   # boot.py drove it off regardless
+    with open(os.path.join(fsroot, "crash.txt")) as f:
+        assert expected in f.read()
+
+
+def test_missing_board_file(tmp_path):
+    r = run_device(str(tmp_path))
+    assert "contactor pin not driven" in r["stdout"]
+    assert "cannot read" in r["stdout"]
+    assert r["outcome"] == "main returned" and r["reset_count"] == 0
+    assert not events(r, "pin_mode")
