@@ -20,7 +20,7 @@ from firmware.config import Config
 from firmware.meter_service import MeterService, NEW_READING, STALE_CHANGED
 from firmware.modbus import (ModbusMaster, ModbusError, ERR_CRC, ERR_TIMEOUT, ERR_EXCEPTION,
                              ERR_BAD_FRAME)
-from tests.system.meter_peer import MeterPeer, DEFAULT_VALUES, values_list
+from tests.system.meter_peer import MeterPeer, values_list
 from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
 from tools.tcpuart import open_stream
 
