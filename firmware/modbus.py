@@ -251,9 +251,11 @@ class ModbusMaster:
         or ERROR (DONE / ERROR repeat until the next start)."""
         state = self._state
         if state == _S_SEND:
-            if self._last_bus_ms is not None and \
-                    ticks_diff(now_ms, self._last_bus_ms) <= self.silence_ms:
-                return PENDING
+            if self._last_bus_ms is not None:
+                # Negative: the last activity is more than 2**29 ms back (ticks wrapped).
+                quiet = ticks_diff(now_ms, self._last_bus_ms)
+                if 0 <= quiet <= self.silence_ms:
+                    return PENDING
             self._send(now_ms)
             return PENDING
         if state == _S_WAIT:

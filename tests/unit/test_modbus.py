@@ -326,6 +326,15 @@ class TestTransactions(unittest.TestCase):
         self.assertEqual(m.error, ERR_TIMEOUT)
         self.assertEqual(polls, 118)
 
+    def test_first_request_after_a_long_idle_is_not_held_back(self):
+        m = ModbusMaster(self.slave, 9600, timeout_ms=100, retries=0)
+        m.start_read(1, 4, 0, 2)
+        run(m, self.clock)
+        self.clock.advance((1 << 29) + 5)       # ticks_diff to the last reply is now negative
+        m.start_read(1, 4, 0, 2)
+        m.poll(self.clock.now & ((1 << 30) - 1))
+        self.assertEqual(m.requests, 2)
+
     def test_blocking_wrapper(self):
         m = ModbusMaster(self.slave, 9600, timeout_ms=100, retries=0)
         regs = m.read_registers(1, 4, 0, 4, clock=self.clock, sleep=self.clock.advance)
