@@ -8,6 +8,8 @@
         ...
     with BlackHole() as hole:                    # accepts TCP, never answers
         ...
+    with Relay(broker.port) as relay:            # a path to the broker that can hang
+        relay.stall(); relay.resume(); relay.cut()
 
 Also used by tools and the simulator's tests: nothing here is specific to one test.
 """
@@ -227,6 +229,99 @@ class BlackHole:
         self._thread.join(2)
         for c in self.accepted:
             c.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Relay:
+    """A TCP relay in front of a broker that can stall: `stall()` stops forwarding in both
+    directions while keeping every connection open (a broker or a network path that hangs
+    mid-session), `resume()` forwards again (held bytes included), `cut()` closes every
+    relayed connection (a reset)."""
+
+    def __init__(self, upstream_port, upstream_host=HOST):
+        self.upstream = (upstream_host, upstream_port)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.host = HOST
+        self._go = threading.Event()
+        self._go.set()
+        self._stop = False
+        self._conns = []
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def stall(self):
+        self._go.clear()
+
+    def resume(self):
+        self._go.set()
+
+    def cut(self):
+        for c in list(self._conns):
+            try:
+                c.close()
+            except OSError:
+                pass
+        self._conns = []
+
+    def _accept(self):
+        self.sock.settimeout(0.1)
+        while not self._stop:
+            try:
+                down, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            try:
+                up = socket.create_connection(self.upstream, timeout=2)
+            except OSError:
+                down.close()
+                continue
+            self._conns += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst):
+        src.settimeout(0.1)
+        while not self._stop:
+            self._go.wait(0.1)
+            if not self._go.is_set():
+                continue
+            try:
+                data = src.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            while not self._go.is_set() and not self._stop:
+                self._go.wait(0.1)
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self._stop = True
+        self._go.set()
+        self._thread.join(2)
+        self.cut()
         self.sock.close()
 
     def __enter__(self):
