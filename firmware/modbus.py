@@ -16,6 +16,8 @@ sent low byte first; >= 3.5 character times of silence between frames, fixed at 
 above 19200 baud. Every reply is checked (slave id, function, byte count / echo, CRC);
 garbage, other slaves' frames and truncated frames are skipped and counted, never raised.
 """
+from array import array
+
 from firmware.compat import const, ticks_diff, ticks_ms, sleep_ms
 
 # Public poll results.
@@ -80,18 +82,32 @@ class ModbusError(Exception):
         super().__init__(msg)
 
 
-def crc16(buf, start=0, end=None):
-    """CRC-16/MODBUS: init 0xFFFF, reflected polynomial 0xA001. Allocates nothing."""
-    if end is None:
-        end = len(buf)
-    crc = 0xFFFF
-    for i in range(start, end):
-        crc ^= buf[i]
+def _crc_table():
+    table = array("H", bytes(512))
+    for n in range(256):
+        crc = n
         for _ in range(8):
             if crc & 1:
                 crc = (crc >> 1) ^ 0xA001
             else:
                 crc >>= 1
+        table[n] = crc
+    return table
+
+
+# One lookup per byte instead of eight shifts: a 157-byte reply is checked in about a
+# millisecond of bytecode on the ESP32 rather than ten. 512 bytes of RAM.
+_CRC_TABLE = _crc_table()
+
+
+def crc16(buf, start=0, end=None):
+    """CRC-16/MODBUS: init 0xFFFF, reflected polynomial 0xA001. Allocates nothing."""
+    if end is None:
+        end = len(buf)
+    table = _CRC_TABLE
+    crc = 0xFFFF
+    for i in range(start, end):
+        crc = (crc >> 8) ^ table[(crc ^ buf[i]) & 0xFF]
     return crc
 
 
