@@ -101,9 +101,10 @@ class Board:
         """[tick] Feed the hardware watchdog (no-op where there is none)."""
 
     # -- buses -------------------------------------------------------------------------
-    def meter_uart(self):
-        """The RS-485 stream for the energy meter: an object with write(buf), read(n),
-        readinto(buf), any(), and set_de(on) for the driver-enable pin; None if absent."""
+    def meter_uart(self, baudrate=9600, parity="N"):
+        """The RS-485 stream for the energy meter at `baudrate` 8`parity`1 ("N", "E", "O"):
+        an object with write(buf), read(n), readinto(buf), any(), and set_de(on) for the
+        driver-enable pin; None when the board has no meter."""
         return None
 
     # -- system --------------------------------------------------------------------------
@@ -114,6 +115,11 @@ class Board:
     def reset_cause(self):
         """A short string: "power_on", "hard", "watchdog", "deep_sleep", "soft", "unknown"."""
         return "unknown"
+
+    def last_crash(self):
+        """The error text the previous run left when it crashed (kept across the reset by
+        main.py), or None."""
+        return None
 
     def reset(self):
         """Restart the station (machine.reset() on the device)."""

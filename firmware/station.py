@@ -1,0 +1,473 @@
+"""The station: the charge controller, the meter, sessions and the backend link on one board.
+
+One loop iteration (`step()`) is the safety tick followed by one bounded slice of slow work:
+
+    sample -> classify -> decide -> act          (safety_tick: board + charger, no allocation)
+    meter bus -> events -> sessions -> backend   (service: each part bounded, never blocking)
+
+The safety tick runs first in every iteration, and no slow part waits on the network or the
+meter (MeterService.poll and MqttLink.step are non-blocking state machines), so a change of
+the pilot is acted on within one iteration (TICK_MS) whatever the peers do.
+
+The station is also the backend's command target (firmware.commands.CommandTarget) and the
+source of what the backend sees: retained status, telemetry, events and the outbox records.
+"""
+from firmware import faults as _faults
+from firmware import states as _states
+from firmware.auth import ACCEPTED_FREE, ASK_BACKEND, SOURCE_BACKEND, SOURCE_READER, Authorizer
+from firmware.charger import CONTACTOR_REASON_NAMES, LIMIT_NAMES, Charger
+from firmware.compat import ticks_add, ticks_diff
+from firmware.config import Config, ConfigError, needs_reboot
+from firmware.counters import Counters
+from firmware.events import (
+    EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_OFFER, EV_SELFTEST, EV_STATE,
+    EV_WAKEUP, EventRing, KIND_NAMES)
+from firmware.faults import FaultSet
+from firmware.meter_service import NEW_READING, STALE_CHANGED, MeterService
+from firmware.outbox import KIND_FAULT, KIND_SESSION, Outbox
+from firmware.session import REASON_REMOTE_STOP, SessionManager
+from firmware.storage import Journal, StorageError, Store
+
+TICK_MS = 10
+CONFIG_FILE = "config.json"
+OUTBOX_FILE = "outbox.jnl"
+
+_EVENTS_PER_STEP = 8        # charger events handled per iteration (the ring holds 64)
+_REBOOT_GRACE_MS = 1000     # the reply goes out before the restart
+_REBOOT_FORCE_MS = 7000     # a charging EV gets pwm_off_open_ms to stop first
+_MAX_EXPIRES_MS = 1 << 28   # ticks stay comparable for 2**29 ms: keep well inside
+
+current = None              # the running station, for the REPL diagnostics (diag.py)
+
+
+class Station:
+    def __init__(self, board, config=None, store=None):
+        global current
+        self.board = board
+        self.store = store if store is not None else Store(board.storage_root())
+        self.config_error = None
+        self.cfg = self._load_config(config)
+        now = board.ticks_ms()
+        self.started_ms = now
+
+        self.events = EventRing(64)
+        self.faults = FaultSet(self.events)
+        self.charger = Charger(self.cfg, self.events, self.faults)
+        self.counters = Counters.from_config(self.cfg, self.store)
+        self._storage_op(self.counters.boot, now)
+        self.boot_id = self.counters.boots
+        self.sessions = SessionManager(self.cfg, self.store, self.counters, self.boot_id,
+                                       wall_time=board.wall_time)
+        self.auth = Authorizer(self.cfg, self.store)
+
+        uart = board.meter_uart(self.cfg["meter_baud"], self.cfg["meter_parity"])
+        self.meter = None
+        if uart is not None:
+            self.meter = MeterService(self.cfg, uart)
+
+        self.outbox = Outbox(Journal(self.store, OUTBOX_FILE),
+                             capacity=self.cfg["outbox_capacity"],
+                             window=self.cfg["outbox_window"],
+                             resend_ms=self.cfg["outbox_resend_s"] * 1000,
+                             on_ack=self._on_ack)
+        self.link = None
+        if self.cfg["mqtt_host"]:
+            from firmware.mqtt_link import MqttLink
+            self.link = MqttLink(self.cfg, self.cfg["station_id"], self.outbox, self)
+        self._fallback = False
+        self._offline_fault = False
+
+        self._reboot_at = None
+        self._reboot_deadline = None
+        self._status_key = None
+        self.iterations = 0
+        self.boot_report = {"reset_cause": board.reset_cause(), "boot": self.boot_id,
+                            "crash": board.last_crash()}
+        if self.boot_report["crash"]:
+            self.faults.raise_(_faults.INTERNAL_ERROR, now, present=False)
+        if self.config_error:
+            self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
+        self._queue_event({"type": "boot", "reset_cause": self.boot_report["reset_cause"],
+                           "boot": self.boot_id, "crash": self.boot_report["crash"],
+                           "config_error": self.config_error})
+        # Records finished before the reset and not yet acknowledged go out again.
+        held = [r.id for r in self.outbox.records() if r.kind == KIND_SESSION]
+        for rec in self.sessions.pop_completed():
+            if rec["id"] not in held:
+                self.outbox.put(KIND_SESSION, rec)
+        current = self
+
+    # -- configuration ----------------------------------------------------------------------
+    def _load_config(self, config):
+        if isinstance(config, Config):
+            return config
+        stored = None
+        try:
+            stored = self.store.read(CONFIG_FILE)
+        except StorageError as e:
+            self.config_error = "config: %s" % (e.args[0] if e.args else "unreadable")
+        cfg = Config()
+        if stored:
+            try:
+                cfg = Config.from_json(stored.decode())
+            except (ConfigError, UnicodeError) as e:
+                # Keep the defaults and the file: a technician can read and repair it.
+                self.config_error = str(e)
+                cfg = Config()
+        if config:
+            cfg.update(config)
+        return cfg
+
+    def _save_config(self):
+        self.store.write_atomic(CONFIG_FILE, self.cfg.to_json().encode())
+
+    def _storage_op(self, fn, *args):
+        try:
+            return fn(*args)
+        except StorageError as e:
+            self.faults.raise_(_faults.STORAGE_ERROR, self.board.ticks_ms(), present=False)
+            self._queue_event({"type": "storage_error", "error": str(e)})
+            return None
+
+    # -- the loop ---------------------------------------------------------------------------
+    def safety_tick(self, now):
+        """Sample, classify, decide, act. Allocates nothing; every board call here is a
+        [tick] method of firmware.board.Board."""
+        b = self.board
+        c = self.charger
+        b.sample_pilot()
+        c.cp_high_mv = b.cp_high_mv
+        c.cp_low_mv = b.cp_low_mv
+        c.pp_ohms = b.read_pp_ohms()
+        c.rcd_tripped = b.rcd_tripped()
+        c.mirror_closed = b.contactor_mirror_closed()
+        c.temp_dc = b.temperature_dc()
+        c.lock_ok = b.lock_confirmed()
+        c.tick(now)
+        b.set_contactor(c.contactor)
+        b.set_pilot(c.duty_pm)
+        b.set_rcd_test(c.rcd_test)
+        b.set_lock(c.lock)
+        b.set_led(c.led)
+        b.feed_watchdog()
+
+    def step(self):
+        now = self.board.ticks_ms()
+        self.safety_tick(now)
+        self.iterations += 1
+        self._service(now)
+
+    def run(self):
+        board = self.board
+        if self.link is not None and self.cfg["mqtt_host"]:
+            try:
+                self.link.resolve()    # the one blocking DNS lookup, before charging starts
+            except Exception as e:      # noqa: BLE001 - retried by the link's own steps
+                self._queue_event({"type": "dns_error", "error": str(e)})
+        while True:
+            start = board.ticks_ms()
+            self.step()
+            spent = ticks_diff(board.ticks_ms(), start)
+            if spent < TICK_MS:
+                board.sleep_ms(TICK_MS - spent)
+
+    # -- slow work ----------------------------------------------------------------------------
+    def _service(self, now):
+        if self.meter is not None:
+            self._poll_meter(now)
+        for _ in range(_EVENTS_PER_STEP):
+            ev = self.events.pop()
+            if ev is None:
+                break
+            self._on_event(ev)
+        self._storage_op(self.sessions.tick, now)
+        for rec in self.sessions.pop_completed():
+            self.outbox.put(KIND_SESSION, rec)
+        if self.link is not None:
+            self._comms(now)
+            self.link.step(now)
+            self._report(now)
+        self._fault_flag(_faults.OUTBOX_OVERFLOW, self.outbox.overflow_active, now)
+        if self._reboot_at is not None:
+            self._reboot_due(now)
+
+    def _poll_meter(self, now):
+        m = self.meter
+        changed = m.poll(now)
+        c = self.charger
+        self._fault_flag(_faults.METER_STALE, m.stale, now)
+        self._fault_flag(_faults.METER_IMPLAUSIBLE, m.implausible, now)
+        # Over-current is judged only on currents the meter has just confirmed.
+        c.phase_ma_valid = m.readings > 0 and not m.stale
+        if changed & STALE_CHANGED and m.stale:
+            self.sessions.on_meter(now, None, None, False)
+        if changed & NEW_READING:
+            cur = m.current_ma
+            phase = c.phase_ma
+            phase[0] = cur[0]
+            phase[1] = cur[1]
+            phase[2] = cur[2]
+            if not m.implausible:
+                self.sessions.on_meter(now, m.import_wh, m.power_w, True)
+
+    def _fault_flag(self, code, on, now):
+        if on:
+            if not self.faults.is_present(code):
+                self.faults.raise_(code, now)
+        elif self.faults.is_present(code):
+            self.faults.clear(code, now)
+
+    def _on_event(self, ev):
+        t, kind, a, b = ev
+        s = self.sessions
+        if kind == EV_STATE:
+            s.on_state(t, a)
+            if a == _states.STATE_A:
+                pass
+            elif not _states.ev_connected(b) and _states.ev_connected(a) and self.auth.autostart():
+                s.set_id_tag(None, t, ACCEPTED_FREE)
+            self._queue_event({"type": "state", "state": _states.NAMES[a],
+                               "from": _states.NAMES[b], "t_ms": t})
+        elif kind == EV_CONTACTOR:
+            s.on_contactor(t, a)
+            self._queue_event({"type": "contactor", "closed": bool(a),
+                               "reason": CONTACTOR_REASON_NAMES[b], "t_ms": t})
+        elif kind == EV_FAULT_RAISED or kind == EV_FAULT_CLEARED:
+            f = _faults.by_code(a)
+            raised = kind == EV_FAULT_RAISED
+            if raised:
+                s.on_fault(t, f.name)
+            rec = {"fault": f.name, "raised": raised, "ocpp": f.ocpp, "text": f.text,
+                   "t_ms": t, "boot": self.boot_id}
+            wall = self.board.wall_time()
+            if wall is not None:
+                rec["time"] = wall
+            # Fault events must reach the backend: outbox (persisted, resent until acked).
+            self.outbox.put(KIND_FAULT, rec)
+        elif kind == EV_OFFER:
+            self._queue_event({"type": "offer", "offered_ma": a, "limit": LIMIT_NAMES[b],
+                               "t_ms": t})
+        elif kind == EV_SELFTEST:
+            self._queue_event({"type": "selftest", "passed": bool(a), "took_ms": b, "t_ms": t})
+        elif kind == EV_WAKEUP:
+            self._queue_event({"type": "wakeup", "active": bool(a), "t_ms": t})
+        else:
+            self._queue_event({"type": KIND_NAMES[kind], "a": a, "b": b, "t_ms": t})
+
+    def _queue_event(self, fields):
+        if self.link is not None:
+            self.link.publish_event(fields)
+
+    def _on_ack(self, kind, record_id):
+        if kind == KIND_SESSION:
+            self._storage_op(self.sessions.acknowledged, record_id)
+
+    # -- backend reporting --------------------------------------------------------------------
+    def _comms(self, now):
+        lost = self.link.comms_lost(now)
+        if lost and not self._fallback:
+            self._fallback = True
+            self._fallback_since = now
+            self.charger.set_comms_fallback(self.cfg["comms_fallback_ma"])
+        elif not lost and self._fallback:
+            self._fallback = False
+            self.charger.clear_comms_fallback()
+            self._queue_event({"type": "comms_restored", "fallback_applied_ma":
+                               self.cfg["comms_fallback_ma"],
+                               "fallback_s": ticks_diff(now, self._fallback_since) // 1000})
+        self._fault_flag(_faults.BACKEND_OFFLINE, lost, now)
+
+    def _report(self, now):
+        c = self.charger
+        key = (c.state, self.faults.active, c.available, c.offered_ma, c.contactor)
+        if key != self._status_key:
+            self._status_key = key
+            self.link.publish_status(self.status())
+        self.link.publish_telemetry(self.telemetry(), now_ms=now)
+
+    def status(self):
+        c = self.charger
+        active = self.sessions.active
+        return {
+            "state": _states.NAMES[c.state],
+            "available": c.available,
+            "authorized": c.authorized,
+            "paused": c.paused,
+            "offered_ma": c.offered_ma,
+            "limit": LIMIT_NAMES[c.limit_reason],
+            "contactor": c.contactor,
+            "faults": self.faults.active_names(),
+            "session": active["id"] if active else None,
+            "boot": self.boot_id,
+        }
+
+    def telemetry(self):
+        c = self.charger
+        out = {"state": _states.NAMES[c.state], "offered_ma": c.offered_ma,
+               "contactor": c.contactor, "temp_dc": c.temp_dc}
+        m = self.meter
+        if m is not None:
+            out["power_w"] = m.power_w
+            out["import_wh"] = m.import_wh
+            out["current_ma"] = list(m.current_ma)
+            out["voltage_dv"] = list(m.voltage_dv)
+            out["meter_stale"] = m.stale
+        active = self.sessions.active
+        if active:
+            out["session"] = active["id"]
+            out["session_wh"] = active.get("energy_wh")
+        return out
+
+    def diagnostics(self):
+        c = self.charger
+        out = {"status": self.status(), "boot": self.boot_report,
+               "uptime_s": ticks_diff(self.board.ticks_ms(), self.started_ms) // 1000,
+               "iterations": self.iterations,
+               "pilot": {"high_mv": c.cp_high_mv, "low_mv": c.cp_low_mv,
+                         "duty_pm": c.duty_pm, "pp_ohms": c.pp_ohms},
+               "limit_ma": c.effective_limit_ma(),
+               "fault_history": [(t, _faults.by_code(code).name, raised)
+                                 for t, code, raised in self.faults.history(8)],
+               "counters": self.counters.values(),
+               "outbox": self.outbox.stats(),
+               "config_error": self.config_error}
+        if self.meter is not None:
+            out["meter"] = self.meter.stats()
+        if self.link is not None:
+            out["mqtt"] = self.link.stats()
+        if self.sessions.error:
+            out["session_error"] = self.sessions.error
+        return out
+
+    # -- commands (firmware.commands.CommandTarget) ----------------------------------------------
+    def cmd_start(self, now_ms):
+        c = self.charger
+        if not c.available:
+            return "station is inoperative"
+        if not _states.ev_connected(c.state):
+            return "no EV connected"
+        if c.paused:
+            c.resume()
+            return None
+        if c.authorized:
+            return "already started"
+        # A remote start authorizes the connected EV (OCPP RemoteStartTransaction).
+        c.authorize(True)
+        self.sessions.set_id_tag(None, now_ms, SOURCE_BACKEND)
+        return None
+
+    def cmd_stop(self, now_ms):
+        c = self.charger
+        if self.sessions.active is None:
+            return "no session"
+        if c.paused:
+            return "already stopped"
+        c.pause()
+        self.sessions.stop_reason(REASON_REMOTE_STOP)
+        return None
+
+    def cmd_authorize(self, id_tag, now_ms):
+        try:
+            ok, why = self.auth.request(id_tag, True, SOURCE_BACKEND)
+        except ValueError as e:
+            return str(e)
+        return self._authorize(id_tag, ok, why, now_ms)
+
+    def present_id_tag(self, id_tag, now_ms):
+        """An idTag read at the station (RFID reader). Returns (accepted, reason)."""
+        online = self.link is not None and self.link.online
+        ok, why = self.auth.request(id_tag, online, SOURCE_READER)
+        if why == ASK_BACKEND:
+            self._queue_event({"type": "authorize_request", "id_tag": id_tag})
+            return False, why
+        err = self._authorize(id_tag, ok, why, now_ms)
+        return err is None, err or why
+
+    def _authorize(self, id_tag, ok, why, now_ms):
+        if not ok:
+            return "not authorized: %s" % why
+        if not self.charger.available:
+            return "station is inoperative"
+        self.charger.authorize(True)
+        self.sessions.set_id_tag(id_tag, now_ms, why)
+        return None
+
+    def cmd_set_limit(self, limit_ma, expires_s, now_ms):
+        if 0 < limit_ma < 6000:
+            return "limit_ma: 0 (pause) or 6000..80000"
+        until = None
+        if expires_s is not None:
+            if expires_s * 1000 > _MAX_EXPIRES_MS:
+                return "expires_s: at most %d" % (_MAX_EXPIRES_MS // 1000)
+            until = ticks_add(now_ms, expires_s * 1000)
+        try:
+            self.charger.set_backend_limit(limit_ma, until)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    def cmd_set_availability(self, operative, now_ms):
+        self.charger.set_available(operative)
+        return None
+
+    def cmd_get_config(self, keys):
+        return self.cfg.public(keys)
+
+    def cmd_set_config(self, changes):
+        before = self.cfg.changed_from_defaults()
+        try:
+            changed = self.cfg.update(changes)
+        except ConfigError as e:
+            return str(e)
+        try:
+            self._save_config()
+        except StorageError as e:
+            self.cfg = Config(before)    # not stored -> not applied
+            self.charger.cfg = self.cfg
+            return "config not stored: %s" % e
+        self.charger.reload_config()
+        later = [k for k in changed if needs_reboot(k)]
+        if later:
+            self._queue_event({"type": "config_pending_reboot", "keys": later})
+        return None
+
+    def cmd_reboot(self, now_ms):
+        if self._reboot_at is not None:
+            return "reboot already scheduled"
+        self.charger.pause()
+        self._reboot_at = ticks_add(now_ms, _REBOOT_GRACE_MS)
+        self._reboot_deadline = ticks_add(now_ms, _REBOOT_FORCE_MS)
+        return None
+
+    def _reboot_due(self, now):
+        if ticks_diff(now, self._reboot_at) < 0:
+            return
+        if self.charger.contactor and ticks_diff(now, self._reboot_deadline) < 0:
+            return
+        self.shutdown("reboot")
+        self.board.reset()
+
+    def shutdown(self, reason):
+        """Open the contactor, save what is pending and say goodbye (before a reset)."""
+        b = self.board
+        b.set_contactor(False)
+        b.set_pilot(1000)
+        self._storage_op(self.counters.save, b.ticks_ms())
+        if self.link is not None:
+            self.link.close(reason)
+
+    def cmd_selftest(self, now_ms):
+        if self.charger.contactor:
+            return "charging: the self-test runs when the contactor is open"
+        self.charger.request_selftest()
+        return None
+
+    def cmd_diagnostics(self):
+        return self.diagnostics()
+
+    def cmd_clear_fault(self, name, now_ms):
+        try:
+            code = _faults.by_name(name).code
+        except ValueError as e:
+            return str(e)
+        return self.charger.clear_fault(code, True)

@@ -1,0 +1,242 @@
+# Runs on CPython (pytest) and on the MicroPython unix port (tests/mprun.py).
+# The whole station (charger, sessions, outbox, commands) on the simulator's board, in
+# simulated time, with an in-memory flash that survives "resets".
+import json
+import sys
+import unittest
+
+from firmware import faults
+from firmware.outbox import KIND_FAULT, KIND_SESSION
+from firmware.station import TICK_MS, Station
+from firmware.storage import Store
+from powercut_fs import PowerCutFs
+from tools.pilotsim.model import S2_C, S2_OPEN
+from tools.pilotsim.simboard import SimBoard
+
+IS_MICROPYTHON = sys.implementation.name == "micropython"
+
+
+def held_records(station, kind):
+    return [r for r in station.outbox.records() if r.kind == kind]
+
+
+class Rig:
+    def __init__(self, fs=None, config=None, start_ms=0):
+        self.fs = fs if fs is not None else PowerCutFs()
+        self.board = SimBoard(start_ms=start_ms)
+        self.station = Station(self.board, config=config, store=Store("/data", self.fs))
+
+    def run(self, ms):
+        for _ in range(ms // TICK_MS):
+            self.station.step()
+            self.board.sleep_ms(TICK_MS)
+
+    def run_until(self, pred, limit_ms):
+        """Steps until pred() holds; returns the simulated ms it took (None: never)."""
+        t = 0
+        while t <= limit_ms:
+            if pred():
+                return t
+            self.station.step()
+            self.board.sleep_ms(TICK_MS)
+            t += TICK_MS
+        return None
+
+    def ev(self, plugged=None, s2=None):
+        m = self.board.model
+        if plugged is not None:
+            m.plugged = plugged
+        if s2 is not None:
+            m.s2 = s2
+        m.update()
+
+    def reboot(self):
+        self.fs.restart()
+        return Rig(self.fs, start_ms=self.board.now_ms + 5000)
+
+
+class ChargingSession(unittest.TestCase):
+    def test_plug_charge_unplug_gives_one_record_in_the_outbox(self):
+        r = Rig()
+        st = r.station
+        r.run(100)
+        self.assertEqual(st.status()["state"], "A")
+        r.ev(plugged=True)
+        r.run(1000)
+        self.assertEqual(st.status()["state"], "B2")    # free mode: current offered
+        r.ev(s2=S2_C)
+        took = r.run_until(lambda: r.board.contacts_closed, 3000)
+        self.assertIsNotNone(took)                      # Annex A: closed within 3 s of C
+        self.assertTrue(took < 3000)
+        r.run(60000)
+        self.assertTrue(r.board.contacts_closed)
+        r.ev(plugged=False, s2=S2_OPEN)
+        # The unplug is acted on within the pilot confirmation (2 ticks), far inside 100 ms.
+        took = r.run_until(lambda: not r.board.contactor_cmd, 100)
+        self.assertIsNotNone(took)
+        self.assertTrue(took <= 3 * TICK_MS)
+        r.run(200)
+        held = held_records(st, KIND_SESSION)
+        self.assertEqual(len(held), 1)
+        rec = held[0].data
+        self.assertEqual(rec["stop_reason"], "ev_unplugged")
+        self.assertTrue(rec["charging_s"] >= 59)
+        self.assertEqual(st.counters.sessions, 1)
+
+    def test_unacknowledged_record_survives_a_reset_and_is_sent_once(self):
+        r = Rig()
+        r.run(50)
+        r.ev(plugged=True)
+        r.run(1000)
+        r.ev(plugged=False)
+        r.run(500)
+        first = [x.id for x in held_records(r.station, KIND_SESSION)]
+        self.assertEqual(len(first), 1)
+        r2 = r.reboot()
+        again = [x.id for x in held_records(r2.station, KIND_SESSION)]
+        self.assertEqual(again, first)                  # held again, not duplicated
+        r2.station.outbox.ack(first[0])
+        r3 = r2.reboot()
+        self.assertEqual(held_records(r3.station, KIND_SESSION), [])
+        self.assertEqual(r3.station.sessions.pending(), [])
+
+    def test_power_loss_mid_session_is_closed_as_power_loss(self):
+        r = Rig()
+        r.run(50)
+        r.ev(plugged=True, s2=S2_C)
+        r.run(70000)                                     # past one live checkpoint
+        r2 = r.reboot()
+        r2.station.sessions.recover(r2.board.ticks_ms())
+        r2.run(50)
+        recs = [x.data for x in held_records(r2.station, KIND_SESSION)]
+        self.assertEqual(len(recs), 1)
+        self.assertEqual(recs[0]["stop_reason"], "power_loss")
+        self.assertEqual(r2.station.boot_id, r.station.boot_id + 1)
+
+
+class Faults(unittest.TestCase):
+    def test_rcd_trip_opens_at_once_and_goes_to_the_outbox(self):
+        r = Rig()
+        r.run(50)
+        r.ev(plugged=True, s2=S2_C)
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        r.board.rcd_fault = True
+        self.assertEqual(r.run_until(lambda: not r.board.contactor_cmd, 100), TICK_MS)
+        r.run(100)
+        held = [x.data for x in held_records(r.station, KIND_FAULT)]
+        self.assertIn("RCD_TRIPPED", [h["fault"] for h in held])
+        self.assertIn("RCD_TRIPPED", r.station.status()["faults"])
+
+    def test_crash_reported_by_the_board_raises_internal_error(self):
+        class CrashedBoard(SimBoard):
+            def last_crash(self):
+                return "Traceback: ZeroDivisionError"
+        st = Station(CrashedBoard(), store=Store("/data", PowerCutFs()))
+        self.assertTrue(st.faults.is_active(faults.INTERNAL_ERROR))
+        self.assertEqual(st.boot_report["crash"], "Traceback: ZeroDivisionError")
+        # Not a blocking fault: the station still charges.
+        self.assertEqual(st.faults.blocking(), 0)
+
+
+class Commands(unittest.TestCase):
+    def test_bad_config_is_refused_and_changes_nothing(self):
+        r = Rig()
+        st = r.station
+        before = st.cfg["max_current_ma"]
+        self.assertIn("out of range", st.cmd_set_config({"max_current_ma": 5}))
+        self.assertIn("unknown key", st.cmd_set_config({"max_current_ma": 16000, "nope": 1}))
+        self.assertEqual(st.cfg["max_current_ma"], before)
+        self.assertIsNone(r.fs.medium.get("/data/config.json"))
+
+    def test_config_change_is_applied_stored_and_kept_after_reset(self):
+        r = Rig()
+        self.assertIsNone(r.station.cmd_set_config({"max_current_ma": 16000}))
+        r.ev(plugged=True)
+        r.run(1000)
+        self.assertEqual(r.station.charger.offered_ma, 16000)
+        r2 = r.reboot()
+        self.assertEqual(r2.station.cfg["max_current_ma"], 16000)
+
+    def test_secrets_are_masked(self):
+        r = Rig()
+        self.assertIsNone(r.station.cmd_set_config({"mqtt_password": "hunter2"}))
+        shown = r.station.cmd_get_config(["mqtt_password"])
+        self.assertEqual(shown, {"mqtt_password": "***"})
+        self.assertTrue("hunter2" not in json.dumps(r.station.cmd_diagnostics()))
+
+    def test_corrupt_config_file_keeps_defaults_and_is_reported(self):
+        fs = PowerCutFs()
+        Store("/data", fs).write_atomic("config.json", b"{not json")
+        fs.restart()
+        r = Rig(fs)
+        self.assertIsNotNone(r.station.config_error)
+        self.assertEqual(r.station.cfg["max_current_ma"], 32000)
+
+    def test_stop_pauses_and_start_resumes_in_one_session(self):
+        r = Rig()
+        st = r.station
+        self.assertEqual(st.cmd_stop(0), "no session")
+        r.ev(plugged=True, s2=S2_C)
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        sid = st.sessions.active["id"]
+        self.assertIsNone(st.cmd_stop(0))
+        # PWM off; the simulated EV keeps S2 closed, so the EVSE opens after pwm_off_open_ms.
+        took = r.run_until(lambda: not r.board.contactor_cmd, 7000)
+        self.assertIsNotNone(took)
+        self.assertTrue(took <= st.cfg["pwm_off_open_ms"] + 2 * TICK_MS)
+        self.assertIsNone(st.cmd_start(r.board.ticks_ms()))
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        self.assertEqual(st.sessions.active["id"], sid)
+
+    def test_limit_with_expiry(self):
+        r = Rig()
+        st = r.station
+        r.ev(plugged=True)
+        r.run(500)
+        self.assertEqual(st.cmd_set_limit(3000, None, 0), "limit_ma: 0 (pause) or 6000..80000")
+        self.assertIsNone(st.cmd_set_limit(10000, 60, r.board.ticks_ms()))
+        r.run(100)
+        self.assertEqual(st.charger.offered_ma, 10000)
+        r.run(61000)
+        self.assertEqual(st.charger.offered_ma, 32000)
+
+    def test_unknown_fault_name_and_refused_remote_clear(self):
+        r = Rig()
+        st = r.station
+        self.assertIn("unknown", st.cmd_clear_fault("NO_SUCH_FAULT", 0))
+        st.faults.raise_(faults.CONTACTOR_WELDED, 0, present=False)
+        self.assertIn("on site", st.cmd_clear_fault("CONTACTOR_WELDED", 0))
+        self.assertTrue(st.faults.is_active(faults.CONTACTOR_WELDED))
+
+    def test_reboot_waits_for_the_contactor_then_resets(self):
+        from tools.pilotsim.simboard import SimReset
+        r = Rig()
+        r.ev(plugged=True, s2=S2_C)
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        self.assertIsNone(r.station.cmd_reboot(r.board.ticks_ms()))
+        with self.assertRaises(SimReset):
+            r.run(10000)
+        self.assertFalse(r.board.contactor_cmd)
+        self.assertEqual(r.board.reset_requests, 1)
+
+
+class SafetyTickAllocation(unittest.TestCase):
+    def test_station_safety_tick_allocates_nothing(self):
+        if not IS_MICROPYTHON:
+            raise unittest.SkipTest("heap_lock exists on MicroPython only")
+        import micropython
+        r = Rig()
+        st = r.station
+        b = r.board
+        plan = ((True, S2_OPEN), (True, S2_C), (False, S2_OPEN))
+        for plugged, s2 in plan:
+            r.ev(plugged=plugged, s2=s2)
+            for _ in range(300):
+                now = b.ticks_ms()
+                micropython.heap_lock()
+                try:
+                    st.safety_tick(now)
+                finally:
+                    micropython.heap_unlock()
+                b.now_ms += TICK_MS
+                st.events.clear()
