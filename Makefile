@@ -33,8 +33,10 @@ bench: $(STAMP)
 check: $(STAMP)
 	$(PY) -m tools.deploy check
 
+# Compile, copy to the ESP32 (service mode while copying), mip logging, reset.
+# BOARD=boards/x.json picks the board file; DEPLOY_ARGS=--dry-run prints the commands only.
 deploy: $(STAMP)
-	$(PY) -m tools.deploy deploy --port $(PORT)
+	$(PY) -m tools.deploy deploy --port $(PORT) $(if $(BOARD),--board $(BOARD)) $(DEPLOY_ARGS)
 
 repl: $(STAMP)
 	.venv/bin/mpremote connect $(PORT) repl

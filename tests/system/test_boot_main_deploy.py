@@ -1,0 +1,121 @@
+"""Getting boot.py, main.py and the drivers onto a device: `tools.deploy check`, the
+mpremote commands of `deploy` (without hardware: --dry-run), the on-device clean-up script
+(run on the unix port), and manifest.py for a frozen build."""
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+from tools import deploy
+from tools.devicefiles import MICROPYTHON, ROOT, device_files
+
+PY = sys.executable
+
+
+def run_tool(*args):
+    return subprocess.run([PY, "-m", "tools.deploy"] + list(args), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_check_prints_every_file_and_the_total_last():
+    r = run_tool("check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    m = re.match(r"total: (\d+) files, (\d+) bytes \.mpy$", lines[-1])
+    assert m, lines[-1]
+    files = device_files()
+    assert int(m.group(1)) == len(files)
+    sizes = [int(ln.split()[0]) for ln in lines[:-1]]
+    assert len(sizes) == len(files) and sum(sizes) == int(m.group(2))
+    assert any(ln.endswith("drivers/esp32_board.mpy") for ln in lines)
+
+
+def commands(*extra):
+    r = run_tool("deploy", "--port", "/dev/ttyUSB7", "--dry-run", *extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [shlex.split(c) for c in _join_continued(r.stdout)]
+
+
+def _join_continued(text):
+    # Each command is one shell line, except that the quoted clean-up script spans lines.
+    out, cur = [], ""
+    for line in text.splitlines():
+        cur = line if not cur else cur + "\n" + line
+        try:
+            shlex.split(cur)
+        except ValueError:
+            continue
+        out.append(cur)
+        cur = ""
+    return out
+
+
+def test_dry_run_lists_the_mpremote_commands_in_order():
+    cmds = commands()
+    assert all(c[:3] == [deploy.MPREMOTE, "connect", "/dev/ttyUSB7"] for c in cmds)
+    tails = [c[3:] for c in cmds]
+    # Service mode first (the watchdog would reset the chip mid-copy), out of it last.
+    assert tails[0] == ["exec", 'open("service", "w").close()', "+", "reset"]
+    assert tails[1][:4] == ["sleep", "3", "+", "exec"]
+    assert tails[-1] == ["exec", 'import os; os.remove("service")', "+", "reset"]
+    stage = deploy.STAGE_DIR
+    assert ["fs", "cp", "-r", os.path.join(stage, "firmware"), ":"] in tails
+    assert ["fs", "cp", "-r", os.path.join(stage, "drivers"), ":"] in tails
+    assert ["fs", "cp", os.path.join(ROOT, "boot.py"), ":boot.py"] in tails
+    assert ["fs", "cp", os.path.join(ROOT, "main.py"), ":main.py"] in tails
+    assert ["fs", "cp", os.path.join(ROOT, "boards", "reference.json"), ":board.json"] in tails
+    assert ["mip", "install", "logging"] in tails
+    assert tails.index(["mip", "install", "logging"]) < len(tails) - 1
+    # The staged trees hold exactly the compiled device files.
+    staged = sorted(os.path.relpath(os.path.join(d, f), stage)
+                    for d, _s, fs in os.walk(stage) for f in fs)
+    assert staged == sorted(p[:-3] + ".mpy" for p in device_files())
+
+
+def test_frozen_build_copies_only_the_top_level_files():
+    tails = [c[3:] for c in commands("--frozen")]
+    copied = [t[-1] for t in tails if t[:2] == ["fs", "cp"]]
+    assert ":boot.py" in copied and ":main.py" in copied and copied[-1] == ":board.json"
+    assert not any(t[:3] == ["fs", "cp", "-r"] for t in tails)
+    top = [p for p in device_files() if "/" not in p]
+    assert len(copied) == len(top) + 1
+    assert ["mip", "install", "logging"] not in tails
+
+
+def test_bad_board_file_stops_before_any_command(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"pilot": {"pwm_pin": 25, "adc_pin": 4}, "pp": {"adc_pin": 39},'
+                   ' "contactor": {"pin": 26}}')
+    r = run_tool("deploy", "--port", "/dev/ttyUSB7", "--dry-run", "--board", str(bad))
+    assert r.returncode == 2
+    assert "pilot.adc_pin: GPIO 4 is on ADC2" in r.stdout
+    assert "mpremote" not in r.stdout
+
+
+def test_clean_script_removes_code_and_keeps_data(tmp_path):
+    for rel in ("firmware/a.py", "firmware/sub/b.mpy", "drivers/c.mpy", "board.json"):
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    r = subprocess.run([MICROPYTHON, "-c", deploy._CLEAN_SCRIPT], cwd=str(tmp_path),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(str(tmp_path))) == ["board.json", "data"]
+
+
+def test_manifest_freezes_every_package_and_logging():
+    calls = []
+
+    def record(name):
+        return lambda *a, **k: calls.append((name,) + a)
+    env = {n: record(n) for n in ("include", "require", "package", "module", "freeze")}
+    with open(os.path.join(ROOT, "manifest.py")) as f:
+        exec(f.read(), env)
+    packages = {c[1] for c in calls if c[0] == "package"}
+    assert ("require", "logging") in calls
+    assert ("include", "$(PORT_DIR)/boards/manifest.py") in calls
+    for path in device_files():
+        if "/" in path:
+            assert path.split("/")[0] in packages, path
+        # Top-level files stay on the filesystem (deploy --frozen copies them).
