@@ -1,7 +1,11 @@
 """A minimal station for the MQTT system tests: MqttLink + Outbox + a recording target in a
 real-time loop. Runs on the MicroPython unix port and on CPython (cwd = repository root).
 
+    micropython tests/system/mqtt_station.py OPTIONS.json
     micropython tests/system/mqtt_station.py '{"config": {...}, "station": "cp-1", ...}'
+
+(The unix port dies on command-line arguments of 255 characters or more, so options of
+any size go in a file.)
 
 Options (JSON): config (Config values), station, store (outbox directory), sessions (records
 put at start), status (dict), telemetry_every_ms, loop_ms, seconds (0 = until killed),
@@ -34,6 +38,10 @@ class PrintingTarget(RecordingTarget):
     def _done(self, name, *args):
         say("CALL", json.dumps([name] + list(args)))
         return RecordingTarget._done(self, name, *args)
+
+    def cmd_get_config(self, keys):
+        say("CALL", json.dumps(["get_config", keys]))
+        return RecordingTarget.cmd_get_config(self, keys)
 
 
 def main(opts):
@@ -85,4 +93,11 @@ def main(opts):
     link.close()
 
 
-main(json.loads(sys.argv[1]))
+def _options(arg):
+    if arg.startswith("{"):
+        return json.loads(arg)
+    with open(arg) as f:
+        return json.load(f)
+
+
+main(_options(sys.argv[1]))
