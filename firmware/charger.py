@@ -322,6 +322,7 @@ class Charger:
         self._check_pp(now, level, ev_seen)
         self._check_overcurrent(now)
         self._check_lock(now)
+        self._selftest(now)                 # before deciding: its failure blocks this tick
         fs.update(now)
 
         if requesting and not self._c_stable \
@@ -417,7 +418,6 @@ class Charger:
             self._level_since = now
             self._c_stable = False
         self.duty_pm = duty
-        self._selftest(now)
 
         if state < 0:
             if duty == PILOT_STEADY_LOW:

@@ -108,6 +108,14 @@ class SelfTest(unittest.TestCase):
         took = r.run_until(lambda: r.ch.contactor, 3000)
         self.assertTrue(took >= 0)
 
+    def test_failed_selftest_drives_f_in_the_tick_that_raises_it(self):
+        r = Rig(rcd_selftest=True)
+        r.monitor_ok = False
+        r.plug("B")
+        r.run_until(lambda: r.ch.faults.is_active(F.RCD_SELFTEST_FAILED), 2000)
+        self.assertEqual(r.ch.duty_pm, 0)
+        self.assertEqual(r.ch.state, STATE_F)
+
     def test_trip_line_that_stays_active_fails(self):
         r = Rig(rcd_selftest=True)
         r.plug("B")
