@@ -33,9 +33,9 @@ class _File:
     def read(self, n=-1):
         data = self.fs.medium[self.path]
         if n is None or n < 0:
-            out = data[self.pos:]
+            out = bytes(data[self.pos:])
         else:
-            out = data[self.pos:self.pos + n]
+            out = bytes(data[self.pos:self.pos + n])
         self.pos += len(out)
         return out
 
@@ -59,10 +59,14 @@ class _File:
         return len(data)
 
     def _commit(self, what):
+        medium = self.fs.medium
+        if not isinstance(medium[self.path], bytearray):
+            medium[self.path] = bytearray(medium[self.path])   # grown in place: less heap
+
         def half():
-            self.fs.medium[self.path] += self.buf[:len(self.buf) // 2]
+            medium[self.path].extend(self.buf[:len(self.buf) // 2])
         self.fs._op(what + " " + self.path, half if self.buf else None)
-        self.fs.medium[self.path] += self.buf
+        medium[self.path].extend(self.buf)
         self.buf = b""
 
     def flush(self):
@@ -88,7 +92,7 @@ class _File:
 
 class PowerCutFs:
     def __init__(self, medium=None, dirs=None, cut_at=None, tear=False):
-        self.medium = {} if medium is None else medium     # path -> bytes on the medium
+        self.medium = {} if medium is None else medium     # path -> bytes/bytearray on the medium
         self.dirs = set() if dirs is None else dirs
         self.cut_at = cut_at
         self.tear = tear
@@ -109,7 +113,7 @@ class PowerCutFs:
 
     def restart(self):
         """The filesystem as the next boot finds it (a fresh object, power on)."""
-        return PowerCutFs(dict(self.medium), set(self.dirs))
+        return PowerCutFs({p: bytearray(d) for p, d in self.medium.items()}, set(self.dirs))
 
     def _dir_of(self, path):
         i = path.rfind("/")
@@ -131,7 +135,7 @@ class PowerCutFs:
         self._check_dir(path)
         self._op("open %s %s" % (mode, path))
         if "w" in mode or path not in self.medium:
-            self.medium[path] = b""
+            self.medium[path] = bytearray()
         return _File(self, path, mode)
 
     def sync(self, f):

@@ -169,6 +169,44 @@ class ScriptedSessions(unittest.TestCase):
         self.assertEqual(r["cost"]["idle_minor"], 0)
         self.assertEqual(r["energy_wh"], 1200)
 
+    def test_idle_grace_covers_the_sum_of_idle_periods(self):
+        st = Station(cfg={"price_per_min_idle_minor": 10, "idle_grace_min": 15,
+                          "price_per_kwh_minor": 20})
+        st.state(STATE_B2)
+        st.run(10 * MIN)                             # EV idles before it asks for current
+        st.start_charging(6000)
+        st.run(30 * MIN)
+        st.state(STATE_B2)
+        st.contactor(False)
+        st.run(12 * MIN)                             # EV pauses
+        st.start_charging(6000)
+        st.run(30 * MIN)
+        st.state(STATE_B2)
+        st.contactor(False)
+        st.run(8 * MIN)                              # full, still plugged in
+        st.state(STATE_A)
+        (r,) = st.sm.pop_completed()
+        self.assertEqual((r["idle_s"], r["suspended_s"], r["charging_s"]), (30 * 60, 0, 3600))
+        self.assertEqual(r["cost"]["idle_billed_s"], 15 * 60)
+        self.assertEqual(r["cost"], {"energy_minor": 120, "charging_minor": 0, "idle_minor": 150,
+                                     "fee_minor": 0, "idle_billed_s": 900})
+        self.assertEqual(r["cost_minor"], 270)
+
+    def test_repeated_state_reports_change_nothing(self):
+        st = Station()
+        for _ in range(5):
+            st.state(STATE_B2)
+        st.start_charging(6000)
+        for _ in range(5):
+            st.state(STATE_C2)
+            st.contactor(True, 6000)
+        st.run(MIN)
+        for _ in range(3):
+            st.contactor(False)
+            st.state(STATE_A)
+        self.assertEqual(len(st.sm.pop_completed()), 1)
+        self.assertEqual(st.counters.contactor_cycles, 1)
+
     def test_remote_stop_then_unplug_records_the_remote_stop(self):
         st = Station()
         st.state(STATE_B2)

@@ -199,9 +199,9 @@ class JournalRecords(unittest.TestCase):
         j = Journal(st, "j")
         j.append(b"alpha")
         j.append(b"beta")
-        good = fs.medium[ROOT + "/j"]
+        good = bytes(fs.medium[ROOT + "/j"])
         j.append(b"gamma")
-        frame = fs.medium[ROOT + "/j"][len(good):]
+        frame = bytes(fs.medium[ROOT + "/j"][len(good):])
         self.assertEqual(len(frame), 8 + 5)
         for cut in range(1, len(frame)):
             fs.medium[ROOT + "/j"] = good + frame[:cut]
