@@ -9,8 +9,8 @@ preallocated state only.
 """
 import machine
 
+from drivers import bootinfo
 from drivers import clock as _clock
-from drivers.bootinfo import cause_name
 from drivers.contactor import Contactor
 from drivers.led import StatusLed
 from drivers.lock import SocketLock
@@ -239,7 +239,11 @@ class Esp32Board(_board.Board):
         return self._fs_root + "data"
 
     def reset_cause(self):
-        return cause_name(machine.reset_cause())
+        return bootinfo.cause_name(machine.reset_cause())
+
+    def last_crash(self):
+        """The traceback text the previous run left (drivers/bootinfo.py), or None."""
+        return bootinfo.last_crash()
 
     def reset(self):
         machine.reset()

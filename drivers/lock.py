@@ -44,9 +44,11 @@ class SocketLock:
         return self.feedback_locked() == self.target
 
     def set(self, locked):
-        """Start moving towards `locked`; returns at once."""
+        """[tick] Start moving towards `locked`; returns at once. Repeating the same command
+        (the safety tick does, every iteration) changes nothing: not while moving, not once
+        there, and not after the retries failed (a new command starts a new attempt)."""
         locked = bool(locked)
-        if locked == self.target and (self._phase != _IDLE or self._at_target()):
+        if locked == self.target and (self._phase != _IDLE or self.failed or self._at_target()):
             return
         self.target = locked
         self.failed = False

@@ -74,6 +74,11 @@ _TICKS_MASK = (1 << 30) - 1
 _TICKS_HALF = 1 << 29
 
 
+class SimulationEnd(BaseException):
+    """Raised by advance_us() when simulated time reaches `sim.stop_at_us`: ends a run of
+    code that loops forever (Station.run()). Not an Exception, so crash handlers pass it."""
+
+
 class SimulatedReset(SystemExit):
     """Raised by machine.reset(): on the device the chip restarts and nothing after the call
     runs; here the program unwinds (SystemExit passes `except Exception`)."""
@@ -222,6 +227,7 @@ class Sim:
     def reset(self):
         """Forget everything: a fresh chip at simulated time 0, powered on."""
         self.now_us = 0
+        self.stop_at_us = None         # advance_us() raises SimulationEnd from here on
         self.adc_read_us = 25          # simulated duration of one ADC conversion
         self.reset_cause = PWRON_RESET
         self.reset_count = 0
@@ -285,6 +291,9 @@ class Sim:
             due._fire()
         self.now_us = end
         self._check_wdt()
+        if self.stop_at_us is not None and end >= self.stop_at_us:
+            self.stop_at_us = None
+            raise SimulationEnd()
 
     def advance_ms(self, ms):
         self.advance_us(ms * 1000)

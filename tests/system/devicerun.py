@@ -4,7 +4,11 @@ machine in simulated time, and print what happened as one JSON line:  DEVICERUN 
 Usage (cwd = the device's filesystem root, a temp dir holding board.json):
     micropython tests/system/devicerun.py REPO_ROOT SCENARIO_FILE
 (a file, because the unix port aborts on very long arguments). SCENARIO keys: reset_cause (int), inputs {pin: level}, adc {pin: mV}, station {module
-globals of standin_station}, use_standin (default true).
+globals of standin_station}, use_standin (default true: the stand-in station; false: the
+real firmware.station), run_ms (end the run at this simulated time), ev [[t_ms, state,
+pp_ohms], ...] (an EV per IEC 61851-1 on the reference board's front ends: state "A".."D"
+loads the pilot's positive half to 12/9/6/3 V, the diode leaves -12 V), devices (true: the
+RCD answers its test input, the mirror contact follows the coil).
 """
 import json
 import sys
@@ -22,6 +26,39 @@ for pin, level in scenario.get("inputs", {}).items():
     sim.set_input(int(pin), level)
 for pin, mv in scenario.get("adc", {}).items():
     sim.set_adc(int(pin), mv)
+
+_EV_HIGH_MV = {"A": 12000, "B": 9000, "C": 6000, "D": 3000}
+_ev = [(int(t) * 1000, _EV_HIGH_MV[st], int(pp)) for t, st, pp in scenario.get("ev", [])]
+
+
+def _ev_at(t):
+    cur = (0, 12000, 100000)
+    for entry in _ev:
+        if entry[0] <= t:
+            cur = entry
+    return cur
+
+
+def _cp_adc(t):
+    # Reference sense divider: ADC mV = 1300 + CP mV / 10.
+    high = _ev_at(t)[1]
+    return 1300 + (high if sim.pwm_output_high(25, t) else -12000) // 10
+
+
+def _pp_adc(t):
+    ohms = _ev_at(t)[2]
+    return 3300 * ohms // (ohms + 1000)
+
+
+if _ev:
+    sim.set_adc(36, _cp_adc)
+    sim.set_adc(39, _pp_adc)
+if scenario.get("devices"):
+    sim.set_adc(34, 1650)                                           # NTC at 25 C
+    sim.set_input(27, lambda t: 0 if sim.level(14) == 1 else 1)     # RCD trips on test
+    sim.set_input(35, lambda t: 0 if sim.level(26) == 1 else 1)     # mirror follows coil
+if scenario.get("run_ms"):
+    sim.stop_at_us = scenario["run_ms"] * 1000
 
 from drivers import clock  # noqa: E402
 
@@ -45,6 +82,8 @@ except machine.SimulatedReset:
     outcome = "reset"
 except standin_station.StopRun:
     outcome = "stopped"
+except machine.SimulationEnd:
+    outcome = "time up"
 
 from drivers import bootinfo  # noqa: E402
 
@@ -63,5 +102,6 @@ print("DEVICERUN " + json.dumps({
     "seen_reset_cause": standin_station.seen_reset_cause,
     "constructed_with": standin_station.constructed_with,
     "levels": {str(p): sim.level(p) for p in (4, 14, 21, 22, 23, 26, 32, 33)},
+    "contactor": sim.history(26),
     "pilot_duty": sim.pwm(25).duty_u16() if sim.pwm(25) is not None else None,
 }))

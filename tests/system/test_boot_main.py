@@ -185,3 +185,36 @@ def test_missing_board_file(tmp_path):
     assert "cannot read" in r["stdout"]
     assert r["outcome"] == "main returned" and r["reset_count"] == 0
     assert not events(r, "pin_mode")
+
+
+# -- the real firmware.station on the reference board ---------------------------------------
+def test_real_station_idles_in_state_a(fsroot):
+    r = run_device(fsroot, {"use_standin": False, "run_ms": 2000, "devices": True,
+                            "adc": {"36": 2500, "39": 3300}})
+    assert r["outcome"] == "time up", r["stdout"]
+    assert r["reset_count"] == 0 and not r["wdt_expired"]
+    assert not os.path.exists(os.path.join(fsroot, "crash.txt"))
+    assert r["pilot_duty"] == 65535                      # steady +12 V: no EV
+    assert r["levels"][str(CONTACTOR)] == 0
+    assert [r["levels"][p] for p in ("21", "22", "23")] == [0, 1, 0]   # LED_IDLE: green
+    assert os.path.isdir(os.path.join(fsroot, "data"))
+
+
+def test_real_station_charging_session_on_the_fake_esp32(fsroot):
+    # EV with a 32 A cable (220 ohm) plugs in at 1 s, requests at 2 s, stops at 6 s.
+    r = run_device(fsroot, {"use_standin": False, "run_ms": 8000, "devices": True,
+                            "ev": [[1000, "B", 220], [2000, "C", 220], [6000, "B", 220]]})
+    assert r["outcome"] == "time up", r["stdout"]
+    assert r["reset_count"] == 0 and not r["wdt_expired"]
+    duties = [e for e in events(r, "pwm_duty", 25)]
+    offer = [e for e in duties if 0 < e[3] < 65535]
+    assert offer and offer[0][3] == 533 * 65535 // 1000   # 32 A = 53.3 %
+    # The RCD self-test pulsed its test input before the contactor could close.
+    rcd_test = [e[0] for e in events(r, "pin_level", 14) if e[3] == 1]
+    closes = [t for t, v in r["contactor"] if v == 1]
+    opens = [t for t, v in r["contactor"] if v == 0 and t > 0]
+    assert rcd_test and closes and rcd_test[0] < closes[0]
+    # IEC 61851-1: close within 3 s of C; open within 100 ms of C -> B.
+    assert 2000000 < closes[0] <= 5000000
+    assert opens and 6000000 <= opens[0] <= 6100000
+    assert r["levels"][str(CONTACTOR)] == 0

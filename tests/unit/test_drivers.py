@@ -278,6 +278,17 @@ class SocketLock(unittest.TestCase):
         self.assertTrue(b.lock.failed)
         self.assertEqual(sim.level(32), 0)
         self.assertFalse(b.lock_confirmed())
+        # The safety tick repeats the command every iteration: no new attempts from that.
+        for _ in range(50):
+            b.set_lock(True)
+            sim.advance_ms(10)
+        self.assertEqual(len([v for _t, v in sim.history(32) if v == 1]), 3)
+        # A new command is a new attempt.
+        b.set_lock(False)
+        sim.advance_ms(400)
+        b.set_lock(True)
+        self.assertEqual(sim.level(32), 1)
+        self.assertFalse(b.lock.failed)
 
     def test_unlock_drives_the_other_pin(self):
         b = make_board()
