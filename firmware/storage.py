@@ -217,14 +217,16 @@ class Store:
             f = self.fs.open(path, "wb")
         except OSError as e:
             raise StorageError("%s: cannot create (errno %s)" % (path, _errno(e)))
+        done = False
         try:
             for chunk in chunks:
                 f.write(chunk)
             self.fs.sync(f)
+            done = True
         except OSError as e:
             raise StorageError("%s: write failed (errno %s)" % (path, _errno(e)))
         finally:
-            f.close()
+            _close(f, path, done)
 
     # -- public --------------------------------------------------------------------------
     def write_atomic(self, name, data):
@@ -284,6 +286,16 @@ class Store:
         except OSError as e:
             raise StorageError("%s: cannot list (errno %s)" % (self.root, _errno(e)))
         return [n for n in entries if not n.endswith(TMP_SUFFIX)]
+
+
+def _close(f, what, check):
+    # close() commits on littlefs, so its failure matters after a good write; after a
+    # failed one it must not hide the first error.
+    try:
+        f.close()
+    except OSError as e:
+        if check:
+            raise StorageError("%s: close failed (errno %s)" % (what, _errno(e)))
 
 
 def _unframe_file(raw):
@@ -427,14 +439,18 @@ class Journal:
             f = fs.open(self.path, "ab")
         except OSError as e:
             raise StorageError("%s: cannot open for append (errno %s)" % (self.name, _errno(e)))
+        done = False
         try:
             f.write(frame)
             fs.sync(f)
+            done = True
         except OSError as e:
-            self._ready = False      # a partial frame may be on disk: rescan before the next append
             raise StorageError("%s: append failed (errno %s)" % (self.name, _errno(e)))
         finally:
-            f.close()
+            # A failed write or close may leave a partial frame: rescan before the next append.
+            self._ready = False
+            _close(f, self.name, done)
+            self._ready = done
 
     def _swap(self, payloads):
         def chunks():

@@ -360,3 +360,38 @@ class PowerCutAtEveryStep(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class FailingClose(unittest.TestCase):
+    def test_errors_at_close_are_storage_errors(self):
+        class CloseFails(PowerCutFs):
+            def open(self, path, mode):
+                f = PowerCutFs.open(self, path, mode)
+                if "r" not in mode:
+                    def close():
+                        raise OSError(5, "EIO")
+                    f.close = close
+                return f
+
+        st = Store(ROOT, CloseFails())
+        self.assertRaises(StorageError, st.write_atomic, "c", b"1")
+        j = Journal(st, "j")
+        self.assertRaises(StorageError, j.append, b"1")
+
+    def test_a_write_error_is_not_hidden_by_the_close(self):
+        class BothFail(PowerCutFs):
+            def open(self, path, mode):
+                f = PowerCutFs.open(self, path, mode)
+                if "r" not in mode:
+                    def fail(*a):
+                        raise OSError(28, "ENOSPC")
+                    f.write = fail
+                    f.close = lambda: fail()
+                return f
+
+        st = Store(ROOT, BothFail())
+        try:
+            st.write_atomic("c", b"1")
+            self.fail("no error")
+        except StorageError as e:
+            self.assertIn("write failed", e.args[0])
