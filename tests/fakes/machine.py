@@ -137,7 +137,9 @@ class UartPeer:
       `responder = f(frame_bytes) -> reply or None` answers each write, the reply becoming
       readable `reply_delay_us` after the frame's last bit.
     - `connect(host, port)` forwards writes to a TCP socket (e.g. a pymodbus server with the
-      RTU framer) and makes what the socket returns readable.
+      RTU framer) and makes what the socket returns readable. The server answers in real
+      time while the firmware runs in simulated time, so the first poll after a write waits
+      up to `socket_wait_ms` of real time for the reply to start.
     """
 
     def __init__(self, sim, uart_id):
@@ -152,6 +154,8 @@ class UartPeer:
         self.rx_overflow = 0
         self.rxbuf = 256
         self.sock = None
+        self.socket_wait_ms = 1000
+        self._awaiting = False
 
     def take(self):
         data = bytes(self.written)
@@ -186,6 +190,7 @@ class UartPeer:
         self.frames.append((start_us, end_us, bytes(data)))
         if self.sock is not None:
             self.sock.send(bytes(data))
+            self._awaiting = True
         if self.responder is not None:
             reply = self.responder(bytes(data))
             if reply:
@@ -202,12 +207,15 @@ class UartPeer:
                     keep.append((ready, data))
             self._pending = keep
         if self.sock is not None:
+            if self._awaiting:
+                self.sock.settimeout(self.socket_wait_ms / 1000)
             try:
                 data = self.sock.recv(256)
-            except OSError as e:
-                if e.args[0] not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    raise
-                data = None
+            except OSError:
+                data = None     # nothing yet (EAGAIN) or no reply in time (timeout)
+            if self._awaiting:
+                self._awaiting = False
+                self.sock.setblocking(False)
             if data:
                 self._deliver(data)
 
