@@ -89,8 +89,11 @@ class AllowList:
             raw = store.read(LIST_FILE)
             if raw is not None:
                 d = json.loads(raw)
-                self._tags = set(t.upper() for t in d["tags"])
-                self.version = d["version"]
+                version = d["version"]
+                if version is True or version is False or not isinstance(version, int):
+                    raise ValueError("version is not an integer")
+                self._tags = set(check_id_tag(t).upper() for t in d["tags"])
+                self.version = version
         except (StorageError, ValueError, KeyError, TypeError, AttributeError) as e:
             # An unreadable list is an empty one: the offline policy then denies, safely.
             self._tags = set()

@@ -130,12 +130,16 @@ class AllowListEdits(unittest.TestCase):
         self.assertEqual((b.allow_list.version, b.allow_list.tags()), (1, ["A"]))
 
     def test_unreadable_list_is_empty_and_offline_denies(self):
-        fs = PowerCutFs()
-        Store(ROOT, fs).write_atomic(LIST_FILE, b"{not json")
-        a, _fs = _auth(fs, auth_mode="backend", offline_policy="local_list")
-        self.assertEqual(len(a.allow_list), 0)
-        self.assertTrue(a.allow_list.error)
-        self.assertEqual(a.request("A", False), (False, "offline_not_in_list"))
+        for content in (b"{not json", b'{"version": "7", "tags": ["A"]}',
+                        b'{"version": 7, "tags": ["A B"]}', b'{"tags": ["A"]}', b"[]"):
+            fs = PowerCutFs()
+            Store(ROOT, fs).write_atomic(LIST_FILE, content)
+            a, _fs = _auth(fs, auth_mode="backend", offline_policy="local_list")
+            self.assertEqual((len(a.allow_list), a.allow_list.version), (0, 0))
+            self.assertTrue(a.allow_list.error)
+            self.assertEqual(a.request("A", False), (False, "offline_not_in_list"))
+            a.allow_list.replace(1, ["A"])            # the backend can send a new one
+            self.assertEqual(a.request("A", False), (True, "offline_local_list"))
 
 
 class ReaderFlow(unittest.TestCase):
