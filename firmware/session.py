@@ -7,9 +7,9 @@ clears) stay one session: charging time keeps adding up. The record format, life
 crash-safety guarantees are described in docs/sessions.md.
 
 Persistence (flash writes are bounded, never per control tick):
-  session.live   the live session, replaced atomically at its start and then from tick()
-                 at most every `session_checkpoint_s`, or after `session_checkpoint_wh`
-                 (but not more often than every 10 s).
+  session.live   the live session, replaced atomically at its start, at its authorization
+                 and then from tick() at most every `session_checkpoint_s`, or after
+                 `session_checkpoint_wh` (but not more often than every 10 s).
   sessions.jnl   Journal of finished records ({"k":"done","r":record}) and backend
                  acknowledgements ({"k":"ack","id":id}); compacted when it grows.
 A finished record is on flash before pop_completed() hands it out; it stays pending until
@@ -309,9 +309,13 @@ class SessionManager:
         s = self._session
         if s is None:
             self._block_until_unplug = False
-            s = self._start(now_ms, ev_connected(self._state) if self._state is not None else False)
-        s.id_tag = id_tag
-        s.auth = auth
+            self._start(now_ms, ev_connected(self._state) if self._state is not None else False,
+                        id_tag, auth)
+        elif s.id_tag != id_tag or s.auth != auth:
+            s.id_tag = id_tag
+            s.auth = auth
+            # Who pays must survive a power cut: written now, once per authorization.
+            self._checkpoint(now_ms)
 
     def stop_reason(self, reason):
         """Why charging stops (remote_stop, deauthorized, ...): recorded when the session
@@ -480,7 +484,7 @@ class SessionManager:
             dt_ms = 0
         return self.cfg["meter_max_power_w"] * dt_ms // _MS_PER_WH_PER_W + _JUMP_SLACK_WH
 
-    def _start(self, now_ms, plugged):
+    def _start(self, now_ms, plugged, id_tag=None, auth=None):
         if self._orphan is not None:
             self.recover(now_ms, None)
         self._seq += 1
@@ -491,6 +495,8 @@ class SessionManager:
         s.connector_id = self.cfg["connector_id"]
         s.last_ms = now_ms
         s.plugged = plugged
+        s.id_tag = id_tag
+        s.auth = auth
         s.tariff = Tariff.from_config(self.cfg).to_dict()
         wall = self._wall()
         if wall is None:

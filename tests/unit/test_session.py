@@ -530,6 +530,23 @@ class PowerLoss(unittest.TestCase):
         self.assertEqual((st.counters.sessions, st.counters.energy_wh), (1, r["energy_wh"]))
         self.assertIsNone(st.sm.recover(st.t, reg_at_cut))
 
+    def test_the_id_tag_survives_a_cut_right_after_authorization(self):
+        for auth_first in (True, False):
+            st = Station()
+            if auth_first:
+                st.sm.set_id_tag("CARD-9", st.t, "backend")
+                st.state(STATE_B2)
+            else:
+                st.state(STATE_B2)
+                st.run(5000)
+                st.sm.set_id_tag("CARD-9", st.t, "backend")
+            writes = st.live_writes()
+            st.sm.set_id_tag("CARD-9", st.t, "backend")   # repeated: no extra write
+            self.assertEqual(st.live_writes(), writes)
+            st.reset()
+            r = st.sm.recover(st.t, st.register)
+            self.assertEqual((r["id_tag"], r["auth"]), ("CARD-9", "backend"))
+
     def test_implausible_register_at_boot_is_not_billed(self):
         st = Station()
         st.state(STATE_B2)
