@@ -118,6 +118,46 @@ REQUEST_BYTES = const(8)
 REPLY_OVERHEAD_BYTES = const(5)
 
 
+_MODBUS_MAX_REGS = const(125)     # FC03/FC04: at most 125 registers per reply
+
+
+def _plan_cost(plan):
+    return sum(REQUEST_BYTES + REPLY_OVERHEAD_BYTES + 2 * c for _s, c, _a, _b in plan)
+
+
+def _cover(items, max_gap, max_regs):
+    """The cover of the sorted registers by contiguous reads with the fewest bytes on the
+    wire: a request costs its frame overhead (13 bytes) plus 2 per register read, so a gap is
+    bridged only where reading through it is cheaper than a second request, and only where
+    the meter allows it (every swallowed gap <= max_gap, every request <= max_regs).
+    Exact, by dynamic programming over the split points (a map has a dozen items).
+    Each entry: (start, count, first item, end item)."""
+    n = len(items)
+    best = [0] + [None] * n       # best[j]: bytes to read items[:j]
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        end = items[j - 1][0] + items[j - 1][1]
+        for i in range(j - 1, -1, -1):
+            if i < j - 1 and items[i + 1][0] - (items[i][0] + items[i][1]) > max_gap:
+                break
+            count = end - items[i][0]
+            if count > max_regs:
+                break
+            cost = best[i] + REQUEST_BYTES + REPLY_OVERHEAD_BYTES + 2 * count
+            if best[j] is None or cost < best[j]:
+                best[j] = cost
+                cut[j] = i
+    plan = []
+    j = n
+    while j > 0:
+        i = cut[j]
+        start = items[i][0]
+        plan.append((start, items[j - 1][0] + items[j - 1][1] - start, i, j))
+        j = i
+    plan.reverse()
+    return plan
+
+
 class MeterMapError(ValueError):
     pass
 
@@ -198,33 +238,16 @@ class MeterMap:
         self.plan = self._plan()
 
     def _plan(self):
-        """Greedy left-to-right cover of the sorted registers: a request grows while it
-        stays within max_regs and every gap it swallows is <= max_gap. Optimal for
-        intervals on a line. Each entry: (start, count, first item, end item)."""
-        plan = []
-        items = self.items
-        j = 0
-        while j < len(items):
-            start = items[j][0]
-            end = start + items[j][1]
-            k = j + 1
-            while k < len(items):
-                a, w = items[k][0], items[k][1]
-                if a - end > self.max_gap or a + w - start > self.max_regs:
-                    break
-                end = a + w
-                k += 1
-            plan.append((start, end - start, j, k))
-            j = k
-        return plan
+        return _cover(self.items, self.max_gap, self.max_regs)
 
     def plan_bytes(self):
         """Bytes on the wire (requests + replies) for one poll with this plan."""
-        return sum(REQUEST_BYTES + REPLY_OVERHEAD_BYTES + 2 * c for _s, c, _a, _b in self.plan)
+        return _plan_cost(self.plan)
 
     def min_bytes(self):
-        """The lower bound: one request whose reply carries only the needed registers."""
-        return REQUEST_BYTES + REPLY_OVERHEAD_BYTES + 2 * sum(it[1] for it in self.items)
+        """The protocol's minimum for these registers: the cheapest cover by contiguous
+        reads when the meter would allow any gap and the full 125-register request."""
+        return _plan_cost(_cover(self.items, _MODBUS_MAX_REGS, _MODBUS_MAX_REGS))
 
     def decode(self, step, buf, offset, out):
         """Decode the items of plan step `step` from reply data at buf[offset:] into

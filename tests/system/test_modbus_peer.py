@@ -292,7 +292,7 @@ def test_technician_tool_prints_readings_with_units(peer):
     r = run_tool("--port", peer.spec, "--map", "sdm630", "--addr", "1", "--timeout-ms", "100")
     assert r.returncode == 0, r.stdout + r.stderr
     for text in ("L1 230.1 V", "L3 228.8 V", "L2 16.012 A", "-3502 W", "12345.678 kWh",
-                 "4.321 kWh", "bus: requests 1, replies 1", "165 bytes per poll (minimum 49)"):
+                 "4.321 kWh", "bus: requests 3, replies 3", "75 bytes per poll (minimum 75)"):
         assert text in r.stdout
 
 

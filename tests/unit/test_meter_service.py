@@ -82,8 +82,8 @@ class TestReadings(Base):
 
     def test_polls_at_the_configured_interval(self):
         self.loop(10000)
-        # One request per cycle (the SDM630 plan is one request), one cycle a second.
-        self.assertEqual(len(self.meter.stream.requests), 10)
+        # One cycle a second, each the SDM630 plan's requests.
+        self.assertEqual(len(self.meter.stream.requests), 10 * len(self.svc.map.plan))
         self.assertEqual(self.svc.stats()["cycles"], 10)
         self.assertEqual(self.svc.readings, 10)
 
@@ -108,8 +108,9 @@ class TestReadings(Base):
                     "bad_frames", "retries", "cycles", "stale", "implausible_count",
                     "bytes_per_poll", "requests_per_poll"):
             self.assertIn(key, s)
-        self.assertEqual((s["requests"], s["replies"]), (3, 3))
-        self.assertEqual(s["bytes_per_poll"], 165)
+        n = len(self.svc.map.plan)              # requests per cycle
+        self.assertEqual((s["requests"], s["replies"]), (3 * n, 3 * n))
+        self.assertEqual(s["bytes_per_poll"], 75)
 
     def test_reading_dict(self):
         self.loop(100)
@@ -135,7 +136,7 @@ class TestNoExport(Base):
         self.loop(200)
         self.assertEqual(self.svc.import_wh, 12345700)   # 0.1 kWh register
         self.assertIsNone(self.svc.export_wh)
-        self.assertEqual(len(self.meter.stream.requests), 2)   # two requests per cycle
+        self.assertEqual(len(self.meter.stream.requests), 3)   # three requests per cycle
 
 
 class TestStale(Base):
@@ -292,7 +293,7 @@ class TestNoAllocation(Base):
         finally:
             micropython.heap_unlock()
         self.loop(150)                          # the next cycle's request goes out
-        self.assertEqual(len(self.meter.stream.requests), 2)
+        self.assertEqual(len(self.meter.stream.requests), len(self.svc.map.plan) + 1)
         micropython.heap_lock()
         try:
             for _ in range(30):                 # waiting for a reply, then its timeout
@@ -352,7 +353,7 @@ class TestConfigure(Base):
         self.svc.configure(self.cfg)
         self.loop(5000)
         # The cycle already scheduled (t+1000) stands; from then on every 500 ms.
-        self.assertEqual(len(self.meter.stream.requests), 1 + 9)
+        self.assertEqual(len(self.meter.stream.requests), (1 + 9) * len(self.svc.map.plan))
         self.assertEqual(self.svc.import_wh, 12345678)     # same meter: readings kept
 
     def test_another_map_starts_afresh(self):

@@ -173,22 +173,40 @@ class TestMaps(unittest.TestCase):
 
 class TestPollPlan(unittest.TestCase):
     def test_requests_and_bytes_per_map(self):
-        # (requests, bytes per poll, minimum bytes) - the minimum is one request whose
-        # reply carries only the needed registers.
+        # (requests, bytes per poll, protocol minimum): request 8 bytes + reply 5 + 2 per
+        # register; a gap is read through only where that is cheaper than another request.
         want = {
-            "sdm630": ([(0x00, 76)], 165, 49),
-            "sdm120": ([(0x00, 76)], 165, 33),
-            "sdm230": ([(0x00, 76)], 165, 33),
-            "abb_b23": ([(0x5000, 8), (0x5B00, 22)], 86, 57),
-            "em340": ([(0x00, 42), (0x34, 28)], 166, 49),
-            "eem350": ([(0x00, 42), (0x3E, 2)], 114, 45),
-            "orno_we516": ([(0x0E, 16), (0x0108, 10)], 78, 49),
+            "sdm630": ([(0x00, 12), (0x34, 2), (0x48, 4)], 75, 75),
+            "sdm120": ([(0x00, 14), (0x48, 4)], 62, 62),
+            "sdm230": ([(0x00, 14), (0x48, 4)], 62, 62),
+            "abb_b23": ([(0x5000, 8), (0x5B00, 22)], 86, 86),
+            "em340": ([(0x00, 18), (0x28, 2), (0x34, 2), (0x4E, 2)], 100, 100),
+            "eem350": ([(0x00, 18), (0x28, 2), (0x3E, 2)], 83, 83),
+            "orno_we516": ([(0x0E, 16), (0x0108, 10)], 78, 78),
         }
         for name, (plan, plan_bytes, min_bytes) in want.items():
             m = load_map(name)
             self.assertEqual([(s, c) for s, c, _a, _b in m.plan], plan, name)
             self.assertEqual(m.plan_bytes(), plan_bytes, name)
             self.assertEqual(m.min_bytes(), min_bytes, name)
+
+    def test_a_small_gap_is_read_through_a_large_one_is_not(self):
+        # A 4-register gap costs 8 bytes, a second request 13: read through it. A 7-register
+        # gap costs 14: split.
+        spec = {"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 1,
+                "voltage": [0, "f32", 10, 1], "current": [6, "f32", 1000, 1],
+                "power": [12, "f32", 1, 1], "import": [21, "f32", 1000, 1]}
+        m = meters.MeterMap("gaps", spec)
+        self.assertEqual([(s, c) for s, c, _a, _b in m.plan], [(0, 14), (21, 2)])
+        self.assertEqual(m.plan_bytes(), 13 + 28 + 13 + 4)
+
+    def test_the_meter_limits_bind_the_plan_not_the_minimum(self):
+        spec = dict(meters.MAPS["abb_b23"])
+        spec["max_regs"] = 10
+        m = meters.MeterMap("small", spec)
+        self.assertTrue(len(m.plan) > 2)
+        self.assertTrue(m.plan_bytes() > m.min_bytes())
+        self.assertEqual(m.min_bytes(), load_map("abb_b23").min_bytes())
 
     def test_every_item_lies_in_exactly_one_request(self):
         for name in BUILTIN_NAMES:
