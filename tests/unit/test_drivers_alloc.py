@@ -97,6 +97,14 @@ class TickMethodsAllocateNothing(unittest.TestCase):
     def test_temperature(self):
         self.assertEqual(self.locked(self.b.temperature_dc), 250)
 
+    def test_lock_with_a_repeated_command(self):
+        b = self.b
+        b.set_lock(False)            # a new command arms the pulse timer (may allocate)
+        sim.advance_ms(1000)         # pulse over, feedback (pulled up) says unlocked
+        self.locked(b.set_lock, False)
+        self.assertIs(self.locked(b.lock_confirmed), False)
+        self.assertEqual(sim.level(33), 0)
+
     def test_led_watchdog_ticks(self):
         self.locked(self.b.set_led, B.LED_FAULT)
         self.locked(self.b.set_led, B.LED_CHARGING)
