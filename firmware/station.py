@@ -64,6 +64,11 @@ class Station:
         self.meter = None
         if uart is not None:
             self.meter = MeterService(self.cfg, uart)
+        else:
+            # No meter to read the register from: a session cut by a reset closes now with
+            # its last checkpoint. With a meter it closes on the first reading (or once the
+            # meter is declared stale), so the energy since the checkpoint is counted.
+            self._storage_op(self.sessions.recover, now)
 
         self.outbox = Outbox(Journal(self.store, OUTBOX_FILE),
                              capacity=self.cfg["outbox_capacity"],
@@ -201,6 +206,7 @@ class Station:
         c.phase_ma_valid = m.readings > 0 and not m.stale
         if changed & STALE_CHANGED and m.stale:
             self.sessions.on_meter(now, None, None, False)
+            self._storage_op(self.sessions.recover, now)
         if changed & NEW_READING:
             cur = m.current_ma
             phase = c.phase_ma
