@@ -340,6 +340,7 @@ class MqttLink:
         self.disconnects = 0
         self.protocol_errors = 0
         self.tls_errors = 0
+        self.internal_errors = 0
         self.pings = 0
         self.ping_timeouts = 0
         self.rx_commands = 0
@@ -392,6 +393,7 @@ class MqttLink:
                "reconnects": max(0, self.connects - 1), "attempts": self.attempts,
                "failures": self.failures, "disconnects": self.disconnects,
                "protocol_errors": self.protocol_errors, "tls_errors": self.tls_errors,
+               "internal_errors": self.internal_errors,
                "pings": self.pings,
                "ping_timeouts": self.ping_timeouts, "rx_commands": self.rx_commands,
                "rejected_commands": self.dispatcher.rejected,
@@ -481,11 +483,17 @@ class MqttLink:
             self._fail(now_ms, "protocol error: %r" % e)
         except OSError as e:
             self._fail(now_ms, "%s: %s" % (STATE_NAMES[state], _os_reason(e)))
+        except Exception as e:
+            # MemoryError while reading a message, or a defect: the control loop must go
+            # on, so the connection is dropped and rebuilt; the count shows it happened.
+            self.internal_errors += 1
+            self._fail(now_ms, "%s: internal error %r" % (STATE_NAMES[state], e))
 
     def resolve(self):
         """Resolve the broker's address now (blocking DNS). Call before the control loop
         starts when mqtt_host is a name; step() then reuses the cached address."""
-        ai = self._sf.getaddrinfo(self.cfg["mqtt_host"], self.cfg["mqtt_port"], 0, 1)[0]
+        ai = self._sf.getaddrinfo(self.cfg["mqtt_host"], self.cfg["mqtt_port"], 0,
+                                  getattr(self._sf, "SOCK_STREAM", 1))[0]
         self._addr = ai
         return ai[-1]
 
