@@ -9,6 +9,7 @@ steps_before_stop = 5       # run() ends the harness after this many steps
 crash_at_step = None        # raise in this step (after closing the contactor)
 crash_message = "boom"
 return_from_run = False     # run() returns, which main.py must treat as a crash
+interrupt_at_step = None    # Ctrl-C at the REPL while running
 
 steps = 0
 crash_at_us = None
@@ -39,6 +40,9 @@ class Station:
         b.set_led(B.LED_IDLE)
         b.feed_watchdog()
         steps += 1
+        if interrupt_at_step is not None and steps == interrupt_at_step:
+            b.set_contactor(True)
+            raise KeyboardInterrupt()
         if crash_at_step is not None and steps == crash_at_step:
             b.set_pilot(500)
             b.set_contactor(True)

@@ -179,6 +179,26 @@ def test_board_file_errors_stop_cleanly(fsroot, change, expected):
         assert expected in f.read()
 
 
+def test_ctrl_c_opens_the_contactor_and_returns_to_the_repl(fsroot):
+    r = run_device(fsroot, {"station": {"interrupt_at_step": 2}})
+    assert r["outcome"] == "main returned" and r["reset_count"] == 0
+    assert [e[3] for e in events(r, "pin_level", CONTACTOR)][-2:] == [1, 0]
+    assert "stopped (Ctrl-C): contactor open" in r["stdout"]
+    assert not os.path.exists(os.path.join(fsroot, "crash.txt"))
+
+
+def test_unusable_contactor_pin_is_reported_by_boot_and_main(fsroot):
+    board = reference()
+    board["contactor"]["pin"] = 36            # input-only
+    board["contactor"]["mirror_pin"] = None
+    board["pilot"]["adc_pin"] = 35
+    r = run_device(fsroot, board=board)
+    assert "boot: contactor pin not driven" in r["stdout"]
+    assert "contactor.pin: GPIO 36 is input-only" in r["stdout"]
+    assert r["outcome"] == "main returned" and r["reset_count"] == 0
+    assert not events(r, "pin_level")          # nothing was driven at all
+
+
 def test_missing_board_file(tmp_path):
     r = run_device(str(tmp_path))
     assert "contactor pin not driven" in r["stdout"]
