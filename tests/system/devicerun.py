@@ -10,10 +10,14 @@ pp_ohms], ...] (an EV per IEC 61851-1 on the reference board's front ends: state
 loads the pilot's positive half to 12/9/6/3 V, the diode leaves -12 V), devices (true: the
 RCD answers its test input, the mirror contact follows the coil).
 """
+import gc
 import json
 import sys
 
 import machine
+
+gc.collect()
+_heap_before = gc.mem_alloc()   # the fake machine and its preallocated log are not counted
 
 sim = machine.sim
 root = sys.argv[1]
@@ -87,8 +91,12 @@ except machine.SimulationEnd:
 
 from drivers import bootinfo  # noqa: E402
 
+gc.collect()
+_heap_after = gc.mem_alloc()
+
 print("DEVICERUN " + json.dumps({
     "outcome": outcome,
+    "heap_used": _heap_after - _heap_before,
     "events": [list(e) for e in sim.events()],
     "now_us": sim.now_us,
     "reset_count": sim.reset_count,
