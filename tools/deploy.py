@@ -50,8 +50,8 @@ def compile_all(files=None, out_dir=OUT_DIR, log=print):
     return sizes, failed
 
 
-def check(log=print):
-    sizes, failed = compile_all(log=log)
+def check(log=print, out_dir=OUT_DIR):
+    sizes, failed = compile_all(out_dir=out_dir, log=log)
     for path, size in sizes:
         log("%7d  %s" % (size, path[:-3] + ".mpy"))
     total = sum(s for _p, s in sizes)
@@ -117,7 +117,7 @@ def deploy_commands(port, board_file, files, mip=True, frozen=False, flag="servi
 
 
 def deploy(port, board_file, dry_run=False, mip=True, frozen=False, log=print,
-           run=subprocess.call):
+           run=subprocess.call, stage_dir=STAGE_DIR):
     from drivers.boardfile import BoardFileError, load
 
     board_path = board_file if os.path.isabs(board_file) else os.path.join(ROOT, board_file)
@@ -126,14 +126,15 @@ def deploy(port, board_file, dry_run=False, mip=True, frozen=False, log=print,
     except BoardFileError as e:
         log("board file %s: %s" % (board_file, e))
         return 2
-    shutil.rmtree(STAGE_DIR, ignore_errors=True)
-    sizes, failed = compile_all(out_dir=STAGE_DIR, log=log)
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    sizes, failed = compile_all(out_dir=stage_dir, log=log)
     if failed:
         log("mpy-cross failed: %s" % ", ".join(failed))
         return 1
     files = [p for p, _s in sizes]
     flag = board["service"]["flag_file"] if board["service"] else "service"
-    for cmd in deploy_commands(port, board_path, files, mip=mip, frozen=frozen, flag=flag):
+    for cmd in deploy_commands(port, board_path, files, mip=mip, frozen=frozen, flag=flag,
+                               stage_dir=stage_dir):
         shown = shlex.join(cmd)
         if dry_run:
             log(shown)
@@ -149,20 +150,23 @@ def deploy(port, board_file, dry_run=False, mip=True, frozen=False, log=print,
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.deploy", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("check", help="mpy-cross every device file, print sizes and the total")
+    c = sub.add_parser("check", help="mpy-cross every device file, print sizes and the total")
+    c.add_argument("--build-dir", default=OUT_DIR, help="where the .mpy files go")
     d = sub.add_parser("deploy", help="compile, copy to the device, install logging, reset")
     d.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
     d.add_argument("--board", default=DEFAULT_BOARD, help="board file to install as /board.json")
     d.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
     d.add_argument("--no-mip", action="store_true", help="skip `mip install logging`")
+    d.add_argument("--build-dir", default=STAGE_DIR,
+                   help="staging tree for the .mpy files (emptied first)")
     d.add_argument("--frozen", action="store_true",
                    help="the packages are frozen in the image (manifest.py): copy the"
                         " top-level files (boot.py, main.py...) and the board file only")
     args = ap.parse_args(argv)
     if args.cmd == "check":
-        return check()
+        return check(out_dir=os.path.abspath(args.build_dir))
     return deploy(args.port, args.board, dry_run=args.dry_run, mip=not args.no_mip,
-                  frozen=args.frozen)
+                  frozen=args.frozen, stage_dir=os.path.abspath(args.build_dir))
 
 
 if __name__ == "__main__":

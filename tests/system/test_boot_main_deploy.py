@@ -18,8 +18,8 @@ def run_tool(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_check_prints_every_file_and_the_total_last():
-    r = run_tool("check")
+def test_check_prints_every_file_and_the_total_last(tmp_path):
+    r = run_tool("check", "--build-dir", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
     m = re.match(r"total: (\d+) files, (\d+) bytes \.mpy$", lines[-1])
@@ -31,8 +31,10 @@ def test_check_prints_every_file_and_the_total_last():
     assert any(ln.endswith("drivers/esp32_board.mpy") for ln in lines)
 
 
-def commands(*extra):
-    r = run_tool("deploy", "--port", "/dev/ttyUSB7", "--dry-run", *extra)
+def commands(stage, *extra):
+    # A private staging tree: concurrent runs must not empty each other's.
+    r = run_tool("deploy", "--port", "/dev/ttyUSB7", "--dry-run", "--build-dir", str(stage),
+                 *extra)
     assert r.returncode == 0, r.stdout + r.stderr
     return [shlex.split(c) for c in _join_continued(r.stdout)]
 
@@ -51,15 +53,15 @@ def _join_continued(text):
     return out
 
 
-def test_dry_run_lists_the_mpremote_commands_in_order():
-    cmds = commands()
+def test_dry_run_lists_the_mpremote_commands_in_order(tmp_path):
+    stage = str(tmp_path / "stage")
+    cmds = commands(stage)
     assert all(c[:3] == [deploy.MPREMOTE, "connect", "/dev/ttyUSB7"] for c in cmds)
     tails = [c[3:] for c in cmds]
     # Service mode first (the watchdog would reset the chip mid-copy), out of it last.
     assert tails[0] == ["exec", 'open("service", "w").close()', "+", "reset"]
     assert tails[1][:4] == ["sleep", "3", "+", "exec"]
     assert tails[-1] == ["exec", 'import os; os.remove("service")', "+", "reset"]
-    stage = deploy.STAGE_DIR
     assert ["fs", "cp", "-r", os.path.join(stage, "firmware"), ":"] in tails
     assert ["fs", "cp", "-r", os.path.join(stage, "drivers"), ":"] in tails
     assert ["fs", "cp", os.path.join(ROOT, "boot.py"), ":boot.py"] in tails
@@ -73,8 +75,8 @@ def test_dry_run_lists_the_mpremote_commands_in_order():
     assert staged == sorted(p[:-3] + ".mpy" for p in device_files())
 
 
-def test_frozen_build_copies_only_the_top_level_files():
-    tails = [c[3:] for c in commands("--frozen")]
+def test_frozen_build_copies_only_the_top_level_files(tmp_path):
+    tails = [c[3:] for c in commands(tmp_path / "stage", "--frozen")]
     copied = [t[-1] for t in tails if t[:2] == ["fs", "cp"]]
     assert ":boot.py" in copied and ":main.py" in copied and copied[-1] == ":board.json"
     assert not any(t[:3] == ["fs", "cp", "-r"] for t in tails)
@@ -87,7 +89,8 @@ def test_bad_board_file_stops_before_any_command(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"pilot": {"pwm_pin": 25, "adc_pin": 4}, "pp": {"adc_pin": 39},'
                    ' "contactor": {"pin": 26}}')
-    r = run_tool("deploy", "--port", "/dev/ttyUSB7", "--dry-run", "--board", str(bad))
+    r = run_tool("deploy", "--port", "/dev/ttyUSB7", "--dry-run", "--board", str(bad),
+                 "--build-dir", str(tmp_path / "stage"))
     assert r.returncode == 2
     assert "pilot.adc_pin: GPIO 4 is on ADC2" in r.stdout
     assert "mpremote" not in r.stdout
