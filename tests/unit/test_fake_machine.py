@@ -220,6 +220,13 @@ class WatchdogTimerReset(unittest.TestCase):
         sim.power_cycle(machine.WDT_RESET)
         self.assertEqual(machine.reset_cause(), machine.WDT_RESET)
 
+    def test_cpu_frequency_and_id(self):
+        self.assertEqual(machine.freq(), 160000000)
+        machine.freq(240000000)
+        self.assertEqual(machine.freq(), 240000000)
+        self.assertRaises(ValueError, machine.freq, 100000000)
+        self.assertEqual(len(machine.unique_id()), 6)
+
     def test_clock_wraps_like_the_esp32(self):
         c = sim.clock
         sim.now_us = ((1 << 30) - 5) * 1000
