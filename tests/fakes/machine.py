@@ -264,6 +264,7 @@ class Sim:
         self._pull = {}
         self._out = {}                 # pin -> output register (0/1)
         self._pwm = {}                 # pin -> PWM object
+        self._irqs = {}                # pin -> (Pin, handler, trigger)
         self.wdt_timeout_ms = 0        # 0 = not started
         self.wdt_last_feed_us = 0
         self.wdt_expired = False
@@ -319,8 +320,20 @@ class Sim:
         self._adc[pin] = mv
 
     def set_input(self, pin, level):
-        """The external level at an input pin: 0/1, None (floating), or callable(t_us)."""
+        """The external level at an input pin: 0/1, None (floating), or callable(t_us).
+        A change fires the pin's irq() handler at once when its trigger matches (the
+        ESP32's Pin IRQs are soft, i.e. scheduled: the handler runs as ordinary code)."""
+        before = self.level(pin)
         self._inputs[pin] = level
+        irq = self._irqs.get(pin)
+        if irq is None:
+            return
+        after = self.level(pin)
+        obj, handler, trigger = irq
+        if handler is None or before == after or after is None:
+            return
+        if (after == 1 and trigger & Pin.IRQ_RISING) or (after == 0 and trigger & Pin.IRQ_FALLING):
+            handler(obj)
 
     def adc_mv(self, pin):
         src = self._adc.get(pin, 0)
@@ -451,7 +464,6 @@ class Pin:
 
     def __init__(self, id, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
         self._id = _pin_id(id)
-        self._irq = None
         self.init(mode, pull, value=value, drive=drive, hold=hold)
 
     def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
@@ -505,8 +517,8 @@ class Pin:
         self._write(0)
 
     def irq(self, handler=None, trigger=3, *, wake=None):
-        self._irq = (handler, trigger)
-        return None
+        # No `hard` argument: ESP32 pin IRQs are always soft.
+        sim._irqs[self._id] = (self, handler, trigger)
 
     def __repr__(self):
         return "Pin(%d)" % self._id

@@ -49,6 +49,16 @@ class PinRules(unittest.TestCase):
         sim.advance_us(1000)
         self.assertEqual(b.value(), 1)
 
+    def test_irq_on_injected_edges(self):
+        seen = []
+        p = Pin(27, Pin.IN, Pin.PULL_UP)
+        p.irq(lambda pin: seen.append(pin.value()), Pin.IRQ_FALLING)
+        sim.set_input(27, 0)
+        sim.set_input(27, 0)
+        sim.set_input(27, 1)
+        sim.set_input(27, 0)
+        self.assertEqual(seen, [0, 0])
+
     def test_level_at_follows_simulated_time(self):
         p = Pin(26, Pin.OUT, value=0)
         sim.advance_ms(5)
