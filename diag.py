@@ -1,0 +1,715 @@
+"""Diagnostics for the technician at the serial REPL:  import diag; diag.help()
+
+Where the data comes from:
+  - A station exists (firmware.station.current): Ctrl-C stopped main.py's loop (its
+    KeyboardInterrupt path opened the contactor), or a simulator runs one. diag reads that
+    station: its charger, faults, events, counters, meter and configuration.
+  - No station (service mode: boot.py found the flag file or the service pin, so main.py
+    started neither the application nor the watchdog): diag builds the board itself from
+    the board file, once, on first use. Building the board drives the contactor coil off and
+    the pilot to steady +12 V (no PWM, so no current is offered); no Station is built, so
+    nothing charges, no counter is incremented and no watchdog starts. Configuration and
+    lifetime counters are read from flash; a `set()` is stored for the next start.
+
+Every function prints text that fits an 80-column terminal. The ones that only show
+something return None; the ones that check or change something return their verdict:
+selftest() -> True (no check failed) / False, scan() -> [addresses that answered],
+set() and clear() -> True (done) / False (refused, nothing changed).
+
+Safety: the only place that energises the contactor is selftest()'s contactor cycle. It runs
+only while the contactor is open, the pilot reads state A (no EV) on a steady +12 V and
+the PP reads no cable; it samples the pilot again every millisecond while the coil is on,
+opens at once when anything changes, and always leaves the coil off. The live readers
+(pilot(), pp()) only sample. diag runs at the REPL, i.e. while the station's loop is
+stopped; a later station tick drives every output from the charger again.
+"""
+import os
+
+from firmware import diagfmt as _fmt
+from firmware.compat import ticks_diff
+
+echo = print            # where lines go (tests collect them)
+board_factory = None    # service mode: callable returning the Board (default: the board file)
+fs_root = None          # service flag directory (default: drivers.bootinfo.root)
+service_store = None    # service mode: the Store (default: Store(board.storage_root()))
+
+_svc = None             # the service-mode context, built on first use
+
+
+# -- where the station and the board come from --------------------------------------------------
+def _station():
+    try:
+        from firmware import station
+    except ImportError:
+        return None
+    return station.current
+
+
+def _bootinfo():
+    try:
+        from drivers import bootinfo
+        return bootinfo
+    except Exception:       # no drivers, or a port without the ESP32 machine module
+        return None
+
+
+def _board_from_file():
+    bi = _bootinfo()
+    if bi is None:
+        raise RuntimeError("no board: drivers unavailable on this port")
+    from drivers.boardfile import load
+    from drivers.esp32_board import Esp32Board
+    return Esp32Board(load(bi.path("board.json")), fs_root=bi.root)
+
+
+class _Service:
+    """What diag needs when no station runs: the board, the flash, the stored config."""
+
+    def __init__(self, board):
+        from firmware.board import LED_UNAVAILABLE, PILOT_STEADY_HIGH
+        from firmware.config import Config, ConfigError
+        from firmware.station import CONFIG_FILE
+        from firmware.storage import StorageError, Store
+        self.board = board
+        board.set_contactor(False)
+        board.set_pilot(PILOT_STEADY_HIGH)      # x1: the EV is visible, nothing offered
+        board.set_led(LED_UNAVAILABLE)
+        self.config_file = CONFIG_FILE
+        self.store = service_store if service_store is not None \
+            else Store(board.storage_root())
+        self.config_error = None
+        self.cfg = Config()
+        try:
+            raw = self.store.read(CONFIG_FILE)
+            if raw:
+                self.cfg = Config.from_json(raw.decode())
+        except (StorageError, ConfigError, UnicodeError) as e:
+            self.config_error = str(e)
+        self.meter = None
+        self.started_ms = board.ticks_ms()
+
+    def set_config(self, changes):
+        """Validate and store (not applied: no station runs). None or the reason."""
+        from firmware.config import Config, ConfigError
+        from firmware.storage import StorageError
+        candidate = Config(self.cfg.changed_from_defaults())
+        try:
+            candidate.update(changes)
+        except ConfigError as e:
+            return str(e)
+        try:
+            self.store.write_atomic(self.config_file, candidate.to_json().encode())
+        except StorageError as e:
+            return "config not stored: %s" % e
+        self.cfg = candidate
+        return None
+
+
+def _service():
+    global _svc
+    if _svc is None:
+        board = board_factory() if board_factory is not None else _board_from_file()
+        _svc = _Service(board)
+    return _svc
+
+
+def _context():
+    """(station or None, board, cfg)."""
+    st = _station()
+    if st is not None:
+        return st, st.board, st.cfg
+    svc = _service()
+    return None, svc.board, svc.cfg
+
+
+def _emit(lines):
+    for line in lines:
+        echo(line)
+
+
+def _error(text):
+    for line in _fmt.wrap(text, "  "):
+        echo(line)
+
+
+# -- live board readings --------------------------------------------------------------------
+def _duty(board, st=None):
+    """What the board drives on the CP now (the board's record, not the charger's wish:
+    after Ctrl-C main.py put the board to -12 V behind the charger's back)."""
+    p = getattr(board, "pilot", None)
+    if p is not None and hasattr(p, "duty_permille"):
+        return p.duty_permille
+    d = getattr(board, "duty", None)
+    if d is not None:
+        return d
+    if st is not None:
+        return st.charger.duty_pm
+    return None
+
+
+def _coil_closed(board, st=None):
+    c = getattr(board, "contactor", None)
+    if c is not None and hasattr(c, "closed"):
+        return c.closed
+    cmd = getattr(board, "contactor_cmd", None)
+    if cmd is not None:
+        return cmd
+    return st.charger.contactor if st is not None else None
+
+
+def _sample(board, n=3):
+    out = []
+    for _ in range(n):
+        board.sample_pilot()
+        out.append((board.cp_high_mv, board.cp_low_mv))
+    return out
+
+
+def _level(board, duty):
+    from firmware.pilot import classify
+    return classify(board.cp_high_mv, board.cp_low_mv, duty is not None and 0 < duty < 1000)
+
+
+def _ev_absent(board, cfg):
+    """True only when a fresh sample on a steady +12 V reads state A and (on a socket
+    outlet) the PP reads no cable: the precondition for energising the contactor without
+    a charging request."""
+    from firmware.pilot import PILOT_A, PP_NO_CABLE, classify, pp_rating_ma
+    if _duty(board) != 1000:
+        return False
+    board.sample_pilot()
+    if classify(board.cp_high_mv, board.cp_low_mv, False) != PILOT_A:
+        return False
+    return not cfg["socket_outlet"] or pp_rating_ma(board.read_pp_ohms()) == PP_NO_CABLE
+
+
+# -- the functions --------------------------------------------------------------------------
+def help():
+    _emit([_fmt.header("diag: charge-point diagnostics"),
+           "  status()            overview: state, contactor, faults, meter, backend",
+           "  pilot()             live CP levels (mV) and what they mean",
+           "  pp()                live PP resistance and the cable rating",
+           "  meter()             last meter reading and bus statistics",
+           "  scan(first, last)   Modbus scan, 1..247 by default -> [addresses]",
+           "  faults()            active faults with their text, history",
+           "  clear(name)         clear a fault on site -> True/False",
+           "  events(n)           the n newest charger events",
+           "  selftest()          RCD test, pilot levels, contactor cycle -> True/False",
+           "  config(match)       configuration, secrets masked",
+           "  set(key, value)     validate, store and apply one setting -> True/False",
+           "  counters()          lifetime counters",
+           "  service(on=True)    service mode on (or off) and restart",
+           "Return None unless an arrow says otherwise. Docs: docs/diagnostics.md"])
+
+
+def status():
+    st, board, cfg = _context()
+    d = {"station_id": cfg["station_id"]}
+    bi = _bootinfo()
+    if st is not None:
+        d.update(st.status())
+        c = st.charger
+        d["contactor"] = _coil_closed(board, st)
+        d["temp_dc"] = c.temp_dc
+        if st.meter is not None:
+            m = st.meter
+            d["meter"] = {"power_w": m.power_w, "import_wh": m.import_wh, "stale": m.stale}
+        else:
+            d["meter"] = None
+        if st.link is not None:
+            s = st.link.stats()
+            d["link"] = s["state"] + (" (%s)" % s["last_error"] if s.get("last_error") else "")
+        else:
+            d["link"] = None
+        d["boot"] = "%d, reset cause %s" % (st.boot_id, st.boot_report["reset_cause"])
+        now = board.ticks_ms()
+        d["uptime"] = _fmt.seconds(ticks_diff(now, st.started_ms))
+        d["iterations"] = st.iterations
+        d["config_error"] = st.config_error
+    else:
+        svc = _service()
+        d["service_mode"] = True
+        d["service_reason"] = bi.service_reason if bi is not None and bi.service_mode \
+            else "no station running"
+        duty = _duty(board)
+        _sample(board, 1)
+        d["pilot"] = _fmt.LEVEL_TEXT[_level(board, duty)] + " (live)"
+        d["contactor"] = _coil_closed(board)
+        d["temp_dc"] = board.temperature_dc()
+        d["reset_cause"] = bi.reset_cause if bi is not None else board.reset_cause()
+        d["config_error"] = svc.config_error
+        crash = bi.last_crash() if bi is not None else board.last_crash()
+        if crash:
+            d["last_crash"] = crash.strip().split("\n")[-1]
+    if getattr(board, "has_mirror", True):
+        d["mirror_closed"] = board.contactor_mirror_closed()
+    name = getattr(board, "name", None)
+    if name:
+        d["board"] = name
+    _emit(_fmt.status_lines(d))
+
+
+def pilot(n=3):
+    st, board, _ = _context()
+    duty = _duty(board, st)
+    samples = _sample(board, n if n > 0 else 1)
+    level = _level(board, duty)
+    from firmware.states import NAMES
+    state = NAMES[st.charger.state] if st is not None else None
+    _emit(_fmt.pilot_lines(samples, level, duty, state))
+
+
+def pp():
+    from firmware.pilot import pp_rating_ma
+    _, board, cfg = _context()
+    ohms = board.read_pp_ohms()
+    _emit(_fmt.pp_lines(ohms, pp_rating_ma(ohms), cfg["socket_outlet"]))
+
+
+def _meter_service(st, board, cfg):
+    if st is not None:
+        return st.meter
+    svc = _service()
+    if svc.meter is None:
+        uart = board.meter_uart(cfg["meter_baud"], cfg["meter_parity"])
+        if uart is None:
+            return None
+        from firmware.meter_service import MeterService
+        svc.meter = MeterService(cfg, uart)
+    return svc.meter
+
+
+def _read_once(m, board, limit_ms=5000):
+    # Service mode: nobody polls the meter, so run one read cycle here (bounded).
+    readings = m.readings
+    failed = m.cycles_failed
+    start = board.ticks_ms()
+    m.rebase()
+    while m.readings == readings and m.cycles_failed == failed:
+        now = board.ticks_ms()
+        if ticks_diff(now, start) > limit_ms:
+            break
+        m.poll(now)
+        board.feed_watchdog()
+        board.sleep_ms(1)
+
+
+def meter():
+    st, board, cfg = _context()
+    try:
+        m = _meter_service(st, board, cfg)
+    except ValueError as e:
+        _error("meter: %s" % e)
+        return
+    if m is None:
+        _emit([_fmt.header("energy meter"), "  none: the board has no RS-485 port"])
+        return
+    if st is None:
+        _read_once(m, board)
+    r = m.reading()
+    if r["last_ok_ms"] is not None:
+        r["last_ok_age"] = _fmt.age(board.ticks_ms(), r["last_ok_ms"], ticks_diff)
+    else:
+        r["last_ok_age"] = "never"
+    _emit(_fmt.meter_lines(r, m.stats(), m.addr, cfg["meter_map"]))
+
+
+def scan(first=1, last=247, timeout_ms=100):
+    """Ask every address in first..last for one register (the meter map's first one);
+    any answer, data or exception, means a device is there. Each address takes at most
+    timeout_ms plus the frames' wire time, so 1..247 takes about 30 s at 9600 baud.
+    Ctrl-C stops early and shows what was found."""
+    from firmware import meters
+    from firmware.modbus import DONE, ERROR, ERR_EXCEPTION, EXCEPTION_NAMES, ModbusMaster
+    st, board, cfg = _context()
+    for name, v in (("first", first), ("last", last), ("timeout_ms", timeout_ms)):
+        if v is True or v is False or not isinstance(v, int):
+            _error("scan: %s must be an integer" % name)
+            return []
+    if not 1 <= first <= last <= 247:
+        _error("scan: need 1 <= first <= last <= 247")
+        return []
+    if not 10 <= timeout_ms <= 2000:
+        _error("scan: timeout_ms must be 10..2000")
+        return []
+    stream = board.meter_uart(cfg["meter_baud"], cfg["meter_parity"])
+    if stream is None:
+        _error("scan: the board has no RS-485 port")
+        return []
+    fc, reg = 4, 0
+    try:
+        mp = meters.load_map(cfg["meter_map"], cfg["meter_custom_map"])
+        fc, reg = mp.fc, mp.plan[0][0]
+    except ValueError:
+        pass
+    # Our own master on the same bus: the station's meter service keeps its state, and a
+    # transaction of its left half-done just times out and is retried.
+    master = ModbusMaster(stream, baud=cfg["meter_baud"], parity=cfg["meter_parity"],
+                          timeout_ms=timeout_ms, retries=0,
+                          de=getattr(stream, "set_de", None))
+    _emit([_fmt.header("Modbus scan %d..%d, FC%02d register %d, %d baud %s"
+                       % (first, last, fc, reg, cfg["meter_baud"], cfg["meter_parity"]))])
+    found = []
+    addr = first
+    try:
+        while addr <= last:
+            master.start_read(addr, fc, reg, 1)
+            while True:
+                status = master.poll(board.ticks_ms())
+                if status == DONE or status == ERROR:
+                    break
+                board.feed_watchdog()
+                board.sleep_ms(1)
+            if status == DONE:
+                found.append(addr)
+                echo("  %3d  answers: register %d = %d" % (addr, reg, master.register(0)))
+            elif master.error == ERR_EXCEPTION:
+                found.append(addr)
+                echo(_fmt.fit("  %3d  answers with exception %d (%s)" % (
+                    addr, master.exception_code,
+                    EXCEPTION_NAMES.get(master.exception_code, "unknown"))))
+            addr += 1
+    except KeyboardInterrupt:
+        master.cancel()
+        echo("  stopped at address %d" % addr)
+        last = addr - 1
+    s = master.stats()
+    echo(_fmt.fit("  %d answered of %d asked; %d timeouts, %d crc errors, %d bad frames"
+                  % (len(found), s["requests"], s["timeouts"], s["crc_errors"],
+                     s["bad_frames"])))
+    return found
+
+
+def _ring_last(ring, n):
+    # The station drains the ring every iteration (pop), but a popped record stays in its
+    # slot until overwritten: read the newest n slots, oldest first, without removing any.
+    t = getattr(ring, "_t", None)
+    if t is None:
+        return ring.recent(n)
+    cap = ring.capacity
+    held = cap if ring.dropped or ring.pushed >= cap else ring.pushed
+    if n is None or n > held:
+        n = held
+    out = []
+    for k in range(n - 1, -1, -1):
+        i = (ring._head - 1 - k) % cap
+        out.append((t[i], ring._kind[i], ring._a[i], ring._b[i]))
+    return out
+
+
+def events(n=10):
+    st = _station()
+    if st is None:
+        _emit([_fmt.header("events"),
+               "  no station running: events are kept in RAM by the running station"])
+        return
+    recs = _ring_last(st.events, n if n > 0 else 1)
+    _emit(_fmt.event_lines(recs, st.board.ticks_ms(), ticks_diff))
+
+
+def faults():
+    st = _station()
+    if st is None:
+        bi = _bootinfo()
+        svc = _service()
+        crash = bi.last_crash() if bi is not None else svc.board.last_crash()
+        lines = [_fmt.header("faults"),
+                 "  no station running: faults are kept in RAM by the running station"]
+        if crash:
+            lines.append(_fmt.header("crash report of the previous run"))
+            lines += [_fmt.fit("  " + ln) for ln in crash.strip().split("\n")[-8:]]
+        _emit(lines)
+        return
+    fs = st.faults
+    active = [code for code in range(1, 32) if fs.active >> code & 1]
+    counts = {}
+    for code in range(1, len(fs.counts)):
+        if fs.counts[code]:
+            counts[code] = fs.counts[code]
+    _emit(_fmt.fault_lines(active, fs.history(16), st.board.ticks_ms(), ticks_diff, counts))
+
+
+def clear(name):
+    """Clear a latched fault on site (also those the backend may not clear, such as
+    CONTACTOR_WELDED after the contactor was replaced). Refused while its cause persists."""
+    from firmware import faults as _faults
+    st = _station()
+    if st is None:
+        _error("clear: no station running (faults live in the running station)")
+        return False
+    try:
+        code = _faults.by_name(name).code
+    except ValueError as e:
+        _error("clear: %s" % e)
+        return False
+    why = st.charger.clear_fault(code, False)
+    if why:
+        _error("clear: refused: %s" % why)
+        return False
+    echo("%s cleared" % name)
+    return True
+
+
+def config(match=None):
+    from firmware.config import REBOOT, SCHEMA
+    _, _, cfg = _context()
+    defaults = {}
+    reboot = []
+    for k in SCHEMA:
+        defaults[k] = SCHEMA[k][0]
+        if SCHEMA[k][3] & REBOOT:
+            reboot.append(k)
+    _emit(_fmt.config_lines(cfg.public(), defaults, reboot, match))
+
+
+def set(key, value):   # noqa: A001 - the REPL verb a technician expects
+    """Validate, store and apply `key` = `value` through the station's config command (the
+    same path as the backend's config command). A bad key or value changes nothing."""
+    from firmware.config import is_secret, needs_reboot
+    st = _station()
+    if not isinstance(key, str):
+        _error("set: the key must be a string, e.g. set(\"max_current_ma\", 16000)")
+        return False
+    if st is not None:
+        why = st.cmd_set_config({key: value})
+        cfg = st.cfg
+    else:
+        svc = _service()
+        why = svc.set_config({key: value})
+        cfg = svc.cfg
+    if why:
+        _error("set: refused: %s. Nothing changed." % why)
+        return False
+    shown = cfg.public([key])[key]
+    if st is None:
+        when = "stored; applies when the station starts"
+    elif needs_reboot(key):
+        when = "stored; applies after a reboot"
+    else:
+        when = "stored and applied"
+    echo(_fmt.fit("%s = %s (%s)" % (key, "***" if is_secret(key) and shown else
+                                    _fmt._value_text(shown), when)))
+    return True
+
+
+def counters():
+    st, board, cfg = _context()
+    if st is not None:
+        v = st.counters.values()
+        ob = st.outbox.stats()
+        extra = [("control iterations", st.iterations),
+                 ("uptime", _fmt.seconds(ticks_diff(board.ticks_ms(), st.started_ms))),
+                 ("events", "%d pushed, %d overwritten" % (st.events.pushed,
+                                                           st.events.dropped)),
+                 ("outbox", "%d held, %d put, %d acked, %d resent" % (
+                     ob["pending"], ob["put"], ob["acked"], ob["resends"])),
+                 ("counter writes", st.counters.writes)]
+        if st.counters.error:
+            extra.append(("counter error", st.counters.error))
+    else:
+        from firmware.counters import Counters
+        svc = _service()
+        c = Counters.from_config(cfg, svc.store)
+        v = c.values()
+        extra = [("note", "service mode: values as stored on flash")]
+        if c.error:
+            extra.append(("counter error", c.error))
+    _emit(_fmt.counter_lines(v, extra))
+
+
+# -- selftest ----------------------------------------------------------------------------------
+def _wait(board, pred, limit_ms):
+    """Sleep in 1 ms steps until pred() or limit_ms; the ms it took, or None on timeout."""
+    start = board.ticks_ms()
+    while True:
+        took = ticks_diff(board.ticks_ms(), start)
+        if pred():
+            return took
+        if took >= limit_ms:
+            return None
+        board.feed_watchdog()
+        board.sleep_ms(1)
+
+
+def _check_pilot(board, results):
+    """Drive steady +12 V, steady -12 V and (with no EV) PWM, and read each back."""
+    from firmware.pilot import (PILOT_A, PILOT_B, PILOT_C, PILOT_D, PILOT_F, classify)
+    ev = None
+    board.set_pilot(1000)
+    board.sleep_ms(5)
+    board.sample_pilot()
+    hi = board.cp_high_mv
+    lvl = classify(hi, board.cp_low_mv, False)
+    ok = lvl in (PILOT_A, PILOT_B, PILOT_C, PILOT_D)
+    ev = lvl != PILOT_A
+    results.append(("pilot +12 V", "PASS" if ok else "FAIL",
+                    "reads %s (%s)" % (_fmt.volts(hi), _fmt.LEVEL_TEXT[lvl])))
+    board.set_pilot(0)
+    board.sleep_ms(5)
+    board.sample_pilot()
+    lo = board.cp_high_mv
+    ok = classify(lo, board.cp_low_mv, False) == PILOT_F
+    results.append(("pilot -12 V", "PASS" if ok else "FAIL", "reads %s" % _fmt.volts(lo)))
+    if ev:
+        results.append(("pilot PWM", "SKIP", "EV connected: no PWM offered by the test"))
+    else:
+        # 10 % (6 A) to nobody: the EV side is open, so the plateaus read +12 / -12 V.
+        board.set_pilot(100)
+        board.sleep_ms(5)
+        board.sample_pilot()
+        h, l = board.cp_high_mv, board.cp_low_mv
+        ok = classify(h, l, True) == PILOT_A and l <= -11000
+        results.append(("pilot PWM 10 %", "PASS" if ok else "FAIL",
+                        "high %s, low %s" % (_fmt.volts(h), _fmt.volts(l))))
+    board.set_pilot(1000)
+    board.sleep_ms(5)
+    return ev
+
+
+def _check_rcd(board, cfg, results, st):
+    from firmware.events import EV_SELFTEST
+    if not getattr(board, "has_rcd", True):
+        results.append(("residual current", "SKIP", "the board has no monitor"))
+        return
+    limit = cfg["rcd_selftest_timeout_ms"]
+    if board.rcd_tripped():
+        results.append(("residual current", "FAIL", "trip line active before the test"))
+        return
+    board.set_rcd_test(True)
+    try:
+        took = _wait(board, board.rcd_tripped, limit)
+    finally:
+        board.set_rcd_test(False)
+    released = _wait(board, lambda: not board.rcd_tripped(), limit) if took is not None \
+        else None
+    passed = took is not None and released is not None
+    if took is None:
+        detail = "no trip within %d ms of the test input" % limit
+    elif released is None:
+        detail = "tripped in %d ms, did not release" % took
+    else:
+        detail = "tripped in %d ms, released in %d ms" % (took, released)
+    results.append(("residual current", "PASS" if passed else "FAIL", detail))
+    if st is not None:
+        st.events.push(board.ticks_ms(), EV_SELFTEST, 1 if passed else 0,
+                       took if took is not None else limit)
+
+
+def _check_contactor(board, cfg, results, st, ev):
+    name = "contactor cycle"
+    if not getattr(board, "has_mirror", True):
+        results.append((name, "SKIP", "no mirror contact: closing proves nothing"))
+        return
+    if ev:
+        results.append((name, "REFUSED", "EV connected: unplug it to run this check"))
+        return
+    if board.contactor_mirror_closed():
+        results.append((name, "FAIL", "mirror reads closed while open: welded?"))
+        return
+    if st is not None:
+        from firmware.faults import CONTACTOR_WELDED, RCD_TRIPPED
+        if st.faults.is_active(CONTACTOR_WELDED) or st.faults.is_active(RCD_TRIPPED):
+            results.append((name, "REFUSED", "CONTACTOR_WELDED or RCD_TRIPPED active"))
+            return
+    if board.rcd_tripped() or not _ev_absent(board, cfg):
+        results.append((name, "REFUSED", "EV, cable or residual current present"))
+        return
+    close_limit = cfg["contactor_close_timeout_ms"]
+    open_limit = cfg["welded_check_ms"]
+    aborted = [False]
+
+    def closed_or_abort():
+        if not _ev_absent(board, cfg) or board.rcd_tripped():
+            aborted[0] = True
+            board.set_contactor(False)
+            return True
+        return board.contactor_mirror_closed()
+
+    board.set_contactor(True)
+    try:
+        closed = _wait(board, closed_or_abort, close_limit)
+    finally:
+        board.set_contactor(False)
+    opened = _wait(board, lambda: not board.contactor_mirror_closed(), open_limit)
+    if aborted[0]:
+        results.append((name, "REFUSED", "EV or cable appeared: opened at once"))
+    elif closed is None:
+        results.append((name, "FAIL", "mirror not closed within %d ms" % close_limit))
+    elif opened is None:
+        results.append((name, "FAIL", "still closed %d ms after opening: welded"
+                        % open_limit))
+    else:
+        results.append((name, "PASS", "closed in %d ms, opened in %d ms" % (closed, opened)))
+
+
+def selftest():
+    """Residual-current monitor test, pilot output levels, and (only with no EV and no
+    cable) one contactor close/open with its mirror contact. Leaves the contactor open."""
+    st, board, cfg = _context()
+    duty = _duty(board, st)
+    results = []
+    _emit([_fmt.header("self-test")])
+    if _coil_closed(board, st) or board.contactor_mirror_closed():
+        _error("selftest: the contactor is closed or its mirror reads closed (charging, "
+               "or welded contacts). Stop the session first; nothing was tested.")
+        return False
+    try:
+        ev = _check_pilot(board, results)
+        _check_rcd(board, cfg, results, st)
+        _check_contactor(board, cfg, results, st, ev)
+    finally:
+        board.set_contactor(False)
+        board.set_rcd_test(False)
+        if duty is not None:
+            board.set_pilot(duty)
+    tally = {"PASS": 0, "FAIL": 0, "REFUSED": 0, "SKIP": 0}
+    for name, verdict, detail in results:
+        echo(_fmt.check_line(name, verdict, detail))
+        tally[verdict] += 1
+    echo("  %d passed, %d failed, %d refused, %d skipped; contactor open" % (
+        tally["PASS"], tally["FAIL"], tally["REFUSED"], tally["SKIP"]))
+    return tally["FAIL"] == 0
+
+
+# -- service mode -----------------------------------------------------------------------------
+def _flag_path():
+    bi = _bootinfo()
+    root = fs_root if fs_root is not None else (bi.root if bi is not None else os.getcwd())
+    if not root.endswith("/"):
+        root += "/"
+    flag = bi.DEFAULT_SERVICE_FLAG if bi is not None else "service"
+    try:
+        import json
+        with open(root + "board.json") as f:
+            svc = json.load(f).get("service")
+        if isinstance(svc, dict) and svc.get("flag_file"):
+            flag = svc["flag_file"]
+    except (OSError, ValueError):
+        pass
+    return root + flag
+
+
+def service(on=True):
+    """on=True: create the service flag file and restart: boot.py then starts neither the
+    application nor the watchdog (a quiet REPL). on=False: remove it and restart normally.
+    The contactor is opened (and pending counters saved) before the restart."""
+    path = _flag_path()
+    try:
+        if on:
+            with open(path, "w") as f:
+                f.write("service mode requested at the REPL\n")
+        else:
+            os.remove(path)
+    except OSError as e:
+        if on:
+            _error("service: cannot write %s (%s)" % (path, e))
+            return
+    echo("service flag %s %s; restarting" % (path, "written" if on else "removed"))
+    st = _station()
+    if st is not None:
+        st.shutdown("service")
+        board = st.board
+    else:
+        board = _service().board
+        board.set_contactor(False)
+    board.reset()
