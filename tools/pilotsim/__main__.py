@@ -7,7 +7,8 @@
   bench FILE --port DEV     play a scenario's EV steps on a hardware pilot simulator
 
 Options for run/demo: --trace PATH (default build/pilotsim/NAME.jsonl), --speed N (simulated
-ms per wall ms, 0 = as fast as possible), --no-broker, --quiet (no live view).
+ms per wall ms at most; 0 = as fast as possible, the default for run; 5 for demo),
+--no-broker, --quiet (no live view).
 Exit status: 0 when every Annex A check passes and the scenario's expectations hold.
 """
 import argparse
@@ -59,7 +60,8 @@ def main(argv=None, out=None):
         if name == "run":
             sp.add_argument("files", nargs="+")
         sp.add_argument("--trace")
-        sp.add_argument("--speed", type=int, default=0)
+        # The demo is paced so a person can follow the live view (60 s in about 12 s).
+        sp.add_argument("--speed", type=int, default=5 if name == "demo" else 0)
         sp.add_argument("--no-broker", action="store_true")
         sp.add_argument("--quiet", action="store_true")
     sp = sub.add_parser("check")

@@ -373,8 +373,11 @@ def _network(tl):
     for s in tl.steps:
         if s["k"] == "fault" and s["name"] == "network_stall" and s.get("on"):
             r = tl.first(s["t"], lambda x: "BACKEND_OFFLINE" in x["faults"])
+            # The link pings after half the keepalive without traffic and gives up after
+            # another half without PINGRESP; the station calls the backend lost once it
+            # has been offline for comms_loss_timeout_s.
             ka = tl.cfg("mqtt_keepalive_s", 60) * 1000
-            limit = ka + ka // 2 + 2000
+            limit = ka + tl.cfg("comms_loss_timeout_s", 300) * 1000 + 2000
             dt = None if r is None else r["t"] - s["t"]
             out.append(Check("network_stall_detected", "broker black-holed -> BACKEND_OFFLINE",
                              s["t"], dt, "<= %d ms (config)" % limit,

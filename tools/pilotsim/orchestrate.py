@@ -85,7 +85,7 @@ class _Meter:
     """The pymodbus meter peer and how the simulation drives it."""
 
     # scenario fault -> meter_peer fault injection (until cleared)
-    FAULTS = {"meter_silent": "no_reply", "meter_garbage": "garbage"}
+    FAULTS = {"meter_silent": "no_reply", "meter_garbage": "crc"}
 
     def __init__(self, start_wh):
         from tests.system.meter_peer import MeterPeer
@@ -379,8 +379,9 @@ class LiveView:
         elif k == "mqtt" and r.get("topic") == "record":
             p = r["payload"]
             if isinstance(p, dict):
+                data = p.get("data") if isinstance(p.get("data"), dict) else {}
                 self._w("%8.2f s  << record %s %s" % (r["t"] / 1000, p.get("kind"),
-                                                      json.dumps(p.get("data"))[:110]))
+                                                      _session_line(data)[:110]))
 
     def _w(self, s):
         self.out.write(s + "\n")

@@ -109,6 +109,9 @@ class PacedUart:
         return getattr(self._u, name)
 
 
+_TO_STATION = ("cmd", "ack")     # what the backend publishes; the rest is the station's
+
+
 class Backend:
     """The scenario's side of MQTT: publishes commands, observes the station's topics."""
 
@@ -137,7 +140,7 @@ class Backend:
             payload = json.loads(msg)
         except ValueError:
             payload = msg.decode() if isinstance(msg, bytes) else msg
-        if sub != "cmd":
+        if sub not in _TO_STATION:
             self.seen_from_station += 1
         if sub == "reply" and isinstance(payload, dict) and "id" in payload:
             self.replies[payload["id"]] = payload
@@ -146,7 +149,7 @@ class Backend:
             self.client.publish((self.base + "ack").encode(),
                                 json.dumps({"v": 1, "ids": [payload["id"]]}).encode())
         self.channel.emit({"t": self.now(), "k": "mqtt", "topic": sub,
-                           "dir": "to_station" if sub == "cmd" else "from_station",
+                           "dir": "to_station" if sub in _TO_STATION else "from_station",
                            "bytes": len(msg), "payload": payload})
 
     def poll(self):
@@ -430,46 +433,8 @@ class Runner:
 
 
 def _station_factory(board, config):
-    try:
-        from firmware.station import Station
-    except ImportError:
-        return ChargerOnly(board, config)
+    from firmware.station import Station
     return Station(board, config)
-
-
-class ChargerOnly:
-    """The safety tick alone (no meter service, no MQTT), for firmware trees without
-    firmware/station.py: sample -> Charger.tick -> outputs, as Station's safety tick does."""
-
-    def __init__(self, board, config):
-        from firmware.charger import Charger
-        from firmware.config import Config
-        self.board = board
-        self.cfg = Config(config)
-        self.charger = Charger(self.cfg)
-        self.meter = None
-        self.link = None
-        if self.cfg["auth_mode"] == "free":
-            self.charger.authorize(True)
-
-    def step(self):
-        b = self.board
-        c = self.charger
-        b.sample_pilot()
-        c.cp_high_mv = b.cp_high_mv
-        c.cp_low_mv = b.cp_low_mv
-        c.pp_ohms = b.read_pp_ohms()
-        c.rcd_tripped = b.rcd_tripped()
-        c.mirror_closed = b.contactor_mirror_closed()
-        c.temp_dc = b.temperature_dc()
-        c.tick(b.ticks_ms())
-        b.set_pilot(c.duty_pm)
-        b.set_contactor(c.contactor)
-        b.set_rcd_test(c.rcd_test)
-        b.set_led(c.led)
-
-    def status(self):
-        return self.charger.status()
 
 
 def _status(station):

@@ -27,7 +27,7 @@ FAULTS = (
     "contactor_welded",     # main contacts stay closed once closed
     "contactor_stuck_open",  # main contacts never close
     "meter_silent",         # the meter peer stops answering
-    "meter_garbage",        # the meter peer answers with corrupted frames
+    "meter_garbage",        # the meter peer's answers arrive corrupted (bad CRC)
     "ev_overdraw",          # the EV draws its wanted current whatever is offered
     "network_stall",        # the broker path is black-holed (TCP open, nothing passes)
     "temperature",          # temperature ramp: to_dc (0.1 C) over over_ms

@@ -59,6 +59,8 @@ class SimBoard(_board.Board):
         self.lock = False
         self.watchdog_feeds = 0
         self._meter_uart = meter_uart
+        self.meter_line = None
+        self.crash_text = None          # what a previous run left (runner sets it)
         self._storage = storage
         self.reset_requests = 0
 
@@ -154,7 +156,9 @@ class SimBoard(_board.Board):
         self.watchdog_feeds = (self.watchdog_feeds + 1) & _TICKS_MASK
 
     # -- buses and system ------------------------------------------------------------------
-    def meter_uart(self):
+    def meter_uart(self, baudrate=9600, parity="N"):
+        # Over TCP there is no line coding; remembered so a run can show what was asked.
+        self.meter_line = (baudrate, parity)
         return self._meter_uart
 
     def storage_root(self):
@@ -162,6 +166,9 @@ class SimBoard(_board.Board):
 
     def reset_cause(self):
         return "power_on" if not self.reset_requests else "soft"
+
+    def last_crash(self):
+        return self.crash_text
 
     def reset(self):
         self.reset_requests += 1
