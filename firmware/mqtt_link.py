@@ -40,7 +40,7 @@ Worst-case blocking per step (docs/mqtt.md has the full table):
 import errno
 import sys
 
-from firmware.compat import ticks_add, ticks_diff, ticks_ms
+from firmware.compat import const, ticks_add, ticks_diff, ticks_ms
 from firmware import messages
 from firmware.commands import CommandDispatcher, MAX_COMMAND_BYTES
 from firmware.outbox import KIND_TELEMETRY
@@ -72,24 +72,24 @@ ONLINE = 4
 STATE_NAMES = ("offline", "tcp", "hello", "connack", "online")
 
 # MQTT 3.1.1 control packet types (first byte, upper nibble)
-_CONNECT = 0x10
-_CONNACK = 0x20
-_PUBACK = 0x40
-_SUBSCRIBE = 0x82
-_SUBACK = 0x90
-_PINGRESP = 0xD0
+_CONNECT = const(0x10)
+_CONNACK = const(0x20)
+_PUBACK = const(0x40)
+_SUBSCRIBE = const(0x82)
+_SUBACK = const(0x90)
+_PINGRESP = const(0xD0)
 
 _CONNACK_REASONS = ("accepted", "unacceptable protocol version", "client id rejected",
                     "server unavailable", "bad user name or password", "not authorized")
 
-_RX_PACKETS_PER_STEP = 4    # bounded work per step; the rest waits for the next step
-_EVENTS_PER_STEP = 4
-_EVENT_QUEUE = 16
-_REPLY_QUEUE = 4
-_MAX_PACKET = 8192          # larger incoming packets are a protocol error (heap safety)
-_TELEMETRY_MIN_GAP_MS = 1000  # on-change telemetry no more often than this
-_RESOLVE_EVERY = 4          # re-resolve the host name after this many failed attempts
-_STABLE_BACKOFF_SHIFT = 16
+_RX_PACKETS_PER_STEP = const(4)    # bounded work per step; the rest waits for the next step
+_EVENTS_PER_STEP = const(4)
+_EVENT_QUEUE = const(16)
+_REPLY_QUEUE = const(4)
+_MAX_PACKET = const(8192)          # larger incoming packets are a protocol error (heap safety)
+_TELEMETRY_MIN_GAP_MS = const(1000)  # on-change telemetry no more often than this
+_RESOLVE_EVERY = const(4)          # re-resolve the host name after this many failed attempts
+_MAX_BACKOFF_SHIFT = const(16)    # 2**16 x the minimum is beyond any maximum
 
 _WOULD_BLOCK = (errno.EAGAIN, errno.ETIMEDOUT, errno.EINPROGRESS)
 
@@ -373,8 +373,10 @@ class MqttLink:
 
     def comms_lost(self, now_ms):
         """True once the backend has been unreachable for comms_loss_timeout_s; stays True
-        until the link is back online (the station then applies comms_fallback_ma)."""
-        if self._state == ONLINE:
+        until the link is back online (the station then applies comms_fallback_ma). Never
+        True when no backend is configured (mqtt_host empty)."""
+        if self._state == ONLINE or not self.cfg["mqtt_host"]:
+            # No backend configured (a stand-alone station): nothing to lose.
             return False
         if not self._fallback:
             since = self.offline_since_ms if self.offline_since_ms is not None else now_ms
@@ -425,14 +427,24 @@ class MqttLink:
     def publish_telemetry(self, fields, force=False, now_ms=None):
         """Telemetry every telemetry_interval_s, and sooner when power_w moved by
         telemetry_deadband_w or more (at most once a second), or when forced. While offline
-        the interval samples go to the outbox (kind "telemetry"). Returns True when the
-        sample was taken (sent on the next step, or stored)."""
+        only the interval samples are kept, in the outbox (kind "telemetry"). Returns True
+        when the sample was taken (sent on the next step, or stored)."""
         now = self._now if now_ms is None else now_ms
         last = self._tele_last_ms
         power = fields.get("power_w")
-        take = force or last is None or \
-            ticks_diff(now, last) >= self.cfg["telemetry_interval_s"] * 1000
-        if not take and self._state == ONLINE and power is not None \
+        due = last is None or ticks_diff(now, last) >= self.cfg["telemetry_interval_s"] * 1000
+        if self._state != ONLINE:
+            # Offline only the interval samples are kept (on flash: no extra wear for
+            # forced or on-change samples).
+            if not due or not self.cfg["mqtt_host"]:
+                return False
+            self._tele_last_ms = now
+            self._tele_last_power = power
+            self.outbox.put(KIND_TELEMETRY, fields)
+            self.telemetry_stored += 1
+            return True
+        take = force or due
+        if not take and power is not None \
                 and self._tele_last_power is not None \
                 and ticks_diff(now, last) >= _TELEMETRY_MIN_GAP_MS:
             band = self.cfg["telemetry_deadband_w"]
@@ -441,11 +453,7 @@ class MqttLink:
             return False
         self._tele_last_ms = now
         self._tele_last_power = power
-        if self._state == ONLINE:
-            self._telemetry = messages.telemetry(fields)
-        else:
-            self.outbox.put(KIND_TELEMETRY, fields)
-            self.telemetry_stored += 1
+        self._telemetry = messages.telemetry(fields)
         return True
 
     # -- the step ---------------------------------------------------------------------------------
@@ -795,7 +803,7 @@ class MqttLink:
         self._attempt += 1
         low = self.cfg["mqtt_backoff_min_ms"]
         high = self.cfg["mqtt_backoff_max_s"] * 1000
-        delay = low << min(self._attempt - 1, _STABLE_BACKOFF_SHIFT)
+        delay = low << min(self._attempt - 1, _MAX_BACKOFF_SHIFT)
         if delay > high:
             delay = high
         # "Equal jitter": half fixed, half random, so stations do not reconnect in lockstep.

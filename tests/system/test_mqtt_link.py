@@ -309,6 +309,16 @@ def test_comms_loss_applies_after_the_timeout_and_is_reported_when_back(broker, 
     assert ev["reason"]
 
 
+def test_no_backend_configured_is_never_a_comms_loss(tmp_dir):
+    # A stand-alone station (mqtt_host empty) must not fall back to comms_fallback_ma.
+    st = Station(1883, tmp_dir, mqtt_host="", comms_loss_timeout_s=10)
+    st.run(20000, real_s=0)
+    assert not st.link.comms_lost(st.now)
+    assert st.link.attempts == 0 and st.link.disabled_reason == "mqtt_host not set"
+    assert not st.link.publish_telemetry({"power_w": 1}, force=True)
+    assert len(st.outbox) == 0
+
+
 def test_telemetry_interval_deadband_and_offline_store(broker, console, tmp_dir):
     st = Station(broker.port, tmp_dir, telemetry_interval_s=5, telemetry_deadband_w=500)
     assert st.run_until_online()
@@ -335,7 +345,8 @@ def test_telemetry_interval_deadband_and_offline_store(broker, console, tmp_dir)
     assert st.run(3000, lambda: not st.link.online)
     st.run(11000, feed)
     stored = st.outbox.pending("telemetry")
-    assert stored >= 2
+    assert stored == 2                 # only the interval samples, not every call
+    assert not st.link.publish_telemetry({"power_w": 99999}, force=True)
     assert st.link.stats()["telemetry_stored"] == stored
     broker.start()
     assert console.wait_ready(15)

@@ -148,7 +148,8 @@ def test_station_connects_answers_commands_delivers_records_and_leaves_a_will(
         backend.close()
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+# On CPython the same scenario runs in-process (test_mqtt_link.py).
+@pytest.mark.parametrize("runtime", ["micropython"])
 def test_broker_restart_mid_session_loses_no_record(runtime, broker, tmp_dir, station_proc):
     station = "cp-r%s" % runtime[:2]
     backend = Console(broker.host, broker.port)
