@@ -704,7 +704,7 @@ def service(on=True):
         if on:
             _error("service: cannot write %s (%s)" % (path, e))
             return
-    echo("service flag %s %s; restarting" % (path, "written" if on else "removed"))
+    _emit(_fmt.wrap("service flag %s %s; restarting" % (path, "written" if on else "removed")))
     st = _station()
     if st is not None:
         st.shutdown("service")

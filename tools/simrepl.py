@@ -87,8 +87,7 @@ class Sim:
         diag._svc = None
         self.station = None
         if self.service_mode():
-            print("boot: SERVICE MODE (flag file %s/%s): application not started"
-                  % (self.root, _SERVICE_FLAG))
+            print("boot: SERVICE MODE (flag file %s): application not started" % _SERVICE_FLAG)
             self.board.set_contactor(False)
             return
         self.station = _station.Station(self.board, config=self.config or None)
