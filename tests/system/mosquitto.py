@@ -64,7 +64,8 @@ class Certs:
     def __init__(self, directory, name="test"):
         self.dir = directory
         os.makedirs(directory, exist_ok=True)
-        self.ca_key, self.ca_crt = self._ca(name + "-ca")
+        self.ca_name = name + "-ca"
+        self.ca_key, self.ca_crt = self._ca(self.ca_name)
         self.server_key, self.server_crt = self._issue("server", name + "-ca", server=True)
         self.client_key, self.client_crt = self._issue("client", name + "-ca", server=False)
 
@@ -82,17 +83,23 @@ class Certs:
                   "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         return key, crt
 
-    def _issue(self, who, ca, server):
+    def server_for(self, name):
+        """(key, crt) of a server certificate from this CA for host `name` only (to prove
+        that the host name is checked)."""
+        return self._issue("server-" + name, self.ca_name, server=True, names=("DNS:" + name,))
+
+    def _issue(self, who, ca, server, names=("DNS:localhost", "IP:127.0.0.1")):
         key, csr, crt = (self._path("%s-%s.%s" % (ca, who, ext)) for ext in ("key", "csr", "crt"))
         ext = self._path("%s-%s.ext" % (ca, who))
         with open(ext, "w") as f:
             if server:
-                f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-                        "extendedKeyUsage=serverAuth\n")
+                f.write("subjectAltName=%s\n"
+                        "extendedKeyUsage=serverAuth\n" % ",".join(names))
             else:
                 f.write("extendedKeyUsage=clientAuth\n")
         self._run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                  "-keyout", key, "-out", csr, "-subj", "/CN=" + ("localhost" if server else who))
+                  "-keyout", key, "-out", csr, "-subj",
+                  "/CN=" + (names[0].split(":", 1)[1] if server else who))
         self._run("x509", "-req", "-in", csr, "-CA", self._path(ca + ".crt"),
                   "-CAkey", self._path(ca + ".key"), "-CAcreateserial", "-out", crt,
                   "-days", "3", "-extfile", ext)

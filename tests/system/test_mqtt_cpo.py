@@ -29,6 +29,10 @@ def test_list_cmd_and_collect_sessions_into_a_csv(broker, tmp_dir, station_proc)
     line = [l for l in out.splitlines() if l.startswith(station)]
     assert line and "online" in line[0] and '"state": "B1"' in line[0]
 
+    rc, out, err = cpo(broker, "follow", station, "--seconds", "1.5")
+    assert rc == 0, err
+    assert "cp/%s/status (retained) " % station in out and '"online": true' in out
+
     rc, out, err = cpo(broker, "cmd", station, "set_limit", '{"limit_ma": 16000}')
     assert rc == 0, err
     assert json.loads(out)["ok"] is True

@@ -196,3 +196,13 @@ def test_tls_verified_and_refused(runtime, certs, tmp_dir, station_proc):
         assert good.wait_stats(lambda s: s["state"] == "online"), good.lines
         s = bad.wait_stats(lambda s: s["tls_errors"] >= 1)
         assert s is not None and s["connects"] == 0 and "tls" in s["last_error"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_tls_checks_the_host_name(runtime, certs, tmp_dir, station_proc):
+    # A certificate from the right CA, but for another host: refused.
+    with Mosquitto(tls=certs, server_cert=certs.server_for("broker.example")) as b:
+        st = station_proc(runtime, _opts(b.tls_port, tmp_dir, "cp-tls-name", config={
+            "mqtt_tls": True, "mqtt_ca_file": certs.ca_crt, "mqtt_host": "localhost"}))
+        s = st.wait_stats(lambda s: s["tls_errors"] >= 1)
+        assert s is not None and s["connects"] == 0, st.lines[-3:]
