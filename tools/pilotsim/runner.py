@@ -33,6 +33,8 @@ from tools.pilotsim.simboard import SimBoard, SimReset
 HEARTBEAT_MS = 1000          # a trace record at least this often
 METER_PUSH_MS = 500          # meter registers refreshed at least this often while energy flows
 CMD_SETTLE_MS = 5000         # pace 1:1 at most this long waiting for a command's reply
+CMD_DELIVERY_CAP_MS = 2000   # wall ms the clock is held for the broker to deliver a command
+METER_WAIT_CAP_MS = 2000     # wall ms the clock is held for the meter peer's answer
 LINK_SETTLE_MS = 3000        # pace 1:1 at most this long for the link to come up
 
 
@@ -70,43 +72,79 @@ class Channel:
 
 
 class PacedUart:
-    """The meter's UART as the firmware sees it, remembering whether a request is in flight
-    so the pacer can wait (in wall time) for the real pymodbus peer to answer."""
+    """The meter's UART as the firmware sees it, in simulated time.
 
-    def __init__(self, uart):
+    The pymodbus peer answers in wall time; the firmware must see the answer when a real
+    RS-485 line would deliver it. So the runner holds the simulated clock while a request
+    is unanswered (`waiting()`), and once the answer is on the socket this stream keeps it
+    invisible until request and answer have crossed the line at the configured baud rate
+    (10 bits a character with 8N1, 11 with parity). Meter latency is then the same on every
+    run and every machine, whatever the load.
+    """
+
+    def __init__(self, uart, board):
         self._u = uart
-        self.pending = False
+        self.board = board
+        self.pending = False        # a request was written and its answer not yet read
         self.requests = 0
+        self._sent_ms = 0
+        self._sent_len = 0
+        self._visible_ms = None     # simulated ms from which the answer may be read
+
+    def _line_ms(self, nbytes):
+        line = self.board.meter_line or (9600, "N")
+        bits = 10 if line[1] == "N" else 11
+        return nbytes * bits * 1000 // line[0] + 1
 
     def write(self, buf):
         self.pending = True
         self.requests += 1
+        self._sent_ms = self.board.now_ms
+        self._sent_len = len(buf)
+        self._visible_ms = None
         return self._u.write(buf)
+
+    def waiting(self):
+        """True while the peer owes the answer to the last request."""
+        return self.pending and self._visible_ms is None and not self._u.any()
+
+    def give_up(self):
+        # A peer that never answers: stop holding the clock (the firmware times out).
+        self.pending = False
 
     def any(self):
         n = self._u.any()
-        if n:
-            self.pending = False
+        if not n:
+            return 0
+        if self._visible_ms is None:
+            self._visible_ms = self._sent_ms + self._line_ms(self._sent_len + n)
+        if self.board.now_ms < self._visible_ms:
+            return 0
         return n
 
     def read(self, n=-1):
+        if not self.any():
+            return None
         data = self._u.read(n) if n != -1 else self._u.read()
         if data:
             self.pending = False
         return data
 
     def readinto(self, buf, n=None):
+        if not self.any():
+            return 0
         got = self._u.readinto(buf) if n is None else self._u.readinto(buf, n)
         if got:
             self.pending = False
         return got
 
+    def flush(self):
+        if hasattr(self._u, "flush"):
+            self._u.flush()
+
     def set_de(self, on):
         if hasattr(self._u, "set_de"):
             self._u.set_de(on)
-
-    def __getattr__(self, name):
-        return getattr(self._u, name)
 
 
 _TO_STATION = ("cmd", "ack")     # what the backend publishes; the rest is the station's
@@ -125,6 +163,8 @@ class Backend:
         self.bytes = 0
         self.replies = {}           # id -> reply payload (dict)
         self.seen_from_station = 0
+        self.commands_sent = 0
+        self.commands_seen = 0      # our own commands as the broker delivered them back
         self._n = 0
         self.client = MQTTClient(b"pilotsim-backend", host, port, keepalive=0)
         self.client.set_callback(self._on_msg)
@@ -142,6 +182,8 @@ class Backend:
             payload = msg.decode() if isinstance(msg, bytes) else msg
         if sub not in _TO_STATION:
             self.seen_from_station += 1
+        elif sub == "cmd":
+            self.commands_seen += 1
         if sub == "reply" and isinstance(payload, dict) and "id" in payload:
             self.replies[payload["id"]] = payload
         if sub == "record" and isinstance(payload, dict) and "id" in payload:
@@ -178,6 +220,7 @@ class Backend:
         else:
             payload = json.dumps({"v": 1, "id": cid, "cmd": name, "args": args})
         self.client.publish(self.cmd_topic.encode(), payload.encode())
+        self.commands_sent += 1
         return cid
 
 
@@ -202,7 +245,7 @@ class Runner:
         self.meter_fault = None
         self.uart = None
         if run.get("meter_port"):
-            self.uart = PacedUart(self._open_meter(run["meter_port"]))
+            self.uart = PacedUart(self._open_meter(run["meter_port"]), self.board)
             self.board._meter_uart = self.uart
         self.backend = None
         self.config = dict(sc.config)
@@ -225,7 +268,7 @@ class Runner:
         self._last_push = None
         self._pushed = None
         self.stats = {"ticks": 0, "restarts": 0, "meter_pushes": 0, "commands": 0,
-                      "paced_ms": 0}
+                      "paced_ms": 0, "meter_gave_up": 0}
 
     def _cfg(self, key):
         from firmware.config import SCHEMA
@@ -241,42 +284,62 @@ class Runner:
     # -- pacing ---------------------------------------------------------------------------
     def _pace(self, ms):
         t = self.sim_ms()
-        waited = 0
+        u = self.uart
+        be = self.backend
+        if u is not None and u.waiting():
+            if self.meter_fault == "meter_silent":
+                u.give_up()         # nothing will come: the firmware's timeout runs in sim time
+            else:
+                # Lock-step: the simulated clock stands still until the answer is there.
+                start = _wall_ms()
+                while u.waiting():
+                    if _wall_diff(_wall_ms(), start) >= METER_WAIT_CAP_MS:
+                        u.give_up()
+                        self.stats["meter_gave_up"] += 1
+                        break
+                    time.sleep_ms(1)
+                self._restart_speed(t)
+        if be is not None and be.commands_sent > be.commands_seen:
+            # Hold the clock until the broker has delivered the command (our own
+            # subscription sees it when the station's does).
+            start = _wall_ms()
+            while be.commands_sent > be.commands_seen:
+                be.poll()
+                if _wall_diff(_wall_ms(), start) >= CMD_DELIVERY_CAP_MS:
+                    be.commands_seen = be.commands_sent
+                    break
+                time.sleep_ms(1)
+            self._restart_speed(t)
         paced = False
-        if (self.uart is not None and self.uart.pending and self.meter_fault != "meter_silent"):
-            paced = True
         if self._cmd_wait is not None:
             cid, until = self._cmd_wait
-            if self.backend.replies.get(cid) is not None or t >= until:
+            if be.replies.get(cid) is not None or t >= until:
                 self._cmd_wait = None
             else:
                 paced = True
         if t < self._link_until:
-            if self.backend is not None and self.backend.seen_from_station:
+            if be.seen_from_station:
                 self._link_until = 0
             else:
                 paced = True
         if paced:
-            # 1:1 with wall time, but return as soon as the meter's answer is there.
+            # 1:1 with wall time while the station owes the backend an answer (its reply,
+            # or its first message after connecting), so MQTT timing stays realistic.
             start = _wall_ms()
-            while True:
-                if self.backend is not None:
-                    self.backend.poll()
-                if (self.uart is not None and self.uart.pending and self._cmd_wait is None
-                        and t >= self._link_until and self.uart._u.any()):
-                    break
-                waited = _wall_diff(_wall_ms(), start)
-                if waited >= ms:
-                    break
+            while _wall_diff(_wall_ms(), start) < ms:
+                be.poll()
                 time.sleep_ms(1)
             self.stats["paced_ms"] += ms
-            self._wall0 = _wall_ms()
-            self._sim0 = t + ms
+            self._restart_speed(t + ms)
         elif self.speed:
             due = (t + ms - self._sim0) // self.speed
             lag = due - _wall_diff(_wall_ms(), self._wall0)
             if lag > 0:
                 time.sleep_ms(lag)
+
+    def _restart_speed(self, t):
+        self._wall0 = _wall_ms()
+        self._sim0 = t
 
     # -- scenario steps ---------------------------------------------------------------------
     def apply(self, step):
