@@ -18,3 +18,16 @@ def test_demo_session_summary():
     assert m and int(m.group(1)) >= 4 and m.group(3) == "0", text
     assert "MQTT:" in text and "EXPECTATION FAILED" not in text, text
     assert rc == 0, text
+
+
+def test_demo_without_a_broker_says_so_and_still_charges():
+    out = io.StringIO()
+    rc = main(["demo", "--quiet", "--speed", "0", "--no-broker", "--trace", "/dev/null"],
+              out=out)
+    text = out.getvalue()
+    assert "running WITHOUT a broker" in text, text
+    assert "MQTT: 0 messages" in text, text
+    m = re.search(r"energy delivered \(simulated EV\): (\d+) Wh", text)
+    assert m and int(m.group(1)) > 0, text
+    assert re.search(r"session \S+ \(not delivered to a backend\): energy_wh=\d+", text), text
+    assert rc == 0, text

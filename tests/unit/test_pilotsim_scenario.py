@@ -72,6 +72,8 @@ class Parse(unittest.TestCase):
         self._bad(lambda d: d.update(name="a b"), ["name"])
         self._bad(lambda d: d["expect"].update(faults="DIODE_FAULT"), ["expect.faults"])
         self._bad(lambda d: d["steps"][6].pop("voltage_v"), ["meter set needs"])
+        self._bad(lambda d: d.update(no_broker_config={"auth_mode": "maybe"}),
+                  ["no_broker_config", "auth_mode"])
 
     def test_backend_commands_checked_by_the_firmware_parser(self):
         try:

@@ -4,6 +4,7 @@
   run FILE [FILE ...]       play scenario files; summary, Annex A report, JSONL trace
   check FILE [FILE ...]     parse scenario files only (exit 1 on the first bad one)
   list                      the scenario library
+  levels                    CP/PP levels of the circuit model per EV state and fault
   bench FILE --port DEV     play a scenario's EV steps on a hardware pilot simulator
 
 Options for run/demo: --trace PATH (default build/pilotsim/NAME.jsonl), --speed N (simulated
@@ -30,6 +31,36 @@ def library():
                   if f.endswith(".json"))
 
 
+def levels_table():
+    """What the model puts on the CP line, ideal and as the board's front end reads it."""
+    from firmware import pilot
+    from tools.pilotsim.model import FrontEnd, PilotModel, S2_C, S2_D, S2_OPEN
+    rows = [("A: no EV", {}), ("B: EV connected", {"s2": S2_OPEN}),
+            ("C: charging requested", {"s2": S2_C}), ("D: ventilation requested", {"s2": S2_D}),
+            ("B, diode shorted", {"s2": S2_OPEN, "diode_short": True}),
+            ("C, CP shorted to PE (E)", {"s2": S2_C, "cp_short_pe": True}),
+            ("C, CP wire open", {"s2": S2_C, "cp_open": True}),
+            ("C, PE lost", {"s2": S2_C, "pe_loss": True})]
+    fe = FrontEnd(seed=1)
+    lines = ["%-26s %9s %9s  %9s %9s  %-11s %s" % ("EV / fault (PWM on)", "high mV", "low mV",
+                                                   "read hi", "read lo", "classified",
+                                                   "PP ohms")]
+    for title, attrs in rows:
+        m = PilotModel()
+        if attrs:
+            m.plugged = True
+        for k in attrs:
+            setattr(m, k, attrs[k])
+        m.update()
+        hi, lo = fe.measure_cp(m.high_mv), fe.measure_cp(m.low_mv)
+        lvl = pilot.LEVEL_NAMES[pilot.classify(hi, lo, True)]
+        pp = fe.measure_pp(m.pp_ohms)
+        lines.append("%-26s %9d %9d  %9d %9d  %-11s %s" % (
+            title, m.high_mv, m.low_mv, hi, lo, lvl, "open" if pp >= 100000 else pp))
+    lines.append("EVSE steady -12 V (state F): both plateaus %d mV" % fe.measure_cp(-12000))
+    return "\n".join(lines)
+
+
 def _play(path, args, out):
     sc = _scenario.load(path)
     trace = args.trace
@@ -38,10 +69,11 @@ def _play(path, args, out):
         trace = os.path.join(TRACE_DIR, sc.name + ".jsonl")
     live = None if args.quiet else orchestrate.LiveView(out)
     out.write("== %s: %s\n" % (sc.name, sc.description))
+    if sc.broker != "none" and (args.no_broker or not orchestrate.broker_available()):
+        out.write("   running WITHOUT a broker (%s): no MQTT, backend steps are skipped\n"
+                  % ("--no-broker" if args.no_broker else "mosquitto is not installed"))
     res = orchestrate.run(path, trace_path=trace, live=live, speed=args.speed,
                           broker=not args.no_broker)
-    if not res.broker and sc.broker != "none":
-        out.write("   (running WITHOUT a broker: backend steps are skipped)\n")
     out.write("\n" + orchestrate.format_summary(res) + "\n")
     problems = _expect.check(res)
     for p in problems:
@@ -67,6 +99,7 @@ def main(argv=None, out=None):
     sp = sub.add_parser("check")
     sp.add_argument("files", nargs="+")
     sub.add_parser("list")
+    sub.add_parser("levels")
     sp = sub.add_parser("bench")
     sp.add_argument("file")
     sp.add_argument("--port", required=True)
@@ -86,6 +119,9 @@ def main(argv=None, out=None):
         for f in library():
             sc = _scenario.load(f)
             out.write("%-28s %s\n" % (sc.name, sc.description))
+        return 0
+    if args.cmd == "levels":
+        out.write(levels_table() + "\n")
         return 0
     if args.cmd == "bench":
         from tools.pilotsim import bench

@@ -481,7 +481,7 @@ def _limit_applied(tl, records):
     protect the installation, so they apply at once (project limit: 1 s after delivery)."""
     out = []
     for s in tl.steps:
-        if s["k"] != "backend" or s["name"] != "set_limit":
+        if s["k"] != "backend" or s["name"] != "set_limit" or s.get("skipped"):
             continue
         limit_ma = (s.get("args") or {}).get("limit_ma")
         if not limit_ma:

@@ -73,6 +73,10 @@ class RunResult:
 
 # -- peers -----------------------------------------------------------------------------
 
+def broker_available():
+    return _broker_module() is not None
+
+
 def _broker_module():
     try:
         from tests.system import mosquitto
@@ -166,6 +170,11 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
         raise PeerMissing("%s needs a broker" % sc.name)
     else:
         res.notes.append("no broker: running without MQTT")
+    if not res.broker and sc.no_broker_config:
+        run_cfg["scenario"]["config"] = dict(run_cfg["scenario"]["config"],
+                                             **sc.no_broker_config)
+        res.notes.append("without a broker the scenario's no_broker_config applies: %s"
+                         % json.dumps(sc.no_broker_config))
 
     meter = None
     if sc.meter and want_meter:
@@ -310,6 +319,10 @@ def format_summary(res):
     for p in session_records(res.records):
         data = p.get("data", {})
         lines.append("  session %s: %s" % (p.get("id"), _session_line(data)))
+    for rec in end.get("unacked_sessions", []):
+        if isinstance(rec, dict):
+            lines.append("  session %s (not delivered to a backend): %s"
+                         % (rec.get("id"), _session_line(rec)))
     faults = res.faults_seen()
     lines.append("  faults seen: %s" % (", ".join(faults) if faults else "none"))
     tr = mqtt_traffic(res.records)

@@ -492,6 +492,11 @@ class Runner:
                "stats": self.stats, "status": _status(self.station)}
         if self.backend is not None:
             end["mqtt"] = {"messages": self.backend.messages, "bytes": self.backend.bytes}
+        try:
+            # Session records the backend has not acknowledged (all of them without one).
+            end["unacked_sessions"] = self.station.sessions.pending()
+        except Exception as e:  # noqa: B902 - the summary says what went wrong
+            end["unacked_sessions_error"] = repr(e)
         self.channel.emit(end)
 
 

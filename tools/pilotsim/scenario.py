@@ -37,7 +37,8 @@ FAULTS = (
 PEER_CHOICES = ("required", "optional", "none")
 
 _TOP_KEYS = ("name", "description", "duration_ms", "seed", "config", "ev", "front_end",
-             "broker", "meter", "start_ticks", "expect", "steps", "tick_ms")
+             "broker", "meter", "start_ticks", "expect", "steps", "tick_ms",
+             "no_broker_config")
 _EV_KEYS = ("phases", "draw_a", "cable_a", "stop_ms")
 _EXPECT_KEYS = ("faults", "states", "sequences", "energy_wh_min", "energy_wh_max",
                 "no_faults", "min_mqtt_messages", "replies_ok")
@@ -111,6 +112,7 @@ class Scenario:
         self.seed = 1
         self.tick_ms = 10
         self.config = {}
+        self.no_broker_config = {}
         self.phases = 3
         self.draw_ma = 16000
         self.cable_a = 32
@@ -127,7 +129,7 @@ class Scenario:
         return {
             "name": self.name, "description": self.description,
             "duration_ms": self.duration_ms, "seed": self.seed, "tick_ms": self.tick_ms,
-            "config": self.config, "ev": {"phases": self.phases,
+            "config": self.config, "no_broker_config": self.no_broker_config, "ev": {"phases": self.phases,
                                           "draw_a": self.draw_ma // 1000,
                                           "cable_a": self.cable_a, "stop_ms": self.stop_ms},
             "front_end": {"noise_mv": self.noise_mv}, "broker": self.broker,
@@ -285,6 +287,14 @@ def _parse(data):
     except ValueError as e:
         raise ScenarioError("config: %s" % e.args[0])
     sc.config = cfg
+    nb = data.get("no_broker_config", {})
+    if not isinstance(nb, dict):
+        raise ScenarioError("no_broker_config: expected an object")
+    try:
+        Config(cfg).update(nb)
+    except ValueError as e:
+        raise ScenarioError("no_broker_config: %s" % e.args[0])
+    sc.no_broker_config = nb
     ev = data.get("ev", {})
     _only("ev", ev, _EV_KEYS)
     sc.phases = _int("ev.phases", ev.get("phases", 3), 1, 3)
