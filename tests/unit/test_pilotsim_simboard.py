@@ -173,3 +173,49 @@ class TickAllocatesNothing(unittest.TestCase):
         finally:
             micropython.heap_unlock()
         self.assertTrue(caught[0] or sys.implementation.name != "micropython")
+
+
+class StationTickOnSimBoard(unittest.TestCase):
+    """The real safety tick (Station.safety_tick) on this board, through a whole charge
+    cycle, allocates nothing: the board is fit to stand in for the ESP32's."""
+
+    def test_station_safety_tick_under_heap_lock(self):
+        if micropython is None or not hasattr(micropython, "heap_lock"):
+            raise unittest.SkipTest("needs the MicroPython unix port")
+        import os
+        from firmware.station import Station
+        root = "build/pilotsim-unit-%d" % id(self)
+        for d in ("build", root):
+            try:
+                os.mkdir(d)
+            except OSError:
+                pass
+        b = SimBoard(storage=root)
+        st = Station(b, {"max_current_ma": 16000})
+        m = b.model
+        seen = []
+        # plug at 100 ms, request at 300 ms, unplug at 2000 ms (10 ms ticks)
+        for i in range(300):
+            if i == 10:
+                m.plugged = True
+                m.update()
+            elif i == 30:
+                m.s2 = S2_C
+                m.update()
+            elif i == 200:
+                m.plugged = False
+                m.update()
+            micropython.heap_lock()
+            try:
+                st.safety_tick(b.ticks_ms())
+            finally:
+                micropython.heap_unlock()
+            if b.contactor_cmd and "closed" not in seen:
+                seen.append("closed")
+            if seen and not b.contactor_cmd and "opened" not in seen:
+                seen.append("opened")
+            b.now_ms += 10
+        self.assertEqual(seen, ["closed", "opened"])
+        for name in os.listdir(root):
+            os.remove(root + "/" + name)
+        os.rmdir(root)
