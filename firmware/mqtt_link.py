@@ -55,7 +55,10 @@ if sys.implementation.name != "micropython":
     sys.modules.setdefault("ustruct", _struct)
     sys.modules.setdefault("ubinascii", _binascii)
     import ssl as _cpython_ssl
-    _WANT = (_cpython_ssl.SSLWantReadError, _cpython_ssl.SSLWantWriteError, BlockingIOError)
+    # CPython reports "no data yet" as exceptions: non-blocking, TLS wants more, and a
+    # socket timeout (whose errno is None).
+    _WANT = (_cpython_ssl.SSLWantReadError, _cpython_ssl.SSLWantWriteError, BlockingIOError,
+             _socket.timeout)
 else:
     _WANT = ()
 
