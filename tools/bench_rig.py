@@ -1,0 +1,110 @@
+"""What the unix-port benchmarks share: the line channel to tools/bench.py, the meter
+stream that tells the pacer when an answer is owed, and a Station on a SimBoard.
+
+Runs on the MicroPython unix port (and imports on CPython). Kept small: everything here is
+on the heap the heap benchmark measures.
+"""
+import json
+import sys
+import time
+
+from firmware.compat import ticks_diff
+
+
+def say(record):
+    """One JSON line to tools/bench.py."""
+    sys.stdout.write(json.dumps(record))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def ask(record):
+    """A request that waits for tools/bench.py's answer line ("ok")."""
+    say(record)
+    answer = sys.stdin.readline().strip()
+    if answer != "ok":
+        raise RuntimeError("bench refused %s: %s" % (record.get("req"), answer))
+
+
+class WatchedUart:
+    """The meter stream, remembering whether a request is waiting for its answer."""
+
+    def __init__(self, uart):
+        self.uart = uart
+        self.pending = False
+
+    def write(self, buf):
+        self.pending = True
+        return self.uart.write(buf)
+
+    def any(self):
+        n = self.uart.any()
+        if n:
+            self.pending = False
+        return n
+
+    def readinto(self, buf, nbytes=None):
+        got = self.uart.readinto(buf) if nbytes is None else self.uart.readinto(buf, nbytes)
+        if got:
+            self.pending = False
+        return got
+
+    def read(self, n=-1):
+        data = self.uart.read(n)
+        if data:
+            self.pending = False
+        return data
+
+    def flush(self):
+        pass
+
+    def set_de(self, on):
+        pass
+
+
+class Pacer:
+    """SimBoard.pacer: simulated time runs as fast as the firmware computes, except while
+    a real peer owes an answer. A Modbus request in flight waits (in wall time, at most the
+    simulated step) for the first byte of the reply, so meter_timeout_ms keeps its meaning
+    against the real pymodbus peer; while the link is not online the clock runs 1:1 with
+    wall time, so mqtt_connect_timeout_ms does too."""
+
+    def __init__(self, uart=None):
+        self.uart = uart
+        self.station = None
+        self.paced_ms = 0
+
+    def __call__(self, ms):
+        u = self.uart
+        link = self.station.link if self.station is not None else None
+        if u is not None and u.pending:
+            start = time.ticks_ms()
+            while not u.uart.any() and ticks_diff(time.ticks_ms(), start) < ms:
+                time.sleep_ms(1)
+            self.paced_ms += ms
+        elif link is not None and not link.online:
+            time.sleep_ms(ms)
+            self.paced_ms += ms
+
+
+def build(storage, config, meter_port=None, board_class=None):
+    """(station, board, pacer) with the meter on a TcpUart to the pymodbus peer."""
+    from firmware.station import Station
+    from firmware.storage import Store
+    from tools.pilotsim.simboard import SimBoard
+    uart = None
+    if meter_port:
+        from tools.tcpuart import TcpUart
+        uart = WatchedUart(TcpUart("127.0.0.1", meter_port))
+    cls = board_class or SimBoard
+    board = cls(meter_uart=uart, storage=storage)
+    pacer = Pacer(uart)
+    board.pacer = pacer
+    station = Station(board, config=config, store=Store(storage))
+    pacer.station = station
+    return station, board, pacer
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
