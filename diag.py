@@ -211,6 +211,9 @@ def status():
         c = st.charger
         d["contactor"] = _coil_closed(board, st)
         d["temp_dc"] = c.temp_dc
+        if d["contactor"] != c.contactor or _duty(board, st) != c.duty_pm:
+            # Ctrl-C: main.py put the board in its safe state after the last tick.
+            d["note"] = "loop stopped, board made safe; the state is the last tick's"
         if st.meter is not None:
             m = st.meter
             d["meter"] = {"power_w": m.power_w, "import_wh": m.import_wh, "stale": m.stale}

@@ -365,6 +365,8 @@ def status_lines(st):
     for key in ("board", "boot", "reset_cause", "uptime", "iterations"):
         if key in st:
             items.append((key.replace("_", " "), st[key]))
+    if st.get("note"):
+        items.append(("note", st["note"]))
     if st.get("config_error"):
         items.append(("config error", st["config_error"]))
     if st.get("last_crash"):
@@ -395,6 +397,8 @@ def meter_lines(reading, stats, addr=None, map_name=None):
         state.append("STALE (no answer)")
     if r.get("implausible"):
         state.append("IMPLAUSIBLE (%s)" % r.get("implausible_reason", "?"))
+    if r.get("last_ok_ms") is None and not state:
+        state.append("none yet")
     items.append(("reading", ", ".join(state) if state else "ok"))
     if "last_ok_age" in r:
         items.append(("last good", r["last_ok_age"]))

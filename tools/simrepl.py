@@ -35,6 +35,7 @@ import sys
 # -- MicroPython side --------------------------------------------------------------------------
 
 _SERVICE_FLAG = "service"
+_METER_WAIT_CAP_MS = 500     # wall ms simulated time waits for the meter peer's answer
 
 
 def _board_class():
@@ -57,13 +58,13 @@ class Sim:
         self.root = root
         self.tick_ms = TICK_MS
         self.config = config or {}
-        meter = None
+        self.board = _board_class()(storage=root + "/data")
+        self.meter = None
         if meter_port:
             from tools.pilotsim.runner import PacedUart
             from tools.tcpuart import TcpUart
-            meter = PacedUart(TcpUart("127.0.0.1", meter_port))
-        self.meter = meter
-        self.board = _board_class()(storage=root + "/data", meter_uart=meter)
+            self.meter = PacedUart(TcpUart("127.0.0.1", meter_port), self.board)
+            self.board._meter_uart = self.meter
         self.board.sim = self
         self.board.pacer = self._pace
         self.station = None
@@ -103,12 +104,17 @@ class Sim:
 
     # -- time ---------------------------------------------------------------------------
     def _pace(self, ms):
+        # Lock-step with the real peer: simulated time stands still while it owes an
+        # answer, up to a wall-time cap (a silent address never answers).
         m = self.meter
-        if m is None or not m.pending:
+        if m is None or not m.waiting():
             return
         import time
         waited = 0
-        while waited < ms and not m.any():
+        while m.waiting():
+            if waited >= _METER_WAIT_CAP_MS:
+                m.give_up()
+                break
             time.sleep_ms(1)
             waited += 1
 

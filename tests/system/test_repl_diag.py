@@ -188,3 +188,74 @@ def test_meter_and_bus_scan_against_pymodbus(tmp_path):
         finally:
             repl.close()
         assert all(len(ln) <= WIDTH for ln in repl.seen)
+
+
+# -- the device's own path: boot.py and main.py in service mode, diag builds the board -------
+
+DEVICE_START = """
+import machine
+sim = machine.sim
+sim.reset()
+# The reference board's front ends: the CP sense follows the PWM pin (no EV: +12 V on the
+# high phase, -12 V below the ADC's linear range on the low phase), PP open, the mirror
+# contact (closed = 0) follows the coil, the monitor's fault line (active low) follows its
+# test input.
+sim.set_adc(36, lambda t: 2500 if sim.pwm_output_high(25, t) else 150)
+sim.set_adc(39, 3300)
+sim.set_input(35, lambda t: 0 if sim.level(26) else 1)
+sim.set_input(27, lambda t: 0 if sim.level(14) else 1)
+from drivers import clock
+clock.source = sim.clock
+for _name in ("boot.py", "main.py"):
+    with open(%r + "/" + _name) as _f:
+        exec(_f.read(), {"__name__": "__main__"})
+print("device started")
+"""
+
+
+def test_service_mode_on_the_device_builds_the_board_from_the_board_file(tmp_path):
+    import shutil
+
+    from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+    shutil.copy(os.path.join(ROOT, "boards", "reference.json"), str(tmp_path / "board.json"))
+    (tmp_path / "service").write_text("")
+    child = pexpect.spawn(MICROPYTHON, ["-i", "-c", DEVICE_START % ROOT],
+                          env=micropython_env(fakes=True), cwd=str(tmp_path),
+                          encoding="utf-8", timeout=20, dimensions=(50, 200))
+    child.expect("SERVICE MODE")
+    child.expect("main: service mode, application not started")
+    child.expect("device started")
+    child.expect_exact(PROMPT)
+    repl = Repl.__new__(Repl)
+    repl.child = child
+    repl.seen = []
+    try:
+        repl("import diag")
+        assert repl("machine.sim.wdt_timeout_ms") == ["0"]
+        out = repl.text("diag.status()")
+        assert "mode         SERVICE MODE (flag file /" in out
+        assert "pilot        A: no EV connected (live)" in out
+        assert "board        cp-ref-1" in out
+        assert "contactor    open, mirror says open" in out
+        assert repl("machine.sim.level(26)") == ["0"]            # coil off
+        assert repl("machine.sim.wdt_timeout_ms") == ["0"]       # still no watchdog
+        assert "no cable" in repl.text("diag.pp()")
+        out = repl.text("diag.selftest()")
+        assert "pilot PWM 10 % ........ PASS" in out
+        assert "residual current ...... PASS" in out
+        assert "contactor cycle ....... PASS" in out
+        assert out.endswith("True")
+        assert repl("machine.sim.level(26)") == ["0"]
+        # The coil was energised exactly once, by the cycle.
+        assert repl("len([e for e in machine.sim.events() if e[1] == 'pin_level' "
+                    "and e[2] == 26 and e[3] == 1])") == ["1"]
+        assert "no station running" in repl.text("diag.faults()")
+        out = repl.text('diag.set("max_current_ma", 20000)')
+        assert "applies when the station starts" in out
+        assert "max_current_ma" in (tmp_path / "data" / "config.json").read_bytes().decode(
+            "latin-1")
+    finally:
+        child.sendeof()
+        child.expect(pexpect.EOF)
+        child.close()
+    assert all(len(ln) <= WIDTH for ln in repl.seen)

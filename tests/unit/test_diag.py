@@ -115,6 +115,22 @@ class WithStation(DiagCase):
         self.assertIn("closed, mirror says closed", out)
         self.assertIn("faults       none", out)
 
+    def test_status_after_ctrl_c_shows_the_board_made_safe(self):
+        r = Rig()
+        r.ev(plugged=True, s2=S2_C)
+        r.run(2000)
+        # main.py's KeyboardInterrupt path: contactor open, pilot -12 V, no further tick.
+        r.board.set_contactor(False)
+        r.board.set_pilot(0)
+        diag.status()
+        out = self.text()
+        self.assertIn("contactor    open", out)
+        self.assertIn("loop stopped, board made safe", out)
+        diag.pilot()
+        out = self.text()
+        self.assertIn("steady -12 V", out)
+        self.assertIn("EV cannot be seen", out)
+
     def test_pilot_shows_live_levels_of_state_b_and_c(self):
         r = Rig()
         r.ev(plugged=True)
