@@ -366,7 +366,17 @@ class LiveView:
 
     def __call__(self, r):
         k = r.get("k")
-        if k == "tick":
+        if k == "start":
+            cfg = r.get("config", {})
+            self._w("firmware on the MicroPython unix port, simulated board, tick %d ms" % r["tick_ms"])
+            self._w("  broker: %s" % ("mosquitto, station via %s:%s" % (cfg.get("mqtt_host"),
+                                                                       cfg.get("mqtt_port"))
+                                      if r.get("broker") else "none (no MQTT)"))
+            self._w("  meter:  %s" % ("pymodbus SDM630 over Modbus RTU-over-TCP"
+                                      if r.get("meter") else "none"))
+            self._w("  time     state CP high/low        duty        offer    contactor"
+                    "      power   energy")
+        elif k == "tick":
             if r["state"] == self._last_state and self._last_t is not None \
                     and r["t"] - self._last_t < 1000:
                 return
@@ -391,10 +401,14 @@ class LiveView:
             self._w("%8.2f s  << reply %s" % (r["t"] / 1000, json.dumps(p)[:100]))
         elif k == "mqtt" and r.get("topic") == "record":
             p = r["payload"]
-            if isinstance(p, dict):
+            if isinstance(p, dict) and p.get("kind") != "telemetry":
                 data = p.get("data") if isinstance(p.get("data"), dict) else {}
-                self._w("%8.2f s  << record %s %s" % (r["t"] / 1000, p.get("kind"),
-                                                      _session_line(data)[:110]))
+                if p.get("kind") == "fault":
+                    what = "%s %s" % (data.get("fault"),
+                                      "raised" if data.get("raised") else "cleared")
+                else:
+                    what = _session_line(data)
+                self._w("%8.2f s  << record %s %s" % (r["t"] / 1000, p.get("kind"), what[:110]))
 
     def _w(self, s):
         self.out.write(s + "\n")
