@@ -89,6 +89,13 @@ def record(kind, seq, record_id, data):
     return {"v": API_VERSION, "kind": kind, "seq": seq, "id": record_id, "data": data}
 
 
+def record_bytes(kind, seq, record_id, data_json):
+    """The encoded record message around data that is already JSON (as the outbox stores
+    it), without decoding it into a dict first."""
+    head = json.dumps({"v": API_VERSION, "kind": kind, "seq": seq, "id": record_id})
+    return head[:-1].encode() + b', "data": ' + bytes(data_json) + b"}"
+
+
 def reply(corr_id, cmd, reason=None, data=None):
     """A command reply: ok, or error with a reason."""
     out = {"v": API_VERSION, "id": corr_id, "cmd": cmd, "ok": reason is None}

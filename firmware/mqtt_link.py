@@ -707,10 +707,13 @@ class MqttLink:
             self.telemetry_sent += 1
         rec = self.outbox.due(now_ms)
         if rec is not None:
-            self._publish(self.topics.record,
-                          messages.record(rec.kind, rec.seq, rec.id, rec.data))
-            self.outbox.sent(rec, now_ms)
-            self.records_sent += 1
+            data = self.outbox.payload(rec)       # None: unreadable, the outbox dropped it
+            if data is not None:
+                self._client.publish(self.topics.record,
+                                     messages.record_bytes(rec.kind, rec.seq, rec.id, data),
+                                     False, 0)
+                self.outbox.sent(rec, now_ms)
+                self.records_sent += 1
         self._keepalive(now_ms)
         if w.tx != self._tx_seen:
             self._tx_seen = w.tx

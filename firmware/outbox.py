@@ -1,17 +1,21 @@
 """Store-and-forward of the records the backend must not miss (session records, fault events,
 telemetry taken while offline).
 
-Every record gets a sequence number and an id and is kept in a journal on flash until the
-backend acknowledges the id on <prefix>/<id>/ack. It is sent (by MqttLink) and resent with
-the same id and seq until then, so the backend de-duplicates on the id. The journal is replayed
-at boot, so records survive a reboot.
+Every record gets a sequence number and an id and is kept on flash until the backend
+acknowledges the id on <prefix>/<id>/ack. It is sent (by MqttLink) and resent with the same
+id, seq and data until then, so the backend de-duplicates on the id. Records survive a reboot.
 
-Journal entries are small JSON objects, one per append:
-    {"o":"p","s":seq,"k":kind,"i":id,"d":data}   put
-    {"o":"a","s":seq}                            acknowledged by the backend
-    {"o":"x","s":seq}                            dropped by the overflow policy
-    {"o":"n","s":next_seq}                       first entry after a compaction
-Compaction rewrites the live puts when the journal holds many dead entries.
+Only a small index lives in RAM (seq, kind, id, send times): a session record is close to
+1 KB of JSON and the ESP32 has about 100 KB of heap, so the data of each record is a file of
+its own in the same Store ("<journal name>.<seq>", written atomically) and is read back
+when it is sent. The index is a journal of small JSON entries, one per append:
+    {"o":"p","s":seq,"k":kind,"i":id}   put (the data file is written first)
+    {"o":"a","s":seq}                   acknowledged by the backend
+    {"o":"x","s":seq}                   dropped (overflow policy, replaced, data lost)
+    {"o":"n","s":next_seq}              first entry after a compaction
+At boot the journal is replayed; a put whose data file is missing is dropped (counted in
+corrupt_entries) and data files without a live put (a crash between the two writes) are
+removed. Compaction rewrites the index when it holds many dead entries.
 
 Overflow policy (capacity = records held): a new record that does not fit first drops the
 oldest telemetry record, then the oldest fault event; session records (billing) are only
@@ -43,22 +47,27 @@ class OutboxError(ValueError):
 
 
 class Record:
-    """One held record. `sent_ms` is None until sent on the current connection."""
+    """One held record: its index entry. `data` reads the data from flash on each use.
+    `sent_ms` is None until sent on the current connection."""
 
-    def __init__(self, seq, kind, record_id, data):
+    def __init__(self, outbox, seq, kind, record_id):
+        self._outbox = outbox
         self.seq = seq
         self.kind = kind
         self.id = record_id
-        self.data = data
         self.sent_ms = None
         self.sends = 0
+
+    @property
+    def data(self):
+        return self._outbox.data(self)
 
 
 class Outbox:
     """Persistent, bounded, acknowledged queue of records.
 
-    journal: an object with append(bytes), replay() -> list of bytes, rewrite(list of
-      bytes) (firmware/storage.py's Journal).
+    journal: firmware/storage.py's Journal (append, replay, rewrite); the record data
+      files go into its Store (journal.store: write_atomic, read, remove, exists, names).
     on_ack(kind, id): called once when the backend acknowledges a record.
     on_overflow(kind, id): called when the overflow policy drops a record.
     """
@@ -68,6 +77,8 @@ class Outbox:
         if capacity < 1 or window < 1 or resend_ms < 1:
             raise OutboxError("outbox: capacity, window and resend_ms must be positive")
         self.journal = journal
+        self.store = journal.store
+        self._prefix = journal.name + "."
         self.capacity = capacity
         self.window = window
         self.resend_ms = resend_ms
@@ -88,6 +99,9 @@ class Outbox:
         self._replay()
 
     # -- persistence ---------------------------------------------------------------------
+    def _file(self, seq):
+        return "%s%d" % (self._prefix, seq)
+
     def _replay(self):
         by_seq = {}
         next_seq = 1
@@ -102,7 +116,7 @@ class Outbox:
                 continue
             if op == "p":
                 try:
-                    by_seq[seq] = Record(seq, e["k"], e["i"], e["d"])
+                    by_seq[seq] = Record(self, seq, e["k"], e["i"])
                 except KeyError:
                     self.corrupt_entries += 1
                     continue
@@ -116,20 +130,40 @@ class Outbox:
         self._records = [by_seq[s] for s in sorted(by_seq)]
         self._next_seq = next_seq
         self._entries = len(entries)
+        for r in list(self._records):
+            if not self.store.exists(self._file(r.seq)):
+                self.corrupt_entries += 1
+                self._forget(r)
+        self._remove_orphans()
         # A capacity lowered by config since the records were written: apply the policy now.
         while len(self._records) > self.capacity:
             self._drop(self._victim(None))
+
+    def _remove_orphans(self):
+        live = {}
+        for r in self._records:
+            live[self._file(r.seq)] = True
+        n = len(self._prefix)
+        for name in self.store.names():
+            if name.startswith(self._prefix) and name[n:].isdigit() and name not in live:
+                self.store.remove(name)
+
+    def _forget(self, record):
+        # Out of the index first (journal), then the data: a crash in between leaves an
+        # orphan file, removed at the next boot, never an index entry without data.
+        self._records.remove(record)
+        self._append({"o": "x", "s": record.seq})
+        self.store.remove(self._file(record.seq))
 
     def _append(self, entry):
         self.journal.append(json.dumps(entry).encode())
         self._entries += 1
 
     def compact(self):
-        """Rewrite the journal with only the live records (and the next sequence number)."""
+        """Rewrite the index with only the live records (and the next sequence number)."""
         payloads = [json.dumps({"o": "n", "s": self._next_seq}).encode()]
         for r in self._records:
-            payloads.append(json.dumps({"o": "p", "s": r.seq, "k": r.kind, "i": r.id,
-                                        "d": r.data}).encode())
+            payloads.append(json.dumps({"o": "p", "s": r.seq, "k": r.kind, "i": r.id}).encode())
         self.journal.rewrite(payloads)
         self._entries = len(payloads)
 
@@ -149,19 +183,18 @@ class Outbox:
         seq = self._next_seq
         if kind == KIND_SESSION:
             record_id = data.get("id")
-            if record_id is None or record_id is True or record_id is False or not isinstance(record_id, (str, int)):
+            if record_id is None or record_id is True or record_id is False or \
+                    not isinstance(record_id, (str, int)):
                 raise OutboxError("outbox: session record needs an id")
         else:
             record_id = "%s-%d" % (kind, seq)
-        entry = {"o": "p", "s": seq, "k": kind, "i": record_id, "d": data}
-        encoded = json.dumps(entry).encode()
+        encoded = json.dumps(data).encode()
         if len(encoded) > MAX_RECORD_BYTES:
             raise OutboxError("outbox: record too large (%d > %d bytes)"
                               % (len(encoded), MAX_RECORD_BYTES))
         for old in self._records:
             if old.id == record_id and old.kind == kind:
-                self._records.remove(old)
-                self._append({"o": "x", "s": old.seq})
+                self._forget(old)
                 break
         if len(self._records) >= self.capacity:
             victim = self._victim(kind)
@@ -172,9 +205,9 @@ class Outbox:
                 return record_id
             self._drop(victim)
         self._next_seq = seq + 1
-        self.journal.append(encoded)
-        self._entries += 1
-        self._records.append(Record(seq, kind, record_id, data))
+        self.store.write_atomic(self._file(seq), encoded)
+        self._append({"o": "p", "s": seq, "k": kind, "i": record_id})
+        self._records.append(Record(self, seq, kind, record_id))
         self.put_count += 1
         self._maybe_compact()
         return record_id
@@ -192,8 +225,7 @@ class Outbox:
         return best
 
     def _drop(self, record):
-        self._records.remove(record)
-        self._append({"o": "x", "s": record.seq})
+        self._forget(record)
         self._count_drop(record.kind, record.id)
 
     def _count_drop(self, kind, record_id):
@@ -215,6 +247,7 @@ class Outbox:
             if r.id == record_id:
                 self._records.remove(r)
                 self._append({"o": "a", "s": r.seq})
+                self.store.remove(self._file(r.seq))
                 self.acked += 1
                 if self.on_ack is not None:
                     self.on_ack(r.kind, r.id)
@@ -236,6 +269,23 @@ class Outbox:
             if r.sent_ms is None or ticks_diff(now_ms, r.sent_ms) >= self.resend_ms:
                 return r
         return None
+
+    def payload(self, record):
+        """The record's data as stored (UTF-8 JSON bytes). A record whose data cannot be
+        read (flash damage) is dropped and counted in corrupt_entries; returns None."""
+        try:
+            data = self.store.read(self._file(record.seq))
+        except OSError:
+            data = None
+        if data is None and record in self._records:
+            self.corrupt_entries += 1
+            self._forget(record)
+        return data
+
+    def data(self, record):
+        """The record's data as a dict (None when it cannot be read)."""
+        raw = self.payload(record)
+        return None if raw is None else json.loads(raw)
 
     def sent(self, record, now_ms):
         """`record` has been written to the broker at now_ms."""

@@ -47,6 +47,9 @@ class PayloadsCarryTheVersion(unittest.TestCase):
                          {"v": 1, "power_w": 7200})
         self.assertEqual(self.decode(messages.record("session", 7, "s-7", {"id": "s-7"})),
                          {"v": 1, "kind": "session", "seq": 7, "id": "s-7", "data": {"id": "s-7"}})
+        raw = messages.record_bytes("fault", 8, "fault-8", b'{"name": "RCD_TRIP"}')
+        self.assertEqual(json.loads(raw), {"v": 1, "kind": "fault", "seq": 8, "id": "fault-8",
+                                           "data": {"name": "RCD_TRIP"}})
         self.assertEqual(self.decode(messages.reply("c1", "start")),
                          {"v": 1, "id": "c1", "cmd": "start", "ok": True})
         self.assertEqual(self.decode(messages.reply("c1", "start", "no EV connected")),

@@ -75,7 +75,7 @@ class RecordsAreHeldUntilAcknowledged(OutboxCase):
         ob.ack("fault-2")
         ob = self.outbox()                       # reboot: a new Outbox on the same journal
         self.assertEqual([(r.seq, r.id) for r in ob.records()], [(1, "s-1"), (3, "s-2")])
-        self.assertEqual(ob.records()[0].data, session(1))
+        self.assertEqual(ob.data(ob.records()[0]), session(1))
         self.assertEqual(ob.put(KIND_FAULT, {"fault": "X"}), "fault-4")
 
     def test_compaction_keeps_live_records_and_the_sequence(self):
@@ -103,7 +103,8 @@ class RecordsAreHeldUntilAcknowledged(OutboxCase):
         ob.put(KIND_SESSION, session(1, wh=10))
         ob.put(KIND_SESSION, session(1, wh=20))
         self.assertEqual(len(ob), 1)
-        self.assertEqual(self.outbox().records()[0].data["energy_wh"], 20)
+        ob = self.outbox()
+        self.assertEqual(ob.data(ob.records()[0])["energy_wh"], 20)
 
     def test_bad_input_is_refused_and_changes_nothing(self):
         ob = self.outbox()
@@ -117,13 +118,45 @@ class RecordsAreHeldUntilAcknowledged(OutboxCase):
         self.assertEqual(len(self.outbox()), 0)
 
     def test_a_damaged_journal_entry_is_skipped_and_counted(self):
-        journal = Journal(self.store, "outbox")
-        journal.append(b"{not json")
-        journal.append(json.dumps({"o": "p", "s": 5, "k": "session", "i": "s-5",
-                                   "d": session(5)}).encode())
+        ob = self.outbox()
+        ob.put(KIND_SESSION, session(5))
+        Journal(self.store, "outbox").append(b"{not json")
         ob = self.outbox()
         self.assertEqual(ob.corrupt_entries, 1)
         self.assertEqual([r.id for r in ob.records()], ["s-5"])
+
+    def test_only_the_index_is_in_ram_and_data_files_follow_the_records(self):
+        ob = self.outbox()
+        ob.put(KIND_SESSION, session(1))
+        ob.put(KIND_FAULT, {"fault": "A"})
+        self.assertEqual(sorted(n for n in self.store.names() if n.startswith("outbox.")),
+                         ["outbox.1", "outbox.2"])
+        self.assertEqual(ob.payload(ob.records()[0]), json.dumps(session(1)).encode())
+        self.assertEqual(ob.records()[0].data, session(1))     # read from flash on use
+        ob.ack("s-1")
+        self.assertEqual([n for n in self.store.names() if n.startswith("outbox.")],
+                         ["outbox.2"])
+
+    def test_a_record_whose_data_is_lost_is_dropped_and_counted(self):
+        ob = self.outbox()
+        ob.put(KIND_SESSION, session(1))
+        ob.put(KIND_SESSION, session(2))
+        self.store.remove("outbox.1")              # flash damage / a lost file
+        ob = self.outbox()
+        self.assertEqual([r.id for r in ob.records()], ["s-2"])
+        self.assertEqual(ob.corrupt_entries, 1)
+        self.store.remove("outbox.2")
+        self.assertIsNone(ob.payload(ob.records()[0]))
+        self.assertEqual(len(ob), 0)
+        self.assertEqual(ob.corrupt_entries, 2)
+
+    def test_a_crash_between_data_and_index_leaves_no_orphan(self):
+        self.store.write_atomic("outbox.7", b'{"id": "s-7"}')   # data written, no put
+        self.store.write_atomic("outbox.keep", b"x")             # not an outbox data file
+        ob = self.outbox()
+        self.assertEqual(len(ob), 0)
+        self.assertEqual(sorted(n for n in self.store.names() if n.startswith("outbox.")),
+                         ["outbox.keep"])
 
 
 class OverflowPolicy(OutboxCase):
