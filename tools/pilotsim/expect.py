@@ -37,14 +37,21 @@ def check(res):
         if "min_mqtt_messages" in exp and n < exp["min_mqtt_messages"]:
             problems.append("only %d MQTT messages from the station (expected >= %d)"
                             % (n, exp["min_mqtt_messages"]))
+        sent = [r.get("id") for r in res.records if r.get("k") == "backend" and "id" in r]
+        replies = {}
+        for r in res.records:
+            if r.get("k") == "mqtt" and r.get("topic") == "reply" \
+                    and isinstance(r.get("payload"), dict):
+                replies[r["payload"].get("id")] = r["payload"]
+        must_fail = exp.get("replies_error", [])
+        for cid in must_fail:
+            rep = replies.get(cid)
+            if rep is None:
+                problems.append("command %s got no reply (expected a refusal)" % cid)
+            elif rep.get("ok"):
+                problems.append("command %s was accepted (expected a refusal)" % cid)
         if exp.get("replies_ok"):
-            sent = [r.get("id") for r in res.records if r.get("k") == "backend" and "id" in r]
-            replies = {}
-            for r in res.records:
-                if r.get("k") == "mqtt" and r.get("topic") == "reply" \
-                        and isinstance(r.get("payload"), dict):
-                    replies[r["payload"].get("id")] = r["payload"]
-            for cid in sent:
+            for cid in [c for c in sent if c not in must_fail]:
                 rep = replies.get(cid)
                 if rep is None:
                     problems.append("command %s got no reply" % cid)

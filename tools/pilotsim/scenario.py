@@ -41,7 +41,7 @@ _TOP_KEYS = ("name", "description", "duration_ms", "seed", "config", "ev", "fron
              "no_broker_config")
 _EV_KEYS = ("phases", "draw_a", "cable_a", "stop_ms")
 _EXPECT_KEYS = ("faults", "states", "sequences", "energy_wh_min", "energy_wh_max",
-                "no_faults", "min_mqtt_messages", "replies_ok")
+                "no_faults", "min_mqtt_messages", "replies_ok", "replies_error")
 _FRONT_KEYS = ("noise_mv",)
 _CABLES = (13, 20, 32, 63)
 
@@ -312,7 +312,7 @@ def _parse(data):
     sc.meter = _bool("meter", data.get("meter", True))
     exp = data.get("expect", {})
     _only("expect", exp, _EXPECT_KEYS)
-    for k in ("faults", "states", "sequences"):
+    for k in ("faults", "states", "sequences", "replies_error"):
         if k in exp:
             _strlist("expect." + k, exp[k])
     for k in ("energy_wh_min", "energy_wh_max", "min_mqtt_messages"):
