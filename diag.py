@@ -697,6 +697,7 @@ def service(on=True):
     application nor the watchdog (a quiet REPL). on=False: remove it and restart normally.
     The contactor is opened (and pending counters saved) before the restart."""
     path = _flag_path()
+    done = "written" if on else "removed"
     try:
         if on:
             with open(path, "w") as f:
@@ -707,7 +708,8 @@ def service(on=True):
         if on:
             _error("service: cannot write %s (%s)" % (path, e))
             return
-    _emit(_fmt.wrap("service flag %s %s; restarting" % (path, "written" if on else "removed")))
+        done = "was not there"
+    _emit(_fmt.wrap("service flag %s %s; restarting" % (path, done)))
     st = _station()
     if st is not None:
         st.shutdown("service")

@@ -388,6 +388,30 @@ class Selftest(DiagCase):
             for _, k, a, b in diag._ring_last(r.station.events, 4)))
 
 
+class BarePcb(RecordingBoard):
+    """A board file without mirror contact and without residual-current monitor."""
+    has_mirror = False
+    has_rcd = False
+
+    def contactor_mirror_closed(self):
+        return self.contactor_cmd          # the command echoed, as the driver does
+
+
+class AbsentParts(DiagCase):
+    def test_selftest_skips_what_the_board_lacks_and_never_closes(self):
+        board = BarePcb()
+        Station(board, store=Store("/data", PowerCutFs()))
+        self.assertIs(diag.selftest(), True)
+        out = self.text()
+        self.assertIn("residual current ...... SKIP  the board has no monitor", out)
+        self.assertIn("contactor cycle ....... SKIP  no mirror contact", out)
+        self.assertEqual(board.coil, [])
+        diag.status()
+        out = self.text()
+        self.assertIn("contactor    open\n", out + "\n")
+        self.assertTrue("mirror" not in out)
+
+
 class ServiceMode(DiagCase):
     def setUp(self):
         super().setUp()
