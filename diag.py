@@ -384,20 +384,8 @@ def scan(first=1, last=247, timeout_ms=100):
 
 
 def _ring_last(ring, n):
-    # The station drains the ring every iteration (pop), but a popped record stays in its
-    # slot until overwritten: read the newest n slots, oldest first, without removing any.
-    t = getattr(ring, "_t", None)
-    if t is None:
-        return ring.recent(n)
-    cap = ring.capacity
-    held = cap if ring.dropped or ring.pushed >= cap else ring.pushed
-    if n is None or n > held:
-        n = held
-    out = []
-    for k in range(n - 1, -1, -1):
-        i = (ring._head - 1 - k) % cap
-        out.append((t[i], ring._kind[i], ring._a[i], ring._b[i]))
-    return out
+    # The station drains the ring every iteration; history() still has the popped records.
+    return ring.history(n)
 
 
 def events(n=10):

@@ -95,5 +95,17 @@ class EventRing:
             out.append((self._t[i], self._kind[i], self._a[i], self._b[i]))
         return out
 
+    def history(self, n=None):
+        """Up to `n` newest records ever pushed (popped ones included, until overwritten),
+        oldest first; for diagnostics after the station has drained the ring."""
+        held = self.capacity if self.pushed >= self.capacity or self.dropped else self.pushed
+        if n is None or n > held:
+            n = held
+        out = []
+        for k in range(n - 1, -1, -1):
+            i = (self._head - 1 - k) % self.capacity
+            out.append((self._t[i], self._kind[i], self._a[i], self._b[i]))
+        return out
+
     def clear(self):
         self._count = 0

@@ -24,6 +24,7 @@ from firmware.events import (
     EV_WAKEUP, EventRing, KIND_NAMES)
 from firmware.faults import FaultSet
 from firmware.meter_service import NEW_READING, STALE_CHANGED, MeterService
+from firmware.meters import load_map
 from firmware.outbox import KIND_FAULT, KIND_SESSION, Outbox
 from firmware.session import REASON_REMOTE_STOP, SessionManager
 from firmware.storage import Journal, StorageError, Store
@@ -122,9 +123,6 @@ class Station:
         if config:
             cfg.update(config)
         return cfg
-
-    def _save_config(self):
-        self.store.write_atomic(CONFIG_FILE, self.cfg.to_json().encode())
 
     def _storage_op(self, fn, *args):
         try:
@@ -420,18 +418,24 @@ class Station:
         return self.cfg.public(keys)
 
     def cmd_set_config(self, changes):
-        before = self.cfg.changed_from_defaults()
+        # Validate and store a copy first: a change that is refused or cannot be stored
+        # changes nothing in the running station.
+        trial = Config(self.cfg.changed_from_defaults())
         try:
-            changed = self.cfg.update(changes)
-        except ConfigError as e:
+            changed = trial.update(changes)
+            meter_keys = [k for k in changed if k.startswith("meter_")]
+            if meter_keys:
+                load_map(trial["meter_map"], trial["meter_custom_map"])
+        except ValueError as e:
             return str(e)
         try:
-            self._save_config()
+            self.store.write_atomic(CONFIG_FILE, trial.to_json().encode())
         except StorageError as e:
-            self.cfg = Config(before)    # not stored -> not applied
-            self.charger.cfg = self.cfg
             return "config not stored: %s" % e
+        self.cfg.update(changes)
         self.charger.reload_config()
+        if self.meter is not None and meter_keys:
+            self.meter.configure(self.cfg)
         later = [k for k in changed if needs_reboot(k)]
         if later:
             self._queue_event({"type": "config_pending_reboot", "keys": later})

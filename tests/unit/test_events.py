@@ -47,3 +47,22 @@ class Ring(unittest.TestCase):
 
     def test_bad_capacity(self):
         self.assertRaises(ValueError, EventRing, 0)
+
+
+class HistoryKeepsPoppedRecords(unittest.TestCase):
+    def test_history_after_the_ring_was_drained(self):
+        ring = EventRing(4)
+        for i in range(3):
+            ring.push(i * 10, EV_STATE, i, 0)
+        while ring.pop() is not None:
+            pass
+        self.assertEqual(len(ring), 0)
+        self.assertEqual([r[2] for r in ring.history()], [0, 1, 2])
+        self.assertEqual([r[2] for r in ring.history(2)], [1, 2])
+
+    def test_history_after_wrapping_holds_the_newest_capacity(self):
+        ring = EventRing(4)
+        for i in range(10):
+            ring.push(i, EV_STATE, i, 0)
+            ring.pop()
+        self.assertEqual([r[2] for r in ring.history()], [6, 7, 8, 9])

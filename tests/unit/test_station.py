@@ -156,6 +156,17 @@ class Commands(unittest.TestCase):
         r2 = r.reboot()
         self.assertEqual(r2.station.cfg["max_current_ma"], 16000)
 
+    def test_meter_settings_reach_the_running_meter_and_a_bad_map_changes_nothing(self):
+        from meter_doubles import ScriptedStream, SimClock
+        board = SimBoard(meter_uart=ScriptedStream(SimClock()))
+        st = Station(board, store=Store("/data", PowerCutFs()))
+        self.assertIsNone(st.cmd_set_config({"meter_addr": 3, "meter_poll_ms": 2000}))
+        self.assertEqual((st.meter.addr, st.meter.poll_ms), (3, 2000))
+        bad = st.cmd_set_config({"meter_map": "custom", "meter_custom_map": "{}"})
+        self.assertIsNotNone(bad)
+        self.assertEqual(st.cfg["meter_map"], "sdm630")
+        self.assertEqual(st.meter.map.name, "sdm630")
+
     def test_secrets_are_masked(self):
         r = Rig()
         self.assertIsNone(r.station.cmd_set_config({"mqtt_password": "hunter2"}))
