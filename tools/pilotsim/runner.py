@@ -246,7 +246,7 @@ class Runner:
         self.uart = None
         if run.get("meter_port"):
             self.uart = PacedUart(self._open_meter(run["meter_port"]), self.board)
-            self.board._meter_uart = self.uart
+            self.board.attach_meter(self.uart)
         self.backend = None
         self.config = dict(sc.config)
         if run.get("broker_port"):

@@ -156,6 +156,10 @@ class SimBoard(_board.Board):
         self.watchdog_feeds = (self.watchdog_feeds + 1) & _TICKS_MASK
 
     # -- buses and system ------------------------------------------------------------------
+    def attach_meter(self, uart):
+        """Put a meter on the RS-485 bus (before the firmware starts and asks for it)."""
+        self._meter_uart = uart
+
     def meter_uart(self, baudrate=9600, parity="N"):
         # Over TCP there is no line coding; remembered so a run can show what was asked.
         self.meter_line = (baudrate, parity)
