@@ -58,8 +58,8 @@ def test_slow_closing_fails():
 def test_never_closing_fails():
     recs = [{"t": 0, "k": "start", "config": {}}, _tick(0, "C2", "C", 266, 0),
             {"t": 5000, "k": "end"}]
-    (close,) = annexa.analyse(recs)
-    assert close.seq == "close_in_c" and not close.ok and close.measured_ms is None
+    (close,) = _by_seq(annexa.analyse(recs), "close_in_c")
+    assert not close.ok and close.measured_ms is None
 
 
 def test_short_f_hold_fails_and_latch_must_hold():
@@ -85,8 +85,8 @@ def test_pwm_off_open_limit():
             _tick(1000, "C1", "C", 1000, 1, offered=0),
             _tick(7500, "C1", "C", 1000, 0, offered=0),
             {"t": 9000, "k": "end"}]
-    (c,) = annexa.analyse(recs)
-    assert c.seq == "pwm_off_open" and c.measured_ms == 6500 and not c.ok
+    (c,) = _by_seq(annexa.analyse(recs), "pwm_off_open")
+    assert c.measured_ms == 6500 and not c.ok
 
 
 def test_welded_and_overcurrent():
@@ -106,3 +106,15 @@ def test_welded_and_overcurrent():
     assert wd.measured_ms == 500 and wd.ok
     (again,) = _by_seq(checks, "welded_never_recloses")
     assert not again.ok
+
+
+def test_duty_above_the_cable_rating_fails():
+    recs = [{"t": 0, "k": "start", "config": {"max_current_ma": 32000}, "cable_a": 13},
+            _tick(0, "B2", "B", 216, 0),
+            _tick(1000, "B2", "B", 533, 0),          # 32 A offered on a 13 A cable
+            {"t": 2000, "k": "end"}]
+    (c,) = annexa.analyse(recs)
+    assert c.seq == "duty_within_limits" and not c.ok and "32.0 A" in c.note
+    recs[2] = _tick(1000, "B2", "B", 216, 0)
+    (c,) = annexa.analyse(recs)
+    assert c.ok

@@ -63,6 +63,7 @@ class Timeline:
         self.steps = [r for r in records if r.get("k") in ("ev", "fault", "backend", "meter")]
         start = next((r for r in records if r.get("k") == "start"), {})
         self.config = start.get("config", {})
+        self.cable_a = start.get("cable_a")
         end = next((r for r in records if r.get("k") == "end"), None)
         self.end_ms = end["t"] if end else (self.ticks[-1]["t"] if self.ticks else 0)
 
@@ -112,6 +113,7 @@ def analyse(records):
     checks += _overcurrent(tl)
     checks += _overtemp(tl)
     checks += _limit_applied(tl, records)
+    checks += _duty_within_limits(tl)
     checks.sort(key=lambda c: (c.at_ms, c.seq))
     return checks
 
@@ -500,6 +502,35 @@ def _limit_applied(tl, records):
                          % (limit_ma // 1000), t0, dt, "<= 1000 ms (project)",
                          dt is not None and dt <= 1000))
     return out
+
+
+def ev_reads_ma(duty):
+    """The current an EV reads from a duty (IEC 61851-1 Table A.8), 0 when none."""
+    if duty < 80 or duty >= 1000:
+        return 0
+    if duty <= 100:
+        return 6000
+    if duty <= 850:
+        return duty * 60
+    if duty <= 960:
+        return (duty - 640) * 250
+    return 0
+
+
+def _duty_within_limits(tl):
+    """Whenever the PWM runs, the current it codes (as the EV reads it) stays within the
+    installation's max_current_ma and the cable's PP rating (IEC 61851-1 Annex B)."""
+    pwm = [r for r in tl.ticks if _pwm(r["duty"])]
+    if not pwm:
+        return []
+    limit = tl.cfg("max_current_ma", 32000)
+    if tl.cable_a:
+        limit = min(limit, tl.cable_a * 1000)
+    worst = max(pwm, key=lambda r: ev_reads_ma(r["duty"]))
+    got = ev_reads_ma(worst["duty"])
+    return [Check("duty_within_limits", "PWM offers <= installation and cable rating",
+                  pwm[0]["t"], None, "<= %d A" % (limit // 1000), got <= limit,
+                  "highest %.1f A at %d ms" % (got / 1000, worst["t"]))]
 
 
 def all_pass(checks):

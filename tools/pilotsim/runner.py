@@ -462,7 +462,8 @@ class Runner:
         self.channel.emit({"t": 0, "k": "start", "scenario": sc.name, "seed": sc.seed,
                            "tick_ms": tick, "start_ticks": sc.start_ticks,
                            "config": self.config, "duration_ms": sc.duration_ms,
-                           "meter": self.uart is not None, "broker": self.backend is not None})
+                           "meter": self.uart is not None, "broker": self.backend is not None,
+                           "cable_a": sc.cable_a, "phases": sc.phases})
         while True:
             t = self.sim_ms()
             while i < len(steps) and steps[i].at_ms <= t:
