@@ -62,8 +62,8 @@ class Console:
             raise OSError("cannot connect to %s:%d" % (host, port))
 
     def close(self):
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
     def _on_connect(self, client, userdata, flags, reason, properties=None):
         with self._cond:

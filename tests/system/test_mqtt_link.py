@@ -330,7 +330,7 @@ def test_telemetry_interval_deadband_and_offline_store(broker, console, tmp_dir)
         taken.append(st.link.publish_telemetry({"power_w": power[0]}))
         return False
     # 12 s of constant power: the first sample and one every 5 s.
-    st.run(12000, feed)
+    st.run(12000, feed, real_s=0.0003)
     assert taken.count(True) == 3
     power[0] = 1400                  # inside the deadband: nothing extra
     st.run(1000, feed)
@@ -343,7 +343,7 @@ def test_telemetry_interval_deadband_and_offline_store(broker, console, tmp_dir)
     # Offline: interval samples go to the outbox and arrive as records later.
     broker.kill()
     assert st.run(3000, lambda: not st.link.online)
-    st.run(11000, feed)
+    st.run(11000, feed, real_s=0.0003)
     stored = st.outbox.pending("telemetry")
     assert stored == 2                 # only the interval samples, not every call
     assert not st.link.publish_telemetry({"power_w": 99999}, force=True)
