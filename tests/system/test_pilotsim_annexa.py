@@ -118,3 +118,18 @@ def test_duty_above_the_cable_rating_fails():
     recs[2] = _tick(1000, "B2", "B", 216, 0)
     (c,) = annexa.analyse(recs)
     assert c.ok
+
+
+def test_wake_up_timing():
+    def trace(wake_at, back_at):
+        return [{"t": 0, "k": "start", "config": {}},
+                _tick(1000, "B2", "B", 266, 0),
+                _tick(wake_at, "B1", "B", 1000, 0),
+                _tick(back_at, "B2", "B", 266, 0),
+                {"t": 40000, "k": "end"}]
+    (c,) = _by_seq(annexa.analyse(trace(31000, 34000)), "wake_up")
+    assert c.ok and c.measured_ms == 30000 and c.note == "held 3000 ms"
+    (c,) = _by_seq(annexa.analyse(trace(20000, 23000)), "wake_up")
+    assert not c.ok                                   # woke the EV after 19 s, not 30
+    (c,) = _by_seq(annexa.analyse(trace(31000, 31500)), "wake_up")
+    assert not c.ok                                   # held 0.5 s, not 3 s

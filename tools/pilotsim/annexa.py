@@ -114,6 +114,7 @@ def analyse(records):
     checks += _overtemp(tl)
     checks += _limit_applied(tl, records)
     checks += _duty_within_limits(tl)
+    checks += _wake_up(tl)
     checks.sort(key=lambda c: (c.at_ms, c.seq))
     return checks
 
@@ -533,16 +534,53 @@ def _duty_within_limits(tl):
                   "highest %.1f A at %d ms" % (got / 1000, worst["t"]))]
 
 
+def _wake_up(tl):
+    """An EV left in B2 without requesting is woken once per plug-in: after wake_up_after_ms
+    the PWM stops (x1, or F) for wake_up_hold_ms, then comes back (Annex A practice)."""
+    out = []
+    if not tl.cfg("wake_up_enabled", True):
+        return out
+    after = tl.cfg("wake_up_after_ms", 30000)
+    hold = tl.cfg("wake_up_hold_ms", 3000)
+    b2_since = None
+    i = 0
+    ticks = tl.ticks
+    while i < len(ticks):
+        r = ticks[i]
+        if r["ev"] == "B" and _pwm(r["duty"]) and not r["blocking"]:
+            if b2_since is None:
+                b2_since = r["t"]
+        elif b2_since is not None and r["ev"] == "B" and r["duty"] in (0, 1000) \
+                and not r["blocking"] and r["offered_ma"]:
+            start = r["t"]
+            end = next((x for x in ticks[i + 1:] if _pwm(x["duty"]) or x["ev"] != "B"), None)
+            held = (end["t"] if end else tl.end_ms) - start
+            waited = start - b2_since
+            ok = after <= waited <= after + 100 and (end is None or hold - 20 <= held <= hold + 100)
+            out.append(Check("wake_up", "EV idle in B2 -> wake-up (%s)" % (
+                "F" if r["duty"] == 0 else "x1"), b2_since, waited,
+                "%d..%d ms (config)" % (after, after + 100), ok, "held %d ms" % held))
+            b2_since = None
+            if end is None:
+                break
+            i = ticks.index(end)
+            continue
+        else:
+            b2_since = None
+        i += 1
+    return out
+
+
 def all_pass(checks):
     return all(c.ok for c in checks)
 
 
 def format_report(checks):
     lines = ["IEC 61851-1 Annex A report (times in simulated ms)",
-             "  %-52s %9s %9s  %-22s %s" % ("sequence", "at", "measured", "limit", "result")]
+             "  %-52s %9s %9s  %-26s %s" % ("sequence", "at", "measured", "limit", "result")]
     for c in checks:
         m = "-" if c.measured_ms is None else "%d" % c.measured_ms
-        lines.append("  %-52s %9d %9s  %-22s %s%s" % (
+        lines.append("  %-52s %9d %9s  %-26s %s%s" % (
             c.title[:52], c.at_ms, m, c.limit, "pass" if c.ok else "FAIL",
             ("  (" + c.note + ")") if c.note else ""))
     if not checks:
