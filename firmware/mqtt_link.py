@@ -327,7 +327,7 @@ class MqttLink:
         self.last_error = None
         self.disabled_reason = self._check_config()
         # what to send
-        self._status = None
+        self._status = messages.encode(messages.status(None, True))
         self._status_dirty = False
         self._events = []
         self._replies = []
@@ -413,15 +413,17 @@ class MqttLink:
 
     # -- what the station publishes -------------------------------------------------------------
     def publish_status(self, fields):
-        """Retained status; sent on the next step and again after every reconnect."""
-        self._status = fields
+        """Retained status; sent on the next step and again after every reconnect.
+        Encoded now, so a value JSON cannot carry is the caller's error (ValueError or
+        TypeError here), not a failure inside step()."""
+        self._status = messages.encode(messages.status(fields, True))
         self._status_dirty = True
 
     def publish_event(self, fields):
         """An event dict with a "type" (state change, fault raised/cleared, ...). Queued
         while offline up to 16, oldest dropped; not persisted."""
         kind = fields.get("type", "event") if isinstance(fields, dict) else "event"
-        msg = messages.event(kind, fields)
+        msg = messages.encode(messages.event(kind, fields))
         if len(self._events) >= _EVENT_QUEUE:
             self._events.pop(0)
             self.dropped_events += 1
@@ -456,7 +458,7 @@ class MqttLink:
             return False
         self._tele_last_ms = now
         self._tele_last_power = power
-        self._telemetry = messages.telemetry(fields)
+        self._telemetry = messages.encode(messages.telemetry(fields))
         return True
 
     # -- the step ---------------------------------------------------------------------------------
@@ -656,7 +658,7 @@ class MqttLink:
             info["fallback_ma"] = self.cfg["comms_fallback_ma"]
         if self.last_error:
             info["reason"] = self.last_error
-        self._events.insert(0, messages.event("link_up", info))
+        self._events.insert(0, messages.encode(messages.event("link_up", info)))
         if len(self._events) > _EVENT_QUEUE:
             self._events.pop()
             self.dropped_events += 1
@@ -668,7 +670,7 @@ class MqttLink:
 
     def _send_status(self):
         self._status_dirty = False
-        self._publish(self.topics.status, messages.status(self._status, True), retain=True)
+        self._client.publish(self.topics.status, self._status, True, 0)
 
     def _publish(self, topic, msg, retain=False):
         self._client.publish(topic, messages.encode(msg), retain, 0)
@@ -698,12 +700,12 @@ class MqttLink:
         for _ in range(_EVENTS_PER_STEP):
             if not self._events:
                 break
-            self._publish(self.topics.event, self._events.pop(0))
+            self._client.publish(self.topics.event, self._events.pop(0), False, 0)
             self.events_sent += 1
         if self._telemetry is not None:
             msg = self._telemetry
             self._telemetry = None
-            self._publish(self.topics.telemetry, msg)
+            self._client.publish(self.topics.telemetry, msg, False, 0)
             self.telemetry_sent += 1
         rec = self.outbox.due(now_ms)
         if rec is not None:

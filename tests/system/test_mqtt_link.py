@@ -309,6 +309,16 @@ def test_comms_loss_applies_after_the_timeout_and_is_reported_when_back(broker, 
     assert ev["reason"]
 
 
+def test_a_value_json_cannot_carry_is_the_callers_error(tmp_dir):
+    st = Station(free_port(), tmp_dir)
+    with pytest.raises(TypeError):
+        st.link.publish_status({"state": object()})
+    with pytest.raises(TypeError):
+        st.link.publish_event({"type": "x", "bad": {1, 2}})
+    st.run(100, real_s=0)
+    assert st.link.stats()["internal_errors"] == 0
+
+
 def test_no_backend_configured_is_never_a_comms_loss(tmp_dir):
     # A stand-alone station (mqtt_host empty) must not fall back to comms_fallback_ma.
     st = Station(1883, tmp_dir, mqtt_host="", comms_loss_timeout_s=10)
