@@ -756,7 +756,12 @@ class MqttLink:
         topic = bytes(topic)
         if topic == self.topics.cmd:
             self.rx_commands += 1
-            if len(msg) > MAX_COMMAND_BYTES:
+            if self._wire is not None and self._wire.op & 0x01:
+                # The PUBLISH's retain flag (umqtt does not pass it on; the wire saw the
+                # first byte). A retained command would run again at every reconnect: a
+                # retained "reboot" would be a reboot loop.
+                reply = self.dispatcher.reject("retained commands are not accepted")
+            elif len(msg) > MAX_COMMAND_BYTES:
                 reply = self.dispatcher.reject("payload too large: %d > %d bytes"
                                                % (len(msg), MAX_COMMAND_BYTES))
             else:

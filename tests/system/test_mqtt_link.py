@@ -167,6 +167,25 @@ def test_an_oversized_packet_closes_the_connection_and_the_link_recovers(broker,
     assert replies(console, mark)[0]["ok"] is True
 
 
+def test_a_retained_command_is_refused_not_run_at_every_connect(broker, console, tmp_dir):
+    console.client.publish("cp/%s/cmd" % STATION, json.dumps(
+        {"v": 1, "id": "old", "cmd": "reboot"}), qos=1, retain=True)
+    time.sleep(0.2)
+    st = Station(broker.port, tmp_dir)
+    assert st.run_until_online()
+    assert st.run(3000, lambda: replies(console))
+    reply = replies(console)[0]
+    assert reply["ok"] is False and "retained" in reply["error"]
+    assert st.target.calls == []
+    assert st.link.stats()["rejected_commands"] == 1
+    # A fresh (not retained) command is obeyed as usual.
+    mark = console.mark()
+    console.send(STATION, "stop", corr_id="new")
+    assert st.run(3000, lambda: replies(console, mark))
+    assert st.target.calls == [("stop",)]
+    console.client.publish("cp/%s/cmd" % STATION, b"", qos=1, retain=True)   # clear it
+
+
 def test_commands_for_another_station_are_not_acted_on(broker, console, tmp_dir):
     st = Station(broker.port, tmp_dir)
     assert st.run_until_online()
