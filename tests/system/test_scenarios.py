@@ -56,3 +56,22 @@ def test_library_covers_every_fault_and_sequence():
             code = annexa.INJECTED_FAULT_CODES.get(f)
             if code:
                 assert code in sc.expect.get("faults", []), (sc.name, code)
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: the session cut by a power loss is closed"
+                   " from its last flash checkpoint, not from the meter read at boot, so the"
+                   " energy since that checkpoint is missing from the record")
+def test_power_cut_session_record_keeps_the_metered_energy():
+    path = [p for p in LIBRARY if p.endswith("power-cut.json")][0]
+    try:
+        res = _play(path)
+    except orchestrate.PeerMissing as e:
+        pytest.skip(str(e))
+    cut = next(r["t"] for r in res.records if r.get("k") == "fault" and r["name"] == "power_cut")
+    delivered = [r["energy_wh"] for r in res.ticks() if r["t"] < cut][-1]
+    lost = [p["data"] for p in orchestrate.session_records(res.records)
+            if p["data"].get("stop_reason") == "power_loss"]
+    assert len(lost) == 1
+    # The meter kept its count through the outage: the record can know all of it
+    # (one meter refresh, 500 ms at 11 kW, is the resolution here).
+    assert lost[0]["energy_wh"] >= delivered - 2, (lost[0], delivered)

@@ -200,6 +200,12 @@ def _open_on_ev_action(tl):
         elif s["k"] == "fault" and s.get("on") and s["name"] == "cp_open":
             out.append(_open_within(tl, "cp_open_open", "CP wire open (reads A) -> open",
                                     s["t"], ANNEX_A_OPEN_MS))
+        elif s["k"] == "fault" and s.get("on") and s["name"] == "power_cut":
+            r = tl.first(s["t"], lambda x: not x["mirror"])
+            dt = None if r is None else r["t"] - s["t"]
+            out.append(Check("power_cut_open", "power cut while charging -> contacts open",
+                             s["t"], dt, "<= %d ms" % ANNEX_A_OPEN_MS,
+                             dt is not None and dt <= ANNEX_A_OPEN_MS))
         elif s["k"] == "fault" and s.get("on") and s["name"] == "pe_loss":
             out.append(_open_within(tl, "pe_loss_open", "PE lost (reads A) -> open", s["t"],
                                     ANNEX_A_OPEN_MS))

@@ -31,6 +31,13 @@ def check(res):
         problems.append("energy %d Wh < expected minimum %d Wh" % (e, exp["energy_wh_min"]))
     if "energy_wh_max" in exp and e > exp["energy_wh_max"]:
         problems.append("energy %d Wh > expected maximum %d Wh" % (e, exp["energy_wh_max"]))
+    if res.broker and exp.get("session_reasons"):
+        reasons = [p.get("data", {}).get("stop_reason")
+                   for p in orchestrate.session_records(res.records)]
+        for want in exp["session_reasons"]:
+            if want not in reasons:
+                problems.append("no session record with reason %s (seen: %s)"
+                                % (want, ", ".join(str(r) for r in reasons) or "none"))
     if res.broker:
         tr = orchestrate.mqtt_traffic(res.records)
         n = tr["from_station"][0]

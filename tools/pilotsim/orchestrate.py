@@ -346,7 +346,7 @@ def format_summary(res):
 
 def _session_line(data):
     parts = []
-    for key in ("energy_wh", "cost_minor", "currency", "reason", "duration_s",
+    for key in ("energy_wh", "cost_minor", "currency", "stop_reason", "duration_s",
                 "charging_s", "id_tag"):
         if key in data:
             parts.append("%s=%s" % (key, data[key]))
@@ -383,7 +383,8 @@ class LiveView:
             self._last_t = r["t"]
             self._last_state = r["state"]
             duty = r["duty"]
-            duty_s = "+12V" if duty >= 1000 else ("-12V" if duty <= 0 else "%4.1f%%" % (duty / 10))
+            duty_s = ("off" if duty < 0 else "+12V" if duty >= 1000 else "-12V" if duty == 0
+                      else "%4.1f%%" % (duty / 10))
             self._w("%8.2f s  %-4s  CP %+5.1f/%+5.1f V  duty %-6s offer %2d A  contactor %-6s"
                     " %6d W  %6d Wh%s" % (
                         r["t"] / 1000, r["state"], r["cp_hi"] / 1000, r["cp_lo"] / 1000, duty_s,

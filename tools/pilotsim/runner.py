@@ -388,6 +388,16 @@ class Runner:
                 self.channel.request({"req": "meter_fault", "mode": n if on else "ok"})
             elif n == "network_stall":
                 self.channel.request({"req": "network", "mode": "stall" if on else "ok"})
+            elif n == "power_cut":
+                if on and self.station is not None:
+                    # The firmware stops where it is: no shutdown code runs on a power cut.
+                    self.station = None
+                    b.power_off()
+                elif not on and self.station is None:
+                    b.power_on()
+                    self.station = self._factory(self.board, self.config)
+                    self.stats["restarts"] += 1
+                    rec["boot"] = b.reset_cause()
         elif step.kind == "backend":
             if self.backend is None:
                 rec["skipped"] = "no broker"
@@ -434,7 +444,7 @@ class Runner:
     # -- observation ------------------------------------------------------------------------
     def _observe(self):
         b = self.board
-        st = _station_view(self.station)
+        st = _station_view(self.station) if self.station is not None else _POWER_OFF
         temp = b.temperature_dc()
         key = (st[0], b.duty, b.contactor_cmd, b.contacts_closed, st[1], self.model.ev_state(),
                self.ev.current_ma, st[2], None if temp is None else temp // 10)
@@ -469,12 +479,13 @@ class Runner:
             while i < len(steps) and steps[i].at_ms <= t:
                 self.apply(steps[i])
                 i += 1
-            try:
-                self.station.step()
-            except SimReset:
-                self.stats["restarts"] += 1
-                self.channel.emit({"t": t, "k": "reset"})
-                self.station = self._factory(self.board, self.config)
+            if self.station is not None:
+                try:
+                    self.station.step()
+                except SimReset:
+                    self.stats["restarts"] += 1
+                    self.channel.emit({"t": t, "k": "reset", "cause": self.board.reset_cause()})
+                    self.station = self._factory(self.board, self.config)
             b = self.board
             requesting = self.model.plugged and self.model.s2 != S2_OPEN
             self.ev.update(t, requesting, b.duty, b.contactor_mirror_closed())
@@ -490,15 +501,19 @@ class Runner:
             b.sleep_ms(tick)
         end = {"t": self.sim_ms(), "k": "end",
                "energy_wh": self.energy.wh - self.meter_start_wh, "meter_wh": self.energy.wh,
-               "stats": self.stats, "status": _status(self.station)}
+               "stats": self.stats,
+               "status": _status(self.station) if self.station else {"power": "off"}}
         if self.backend is not None:
             end["mqtt"] = {"messages": self.backend.messages, "bytes": self.backend.bytes}
         try:
             # Session records the backend has not acknowledged (all of them without one).
-            end["unacked_sessions"] = self.station.sessions.pending()
+            end["unacked_sessions"] = self.station.sessions.pending() if self.station else []
         except Exception as e:  # noqa: B902 - the summary says what went wrong
             end["unacked_sessions_error"] = repr(e)
         self.channel.emit(end)
+
+
+_POWER_OFF = ("OFF", [], 0, 0)   # what the trace shows while the station has no power
 
 
 def _station_factory(board, config):

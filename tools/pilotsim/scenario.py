@@ -30,6 +30,7 @@ FAULTS = (
     "meter_garbage",        # the meter peer's answers arrive corrupted (bad CRC)
     "ev_overdraw",          # the EV draws its wanted current whatever is offered
     "network_stall",        # the broker path is black-holed (TCP open, nothing passes)
+    "power_cut",            # mains gone (firmware stops, coil drops); off = power back, boot
     "temperature",          # temperature ramp: to_dc (0.1 C) over over_ms
 )
 
@@ -41,7 +42,8 @@ _TOP_KEYS = ("name", "description", "duration_ms", "seed", "config", "ev", "fron
              "no_broker_config")
 _EV_KEYS = ("phases", "draw_a", "cable_a", "stop_ms")
 _EXPECT_KEYS = ("faults", "states", "sequences", "energy_wh_min", "energy_wh_max",
-                "no_faults", "min_mqtt_messages", "replies_ok", "replies_error")
+                "no_faults", "min_mqtt_messages", "replies_ok", "replies_error",
+                "session_reasons")
 _FRONT_KEYS = ("noise_mv",)
 _CABLES = (13, 20, 32, 63)
 
@@ -312,7 +314,7 @@ def _parse(data):
     sc.meter = _bool("meter", data.get("meter", True))
     exp = data.get("expect", {})
     _only("expect", exp, _EXPECT_KEYS)
-    for k in ("faults", "states", "sequences", "replies_error"):
+    for k in ("faults", "states", "sequences", "replies_error", "session_reasons"):
         if k in exp:
             _strlist("expect." + k, exp[k])
     for k in ("energy_wh_min", "energy_wh_max", "min_mqtt_messages"):

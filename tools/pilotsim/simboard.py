@@ -38,6 +38,7 @@ class SimBoard(_board.Board):
         self.cp_high_mv = 0
         self.cp_low_mv = 0
         self.duty = _board.PILOT_STEADY_HIGH
+        self.powered = True             # False during a simulated power cut
         # contactor: commanded coil, actual contacts (what the mirror contact reports)
         self.contactor_delay_ms = contactor_delay_ms
         self.contactor_cmd = False
@@ -81,7 +82,10 @@ class SimBoard(_board.Board):
         m = self.model
         fe = self.frontend
         d = self.duty
-        if d >= _board.PILOT_STEADY_HIGH:
+        if not self.powered:
+            hi = 0                      # no oscillator: the CP sits at 0 V (state E)
+            lo = 0
+        elif d >= _board.PILOT_STEADY_HIGH:
             hi = m.high_mv
             lo = hi
         elif d <= _board.PILOT_STEADY_LOW:
@@ -167,6 +171,19 @@ class SimBoard(_board.Board):
 
     def storage_root(self):
         return self._storage
+
+    def power_off(self):
+        """Mains gone: the coil drops (contacts open after the armature delay), the CP
+        oscillator stops, the residual-current test output is released."""
+        self.powered = False
+        self.duty = -1                  # no output at all (the trace shows -1)
+        self.set_contactor(False)
+        self.rcd_test_on = False
+        self.reset_requests = 0
+
+    def power_on(self):
+        self.powered = True
+        self.duty = _board.PILOT_STEADY_HIGH
 
     def reset_cause(self):
         return "power_on" if not self.reset_requests else "soft"
