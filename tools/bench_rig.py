@@ -80,7 +80,7 @@ class Pacer:
         if u is not None and u.pending:
             start = time.ticks_ms()
             while not u.uart.any() and ticks_diff(time.ticks_ms(), start) < ms:
-                time.sleep_ms(1)
+                time.sleep_us(200)
             self.paced_ms += ms
         elif link is not None and not link.online:
             time.sleep_ms(ms)

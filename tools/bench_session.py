@@ -39,7 +39,9 @@ class Session:
         self.run = run
         self.measure = run.get("measure_heap", False)
         self.live_peak = 0
-        self.step_peak = 0
+        self.loop_peak = 0
+        self.loop_peak_at = None
+        self.construction_peak = 0
         if self.measure:
             gc.collect()
             self.code_heap = gc.mem_alloc()     # every module is imported by now
@@ -48,7 +50,7 @@ class Session:
                                                      run.get("meter_port"))
         if self.measure:
             # Construction: the same upper bound as for a step.
-            self.step_peak = gc.mem_alloc()
+            self.construction_peak = gc.mem_alloc()
             gc.enable()
         self.t0 = self.board.now_ms
         self.iterations = 0
@@ -74,8 +76,9 @@ class Session:
             gc.enable()
             if live > self.live_peak:
                 self.live_peak = live
-            if peak > self.step_peak:
-                self.step_peak = peak
+            if peak > self.loop_peak:
+                self.loop_peak = peak
+                self.loop_peak_at = self.sim_ms()
         else:
             st.step()
         self.iterations += 1
@@ -206,7 +209,9 @@ def main(argv):
         gc.collect()
         out["heap_live_peak"] = s.live_peak
         out["heap_code"] = s.code_heap
-        out["heap_step_peak"] = s.step_peak
+        out["heap_loop_peak"] = s.loop_peak
+        out["heap_loop_peak_at_ms"] = s.loop_peak_at
+        out["heap_construction_peak"] = s.construction_peak
     out["heap_end_alloc"] = gc.mem_alloc()
     out["heap_end_free"] = gc.mem_free()
     say({"result": out})
