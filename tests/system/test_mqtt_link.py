@@ -285,13 +285,14 @@ def test_backoff_doubles_with_jitter_up_to_the_maximum(tmp_dir):
             last[0] = st.link.attempts
             times.append(st.now)
         return False
-    st.run(60000, attempts, real_s=0)
+    st.run(60000, attempts, real_s=0.0002)
     gaps = [ticks_diff(b, a) for a, b in zip(times, times[1:])]
     # Delay d = min(1 s * 2^k, 8 s), jittered into [d/2, d]; rand() gave 0, so d/2 (+ the
-    # steps the refused connect takes to be seen).
+    # few steps the refused connect takes to be seen).
     expected = [500, 1000, 2000, 4000, 4000, 4000]
+    assert len(gaps) >= len(expected)
     for gap, want in zip(gaps, expected):
-        assert want <= gap <= want + 3 * STEP_MS, gaps
+        assert want <= gap <= want + 10 * STEP_MS, gaps
     assert draws[:6] == [501, 1001, 2001, 4001, 4001, 4001]
     assert not st.link.online
 
