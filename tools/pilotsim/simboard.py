@@ -82,7 +82,7 @@ class SimBoard(_board.Board):
         m = self.model
         fe = self.frontend
         d = self.duty
-        if not self.powered:
+        if not self.powered or d < 0:
             hi = 0                      # no oscillator: the CP sits at 0 V (state E)
             lo = 0
         elif d >= _board.PILOT_STEADY_HIGH:
@@ -192,7 +192,13 @@ class SimBoard(_board.Board):
         return self.crash_text
 
     def reset(self):
+        # A reset releases every output before the firmware starts again: the coil drops,
+        # the pilot oscillator is undriven until the new firmware's first tick.
         self.reset_requests += 1
+        self.set_contactor(False)
+        self.rcd_test_on = False
+        self.lock = False
+        self.duty = -1
         raise SimReset()
 
     def wall_time(self):
