@@ -130,16 +130,24 @@ def main(argv=None, out=None):
     if len(files) > 1 and args.trace:
         out.write("--trace takes one file; traces go to %s\n" % TRACE_DIR)
         return 2
-    ok = True
+    passed = []
+    failed = []
+    skipped = []
     for f in files:
+        name = os.path.basename(f)
         try:
-            ok = _play(f, args, out) and ok
+            (passed if _play(f, args, out) else failed).append(name)
         except _scenario.ScenarioError as e:
             out.write("%s\n" % e)
             return 2
         except orchestrate.PeerMissing as e:
             out.write("skipped: %s\n" % e)
-    return 0 if ok else 1
+            skipped.append(name)
+    if len(files) > 1:
+        out.write("%d scenarios: %d passed, %d failed%s, %d skipped\n" % (
+            len(files), len(passed), len(failed),
+            (" (" + ", ".join(failed) + ")") if failed else "", len(skipped)))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
