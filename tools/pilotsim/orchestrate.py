@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
 from tools.pilotsim import annexa
@@ -44,6 +45,7 @@ class RunResult:
         self.broker = False
         self.meter = False
         self.notes = []
+        self.wall_s = 0.0           # wall time the firmware process ran
 
     @property
     def end(self):
@@ -202,6 +204,7 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
                              run_path], cwd=ROOT, env=micropython_env(fakes=False),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                             text=True, bufsize=1)
+    started = time.monotonic()
     timer = threading.Timer(timeout_s, proc.kill)
     timer.start()
     cleanup.append(timer.cancel)
@@ -228,6 +231,7 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
                 live(rec)
     finally:
         res.returncode = proc.wait()
+        res.wall_s = time.monotonic() - started
         timer.cancel()
         err.close()
         with open(err_path) as f:
@@ -335,6 +339,8 @@ def format_summary(res):
                      " paced to wall time" % (stats.get("ticks", 0), stats.get("meter_pushes", 0),
                                               stats.get("commands", 0),
                                               stats.get("paced_ms", 0) // 1000))
+        lines.append("  %.1f s simulated in %.1f s of wall time" % (end.get("t", 0) / 1000,
+                                                                   res.wall_s))
     if res.returncode:
         lines.append("  firmware process exit code %d" % res.returncode)
         if res.stderr:
