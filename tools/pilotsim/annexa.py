@@ -12,6 +12,8 @@ labelled "config" in the report). "At once" (E, F, diode fault, residual-current
 checked against the tightest Annex A time, 100 ms.
 """
 
+from tools.pilotsim.model import offered_ma
+
 PWM_MIN = 1
 PWM_MAX = 999
 
@@ -94,6 +96,11 @@ class Timeline:
             if pred(r):
                 return r
         return None
+
+    def injected(self, name):
+        """Times at which the fault `name` was switched on."""
+        return [s["t"] for s in self.steps
+                if s["k"] == "fault" and s["name"] == name and s.get("on")]
 
     def cfg(self, key, default):
         return self.config.get(key, default)
@@ -300,8 +307,7 @@ def _latched_until_a(tl, t0, code):
 def _welded(tl):
     out = []
     limit = tl.cfg("welded_check_ms", 1000) + 100
-    injected = [s["t"] for s in tl.steps if s["k"] == "fault" and s["name"] == "contactor_welded"
-                and s.get("on")]
+    injected = tl.injected("contactor_welded")
     if not injected:
         return out
     t_inj = injected[0]
@@ -324,8 +330,7 @@ def _welded(tl):
 def _not_closing(tl):
     out = []
     limit = tl.cfg("contactor_close_timeout_ms", 1000) + 100
-    injected = [s["t"] for s in tl.steps
-                if s["k"] == "fault" and s["name"] == "contactor_stuck_open" and s.get("on")]
+    injected = tl.injected("contactor_stuck_open")
     if not injected:
         return out
     cmd = tl.first(injected[0], lambda x: x["contactor"] and not x["mirror"])
@@ -343,8 +348,7 @@ def _not_closing(tl):
 
 def _selftest(tl):
     out = []
-    injected = [s["t"] for s in tl.steps
-                if s["k"] == "fault" and s["name"] == "rcd_selftest_fail" and s.get("on")]
+    injected = tl.injected("rcd_selftest_fail")
     if not injected:
         return out
     limit = tl.cfg("rcd_selftest_timeout_ms", 500) + 100
@@ -511,19 +515,6 @@ def _limit_applied(tl, records):
     return out
 
 
-def ev_reads_ma(duty):
-    """The current an EV reads from a duty (IEC 61851-1 Table A.8), 0 when none."""
-    if duty < 80 or duty >= 1000:
-        return 0
-    if duty <= 100:
-        return 6000
-    if duty <= 850:
-        return duty * 60
-    if duty <= 960:
-        return (duty - 640) * 250
-    return 0
-
-
 def _duty_within_limits(tl):
     """Whenever the PWM runs, the current it codes (as the EV reads it) stays within the
     installation's max_current_ma and the cable's PP rating (IEC 61851-1 Annex B)."""
@@ -533,8 +524,8 @@ def _duty_within_limits(tl):
     limit = tl.cfg("max_current_ma", 32000)
     if tl.cable_a:
         limit = min(limit, tl.cable_a * 1000)
-    worst = max(pwm, key=lambda r: ev_reads_ma(r["duty"]))
-    got = ev_reads_ma(worst["duty"])
+    worst = max(pwm, key=lambda r: offered_ma(r["duty"]))
+    got = offered_ma(worst["duty"])
     return [Check("duty_within_limits", "PWM offers <= installation and cable rating",
                   pwm[0]["t"], None, "<= %d A" % (limit // 1000), got <= limit,
                   "highest %.1f A at %d ms" % (got / 1000, worst["t"]))]
