@@ -432,7 +432,7 @@ class Runner:
                 and t - self._last_push < METER_PUSH_MS):
             return
         currents = [i if p < self.ev.phases else 0 for p in range(3)]
-        volts = [self.meter_voltage_dv if p < self.ev.phases else 0 for p in range(3)]
+        volts = [self.meter_voltage_dv] * 3     # the supply is there whatever the EV uses
         power = self.ev.phases * i * self.meter_voltage_dv // 10000 if i else 0
         self.channel.request({"req": "meter", "t": t, "voltage_dv": volts,
                               "current_ma": currents, "power_w": power,
