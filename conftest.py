@@ -1,5 +1,7 @@
 # pytest configuration shared by all tests: the project root and the fake ESP32 modules
-# (machine, esp32, network) are importable, as they are on the unix port's MICROPYPATH.
+# (machine, esp32, network) are importable, as they are on the unix port's MICROPYPATH, and
+# so is umqtt.simple from micropython-lib (appended, so that micropython-lib's own `logging`
+# never shadows the standard library's).
 import os
 import sys
 
@@ -7,3 +9,6 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 for p in (ROOT, os.path.join(ROOT, "tests", "fakes")):
     if p not in sys.path:
         sys.path.insert(0, p)
+_MPLIB = os.path.join(ROOT, "build", "mplib")
+if _MPLIB not in sys.path:
+    sys.path.append(_MPLIB)

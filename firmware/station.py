@@ -100,7 +100,7 @@ class Station:
         held = [r.id for r in self.outbox.records() if r.kind == KIND_SESSION]
         for rec in self.sessions.pop_completed():
             if rec["id"] not in held:
-                self.outbox.put(KIND_SESSION, rec)
+                self._deliver(KIND_SESSION, rec)
         current = self
 
     # -- configuration ----------------------------------------------------------------------
@@ -185,7 +185,7 @@ class Station:
             self._on_event(ev)
         self._storage_op(self.sessions.tick, now)
         for rec in self.sessions.pop_completed():
-            self.outbox.put(KIND_SESSION, rec)
+            self._deliver(KIND_SESSION, rec)
         if self.link is not None:
             self._comms(now)
             self.link.step(now)
@@ -247,7 +247,7 @@ class Station:
             if wall is not None:
                 rec["time"] = wall
             # Fault events must reach the backend: outbox (persisted, resent until acked).
-            self.outbox.put(KIND_FAULT, rec)
+            self._deliver(KIND_FAULT, rec)
         elif kind == EV_OFFER:
             self._queue_event({"type": "offer", "offered_ma": a, "limit": LIMIT_NAMES[b],
                                "t_ms": t})
@@ -257,6 +257,13 @@ class Station:
             self._queue_event({"type": "wakeup", "active": bool(a), "t_ms": t})
         else:
             self._queue_event({"type": KIND_NAMES[kind], "a": a, "b": b, "t_ms": t})
+
+    def _deliver(self, kind, rec):
+        # Without a backend nothing would ever acknowledge a record: session records then
+        # stay pending in the session journal (and go out at the first boot with a
+        # backend); fault events stay in the fault history and counters.
+        if self.link is not None:
+            self.outbox.put(kind, rec)
 
     def _queue_event(self, fields):
         if self.link is not None:

@@ -20,8 +20,13 @@ def held_records(station, kind):
     return [r for r in station.outbox.records() if r.kind == kind]
 
 
+# A backend address that nothing answers on (loopback, closed port): the link exists and
+# records go to the outbox; no test here waits for a connection.
+BACKEND = {"mqtt_host": "127.0.0.1", "mqtt_port": 9}
+
+
 class Rig:
-    def __init__(self, fs=None, config=None, start_ms=0):
+    def __init__(self, fs=None, config=BACKEND, start_ms=0):
         self.fs = fs if fs is not None else PowerCutFs()
         self.board = SimBoard(start_ms=start_ms)
         self.station = Station(self.board, config=config, store=Store("/data", self.fs))
@@ -50,9 +55,9 @@ class Rig:
             m.s2 = s2
         m.update()
 
-    def reboot(self):
+    def reboot(self, config=BACKEND):
         self.fs.restart()
-        return Rig(self.fs, start_ms=self.board.now_ms + 5000)
+        return Rig(self.fs, config=config, start_ms=self.board.now_ms + 5000)
 
 
 class ChargingSession(unittest.TestCase):
@@ -99,6 +104,19 @@ class ChargingSession(unittest.TestCase):
         r3 = r2.reboot()
         self.assertEqual(held_records(r3.station, KIND_SESSION), [])
         self.assertEqual(r3.station.sessions.pending(), [])
+
+    def test_without_a_backend_records_wait_in_the_session_journal(self):
+        r = Rig(config={})
+        self.assertIsNone(r.station.link)
+        r.run(50)
+        r.ev(plugged=True)
+        r.run(1000)
+        r.ev(plugged=False)
+        r.run(500)
+        self.assertEqual(len(r.station.outbox), 0)
+        self.assertEqual(len(r.station.sessions.pending()), 1)
+        r2 = r.reboot()                                  # now with a backend configured
+        self.assertEqual(len(held_records(r2.station, KIND_SESSION)), 1)
 
     def test_power_loss_mid_session_is_closed_as_power_loss(self):
         r = Rig()
