@@ -33,6 +33,8 @@ from tools.pilotsim.simboard import SimBoard, SimReset
 HEARTBEAT_MS = 1000          # a trace record at least this often
 METER_PUSH_MS = 500          # meter registers refreshed at least this often while energy flows
 CMD_SETTLE_MS = 5000         # pace 1:1 at most this long waiting for a command's reply
+ACK_SETTLE_MS = 2000         # pace 1:1 at most this long while records wait for an ack
+END_DRAIN_MS = 300           # wall ms to collect messages still on their way at the end
 CMD_DELIVERY_CAP_MS = 2000   # wall ms the clock is held for the broker to deliver a command
 METER_WAIT_CAP_MS = 2000     # wall ms the clock is held for the meter peer's answer
 LINK_SETTLE_MS = 3000        # pace 1:1 at most this long for the link to come up
@@ -262,6 +264,8 @@ class Runner:
         self._wall0 = _wall_ms()
         self._sim0 = 0
         self._cmd_wait = None       # (id, until sim ms) while a command is unanswered
+        self._ack_since = None      # sim ms since which records wait for the backend's ack
+        self.net_stalled = False
         self._link_until = LINK_SETTLE_MS if self.backend else 0
         self._last = None
         self._last_emit = -HEARTBEAT_MS
@@ -310,7 +314,7 @@ class Runner:
                     break
                 time.sleep_ms(1)
             self._restart_speed(t)
-        paced = False
+        paced = self._ack_owed(t)
         if self._cmd_wait is not None:
             cid, until = self._cmd_wait
             if be.replies.get(cid) is not None or t >= until:
@@ -336,6 +340,28 @@ class Runner:
             lag = due - _wall_diff(_wall_ms(), self._wall0)
             if lag > 0:
                 time.sleep_ms(lag)
+
+    def _ack_owed(self, t):
+        """True while the station has records in flight that the backend should ack: the
+        round trip runs in wall time, so the clock follows it 1:1 (at most ACK_SETTLE_MS
+        per episode, and not while the scenario has the network stalled)."""
+        if self.backend is None or self.station is None or self.net_stalled:
+            return False
+        outbox = getattr(self.station, "outbox", None)
+        if outbox is None or not len(outbox):
+            self._ack_since = None
+            return False
+        in_flight = False
+        for r in outbox.records():
+            if r.sent_ms is not None:
+                in_flight = True
+                break
+        if not in_flight:
+            self._ack_since = None
+            return False
+        if self._ack_since is None:
+            self._ack_since = t
+        return t - self._ack_since < ACK_SETTLE_MS
 
     def _restart_speed(self, t):
         self._wall0 = _wall_ms()
@@ -387,6 +413,7 @@ class Runner:
                 self.meter_fault = n if on else None
                 self.channel.request({"req": "meter_fault", "mode": n if on else "ok"})
             elif n == "network_stall":
+                self.net_stalled = on
                 self.channel.request({"req": "network", "mode": "stall" if on else "ok"})
             elif n == "power_cut":
                 if on and self.station is not None:
@@ -499,6 +526,12 @@ class Runner:
             if t >= sc.duration_ms:
                 break
             b.sleep_ms(tick)
+        if self.backend is not None:
+            # What the station sent in its last iterations is still on its way.
+            start = _wall_ms()
+            while _wall_diff(_wall_ms(), start) < END_DRAIN_MS:
+                self.backend.poll()
+                time.sleep_ms(5)
         end = {"t": self.sim_ms(), "k": "end",
                "energy_wh": self.energy.wh - self.meter_start_wh, "meter_wh": self.energy.wh,
                "stats": self.stats,
