@@ -164,6 +164,13 @@ class Peers:
         if not mosquitto.available():
             raise BenchError("mosquitto is not installed (tools/setup.sh installs it)")
         self._stack = []
+        try:
+            self._start(mosquitto, MeterPeer, NetProxy)
+        except Exception:
+            self.close()
+            raise
+
+    def _start(self, mosquitto, MeterPeer, NetProxy):
         self.broker = mosquitto.Mosquitto()
         self.broker.start()
         self._stack.append(self.broker.close)
@@ -175,8 +182,8 @@ class Peers:
         self.hole = mosquitto.BlackHole()
         self._stack.append(self.hole.close)
         self.acks = 0
-        self._backend = self._start_backend()
         self.marks = {}
+        self._backend = self._start_backend()
 
     @staticmethod
     def _meter_values(current_ma, power_w, import_wh):
@@ -444,7 +451,7 @@ def part_idle(peers, tmp, quick, log):
               "bytes_per_hour_telemetry_300s": round(alt_per_hour),
               "telemetry_sent_300s": alt["telemetry_sent"],
               "wire_up": d["up"], "wire_down": d["down"],
-              "link_counted_bytes": link, "link_vs_wire": round(link / wire, 3) if wire else None,
+              "link_counted_bytes": link, "link_minus_wire": link - wire,
               "pings": result["pings"], "telemetry_sent": result["telemetry_sent"],
               "events_sent": result["events_sent"], "records_sent": result["records_sent"],
               "reconnects": result["reconnects"],
@@ -524,9 +531,14 @@ def part_boot(peers, tmp, quick):
         proc = subprocess.Popen([MICROPYTHON, "-m", "tools.bench_wall", path], cwd=MPY_DIR,
                                 env=unix_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        line = proc.stdout.readline()
-        t1 = time.monotonic()
-        _, err = proc.communicate(timeout=30)
+        timer = threading.Timer(30, proc.kill)
+        timer.start()
+        try:
+            line = proc.stdout.readline()
+            t1 = time.monotonic()
+            _, err = proc.communicate()
+        finally:
+            timer.cancel()
         try:
             ready = json.loads(line)["ready"]
         except (ValueError, KeyError):
@@ -590,7 +602,8 @@ def context():
         "machine": platform.machine(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "micropython": _version([MICROPYTHON, "-c", "import sys; print(sys.version)"]),
+        "micropython": _version([MICROPYTHON, "-c", "import sys; print(sys.version, "
+                                 "sys.implementation.version, sys.implementation._machine)"]),
         "mpy_cross": _version([deploy.MPY_CROSS, "--version"]),
         "mosquitto": _version([mosquitto.MOSQUITTO, "-h"]),
         "pymodbus": pymodbus_version,

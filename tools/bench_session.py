@@ -155,8 +155,7 @@ class Session:
         ob = self.station.outbox
 
         def acked():
-            self.sessions_done = self.station.counters.sessions
-            return self.sessions_done > 0 and not [
+            return self.station.counters.sessions > 0 and not [
                 r for r in ob.records() if r.kind == KIND_SESSION]
         self.run_until(acked, ACK_LIMIT_MS, TICK_MS, "session record acknowledged")
         self.mark("acked")

@@ -104,10 +104,14 @@ def test_code_size_is_the_sum_over_every_device_file(quick):
 def test_mqtt_bytes_on_the_wire_match_the_links_own_count_and_simulated_time(quick):
     report, _ = quick
     idle = report["details"]["idle"]
-    assert idle["link_vs_wire"] == 1.0
-    # keepalive 60 s -> a PINGREQ every 30 s; telemetry every 60 s (simulated time)
-    assert idle["pings"] == idle["idle_sim_s"] // 30
-    assert idle["telemetry_sent"] == idle["idle_sim_s"] // 60
+    # The link counts a packet when it reads it, the relay when it passes it: at each edge
+    # of the window a PINGRESP (2 bytes) may be counted by one and not yet by the other.
+    assert abs(idle["link_minus_wire"]) <= 4
+    assert idle["link_counted_bytes"] > 0
+    # keepalive 60 s -> a PINGREQ every 30 s; telemetry every 60 s (simulated time); the
+    # window's edges may cut one of each either way.
+    assert abs(idle["pings"] - idle["idle_sim_s"] // 30) <= 1
+    assert abs(idle["telemetry_sent"] - idle["idle_sim_s"] // 60) <= 1
     assert idle["bytes_per_hour_telemetry_300s"] < report["mqtt_idle_bytes_per_hour"]
     assert report["mqtt_session_bytes"] > 0
 
