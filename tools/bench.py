@@ -28,7 +28,8 @@ from tools.devicefiles import MICROPYTHON, ROOT
 
 BUILD = os.path.join(ROOT, "build")
 OUT_FILE = os.path.join(BUILD, "bench.json")
-MPY_DIR = os.path.join(BUILD, "bench", "mpy")
+# The compiled tree of the run in progress: in the run's temp dir, so runs never share one.
+_tree = [None]
 MPLIB = os.path.join(BUILD, "mplib")
 # The unix-port side of the benchmarks, compiled with the device files so that the heap
 # holds bytecode as on the device (no compiler run at import).
@@ -76,16 +77,15 @@ class BenchError(RuntimeError):
 
 # -- running the unix port ------------------------------------------------------------------
 
-def compile_tree(log):
-    """mpy-cross the device files (their sizes are mpy_total_bytes) and the harness."""
-    if os.path.isdir(MPY_DIR):
-        shutil.rmtree(MPY_DIR)
-    sizes, failed = deploy.compile_all(out_dir=MPY_DIR, log=log)
+def compile_tree(out_dir, log):
+    """mpy-cross the device files (their sizes are mpy_total_bytes) and the harness into
+    out_dir, which the unix-port runs then use."""
+    sizes, failed = deploy.compile_all(out_dir=out_dir, log=log)
     if failed:
         raise BenchError("mpy-cross failed on %s" % ", ".join(failed))
-    _, hfailed = deploy.compile_all(files=list(HARNESS), out_dir=MPY_DIR, log=log)
+    _, hfailed = deploy.compile_all(files=list(HARNESS), out_dir=out_dir, log=log)
     for rel in MPLIB_FILES:
-        target = os.path.join(MPY_DIR, rel[:-3] + ".mpy")
+        target = os.path.join(out_dir, rel[:-3] + ".mpy")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         r = subprocess.run([deploy.MPY_CROSS, "-o", target, rel], cwd=MPLIB,
                            capture_output=True, text=True)
@@ -93,18 +93,20 @@ def compile_tree(log):
             hfailed.append(rel)
     if hfailed:
         raise BenchError("mpy-cross failed on %s" % ", ".join(hfailed))
+    _tree[0] = out_dir
     return sizes
 
 
 def unix_env():
     env = dict(os.environ)
-    env["MICROPYPATH"] = ".frozen:" + MPY_DIR
+    env["MICROPYPATH"] = ".frozen:" + _tree[0]
     return env
 
 
 def run_unix(module, run_cfg, tmp, heap_kb=None, handler=None, timeout_s=120, on_line=None):
     """Run `micropython -m module RUN.json` from the compiled tree. Answers its requests
-    with handler(record) (-> "ok"). Returns (returncode, result, stderr)."""
+    with handler(record) (-> "ok"). Returns (returncode, result, stderr); a "failed" line
+    from the run is appended to stderr."""
     path = os.path.join(tmp, "run-%s.json" % module.rsplit(".", 1)[-1])
     with open(path, "w") as f:
         json.dump(run_cfg, f)
@@ -114,9 +116,10 @@ def run_unix(module, run_cfg, tmp, heap_kb=None, handler=None, timeout_s=120, on
     cmd += ["-m", module, path]
     err_path = path + ".stderr"
     result = None
+    failed = None
     with open(err_path, "w") as err:
         # cwd is the compiled tree: "" on sys.path must not find the .py sources.
-        proc = subprocess.Popen(cmd, cwd=MPY_DIR, env=unix_env(), stdin=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, cwd=_tree[0], env=unix_env(), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
         timer = threading.Timer(timeout_s, proc.kill)
         timer.start()
@@ -137,11 +140,16 @@ def run_unix(module, run_cfg, tmp, heap_kb=None, handler=None, timeout_s=120, on
                     proc.stdin.flush()
                 elif "result" in rec:
                     result = rec["result"]
+                elif "failed" in rec:
+                    failed = rec
         finally:
             rc = proc.wait()
             timer.cancel()
     with open(err_path) as f:
         stderr = f.read()
+    if failed is not None:
+        stderr += "\n%s (link: %s; faults: %s)" % (failed["failed"], failed["mqtt_last_error"],
+                                                  ", ".join(failed["faults"]) or "none")
     return rc, result, stderr
 
 
@@ -262,7 +270,7 @@ def part_tick(tmp, quick):
     storage = os.path.join(tmp, "tick")
     os.makedirs(storage, exist_ok=True)
     cmd = [MICROPYTHON, "-m", "tools.bench_tick", storage] + (["quick"] if quick else [])
-    r = subprocess.run(cmd, cwd=MPY_DIR, env=unix_env(), capture_output=True, text=True,
+    r = subprocess.run(cmd, cwd=_tree[0], env=unix_env(), capture_output=True, text=True,
                        timeout=300)
     if r.returncode:
         raise BenchError("bench_tick failed: %s" % r.stderr[-1500:])
@@ -309,7 +317,7 @@ def firmware_code_heap():
     code = ("import gc\ngc.collect()\na = gc.mem_alloc()\n"
             "import firmware.station, firmware.mqtt_link, firmware.meter_service\n"
             "gc.collect()\nprint(gc.mem_alloc() - a)\n")
-    r = subprocess.run([MICROPYTHON, "-X", "heapsize=4M", "-c", code], cwd=MPY_DIR,
+    r = subprocess.run([MICROPYTHON, "-X", "heapsize=4M", "-c", code], cwd=_tree[0],
                        env=unix_env(), capture_output=True, text=True, timeout=30)
     if r.returncode:
         raise BenchError("firmware import failed: %s" % r.stderr[-800:])
@@ -354,7 +362,7 @@ def part_session(peers, tmp, quick, log):
 
 def part_heap_min(peers, tmp, quick, upper_kb, live_peak, step_peak, log):
     """Smallest -X heapsize (KB) with which the session completes (normal GC)."""
-    step = 4 if quick else 1
+    step = 8 if quick else 1
     tried = {}
 
     def completes(kb):
@@ -411,6 +419,8 @@ def modbus_min_bytes(meter_map):
 
 
 IDLE_STEP_MS = 100
+IDLE_S = {False: 3600, True: 300}           # simulated seconds counted (full, --quick)
+WALL_TRIALS = {False: 30, True: 4}
 
 
 def _idle_run(peers, tmp, idle_s, extra, tag):
@@ -430,12 +440,12 @@ def _idle_run(peers, tmp, idle_s, extra, tag):
 def part_idle(peers, tmp, quick, log):
     from firmware.config import SCHEMA
     from firmware.meters import load_map
-    idle_s = 600 if quick else 3600
+    idle_s = IDLE_S[quick]
     result, d, per_hour = _idle_run(peers, tmp, idle_s, None, "default")
     wire = d["up"] + d["down"]
     link = result["link_sent"] + result["link_received"]
     # The same hour with the telemetry interval at 300 s: what the interval costs.
-    alt, _d2, alt_per_hour = _idle_run(peers, tmp, 600 if quick else 1200,
+    alt, _d2, alt_per_hour = _idle_run(peers, tmp, 300 if quick else 1200,
                                        {"telemetry_interval_s": 300}, "t300")
     polls = result["meter_cycles"] - result["meter_failed"]
     if polls <= 0:
@@ -474,7 +484,7 @@ def part_naive(peers, tmp, quick):
     storage = os.path.join(tmp, "naive")
     os.makedirs(storage, exist_ok=True)
     peers.marks = {}
-    seconds = 600 if quick else 3600
+    seconds = IDLE_S[quick]
     cfg = peers.station_config()
     run = {"storage": storage, "config": cfg, "seconds": seconds}
     result = _need(*run_unix("tools.bench_naive", run, tmp, handler=peers.handle),
@@ -494,7 +504,7 @@ def part_wall(peers, tmp, quick):
            "mqtt_connect_timeout_ms": 500, "mqtt_backoff_min_ms": 100,
            "mqtt_backoff_max_s": 1, "b_to_c_debounce_ms": 0}
     run = {"mode": "wall", "storage": storage, "config": cfg,
-           "meter_port": peers.meter.port, "trials": 8 if quick else 30}
+           "meter_port": peers.meter.port, "trials": WALL_TRIALS[quick]}
     result = _need(*run_unix("tools.bench_wall", run, tmp, timeout_s=240),
                    what="wall-clock reaction")
     us = sorted(result["reactions_us"])
@@ -528,7 +538,7 @@ def part_boot(peers, tmp, quick):
     n = 2 if quick else 6
     for i in range(n):
         t0 = time.monotonic()
-        proc = subprocess.Popen([MICROPYTHON, "-m", "tools.bench_wall", path], cwd=MPY_DIR,
+        proc = subprocess.Popen([MICROPYTHON, "-m", "tools.bench_wall", path], cwd=_tree[0],
                                 env=unix_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         timer = threading.Timer(30, proc.kill)
@@ -685,7 +695,7 @@ def main(argv=None, out=None):
     try:
         sizes = None
         try:
-            sizes = compile_tree(lambda s: None)
+            sizes = compile_tree(os.path.join(tmp, "mpy"), lambda s: None)
         except BenchError as e:
             errors["mpy"] = str(e)
         if sizes is not None:

@@ -66,8 +66,9 @@ class Pacer:
     """SimBoard.pacer: simulated time runs as fast as the firmware computes, except while
     a real peer owes an answer. A Modbus request in flight waits (in wall time, at most the
     simulated step) for the first byte of the reply, so meter_timeout_ms keeps its meaning
-    against the real pymodbus peer; while the link is not online the clock runs 1:1 with
-    wall time, so mqtt_connect_timeout_ms does too."""
+    against the real pymodbus peer; until the link has been online once the clock runs 1:1
+    with wall time, so the first connection is not timed out by a clock racing ahead.
+    Later reconnections run unpaced (loopback answers within a simulated step or two)."""
 
     def __init__(self, uart=None):
         self.uart = uart
@@ -82,7 +83,7 @@ class Pacer:
             while not u.uart.any() and ticks_diff(time.ticks_ms(), start) < ms:
                 time.sleep_us(200)
             self.paced_ms += ms
-        elif link is not None and not link.online:
+        elif link is not None and not link.online and not link.connects:
             time.sleep_ms(ms)
             self.paced_ms += ms
 

@@ -196,7 +196,13 @@ class Session:
 def main(argv):
     run = read_json(argv[1])
     s = Session(run)
-    out = s.session() if run["mode"] == "session" else s.idle()
+    try:
+        out = s.session() if run["mode"] == "session" else s.idle()
+    except RuntimeError as e:
+        link = s.station.link
+        say({"failed": str(e), "mqtt_last_error": link.last_error if link else None,
+             "faults": s.station.faults.active_names()})
+        raise
     st = s.station
     out["iterations"] = s.iterations
     out["sim_ms"] = s.sim_ms()
