@@ -209,6 +209,11 @@ class SessionManager:
         except (StorageError, SessionError, ValueError, TypeError) as e:
             self.error = "session.live: %s" % (e.args[0] if e.args else type(e).__name__)
 
+    @property
+    def recovering(self):
+        """True while a session cut by a reset waits for recover()."""
+        return self._orphan is not None
+
     def recover(self, now_ms, import_wh=None):
         """Close the session that was live when power failed, as "power_loss", with the
         values of its last checkpoint. `import_wh`: the meter's import register now; energy

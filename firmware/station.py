@@ -37,6 +37,7 @@ _EVENTS_PER_STEP = 8        # charger events handled per iteration (the ring hol
 _REBOOT_GRACE_MS = 1000     # the reply goes out before the restart
 _REBOOT_FORCE_MS = 7000     # a charging EV gets pwm_off_open_ms to stop first
 _MAX_EXPIRES_MS = 1 << 28   # ticks stay comparable for 2**29 ms: keep well inside
+_RECOVER_WAIT_MS = 5000     # longest wait at boot for the meter to close a cut session
 
 current = None              # the running station, for the REPL diagnostics (diag.py)
 
@@ -63,8 +64,14 @@ class Station:
 
         uart = board.meter_uart(self.cfg["meter_baud"], self.cfg["meter_parity"])
         self.meter = None
+        self._recover_until = None
         if uart is not None:
             self.meter = MeterService(self.cfg, uart)
+            # A session cut by a reset is closed with the meter's register once it answers
+            # (the energy after the last checkpoint counts); until then its events wait in
+            # the ring, so a plug-in seen at boot does not start a new session first.
+            if self.sessions.recovering:
+                self._recover_until = ticks_add(now, _RECOVER_WAIT_MS)
         else:
             # No meter to read the register from: a session cut by a reset closes now with
             # its last checkpoint. With a meter it closes on the first reading (or once the
@@ -81,7 +88,6 @@ class Station:
             from firmware.mqtt_link import MqttLink
             self.link = MqttLink(self.cfg, self.cfg["station_id"], self.outbox, self)
         self._fallback = False
-        self._offline_fault = False
 
         self._reboot_at = None
         self._reboot_deadline = None
@@ -178,6 +184,8 @@ class Station:
     def _service(self, now):
         if self.meter is not None:
             self._poll_meter(now)
+        if self._recover_until is not None and not self._recovered(now):
+            return
         for _ in range(_EVENTS_PER_STEP):
             ev = self.events.pop()
             if ev is None:
@@ -213,6 +221,16 @@ class Station:
             phase[2] = cur[2]
             if not m.implausible:
                 self.sessions.on_meter(now, m.import_wh, m.power_w, True)
+
+    def _recovered(self, now):
+        # The first valid meter reading recovers (SessionManager.on_meter); a meter that
+        # does not answer leaves the checkpoint's values.
+        if self.meter.stale or ticks_diff(now, self._recover_until) >= 0:
+            self._storage_op(self.sessions.recover, now)
+        if self.sessions.recovering:
+            return False
+        self._recover_until = None
+        return True
 
     def _fault_flag(self, code, on, now):
         if on:
@@ -465,11 +483,15 @@ class Station:
         self.board.reset()
 
     def shutdown(self, reason):
-        """Open the contactor, save what is pending and say goodbye (before a reset)."""
+        """Open the contactor, close the running session with `reason` (its record is on
+        flash before the reset), save the counters and say goodbye."""
         b = self.board
         b.set_contactor(False)
         b.set_pilot(1000)
-        self._storage_op(self.counters.save, b.ticks_ms())
+        now = b.ticks_ms()
+        if self.sessions.active is not None:
+            self._storage_op(self.sessions.end, now, reason)
+        self._storage_op(self.counters.save, now)
         if self.link is not None:
             self.link.close(reason)
 

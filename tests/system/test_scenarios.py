@@ -58,9 +58,6 @@ def test_library_covers_every_fault_and_sequence():
                 assert code in sc.expect.get("faults", []), (sc.name, code)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the session cut by a power loss is closed"
-                   " from its last flash checkpoint, not from the meter read at boot, so the"
-                   " energy since that checkpoint is missing from the record")
 def test_power_cut_session_record_keeps_the_metered_energy():
     path = [p for p in LIBRARY if p.endswith("power-cut.json")][0]
     try:
@@ -77,9 +74,6 @@ def test_power_cut_session_record_keeps_the_metered_energy():
     assert lost[0]["energy_wh"] >= delivered - 2, (lost[0], delivered)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: a reboot commanded by the backend resets"
-                   " without closing the running session, which boot then closes as"
-                   " power_loss from its last checkpoint (energy and times missing)")
 def test_reboot_closes_the_running_session_with_its_energy():
     path = [p for p in LIBRARY if p.endswith("reboot.json")][0]
     try:

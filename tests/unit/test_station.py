@@ -246,6 +246,10 @@ class Commands(unittest.TestCase):
             r.run(10000)
         self.assertFalse(r.board.contactor_cmd)
         self.assertEqual(r.board.reset_requests, 1)
+        # The session is closed as "reboot" before the reset, not left for power-loss recovery.
+        recs = r.reboot().station.outbox.records()
+        self.assertEqual([x.data["stop_reason"] for x in recs if x.kind == KIND_SESSION],
+                         ["reboot"])
 
 
 class SafetyTickAllocation(unittest.TestCase):
