@@ -87,6 +87,15 @@ class Timeline:
             cur = r
         return cur
 
+    def first_from(self, t0, pred):
+        """(t, record): the first time from t0 on at which pred holds, counting the record
+        in force at t0 (records are written on change only); (None, None) if never."""
+        cur = self.at(t0)
+        if cur is not None and pred(cur):
+            return t0, cur
+        r = self.first(t0, pred)
+        return (None, None) if r is None else (r["t"], r)
+
     def first(self, t0, pred, until=None):
         for r in self.ticks:
             if r["t"] < t0:
@@ -96,6 +105,20 @@ class Timeline:
             if pred(r):
                 return r
         return None
+
+    def fault_on(self, name, t):
+        """Whether the injected fault `name` is on at t (by the last step at or before t)."""
+        on = False
+        for s in self.steps:
+            if s["t"] > t:
+                break
+            if s["k"] == "fault" and s["name"] == name:
+                on = bool(s.get("on"))
+        return on
+
+    def pilot_hidden(self, t):
+        """The EV's circuit cannot be seen at t: CP wire open or PE lost."""
+        return self.fault_on("cp_open", t) or self.fault_on("pe_loss", t)
 
     def injected(self, name):
         """Times at which the fault `name` was switched on."""
@@ -136,19 +159,36 @@ def _plug_in(tl):
     out = []
     for s in tl.steps:
         if s["k"] == "ev" and s["name"] == "plug":
+            prior = tl.before(s["t"])
+            if (prior is not None and prior["ev"] != "A") or tl.pilot_hidden(s["t"]) \
+                    or tl.fault_on("cp_short_pe", s["t"]):
+                continue            # already plugged, or the EV cannot be seen
             r = tl.first(s["t"], lambda r: r["state"] != "A")
             if r is None:
                 out.append(Check("plug_in", "A->B plug-in detected", s["t"], None,
                                  "<= %d ms (project)" % PLUG_DETECT_MS, False, "never left A"))
                 continue
             dt = r["t"] - s["t"]
-            early = tl.first(s["t"], lambda x: x["contactor"] == 1 and x["ev"] == "B",
-                             until=r["t"] + 1000)
+            early = _closes_in_b(tl, s["t"], r["t"] + 1000)
             ok = dt <= PLUG_DETECT_MS and early is None
             out.append(Check("plug_in", "A->B plug-in detected (contactor stays open)",
                              s["t"], dt, "<= %d ms (project)" % PLUG_DETECT_MS, ok,
                              "now %s" % r["state"]))
     return out
+
+
+def _closes_in_b(tl, t0, t1):
+    """The first tick in [t0, t1] at which the coil closes while the EV only signals B."""
+    prev = tl.before(t0)
+    for r in tl.ticks:
+        if r["t"] < t0:
+            continue
+        if r["t"] > t1:
+            break
+        if r["contactor"] and r["ev"] == "B" and (prev is None or not prev["contactor"]):
+            return r
+        prev = r
+    return None
 
 
 def _close_in_c(tl):
@@ -257,22 +297,25 @@ def _faults(tl):
         if name in ("contactor_welded", "contactor_stuck_open", "ev_overdraw",
                     "meter_silent", "meter_garbage", "network_stall", "rcd_selftest_fail"):
             continue                # handled below / elsewhere with their own start time
-        r = tl.first(t0, lambda x: code in x["faults"])
+        was_closed = _closed_at(tl, t0)
+        t0 = _detectable_from(tl, name, t0)
+        if t0 is None:
+            continue                # never observable while injected (no PWM, EV hidden, ...)
+        t_raised, r = tl.first_from(t0, lambda x: code in x["faults"])
         if r is None:
             out.append(Check("fault_raised", "%s -> %s raised" % (name, code), t0, None,
                              "<= %d ms" % ANNEX_A_OPEN_MS, False, "never raised"))
             continue
-        was_closed = _closed_at(tl, t0)
         if was_closed:
             out.append(_open_within(tl, "%s_open" % _SEQ[name],
                                     "%s while charging -> open at once" % code, t0,
                                     ANNEX_A_OPEN_MS))
         else:
-            dt = r["t"] - t0
+            dt = t_raised - t0
             out.append(Check("fault_raised", "%s -> %s raised" % (name, code), t0, dt,
                              "<= %d ms" % ANNEX_A_OPEN_MS, dt <= ANNEX_A_OPEN_MS))
         if name in ("diode_short", "rcd_trip"):
-            out.append(_latched_until_a(tl, r["t"], code))
+            out.append(_latched_until_a(tl, t_raised, code))
     out += _welded(tl)
     out += _not_closing(tl)
     out += _selftest(tl)
@@ -282,6 +325,47 @@ def _faults(tl):
 
 
 _SEQ = {"diode_short": "diode_fault", "cp_short_pe": "cp_short", "rcd_trip": "rcd_trip"}
+_CONFIRM_MS = 30            # the station confirms a pilot level on two readings (+ a tick)
+
+
+def _ev_at(tl, t, prev):
+    """What the EV signals at t: the tick record at t if there is one (steps at t act
+    before it), else the last one before."""
+    r = tl.at(t)
+    return (r or prev)["ev"]
+
+
+def _detectable_from(tl, name, t0):
+    """When an injected pilot fault first becomes observable to the station, or None.
+
+    A diode can only be checked while the PWM runs and the EV's circuit is on the line; a
+    CP short is seen once the station stops driving -12 V itself (it does not sample then);
+    a residual-current trip is a board input, seen at once. A fault switched off again
+    before the station could confirm it is not expected to be raised."""
+    def observable(r, t):
+        # r: the tick record whose outputs are on the line at t
+        if not tl.fault_on(name, t):
+            return False
+        if name == "diode_short":
+            return (_pwm(r["duty"]) and r["ev"] in ("B", "C", "D")
+                    and not tl.pilot_hidden(t) and not tl.fault_on("cp_short_pe", t))
+        if name == "cp_short_pe":
+            return r["duty"] != 0
+        return True
+    # At t0 the line still carries what the previous iteration put on it.
+    prev = tl.before(t0)
+    if prev is not None and observable(dict(prev, ev=_ev_at(tl, t0, prev)), t0):
+        start = t0
+    else:
+        r = tl.first(t0, lambda x: observable(x, x["t"]) or not tl.fault_on(name, x["t"]))
+        if r is None or not observable(r, r["t"]):
+            return None
+        start = r["t"]
+    off = next((s["t"] for s in tl.steps if s["t"] > start and s["k"] == "fault"
+                and s["name"] == name and not s.get("on")), None)
+    if off is not None and off - start < _CONFIRM_MS:
+        return None
+    return start
 
 
 def _latched_until_a(tl, t0, code):
@@ -290,7 +374,9 @@ def _latched_until_a(tl, t0, code):
     for r in tl.ticks:
         if r["t"] < t0:
             continue
-        if r["ev"] == "A" and r["state"] == "A":
+        # Unplugged - or the EV's circuit vanished from the line (CP open, PE lost), which
+        # the station cannot tell from an unplug.
+        if r["state"] == "A" and (r["ev"] == "A" or tl.pilot_hidden(r["t"])):
             held = r["t"] - t0
             return Check(seq, "%s latched until A" % code, t0, held, "until A", True,
                          "unplug at %d ms" % r["t"])
@@ -328,21 +414,37 @@ def _welded(tl):
 
 
 def _not_closing(tl):
+    """Coil on, mirror stays open: CONTACTOR_NOT_CLOSING within the close timeout, counted
+    from the coil-on that timed out (an EV that pauses restarts the wait)."""
     out = []
     limit = tl.cfg("contactor_close_timeout_ms", 1000) + 100
     injected = tl.injected("contactor_stuck_open")
     if not injected:
         return out
-    cmd = tl.first(injected[0], lambda x: x["contactor"] and not x["mirror"])
-    if cmd is None:
-        return out
-    r = tl.first(cmd["t"], lambda x: "CONTACTOR_NOT_CLOSING" in x["faults"])
-    dt = None if r is None else r["t"] - cmd["t"]
-    out.append(Check("not_closing_detected", "closed, mirror stays open -> CONTACTOR_NOT_CLOSING",
-                     cmd["t"], dt, "<= %d ms (config)" % limit, dt is not None and dt <= limit))
-    if r is not None:
-        out.append(_open_within(tl, "not_closing_open", "CONTACTOR_NOT_CLOSING -> coil off",
-                                r["t"], ANNEX_A_OPEN_MS))
+    since = None            # start of the present coil-on period without the mirror
+    for r in tl.ticks:
+        if r["t"] < injected[0]:
+            continue
+        if "CONTACTOR_NOT_CLOSING" in r["faults"]:
+            if since is not None:
+                dt = r["t"] - since
+                out.append(Check("not_closing_detected",
+                                 "closed, mirror stays open -> CONTACTOR_NOT_CLOSING", since,
+                                 dt, "<= %d ms (config)" % limit, dt <= limit))
+                out.append(_open_within(tl, "not_closing_open",
+                                        "CONTACTOR_NOT_CLOSING -> coil off", r["t"],
+                                        ANNEX_A_OPEN_MS))
+            return out
+        if r["contactor"] and not r["mirror"]:
+            if since is None:
+                since = r["t"]
+            elif r["t"] - since > limit:
+                out.append(Check("not_closing_detected",
+                                 "closed, mirror stays open -> CONTACTOR_NOT_CLOSING", since,
+                                 None, "<= %d ms (config)" % limit, False, "never raised"))
+                return out
+        else:
+            since = None
     return out
 
 

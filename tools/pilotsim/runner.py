@@ -377,8 +377,9 @@ class Runner:
         if step.kind == "ev":
             n = step.name
             if n == "plug":
-                m.plugged = True
-                m.s2 = S2_OPEN
+                if not m.plugged:       # a plugged EV cannot be plugged again
+                    m.plugged = True
+                    m.s2 = S2_OPEN
             elif n == "unplug":
                 m.plugged = False
                 m.s2 = S2_OPEN

@@ -192,13 +192,14 @@ class SimBoard(_board.Board):
         return self.crash_text
 
     def reset(self):
-        # A reset releases every output before the firmware starts again: the coil drops,
-        # the pilot oscillator is undriven until the new firmware's first tick.
+        # A reset releases every output: the coil drops, and the board comes back up the way
+        # the ESP32 board's constructor leaves it, pilot at steady +12 V (no current offered)
+        # before the new firmware's first tick samples it.
         self.reset_requests += 1
         self.set_contactor(False)
         self.rcd_test_on = False
         self.lock = False
-        self.duty = -1
+        self.duty = _board.PILOT_STEADY_HIGH
         raise SimReset()
 
     def wall_time(self):
