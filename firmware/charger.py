@@ -267,6 +267,11 @@ class Charger:
         """Ask to clear fault `code`; None when cleared, else the reason it was refused."""
         return self.faults.clear_request(code, bool(remote), self._now)
 
+    def pilot_unconfirmed(self):
+        """True when the last tick saw a new pilot level that awaits its confirming
+        reading (the station then samples again at once instead of a tick later)."""
+        return self._filter.pending()
+
     def effective_limit_ma(self):
         """min(max_current_ma, cable rating, backend limit, comms fallback, thermal); under
         6000 means pause. `limit_why()` names the binding one."""

@@ -115,6 +115,10 @@ class PilotFilter:
         self._candidate = PILOT_HOLD
         self._count = 0
 
+    def pending(self):
+        """True while a reading differs from the confirmed level and awaits confirmation."""
+        return self._count > 0
+
     def update(self, raw):
         """Feed one raw reading; return the confirmed level (PILOT_HOLD until the first one)."""
         if raw == PILOT_HOLD:

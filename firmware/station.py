@@ -55,6 +55,10 @@ class Station:
         self.events = EventRing(64)
         self.faults = FaultSet(self.events)
         self.charger = Charger(self.cfg, self.events, self.faults)
+        # Outputs to the charger's initial state before the first sample: a pilot read while
+        # nothing drives it would be taken for a fault.
+        board.set_contactor(False)
+        board.set_pilot(self.charger.duty_pm)
         self.counters = Counters.from_config(self.cfg, self.store)
         self._storage_op(self.counters.boot, now)
         self.boot_id = self.counters.boots
@@ -144,6 +148,23 @@ class Station:
         [tick] method of firmware.board.Board."""
         b = self.board
         c = self.charger
+        self._sense()
+        c.tick(now)
+        if c.pilot_unconfirmed():
+            # A new pilot level needs a second equal reading: take it now rather than a
+            # tick later, so an unplug or C->B opens within one tick, not two.
+            self._sense()
+            c.tick(b.ticks_ms())
+        b.set_contactor(c.contactor)
+        b.set_pilot(c.duty_pm)
+        b.set_rcd_test(c.rcd_test)
+        b.set_lock(c.lock)
+        b.set_led(c.led)
+        b.feed_watchdog()
+
+    def _sense(self):
+        b = self.board
+        c = self.charger
         b.sample_pilot()
         c.cp_high_mv = b.cp_high_mv
         c.cp_low_mv = b.cp_low_mv
@@ -152,13 +173,6 @@ class Station:
         c.mirror_closed = b.contactor_mirror_closed()
         c.temp_dc = b.temperature_dc()
         c.lock_ok = b.lock_confirmed()
-        c.tick(now)
-        b.set_contactor(c.contactor)
-        b.set_pilot(c.duty_pm)
-        b.set_rcd_test(c.rcd_test)
-        b.set_lock(c.lock)
-        b.set_led(c.led)
-        b.feed_watchdog()
 
     def step(self):
         now = self.board.ticks_ms()

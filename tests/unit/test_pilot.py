@@ -218,3 +218,16 @@ class NamesAreComplete(unittest.TestCase):
         self.assertEqual(len(pilot.LEVEL_NAMES), PILOT_HOLD + 1)
         self.assertEqual(pilot.LEVEL_NAMES[PILOT_E], "E")
         self.assertEqual(pilot.LEVEL_NAMES[PILOT_F], "F")
+
+
+class FilterPending(unittest.TestCase):
+    def test_pending_until_the_confirming_reading(self):
+        from firmware.pilot import PILOT_A, PILOT_B, PilotFilter
+        f = PilotFilter(2)
+        f.update(PILOT_A)
+        f.update(PILOT_A)
+        self.assertFalse(f.pending())
+        f.update(PILOT_B)
+        self.assertTrue(f.pending())
+        self.assertEqual(f.update(PILOT_B), PILOT_B)
+        self.assertFalse(f.pending())

@@ -76,10 +76,9 @@ class ChargingSession(unittest.TestCase):
         r.run(60000)
         self.assertTrue(r.board.contacts_closed)
         r.ev(plugged=False, s2=S2_OPEN)
-        # The unplug is acted on within the pilot confirmation (2 ticks), far inside 100 ms.
-        took = r.run_until(lambda: not r.board.contactor_cmd, 100)
-        self.assertIsNotNone(took)
-        self.assertTrue(took <= 3 * TICK_MS)
+        # The unplug is confirmed by a second reading in the same iteration and acted on
+        # there: the first step after it opens the contactor (IEC 61851-1: within 100 ms).
+        self.assertEqual(r.run_until(lambda: not r.board.contactor_cmd, 100), TICK_MS)
         r.run(200)
         held = held_records(st, KIND_SESSION)
         self.assertEqual(len(held), 1)
