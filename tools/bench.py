@@ -44,16 +44,16 @@ STATION_ID = "cp-bench"
 PREFIX = "cp"
 METER_START_WH = 1234567
 
-# metric -> (comparison, target, unit, how the target reads in the table)
+# metric -> (comparison, target, how the target reads in the table)
 TARGETS = {
-    "reaction_ms_max": ("<=", 20, "ms", "<= 20 ms"),
-    "reaction_ms_max_wall": ("<=", 20, "ms", "<= 20 ms"),
-    "safety_tick_alloc_bytes": ("<=", 0, "B", "0 B"),
-    "heap_peak_bytes": ("<=", 40 * KB, "B", "<= 40 KB"),
-    "heap_data_peak_bytes": ("<=", 40 * KB, "B", "<= 40 KB"),
-    "mpy_total_bytes": ("<=", 80 * KB, "B", "<= 80 KB"),
-    "mqtt_idle_bytes_per_hour": ("<=", 10 * KB, "B", "<= 10 KB/h"),
-    "modbus_bytes_per_poll": ("ratio", 1.3, "B", "<= 1.3 x min"),
+    "reaction_ms_max": ("<=", 20, "<= 20 ms"),
+    "reaction_ms_max_wall": ("<=", 20, "<= 20 ms"),
+    "safety_tick_alloc_bytes": ("<=", 0, "0 B"),
+    "heap_peak_bytes": ("<=", 40 * KB, "<= 40 KB"),
+    "heap_data_peak_bytes": ("<=", 40 * KB, "<= 40 KB"),
+    "mpy_total_bytes": ("<=", 80 * KB, "<= 80 KB"),
+    "mqtt_idle_bytes_per_hour": ("<=", 10 * KB, "<= 10 KB/h"),
+    "modbus_bytes_per_poll": ("ratio", 1.3, "<= 1.3 x min"),
 }
 # Every key bench.json must carry a value for (the order of the table).
 METRICS = (
@@ -623,7 +623,7 @@ def context():
 
 def verdicts(metrics):
     out = {}
-    for key, (op, target, _unit, _text) in TARGETS.items():
+    for key, (op, target, _text) in TARGETS.items():
         v = metrics.get(key)
         if v is None:
             out[key] = None
@@ -653,7 +653,7 @@ def table(metrics, met):
     for key in METRICS:
         t = TARGETS.get(key)
         ok = met.get(key)
-        rows.append((key, _fmt(key, metrics.get(key)), t[3] if t else "-",
+        rows.append((key, _fmt(key, metrics.get(key)), t[2] if t else "-",
                      "-" if t is None else ("yes" if ok else ("NO" if ok is False else "?"))))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -723,7 +723,7 @@ def main(argv=None, out=None):
     met = verdicts(metrics)
     missing = [k for k in METRICS if metrics.get(k) is None]
     report = {"metrics": {k: metrics.get(k) for k in METRICS},
-              "targets": {k: {"target": TARGETS[k][3], "met": met[k]} for k in TARGETS},
+              "targets": {k: {"target": TARGETS[k][2], "met": met[k]} for k in TARGETS},
               "quick": args.quick, "context": context(), "details": details,
               "errors": errors, "not_measured": missing,
               "wall_s": round(time.monotonic() - started, 1)}
