@@ -4,11 +4,14 @@ stream that tells the pacer when an answer is owed, and a Station on a SimBoard.
 Runs on the MicroPython unix port (and imports on CPython). Kept small: everything here is
 on the heap the heap benchmark measures.
 """
+import gc
 import json
 import sys
 import time
 
 from firmware.compat import ticks_diff
+from firmware.storage import OsFs, Store
+from tools.pilotsim.simboard import SimBoard
 
 
 def say(record):
@@ -26,6 +29,70 @@ def ask(record):
         raise RuntimeError("bench refused %s: %s" % (record.get("req"), answer))
 
 
+class HeapProbe:
+    """Narrows the heap-peak bound inside a loop iteration. While armed (the collector is
+    off), every call the firmware makes to the board's clock, the filesystem or the meter
+    UART first reads gc.mem_alloc() (everything live at the last collection plus all that
+    was allocated since, an upper bound of the heap in use at any moment in between) and
+    then collects. The peak of those readings bounds the iteration piece by piece."""
+
+    def __init__(self):
+        self.armed = False
+        self.peak = 0
+        self.samples = 0
+
+    def sample(self):
+        if self.armed:
+            a = gc.mem_alloc()
+            if a > self.peak:
+                self.peak = a
+            self.samples += 1
+            gc.collect()
+
+
+PROBE = HeapProbe()
+
+
+class ProbingFs(OsFs):
+    """The real filesystem, sampling the heap before every operation."""
+
+    def open(self, path, mode):
+        PROBE.sample()
+        return OsFs.open(self, path, mode)
+
+    def sync(self, f):
+        PROBE.sample()
+        OsFs.sync(self, f)
+
+    def rename(self, old, new):
+        PROBE.sample()
+        OsFs.rename(self, old, new)
+
+    def remove(self, path):
+        PROBE.sample()
+        OsFs.remove(self, path)
+
+    def stat(self, path):
+        PROBE.sample()
+        return OsFs.stat(self, path)
+
+    def listdir(self, path):
+        PROBE.sample()
+        return OsFs.listdir(self, path)
+
+    def mkdir(self, path):
+        PROBE.sample()
+        OsFs.mkdir(self, path)
+
+
+class ProbingBoard(SimBoard):
+    """The SimBoard, sampling the heap whenever the firmware reads its clock."""
+
+    def ticks_ms(self):
+        PROBE.sample()
+        return SimBoard.ticks_ms(self)
+
+
 class WatchedUart:
     """The meter stream, remembering whether a request is waiting for its answer."""
 
@@ -34,10 +101,12 @@ class WatchedUart:
         self.pending = False
 
     def write(self, buf):
+        PROBE.sample()
         self.pending = True
         return self.uart.write(buf)
 
     def any(self):
+        PROBE.sample()
         n = self.uart.any()
         if n:
             self.pending = False
@@ -88,20 +157,20 @@ class Pacer:
             self.paced_ms += ms
 
 
-def build(storage, config, meter_port=None, board_class=None):
-    """(station, board, pacer) with the meter on a TcpUart to the pymodbus peer."""
+def build(storage, config, meter_port=None, board_class=None, probe=False):
+    """(station, board, pacer) with the meter on a TcpUart to the pymodbus peer. `probe`:
+    the board's clock and the filesystem call PROBE.sample() (see HeapProbe)."""
     from firmware.station import Station
-    from firmware.storage import Store
-    from tools.pilotsim.simboard import SimBoard
     uart = None
     if meter_port:
         from tools.tcpuart import TcpUart
         uart = WatchedUart(TcpUart("127.0.0.1", meter_port))
-    cls = board_class or SimBoard
+    cls = board_class or (ProbingBoard if probe else SimBoard)
     board = cls(meter_uart=uart, storage=storage)
     pacer = Pacer(uart)
     board.pacer = pacer
-    station = Station(board, config=config, store=Store(storage))
+    store = Store(storage, ProbingFs()) if probe else Store(storage)
+    station = Station(board, config=config, store=store)
     pacer.station = station
     return station, board, pacer
 

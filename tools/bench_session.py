@@ -24,9 +24,10 @@ import time
 import firmware.mqtt_link  # noqa: F401 - imported before the heap baseline is taken
 import firmware.meter_service  # noqa: F401
 import tools.tcpuart  # noqa: F401
+import umqtt.simple  # noqa: F401
 from firmware.outbox import KIND_SESSION
 from firmware.station import TICK_MS
-from tools.bench_rig import ask, build, read_json, say
+from tools.bench_rig import PROBE, ask, build, read_json, say
 from tools.pilotsim.model import EVLoad, EnergyCounter, S2_C, S2_OPEN
 
 METER_PUSH_MS = 500          # registers refreshed at least this often while energy flows
@@ -46,11 +47,14 @@ class Session:
             gc.collect()
             self.code_heap = gc.mem_alloc()     # every module is imported by now
             gc.disable()
+            PROBE.armed = True
         self.station, self.board, self.pacer = build(run["storage"], run["config"],
-                                                     run.get("meter_port"))
+                                                     run.get("meter_port"),
+                                                     probe=self.measure)
         if self.measure:
             # Construction: the same upper bound as for a step.
-            self.construction_peak = gc.mem_alloc()
+            PROBE.armed = False
+            self.construction_peak = max(PROBE.peak, gc.mem_alloc())
             gc.enable()
         self.t0 = self.board.now_ms
         self.iterations = 0
@@ -66,13 +70,17 @@ class Session:
     def step(self, tick_ms):
         st = self.station
         if self.measure:
-            # Collector off for the step: what it allocates stays counted, so the reading
-            # after it is an upper bound of the heap in use at any moment inside it.
+            # Collector off for the step: what it allocates stays counted, so a reading is
+            # an upper bound of the heap in use at any moment since the last collection;
+            # PROBE collects at the step's I/O calls and reads before each (HeapProbe).
             gc.collect()
             live = gc.mem_alloc()
             gc.disable()
+            PROBE.peak = 0
+            PROBE.armed = True
             st.step()
-            peak = gc.mem_alloc()
+            PROBE.armed = False
+            peak = max(PROBE.peak, gc.mem_alloc())
             gc.enable()
             if live > self.live_peak:
                 self.live_peak = live
@@ -217,6 +225,7 @@ def main(argv):
         out["heap_loop_peak"] = s.loop_peak
         out["heap_loop_peak_at_ms"] = s.loop_peak_at
         out["heap_construction_peak"] = s.construction_peak
+        out["heap_probe_samples"] = PROBE.samples
     out["heap_end_alloc"] = gc.mem_alloc()
     out["heap_end_free"] = gc.mem_free()
     say({"result": out})
