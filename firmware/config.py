@@ -85,6 +85,7 @@ SCHEMA = {
     "mqtt_keepalive_s": (60, 10, 1200, REBOOT),
     "telemetry_interval_s": (60, 5, 3600, 0),
     "telemetry_deadband_w": (500, 0, 50000, 0),
+    "telemetry_idle_interval_s": (900, 60, 86400, 0),  # without a session: status says it all
     "comms_loss_timeout_s": (300, 10, 86400, 0),
     "comms_fallback_ma": (0, 0, 80000, 0),    # 0 = pause while the backend is unreachable
     "mqtt_connect_timeout_ms": (10000, 500, 60000, 0),  # TCP + TLS + CONNACK, across steps

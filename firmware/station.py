@@ -36,7 +36,7 @@ OUTBOX_FILE = "outbox.jnl"
 _EVENTS_PER_STEP = 8        # charger events handled per iteration (the ring holds 64)
 _REBOOT_GRACE_MS = 1000     # the reply goes out before the restart
 _REBOOT_FORCE_MS = 7000     # a charging EV gets pwm_off_open_ms to stop first
-_MAX_EXPIRES_MS = 1 << 28   # ticks stay comparable for 2**29 ms: keep well inside
+_TELEMETRY_CHECK_MS = 1000  # how often telemetry is considered (the link's on-change gap)
 _RECOVER_WAIT_MS = 5000     # longest wait at boot for the meter to close a cut session
 
 current = None              # the running station, for the REPL diagnostics (diag.py)
@@ -95,7 +95,11 @@ class Station:
 
         self._reboot_at = None
         self._reboot_deadline = None
-        self._status_key = None
+        self._limit_left_ms = None     # backend limit expiry, counted down in ms
+        self._limit_counted = now
+        self._last_status = [None, None, None, None, None]
+        self._tele_checked = now
+        self._tele_sent = ticks_add(now, -(1 << 28))     # the first heartbeat goes out at once
         self.iterations = 0
         self.boot_report = {"reset_cause": board.reset_cause(), "boot": self.boot_id,
                             "crash": board.last_crash()}
@@ -213,6 +217,8 @@ class Station:
             self.link.step(now)
             self._report(now)
         self._fault_flag(_faults.OUTBOX_OVERFLOW, self.outbox.overflow_active, now)
+        if self._limit_left_ms is not None:
+            self._limit_expiry(now)
         if self._reboot_at is not None:
             self._reboot_due(now)
 
@@ -310,23 +316,37 @@ class Station:
         lost = self.link.comms_lost(now)
         if lost and not self._fallback:
             self._fallback = True
-            self._fallback_since = now
             self.charger.set_comms_fallback(self.cfg["comms_fallback_ma"])
         elif not lost and self._fallback:
+            # The link's link_up event tells the backend how long the fallback applied.
             self._fallback = False
             self.charger.clear_comms_fallback()
-            self._queue_event({"type": "comms_restored", "fallback_applied_ma":
-                               self.cfg["comms_fallback_ma"],
-                               "fallback_s": ticks_diff(now, self._fallback_since) // 1000})
         self._fault_flag(_faults.BACKEND_OFFLINE, lost, now)
 
     def _report(self, now):
+        # Nothing here may build a message per loop iteration: compare first, build on change.
         c = self.charger
-        key = (c.state, self.faults.active, c.available, c.offered_ma, c.contactor)
-        if key != self._status_key:
-            self._status_key = key
+        last = self._last_status
+        if (c.state != last[0] or self.faults.active != last[1] or c.available != last[2]
+                or c.offered_ma != last[3] or c.contactor != last[4]):
+            last[0] = c.state
+            last[1] = self.faults.active
+            last[2] = c.available
+            last[3] = c.offered_ma
+            last[4] = c.contactor
             self.link.publish_status(self.status())
-        self.link.publish_telemetry(self.telemetry(), now_ms=now)
+        if ticks_diff(now, self._tele_checked) < _TELEMETRY_CHECK_MS:
+            return
+        self._tele_checked = now
+        if self.sessions.active is not None:
+            # In a session: the link's interval and power deadband decide.
+            if self.link.publish_telemetry(self.telemetry(), now_ms=now):
+                self._tele_sent = now
+        elif ticks_diff(now, self._tele_sent) >= self.cfg["telemetry_idle_interval_s"] * 1000:
+            # Idle: the retained status carries every change; telemetry is a rare heartbeat
+            # (on a paid cellular link an idle station costs little).
+            self.link.publish_telemetry(self.telemetry(), force=True, now_ms=now)
+            self._tele_sent = now
 
     def status(self):
         c = self.charger
@@ -438,16 +458,22 @@ class Station:
     def cmd_set_limit(self, limit_ma, expires_s, now_ms):
         if 0 < limit_ma < 6000:
             return "limit_ma: 0 (pause) or 6000..80000"
-        until = None
-        if expires_s is not None:
-            if expires_s * 1000 > _MAX_EXPIRES_MS:
-                return "expires_s: at most %d" % (_MAX_EXPIRES_MS // 1000)
-            until = ticks_add(now_ms, expires_s * 1000)
         try:
-            self.charger.set_backend_limit(limit_ma, until)
+            self.charger.set_backend_limit(limit_ma)
         except ValueError as e:
             return str(e)
+        # The station counts the expiry down itself: a week does not fit a ticks deadline.
+        self._limit_left_ms = None if expires_s is None else expires_s * 1000
+        self._limit_counted = now_ms
         return None
+
+    def _limit_expiry(self, now):
+        self._limit_left_ms -= ticks_diff(now, self._limit_counted)
+        self._limit_counted = now
+        if self._limit_left_ms <= 0:
+            self._limit_left_ms = None
+            self.charger.clear_backend_limit()
+            self._queue_event({"type": "limit_expired"})
 
     def cmd_set_availability(self, operative, now_ms):
         self.charger.set_available(operative)

@@ -227,6 +227,23 @@ class Commands(unittest.TestCase):
         r.run(61000)
         self.assertEqual(st.charger.offered_ma, 32000)
 
+    def test_a_week_long_limit_outlasts_the_ticks_half_period(self):
+        # 604800 s is more than 2**29 ms: the expiry is counted down, not a ticks deadline.
+        r = Rig(config={})           # no backend, so no comms-loss fallback in this week
+        st = r.station
+        r.ev(plugged=True)
+        r.run(500)
+        self.assertIsNone(st.cmd_set_limit(10000, 604800, r.board.ticks_ms()))
+        b = r.board
+        for _ in range(7 * 24 - 1):                      # an hour per jump, less than a week
+            b.now_ms += 3599000
+            r.run(1000)
+        self.assertEqual(st.charger.offered_ma, 10000)
+        b.now_ms += 3600000
+        r.run(1000)
+        r.run(6000)
+        self.assertEqual(st.charger.offered_ma, 32000)
+
     def test_unknown_fault_name_and_refused_remote_clear(self):
         r = Rig()
         st = r.station
