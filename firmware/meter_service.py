@@ -146,6 +146,16 @@ class MeterService:
             return self._failed()
         return 0
 
+    def request_reading(self):
+        """Start a fresh cycle as soon as the bus is free (the final register of a session,
+        read after the contactor opened). Returns its number for `cycle_finished()`."""
+        self._next_ms = None
+        return self.cycles + 1
+
+    def cycle_finished(self, n):
+        """True once cycle `n` has ended, with a reading or a failure."""
+        return self.cycles > n or (self.cycles == n and self._step < 0)
+
     def rebase(self):
         """Accept the next reading's energy as the new baseline (after a meter exchange)."""
         self._rebase = True

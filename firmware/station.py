@@ -38,6 +38,7 @@ _REBOOT_GRACE_MS = 1000     # the reply goes out before the restart
 _REBOOT_FORCE_MS = 7000     # a charging EV gets pwm_off_open_ms to stop first
 _TELEMETRY_CHECK_MS = 1000  # how often telemetry is considered (the link's on-change gap)
 _RECOVER_WAIT_MS = 5000     # longest wait at boot for the meter to close a cut session
+_FINAL_READING_WAIT_MS = 3000  # longest wait for a session's final meter reading
 
 current = None              # the running station, for the REPL diagnostics (diag.py)
 
@@ -69,6 +70,7 @@ class Station:
         uart = board.meter_uart(self.cfg["meter_baud"], self.cfg["meter_parity"])
         self.meter = None
         self._recover_until = None
+        self._held = None              # the unplug event, waiting for the final reading
         if uart is not None:
             self.meter = MeterService(self.cfg, uart)
             # A session cut by a reset is closed with the meter's register once it answers
@@ -204,10 +206,21 @@ class Station:
             self._poll_meter(now)
         if self._recover_until is not None and not self._recovered(now):
             return
+        if self._held is not None and not self._release_held(now):
+            return
         for _ in range(_EVENTS_PER_STEP):
             ev = self.events.pop()
             if ev is None:
                 break
+            if (ev[1] == EV_STATE and ev[2] == _states.STATE_A and self.meter is not None
+                    and not self.meter.stale and self.sessions.active is not None):
+                # The session closes on a register read after the contactor opened, so
+                # the energy of its last poll interval is billed too: hold the unplug (and
+                # what follows it) until that reading is in.
+                self._held = ev
+                self._held_cycle = self.meter.request_reading()
+                self._held_until = ticks_add(now, _FINAL_READING_WAIT_MS)
+                return
             self._on_event(ev)
         self._storage_op(self.sessions.tick, now)
         for rec in self.sessions.pop_completed():
@@ -241,6 +254,15 @@ class Station:
             phase[2] = cur[2]
             if not m.implausible:
                 self.sessions.on_meter(now, m.import_wh, m.power_w, True)
+
+    def _release_held(self, now):
+        if not (self.meter.cycle_finished(self._held_cycle) or self.meter.stale
+                or ticks_diff(now, self._held_until) >= 0):
+            return False
+        ev = self._held
+        self._held = None
+        self._on_event(ev)
+        return True
 
     def _recovered(self, now):
         # The first valid meter reading recovers (SessionManager.on_meter); a meter that

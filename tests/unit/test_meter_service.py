@@ -389,3 +389,16 @@ class TestWrongAddress(Base):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestFinalReading(Base):
+    def test_a_requested_cycle_starts_at_once_and_is_reported_finished(self):
+        self.loop(100)                          # first cycle done; the next is due in 1 s
+        before = len(self.meter.stream.requests)
+        n = self.svc.request_reading()
+        self.assertFalse(self.svc.cycle_finished(n))
+        self.loop(20)
+        self.assertTrue(len(self.meter.stream.requests) > before)
+        self.loop(300)
+        self.assertTrue(self.svc.cycle_finished(n))
+        self.assertEqual(self.svc.readings, 2)
