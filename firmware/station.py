@@ -364,9 +364,10 @@ class Station:
             # In a session: the link's interval and power deadband decide.
             if self.link.publish_telemetry(self.telemetry(), now_ms=now):
                 self._tele_sent = now
-        elif ticks_diff(now, self._tele_sent) >= self.cfg["telemetry_idle_interval_s"] * 1000:
+        elif self.link.online and (ticks_diff(now, self._tele_sent)
+                                   >= self.cfg["telemetry_idle_interval_s"] * 1000):
             # Idle: the retained status carries every change; telemetry is a rare heartbeat
-            # (on a paid cellular link an idle station costs little).
+            # (on a paid cellular link an idle station costs little), never stored offline.
             self.link.publish_telemetry(self.telemetry(), force=True, now_ms=now)
             self._tele_sent = now
 
