@@ -508,7 +508,11 @@ def part_wall(peers, tmp, quick):
     accepted = len(peers.hole.accepted) - accepted0
     if accepted < 1:
         raise BenchError("the black-holed broker saw no connection: MQTT was not exercised")
-    detail = {"trials": len(us), "median_ms": us[len(us) // 2] / 1000,
+    by_kind = {}
+    for k, r in zip(result["kinds"], result["reactions_us"]):
+        name = ("ev_stops", "unplug")[k]
+        by_kind[name] = max(by_kind.get(name, 0), r / 1000)
+    detail = {"trials": len(us), "median_ms": us[len(us) // 2] / 1000, "max_ms_by_kind": by_kind,
               "p90_ms": us[(len(us) * 9) // 10] / 1000, "min_ms": us[0] / 1000,
               "max_ms": us[-1] / 1000, "late_steps": result["late_steps"],
               "longest_step_ms": result["longest_step_us"] / 1000,

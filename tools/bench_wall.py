@@ -115,9 +115,9 @@ def wall(run):
             longest_step_at = st.iterations
         if not armed:
             if b.contacts_closed and b.contactor_cmd:
-                # Mostly C->B (the EV re-requests at once); every 5th an unplug, which
+                # Mostly C->B (the EV re-requests at once); every 4th an unplug, which
                 # costs a new plug-in (self-test) before the next trial.
-                k = 1 if len(kinds) % 5 == 4 else 0
+                k = 1 if len(kinds) % 4 == 3 else 0
                 kinds.append(k)
                 # Somewhere in the next 20..70 ms: any phase of the 10 ms loop.
                 b.schedule(20000 + random.getrandbits(16) % 50000, changes[k])

@@ -64,6 +64,7 @@ def test_wall_clock_reaction_ran_against_the_black_hole(quick):
     report, _ = quick
     w = report["details"]["wall"]
     assert w["trials"] == bench.WALL_TRIALS[True]
+    assert sorted(w["max_ms_by_kind"]) == ["ev_stops", "unplug"]
     assert w["black_hole_connections"] >= 1
     assert w["mqtt"]["mqtt_state"] != "online"
     assert 0 < w["min_ms"] <= w["median_ms"] <= report["reaction_ms_max_wall"]
