@@ -131,8 +131,10 @@ FAULTS = (
           "More records waited for the backend than the buffer holds; the oldest telemetry"
           " was dropped. Transactions are kept."),
     Fault(INTERNAL_ERROR, "INTERNAL_ERROR", MANUAL, 0, True, _WARN, "InternalError",
-          "The firmware restarted after an internal error. The crash report is in the log;"
-          " clear this after reading it."),
+          "The firmware hit an internal error: it restarted, or a background task (meter,"
+          " sessions, backend link) failed and was skipped while charging control went on."
+          " The error text is in the boot report or the diagnostics; clear this after"
+          " reading it."),
 )
 
 _N = MAX_CODE + 1

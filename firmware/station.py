@@ -12,6 +12,8 @@ the pilot is acted on within one iteration (TICK_MS) whatever the peers do.
 The station is also the backend's command target (firmware.commands.CommandTarget) and the
 source of what the backend sees: retained status, telemetry, events and the outbox records.
 """
+import gc
+
 from firmware import faults as _faults
 from firmware import states as _states
 from firmware.auth import ACCEPTED_FREE, ASK_BACKEND, SOURCE_BACKEND, SOURCE_READER, Authorizer
@@ -97,6 +99,9 @@ class Station:
 
         self._reboot_at = None
         self._reboot_deadline = None
+        self._reboot_now = False
+        self.service_errors = 0
+        self.last_service_error = None
         self._limit_left_ms = None     # backend limit expiry, counted down in ms
         self._limit_counted = now
         self._last_status = [None, None, None, None, None]
@@ -111,7 +116,9 @@ class Station:
             self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
         self._queue_event({"type": "boot", "reset_cause": self.boot_report["reset_cause"],
                            "boot": self.boot_id, "crash": self.boot_report["crash"],
-                           "config_error": self.config_error})
+                           "config_error": self.config_error,
+               "service_errors": self.service_errors,
+               "last_service_error": self.last_service_error})
         # Records finished before the reset and not yet acknowledged go out again.
         held = [r.id for r in self.outbox.records() if r.kind == KIND_SESSION]
         for rec in self.sessions.pop_completed():
@@ -184,7 +191,23 @@ class Station:
         now = self.board.ticks_ms()
         self.safety_tick(now)
         self.iterations += 1
-        self._service(now)
+        try:
+            self._service(now)
+        except Exception as e:  # noqa: BLE001 - see _service_failed
+            self._service_failed(now, e)
+        if self._reboot_now:
+            self.shutdown("reboot")
+            self.board.reset()
+
+    def _service_failed(self, now, e):
+        # Slow work (meter, sessions, backend) that fails, out of memory included, must not
+        # take the safety tick down with it: count it, make it visible, carry on. A failure
+        # of the safety tick itself still ends the loop (main.py opens the contactor).
+        self.service_errors += 1
+        self.last_service_error = "%s: %s" % (type(e).__name__, e)
+        gc.collect()
+        if self.faults.raise_(_faults.INTERNAL_ERROR, now, present=False):
+            self._queue_event({"type": "internal_error", "error": self.last_service_error})
 
     def run(self):
         board = self.board
@@ -416,7 +439,9 @@ class Station:
                                  for t, code, raised in self.faults.history(8)],
                "counters": self.counters.values(),
                "outbox": self.outbox.stats(),
-               "config_error": self.config_error}
+               "config_error": self.config_error,
+               "service_errors": self.service_errors,
+               "last_service_error": self.last_service_error}
         if self.meter is not None:
             out["meter"] = self.meter.stats()
         if self.link is not None:
@@ -542,8 +567,7 @@ class Station:
             return
         if self.charger.contactor and ticks_diff(now, self._reboot_deadline) < 0:
             return
-        self.shutdown("reboot")
-        self.board.reset()
+        self._reboot_now = True
 
     def shutdown(self, reason):
         """Open the contactor, close the running session with `reason` (its record is on

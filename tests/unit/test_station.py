@@ -154,6 +154,23 @@ class Faults(unittest.TestCase):
         self.assertEqual(st.faults.blocking(), 0)
 
 
+    def test_a_failing_background_task_does_not_stop_the_safety_tick(self):
+        r = Rig()
+        st = r.station
+        r.ev(plugged=True, s2=S2_C)
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+
+        def out_of_memory(now_ms):
+            raise MemoryError("memory allocation failed")
+        st.sessions.tick = out_of_memory
+        r.run(100)
+        self.assertTrue(st.service_errors >= 10)
+        self.assertIn("MemoryError", st.last_service_error)
+        self.assertTrue(st.faults.is_active(faults.INTERNAL_ERROR))
+        r.ev(plugged=False, s2=S2_OPEN)
+        self.assertEqual(r.run_until(lambda: not r.board.contactor_cmd, 100), TICK_MS)
+
+
 class Commands(unittest.TestCase):
     def test_bad_config_is_refused_and_changes_nothing(self):
         r = Rig()
