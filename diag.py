@@ -226,7 +226,7 @@ def status():
             d["link"] = None
         d["boot"] = "%d, reset cause %s" % (st.boot_id, st.boot_report["reset_cause"])
         now = board.ticks_ms()
-        d["uptime"] = _fmt.seconds(ticks_diff(now, st.started_ms))
+        d["uptime"] = _fmt.seconds(_uptime_ms(st, now))
         d["iterations"] = st.iterations
         d["config_error"] = st.config_error
     else:
@@ -383,6 +383,13 @@ def scan(first=1, last=247, timeout_ms=100):
     return found
 
 
+def _uptime_ms(st, now):
+    # The station counts its uptime (ticks_diff alone wraps after 6 days); the service-mode
+    # stand-in has only its start time.
+    up = getattr(st, "uptime_s", None)
+    return up * 1000 if up is not None else ticks_diff(now, st.started_ms)
+
+
 def _ring_last(ring, n):
     # The station drains the ring every iteration; history() still has the popped records.
     return ring.history(n)
@@ -489,7 +496,7 @@ def counters():
         v = st.counters.values()
         ob = st.outbox.stats()
         extra = [("control iterations", st.iterations),
-                 ("uptime", _fmt.seconds(ticks_diff(board.ticks_ms(), st.started_ms))),
+                 ("uptime", _fmt.seconds(_uptime_ms(st, board.ticks_ms()))),
                  ("events", "%d pushed, %d overwritten" % (st.events.pushed,
                                                            st.events.dropped)),
                  ("outbox", "%d held, %d put, %d acked, %d resent" % (

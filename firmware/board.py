@@ -107,6 +107,11 @@ class Board:
         driver-enable pin; None when the board has no meter."""
         return None
 
+    def id_tag_reader(self):
+        """An RFID/NFC reader (firmware.auth.IdTagReader: non-blocking poll() -> tag or
+        None), or None when the station has none."""
+        return None
+
     # -- system --------------------------------------------------------------------------
     def storage_root(self):
         """Directory for persistent files ("/data" on the ESP32's littlefs)."""

@@ -68,6 +68,7 @@ class Station:
         self.sessions = SessionManager(self.cfg, self.store, self.counters, self.boot_id,
                                        wall_time=board.wall_time)
         self.auth = Authorizer(self.cfg, self.store)
+        self.reader = board.id_tag_reader()
 
         uart = board.meter_uart(self.cfg["meter_baud"], self.cfg["meter_parity"])
         self.meter = None
@@ -108,6 +109,9 @@ class Station:
         self._tele_checked = now
         self._tele_sent = ticks_add(now, -(1 << 28))     # the first heartbeat goes out at once
         self.iterations = 0
+        self.uptime_s = 0              # counted: ticks_diff alone would wrap after 6 days
+        self._uptime_ms = 0
+        self._uptime_at = now
         self.boot_report = {"reset_cause": board.reset_cause(), "boot": self.boot_id,
                             "crash": board.last_crash()}
         if self.boot_report["crash"]:
@@ -116,9 +120,7 @@ class Station:
             self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
         self._queue_event({"type": "boot", "reset_cause": self.boot_report["reset_cause"],
                            "boot": self.boot_id, "crash": self.boot_report["crash"],
-                           "config_error": self.config_error,
-               "service_errors": self.service_errors,
-               "last_service_error": self.last_service_error})
+                           "config_error": self.config_error})
         # Records finished before the reset and not yet acknowledged go out again.
         held = [r.id for r in self.outbox.records() if r.kind == KIND_SESSION]
         for rec in self.sessions.pop_completed():
@@ -245,6 +247,15 @@ class Station:
                 self._held_until = ticks_add(now, _FINAL_READING_WAIT_MS)
                 return
             self._on_event(ev)
+        if self.reader is not None:
+            tag = self.reader.poll()
+            if tag is not None:
+                self.present_id_tag(tag, now)
+        self._uptime_ms += ticks_diff(now, self._uptime_at)
+        self._uptime_at = now
+        if self._uptime_ms >= 1000:
+            self.uptime_s += self._uptime_ms // 1000
+            self._uptime_ms %= 1000
         self._storage_op(self.sessions.tick, now)
         for rec in self.sessions.pop_completed():
             self._deliver(KIND_SESSION, rec)
@@ -430,7 +441,7 @@ class Station:
     def diagnostics(self):
         c = self.charger
         out = {"status": self.status(), "boot": self.boot_report,
-               "uptime_s": ticks_diff(self.board.ticks_ms(), self.started_ms) // 1000,
+               "uptime_s": self.uptime_s,
                "iterations": self.iterations,
                "pilot": {"high_mv": c.cp_high_mv, "low_mv": c.cp_low_mv,
                          "duty_pm": c.duty_pm, "pp_ohms": c.pp_ohms},
@@ -485,14 +496,21 @@ class Station:
         return self._authorize(id_tag, ok, why, now_ms)
 
     def present_id_tag(self, id_tag, now_ms):
-        """An idTag read at the station (RFID reader). Returns (accepted, reason)."""
+        """An idTag read at the station (the board's RFID reader). Returns (accepted,
+        reason) and tells the backend, which decides in backend mode while online."""
         online = self.link is not None and self.link.online
-        ok, why = self.auth.request(id_tag, online, SOURCE_READER)
+        try:
+            ok, why = self.auth.request(id_tag, online, SOURCE_READER)
+        except ValueError as e:
+            ok, why = False, str(e)
         if why == ASK_BACKEND:
             self._queue_event({"type": "authorize_request", "id_tag": id_tag})
             return False, why
-        err = self._authorize(id_tag, ok, why, now_ms)
-        return err is None, err or why
+        err = self._authorize(id_tag, ok, why, now_ms) if ok else None
+        if err:
+            ok, why = False, err
+        self._queue_event({"type": "id_tag", "id_tag": id_tag, "accepted": ok, "reason": why})
+        return ok, why
 
     def _authorize(self, id_tag, ok, why, now_ms):
         if not ok:

@@ -130,6 +130,60 @@ class ChargingSession(unittest.TestCase):
         self.assertEqual(r2.station.boot_id, r.station.boot_id + 1)
 
 
+class Reader:
+    """An RFID reader double (firmware.auth.IdTagReader): each card is read once."""
+
+    def __init__(self):
+        self.cards = []
+
+    def poll(self):
+        return self.cards.pop(0) if self.cards else None
+
+
+class ReaderBoard(SimBoard):
+    def __init__(self, reader, **kw):
+        SimBoard.__init__(self, **kw)
+        self.reader = reader
+
+    def id_tag_reader(self):
+        return self.reader
+
+
+class Authorization(unittest.TestCase):
+    def rig(self, config):
+        reader = Reader()
+        r = Rig(config=config)
+        r.board = ReaderBoard(reader)
+        r.station = Station(r.board, config=config, store=Store("/data", r.fs))
+        return r, reader
+
+    def test_local_list_card_authorizes_and_an_unknown_card_does_not(self):
+        r, reader = self.rig({"auth_mode": "local"})
+        st = r.station
+        st.auth.allow_list.replace(1, ["CAFE01"])
+        r.ev(plugged=True, s2=S2_C)
+        r.run(1000)
+        self.assertFalse(r.board.contactor_cmd)          # B1/C1: nothing offered yet
+        self.assertEqual(st.charger.offered_ma, 0)
+        reader.cards.append("BADBAD")
+        r.run(1000)
+        self.assertFalse(st.charger.authorized)
+        reader.cards.append("cafe01")                    # idTags are case-insensitive
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        self.assertEqual(st.sessions.active["id_tag"], "cafe01")
+
+    def test_backend_mode_offline_uses_the_local_list(self):
+        r, reader = self.rig({"auth_mode": "backend", "offline_policy": "local_list"})
+        st = r.station
+        st.auth.allow_list.replace(1, ["CAFE01"])
+        r.ev(plugged=True)
+        r.run(500)
+        reader.cards.append("CAFE01")                    # no backend configured: offline
+        r.run(1000)
+        self.assertTrue(st.charger.authorized)
+        self.assertEqual(st.sessions.active["auth"], "offline_local_list")
+
+
 class Faults(unittest.TestCase):
     def test_rcd_trip_opens_at_once_and_goes_to_the_outbox(self):
         r = Rig()
