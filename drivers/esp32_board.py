@@ -245,6 +245,9 @@ class Esp32Board(_board.Board):
         """The traceback text the previous run left (drivers/bootinfo.py), or None."""
         return bootinfo.last_crash()
 
+    def clear_crash(self):
+        bootinfo.clear_crash()
+
     def reset(self):
         machine.reset()
 

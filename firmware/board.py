@@ -126,6 +126,9 @@ class Board:
         main.py), or None."""
         return None
 
+    def clear_crash(self):
+        """Forget the crash text (once INTERNAL_ERROR has been cleared by a person)."""
+
     def reset(self):
         """Restart the station (machine.reset() on the device)."""
         raise NotImplementedError

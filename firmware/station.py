@@ -38,6 +38,7 @@ OUTBOX_FILE = "outbox.jnl"
 _EVENTS_PER_STEP = 8        # charger events handled per iteration (the ring holds 64)
 _REBOOT_GRACE_MS = 1000     # the reply goes out before the restart
 _REBOOT_FORCE_MS = 7000     # a charging EV gets pwm_off_open_ms to stop first
+_DETAIL_CHARS = 600          # crash text carried in an INTERNAL_ERROR fault record
 _TELEMETRY_CHECK_MS = 1000  # how often telemetry is considered (the link's on-change gap)
 _RECOVER_WAIT_MS = 5000     # longest wait at boot for the meter to close a cut session
 _FINAL_READING_WAIT_MS = 3000  # longest wait for a session's final meter reading
@@ -337,6 +338,14 @@ class Station:
                 s.on_fault(t, f.name)
             rec = {"fault": f.name, "raised": raised, "ocpp": f.ocpp, "text": f.text,
                    "t_ms": t, "boot": self.boot_id}
+            if a == _faults.INTERNAL_ERROR:
+                if raised:
+                    # What went wrong, for whoever reads the record: the crash before this
+                    # boot, or the background task that failed.
+                    detail = self.last_service_error or self.boot_report["crash"] or ""
+                    rec["detail"] = detail[-_DETAIL_CHARS:]
+                elif b:
+                    self.board.clear_crash()     # read and cleared by a person
             wall = self.board.wall_time()
             if wall is not None:
                 rec["time"] = wall

@@ -197,15 +197,29 @@ class Faults(unittest.TestCase):
         self.assertIn("RCD_TRIPPED", [h["fault"] for h in held])
         self.assertIn("RCD_TRIPPED", r.station.status()["faults"])
 
-    def test_crash_reported_by_the_board_raises_internal_error(self):
+    def test_crash_reported_by_the_board_raises_internal_error_until_cleared(self):
         class CrashedBoard(SimBoard):
+            crash = "Traceback: ZeroDivisionError"
+
             def last_crash(self):
-                return "Traceback: ZeroDivisionError"
-        st = Station(CrashedBoard(), store=Store("/data", PowerCutFs()))
+                return self.crash
+
+            def clear_crash(self):
+                self.crash = None
+        board = CrashedBoard()
+        st = Station(board, config=BACKEND, store=Store("/data", PowerCutFs()))
         self.assertTrue(st.faults.is_active(faults.INTERNAL_ERROR))
         self.assertEqual(st.boot_report["crash"], "Traceback: ZeroDivisionError")
         # Not a blocking fault: the station still charges.
         self.assertEqual(st.faults.blocking(), 0)
+        for _ in range(5):
+            st.step()
+        recs = [x.data for x in held_records(st, KIND_FAULT)]
+        self.assertEqual(recs[0]["detail"], "Traceback: ZeroDivisionError")
+        self.assertIsNotNone(board.crash)
+        self.assertIsNone(st.cmd_clear_fault("INTERNAL_ERROR", 0))
+        st.step()
+        self.assertIsNone(board.crash)
 
 
     def test_a_failing_background_task_does_not_stop_the_safety_tick(self):
