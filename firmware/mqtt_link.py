@@ -117,6 +117,7 @@ class _Wire:
         self.tx = 0
         self.blocking = False
         self.op = 0            # first byte of the last packet started by a non-blocking read
+        self.left = None       # bytes of the current packet not read yet, once its length is known
         self._timeout = -1
         self._deadline = ticks_ms()
         self._readfn = stream.read if hasattr(stream, "read") else stream.recv
@@ -160,11 +161,18 @@ class _Wire:
             data = self._recv(n)
             if not data:
                 return data
+            self.left = None
             self.rx += len(data)
             self.op = data[0]
             if len(data) < n:
                 data = data + self._read_exact(n - len(data))
             return data
+        if self.left is not None:
+            # umqtt reads a PUBLISH's topic and packet id by their own length fields: a field
+            # running past the remaining length would be read out of the next packets.
+            if n < 0 or n > self.left:
+                raise MQTTException("field of %d bytes beyond the packet (%d left)" % (n, self.left))
+            self.left -= n
         return self._read_exact(n)
 
     def _read_exact(self, n):
@@ -261,9 +269,20 @@ class _Client(MQTTClient):
         return bytes((_SUBSCRIBE,)) + _varint(len(body)) + body
 
     def _recv_len(self):
-        n = MQTTClient._recv_len(self)
+        n = 0
+        sh = 0
+        while True:
+            b = self.sock.read(1)[0]
+            n |= (b & 0x7F) << sh
+            if not b & 0x80:
+                break
+            sh += 7
+            if sh > 21:
+                # MQTT 3.1.1 2.2.3: at most four bytes.
+                raise MQTTException("remaining length longer than 4 bytes")
         if n > _MAX_PACKET:
             raise MQTTException("packet of %d bytes exceeds %d" % (n, _MAX_PACKET))
+        self.sock.left = n
         return n
 
 

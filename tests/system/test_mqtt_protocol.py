@@ -131,6 +131,14 @@ def test_connack_problems_fail_the_attempt(scripted, tmp_dir, script, fragment):
     ([CONNACK_OK, b"\x90\x04\x00\x07\x00\x00"], "unexpected SUBACK"),
     # A remaining length beyond the heap-safety limit.
     ([CONNACK_OK, b"\x30\xff\xff\x7f"], "exceeds"),
+    # A PUBLISH whose topic length runs past its remaining length: the topic would be read
+    # out of the packets that follow (up to 64 KB of heap for a 2-byte packet).
+    ([CONNACK_OK, b"\x30\x02\x00\x05cp/cp"], "beyond the packet"),
+    ([CONNACK_OK, b"\x30\x04\xff\xff" + b"x" * 65600], "beyond the packet"),
+    # QoS 1 PUBLISH too short for its packet id.
+    ([CONNACK_OK, b"\x32\x03\x00\x00\x00\xd0\x00"], "beyond the packet"),
+    # A remaining length encoded in more than 4 bytes (MQTT 3.1.1 2.2.3).
+    ([CONNACK_OK, b"\x30\x80\x80\x80\x80\x00"], "remaining length"),
 ])
 def test_protocol_violations_close_the_connection(scripted, tmp_dir, script, fragment):
     st = drive(scripted(script), tmp_dir)
@@ -173,6 +181,7 @@ def test_a_good_subscription_resets_the_backoff(scripted, tmp_dir):
     ([CONNACK_OK, b"\xd0\x01\x00"], "protocol error"),
     ([CONNACK_OK, b"\x30\x32\x00\x0bcp/cp-t1/cm"], "ETIMEDOUT"),
     ([CONNACK_OK, b"\x90\x04\x00\x01\x00\x80"], "subscription refused"),
+    ([CONNACK_OK, b"\x30\x02\x00\x05cp/cp"], "beyond the packet"),
 ])
 def test_the_same_on_the_unix_port(scripted, tmp_dir, script, fragment):
     peer = scripted(script)
