@@ -15,7 +15,9 @@ when it is sent. The index is a journal of small JSON entries, one per append:
     {"o":"n","s":next_seq}              first entry after a compaction
 At boot the journal is replayed; a put whose data file is missing is dropped (counted in
 corrupt_entries) and data files without a live put (a crash between the two writes) are
-removed. Compaction rewrites the index when it holds many dead entries.
+removed. A replaced record is dropped only after its new copy is on flash; of two copies
+left by a power cut in between, the newer is kept. Compaction rewrites the index when it
+holds many dead entries.
 
 Overflow policy (capacity = records held): a new record that does not fit first drops the
 oldest telemetry record, then the oldest fault event; session records (billing) are only
@@ -134,6 +136,13 @@ class Outbox:
             if not self.store.exists(self._file(r.seq)):
                 self.corrupt_entries += 1
                 self._forget(r)
+        # A replacement cut off before the old copy was dropped: the newer copy stands.
+        newest = {}
+        for r in self._records:
+            newest[(r.kind, r.id)] = r
+        for r in list(self._records):
+            if newest[(r.kind, r.id)] is not r:
+                self._forget(r)
         self._remove_orphans()
         # A capacity lowered by config since the records were written: apply the policy now.
         while len(self._records) > self.capacity:
@@ -192,11 +201,12 @@ class Outbox:
         if len(encoded) > MAX_RECORD_BYTES:
             raise OutboxError("outbox: record too large (%d > %d bytes)"
                               % (len(encoded), MAX_RECORD_BYTES))
-        for old in self._records:
-            if old.id == record_id and old.kind == kind:
-                self._forget(old)
+        old = None
+        for r in self._records:
+            if r.id == record_id and r.kind == kind:
+                old = r
                 break
-        if len(self._records) >= self.capacity:
+        if old is None and len(self._records) >= self.capacity:
             victim = self._victim(kind)
             if victim is None:
                 # The new record ranks lowest: it is the one dropped.
@@ -209,6 +219,10 @@ class Outbox:
         self._append({"o": "p", "s": seq, "k": kind, "i": record_id})
         self._records.append(Record(self, seq, kind, record_id))
         self.put_count += 1
+        if old is not None:
+            # The new copy is on flash before the old one goes: a power cut in between
+            # leaves both, and the replay keeps the newer.
+            self._forget(old)
         self._maybe_compact()
         return record_id
 

@@ -106,6 +106,29 @@ class RecordsAreHeldUntilAcknowledged(OutboxCase):
         ob = self.outbox()
         self.assertEqual(ob.data(ob.records()[0])["energy_wh"], 20)
 
+    def test_a_power_cut_while_replacing_a_session_keeps_a_copy(self):
+        # Whatever moment the power fails while a held session record is replaced, the
+        # next boot holds exactly one copy of it: the old or the new one.
+        from powercut_fs import PowerCut, PowerCutFs
+        k = 1
+        while True:
+            fs = PowerCutFs()
+            ob = Outbox(Journal(Store("/data", fs), "outbox"))
+            ob.put(KIND_SESSION, session(1, wh=10))
+            fs.cut_at = fs.ops + k
+            try:
+                ob.put(KIND_SESSION, session(1, wh=20))
+                finished = True
+            except PowerCut:
+                finished = False
+            ob = Outbox(Journal(Store("/data", fs.restart()), "outbox"))
+            self.assertEqual([r.id for r in ob.records()], ["s-1"], "cut at %d" % k)
+            self.assertIn(ob.records()[0].data["energy_wh"], (10, 20))
+            if finished:
+                self.assertEqual(ob.records()[0].data["energy_wh"], 20)
+                break
+            k += 1
+
     def test_bad_input_is_refused_and_changes_nothing(self):
         ob = self.outbox()
         self.assertRaises(OutboxError, ob.put, "gossip", {})
