@@ -122,6 +122,11 @@ class ConfigError(ValueError):
     pass
 
 
+# Keys that become MQTT topic levels (firmware/messages.py Topics): the characters here, and
+# control characters, would stop the link from being built at boot (MQTT 3.1.1 4.7).
+_TOPIC_FORBIDDEN = {"station_id": "+#/", "mqtt_prefix": "+#"}
+
+
 def validate(key, value):
     """Return `value` normalised for `key`, or raise ConfigError with the reason."""
     spec = SCHEMA.get(key)
@@ -147,6 +152,12 @@ def validate(key, value):
         return value
     if len(value) < low or len(value) > high:
         raise ConfigError("%s: length must be %d..%d" % (key, low, high))
+    forbidden = _TOPIC_FORBIDDEN.get(key)
+    if forbidden is not None:
+        for ch in value:
+            if ch in forbidden or ch < " " or ch == "\x7f":
+                raise ConfigError("%s: no control characters and none of %s (MQTT topic)"
+                                  % (key, " ".join(forbidden)))
     return value
 
 

@@ -196,6 +196,24 @@ class ValidCommandsReachTheStation(unittest.TestCase):
         self.assertIn("temperatures", reply["error"])
         self.assertEqual(self.target.cfg["temp_restore_dc"], Config()["temp_restore_dc"])
 
+    def test_set_config_refuses_topic_names_the_link_cannot_use(self):
+        # station_id and mqtt_prefix become MQTT topic levels at the next boot: a wildcard,
+        # a level separator in the id or a control character would stop the link from
+        # being built at all, so they are refused now with a reason.
+        from firmware.messages import Topics
+        for key, value in (("station_id", "cp/1"), ("station_id", "cp+1"),
+                           ("station_id", "cp#"), ("station_id", "cp\x001"),
+                           ("mqtt_prefix", "site/+"), ("mqtt_prefix", "#"),
+                           ("mqtt_prefix", "a\tb")):
+            reply = self.d.handle(cmd("set_config", {"changes": {key: value}}), NOW)
+            self.assertIs(reply["ok"], False, value)
+            self.assertIn(key, reply["error"])
+            self.assertEqual(self.target.cfg[key], Config()[key])
+        for key, value in (("station_id", "b\u00fcro-7"), ("mqtt_prefix", "site/a")):
+            reply = self.d.handle(cmd("set_config", {"changes": {key: value}}), NOW)
+            self.assertIs(reply["ok"], True, value)
+        Topics(self.target.cfg["mqtt_prefix"], self.target.cfg["station_id"])
+
     def test_diagnostics_returns_the_snapshot(self):
         reply = self.d.handle(cmd("diagnostics"), NOW)
         self.assertEqual(reply["data"], {"uptime_s": 12, "heap_free": 40000})
