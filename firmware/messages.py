@@ -19,8 +19,9 @@ REPLY = "reply"          # station -> backend, one per command
 CMD = "cmd"              # backend -> station
 ACK = "ack"              # backend -> station, acknowledges records by id
 
-# Backend -> station payloads larger than this are not parsed.
+# Backend -> station acks: at most this many ids, and payloads larger than this are not parsed.
 MAX_ACK_IDS = 32
+MAX_ACK_BYTES = 4096
 
 
 class MessageError(ValueError):
@@ -108,9 +109,12 @@ def reply(corr_id, cmd, reason=None, data=None):
 
 def parse_ack(payload):
     """The record ids in an ack payload {"v":1, "ids":[...]}; MessageError if malformed."""
+    if len(payload) > MAX_ACK_BYTES:
+        raise MessageError("ack: payload over %d bytes" % MAX_ACK_BYTES)
     try:
         msg = json.loads(payload)
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RuntimeError):
+        # RuntimeError: CPython's RecursionError on deep nesting.
         raise MessageError("ack: not valid JSON")
     if not isinstance(msg, dict):
         raise MessageError("ack: expected an object")

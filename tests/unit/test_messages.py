@@ -69,3 +69,12 @@ class AckPayloads(unittest.TestCase):
                     b'{"ids": "s-1"}', b'{"ids": [true]}', b'{"ids": [1.5]}',
                     b'{"ids": [null]}', json.dumps({"ids": list(range(33))}).encode()):
             self.assertRaises(MessageError, messages.parse_ack, bad)
+
+    def test_oversized_and_deeply_nested_acks_are_malformed(self):
+        # A full ack (32 long ids) fits; anything larger is refused before parsing, and
+        # nesting deep enough to exhaust CPython's recursion limit is malformed too.
+        full = json.dumps({"v": 1, "ids": ["x" * 100 + str(i) for i in range(32)]}).encode()
+        self.assertEqual(len(messages.parse_ack(full)), 32)
+        for bad in (b'{"ids": ["' + b"x" * messages.MAX_ACK_BYTES + b'"]}',
+                    b'{"ids": [' + b"[" * 2000 + b"]" * 2000 + b']}'):
+            self.assertRaises(MessageError, messages.parse_ack, bad)
