@@ -3,10 +3,39 @@
 Values set through an NVS handle are visible to that namespace at once, but only committed
 values survive `machine.sim.power_cycle()`: on the device an uncommitted write may be lost
 at a reset, and code must not rely on it.
-"""
-import errno
 
+Errors are the port's (ports/esp32/esp32_nvs.c): every ESP-IDF failure goes through
+check_esp_err(), which raises OSError(-code, name) with the *negative* ESP-IDF code as
+errno (only ESP_ERR_NO_MEM, _TIMEOUT and _NOT_SUPPORTED map to POSIX numbers). A missing
+key is therefore errno -0x1102, not ENOENT. set_i32() converts with mp_obj_get_int(): a
+value beyond the 32-bit machine word raises OverflowError, a non-str key TypeError.
+"""
 _KEY_MAX = 15
+
+# ESP-IDF nvs.h error codes (ESP_ERR_NVS_BASE 0x1100).
+ESP_ERR_NVS_NOT_FOUND = 0x1102
+ESP_ERR_NVS_TYPE_MISMATCH = 0x1103
+ESP_ERR_NVS_KEY_TOO_LONG = 0x1109
+ESP_ERR_NVS_INVALID_LENGTH = 0x110C
+_NAMES = {
+    ESP_ERR_NVS_NOT_FOUND: "ESP_ERR_NVS_NOT_FOUND",
+    ESP_ERR_NVS_TYPE_MISMATCH: "ESP_ERR_NVS_TYPE_MISMATCH",
+    ESP_ERR_NVS_KEY_TOO_LONG: "ESP_ERR_NVS_KEY_TOO_LONG",
+    ESP_ERR_NVS_INVALID_LENGTH: "ESP_ERR_NVS_INVALID_LENGTH",
+}
+
+
+def _esp_err(code):
+    """The OSError check_esp_err() raises for an ESP-IDF error code."""
+    return OSError(-code, _NAMES[code])
+
+
+def _name(name):
+    if not isinstance(name, str):
+        raise TypeError("can't convert to str implicitly")
+    if len(name) > _KEY_MAX:
+        raise _esp_err(ESP_ERR_NVS_KEY_TOO_LONG)
+    return name
 _committed = {}   # namespace -> {key: value}
 _pending = {}     # namespace -> {key: value or None (erased)}
 
@@ -23,16 +52,12 @@ def _reset_all():
 
 class NVS:
     def __init__(self, namespace):
-        if not isinstance(namespace, str) or not 0 < len(namespace) <= _KEY_MAX:
-            raise ValueError("invalid namespace")
-        self._ns = namespace
+        self._ns = _name(namespace)
         _committed.setdefault(namespace, {})
         _pending.setdefault(namespace, {})
 
     def _key(self, key):
-        if not isinstance(key, str) or not 0 < len(key) <= _KEY_MAX:
-            raise ValueError("invalid key")
-        return key
+        return _name(key)
 
     def _get(self, key):
         pend = _pending.get(self._ns, {})
@@ -41,18 +66,20 @@ class NVS:
         else:
             value = _committed[self._ns].get(key)
         if value is None:
-            raise OSError(errno.ENOENT)
+            raise _esp_err(ESP_ERR_NVS_NOT_FOUND)
         return value
 
     def set_i32(self, key, value):
-        if not isinstance(value, int) or not -(1 << 31) <= value < (1 << 31):
-            raise ValueError("value out of range")
+        if not isinstance(value, int):
+            raise TypeError("can't convert to int")
+        if not -(1 << 31) <= value < (1 << 31):
+            raise OverflowError("overflow converting long int to machine word")
         _pending.setdefault(self._ns, {})[self._key(key)] = value
 
     def get_i32(self, key):
         value = self._get(self._key(key))
         if not isinstance(value, int):
-            raise OSError(errno.EINVAL)
+            raise _esp_err(ESP_ERR_NVS_TYPE_MISMATCH)
         return value
 
     def set_blob(self, key, value):
@@ -61,9 +88,9 @@ class NVS:
     def get_blob(self, key, buffer):
         value = self._get(self._key(key))
         if isinstance(value, int):
-            raise OSError(errno.EINVAL)
+            raise _esp_err(ESP_ERR_NVS_TYPE_MISMATCH)
         if len(buffer) < len(value):
-            raise OSError(errno.ENOMEM)
+            raise _esp_err(ESP_ERR_NVS_INVALID_LENGTH)
         buffer[:len(value)] = value
         return len(value)
 

@@ -278,5 +278,26 @@ class NvsCommit(unittest.TestCase):
         buf = bytearray(8)
         self.assertEqual(nvs.get_blob("crash", buf), 3)
         self.assertEqual(bytes(buf[:3]), b"abc")
-        self.assertRaises(ValueError, nvs.set_i32, "x" * 16, 1)
-        self.assertRaises(ValueError, nvs.set_i32, "big", 1 << 31)
+
+    def _esp_errno(self, fn, *args):
+        try:
+            fn(*args)
+        except OSError as e:
+            return e.args[0]
+        return None
+
+    def test_errors_are_the_ports_check_esp_err(self):
+        # check_esp_err() raises OSError(-esp_err_t): a missing key is -0x1102
+        # (ESP_ERR_NVS_NOT_FOUND), not ENOENT; too long a key is -0x1109.
+        nvs = esp32.NVS("station")
+        self.assertEqual(self._esp_errno(nvs.get_i32, "nothing"), -0x1102)
+        self.assertEqual(self._esp_errno(nvs.get_blob, "nothing", bytearray(4)), -0x1102)
+        self.assertEqual(self._esp_errno(nvs.set_i32, "x" * 16, 1), -0x1109)
+        self.assertEqual(self._esp_errno(esp32.NVS, "n" * 16), -0x1109)
+        nvs.set_blob("crash", b"abcdef")
+        self.assertEqual(self._esp_errno(nvs.get_blob, "crash", bytearray(2)), -0x110C)
+        self.assertEqual(self._esp_errno(nvs.get_i32, "crash"), -0x1103)
+        # mp_obj_get_int(): beyond the 32-bit word is OverflowError, not a ValueError.
+        self.assertRaises(OverflowError, nvs.set_i32, "big", 1 << 31)
+        nvs.set_i32("low", -(1 << 31))
+        self.assertEqual(nvs.get_i32("low"), -(1 << 31))
