@@ -11,7 +11,8 @@ fail on the device for a reason we could have seen:
 - ADC exists on ADC1 (GPIO 32-39) and ADC2 (0, 2, 4, 12-15, 25-27); ADC2 reads raise
   OSError(ETIMEDOUT) while Wi-Fi is active (network.WLAN(...).active(True)), as the port does;
 - PWM frequency 1 Hz..40 MHz, duty_u16 0..65535;
-- UART ids 0..2, 5..8 data bits, parity None/0/1, 1 or 2 stop bits;
+- UART ids 0..2, 5..8 data bits, parity None or an int (odd when `parity & 1`), 1 or 2 stop
+  bits, rxbuf above the 128-byte hardware FIFO; init() discards received input;
 - WDT cannot be stopped (there is no deinit), only fed.
 
 Everything a test needs lives on the module-level `sim` object (see the `Sim` class):
@@ -712,6 +713,9 @@ class PWM:
 
 
 # -- UART ------------------------------------------------------------------------------
+_UART_HW_FIFO_LEN = 128
+
+
 class UART:
     INV_TX = 1
     INV_RX = 2
@@ -746,9 +750,13 @@ class UART:
                 raise ValueError("invalid data bits")
             self._bits = bits
         if parity != -1:
-            if parity not in (None, 0, 1):
-                raise ValueError("invalid parity")
-            self._parity = parity
+            # machine_uart.c: None disables parity; any int is odd when `parity & 1`.
+            if parity is None:
+                self._parity = None
+            elif isinstance(parity, int):
+                self._parity = parity & 1
+            else:
+                raise TypeError("can't convert %s to int" % type(parity).__name__)
         if stop is not None:
             if stop not in (1, 2):
                 raise ValueError("invalid stop bits")
@@ -759,14 +767,18 @@ class UART:
         for p in (rx, cts):
             if p is not None:
                 _pin_id(p)
-        if rxbuf is not None:
-            if rxbuf < 0:
-                raise ValueError("invalid rxbuf")
-            self._peer.rxbuf = max(rxbuf, 129)
+        if rxbuf is not None and rxbuf >= 0:
+            # uart_driver_install() wants an rx ring buffer larger than the hardware FIFO
+            # (128 bytes); its ESP_FAIL reaches Python as OSError through check_esp_err().
+            if rxbuf <= _UART_HW_FIFO_LEN:
+                raise OSError(1, "ESP_FAIL")
+            self._peer.rxbuf = rxbuf
         if timeout is not None:
             self._timeout = timeout
         if timeout_char is not None:
             self._timeout_char = timeout_char
+        # init() ends in uart_flush_input(): whatever was received before is discarded.
+        self._peer.rx = bytearray()
         sim._log(EV_UART_INIT, self._id, self._baud)
 
     def char_us(self):

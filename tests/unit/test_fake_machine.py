@@ -158,10 +158,32 @@ class UartRules(unittest.TestCase):
         self.assertRaises(ValueError, UART, 3)
         self.assertRaises(ValueError, UART, 2, baudrate=0)
         self.assertRaises(ValueError, UART, 2, bits=9)
-        self.assertRaises(ValueError, UART, 2, parity=2)
+        self.assertRaises(TypeError, UART, 2, parity="E")
         self.assertRaises(ValueError, UART, 2, stop=3)
         self.assertRaises(ValueError, UART, 2, tx=34, rx=16)
         self.assertRaises(ValueError, UART, 2, tx=17, rx=20)
+
+    def test_rx_buffer_must_exceed_the_hardware_fifo(self):
+        # uart_driver_install() refuses an rx ring buffer not larger than the 128-byte FIFO.
+        self.assertRaises(OSError, UART, 2, tx=17, rx=16, rxbuf=128)
+        u = UART(2, tx=17, rx=16, rxbuf=129)
+        self.assertRaises(OSError, u.init, rxbuf=64)
+
+    def test_parity_is_odd_for_odd_numbers(self):
+        # machine_uart.c: None disables parity, any other int is odd when `parity & 1`.
+        u = UART(2, baudrate=9600, parity=3, tx=17, rx=16)
+        self.assertEqual(u.char_us(), 1146)
+        u.init(parity=None)
+        self.assertEqual(u.char_us(), 1042)
+
+    def test_init_discards_pending_input(self):
+        # init() ends in uart_flush_input(): bytes received before it are gone.
+        u = UART(2, baudrate=9600, tx=17, rx=16)
+        sim.uart_peer(2).send(b"stale")
+        self.assertEqual(u.any(), 5)
+        u.init(baudrate=19200)
+        self.assertEqual(u.any(), 0)
+        self.assertIsNone(u.read())
 
     def test_transmission_takes_wire_time(self):
         u = UART(2, baudrate=9600, tx=17, rx=16)
