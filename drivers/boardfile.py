@@ -109,7 +109,8 @@ SECTIONS = {
         "rx_pin": ("in", REQUIRED),
         "de_pin": ("out", REQUIRED),
         "de_active_high": ("bool", True),
-        "rxbuf": ("int", 256, 128, 4096),
+        # ESP-IDF wants more than the 128-byte hardware FIFO (uart_driver_install).
+        "rxbuf": ("int", 256, 129, 4096),
     }),
     "service": (False, {
         "pin": ("in", None),

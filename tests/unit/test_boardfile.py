@@ -116,6 +116,14 @@ class WiringMistakes(unittest.TestCase):
         raw["led"]["red_pin"] = 7
         self.assertIn("SPI flash", error_of(raw))
 
+    def test_uart_rx_buffer_must_exceed_the_hardware_fifo(self):
+        # ESP-IDF's uart_driver_install() refuses rx buffers of 128 bytes (the FIFO) or less.
+        raw = reference()
+        raw["rs485"]["rxbuf"] = 128
+        self.assertIn("rs485.rxbuf: 128 out of range 129..4096", error_of(raw))
+        raw["rs485"]["rxbuf"] = 129
+        self.assertEqual(validate(raw)["rs485"]["rxbuf"], 129)
+
     def test_pull_on_an_input_only_pin(self):
         raw = reference()
         raw["contactor"]["mirror_pull"] = "up"

@@ -403,6 +403,12 @@ class Rs485(unittest.TestCase):
         self.assertIs(b.meter_uart(baudrate=19200, parity="E"), u)
         self.assertRaises(ValueError, b.meter_uart, 9600, "X")
 
+    def test_smallest_rx_buffer_the_board_file_accepts_builds_the_uart(self):
+        from drivers.boardfile import SECTIONS
+        raw = reference()
+        raw["rs485"]["rxbuf"] = SECTIONS["rs485"][1]["rxbuf"][2]
+        self.assertIsNotNone(make_board(raw).meter_uart())
+
     def test_manual_de(self):
         b = make_board()
         u = b.meter_uart()
