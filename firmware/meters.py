@@ -176,7 +176,7 @@ def _field(name, spec):
     addr, enc, mul, div = spec
     if not _is_int(addr) or addr < 0 or addr > 0xFFFF:
         raise _err("'%s' address must be an integer 0..65535" % name)
-    if enc not in ENCODINGS:
+    if not isinstance(enc, str) or enc not in ENCODINGS:
         raise _err("'%s' encoding '%s' unknown (one of %s)"
                    % (name, enc, ", ".join(sorted(ENCODINGS))))
     if not _is_int(mul) or not _is_int(div) or mul < 1 or div < 1 \
@@ -207,7 +207,7 @@ class MeterMap:
                 raise _err("'%s' is required" % key)
         self.name = name
         fc = spec.get("fc")
-        if fc != 3 and fc != 4:
+        if not _is_int(fc) or (fc != 3 and fc != 4):
             raise _err("'fc' must be 3 (holding) or 4 (input registers)")
         self.fc = fc
         self.max_regs = _limit(spec, "max_regs", 4, 125)

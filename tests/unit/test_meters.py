@@ -274,6 +274,13 @@ class TestCustomMap(unittest.TestCase):
         self.assertMapError("mul and div", power=[12, "i32", 0, 1])
         self.assertMapError("overlap", power=[4, "f32", 1, 1])
         self.assertMapError("unknown key 'colour'", colour="red")
+        # JSON 4.0 equals 4 but cannot go into a request frame: the meter would fail at
+        # every poll after the config change was accepted.
+        self.assertMapError("'fc' must be 3", fc=4.0)
+        self.assertMapError("'fc' must be 3", fc=True)
+        # An unhashable encoding is a map error, not a TypeError out of the validation.
+        self.assertMapError("encoding", voltage=[0, ["f32"], 10, 1])
+        self.assertMapError("encoding", voltage=[0, {"f32": 1}, 10, 1])
 
     def test_not_json_and_empty(self):
         self.assertRaises(MeterMapError, load_map, "custom", "{fc: 4")
