@@ -10,7 +10,8 @@ fail on the device for a reason we could have seen:
   and their pull resistors do not exist (a pull request is accepted and has no effect);
 - ADC exists on ADC1 (GPIO 32-39) and ADC2 (0, 2, 4, 12-15, 25-27); ADC2 reads raise
   OSError(ETIMEDOUT) while Wi-Fi is active (network.WLAN(...).active(True)), as the port does;
-- PWM frequency 1 Hz..40 MHz, duty_u16 0..65535;
+- PWM frequency 1 Hz..40 MHz, duty_u16 0..65535, duty_ns up to the period; a deinitialised
+  PWM raises RuntimeError;
 - UART ids 0..2, 5..8 data bits, parity None or an int (odd when `parity & 1`), 1 or 2 stop
   bits, rxbuf above the 128-byte hardware FIFO; init() discards received input;
 - WDT cannot be stopped (there is no deinit), only fed.
@@ -616,12 +617,16 @@ _PWM_CHANNELS = 16
 
 
 class PWM:
-    def __init__(self, dest, *, freq=None, duty=None, duty_u16=None, duty_ns=None, invert=False):
+    # ports/esp32/machine_pwm.c (v1.25+): PWM(dest, freq, *, duty, duty_u16, duty_ns, invert,
+    # lightsleep); a deinitialised object raises RuntimeError("PWM is inactive") from every
+    # getter and setter; duty_u16(65535) is a steady high level (the port writes 2**16).
+    def __init__(self, dest, freq=None, *, duty=None, duty_u16=None, duty_ns=None,
+                 invert=False, lightsleep=False):
         pid = _pin_id(dest)
         if pid in INPUT_ONLY_PINS:
             raise ValueError("pin can only be input")
         if pid not in sim._pwm and len(sim._pwm) >= _PWM_CHANNELS:
-            raise ValueError("out of PWM channels")
+            raise RuntimeError("out of PWM channels:%d" % _PWM_CHANNELS)
         self._id = pid
         self._freq = 5000
         self._duty = 32768
@@ -640,7 +645,8 @@ class PWM:
         sim._log(EV_PWM_INIT, pid, self._freq)
         self._set(duty, duty_u16, duty_ns)
 
-    def init(self, *, freq=None, duty=None, duty_u16=None, duty_ns=None, invert=None):
+    def init(self, freq=None, *, duty=None, duty_u16=None, duty_ns=None, invert=None,
+             lightsleep=None):
         if freq is not None:
             self.freq(freq)
         if invert is not None:
@@ -664,12 +670,12 @@ class PWM:
 
     def _check_active(self):
         if not self._active or sim._pwm.get(self._id) is not self:
-            raise ValueError("PWM is deinitialised")
+            raise RuntimeError("PWM is inactive")
 
     def freq(self, value=None):
+        self._check_active()
         if value is None:
             return self._freq
-        self._check_active()
         self._check_freq(value)
         if value != self._freq:
             self._freq = value
@@ -677,9 +683,9 @@ class PWM:
             sim._log(EV_PWM_FREQ, self._id, value)
 
     def duty_u16(self, value=None):
+        self._check_active()
         if value is None:
             return self._duty
-        self._check_active()
         if value < 0 or value > 65535:
             raise ValueError("duty_u16 must be from 0 to 65535")
         if value != self._duty:
@@ -687,12 +693,16 @@ class PWM:
             sim._log(EV_PWM_DUTY, self._id, value)
 
     def duty_ns(self, value=None):
-        period_ns = 1000000000 // self._freq
+        self._check_active()
+        period_ns = (1000000000 + self._freq // 2) // self._freq
         if value is None:
-            return self._duty * period_ns // 65535
-        if value < 0:
-            raise ValueError("duty_ns must be positive")
-        self.duty_u16(min(65535, value * 65535 // period_ns))
+            return (self._duty * 1000000000 + self._freq * 32768) // (self._freq * 65536)
+        if value < 0 or value > period_ns:
+            raise ValueError("duty_ns must be from 0 to %d ns" % period_ns)
+        duty = (value * 65536 * self._freq + 500000000) // 1000000000
+        if value > 0 and duty == 0:
+            duty = 1
+        self.duty_u16(min(65535, duty))
 
     def deinit(self):
         if sim._pwm.get(self._id) is self:

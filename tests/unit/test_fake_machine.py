@@ -147,7 +147,22 @@ class PwmRules(unittest.TestCase):
         pwm = PWM(Pin(25), freq=1000, duty_u16=65535)
         pwm.deinit()
         self.assertIsNone(sim.pwm(25))
-        self.assertRaises(ValueError, pwm.duty_u16, 100)
+        # machine_pwm.c pwm_is_active(): RuntimeError("PWM is inactive"), getters included.
+        self.assertRaises(RuntimeError, pwm.duty_u16, 100)
+        self.assertRaises(RuntimeError, pwm.duty_u16)
+        self.assertRaises(RuntimeError, pwm.freq)
+        self.assertRaises(RuntimeError, pwm.freq, 1000)
+        self.assertRaises(RuntimeError, pwm.duty_ns)
+
+    def test_signature_and_duty_ns_range(self):
+        # PWM(dest, freq) takes freq positionally; duty_ns beyond the period is refused.
+        pwm = PWM(Pin(25), 1000, duty_u16=0)
+        self.assertEqual(pwm.freq(), 1000)
+        pwm.duty_ns(250000)
+        self.assertEqual(pwm.duty_u16(), 16384)
+        self.assertRaises(ValueError, pwm.duty_ns, 1000001)
+        self.assertRaises(ValueError, pwm.duty_ns, -1)
+        self.assertRaises(TypeError, PWM, Pin(25), 1000, 5)
 
 
 class UartRules(unittest.TestCase):
