@@ -267,6 +267,8 @@ class Sim:
         self._out = {}                 # pin -> output register (0/1)
         self._pwm = {}                 # pin -> PWM object
         self._irqs = {}                # pin -> (Pin, handler, trigger)
+        self._adc_atten = {}           # pin -> attenuation (the port keeps it per channel)
+        self._adc_bits = {1: 12, 2: 12}  # ADC block -> width in bits
         self.wdt_timeout_ms = 0        # 0 = not started
         self.wdt_last_feed_us = 0
         self.wdt_expired = False
@@ -554,6 +556,8 @@ _FULL_SCALE_MV = (950, 1250, 1750, 3100)
 
 
 class ADC:
+    """ports/esp32/machine_adc.c: one object per channel, so the attenuation set once stays
+    for every later ADC(pin) of that channel (0 dB the first time); width() is per block."""
     ATTN_0DB = 0
     ATTN_2_5DB = 1
     ATTN_6DB = 2
@@ -569,21 +573,30 @@ class ADC:
             raise ValueError("invalid pin")
         self._id = pid
         self._adc2 = pid in ADC2_PINS
-        self._atten = ADC.ATTN_0DB
-        self._width = 12
+        self._block = 2 if self._adc2 else 1
         if atten is not None:
             self.atten(atten)
+        elif pid not in sim._adc_atten:
+            sim._adc_atten[pid] = ADC.ATTN_0DB
         sim._log(EV_ADC_INIT, pid, self._atten)
+
+    @property
+    def _atten(self):
+        return sim._adc_atten.get(self._id, ADC.ATTN_0DB)
+
+    @property
+    def _width(self):
+        return sim._adc_bits[self._block]
 
     def atten(self, atten):
         if atten not in (0, 1, 2, 3):
-            raise ValueError("invalid attenuation")
-        self._atten = atten
+            raise ValueError("invalid atten")
+        sim._adc_atten[self._id] = atten
 
     def width(self, width):
         if width not in (9, 10, 11, 12):
-            raise ValueError("invalid width")
-        self._width = width
+            raise ValueError("invalid bits")
+        sim._adc_bits[self._block] = width
 
     def init(self, *, atten=None):
         if atten is not None:

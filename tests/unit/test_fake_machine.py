@@ -109,6 +109,23 @@ class AdcRules(unittest.TestCase):
         self.assertEqual(adc.read_uv(), 950000)
         self.assertRaises(ValueError, adc.atten, 7)
 
+    def test_attenuation_belongs_to_the_channel(self):
+        # machine_adc.c keeps one object per channel: ADC(pin) without atten keeps the
+        # attenuation set before (0 dB only the first time); width() sets the whole block.
+        ADC(Pin(36), atten=ADC.ATTN_11DB)
+        again = ADC(Pin(36))
+        sim.set_adc(36, 2000)
+        self.assertEqual(again.read_uv(), 2000000)
+        fresh = ADC(Pin(39))
+        sim.set_adc(39, 2000)
+        self.assertEqual(fresh.read_uv(), 950000)
+        again.width(ADC.WIDTH_9BIT)
+        sim.set_adc(39, 5000)
+        self.assertEqual(fresh.read(), 511)
+        sim.power_cycle()
+        sim.set_adc(36, 2000)
+        self.assertEqual(ADC(Pin(36)).read_uv(), 950000)
+
     def test_each_conversion_takes_simulated_time(self):
         adc = ADC(Pin(36), atten=ADC.ATTN_11DB)
         sim.set_adc(36, lambda t: 100 + t // 25)
