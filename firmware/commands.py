@@ -15,11 +15,12 @@ and return, so that the reply can still be sent.
 """
 from firmware import config
 from firmware import messages
+from firmware.auth import ID_TAG_MAX, IdTagError, check_id_tag
 import json
 
 MAX_COMMAND_BYTES = 1024
 MAX_ID_LEN = 64
-MAX_ID_TAG_LEN = 20          # OCPP 1.6 IdToken: CiString20
+MAX_ID_TAG_LEN = ID_TAG_MAX  # as firmware/auth.py: the tags the reader path asks the backend about
 MIN_LIMIT_MA = 6000          # IEC 61851-1: 6 A is the smallest current the PWM may offer
 MAX_LIMIT_MA = 80000
 MAX_EXPIRES_S = 7 * 86400
@@ -91,6 +92,7 @@ _BOOL = 2
 _KEYS = 3      # list of config keys
 _CHANGES = 4   # object of config key: value
 _CHOICE = 5    # str from a tuple
+_ID_TAG = 6    # an idTag (firmware/auth.py check_id_tag)
 
 _REQUIRED = True
 _OPTIONAL = False
@@ -99,7 +101,7 @@ _OPTIONAL = False
 _COMMANDS = {
     "start": (),
     "stop": (),
-    "authorize": (("id_tag", _STR, 1, MAX_ID_TAG_LEN, _REQUIRED),),
+    "authorize": (("id_tag", _ID_TAG, 1, MAX_ID_TAG_LEN, _REQUIRED),),
     "set_limit": (("limit_ma", _INT, 0, MAX_LIMIT_MA, _REQUIRED),
                   ("expires_s", _INT, 1, MAX_EXPIRES_S, _OPTIONAL)),
     "set_availability": (("availability", _CHOICE, ("operative", "inoperative"), None,
@@ -147,6 +149,11 @@ def _check_arg(cmd, name, kind, low, high, value):
         if not _printable(value):
             raise CommandError("%s: control characters not allowed" % where)
         return value
+    if kind == _ID_TAG:
+        try:
+            return check_id_tag(value)
+        except IdTagError as e:
+            raise CommandError("%s: %s" % (where, e.args[0]))
     if kind == _CHOICE:
         if not isinstance(value, str) or value not in low:
             raise CommandError("%s: must be one of %s" % (where, ", ".join(low)))
