@@ -198,6 +198,9 @@ class Station:
             self._service(now)
         except Exception as e:  # noqa: BLE001 - see _service_failed
             self._service_failed(now, e)
+        # Outside the guard: a reboot is the remedy for slow work that fails every time.
+        if self._reboot_at is not None:
+            self._reboot_due(now)
         if self._reboot_now:
             self.shutdown("reboot")
             self.board.reset()
@@ -267,8 +270,6 @@ class Station:
         self._fault_flag(_faults.OUTBOX_OVERFLOW, self.outbox.overflow_active, now)
         if self._limit_left_ms is not None:
             self._limit_expiry(now)
-        if self._reboot_at is not None:
-            self._reboot_due(now)
 
     def _poll_meter(self, now):
         m = self.meter

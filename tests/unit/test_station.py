@@ -373,3 +373,27 @@ class SafetyTickAllocation(unittest.TestCase):
                     micropython.heap_unlock()
                 b.now_ms += TICK_MS
                 st.events.clear()
+
+
+class ServiceGuardAndCommands(unittest.TestCase):
+    def charging(self, config=BACKEND):
+        r = Rig(config=config)
+        r.ev(plugged=True, s2=S2_C)
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        return r
+
+    def test_reboot_goes_ahead_while_a_background_task_keeps_failing(self):
+        # A remote reboot is the remedy for a background task that fails every iteration;
+        # it must not wait behind that task (the charger stays paused meanwhile).
+        from tools.pilotsim.simboard import SimReset
+        r = self.charging()
+        st = r.station
+
+        def out_of_memory(now_ms):
+            raise MemoryError("memory allocation failed")
+        st.sessions.tick = out_of_memory
+        self.assertIsNone(st.cmd_reboot(r.board.ticks_ms()))
+        with self.assertRaises(SimReset):
+            r.run(10000)
+        self.assertFalse(r.board.contactor_cmd)
+        self.assertEqual(r.board.reset_requests, 1)
