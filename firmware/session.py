@@ -548,9 +548,12 @@ class SessionManager:
         energy = s.energy_wh()
         charging_s = s.charging_ms // 1000
         idle_s = s.idle_ms // 1000
-        suspended_s = s.suspended_ms // 1000
+        billable_idle_s = (s.idle_ms - s.suspended_ms) // 1000
+        # Rounded so that idle_s - suspended_s is exactly the idle time billed (the backend
+        # re-rates from the record): the station's part rounds up, the EV's down.
+        suspended_s = idle_s - billable_idle_s
         tariff = Tariff.from_dict(s.tariff)
-        total, breakdown = tariff.cost(energy, charging_s, (s.idle_ms - s.suspended_ms) // 1000)
+        total, breakdown = tariff.cost(energy, charging_s, billable_idle_s)
         if reason is None:
             stop = None
         elif s.time_source == TIME_WALL:

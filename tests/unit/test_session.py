@@ -129,6 +129,21 @@ class ScriptedSessions(unittest.TestCase):
         self.assertEqual(st.counters.energy_wh, 11000)
         self.assertEqual(st.counters.contactor_cycles_under_load, 1)
 
+    def test_billed_idle_time_is_what_the_record_reports(self):
+        # The backend re-rates from idle_s - suspended_s (docs/sessions.md): the station's
+        # own price must come from the same seconds, also when the parts are not whole.
+        st = Station(cfg={"price_per_min_idle_minor": 60000})    # 1000 minor units a second
+        st.state(STATE_B1)                           # station withholds current: 0.6 s
+        st.run(600, step=100)
+        st.state(STATE_B2)                           # EV not drawing: 0.9 s
+        st.run(900, step=100)
+        st.state(STATE_A)
+        r = st.sm.pop_completed()[0]
+        self.assertEqual(r["idle_s"], 1)
+        self.assertEqual(r["cost"]["idle_billed_s"], r["idle_s"] - r["suspended_s"])
+        self.assertEqual(r["cost"]["idle_minor"], 1000 * r["cost"]["idle_billed_s"])
+        self.assertEqual(r["cost"]["idle_billed_s"], 0)    # 0.9 s billable, not a second
+
     def test_ev_pause_and_resume_is_one_session(self):
         st = Station()
         st.state(STATE_B2)
