@@ -209,11 +209,17 @@ class Station:
         # Slow work (meter, sessions, backend) that fails, out of memory included, must not
         # take the safety tick down with it: count it, make it visible, carry on. A failure
         # of the safety tick itself still ends the loop (main.py opens the contactor).
+        # Out of memory the report itself may fail to build: the count and the fault
+        # (neither allocates) come first, the text and the event only if they can be made.
         self.service_errors += 1
-        self.last_service_error = "%s: %s" % (type(e).__name__, e)
         gc.collect()
-        if self.faults.raise_(_faults.INTERNAL_ERROR, now, present=False):
-            self._queue_event({"type": "internal_error", "error": self.last_service_error})
+        raised = self.faults.raise_(_faults.INTERNAL_ERROR, now, present=False)
+        try:
+            self.last_service_error = "%s: %s" % (type(e).__name__, e)
+            if raised:
+                self._queue_event({"type": "internal_error", "error": self.last_service_error})
+        except Exception:  # noqa: BLE001 - the fault record still goes out
+            self.last_service_error = type(e).__name__
 
     def run(self):
         board = self.board

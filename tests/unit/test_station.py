@@ -397,3 +397,19 @@ class ServiceGuardAndCommands(unittest.TestCase):
             r.run(10000)
         self.assertFalse(r.board.contactor_cmd)
         self.assertEqual(r.board.reset_requests, 1)
+
+    def test_the_guard_survives_when_reporting_the_failure_fails_too(self):
+        # Out of memory, the report of the failure (an MQTT event) cannot be built either:
+        # the loop and its safety tick must still go on.
+        r = self.charging()
+        st = r.station
+
+        def out_of_memory(*args, **kw):
+            raise MemoryError("memory allocation failed")
+        st.sessions.tick = out_of_memory
+        st.link.publish_event = out_of_memory
+        r.run(100)
+        self.assertTrue(st.service_errors >= 10)
+        self.assertTrue(st.faults.is_active(faults.INTERNAL_ERROR))
+        r.ev(plugged=False, s2=S2_OPEN)
+        self.assertEqual(r.run_until(lambda: not r.board.contactor_cmd, 100), TICK_MS)
