@@ -482,6 +482,10 @@ class Station:
         c = self.charger
         if not c.available:
             return "station is inoperative"
+        if self._reboot_at is not None:
+            # The reboot paused charging so the EV stops first; resuming would have the
+            # reset cut a charging EV under load.
+            return "reboot scheduled"
         if not _states.ev_connected(c.state):
             return "no EV connected"
         if c.paused:

@@ -413,3 +413,13 @@ class ServiceGuardAndCommands(unittest.TestCase):
         self.assertTrue(st.faults.is_active(faults.INTERNAL_ERROR))
         r.ev(plugged=False, s2=S2_OPEN)
         self.assertEqual(r.run_until(lambda: not r.board.contactor_cmd, 100), TICK_MS)
+
+    def test_start_does_not_undo_the_pause_of_a_scheduled_reboot(self):
+        # The reboot paused charging so the EV stops before the reset; a start in between
+        # would have the reset cut a charging EV under load.
+        r = self.charging()
+        st = r.station
+        self.assertIsNone(st.cmd_reboot(r.board.ticks_ms()))
+        r.run(200)
+        self.assertIsNotNone(st.cmd_start(r.board.ticks_ms()))
+        self.assertTrue(st.charger.paused)
