@@ -621,6 +621,9 @@ class Station:
             self.link.close(reason)
 
     def cmd_selftest(self, now_ms):
+        if not self.cfg["rcd_selftest"]:
+            # The charger drops the request: no test would run and no result would come.
+            return "the residual-current self-test is disabled (rcd_selftest)"
         if self.charger.contactor:
             return "charging: the self-test runs when the contactor is open"
         self.charger.request_selftest()

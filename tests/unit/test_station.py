@@ -423,3 +423,12 @@ class ServiceGuardAndCommands(unittest.TestCase):
         r.run(200)
         self.assertIsNotNone(st.cmd_start(r.board.ticks_ms()))
         self.assertTrue(st.charger.paused)
+
+    def test_selftest_command_is_refused_when_the_self_test_is_disabled(self):
+        r = Rig(config=dict(BACKEND, rcd_selftest=False))
+        st = r.station
+        r.run(100)
+        self.assertIn("rcd_selftest", st.cmd_selftest(r.board.ticks_ms()))
+        r = Rig()
+        r.run(100)
+        self.assertIsNone(r.station.cmd_selftest(r.board.ticks_ms()))
