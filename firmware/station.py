@@ -585,6 +585,9 @@ class Station:
             return "config not stored: %s" % e
         self.cfg.update(changes)
         self.charger.reload_config()
+        if self._fallback and "comms_fallback_ma" in changed:
+            # The charger holds the fallback it was given when the link was lost.
+            self.charger.set_comms_fallback(self.cfg["comms_fallback_ma"])
         if self.meter is not None and meter_keys:
             self.meter.configure(self.cfg)
         later = [k for k in changed if needs_reboot(k)]

@@ -432,3 +432,15 @@ class ServiceGuardAndCommands(unittest.TestCase):
         r = Rig()
         r.run(100)
         self.assertIsNone(r.station.cmd_selftest(r.board.ticks_ms()))
+
+    def test_comms_fallback_change_applies_while_the_fallback_is_active(self):
+        r = Rig(config=dict(BACKEND, comms_loss_timeout_s=10, comms_fallback_ma=0))
+        st = r.station
+        r.ev(plugged=True)
+        r.run(11000)
+        from firmware.charger import LIMIT_COMMS
+        self.assertEqual(st.charger.limit_why(), LIMIT_COMMS)   # fallback 0: paused
+        self.assertEqual(st.charger.offered_ma, 0)
+        self.assertIsNone(st.cmd_set_config({"comms_fallback_ma": 16000}))
+        r.run(6000)
+        self.assertEqual(st.charger.offered_ma, 16000)
