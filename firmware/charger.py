@@ -209,7 +209,11 @@ class Charger:
         self._free = c["auth_mode"] == "free"
         n = c["pilot_confirm_n"]
         if n != self._filter.confirm_n:
-            self._filter = PilotFilter(n)
+            # Keep the confirmed level: a config change is no pilot change, and forgetting
+            # it would read as "pilot lost" and open the contactor under load.
+            f = PilotFilter(n)
+            f.level = self._filter.level
+            self._filter = f
 
     # -- commands (between ticks; they only record the request) ------------------------
     def authorize(self, on):

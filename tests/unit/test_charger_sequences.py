@@ -413,3 +413,23 @@ class UnplugOrder(unittest.TestCase):
         r.ch.authorize(True)
         r.step(3)
         self.assertEqual(r.ch.offered_ma, 0)
+
+
+class ConfigChangeWhileCharging(unittest.TestCase):
+    def test_new_pilot_confirm_n_keeps_the_confirmed_state_and_the_contactor(self):
+        # A config change is not a pilot change: the EV stays in C2 and the contactor
+        # must not open under load while the new filter re-reads the level.
+        r = Rig()
+        r.charging()
+        r.cfg.set("pilot_confirm_n", 3)
+        r.ch.reload_config()
+        r.run_ms(2000)
+        self.assertTrue(r.ch.contactor)
+        self.assertEqual(r.ch.state, STATE_C2)
+        self.assertEqual(len(r.events_of(EV_CONTACTOR)), 1)
+        # ...and the new count applies: an unplug now takes three readings.
+        r.ev = "A"
+        r.step(2)
+        self.assertTrue(r.ch.contactor)
+        r.step(1)
+        self.assertFalse(r.ch.contactor)
