@@ -89,6 +89,8 @@ _RX_PACKETS_PER_STEP = const(4)    # bounded work per step; the rest waits for t
 _EVENTS_PER_STEP = const(4)
 _EVENT_QUEUE = const(16)
 _REPLY_QUEUE = const(4)
+_ACK_QUEUE = const(64)             # acknowledged ids waiting to be applied (two full acks)
+_ACKS_PER_STEP = const(2)          # each costs flash writes: a few per step, not a batch
 _MAX_PACKET = const(8192)          # larger incoming packets are a protocol error (heap safety)
 _TELEMETRY_MIN_GAP_MS = const(1000)  # on-change telemetry no more often than this
 _RESOLVE_EVERY = const(4)          # re-resolve the host name after this many failed attempts
@@ -350,6 +352,7 @@ class MqttLink:
         self._status_dirty = False
         self._events = []
         self._replies = []
+        self._acks = []
         self._telemetry = None
         self._tele_last_ms = None
         self._tele_last_power = None
@@ -368,6 +371,7 @@ class MqttLink:
         self.rx_commands = 0
         self.rx_acks = 0
         self.bad_acks = 0
+        self.dropped_acks = 0
         self.foreign_messages = 0
         self.dropped_events = 0
         self.telemetry_sent = 0
@@ -423,7 +427,8 @@ class MqttLink:
                "rejected_commands": self.dispatcher.rejected,
                "failed_commands": self.dispatcher.failed,
                "accepted_commands": self.dispatcher.accepted, "rx_acks": self.rx_acks,
-               "bad_acks": self.bad_acks, "foreign_messages": self.foreign_messages,
+               "bad_acks": self.bad_acks, "dropped_acks": self.dropped_acks,
+               "foreign_messages": self.foreign_messages,
                "dropped_events": self.dropped_events, "events_sent": self.events_sent,
                "telemetry_sent": self.telemetry_sent, "telemetry_stored": self.telemetry_stored,
                "records_sent": self.records_sent, "replies_sent": self.replies_sent,
@@ -491,6 +496,8 @@ class MqttLink:
         self._last_step_ms = now_ms
         state = self._state
         try:
+            if self._acks:
+                self._apply_acks()
             if state == OFFLINE:
                 if self.disabled_reason is None and (
                         self._next_attempt_ms is None
@@ -795,12 +802,23 @@ class MqttLink:
                 self.bad_acks += 1
                 return
             self.rx_acks += 1
+            # Applied a few per step (step()): each acknowledged record is flash writes.
             for i in ids:
-                self.outbox.ack(i)
+                if len(self._acks) >= _ACK_QUEUE:
+                    # Its record is resent after outbox_resend_s and acknowledged again.
+                    self.dropped_acks += 1
+                else:
+                    self._acks.append(i)
         else:
             # Only the station's own topics are acted on (a broker ACL or bridge mistake
             # must not let one station obey another's commands).
             self.foreign_messages += 1
+
+    def _apply_acks(self):
+        for _ in range(_ACKS_PER_STEP):
+            if not self._acks:
+                return
+            self.outbox.ack(self._acks.pop(0))
 
     # -- failure and shutdown ---------------------------------------------------------------------
     def _drop_socket(self):

@@ -269,6 +269,33 @@ def test_broker_killed_and_restarted_reconnects_resubscribes_and_loses_nothing(b
     assert st.target.calls[-1] == ("stop",)
 
 
+def test_a_batch_of_acks_is_applied_a_few_per_step(tmp_dir):
+    # Each acknowledged record costs flash writes (the outbox index, its data file, the
+    # session journal): a full ack message must not put all of them into one loop step.
+    st = Station(1883, tmp_dir, mqtt_host="")
+    for i in range(40):
+        st.outbox.put("session", {"id": "s-%d" % i, "energy_wh": i})
+    ack = st.link.topics.ack
+    for first in (0, 32):
+        ids = ["s-%d" % i for i in range(first, first + 32)]
+        st.link._on_message(ack, json.dumps({"v": 1, "ids": ids}).encode())
+    assert st.acked == []                       # nothing written inside the message callback
+    done = []
+    for _ in range(40):
+        st.run(STEP_MS, real_s=0)
+        done.append(len(st.acked))
+    steps = [b - a for a, b in zip([0] + done, done)]
+    assert max(steps) <= 2
+    assert [i for _k, i in st.acked] == ["s-%d" % i for i in range(40)]
+    assert len(st.outbox) == 0
+    assert st.outbox.duplicate_acks == 24       # s-40..s-63 were never held
+    # More ids than the queue holds are dropped (counted): their records are resent and
+    # acknowledged again, nothing is lost.
+    for _ in range(3):
+        st.link._on_message(ack, json.dumps({"v": 1, "ids": ["x"] * 32}).encode())
+    assert st.link.stats()["dropped_acks"] == 32
+
+
 def test_backoff_doubles_with_jitter_up_to_the_maximum(tmp_dir):
     port = free_port()                             # nothing listens: every attempt is refused
     draws = []
