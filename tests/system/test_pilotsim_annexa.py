@@ -186,6 +186,13 @@ def _power_cut_slow():
                           _tick(1250, "OFF", "C", -1, 0, mirror=0, offered=0), _end(3000)]
 
 
+def _pwm_off_then_back_closed():
+    # PWM off at 1000 while charging, the coil stays on; 8 s later the PWM comes back:
+    # the contactor was closed without PWM for 8 s (> 6 s).
+    return _charging() + [_tick(1000, "C1", "C", 1000, 1, offered=0),
+                          _tick(9000, "C2", "C", 266, 1), _end(12000)]
+
+
 def _pwm_off_then_ev_leaves_closed():
     return _charging() + [_tick(1000, "C1", "C", 1000, 1, offered=0),
                           {"t": 8000, "k": "ev", "name": "pause"},
@@ -311,6 +318,7 @@ VIOLATIONS = [
     ("cp_open_open", _line_fault_slow("cp_open")),
     ("pe_loss_open", _line_fault_slow("pe_loss")),
     ("power_cut_open", _power_cut_slow),
+    ("pwm_off_open", _pwm_off_then_back_closed),
     ("pwm_off_open", _pwm_off_then_ev_leaves_closed),
     ("diode_fault_open", _fault_open_slow("diode_short")),
     ("cp_short_open", _fault_open_slow("cp_short_pe")),

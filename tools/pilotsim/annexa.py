@@ -276,6 +276,12 @@ def _pwm_off(tl):
                 dt = end["t"] - t0
                 out.append(Check("pwm_off_open", "PWM off, EV stays in C -> open", t0, dt,
                                  "<= %d ms" % ANNEX_A_PWM_OFF_MS, dt <= ANNEX_A_PWM_OFF_MS))
+            elif end["t"] - t0 > ANNEX_A_PWM_OFF_MS:
+                # The PWM came back, or the EV left C, with the contactor still closed: it
+                # was closed without PWM for longer than Annex A allows.
+                out.append(Check("pwm_off_open", "PWM off, EV stays in C -> open", t0, None,
+                                 "<= %d ms" % ANNEX_A_PWM_OFF_MS, False,
+                                 "still closed %d ms later" % (end["t"] - t0)))
         prev = r
     return out
 
