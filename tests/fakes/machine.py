@@ -14,7 +14,8 @@ fail on the device for a reason we could have seen:
   PWM raises RuntimeError;
 - UART ids 0..2, 5..8 data bits, parity None or an int (odd when `parity & 1`), 1 or 2 stop
   bits, rxbuf above the 128-byte hardware FIFO; init() discards received input;
-- WDT cannot be stopped (there is no deinit), only fed.
+- WDT cannot be stopped (there is no deinit), only fed; unfed past its timeout it restarts
+  the chip (raises SimulatedReset, as machine.reset() does).
 
 Everything a test needs lives on the module-level `sim` object (see the `Sim` class):
 simulated time (`sim.advance_us`, `sim.clock` with ticks_ms/ticks_us/sleep_ms...), injected
@@ -82,8 +83,8 @@ class SimulationEnd(BaseException):
 
 
 class SimulatedReset(SystemExit):
-    """Raised by machine.reset(): on the device the chip restarts and nothing after the call
-    runs; here the program unwinds (SystemExit passes `except Exception`)."""
+    """Raised by machine.reset() and by an expiring watchdog: on the device the chip restarts
+    and nothing after it runs; here the program unwinds (SystemExit passes `except Exception`)."""
 
 
 def _pin_id(pin):
@@ -314,8 +315,14 @@ class Sim:
     def _check_wdt(self):
         if self.wdt_timeout_ms and not self.wdt_expired:
             if self.now_us - self.wdt_last_feed_us > self.wdt_timeout_ms * 1000:
+                # The port's WDT is the ESP-IDF task watchdog with trigger_panic: the chip
+                # restarts (reset_cause() WDT_RESET next boot) and nothing after this runs.
                 self.wdt_expired = True
-                self._log(EV_WDT_EXPIRED, 0, self.wdt_timeout_ms)
+                t = self.wdt_last_feed_us + self.wdt_timeout_ms * 1000
+                self._log_at(t, EV_WDT_EXPIRED, 0, self.wdt_timeout_ms)
+                self.reset_count += 1
+                self._log_at(t, EV_RESET, 0, WDT_RESET)
+                raise SimulatedReset(0)
 
     # -- inputs ---------------------------------------------------------------------------
     def set_adc(self, pin, mv):
@@ -882,10 +889,14 @@ class WDT:
     """Once started it runs until reset: there is deliberately no deinit()."""
 
     def __init__(self, id=0, timeout=5000):
+        # machine_wdt.c: ValueError() for another id, "WDT timeout too short" for <= 0; a
+        # second WDT(timeout=...) reconfigures the running one.
         if id != 0:
-            raise ValueError("invalid WDT id")
-        if not isinstance(timeout, int) or timeout <= 0:
-            raise ValueError("invalid timeout")
+            raise ValueError()
+        if not isinstance(timeout, int):
+            raise TypeError("can't convert to int")
+        if timeout <= 0:
+            raise ValueError("WDT timeout too short")
         sim.wdt_timeout_ms = timeout
         sim.wdt_last_feed_us = sim.now_us
         sim.wdt_expired = False

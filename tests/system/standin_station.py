@@ -10,6 +10,7 @@ crash_at_step = None        # raise in this step (after closing the contactor)
 crash_message = "boom"
 return_from_run = False     # run() returns, which main.py must treat as a crash
 interrupt_at_step = None    # Ctrl-C at the REPL while running
+hang_at_step = None         # the loop gets stuck here (sleeps on, never feeds the watchdog)
 
 steps = 0
 crash_at_us = None
@@ -43,6 +44,11 @@ class Station:
         if interrupt_at_step is not None and steps == interrupt_at_step:
             b.set_contactor(True)
             raise KeyboardInterrupt()
+        if hang_at_step is not None and steps == hang_at_step:
+            b.set_contactor(True)
+            crash_at_us = machine.sim.now_us
+            while True:
+                b.sleep_ms(100)
         if crash_at_step is not None and steps == crash_at_step:
             b.set_pilot(500)
             b.set_contactor(True)

@@ -152,6 +152,16 @@ def test_run_returning_is_a_crash(fsroot):
         assert "Station.run() returned" in f.read()
 
 
+def test_a_stuck_loop_is_reset_by_the_watchdog(fsroot):
+    r = run_device(fsroot, {"station": {"hang_at_step": 2, "steps_before_stop": 100}})
+    assert r["outcome"] == "reset" and r["reset_count"] == 1 and r["wdt_expired"]
+    reset = events(r, "reset")[0]
+    assert reset[3] == WDT
+    # Within watchdog_ms (8 s) of the last feed, which came in the step before the hang.
+    assert 0 < reset[0] - r["crash_at_us"] <= 8000 * 1000
+    assert r["steps"] == 2
+
+
 def test_watchdog_reset_cause_is_reported(fsroot):
     r = run_device(fsroot, {"reset_cause": WDT, "station": {"steps_before_stop": 1}})
     assert r["seen_reset_cause"] == "watchdog"

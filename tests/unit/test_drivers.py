@@ -458,8 +458,14 @@ class System(unittest.TestCase):
         b.feed_watchdog()
         sim.advance_ms(7000)
         self.assertFalse(sim.wdt_expired)
-        sim.advance_ms(2000)
+        # Unfed for longer than watchdog_ms: the chip restarts.
+        try:    # (unittest 0.4's assertRaises only catches Exception)
+            sim.advance_ms(2000)
+            self.fail("the watchdog did not reset the chip")
+        except SystemExit:
+            pass
         self.assertTrue(sim.wdt_expired)
+        self.assertEqual(sim.reset_count, 1)
 
     def test_reset_and_safe_state(self):
         b = make_board()

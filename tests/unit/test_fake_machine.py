@@ -258,9 +258,20 @@ class WatchdogTimerReset(unittest.TestCase):
         w.feed()
         sim.advance_ms(900)
         self.assertFalse(sim.wdt_expired)
-        sim.advance_ms(200)
+        # The task watchdog panics and restarts the chip: nothing after the expiry runs.
+        try:    # (unittest 0.4's assertRaises only catches Exception)
+            sim.advance_ms(200)
+            self.fail("the watchdog did not reset the chip")
+        except machine.SimulatedReset:
+            pass
         self.assertTrue(sim.wdt_expired)
+        self.assertEqual(sim.reset_count, 1)
+        resets = sim.events("reset")
+        self.assertEqual(resets[-1][3], machine.WDT_RESET)
+        self.assertEqual(resets[-1][0], sim.events("wdt_expired")[-1][0])
+        self.assertTrue(resets[-1][0] <= 1900 * 1000 + 1000 * 1000 + 1)
         self.assertRaises(ValueError, WDT, timeout=0)
+        self.assertRaises(ValueError, WDT, 1, 5000)
 
     def test_timer_one_shot_and_periodic(self):
         fired = []
