@@ -222,6 +222,13 @@ def _fault_raised_late_in_b():
             _tick(1500, "F", "B", 0, 0, faults=["RCD_TRIPPED"]), _end(5000)]
 
 
+def _fault_without_f():
+    # Opens at once, but never drives state F (Table A.5 wants F >= 300 ms).
+    return _charging() + [{"t": 1000, "k": "fault", "name": "rcd_trip", "on": True},
+                          _tick(1010, "C1", "C", 1000, 0, faults=["RCD_TRIPPED"], offered=0),
+                          _end(5000)]
+
+
 def _diode_latch_recloses():
     return _charging() + [{"t": 1000, "k": "fault", "name": "diode_short", "on": True},
                           _tick(1010, "F", "C", 0, 0, faults=["DIODE_FAULT"]),
@@ -325,6 +332,7 @@ VIOLATIONS = [
     ("rcd_trip_open", _fault_open_slow("rcd_trip")),
     ("fault_raised", _fault_never_raised_in_b),
     ("fault_raised", _fault_raised_late_in_b),
+    ("fault_f_hold", _fault_without_f),
     ("diode_latched", _diode_latch_recloses),
     ("rcd_latched", _rcd_latch_cleared),
     ("d_no_power", _d_closes),

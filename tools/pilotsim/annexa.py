@@ -316,6 +316,14 @@ def _faults(tl):
             out.append(_open_within(tl, "%s_open" % _SEQ[name],
                                     "%s while charging -> open at once" % code, t0,
                                     ANNEX_A_OPEN_MS))
+            t_f, _r = tl.first_from(t0, lambda x: x["duty"] == 0)
+            if t_f is None or t_f - t0 > ANNEX_A_OPEN_MS:
+                # Table A.5: after a fault while charging the EVSE signals F (held >= 300 ms,
+                # measured by _f_hold once F is there).
+                out.append(Check("fault_f_hold", "%s while charging -> state F" % code, t0,
+                                 None if t_f is None else t_f - t0,
+                                 ">= %d ms" % ANNEX_A_F_HOLD_MS, False,
+                                 "state F not entered within %d ms" % ANNEX_A_OPEN_MS))
         else:
             dt = t_raised - t0
             out.append(Check("fault_raised", "%s -> %s raised" % (name, code), t0, dt,
