@@ -297,6 +297,13 @@ def _derate_ignored():
                                        _end(5000)]
 
 
+def _derate_claimed_not_signalled():
+    # The station says it offers 8 A but the PWM still codes 16 A.
+    return _charging(current=16000) + [
+        _tick(1000, "C2", "C", 266, 1, current=16000, temp=660),
+        _tick(1010, "C2", "C", 266, 1, current=16000, temp=660, offered=8000), _end(5000)]
+
+
 def _overtemp_stays_closed():
     return _charging() + [_tick(1000, "C2", "C", 266, 1, temp=600),
                           _tick(2000, "C2", "C", 266, 1, temp=720), _end(6000)]
@@ -315,6 +322,12 @@ def _network_never_offline():
 def _limit_never_applied():
     return _charging() + [{"t": 1000, "k": "backend", "name": "set_limit", "id": "c1",
                            "args": {"limit_ma": 10000}}, _end(5000)]
+
+
+def _limit_claimed_not_signalled():
+    return _charging() + [{"t": 1000, "k": "backend", "name": "set_limit", "id": "c1",
+                           "args": {"limit_ma": 10000}},
+                          _tick(1010, "C2", "C", 266, 1, offered=10000), _end(5000)]
 
 
 VIOLATIONS = [
@@ -343,10 +356,12 @@ VIOLATIONS = [
     ("rcd_selftest_failed", _selftest_not_raised),
     ("rcd_selftest_blocks", _selftest_closes),
     ("overtemp_derate", _derate_ignored),
+    ("overtemp_derate", _derate_claimed_not_signalled),
     ("overtemp_stop", _overtemp_stays_closed),
     ("meter_stale", _meter_never_stale),
     ("network_stall_detected", _network_never_offline),
     ("limit_applied", _limit_never_applied),
+    ("limit_applied", _limit_claimed_not_signalled),
 ]
 
 

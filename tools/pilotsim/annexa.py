@@ -571,7 +571,8 @@ def _overcurrent(tl):
     limit = grace + 2 * poll + 500
     t_over = None
     for r in tl.ticks:
-        if r["contactor"] and r["offered_ma"] and r["current_ma"] > r["offered_ma"] + margin:
+        offer = offered_ma(r["duty"])
+        if r["contactor"] and offer and r["current_ma"] > offer + margin:
             t_over = r["t"]
             break
     if t_over is None:
@@ -591,8 +592,8 @@ def _overtemp(tl):
                    and x["contactor"])
     if hot is not None:
         prior = tl.before(hot["t"])
-        before = (prior or hot)["offered_ma"]
-        r = tl.first(hot["t"], lambda x: x["offered_ma"] < before or not x["contactor"])
+        before = offered_ma((prior or hot)["duty"])
+        r = tl.first(hot["t"], lambda x: offered_ma(x["duty"]) < before or not x["contactor"])
         dt = None if r is None else r["t"] - hot["t"]
         out.append(Check("overtemp_derate", "temperature >= %d.%d C -> offer reduced"
                          % (derate // 10, derate % 10), hot["t"], dt, "<= 1000 ms (project)",
@@ -616,14 +617,15 @@ def _limit_applied(tl, records):
         if not limit_ma:
             continue
         before = tl.at(s["t"])
-        if before is None or not before["offered_ma"] or before["offered_ma"] <= limit_ma:
+        if before is None or not offered_ma(before["duty"]) \
+                or offered_ma(before["duty"]) <= limit_ma:
             continue
         delivered = next((m for m in records if m.get("k") == "mqtt" and m["t"] >= s["t"]
                           and m.get("topic") == "cmd"
                           and isinstance(m.get("payload"), dict)
                           and m["payload"].get("id") == s.get("id")), None)
         t0 = delivered["t"] if delivered else s["t"]
-        r = tl.first(t0, lambda x: x["offered_ma"] <= limit_ma)
+        r = tl.first(t0, lambda x: offered_ma(x["duty"]) <= limit_ma)
         dt = None if r is None else r["t"] - t0
         out.append(Check("limit_applied", "backend limit %d A -> PWM offers <= limit"
                          % (limit_ma // 1000), t0, dt, "<= 1000 ms (project)",
