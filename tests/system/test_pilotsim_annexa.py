@@ -330,6 +330,25 @@ def _limit_claimed_not_signalled():
                           _tick(1010, "C2", "C", 266, 1, offered=10000), _end(5000)]
 
 
+def _closes_in_c1():
+    # The EV asks (C) but no PWM runs (not authorized): the coil goes on anyway.
+    return [{"t": 0, "k": "start", "config": {}}, _tick(0, "B1", "B", 1000, 0, offered=0),
+            {"t": 1000, "k": "ev", "name": "request"},
+            _tick(1000, "C1", "C", 1000, 0, offered=0),
+            _tick(1500, "C1", "C", 1000, 1, offered=0), _end(3000)]
+
+
+def _closes_in_b2():
+    return [{"t": 0, "k": "start", "config": {}}, _tick(0, "B2", "B", 266, 0),
+            _tick(5000, "B2", "B", 266, 1), _end(8000)]
+
+
+def _closes_with_blocking_fault():
+    return [{"t": 0, "k": "start", "config": {}}, _tick(0, "B2", "B", 266, 0),
+            _tick(1000, "C2", "C", 266, 0, faults=["OVERTEMP"]),
+            _tick(1500, "C2", "C", 266, 1, faults=["OVERTEMP"]), _end(3000)]
+
+
 VIOLATIONS = [
     ("plug_in", _plug_never_seen),
     ("plug_in", _plug_closes_in_b),
@@ -362,6 +381,9 @@ VIOLATIONS = [
     ("network_stall_detected", _network_never_offline),
     ("limit_applied", _limit_never_applied),
     ("limit_applied", _limit_claimed_not_signalled),
+    ("close_allowed", _closes_in_c1),
+    ("close_allowed", _closes_in_b2),
+    ("close_allowed", _closes_with_blocking_fault),
 ]
 
 

@@ -135,6 +135,7 @@ def analyse(records):
     checks = []
     checks += _plug_in(tl)
     checks += _close_in_c(tl)
+    checks += _close_allowed(tl)
     checks += _open_on_ev_action(tl)
     checks += _pwm_off(tl)
     checks += _faults(tl)
@@ -222,6 +223,36 @@ def _close_in_c(tl):
     if armed is not None and tl.end_ms - armed > ANNEX_A_CLOSE_MS:
         out.append(Check("close_in_c", "C2 -> contactor closed", armed, None,
                          "<= %d ms" % ANNEX_A_CLOSE_MS, False, "never closed"))
+    return out
+
+
+def _close_allowed(tl):
+    """Every time the coil goes on, the EV asks for charge (C, or D where ventilation is
+    supported), the PWM offers current and no blocking fault is active (IEC 61851-1
+    Annex A: only C2/D2 may be energised); an EV whose circuit is off the line (CP open,
+    PE lost) reads as A."""
+    vent = tl.cfg("ventilation_supported", False)
+    out = []
+    closings = 0
+    prev = None
+    for r in tl.ticks:
+        if r["contactor"] and (prev is None or not prev["contactor"]):
+            closings += 1
+            why = []
+            if not (r["ev"] == "C" or (r["ev"] == "D" and vent)) or tl.pilot_hidden(r["t"]):
+                why.append("EV signals %s" % ("A" if tl.pilot_hidden(r["t"]) else r["ev"]))
+            if not _pwm(r["duty"]):
+                why.append("no PWM (duty %d)" % r["duty"])
+            if r["blocking"]:
+                why.append("blocking fault %s" % ", ".join(r["faults"]))
+            if why:
+                out.append(Check("close_allowed", "coil on only in C2/D2, no blocking fault",
+                                 r["t"], None, "never otherwise", False, "; ".join(why)))
+        prev = r
+    if closings and not out:
+        out.append(Check("close_allowed", "coil on only in C2/D2, no blocking fault",
+                         tl.ticks[0]["t"], None, "never otherwise", True,
+                         "%d closing%s" % (closings, "" if closings == 1 else "s")))
     return out
 
 
