@@ -141,6 +141,7 @@ class Charger:
         self._level_since = 0
         self._connected = False           # an EV was seen (B/C/D) since the last A
         self._c_stable = False            # C/D confirmed for b_to_c_debounce_ms
+        self._pwm_reads = 0               # consecutive readings of the level under PWM
         self._prev_blocking = 0
         self._f_hold = False
         self._f_since = 0
@@ -306,13 +307,22 @@ class Charger:
 
         # -- sense: the pilot (not while we drive -12 V ourselves: then the EV is invisible)
         if self.duty_pm != PILOT_STEADY_LOW:
-            raw = classify(self.cp_high_mv, self.cp_low_mv,
-                           0 < self.duty_pm < PILOT_STEADY_HIGH)
+            sampled_pwm = 0 < self.duty_pm < PILOT_STEADY_HIGH
+            raw = classify(self.cp_high_mv, self.cp_low_mv, sampled_pwm)
             level = self._filter.update(raw)
             if level != self.pilot_level:
                 self.pilot_level = level
                 self._level_since = now
                 self._c_stable = False
+            # C2 is C read while the PWM runs, the only time the EV's diode shows: closing
+            # waits for confirm_n such readings (capped: a small int, no allocation).
+            if sampled_pwm and raw == level:
+                if self._pwm_reads < 100:
+                    self._pwm_reads += 1
+            else:
+                self._pwm_reads = 0
+        else:
+            self._pwm_reads = 0
         level = self.pilot_level
         requesting = level == PILOT_C or level == PILOT_D
         ev_seen = level == PILOT_B or requesting
@@ -386,12 +396,13 @@ class Charger:
                 duty = duty_for_current(self.offered_ma)
             duty = self._wake_up(now, level, pwm, duty)
             if requesting:
-                # Closing needs PWM on (C2/D2), the debounce, a passed self-test, the lock
-                # confirmed, and the contactor open long enough for the welded check after
-                # its last opening. Staying closed needs only PWM on: a lost lock or a
-                # failed check opens through its fault.
+                # Closing needs PWM on (C2/D2) and the level read under it, the debounce,
+                # a passed self-test, the lock confirmed, and the contactor open long
+                # enough for the welded check after its last opening. Staying closed needs
+                # only PWM on: a lost lock or a failed check opens through its fault.
                 close = 0 < duty < PILOT_STEADY_HIGH and (
                     self.contactor or (self._c_stable and self._selftest_ok()
+                                       and self._pwm_reads >= self._filter.confirm_n
                                        and self._lock_ready() and self._open_ok
                                        and not self.mirror_closed))
                 if self.contactor and not close and duty == PILOT_STEADY_HIGH:

@@ -3,6 +3,7 @@
 import unittest
 
 from charger_rig import Rig
+from firmware import faults as F
 from firmware.board import LED_CHARGING, LED_CONNECTED, LED_IDLE, LED_PAUSED, LED_UNAVAILABLE
 from firmware.charger import (
     CONTACTOR_EV_STOPPED, CONTACTOR_PWM_OFF, CONTACTOR_UNPLUGGED, LIMIT_BACKEND, LIMIT_CABLE,
@@ -84,6 +85,42 @@ class PlugInAndCharge(unittest.TestCase):
         self.assertEqual(r.ch.state, STATE_C2)
         took = r.run_until(lambda: r.ch.contactor, 3000)
         self.assertTrue(0 <= took <= 100)
+
+    def test_close_waits_for_c_read_with_pwm_on(self):
+        # C2 is C read while the PWM runs, and only then is the EV's diode checked: the
+        # tick that starts the PWM has not seen the EV answer it and must not close.
+        r = Rig()
+        r.plug("C")
+        r.run_ms(2000)                  # C1, the debounce long over
+        r.ch.authorize(True)
+        r.step(1)
+        self.assertEqual(r.ch.state, STATE_C2)
+        self.assertFalse(r.ch.contactor)
+        took = r.run_until(lambda: r.ch.contactor, 3000)
+        self.assertEqual(took, r.cfg["pilot_confirm_n"] * r.tick_ms)
+
+    def test_missing_diode_found_under_pwm_before_the_first_close(self):
+        r = Rig()
+        r.plug("C")
+        r.run_ms(2000)
+        r.diode = False
+        r.ch.authorize(True)
+        r.run_ms(1000)
+        self.assertEqual([e for e in r.events_of(EV_CONTACTOR) if e[2] == 1], [])
+        self.assertTrue(r.ch.faults.is_active(F.DIODE_FAULT))
+
+    def test_resume_after_pause_closes_after_reading_c_with_pwm(self):
+        r = Rig()
+        r.charging()
+        r.ch.pause()
+        r.step(1)
+        r.run_until(lambda: not r.ch.contactor, 7000)      # EV stayed in C: cut at 6 s
+        r.run_ms(5000)
+        r.ch.resume()
+        self.assertTrue(r.run_until(lambda: 0 < r.ch.duty_pm < 1000, 6000) >= 0)
+        self.assertFalse(r.ch.contactor)            # the tick that turned the PWM on
+        took = r.run_until(lambda: r.ch.contactor, 3000)
+        self.assertEqual(took, r.cfg["pilot_confirm_n"] * r.tick_ms)
 
 
 class LeavingCharge(unittest.TestCase):
