@@ -5,7 +5,8 @@ minimal `machine` (tests/fakes comes first on MICROPYPATH). Constructors take th
 arguments as the ESP32 port and enforce the same rules, so a driver that passes here does not
 fail on the device for a reason we could have seen:
 
-- valid GPIOs are 0-19, 21-23, 25-27, 32-39; anything else raises ValueError;
+- valid GPIOs are 0-19, 21-23, 25-27, 32-39; anything else raises ValueError; configuring
+  GPIO 6-11 (the SPI flash) restarts the chip (SimulatedReset), as it does on a module;
 - GPIO 34-39 are input-only: Pin(34, Pin.OUT), PWM or UART TX on them raise ValueError,
   and their pull resistors do not exist (a pull request is accepted and has no effect);
 - ADC exists on ADC1 (GPIO 32-39) and ADC2 (0, 2, 4, 12-15, 25-27); ADC2 reads raise
@@ -56,6 +57,7 @@ EVENT_NAMES = {
 
 VALID_PINS = tuple(list(range(0, 20)) + [21, 22, 23, 25, 26, 27] + list(range(32, 40)))
 INPUT_ONLY_PINS = (34, 35, 36, 37, 38, 39)
+FLASH_PINS = (6, 7, 8, 9, 10, 11)
 ADC1_PINS = (32, 33, 34, 35, 36, 37, 38, 39)
 ADC2_PINS = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27)
 
@@ -479,6 +481,13 @@ class Pin:
 
     def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
         pin = self._id
+        if pin in FLASH_PINS and (mode != -1 or pull != -1 or value is not None
+                                  or drive is not None or hold is not None):
+            # init() routes the pad to the GPIO matrix (esp_rom_gpio_pad_select_gpio): the
+            # SPI flash is gone, the next cache miss panics and the chip restarts.
+            sim.reset_count += 1
+            sim._log(EV_RESET, pin, HARD_RESET)
+            raise SimulatedReset(0)
         if mode not in (-1, None, Pin.IN, Pin.OUT, Pin.OPEN_DRAIN):
             raise ValueError("invalid pin mode")
         if mode in (Pin.OUT, Pin.OPEN_DRAIN) and pin in INPUT_ONLY_PINS:

@@ -19,6 +19,17 @@ class PinRules(unittest.TestCase):
         for bad in (20, 24, 28, 31, 40, -1):
             self.assertRaises(ValueError, Pin, bad)
 
+    def test_configuring_a_flash_pin_loses_the_flash(self):
+        # GPIO 6-11 carry the SPI flash: init() routes the pad to the GPIO matrix
+        # (esp_rom_gpio_pad_select_gpio), the next flash access fails and the chip restarts.
+        Pin(7)                                  # no arguments: nothing is configured
+        try:
+            Pin(7, Pin.OUT, value=0)
+            self.fail("GPIO 7 configured without losing the flash")
+        except machine.SimulatedReset:
+            pass
+        self.assertEqual(sim.reset_count, 1)
+
     def test_input_only_pins_cannot_drive(self):
         for pin in range(34, 40):
             self.assertRaises(ValueError, Pin, pin, Pin.OUT)
