@@ -18,6 +18,9 @@ try:
         _board = json.load(_f)
     _c = _board["contactor"]
     _contactor_off = 0 if _c.get("active_high", True) else 1
+    if 6 <= _c["pin"] <= 11:
+        # The SPI flash: configuring it would stop the chip at every boot.
+        raise ValueError("GPIO %d drives the SPI flash" % _c["pin"])
     _contactor = machine.Pin(_c["pin"], machine.Pin.OUT, value=_contactor_off)
 except Exception as _e:
     print("boot: contactor pin not driven (%r); relying on the board's pull-down" % (_e,))

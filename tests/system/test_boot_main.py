@@ -209,6 +209,18 @@ def test_unusable_contactor_pin_is_reported_by_boot_and_main(fsroot):
     assert not events(r, "pin_level")          # nothing was driven at all
 
 
+def test_a_flash_pin_as_contactor_is_not_driven_by_boot(fsroot):
+    # Configuring GPIO 6-11 takes the SPI flash away and the chip restarts, at every boot:
+    # boot.py must refuse it before driving anything; main.py then reports the board file.
+    board = reference()
+    board["contactor"]["pin"] = 7
+    r = run_device(fsroot, board=board)
+    assert r["outcome"] == "main returned" and r["reset_count"] == 0
+    assert "boot: contactor pin not driven" in r["stdout"]
+    assert "contactor.pin: GPIO 7 drives the SPI flash" in r["stdout"]
+    assert not events(r, "pin_mode", 7)
+
+
 def test_missing_board_file(tmp_path):
     r = run_device(str(tmp_path))
     assert "contactor pin not driven" in r["stdout"]
