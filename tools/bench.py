@@ -9,7 +9,8 @@ firmware keeps, and in wall time where it is about this machine. docs/performanc
 how each one is taken, what the targets mean and why a missed one is missed.
 
 The table shows metric, value, target and whether it is met. Timing never fails the run;
-the exit status is 1 when a metric could not be measured (the error is in bench.json).
+the exit status is 1 when a metric could not be measured or a part failed (the error is in
+bench.json), the simulator's Annex A cross-check included.
 """
 import argparse
 import json
@@ -575,7 +576,14 @@ def part_annexa(quick):
             res = orchestrate.run(path, broker=False)
         except orchestrate.PeerMissing:
             res = orchestrate.run(path)         # the scenario needs its broker
+        if res.end is None or res.returncode:
+            failed.append("%s: the run did not finish (exit %s): %s"
+                          % (name, res.returncode, res.stderr.strip()[-300:]))
         for c in res.checks:
+            if not c.ok:
+                # A check that never completed ("never opened") has no time: it is a
+                # failure all the same.
+                failed.append("%s in %s" % (c.seq, name))
             if c.measured_ms is None:
                 continue
             if c.seq in AT_ONCE or c.seq in ("overcurrent_stop", "pwm_off_open"):
@@ -583,8 +591,8 @@ def part_annexa(quick):
                 if prev is None or c.measured_ms > prev["measured_ms"]:
                     out[c.seq] = {"measured_ms": c.measured_ms, "limit": c.limit,
                                   "ok": c.ok, "scenario": name}
-                if not c.ok:
-                    failed.append("%s in %s" % (c.seq, name))
+    if failed:
+        raise BenchError("Annex A cross-check failed: %s" % "; ".join(failed))
     return {}, {"checks": out, "failed": failed, "scenarios": list(names)}
 
 
@@ -656,6 +664,11 @@ def table(metrics, met):
                      "-" if t is None else ("yes" if ok else ("NO" if ok is False else "?"))))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def exit_status(missing, errors):
+    """1 when a metric could not be measured or a part failed (its reason is in errors)."""
+    return 1 if missing or errors else 0
 
 
 def main(argv=None, out=None):
@@ -738,8 +751,7 @@ def main(argv=None, out=None):
     log("wrote %s (%.0f s)" % (os.path.relpath(args.out, ROOT), report["wall_s"]))
     if missing:
         log("NOT MEASURED: %s" % ", ".join(missing))
-        return 1
-    return 0
+    return exit_status(missing, errors)
 
 
 if __name__ == "__main__":

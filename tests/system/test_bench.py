@@ -184,3 +184,50 @@ def test_a_metric_that_cannot_be_measured_fails_the_run(tmp_path, monkeypatch):
     assert "mpy-cross failed" in report["errors"]["mpy"]
     assert "NOT MEASURED" in "".join(lines)
     assert os.path.exists(out)
+
+
+class _FakeCheck:
+    def __init__(self, seq, measured_ms, ok):
+        self.seq = seq
+        self.measured_ms = measured_ms
+        self.ok = ok
+        self.limit = "<= 100 ms"
+
+
+class _FakeRun:
+    def __init__(self, checks, end=True, returncode=0):
+        self.checks = checks
+        self.end = {"t": 1000} if end else None
+        self.returncode = returncode
+        self.stderr = "boom"
+
+
+def _annexa_with(monkeypatch, res):
+    from tools.pilotsim import orchestrate
+    monkeypatch.setattr(orchestrate, "run", lambda *a, **k: res)
+    return bench.part_annexa(True)
+
+
+def test_annexa_cross_check_fails_on_a_check_that_never_completed(monkeypatch):
+    # "never opened" has no measured time: it is the worst failure, not one to skip.
+    res = _FakeRun([_FakeCheck("rcd_trip_open", None, False)])
+    with pytest.raises(bench.BenchError, match="rcd_trip_open"):
+        _annexa_with(monkeypatch, res)
+
+
+def test_annexa_cross_check_fails_on_a_run_that_did_not_finish(monkeypatch):
+    res = _FakeRun([_FakeCheck("rcd_trip_open", 10, True)], end=False, returncode=1)
+    with pytest.raises(bench.BenchError, match="did not finish"):
+        _annexa_with(monkeypatch, res)
+
+
+def test_annexa_cross_check_keeps_the_figures_of_a_passing_run(monkeypatch):
+    _, detail = _annexa_with(monkeypatch, _FakeRun([_FakeCheck("rcd_trip_open", 10, True)]))
+    assert detail["checks"]["rcd_trip_open"]["measured_ms"] == 10
+    assert detail["failed"] == []
+
+
+def test_a_part_that_fails_fails_the_run_even_with_every_metric_measured():
+    assert bench.exit_status([], {}) == 0
+    assert bench.exit_status([], {"annexa": "BenchError: rcd_trip_open in rcd-trip"}) == 1
+    assert bench.exit_status(["mpy_total_bytes"], {}) == 1
