@@ -19,7 +19,9 @@ Journal(store, name) is an append-only file of framed records:
 An append is one write and one flush. At the first use after boot the journal is scanned:
 a torn tail (the append that was in flight when power failed) is dropped and cut away by an
 atomic rewrite; a damaged record inside the file (flash corruption, not a power cut) is
-skipped and the next valid frame is found by its magic and CRC, so nothing else is lost.
+skipped and the next valid frame is found by its magic and CRC, so nothing else is lost
+(a payload longer than 4 KB is CRC-checked in chunks before it is read whole, so a damaged
+length field cannot exhaust the heap).
 rewrite() writes `name.tmp` ending in a commit frame and renames it over the journal; a
 temp file without its commit frame is never promoted.
 
@@ -57,6 +59,8 @@ _KIND_COMMIT = const(0x43)            # 'C'
 _REC_HDR = const(8)                   # magic, kind, length u16, crc32 u32
 MAX_RECORD = 65535                    # a record's payload, bytes (u16 length field)
 _SCAN_CHUNK = const(128)
+_DIRECT_READ = const(4096)            # longer payloads are CRC-checked in chunks before reading
+_CHECK_CHUNK = const(512)
 TMP_SUFFIX = ".tmp"
 
 
@@ -335,8 +339,23 @@ class Journal:
         kind, length, crc = struct.unpack(">BHI", head[1:])
         if kind != _KIND_RECORD and kind != _KIND_COMMIT:
             return None
+        head_crc = _crc(head[1:4])
+        if length > _DIRECT_READ:
+            # A damaged length field claims up to 64 KB: reading that much at once to find
+            # the CRC wrong would exhaust the ESP32's heap at boot. Check it chunk by chunk.
+            value = head_crc
+            left = length
+            while left:
+                chunk = f.read(left if left < _CHECK_CHUNK else _CHECK_CHUNK)
+                if not chunk:
+                    return None
+                value = _crc(chunk, value)
+                left -= len(chunk)
+            if value != crc:
+                return None
+            f.seek(pos + _REC_HDR)
         payload = f.read(length) if length else b""
-        if len(payload) < length or _crc(payload, _crc(head[1:4])) != crc:
+        if len(payload) < length or _crc(payload, head_crc) != crc:
             return None
         return kind, payload, pos + _REC_HDR + length
 
