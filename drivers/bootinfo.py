@@ -58,6 +58,9 @@ def _service_pin_asserted(raw_board):
     svc = raw_board.get("service") if isinstance(raw_board, dict) else None
     if not isinstance(svc, dict) or svc.get("pin") is None:
         return False
+    if 6 <= svc["pin"] <= 11:
+        # The SPI flash: configuring it would stop the chip at every boot.
+        raise ValueError("GPIO %d drives the SPI flash" % svc["pin"])
     pull = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN}.get(svc.get("pull", "up"))
     pin = machine.Pin(svc["pin"], machine.Pin.IN, pull)
     clock.source.sleep_ms(5)   # let the pull resistor charge the line

@@ -221,6 +221,16 @@ def test_a_flash_pin_as_contactor_is_not_driven_by_boot(fsroot):
     assert not events(r, "pin_mode", 7)
 
 
+def test_a_flash_pin_as_service_pin_is_not_read_by_boot(fsroot):
+    board = reference()
+    board["service"]["pin"] = 9
+    r = run_device(fsroot, board=board)
+    assert r["outcome"] == "main returned" and r["reset_count"] == 0
+    assert "boot: service pin unreadable" in r["stdout"]
+    assert "service.pin: GPIO 9 drives the SPI flash" in r["stdout"]
+    assert not events(r, "pin_mode", 9)
+
+
 def test_missing_board_file(tmp_path):
     r = run_device(str(tmp_path))
     assert "contactor pin not driven" in r["stdout"]
