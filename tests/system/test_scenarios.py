@@ -85,3 +85,51 @@ def test_reboot_closes_the_running_session_with_its_energy():
     first = orchestrate.session_records(res.records)[0]["data"]
     assert first["stop_reason"] != "power_loss", first
     assert first["energy_wh"] >= delivered - 2, (first, delivered)
+
+
+# Which sequence measures each injected fault (when injected while charging, as the
+# library does): a fault scenario must expect it, so that its absence fails the run.
+_FAULT_SEQUENCES = {
+    "diode_short": "diode_fault_open", "cp_short_pe": "cp_short_open",
+    "cp_open": "cp_open_open", "pe_loss": "pe_loss_open", "rcd_trip": "rcd_trip_open",
+    "rcd_selftest_fail": "rcd_selftest_failed", "contactor_welded": "welded_detected",
+    "contactor_stuck_open": "not_closing_detected", "meter_silent": "meter_stale",
+    "meter_garbage": "meter_stale", "ev_overdraw": "overcurrent_stop",
+    "network_stall": "network_stall_detected", "power_cut": "power_cut_open",
+    "temperature": "overtemp_derate",
+}
+
+
+def test_every_scenario_expects_something_and_the_sequence_of_its_faults():
+    assert set(_FAULT_SEQUENCES) == set(FAULTS)
+    for p in LIBRARY:
+        sc = load(p)
+        seqs = sc.expect.get("sequences", [])
+        assert seqs, "%s expects no sequence: it could pass on an empty trace" % sc.name
+        for s in sc.steps:
+            if s.kind == "fault" and s.args.get("on", True):
+                assert _FAULT_SEQUENCES[s.name] in seqs, (sc.name, s.name)
+
+
+def _result(expect, records):
+    sc = load(LIBRARY[0])
+    sc.expect = expect
+    res = orchestrate.RunResult(sc)
+    res.records = records
+    res.checks = annexa.analyse(records)
+    return res
+
+
+def test_expectations_do_not_pass_on_a_trace_without_ticks():
+    records = [{"t": 0, "k": "start", "config": {}}, {"t": 5000, "k": "end", "energy_wh": 0}]
+    assert expect.check(_result({}, records)) != []
+    assert expect.check(_result({"no_faults": True}, records)) != []
+
+
+def test_an_expected_sequence_that_never_shows_fails():
+    records = [{"t": 0, "k": "start", "config": {}},
+               {"t": 0, "k": "tick", "state": "A", "ev": "A", "duty": 1000, "contactor": 0,
+                "mirror": 0, "faults": [], "blocking": 0, "offered_ma": 0, "current_ma": 0},
+               {"t": 5000, "k": "end", "energy_wh": 0}]
+    problems = expect.check(_result({"sequences": ["c_to_a_open"]}, records))
+    assert len(problems) == 1 and "c_to_a_open" in problems[0]
