@@ -10,6 +10,7 @@ ESP32 rules enforced here (the port would fail later, or worse, silently):
   Wi-Fi runs;
 - GPIO 34-39 are input-only and have no internal pull resistors;
 - GPIO 6-11 drive the SPI flash;
+- GPIO 1 and 3 are UART0: the boot log and the REPL toggle them at every reset;
 - no GPIO may serve two functions.
 """
 import json
@@ -17,6 +18,8 @@ import json
 # ESP32 (WROOM/WROVER) GPIOs the MicroPython port accepts.
 VALID_PINS = tuple(list(range(0, 20)) + [21, 22, 23, 25, 26, 27] + list(range(32, 40)))
 FLASH_PINS = (6, 7, 8, 9, 10, 11)
+# UART0: the ROM boot log and the REPL run on these at every reset.
+REPL_PINS = {1: "UART0 TX", 3: "UART0 RX"}
 INPUT_ONLY_PINS = (34, 35, 36, 37, 38, 39)
 ADC1_PINS = (32, 33, 34, 35, 36, 37, 38, 39)
 ADC2_PINS = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27)
@@ -138,6 +141,9 @@ def _check_field(where, kind, value, spec):
             raise BoardFileError("%s: GPIO %d does not exist on the ESP32" % (where, value))
         if value in FLASH_PINS:
             raise BoardFileError("%s: GPIO %d drives the SPI flash" % (where, value))
+        if value in REPL_PINS:
+            raise BoardFileError("%s: GPIO %d is %s (the boot log and the REPL)"
+                                 % (where, value, REPL_PINS[value]))
         if kind == "out" and value in INPUT_ONLY_PINS:
             raise BoardFileError("%s: GPIO %d is input-only (GPIO 34-39 cannot drive)"
                                  % (where, value))

@@ -116,6 +116,16 @@ class WiringMistakes(unittest.TestCase):
         raw["led"]["red_pin"] = 7
         self.assertIn("SPI flash", error_of(raw))
 
+    def test_repl_uart_pins(self):
+        # GPIO 1/3 are UART0: the ROM boot log and the REPL toggle GPIO 1 at every reset,
+        # so a coil or motor there would chatter, and taking them loses the REPL.
+        raw = reference()
+        raw["contactor"]["pin"] = 1
+        self.assertIn("contactor.pin: GPIO 1 is UART0 TX", error_of(raw))
+        raw = reference()
+        raw["rs485"]["rx_pin"] = 3
+        self.assertIn("rs485.rx_pin: GPIO 3 is UART0 RX", error_of(raw))
+
     def test_uart_rx_buffer_must_exceed_the_hardware_fifo(self):
         # ESP-IDF's uart_driver_install() refuses rx buffers of 128 bytes (the FIFO) or less.
         raw = reference()
