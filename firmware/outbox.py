@@ -206,6 +206,7 @@ class Outbox:
             if r.id == record_id and r.kind == kind:
                 old = r
                 break
+        victim = None
         if old is None and len(self._records) >= self.capacity:
             victim = self._victim(kind)
             if victim is None:
@@ -213,7 +214,6 @@ class Outbox:
                 self._next_seq = seq + 1
                 self._count_drop(kind, record_id)
                 return record_id
-            self._drop(victim)
         self._next_seq = seq + 1
         self.store.write_atomic(self._file(seq), encoded)
         self._append({"o": "p", "s": seq, "k": kind, "i": record_id})
@@ -223,6 +223,10 @@ class Outbox:
             # The new copy is on flash before the old one goes: a power cut in between
             # leaves both, and the replay keeps the newer.
             self._forget(old)
+        if victim is not None:
+            # Likewise the overflow victim: a power cut before it is dropped leaves one
+            # record over capacity, which the replay drops by the same policy.
+            self._drop(victim)
         self._maybe_compact()
         return record_id
 

@@ -129,6 +129,31 @@ class RecordsAreHeldUntilAcknowledged(OutboxCase):
                 break
             k += 1
 
+    def test_a_power_cut_while_a_full_outbox_takes_a_session_loses_none(self):
+        # The overflow victim goes only after the new record is on flash: a power cut in
+        # between must not leave the outbox with neither.
+        from powercut_fs import PowerCut, PowerCutFs
+        k = 1
+        while True:
+            fs = PowerCutFs()
+            ob = Outbox(Journal(Store("/data", fs), "outbox"), capacity=4)
+            for i in range(1, 5):
+                ob.put(KIND_SESSION, session(i))
+            fs.cut_at = fs.ops + k
+            try:
+                ob.put(KIND_SESSION, session(5))
+                finished = True
+            except PowerCut:
+                finished = False
+            ob = Outbox(Journal(Store("/data", fs.restart()), "outbox"), capacity=4)
+            ids = [r.id for r in ob.records()]
+            self.assertIn(ids, (["s-1", "s-2", "s-3", "s-4"], ["s-2", "s-3", "s-4", "s-5"]),
+                          "cut at %d" % k)
+            if finished:
+                self.assertEqual(ids, ["s-2", "s-3", "s-4", "s-5"])
+                break
+            k += 1
+
     def test_bad_input_is_refused_and_changes_nothing(self):
         ob = self.outbox()
         self.assertRaises(OutboxError, ob.put, "gossip", {})
