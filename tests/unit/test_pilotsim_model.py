@@ -124,6 +124,19 @@ class FrontEndReadings(unittest.TestCase):
         self.assertEqual(fe.adc(3000), 2450)
         self.assertEqual(fe.adc(50), 150)
 
+    def test_below_the_adc_floor_reads_as_the_nominal_negative_level(self):
+        # A front end like the reference board's (0 V -> 1300 mV, +12 V -> 2500 mV) puts
+        # -12 V at 100 mV, under the ESP32's 150 mV floor: the board driver can only say
+        # "below -6 V" and reports the nominal -12 V (drivers/pilot.py), not the floor.
+        fe = FrontEnd(noise_mv=0, gain_num=1, gain_den=10)
+        self.assertEqual(fe.measure_cp(-12000), -12000)
+        self.assertEqual(fe.measure_cp(-11800), -12000)
+        lo = fe.measure_cp(-8790)         # a shorted diode's negative half is above it
+        self.assertTrue(abs(lo + 8790) <= 20)
+        self.assertEqual(pilot.classify(fe.measure_cp(8790), lo, True), pilot.DIODE_FAULT)
+        # The default front end keeps -12 V inside the linear range.
+        self.assertTrue(abs(FrontEnd(noise_mv=0).measure_cp(-12000) + 12000) <= 12)
+
     def test_pp_ratings_survive_the_front_end(self):
         fe = FrontEnd(seed=5, noise_mv=3)
         for amps in CABLE_OHMS:

@@ -126,7 +126,8 @@ class FrontEnd:
     "below the floor"). The pin voltage gets uniform noise of +/-noise_mv from a seeded
     30-bit LCG (repeatable runs), is quantised to adc_bits over adc_full_mv, clamped to the
     linear range and converted back to connector millivolts - what a calibrated board
-    driver would report.
+    driver would report, which for a reading at or under the floor is the nominal -12 V
+    (when the floor lies below -6 V), as drivers/pilot.py does.
 
     PP: Rc to PE under a pull-up of pp_pullup_ohms to pp_supply_mv; read through the same ADC
     and converted back to ohms; a pin voltage at the top of the linear range reads as open.
@@ -152,6 +153,10 @@ class FrontEnd:
         self.pp_pullup_ohms = pp_pullup_ohms
         self.pp_supply_mv = pp_supply_mv
         self._rng = (seed * 2654435761 + 1) & _LCG_MASK
+        # Under the ADC's floor a reading only says "below the floor"; where the floor lies
+        # below -6 V the board driver reports the nominal -12 V (drivers/pilot.py).
+        at_min = (adc_min_mv - offset_mv) * gain_den // gain_num
+        self._below_floor_mv = -SUPPLY_MV if at_min <= -6000 else at_min
 
     def _noise(self):
         if not self.noise_mv:
@@ -181,6 +186,8 @@ class FrontEnd:
     def measure_cp(self, cp_mv):
         """Connector millivolts as the board reads them back through front end and ADC."""
         pin = self.adc(self.cp_pin_mv(cp_mv))
+        if pin <= self.adc_min_mv:
+            return self._below_floor_mv
         return (pin - self.offset_mv) * self.gain_den // self.gain_num
 
     def measure_pp(self, ohms):
