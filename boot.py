@@ -2,7 +2,7 @@
 #
 # 1. Drive the contactor coil off before anything that could fail: the pin and its polarity
 #    come straight from /board.json with only built-in modules. If even that fails, the coil
-#    driver's pull-down (a board requirement, docs/board.md) keeps it off.
+#    driver's pull resistor to its off level (a board requirement, docs/board.md) keeps it off.
 # 2. Report the reset cause and any crash the previous run left, and decide service mode
 #    (flag file /service or the service pin held): main.py then starts neither the
 #    application nor the watchdog, leaving a plain REPL.
@@ -23,7 +23,7 @@ try:
         raise ValueError("GPIO %d drives the SPI flash" % _c["pin"])
     _contactor = machine.Pin(_c["pin"], machine.Pin.OUT, value=_contactor_off)
 except Exception as _e:
-    print("boot: contactor pin not driven (%r); relying on the board's pull-down" % (_e,))
+    print("boot: contactor pin not driven (%r); relying on the board's pull resistor" % (_e,))
 
 try:
     from drivers import bootinfo
