@@ -42,6 +42,7 @@ _DETAIL_CHARS = 600          # crash text carried in an INTERNAL_ERROR fault rec
 _TELEMETRY_CHECK_MS = 1000  # how often telemetry is considered (the link's on-change gap)
 _RECOVER_WAIT_MS = 5000     # longest wait at boot for the meter to close a cut session
 _FINAL_READING_WAIT_MS = 3000  # longest wait for a session's final meter reading
+_UNDELIVERED_MAX = 16       # records the outbox could not store, retried from RAM
 
 current = None              # the running station, for the REPL diagnostics (diag.py)
 
@@ -98,6 +99,7 @@ class Station:
             from firmware.mqtt_link import MqttLink
             self.link = MqttLink(self.cfg, self.cfg["station_id"], self.outbox, self)
         self._fallback = False
+        self._undelivered = []         # (kind, record) the outbox could not store yet
 
         self._reboot_at = None
         self._reboot_deadline = None
@@ -267,6 +269,9 @@ class Station:
             self.uptime_s += self._uptime_ms // 1000
             self._uptime_ms %= 1000
         self._storage_op(self.sessions.tick, now)
+        if self._undelivered:
+            kind, rec = self._undelivered.pop(0)
+            self._deliver(kind, rec)
         for rec in self.sessions.pop_completed():
             self._deliver(KIND_SESSION, rec)
         if self.link is not None:
@@ -372,8 +377,19 @@ class Station:
         # Without a backend nothing would ever acknowledge a record: session records then
         # stay pending in the session journal (and go out at the first boot with a
         # backend); fault events stay in the fault history and counters.
-        if self.link is not None:
+        if self.link is None:
+            return
+        try:
             self.outbox.put(kind, rec)
+        except StorageError as e:
+            # pop_completed() handed the record out once: dropping it here would hold it
+            # back until the next boot. Kept in RAM and retried, one per iteration; past
+            # _UNDELIVERED_MAX the oldest goes (a session record stays pending on flash).
+            if len(self._undelivered) >= _UNDELIVERED_MAX:
+                self._undelivered.pop(0)
+            self._undelivered.append((kind, rec))
+            self.faults.raise_(_faults.STORAGE_ERROR, self.board.ticks_ms(), present=False)
+            self._queue_event({"type": "storage_error", "error": str(e)})
 
     def _queue_event(self, fields):
         if self.link is not None:

@@ -444,3 +444,29 @@ class ServiceGuardAndCommands(unittest.TestCase):
         self.assertIsNone(st.cmd_set_config({"comms_fallback_ma": 16000}))
         r.run(6000)
         self.assertEqual(st.charger.offered_ma, 16000)
+
+    def test_a_record_the_outbox_could_not_store_is_delivered_once_the_flash_works(self):
+        # Flash trouble while a session record goes to the outbox: the record must not
+        # wait for the next reboot, and it is a storage fault, not an internal error.
+        from firmware.storage import StorageError
+        r = Rig()
+        st = r.station
+        r.run(50)
+        r.ev(plugged=True)
+        r.run(1000)
+        real_put = st.outbox.put
+        failures = []
+
+        def flash_full_once(kind, data):
+            if not failures:
+                failures.append(kind)
+                raise StorageError("flash full")
+            return real_put(kind, data)
+        st.outbox.put = flash_full_once
+        r.ev(plugged=False)
+        r.run(500)
+        self.assertEqual(failures, [KIND_SESSION])
+        self.assertEqual(len(held_records(st, KIND_SESSION)), 1)
+        self.assertEqual(st.service_errors, 0)
+        self.assertEqual(st.faults.counts[faults.STORAGE_ERROR], 1)
+        self.assertFalse(st.faults.is_active(faults.INTERNAL_ERROR))
