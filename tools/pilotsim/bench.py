@@ -19,6 +19,8 @@ network, backend) are skipped and listed; the station's own meter and backend ar
 import json
 import time
 
+from tools.pilotsim.model import CABLE_OHMS
+
 PROTOCOL = "PILOTSIM-BENCH 1"
 REPLY_TIMEOUT_S = 0.5
 BAUD = 115200
@@ -38,7 +40,6 @@ _EV_COMMANDS = {
     "request_ventilation": (("S2", "D"),),
     "pause": (("S2", "B"),),
 }
-_CABLE_OHMS = {13: 1500, 20: 680, 32: 220, 63: 100}
 
 
 class BenchError(RuntimeError):
@@ -100,7 +101,7 @@ class Bench:
             raise BenchError("MEAS: not integers: %r" % " ".join(parts))
 
     def set_cable(self, amps):
-        self.command("PP", str(_CABLE_OHMS[amps]))
+        self.command("PP", str(CABLE_OHMS[amps]))
 
     def apply(self, step):
         """Play one scenario step; returns False when the bench cannot do it."""
