@@ -226,8 +226,9 @@ class Charger:
 
     def set_available(self, on):
         """Operator "inoperative" (False): a running charge is stopped as for pause (PWM off,
-        contactor open when the EV stops or after pwm_off_open_ms), then the pilot is held at
-        -12 V (state F) and the state is UNAVAILABLE."""
+        contactor open when the EV stops or after pwm_off_open_ms); a connected EV then sees
+        x1 (steady +12 V) until it is unplugged, and after that the pilot is held at -12 V
+        (state F) and the state is UNAVAILABLE."""
         _check_bool("set_available", on)
         self.available = on
 
@@ -387,7 +388,10 @@ class Charger:
             state = STATE_F
         elif blocking:
             pass                         # x1: the EV stays visible so unplug is seen
-        elif not self.available and not self.contactor:
+        elif (not self.available and not self.contactor and not self._connected
+                and not STATE_B1 <= self.state <= STATE_D2):
+            # -12 V hides the EV, so F waits until the connected EV has left and its A
+            # has been reported: a replug meanwhile would inherit its authorization.
             duty = PILOT_STEADY_LOW
             state = STATE_UNAVAILABLE
         else:

@@ -350,11 +350,19 @@ class Availability(unittest.TestCase):
         r.ev = "B"
         r.step(2)
         self.assertFalse(r.ch.contactor)
+        r.run_ms(1000)
+        # The EV is still there: x1 (no current offered) so that its unplug is seen.
+        self.assertEqual(r.ch.duty_pm, 1000)
+        self.assertEqual(r.ch.state, STATE_B1)
+        self.assertEqual(r.ch.led, LED_UNAVAILABLE)
+        r.ev = "A"
+        r.step(2)
+        self.assertEqual(r.ch.state, STATE_A)
         r.step(1)
         self.assertEqual(r.ch.duty_pm, 0)
         self.assertEqual(r.ch.state, STATE_UNAVAILABLE)
 
-    def test_unplug_while_unavailable_is_seen_when_available_again(self):
+    def test_unplug_while_unavailable_ends_the_authorization(self):
         r = Rig()
         r.plug("B")
         r.ch.authorize(True)
@@ -363,10 +371,32 @@ class Availability(unittest.TestCase):
         r.ev = "A"
         r.run_ms(1000)
         self.assertEqual(r.ch.state, STATE_UNAVAILABLE)
+        self.assertFalse(r.ch.authorized)       # seen while inoperative, not afterwards
         r.ch.set_available(True)
         r.step(4)
         self.assertEqual(r.ch.state, STATE_A)
         self.assertFalse(r.ch.authorized)
+
+    def test_ev_swapped_while_inoperative_does_not_inherit_the_authorization(self):
+        # While -12 V is driven the EV is invisible: the unplug of the first EV must be
+        # seen (and reported, so its session ends) before the pilot goes to F, or the next
+        # EV would charge on the first one's authorization.
+        r = Rig()
+        r.charging()
+        r.ch.set_available(False)
+        r.ev = "B"
+        r.run_ms(500)
+        r.ev = "A"
+        r.run_ms(500)
+        self.assertEqual(r.ch.state, STATE_UNAVAILABLE)
+        self.assertIn((STATE_A, STATE_B1), [e[2:] for e in r.events_of(EV_STATE)])
+        r.ev = "B"                       # another EV, plugged while inoperative
+        r.run_ms(500)
+        r.ch.set_available(True)
+        r.run_ms(1000)
+        self.assertEqual(r.ch.state, STATE_B1)
+        self.assertFalse(r.ch.authorized)
+        self.assertEqual(r.ch.offered_ma, 0)
 
 
 class AcrossTheTickWrap(unittest.TestCase):

@@ -91,8 +91,12 @@ class Locked(unittest.TestCase):
             self.see(r, 40000)
             r.ch.set_available(False)
             self.see(r, 1000)
+            self.assertEqual(r.ch.state, STATE_B1)     # x1 until the EV leaves
+            r.ev = "A"
+            self.see(r, 1000)
             self.assertEqual(r.ch.state, STATE_UNAVAILABLE)
             r.ch.set_available(True)
+            r.ch.authorize(True)
             r.ev = "C"
             self.see(r, 2000)
             r.ch.set_available(False)

@@ -470,3 +470,17 @@ class ServiceGuardAndCommands(unittest.TestCase):
         self.assertEqual(st.service_errors, 0)
         self.assertEqual(st.faults.counts[faults.STORAGE_ERROR], 1)
         self.assertFalse(st.faults.is_active(faults.INTERNAL_ERROR))
+
+    def test_unplug_while_inoperative_closes_the_session(self):
+        r = self.charging()
+        st = r.station
+        self.assertIsNone(st.cmd_set_availability(False, r.board.ticks_ms()))
+        r.ev(s2=S2_OPEN)
+        self.assertIsNotNone(r.run_until(lambda: not r.board.contactor_cmd, 7000))
+        r.run(500)
+        r.ev(plugged=False)
+        r.run(500)
+        self.assertEqual(st.status()["state"], "UNAVAILABLE")
+        self.assertIsNone(st.sessions.active)
+        recs = [x.data for x in held_records(st, KIND_SESSION)]
+        self.assertEqual([x["stop_reason"] for x in recs], ["ev_unplugged"])
