@@ -349,6 +349,12 @@ def _closes_with_blocking_fault():
             _tick(1500, "C2", "C", 266, 1, faults=["OVERTEMP"]), _end(3000)]
 
 
+def _f_with_coil_on():
+    # The station drives F (not available) of its own accord and leaves the coil on.
+    return _charging() + [_tick(1000, "F", "C", 0, 1, offered=0),
+                          _tick(3000, "F", "C", 0, 0, offered=0), _end(5000)]
+
+
 VIOLATIONS = [
     ("plug_in", _plug_never_seen),
     ("plug_in", _plug_closes_in_b),
@@ -384,6 +390,7 @@ VIOLATIONS = [
     ("close_allowed", _closes_in_c1),
     ("close_allowed", _closes_in_b2),
     ("close_allowed", _closes_with_blocking_fault),
+    ("closed_without_pwm", _f_with_coil_on),
 ]
 
 

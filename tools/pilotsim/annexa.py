@@ -136,6 +136,7 @@ def analyse(records):
     checks += _plug_in(tl)
     checks += _close_in_c(tl)
     checks += _close_allowed(tl)
+    checks += _closed_without_pwm(tl)
     checks += _open_on_ev_action(tl)
     checks += _pwm_off(tl)
     checks += _faults(tl)
@@ -253,6 +254,41 @@ def _close_allowed(tl):
         out.append(Check("close_allowed", "coil on only in C2/D2, no blocking fault",
                          tl.ticks[0]["t"], None, "never otherwise", True,
                          "%d closing%s" % (closings, "" if closings == 1 else "s")))
+    return out
+
+
+def _closed_without_pwm(tl):
+    """Whatever the cause, the coil stays on without PWM no longer than Annex A allows:
+    6 s with a steady +12 V (x1), at once (100 ms) in state F. The sequences above measure
+    the known causes; this catches a station that stops the PWM for another reason and
+    leaves the contactor closed. Only failures are listed."""
+    out = []
+    since = None        # first tick of the present stretch: coil on, no PWM
+    f_since = None      # ... and of state F within it
+
+    def judge(t_end, closed_at_end):
+        note = "still closed at the end" if closed_at_end else ""
+        if f_since is not None and t_end - f_since > ANNEX_A_OPEN_MS:
+            out.append(Check("closed_without_pwm", "state F with the coil on -> open",
+                             f_since, None if closed_at_end else t_end - f_since,
+                             "<= %d ms" % ANNEX_A_OPEN_MS, False, note))
+        elif t_end - since > ANNEX_A_PWM_OFF_MS:
+            out.append(Check("closed_without_pwm", "coil on without PWM -> open", since,
+                             None if closed_at_end else t_end - since,
+                             "<= %d ms" % ANNEX_A_PWM_OFF_MS, False, note))
+
+    for r in tl.ticks:
+        if r["contactor"] and r["duty"] in (0, 1000):
+            if since is None:
+                since = r["t"]
+            if r["duty"] == 0 and f_since is None:
+                f_since = r["t"]
+            continue
+        if since is not None:
+            judge(r["t"], False)
+        since = f_since = None
+    if since is not None:
+        judge(tl.end_ms, True)
     return out
 
 
