@@ -154,6 +154,7 @@ class Charger:
         self._offer_changed_at = 0
         self._offer_rate_ok = True
         self._thermal = 0                 # 0 none, 1 half, 2 quarter, 3 stop
+        self._temp_seen = False           # the sensor has given a reading since boot
         self._cable_ma = 0
         self._pp_bad = False
         self._pp_bad_since = 0
@@ -526,12 +527,15 @@ class Charger:
         fs = self.faults
         t = self.temp_dc
         if t is None or t < _TEMP_MIN_DC or t > _TEMP_MAX_DC:
-            if t is not None or self._temp_required:
+            # None is "no sensor on this board"; after a reading it is a sensor lost, which
+            # must not reset a stop or a derating to full current.
+            if t is not None or self._temp_required or self._temp_seen:
                 fs.raise_(TEMP_SENSOR_FAILED, now)
             else:
                 fs.clear(TEMP_SENSOR_FAILED, now)
                 self._thermal = 0
         else:
+            self._temp_seen = True
             fs.clear(TEMP_SENSOR_FAILED, now)
             # Step down one level only below that level's threshold minus the hysteresis
             # (derate - restore), then step up to whatever the temperature demands.

@@ -383,6 +383,33 @@ class Temperature(unittest.TestCase):
         r.run_ms(6000)
         self.assertFalse(r.ch.faults.is_active(F.TEMP_SENSOR_FAILED))
 
+    def test_sensor_lost_after_readings_is_a_fault_not_no_sensor(self):
+        # None means "this board has no sensor"; a sensor that gave readings and then
+        # stops must not reset an over-temperature stop or derating to full current.
+        r = Rig()
+        r.temp_dc = 250
+        r.charging()
+        r.temp_dc = 720
+        r.step(1)
+        self.assertTrue(r.ch.faults.is_active(F.OVERTEMP))
+        r.temp_dc = None
+        r.run_ms(10000)
+        self.assertFalse(r.ch.contactor)
+        self.assertTrue(r.ch.faults.is_active(F.TEMP_SENSOR_FAILED))
+        r.temp_dc = 250                        # readings are back
+        r.run_ms(6000)
+        self.assertFalse(r.ch.faults.is_active(F.TEMP_SENSOR_FAILED))
+        self.assertTrue(r.run_until(lambda: r.ch.contactor, 8000) >= 0)
+
+    def test_sensor_lost_while_derating_keeps_the_current_down(self):
+        r = Rig(max_current_ma=32000)
+        r.temp_dc = 660
+        r.charging()
+        self.assertEqual(r.ch.offered_ma, 16000)
+        r.temp_dc = None
+        r.run_ms(10000)
+        self.assertTrue(r.ch.offered_ma <= 16000)
+
     def test_missing_sensor_only_matters_when_required(self):
         r = Rig()
         r.run_ms(100)
