@@ -25,6 +25,11 @@ _MAX_FAULT_NAMES = 32         # distinct names kept; further names count under "
 _FIELDS = ("boots", "sessions", "energy_wh", "contactor_cycles", "contactor_cycles_under_load")
 
 
+def _is_count(v):
+    # A stored true is not 1 (isinstance(True, int) differs between CPython and MicroPython).
+    return isinstance(v, int) and v is not True and v is not False and v >= 0
+
+
 class Counters:
     def __init__(self, store, save_interval_s=60, load_threshold_w=100):
         self.store = store
@@ -55,11 +60,11 @@ class Counters:
             d = json.loads(raw)
             for k in _FIELDS:
                 v = d.get(k, 0)
-                if isinstance(v, int) and v >= 0:
+                if _is_count(v):
                     setattr(self, k, v)
             faults = d.get("faults", {})
             if isinstance(faults, dict):
-                self.faults = {k: v for k, v in faults.items() if isinstance(v, int) and v > 0}
+                self.faults = {k: v for k, v in faults.items() if _is_count(v) and v > 0}
             self.last_session = d.get("last_session")
         except (StorageError, ValueError) as e:
             # Start again from zero rather than refuse to run; the reason stays visible.

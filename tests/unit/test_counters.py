@@ -60,6 +60,16 @@ class Persistence(unittest.TestCase):
         self.assertIn("damaged", c.error)
         self.assertEqual(c.boot(0), 1)
 
+    def test_stored_booleans_are_not_counts_on_either_runtime(self):
+        # isinstance(True, int) holds on CPython, not on MicroPython: a true in the file must
+        # read the same on both (not a count).
+        fs = PowerCutFs()
+        Store(ROOT, fs).write_atomic(FILE, b'{"boots": 5, "sessions": true, "energy_wh": 7,'
+                                           b' "faults": {"A": true, "B": 2}}')
+        c = Counters(Store(ROOT, fs))
+        self.assertEqual((c.boots, c.sessions, c.energy_wh), (5, 0, 7))
+        self.assertEqual(c.faults, {"B": 2})
+
     def test_fault_names_are_bounded(self):
         c = Counters(Store(ROOT, PowerCutFs()))
         for i in range(40):
