@@ -355,6 +355,14 @@ def _f_with_coil_on():
                           _tick(3000, "F", "C", 0, 0, offered=0), _end(5000)]
 
 
+def _blocking_fault_coil_on():
+    # A fault that stops charging is raised (not one the scenario injected) and the coil
+    # stays on with the PWM still running.
+    return _charging() + [_tick(1000, "C2", "C", 266, 1, faults=["TEMP_SENSOR_FAILED"]),
+                          _tick(2000, "C2", "C", 266, 1, faults=["TEMP_SENSOR_FAILED"]),
+                          _end(5000)]
+
+
 VIOLATIONS = [
     ("plug_in", _plug_never_seen),
     ("plug_in", _plug_closes_in_b),
@@ -391,6 +399,7 @@ VIOLATIONS = [
     ("close_allowed", _closes_in_b2),
     ("close_allowed", _closes_with_blocking_fault),
     ("closed_without_pwm", _f_with_coil_on),
+    ("blocking_fault_open", _blocking_fault_coil_on),
 ]
 
 

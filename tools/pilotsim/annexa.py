@@ -137,6 +137,7 @@ def analyse(records):
     checks += _close_in_c(tl)
     checks += _close_allowed(tl)
     checks += _closed_without_pwm(tl)
+    checks += _blocking_fault_open(tl)
     checks += _open_on_ev_action(tl)
     checks += _pwm_off(tl)
     checks += _faults(tl)
@@ -289,6 +290,29 @@ def _closed_without_pwm(tl):
         since = f_since = None
     if since is not None:
         judge(tl.end_ms, True)
+    return out
+
+
+def _blocking_fault_open(tl):
+    """A fault that stops charging (the station's own `blocking` flag) opens the contactor
+    at once, whatever raised it. Only failures are listed; the injected faults have their
+    own sequences."""
+    out = []
+    since = None
+    for r in tl.ticks:
+        if r["contactor"] and r["blocking"]:
+            if since is None:
+                since = r
+            continue
+        if since is not None and r["t"] - since["t"] > ANNEX_A_OPEN_MS:
+            out.append(Check("blocking_fault_open", "blocking fault -> open at once",
+                             since["t"], r["t"] - since["t"], "<= %d ms" % ANNEX_A_OPEN_MS,
+                             False, ", ".join(since["faults"])))
+        since = None
+    if since is not None and tl.end_ms - since["t"] > ANNEX_A_OPEN_MS:
+        out.append(Check("blocking_fault_open", "blocking fault -> open at once", since["t"],
+                         None, "<= %d ms" % ANNEX_A_OPEN_MS, False,
+                         "still closed at the end: %s" % ", ".join(since["faults"])))
     return out
 
 
