@@ -51,6 +51,9 @@ class Station:
     def __init__(self, board, config=None, store=None):
         global current
         self.board = board
+        # Set before the first storage call: _storage_op reports through the link, which
+        # is built further down (the fault itself reaches the outbox through the ring).
+        self.link = None
         self.store = store if store is not None else Store(board.storage_root())
         self.config_error = None
         self.cfg = self._load_config(config)

@@ -484,3 +484,22 @@ class ServiceGuardAndCommands(unittest.TestCase):
         self.assertIsNone(st.sessions.active)
         recs = [x.data for x in held_records(st, KIND_SESSION)]
         self.assertEqual([x["stop_reason"] for x in recs], ["ev_unplugged"])
+
+    def test_a_station_whose_flash_refuses_writes_still_boots_and_charges(self):
+        # Counters are written at boot, before the backend link exists: a storage failure
+        # there is a STORAGE_ERROR, not a crash of the constructor (and a reset loop).
+        from firmware.storage import StorageError
+
+        class FullStore(Store):
+            def write_atomic(self, name, data):
+                raise StorageError("%s: flash full" % name)
+        board = SimBoard()
+        st = Station(board, config=BACKEND, store=FullStore("/data", PowerCutFs()))
+        self.assertEqual(st.faults.counts[faults.STORAGE_ERROR], 1)
+        board.model.plugged = True
+        board.model.s2 = S2_C
+        board.model.update()
+        for _ in range(300):
+            st.step()
+            board.sleep_ms(TICK_MS)
+        self.assertTrue(board.contacts_closed)
