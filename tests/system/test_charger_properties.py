@@ -119,6 +119,14 @@ def test_safety_invariants_hold_on_every_tick(steps, selftest):
                     assert ch.offered_ma >= 6000
             else:
                 pwm_off_since = None
+            # Closed only when the standard allows it: PWM on (C2/D2) and the EV's last
+            # readings C (or D with ventilation) with its diode present, authorized,
+            # available, not paused, no residual current.
+            if ch.contactor and not was_closed:
+                assert 0 < duty < 1000, duty
+                assert r.ev == "C" or (r.ev == "D" and cfg["ventilation_supported"]), r.ev
+                assert r.diode and not r.leak
+                assert ch.authorized and ch.available and not ch.paused
             # A welded contactor is never commanded closed again.
             if ever_welded:
                 assert not (ch.contactor and not was_closed)
