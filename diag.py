@@ -18,7 +18,8 @@ set() and clear() -> True (done) / False (refused, nothing changed).
 
 Safety: the only place that energises the contactor is selftest()'s contactor cycle. It runs
 only while the contactor is open, the pilot reads state A (no EV) on a steady +12 V and
-the PP reads no cable; it samples the pilot again every millisecond while the coil is on,
+the PP reads no cable (on a tethered cable, which has no such PP, only when the technician
+confirms the connector is parked: selftest(connector_parked=True)); it samples the pilot again every millisecond while the coil is on,
 opens at once when anything changes, and always leaves the coil off. The live readers
 (pilot(), pp()) only sample. diag runs at the REPL, i.e. while the station's loop is
 stopped; a later station tick drives every output from the charger again.
@@ -593,13 +594,18 @@ def _check_rcd(board, cfg, results, st):
                        took if took is not None else limit)
 
 
-def _check_contactor(board, cfg, results, st, ev):
+def _check_contactor(board, cfg, results, st, ev, connector_parked):
     name = "contactor cycle"
     if not getattr(board, "has_mirror", True):
         results.append((name, "SKIP", "no mirror contact: closing proves nothing"))
         return
     if ev:
         results.append((name, "REFUSED", "EV connected: unplug it to run this check"))
+        return
+    if not cfg["socket_outlet"] and not connector_parked:
+        # No PP to tell a parked connector from one in an EV, and an EV whose CP wire is
+        # broken reads state A too: only the technician can say the connector is parked.
+        results.append((name, "REFUSED", "tethered: selftest(connector_parked=True)"))
         return
     if board.contactor_mirror_closed():
         results.append((name, "FAIL", "mirror reads closed while open: welded?"))
@@ -640,9 +646,11 @@ def _check_contactor(board, cfg, results, st, ev):
         results.append((name, "PASS", "closed in %d ms, opened in %d ms" % (closed, opened)))
 
 
-def selftest():
+def selftest(connector_parked=False):
     """Residual-current monitor test, pilot output levels, and (only with no EV and no
-    cable) one contactor close/open with its mirror contact. Leaves the contactor open."""
+    cable) one contactor close/open with its mirror contact. Leaves the contactor open.
+    On a tethered cable the contactor cycle also needs connector_parked=True: the
+    technician's word that the connector is in its holder, not in an EV."""
     st, board, cfg = _context()
     duty = _duty(board, st)
     results = []
@@ -654,7 +662,7 @@ def selftest():
     try:
         ev = _check_pilot(board, results)
         _check_rcd(board, cfg, results, st)
-        _check_contactor(board, cfg, results, st, ev)
+        _check_contactor(board, cfg, results, st, ev, connector_parked)
     finally:
         board.set_contactor(False)
         board.set_rcd_test(False)

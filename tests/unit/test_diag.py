@@ -340,6 +340,27 @@ class Selftest(DiagCase):
         self.assertIn("REFUSED", self.text())
         self.assertEqual(r.board.coil, [])
 
+    def test_tethered_cable_cycles_only_with_the_connector_parked(self):
+        # On a tethered cable PP cannot say whether the connector is in an EV, and state A
+        # is also what a connected EV with a broken CP wire reads: the technician has to
+        # confirm the connector is parked.
+        r = Rig(config={"socket_outlet": False})
+        r.run(100)
+        r.board.coil[:] = []
+        self.assertIs(diag.selftest(), True)        # refused is not failed
+        out = self.text()
+        self.assertIn("contactor cycle ....... REFUSED", out)
+        self.assertIn("connector_parked=True", out)
+        self.assertEqual(r.board.coil, [])
+        self.assertIs(diag.selftest(connector_parked=True), True)
+        self.assertIn("contactor cycle ....... PASS", self.text())
+        self.assertEqual(r.board.coil, [True, False])
+        r.ev(plugged=True)                          # parked was not true after all
+        r.board.coil[:] = []
+        diag.selftest(connector_parked=True)
+        self.assertIn("EV connected", self.text())
+        self.assertEqual(r.board.coil, [])
+
     def test_ev_appearing_during_the_cycle_opens_at_once(self):
         r = Rig()
         r.board.contactor_delay_ms = 200
