@@ -28,7 +28,7 @@ import umqtt.simple  # noqa: F401
 from firmware.outbox import KIND_SESSION
 from firmware.station import TICK_MS
 from tools.bench_rig import PROBE, ask, build, read_json, say
-from tools.pilotsim.model import EVLoad, EnergyCounter, S2_C, S2_OPEN
+from tools.pilotsim.model import EVLoad, EnergyCounter, MeterRefresh, S2_C, S2_OPEN
 
 METER_PUSH_MS = 500          # registers refreshed at least this often while energy flows
 LINK_UP_LIMIT_MS = 15000     # the link must be online within this (paced 1:1)
@@ -59,8 +59,7 @@ class Session:
         self.t0 = self.board.now_ms
         self.iterations = 0
         self.meter_wh = run.get("meter_start_wh", 0)
-        self._pushed = None
-        self._push_ms = 0
+        self._refresh = MeterRefresh(METER_PUSH_MS)
         self.ev = None
         self.energy = None
 
@@ -121,13 +120,11 @@ class Session:
         i = self.ev.current_ma if b.contacts_closed else 0
         key = (i, self.energy.wh)
         t = self.sim_ms()
-        if key == self._pushed or (self._pushed is not None and i == self._pushed[0]
-                                   and t - self._push_ms < METER_PUSH_MS):
+        if not self._refresh.due(t, key):
             return
         ask({"req": "meter", "current_ma": i, "power_w": self.ev.power_w() if i else 0,
              "import_wh": self.energy.wh})
-        self._pushed = key
-        self._push_ms = t
+        self._refresh.written(t, key)
 
     def link_up(self):
         link = self.station.link

@@ -4,8 +4,8 @@ import unittest
 
 from firmware import pilot
 from tools.pilotsim import model
-from tools.pilotsim.model import (CABLE_OHMS, EVLoad, EnergyCounter, FrontEnd, PilotModel,
-                                  S2_C, S2_D, S2_OPEN, levels, offered_ma)
+from tools.pilotsim.model import (CABLE_OHMS, EVLoad, EnergyCounter, FrontEnd, MeterRefresh,
+                                  PilotModel, S2_C, S2_D, S2_OPEN, levels, offered_ma)
 
 
 def _ev(s2=S2_OPEN, **faults):
@@ -188,3 +188,17 @@ class EVAsLoad(unittest.TestCase):
         for _ in range(36000):
             e2.add(100, 100)             # 100 W for an hour in 100 ms steps
         self.assertEqual(e2.wh, 100)
+
+
+class MeterRegistersFollowTheEV(unittest.TestCase):
+    def test_current_changes_at_once_energy_at_most_every_period(self):
+        r = MeterRefresh(period_ms=500)
+        self.assertTrue(r.due(0, (0, 100)))          # nothing written yet
+        r.written(0, (0, 100))
+        self.assertFalse(r.due(10, (0, 100)))        # unchanged
+        self.assertTrue(r.due(20, (16000, 100)))     # the current changed: at once
+        r.written(20, (16000, 100))
+        self.assertFalse(r.due(300, (16000, 101)))   # only the energy moved, too soon
+        self.assertTrue(r.due(520, (16000, 101)))
+        r.written(520, (16000, 101))
+        self.assertFalse(r.due(530, (16000, 101)))

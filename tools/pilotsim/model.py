@@ -258,6 +258,28 @@ class EVLoad:
         return self.phases * self.current_ma * (self.voltage_mv // 1000) // 1000
 
 
+class MeterRefresh:
+    """When a simulated meter's registers must be rewritten to follow the EV: at once when
+    the current changes (the station's over-current logic reads it), and while only the
+    energy moves at most every `period_ms`. A key is a tuple whose first item is the
+    current; the simulator and the benchmarks share this rule."""
+
+    def __init__(self, period_ms=500):
+        self.period_ms = period_ms
+        self._key = None
+        self._at = 0
+
+    def due(self, now_ms, key):
+        last = self._key
+        if key == last:
+            return False
+        return last is None or key[0] != last[0] or now_ms - self._at >= self.period_ms
+
+    def written(self, now_ms, key):
+        self._key = key
+        self._at = now_ms
+
+
 class EnergyCounter:
     """Integrates power over simulated time into Wh without losing the remainder."""
 

@@ -26,8 +26,8 @@ import time
 
 from firmware import states
 from tools.pilotsim import scenario as _scenario
-from tools.pilotsim.model import (CABLE_OHMS, EVLoad, EnergyCounter, FrontEnd, PilotModel,
-                                  S2_C, S2_D, S2_OPEN)
+from tools.pilotsim.model import (CABLE_OHMS, EVLoad, EnergyCounter, FrontEnd, MeterRefresh,
+                                  PilotModel, S2_C, S2_D, S2_OPEN)
 from tools.pilotsim.simboard import SimBoard, SimReset
 
 HEARTBEAT_MS = 1000          # a trace record at least this often
@@ -269,8 +269,7 @@ class Runner:
         self._link_until = LINK_SETTLE_MS if self.backend else 0
         self._last = None
         self._last_emit = -HEARTBEAT_MS
-        self._last_push = None
-        self._pushed = None
+        self._refresh = MeterRefresh(METER_PUSH_MS)
         self.stats = {"ticks": 0, "restarts": 0, "meter_pushes": 0, "commands": 0,
                       "paced_ms": 0, "meter_gave_up": 0}
 
@@ -454,10 +453,7 @@ class Runner:
         i = self.ev.current_ma if self.board.contacts_closed else 0
         key = (i, self.energy.wh, self.meter_voltage_dv)
         t = self.sim_ms()
-        if not force and key == self._pushed:
-            return
-        if (not force and self._pushed is not None and key[0] == self._pushed[0]
-                and t - self._last_push < METER_PUSH_MS):
+        if not force and not self._refresh.due(t, key):
             return
         currents = [i if p < self.ev.phases else 0 for p in range(3)]
         volts = [self.meter_voltage_dv] * 3     # the supply is there whatever the EV uses
@@ -465,8 +461,7 @@ class Runner:
         self.channel.request({"req": "meter", "t": t, "voltage_dv": volts,
                               "current_ma": currents, "power_w": power,
                               "import_wh": self.energy.wh})
-        self._pushed = key
-        self._last_push = t
+        self._refresh.written(t, key)
         self.stats["meter_pushes"] += 1
 
     # -- observation ------------------------------------------------------------------------
