@@ -5,7 +5,8 @@ contactor_cycles_under_load (opened while the EV drew at least `load_threshold_w
 the contacts), and faults per name.
 
 Flash wear: the file is replaced (Store.write_atomic) only
-  - at boot (the boot number must be on flash before any session uses it as its id),
+  - at boot (the boot number must be on flash before any session uses it as its id; it
+    also goes into BOOT_FILE, so that a damaged counters file cannot bring it back),
   - at the end of a session (session_ended),
   - from tick() when something changed and at least `counters_save_s` passed since the
     last write (default once a minute; never per control tick).
@@ -21,6 +22,7 @@ from firmware.compat import ticks_diff
 from firmware.storage import StorageError
 
 FILE = "counters.json"
+BOOT_FILE = "boot.num"        # a second copy of the boot number (see boot())
 _MAX_FAULT_NAMES = 32         # distinct names kept; further names count under "other"
 _FIELDS = ("boots", "sessions", "energy_wh", "contactor_cycles", "contactor_cycles_under_load")
 
@@ -69,6 +71,14 @@ class Counters:
         except (StorageError, ValueError) as e:
             # Start again from zero rather than refuse to run; the reason stays visible.
             self.error = "counters: %s" % (e.args[0] if e.args else e)
+        try:
+            raw = self.store.read(BOOT_FILE)
+            if raw is not None:
+                n = int(raw)
+                if n > self.boots:
+                    self.boots = n
+        except (StorageError, ValueError):
+            pass
 
     def values(self):
         d = {k: getattr(self, k) for k in _FIELDS}
@@ -84,8 +94,13 @@ class Counters:
 
     # -- events --------------------------------------------------------------------------
     def boot(self, now_ms=None):
-        """Count this boot and write it at once. Returns the boot number (1, 2, ...)."""
+        """Count this boot and write it at once. Returns the boot number (1, 2, ...).
+        Session ids are "<boot>-<seq>" and the backend de-duplicates on them, so a boot
+        number must never come back: it is also kept in a file of its own, written first,
+        and the higher of the two copies counts (a damaged counters file restarts the
+        statistics, not the boot numbers)."""
         self.boots += 1
+        self.store.write_atomic(BOOT_FILE, str(self.boots).encode())
         self.save(now_ms)
         return self.boots
 

@@ -5,7 +5,7 @@ from firmware.compat import TICKS_MAX, ticks_add
 from firmware.config import Config
 from firmware.counters import FILE, Counters
 from firmware.storage import Store
-from powercut_fs import PowerCutFs
+from powercut_fs import PowerCut, PowerCutFs
 
 ROOT = "/data"
 
@@ -53,12 +53,40 @@ class Persistence(unittest.TestCase):
 
     def test_damaged_file_restarts_from_zero_and_says_why(self):
         fs = PowerCutFs()
-        Counters(Store(ROOT, fs)).boot(0)
+        c = Counters(Store(ROOT, fs))
+        c.boot(0)
+        c.session_ended("1-1", 500)
         fs.medium[ROOT + "/" + FILE] = b"garbage"
         c = Counters(Store(ROOT, fs))
-        self.assertEqual(c.boots, 0)
+        self.assertEqual((c.sessions, c.energy_wh), (0, 0))
         self.assertIn("damaged", c.error)
-        self.assertEqual(c.boot(0), 1)
+        # The boot number is never reused: session ids ("<boot>-<seq>") are what the
+        # backend de-duplicates on, so a repeated "1-1" would be thrown away as a copy.
+        self.assertEqual(c.boots, 1)
+        self.assertEqual(c.boot(0), 2)
+
+    def test_boot_numbers_only_go_up_across_damage_and_power_cuts(self):
+        fs = PowerCutFs()
+        for _ in range(3):
+            Counters(Store(ROOT, fs)).boot(0)
+        fs.medium[ROOT + "/" + FILE] = b"garbage"
+        self.assertEqual(Counters(Store(ROOT, fs)).boot(0), 4)
+        # A power cut at any step of boot(): the next boot gets a number never used.
+        k = 1
+        while True:
+            probe = fs.restart()
+            probe.cut_at = k
+            try:
+                got = Counters(Store(ROOT, probe)).boot(0)
+                finished = True
+            except PowerCut:
+                finished = False
+            after = Counters(Store(ROOT, probe.restart())).boot(0)
+            self.assertTrue(after >= 6 if finished else after >= 5, (k, after))
+            if finished:
+                self.assertEqual(got, 5)
+                break
+            k += 1
 
     def test_stored_booleans_are_not_counts_on_either_runtime(self):
         # isinstance(True, int) holds on CPython, not on MicroPython: a true in the file must
