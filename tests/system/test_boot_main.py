@@ -103,6 +103,22 @@ def test_service_mode_by_flag_file(fsroot):
     assert r["levels"][str(CONTACTOR)] == 0
 
 
+def test_service_mode_shows_state_f_on_the_pilot(fsroot):
+    # IEC 61851-1: a station that is not available shows state F (steady -12 V), not a
+    # floating output stage. Non-inverting stage: pin low is -12 V; inverting: pin high.
+    open(os.path.join(fsroot, "service"), "w").close()
+    r = run_device(fsroot)
+    assert r["service_mode"] is True
+    assert [e[3] for e in events(r, "pin_level", 25)] == [0]
+    board = reference()
+    board["pilot"]["pwm_inverted"] = True
+    r = run_device(fsroot, board=board)
+    assert [e[3] for e in events(r, "pin_level", 25)] == [1]
+    # Contactor first, then the pilot.
+    kinds = [(e[1], e[2]) for e in r["events"]]
+    assert kinds.index(("pin_level", CONTACTOR)) < kinds.index(("pin_level", 25))
+
+
 def test_service_mode_by_pin(fsroot):
     r = run_device(fsroot, {"inputs": {"18": 0}})     # jumper pulls GPIO 18 low
     assert r["service_mode"] is True
