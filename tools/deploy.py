@@ -60,7 +60,8 @@ def check(log=print, out_dir=OUT_DIR):
     return 1 if failed else 0
 
 
-# Runs on the device before the copy: remove the old code trees, keep data/ and board.json.
+# Runs on the device before the copy: remove the old code trees, keep data/ and board.json
+# (deploy_commands() appends the stale top-level sources).
 _CLEAN_SCRIPT = (
     "import os\n"
     "def rm(p):\n"
@@ -92,8 +93,11 @@ def deploy_commands(port, board_file, files, mip=True, frozen=False, flag="servi
     `frozen`: the packages are in the firmware image (manifest.py): copy only the top-level
     files and the board file."""
     base = [MPREMOTE, "connect", port]
+    # A top-level module goes over as .mpy: an older name.py there would shadow it.
+    stale = [f for f in files if "/" not in f and f not in RUN_AS_SOURCE]
+    clean = _CLEAN_SCRIPT + "".join("rm(%r)\n" % f for f in stale)
     cmds = [base + ["exec", 'open("%s", "w").close()' % flag, "+", "reset"],
-            base + ["sleep", "3", "+", "exec", _CLEAN_SCRIPT]]
+            base + ["sleep", "3", "+", "exec", clean]]
     if frozen:
         files = [f for f in files if "/" not in f]
         mip = False     # logging is frozen too (require("logging"))

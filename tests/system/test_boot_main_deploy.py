@@ -107,6 +107,23 @@ def test_clean_script_removes_code_and_keeps_data(tmp_path):
     assert sorted(os.listdir(str(tmp_path))) == ["board.json", "data"]
 
 
+def test_clean_script_removes_stale_sources_of_top_level_modules(tmp_path):
+    # MicroPython imports name.py before name.mpy: a diag.py left from an earlier copy
+    # would shadow the new diag.mpy. boot.py and main.py stay (they are copied as source).
+    stage = tmp_path / "stage"
+    clean = [c for c in commands(stage) if c[3:5] == ["sleep", "3"]][0][-1]
+    dev = tmp_path / "dev"
+    for rel in ("diag.py", "boot.py", "main.py", "board.json", "notes.txt"):
+        p = dev / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    r = subprocess.run([MICROPYTHON, "-c", clean], cwd=str(dev),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(str(dev))) == ["board.json", "boot.py", "data", "main.py",
+                                            "notes.txt"]
+
+
 def test_manifest_freezes_every_package_and_logging():
     calls = []
 
