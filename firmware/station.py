@@ -34,6 +34,7 @@ from firmware.storage import Journal, StorageError, Store
 TICK_MS = 10
 CONFIG_FILE = "config.json"
 OUTBOX_FILE = "outbox.jnl"
+AVAILABILITY_FILE = "inoperative"   # present: the operator took the station out of service
 
 _EVENTS_PER_STEP = 8        # charger events handled per iteration (the ring holds 64)
 _REBOOT_GRACE_MS = 1000     # the reply goes out before the restart
@@ -63,6 +64,11 @@ class Station:
         self.events = EventRing(64)
         self.faults = FaultSet(self.events)
         self.charger = Charger(self.cfg, self.events, self.faults)
+        # Inoperative is kept across resets (as OCPP's ChangeAvailability): a station taken
+        # out of service must not come back charging after a power cut. A write of the flag
+        # cut by a reset (only its temporary copy on flash) counts as inoperative.
+        if self.store.exists(AVAILABILITY_FILE):
+            self.charger.set_available(False)
         # Outputs to the charger's initial state before the first sample: a pilot read while
         # nothing drives it would be taken for a fault.
         board.set_contactor(False)
@@ -581,6 +587,14 @@ class Station:
             self._queue_event({"type": "limit_expired"})
 
     def cmd_set_availability(self, operative, now_ms):
+        # Stored first: a change that cannot be kept across a reset changes nothing.
+        try:
+            if operative:
+                self.store.remove(AVAILABILITY_FILE)
+            else:
+                self.store.write_atomic(AVAILABILITY_FILE, b"1")
+        except StorageError as e:
+            return "availability not stored: %s" % e
         self.charger.set_available(operative)
         return None
 

@@ -503,3 +503,20 @@ class ServiceGuardAndCommands(unittest.TestCase):
             st.step()
             board.sleep_ms(TICK_MS)
         self.assertTrue(board.contacts_closed)
+
+    def test_inoperative_survives_a_reboot_until_set_operative(self):
+        # A station the operator took out of service (a damaged socket, say) must not
+        # come back charging after a power cut.
+        r = Rig()
+        r.run(100)
+        self.assertIsNone(r.station.cmd_set_availability(False, r.board.ticks_ms()))
+        r2 = r.reboot()
+        r2.ev(plugged=True, s2=S2_C)
+        r2.run(3000)
+        self.assertFalse(r2.station.charger.available)
+        self.assertFalse(r2.board.contactor_cmd)
+        self.assertFalse(r2.station.status()["available"])
+        self.assertIsNone(r2.station.cmd_set_availability(True, r2.board.ticks_ms()))
+        r3 = r2.reboot()
+        r3.ev(plugged=True, s2=S2_C)
+        self.assertIsNotNone(r3.run_until(lambda: r3.board.contacts_closed, 3000))
