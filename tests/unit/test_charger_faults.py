@@ -7,7 +7,7 @@ from firmware import faults as F
 from firmware.board import LED_FAULT
 from firmware.charger import CONTACTOR_FAULT, LIMIT_THERMAL
 from firmware.compat import ticks_diff
-from firmware.events import EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED
+from firmware.events import EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_LOCK
 from firmware.states import STATE_A, STATE_B1, STATE_C1, STATE_C2, STATE_D2, STATE_E, STATE_F
 
 
@@ -213,7 +213,7 @@ class Contactor(unittest.TestCase):
         r.step(2)
         opened_at = r.last_tick_ms()
         r.ev = "C"
-        r.run_until(lambda: r.ch.contactor, 3000)
+        self.assertTrue(r.run_until(lambda: r.ch.contactor, 3000) >= 0)
         self.assertTrue(ticks_diff(r.last_tick_ms(), opened_at) >= r.cfg["welded_check_ms"])
 
 
@@ -457,8 +457,10 @@ class Lock(unittest.TestCase):
         r.step(1)
         self.assertTrue(r.ch.lock)
         r.ev = "C"
-        r.run_until(lambda: r.ch.contactor, 3000)
+        self.assertTrue(r.run_until(lambda: r.ch.contactor, 3000) >= 0)
         self.assertTrue(r.ch.lock_ok)
+        kinds = [e[1] for e in r.ch.events.recent()]
+        self.assertTrue(kinds.index(EV_LOCK) < kinds.index(EV_CONTACTOR))
         r.ev = "A"
         r.step(3)
         self.assertFalse(r.ch.lock)
