@@ -562,6 +562,14 @@ class Station:
             return "not authorized: %s" % why
         if not self.charger.available:
             return "station is inoperative"
+        active = self.sessions.active
+        holder = active["id_tag"] if active is not None else None
+        if holder is not None and self.charger.authorized:
+            # The card that started the session pays for it: another card presented at a
+            # station in use must not take the session (and its bill) over.
+            if id_tag.upper() != holder.upper():
+                return "the session belongs to another idTag"
+            return None
         self.charger.authorize(True)
         self.sessions.set_id_tag(id_tag, now_ms, why)
         return None

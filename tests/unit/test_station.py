@@ -172,6 +172,23 @@ class Authorization(unittest.TestCase):
         self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
         self.assertEqual(st.sessions.active["id_tag"], "cafe01")
 
+    def test_another_card_does_not_take_over_a_running_session(self):
+        # Who pays is the card that started the session: a second listed card presented
+        # at the charging station is refused and changes nothing.
+        r, reader = self.rig({"auth_mode": "local"})
+        st = r.station
+        st.auth.allow_list.replace(1, ["CAFE01", "BEEF02"])
+        r.ev(plugged=True, s2=S2_C)
+        r.run(500)
+        reader.cards.append("CAFE01")
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        self.assertEqual(st.present_id_tag("BEEF02", r.board.ticks_ms())[0], False)
+        r.run(500)
+        self.assertEqual(st.sessions.active["id_tag"], "CAFE01")
+        self.assertTrue(r.board.contacts_closed)
+        self.assertEqual(st.present_id_tag("cafe01", r.board.ticks_ms())[0], True)
+        self.assertEqual(st.sessions.active["id_tag"], "CAFE01")
+
     def test_backend_mode_offline_uses_the_local_list(self):
         r, reader = self.rig({"auth_mode": "backend", "offline_policy": "local_list"})
         st = r.station
