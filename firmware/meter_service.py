@@ -20,8 +20,9 @@ allows over the time since the last accepted reading (plus one step of the regis
 resolution). A failing reading sets `implausible`, `implausible_reason` and counts
 `implausible_count`; its power and energy are not taken (the last plausible ones stay),
 while its voltages and currents are (the over-current check errs on the side of caution).
-The next plausible reading clears the flag. After a meter exchange `rebase()` accepts the
-next reading as the new energy baseline.
+The next plausible reading clears the flag. Three implausible energy readings in a row that
+agree with each other are a meter exchanged or reset without telling the station: the last
+becomes the new baseline (counted in `rebased`); `rebase()` accepts the next reading at once.
 
 `poll()` returns a bitmask of what changed (STALE_CHANGED, IMPLAUSIBLE_CHANGED,
 NEW_READING); an optional `on_change(kind, active, reason)` callback hears the same
@@ -44,6 +45,9 @@ IMPORT_JUMP = "import_jump"
 EXPORT_JUMP = "export_jump"
 
 _MS_PER_HOUR = const(3600000)
+# Implausible energy readings that agree with each other this many times in a row are a
+# new meter (or a reset one), not a fault.
+_REBASE_AGREE = const(3)
 
 
 class MeterService:
@@ -75,6 +79,9 @@ class MeterService:
         self._next_ms = None
         self._energy_ms = 0         # when import/export were last accepted
         self._rebase = True         # no energy baseline yet
+        self._cand = [0, 0, 0]      # agreeing implausible readings: count, import, export
+        self._cand_ms = 0
+        self.rebased = 0            # baselines taken over after a meter exchange
 
     def _settings(self, cfg):
         self._meter_key = (cfg["meter_map"], cfg["meter_custom_map"], cfg["meter_addr"])
@@ -187,6 +194,13 @@ class MeterService:
             self.voltage_dv[k] = s[meters.V_L1 + k]
             self.current_ma[k] = s[meters.I_L1 + k]
         reason = self._check(now_ms)
+        if reason and reason != NOT_A_NUMBER and reason != POWER_RANGE \
+                and self._replaced(now_ms):
+            # The registers jumped and then ran on consistently: a meter exchanged (or
+            # reset) without telling the station. Take them as the new baseline (sessions
+            # keep the energy counted up to the old one).
+            reason = ""
+            self.rebased += 1
         if reason:
             self.implausible_count += 1
             self.implausible_reason = reason
@@ -201,6 +215,7 @@ class MeterService:
                 self.export_wh = s[meters.EXPORT]
             self._energy_ms = now_ms
             self._rebase = False
+            self._cand[0] = 0
             if self.implausible:
                 self.implausible = False
                 self.implausible_reason = ""
@@ -208,6 +223,26 @@ class MeterService:
                 self._notify("implausible", False, "")
         self.readings += 1
         return changes
+
+    def _replaced(self, now_ms):
+        s = self._scratch
+        imp = s[meters.IMPORT]
+        exp = s[meters.EXPORT] if self.has_export else 0
+        c = self._cand
+        elapsed = ticks_diff(now_ms, self._cand_ms)
+        if c[0] and not self._energy_rule(meters.IMPORT, imp, c[1], elapsed, 1, 1) and (
+                not self.has_export
+                or not self._energy_rule(meters.EXPORT, exp, c[2], elapsed, 1, 1)):
+            c[0] += 1
+        else:
+            c[0] = 1
+        c[1] = imp
+        c[2] = exp
+        self._cand_ms = now_ms
+        if c[0] >= _REBASE_AGREE:
+            c[0] = 0
+            return True
+        return False
 
     def _check(self, now_ms):
         s = self._scratch
@@ -268,6 +303,7 @@ class MeterService:
         out["cycles_failed"] = self.cycles_failed
         out["consecutive_failures"] = self.consecutive_failures
         out["implausible_count"] = self.implausible_count
+        out["rebased"] = self.rebased
         out["stale"] = self.stale
         out["last_error"] = self.last_error
         out["requests_per_poll"] = len(self.map.plan)

@@ -212,6 +212,31 @@ class TestPlausibility(Base):
         self.assertEqual(self.svc.implausible_reason, "")
         self.assertEqual(self.svc.import_wh, 12345684)
 
+    def test_an_exchanged_meter_becomes_the_new_baseline_after_three_agreeing_readings(self):
+        self.loop(100)
+        self.meter.publish(import_wh=100, export_wh=0)   # a new meter, nearly empty
+        self.loop(1000)
+        self.assertTrue(self.svc.implausible)
+        self.meter.publish(import_wh=102, export_wh=0)
+        self.loop(1000)
+        self.assertTrue(self.svc.implausible)
+        self.assertEqual(self.svc.import_wh, 12345678)  # billing still keeps the old value
+        self.meter.publish(import_wh=105, export_wh=0)
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.import_wh, 105)
+        self.assertEqual(self.svc.rebased, 1)
+        self.assertEqual(self.svc.stats()["rebased"], 1)
+
+    def test_readings_that_disagree_with_each_other_are_never_a_new_baseline(self):
+        self.loop(100)
+        for wh in (100, 5000000, 7, 9000000, 3):
+            self.meter.publish(import_wh=wh)
+            self.loop(1000)
+            self.assertTrue(self.svc.implausible, wh)
+        self.assertEqual(self.svc.rebased, 0)
+        self.assertEqual(self.svc.import_wh, 12345678)
+
     def test_export_backwards(self):
         self.loop(100)
         self.meter.publish(export_wh=4000)
