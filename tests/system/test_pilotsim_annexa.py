@@ -425,3 +425,19 @@ def test_the_violation_table_covers_every_sequence_of_the_report():
                                                "welded_never_recloses", "overcurrent_stop",
                                                "duty_within_limits", "wake_up"}
     assert ids - covered == set()
+
+
+def test_config_limits_follow_the_firmwares_defaults(monkeypatch):
+    # A trace's start record carries only the scenario's overrides: a limit the scenario
+    # leaves alone is the firmware's default, not a second copy of it in the report.
+    from firmware import config
+    spec = list(config.SCHEMA["welded_check_ms"])
+    spec[0] = 400
+    monkeypatch.setitem(config.SCHEMA, "welded_check_ms", tuple(spec))
+    recs = _charging() + [{"t": 500, "k": "fault", "name": "contactor_welded", "on": True},
+                          {"t": 1000, "k": "ev", "name": "pause"},
+                          _tick(1000, "B2", "B", 266, 0, mirror=1),
+                          _tick(1800, "F", "B", 0, 0, mirror=1, faults=["CONTACTOR_WELDED"]),
+                          _end(5000)]
+    (wd,) = _by_seq(annexa.analyse(recs), "welded_detected")
+    assert wd.limit.startswith("<= 500 ms") and not wd.ok      # 800 ms > 400 + 100

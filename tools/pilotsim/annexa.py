@@ -126,7 +126,13 @@ class Timeline:
                 if s["k"] == "fault" and s["name"] == name and s.get("on")]
 
     def cfg(self, key, default):
-        return self.config.get(key, default)
+        """The station's setting: the run's override, else the firmware's own default
+        (firmware/config.py), so a limit never rests on a stale copy; `default` only for
+        a key the schema does not have."""
+        if key in self.config:
+            return self.config[key]
+        from firmware.config import SCHEMA
+        return SCHEMA[key][0] if key in SCHEMA else default
 
 
 def analyse(records):
