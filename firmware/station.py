@@ -85,6 +85,7 @@ class Station:
         self.meter = None
         self._recover_until = None
         self._held = None              # the unplug event, waiting for the final reading
+        self._retry_ev = None          # an event whose handling raised: handled once more
         if uart is not None:
             self.meter = MeterService(self.cfg, uart)
             # A session cut by a reset is closed with the meter's register once it answers
@@ -254,6 +255,12 @@ class Station:
             return
         if self._held is not None and not self._release_held(now):
             return
+        if self._retry_ev is not None:
+            # Taken from the ring already, so a failure (out of memory, say) would lose it:
+            # one more try, in order; a second failure drops it (counted as a service error).
+            ev = self._retry_ev
+            self._retry_ev = None
+            self._on_event(ev)
         for _ in range(_EVENTS_PER_STEP):
             ev = self.events.pop()
             if ev is None:
@@ -267,7 +274,7 @@ class Station:
                 self._held_cycle = self.meter.request_reading()
                 self._held_until = ticks_add(now, _FINAL_READING_WAIT_MS)
                 return
-            self._on_event(ev)
+            self._handle(ev)
         if self.reader is not None:
             tag = self.reader.poll()
             if tag is not None:
@@ -317,7 +324,7 @@ class Station:
             return False
         ev = self._held
         self._held = None
-        self._on_event(ev)
+        self._handle(ev)
         return True
 
     def _recovered(self, now):
@@ -336,6 +343,11 @@ class Station:
                 self.faults.raise_(code, now)
         elif self.faults.is_present(code):
             self.faults.clear(code, now)
+
+    def _handle(self, ev):
+        self._retry_ev = ev
+        self._on_event(ev)
+        self._retry_ev = None
 
     def _on_event(self, ev):
         t, kind, a, b = ev

@@ -537,3 +537,29 @@ class ServiceGuardAndCommands(unittest.TestCase):
         r3 = r2.reboot()
         r3.ev(plugged=True, s2=S2_C)
         self.assertIsNotNone(r3.run_until(lambda: r3.board.contacts_closed, 3000))
+
+    def test_an_event_whose_handling_failed_once_is_handled_again(self):
+        # Out of memory while the unplug is handled: the event was already taken from
+        # the ring, so the session stayed open and the next EV would have been billed to
+        # it. A failed event is retried once.
+        r = Rig()
+        st = r.station
+        r.run(50)
+        r.ev(plugged=True)
+        r.run(1000)
+        real = st.sessions.on_state
+        failures = []
+
+        def on_state_oom_once(now_ms, state):
+            if state == 0 and not failures:
+                failures.append(state)
+                raise MemoryError("memory allocation failed")
+            return real(now_ms, state)
+        st.sessions.on_state = on_state_oom_once
+        r.ev(plugged=False)
+        r.run(500)
+        self.assertEqual(failures, [0])
+        self.assertEqual(st.service_errors, 1)
+        self.assertIsNone(st.sessions.active)
+        recs = [x.data for x in held_records(st, KIND_SESSION)]
+        self.assertEqual([x["stop_reason"] for x in recs], ["ev_unplugged"])
