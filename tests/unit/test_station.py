@@ -392,7 +392,25 @@ class SafetyTickAllocation(unittest.TestCase):
                 st.events.clear()
 
 
+def fail_once(real, exc, failures, when):
+    """`real` wrapped to raise `exc` the first time `when(*args)` holds (args go to
+    `failures`); otherwise it calls through."""
+    def wrapper(*args):
+        if not failures and when(*args):
+            failures.append(args)
+            raise exc
+        return real(*args)
+    return wrapper
+
+
 class ServiceGuardAndCommands(unittest.TestCase):
+    def plugged_in(self):
+        r = Rig()
+        r.run(50)
+        r.ev(plugged=True)
+        r.run(1000)
+        return r
+
     def charging(self, config=BACKEND):
         r = Rig(config=config)
         r.ev(plugged=True, s2=S2_C)
@@ -466,23 +484,14 @@ class ServiceGuardAndCommands(unittest.TestCase):
         # Flash trouble while a session record goes to the outbox: the record must not
         # wait for the next reboot, and it is a storage fault, not an internal error.
         from firmware.storage import StorageError
-        r = Rig()
+        r = self.plugged_in()
         st = r.station
-        r.run(50)
-        r.ev(plugged=True)
-        r.run(1000)
-        real_put = st.outbox.put
         failures = []
-
-        def flash_full_once(kind, data):
-            if not failures:
-                failures.append(kind)
-                raise StorageError("flash full")
-            return real_put(kind, data)
-        st.outbox.put = flash_full_once
+        st.outbox.put = fail_once(st.outbox.put, StorageError("flash full"), failures,
+                                  lambda kind, data: True)
         r.ev(plugged=False)
         r.run(500)
-        self.assertEqual(failures, [KIND_SESSION])
+        self.assertEqual([f[0] for f in failures], [KIND_SESSION])
         self.assertEqual(len(held_records(st, KIND_SESSION)), 1)
         self.assertEqual(st.service_errors, 0)
         self.assertEqual(st.faults.counts[faults.STORAGE_ERROR], 1)
@@ -542,23 +551,15 @@ class ServiceGuardAndCommands(unittest.TestCase):
         # Out of memory while the unplug is handled: the event was already taken from
         # the ring, so the session stayed open and the next EV would have been billed to
         # it. A failed event is retried once.
-        r = Rig()
+        r = self.plugged_in()
         st = r.station
-        r.run(50)
-        r.ev(plugged=True)
-        r.run(1000)
-        real = st.sessions.on_state
         failures = []
-
-        def on_state_oom_once(now_ms, state):
-            if state == 0 and not failures:
-                failures.append(state)
-                raise MemoryError("memory allocation failed")
-            return real(now_ms, state)
-        st.sessions.on_state = on_state_oom_once
+        st.sessions.on_state = fail_once(st.sessions.on_state,
+                                         MemoryError("memory allocation failed"), failures,
+                                         lambda now_ms, state: state == 0)
         r.ev(plugged=False)
         r.run(500)
-        self.assertEqual(failures, [0])
+        self.assertEqual([f[1] for f in failures], [0])
         self.assertEqual(st.service_errors, 1)
         self.assertIsNone(st.sessions.active)
         recs = [x.data for x in held_records(st, KIND_SESSION)]
