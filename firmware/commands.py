@@ -42,7 +42,7 @@ class CommandTarget:
         raise NotImplementedError
 
     def cmd_stop(self, now_ms):
-        """Stop charging; ends the session."""
+        """Stop charging (a pause: the session stays open until the EV leaves)."""
         raise NotImplementedError
 
     def cmd_authorize(self, id_tag, now_ms):

@@ -27,7 +27,7 @@ from firmware.events import (
 from firmware.faults import FaultSet
 from firmware.meter_service import NEW_READING, STALE_CHANGED, MeterService
 from firmware.meters import load_map
-from firmware.outbox import KIND_FAULT, KIND_SESSION, Outbox
+from firmware.outbox import KIND_FAULT, KIND_SESSION, Outbox, OutboxError
 from firmware.session import REASON_REMOTE_STOP, SessionManager
 from firmware.storage import Journal, StorageError, Store
 
@@ -40,6 +40,7 @@ _EVENTS_PER_STEP = 8        # charger events handled per iteration (the ring hol
 _REBOOT_GRACE_MS = 1000     # the reply goes out before the restart
 _REBOOT_FORCE_MS = 7000     # a charging EV gets pwm_off_open_ms to stop first
 _DETAIL_CHARS = 600          # crash text carried in an INTERNAL_ERROR fault record
+_SESSIONS_PER_STEP = 2       # finished session records moved to the outbox per iteration
 _TELEMETRY_CHECK_MS = 1000  # how often telemetry is considered (the link's on-change gap)
 _RECOVER_WAIT_MS = 5000     # longest wait at boot for the meter to close a cut session
 _FINAL_READING_WAIT_MS = 3000  # longest wait for a session's final meter reading
@@ -103,7 +104,7 @@ class Station:
                              capacity=self.cfg["outbox_capacity"],
                              window=self.cfg["outbox_window"],
                              resend_ms=self.cfg["outbox_resend_s"] * 1000,
-                             on_ack=self._on_ack)
+                             on_ack=self._on_ack, on_overflow=self._on_overflow)
         self.link = None
         if self.cfg["mqtt_host"]:
             from firmware.mqtt_link import MqttLink
@@ -134,11 +135,8 @@ class Station:
         self._queue_event({"type": "boot", "reset_cause": self.boot_report["reset_cause"],
                            "boot": self.boot_id, "crash": self.boot_report["crash"],
                            "config_error": self.config_error})
-        # Records finished before the reset and not yet acknowledged go out again.
-        held = [r.id for r in self.outbox.records() if r.kind == KIND_SESSION]
-        for rec in self.sessions.pop_completed():
-            if rec["id"] not in held:
-                self._deliver(KIND_SESSION, rec)
+        # Records finished before the reset and not yet acknowledged go out again (a few
+        # per loop iteration from here on: see _offer_sessions).
         current = self
 
     # -- configuration ----------------------------------------------------------------------
@@ -288,12 +286,13 @@ class Station:
         if self._undelivered:
             kind, rec = self._undelivered.pop(0)
             self._deliver(kind, rec)
-        for rec in self.sessions.pop_completed():
-            self._deliver(KIND_SESSION, rec)
+        self._offer_sessions()
         if self.link is not None:
             self._comms(now)
             self.link.step(now)
             self._report(now)
+        if self.outbox.overflow_active and len(self.outbox) <= self.outbox.capacity // 2:
+            self.outbox.clear_overflow()          # reported; the backend is catching up
         self._fault_flag(_faults.OUTBOX_OVERFLOW, self.outbox.overflow_active, now)
         if self._limit_left_ms is not None:
             self._limit_expiry(now)
@@ -394,6 +393,28 @@ class Station:
         else:
             self._queue_event({"type": KIND_NAMES[kind], "a": a, "b": b, "t_ms": t})
 
+    def _offer_sessions(self):
+        # Finished session records move from the session journal to the outbox a few at a
+        # time (a record is ~1.5 KB as a dict) and only while the outbox holds fewer session
+        # records than it can: it never has to drop one session to take another. The rest
+        # wait on flash in the session journal. Without a backend they wait there too, and
+        # go out at the first boot with one.
+        if self.link is None:
+            return
+        held = [r.id for r in self.outbox.records() if r.kind == KIND_SESSION]
+        room = self.outbox.capacity - len(held)
+        if room <= 0:
+            return
+        for rec in self.sessions.pop_completed(min(room, _SESSIONS_PER_STEP)):
+            if rec["id"] not in held:
+                self._deliver(KIND_SESSION, rec)
+
+    def _on_overflow(self, kind, record_id):
+        if kind == KIND_SESSION:
+            # Only a smaller outbox_capacity after a reboot gets here: the record is still
+            # pending in the session journal; offer the journal's records again.
+            self.sessions.redeliver()
+
     def _deliver(self, kind, rec):
         # Without a backend nothing would ever acknowledge a record: session records then
         # stay pending in the session journal (and go out at the first boot with a
@@ -411,6 +432,12 @@ class Station:
             self._undelivered.append((kind, rec))
             self.faults.raise_(_faults.STORAGE_ERROR, self.board.ticks_ms(), present=False)
             self._queue_event({"type": "storage_error", "error": str(e)})
+        except OutboxError as e:
+            # A record the outbox refuses (over its size limit) cannot go out; a session
+            # record stays pending in the session journal. Made visible, never silent.
+            self.last_service_error = str(e)
+            self.faults.raise_(_faults.INTERNAL_ERROR, self.board.ticks_ms(), present=False)
+            self._queue_event({"type": "record_rejected", "kind": kind, "error": str(e)})
 
     def _queue_event(self, fields):
         if self.link is not None:

@@ -115,7 +115,31 @@ class ChargingSession(unittest.TestCase):
         self.assertEqual(len(r.station.outbox), 0)
         self.assertEqual(len(r.station.sessions.pending()), 1)
         r2 = r.reboot()                                  # now with a backend configured
+        r2.run(50)
         self.assertEqual(len(held_records(r2.station, KIND_SESSION)), 1)
+
+    def test_a_full_outbox_of_sessions_drops_none_the_rest_wait_in_the_journal(self):
+        r = Rig(config=dict(BACKEND, outbox_capacity=4))
+        st = r.station
+        r.run(50)
+        for _ in range(6):
+            r.ev(plugged=True)
+            r.run(600)
+            r.ev(plugged=False)
+            r.run(400)
+        held = [x.id for x in held_records(st, KIND_SESSION)]
+        self.assertEqual(len(held), 4)
+        self.assertEqual(st.outbox.stats()["dropped_session"], 0)
+        self.assertEqual(len(st.sessions.pending()), 6)
+        self.assertFalse(st.faults.is_active(faults.OUTBOX_OVERFLOW))
+        # The backend catches up: the two waiting records follow, oldest first.
+        for rid in held:
+            st.outbox.ack(rid)
+        r.run(100)
+        later = [x.id for x in held_records(st, KIND_SESSION)]
+        self.assertEqual(len(later), 2)
+        self.assertEqual(len(st.sessions.pending()), 2)
+        self.assertEqual(sorted(later), sorted(p["id"] for p in st.sessions.pending()))
 
     def test_power_loss_mid_session_is_closed_as_power_loss(self):
         r = Rig()
@@ -365,7 +389,9 @@ class Commands(unittest.TestCase):
         self.assertFalse(r.board.contactor_cmd)
         self.assertEqual(r.board.reset_requests, 1)
         # The session is closed as "reboot" before the reset, not left for power-loss recovery.
-        recs = r.reboot().station.outbox.records()
+        r2 = r.reboot()
+        r2.run(50)
+        recs = r2.station.outbox.records()
         self.assertEqual([x.data["stop_reason"] for x in recs if x.kind == KIND_SESSION],
                          ["reboot"])
 
