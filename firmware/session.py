@@ -540,9 +540,12 @@ class SessionManager:
 
     def _end(self, now_ms, reason):
         s = self._session
-        self._session = None
         self._sync_wall(s)
-        return self._finish(s, reason, now_ms)
+        # The session is let go only once its record exists: an error while building it
+        # (out of memory) leaves it live, to be ended again, not lost.
+        rec = self._finish(s, reason, now_ms)
+        self._session = None
+        return rec
 
     def _record(self, s, reason):
         energy = s.energy_wh()
@@ -603,8 +606,9 @@ class SessionManager:
         try:
             self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
             self._keep_fresh(sid, rec)
-        except (StorageError, ValueError) as e:
-            self.error = e.args[0]
+        except (StorageError, ValueError, MemoryError) as e:
+            # Kept in RAM and retried from tick(); the live file stays until it is on flash.
+            self.error = e.args[0] if e.args else type(e).__name__
             self._unsaved[sid] = rec
         self._pending.append(sid)
         if sid not in self._unsaved:
@@ -637,8 +641,8 @@ class SessionManager:
             rec = self._unsaved[sid]
             try:
                 self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
-            except (StorageError, ValueError) as e:
-                self.error = e.args[0]
+            except (StorageError, ValueError, MemoryError) as e:
+                self.error = e.args[0] if e.args else type(e).__name__
                 return
             del self._unsaved[sid]
             if sid not in self._handed:

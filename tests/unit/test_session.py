@@ -623,3 +623,31 @@ class ControlLoopCost(unittest.TestCase):
         self.assertRaises(ValueError, st.sm.set_id_tag, "with space", st.t)
         self.assertRaises(ValueError, st.sm.set_id_tag, 42, st.t)
         self.assertIsNone(st.sm.active)
+
+
+class OutOfMemoryAtTheEnd(unittest.TestCase):
+    def test_a_record_that_cannot_be_journalled_for_lack_of_memory_is_kept_and_retried(self):
+        st = Station()
+        st.state(STATE_B2)
+        st.start_charging(7000)
+        st.run(10 * MIN)
+        real = st.sm.journal.append
+        failures = [1]
+
+        def append(payload):
+            if failures:
+                failures.pop()
+                raise MemoryError("memory allocation failed")
+            return real(payload)
+        st.sm.journal.append = append
+        st.contactor(False)
+        st.state(STATE_A)
+        self.assertIsNone(st.sm.active)
+        pending = st.sm.pending()
+        self.assertEqual(len(pending), 1)
+        self.assertIsNotNone(st.fs.medium.get(ROOT + "/" + LIVE_FILE))  # not on flash yet
+        st.run(2000)                                    # tick() retries the journal
+        self.assertIsNone(st.fs.medium.get(ROOT + "/" + LIVE_FILE))
+        st.reset()
+        self.assertEqual([r["id"] for r in st.sm.pending()], [pending[0]["id"]])
+        self.assertEqual(st.sm.pending()[0]["stop_reason"], "ev_unplugged")
