@@ -5,7 +5,8 @@ the integer unit the firmware uses (voltage in dV, current in mA, power in W, en
 
     quantity: (first register, encoding, mul, div)      value = raw * mul / div, rounded
 
-Voltage and current give L1; L2 and L3 follow at +2 registers (one 32-bit value further),
+Voltage and current give L1; L2 and L3 follow one value further each (+2 registers for the
+32-bit encodings of every built-in map, +1 for a 16-bit encoding in a custom map),
 as on every supported meter's sheet. The map also says which function code reads it, how
 many registers one request may carry (`max_regs`) and how many unused registers the meter
 lets a request read through (`max_gap`, 0 = never bridge a gap). Those two numbers drive the
@@ -223,7 +224,7 @@ class MeterMap:
             q = _FIELD_QUANTITY[fname]
             n = self.phases if fname in ("voltage", "current") else 1
             for k in range(n):
-                # L2, L3 at +2 registers (one 32-bit value) per the meters' sheets.
+                # L2, L3 one value further each, per the meters' sheets.
                 a = addr + k * width
                 if a + width > 0x10000:
                     raise _err("'%s' runs past register 65535" % fname)
