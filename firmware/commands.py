@@ -46,7 +46,7 @@ class CommandTarget:
         raise NotImplementedError
 
     def cmd_authorize(self, id_tag, now_ms):
-        """Authorize `id_tag` (str, 1..20 characters) as if presented locally."""
+        """Authorize `id_tag` (str, 1..36 printable ASCII characters) as if presented locally."""
         raise NotImplementedError
 
     def cmd_set_limit(self, limit_ma, expires_s, now_ms):
