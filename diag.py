@@ -463,7 +463,7 @@ def config(match=None):
 
 def set(key, value):   # noqa: A001 - the REPL verb a technician expects
     """Validate, store and apply `key` = `value` through the station's config command (the
-    same path as the backend's config command). A bad key or value changes nothing."""
+    same path as the backend's set_config command). A bad key or value changes nothing."""
     from firmware.config import is_secret, needs_reboot
     st = _station()
     if not isinstance(key, str):

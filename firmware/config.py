@@ -9,7 +9,8 @@ _dc tenths of a degree Celsius, _minor minor currency units), because floats on 
 are 32-bit and allocate.
 
 Modules that own a group of keys document them beside the code that uses them; the schema
-lives here so that the MQTT `config` command, the REPL `set()` and boot all validate alike.
+lives here so that the MQTT `set_config` command, the REPL `set()` and boot all validate
+alike.
 """
 import json
 
