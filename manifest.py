@@ -4,7 +4,7 @@
 #   make BOARD=ESP32_GENERIC FROZEN_MANIFEST=/path/to/this/repo/manifest.py
 #   make BOARD=ESP32_GENERIC FROZEN_MANIFEST=... PORT=/dev/ttyUSB0 deploy
 #
-# Then only boot.py, main.py and the board file go onto the filesystem:
+# Then only boot.py, main.py, diag.mpy and the board file go onto the filesystem:
 #   python -m tools.deploy deploy --port /dev/ttyUSB0 --frozen
 # (it also removes firmware/ and drivers/ trees there: '' precedes '.frozen' on sys.path,
 # so stale files on the filesystem would shadow the frozen modules).

@@ -7,8 +7,9 @@
 `check` prints each file's .mpy size and, on its last line, the total. `deploy` compiles
 into build/mpy, puts the chip into service mode (the watchdog would otherwise reset it
 mid-copy), removes the old firmware/ and drivers/ trees on the device (a stale .py would
-shadow its new .mpy, because MicroPython prefers .py), copies the .mpy trees, boot.py and
-main.py as source (the port runs them by name) and the board file as /board.json, installs
+shadow its new .mpy, because MicroPython prefers .py), copies the .mpy trees and diag.mpy,
+boot.py and main.py as source (the port runs them by name) and the board file as
+/board.json, installs
 micropython-lib's logging with mip, leaves service mode and resets. `--dry-run` prints the
 mpremote commands instead of running them; `--frozen` is for a build with manifest.py
 frozen in.
