@@ -5,7 +5,7 @@
     python -m tools.deploy deploy --port P --board boards/reference.json --dry-run
 
 `check` prints each file's .mpy size and, on its last line, the total. `deploy` compiles
-into build/mpy, puts the chip into service mode (the watchdog would otherwise reset it
+into build/deploy, puts the chip into service mode (the watchdog would otherwise reset it
 mid-copy), removes the old firmware/ and drivers/ trees on the device (a stale .py would
 shadow its new .mpy, because MicroPython prefers .py), copies the .mpy trees and diag.mpy,
 boot.py and main.py as source (the port runs them by name) and the board file as
