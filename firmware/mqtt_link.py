@@ -444,7 +444,7 @@ class MqttLink:
         self._status_dirty = True
 
     def publish_event(self, fields):
-        """An event dict with a "type" (state change, fault raised/cleared, ...). Queued
+        """An event dict with a "type" (state change, contactor, link up, ...). Queued
         while offline up to 16, oldest dropped; not persisted."""
         kind = fields.get("type", "event") if isinstance(fields, dict) else "event"
         msg = messages.encode(messages.event(kind, fields))
