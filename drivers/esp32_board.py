@@ -67,6 +67,7 @@ class Esp32Board(_board.Board):
         self._fs_root = fs_root
         self.cp_high_mv = 0
         self.cp_low_mv = 0
+        self.wifi = None
         clk = self._clock
 
         # Contactor first: nothing else may run with the coil in an unknown state.
@@ -250,6 +251,14 @@ class Esp32Board(_board.Board):
 
     def reset(self):
         machine.reset()
+
+    def start_network(self, ssid, password, ntp_server):
+        from drivers.wifi import Wifi
+        self.wifi = Wifi(ssid, password, ntp_server)
+
+    def network_step(self, now_ms):
+        if self.wifi is not None:
+            self.wifi.step(now_ms)
 
     def wall_time(self):
         dt = machine.RTC().datetime()

@@ -107,6 +107,15 @@ class Board:
         driver-enable pin; None when the board has no meter."""
         return None
 
+    # -- network ---------------------------------------------------------------------------
+    def start_network(self, ssid, password, ntp_server):
+        """Begin joining the Wi-Fi network `ssid` (non-blocking) and set the clock from
+        `ntp_server` once connected. Boards on another network ignore it."""
+
+    def network_step(self, now_ms):
+        """Keep the network (and the clock) up: bounded, never waits; called every loop
+        iteration before the backend link."""
+
     def id_tag_reader(self):
         """An RFID/NFC reader (firmware.auth.IdTagReader: non-blocking poll() -> tag or
         None), or None when the station has none."""

@@ -105,6 +105,9 @@ class Station:
                              window=self.cfg["outbox_window"],
                              resend_ms=self.cfg["outbox_resend_s"] * 1000,
                              on_ack=self._on_ack, on_overflow=self._on_overflow)
+        if self.cfg["wifi_ssid"]:
+            board.start_network(self.cfg["wifi_ssid"], self.cfg["wifi_password"],
+                                self.cfg["ntp_server"])
         self.link = None
         if self.cfg["mqtt_host"]:
             from firmware.mqtt_link import MqttLink
@@ -287,6 +290,7 @@ class Station:
             kind, rec = self._undelivered.pop(0)
             self._deliver(kind, rec)
         self._offer_sessions()
+        self.board.network_step(now)
         if self.link is not None:
             self._comms(now)
             self.link.step(now)

@@ -486,3 +486,14 @@ class System(unittest.TestCase):
         first = sim.events()[0]
         self.assertEqual(first[1:], ("pin_mode", 26, machine.Pin.OUT))
         self.assertEqual(sim.history(26)[0][1], 0)
+
+
+class EspBoardNetwork(unittest.TestCase):
+    def test_start_network_joins_and_steps_without_blocking(self):
+        board = make_board()
+        board.network_step(0)                    # nothing configured: nothing happens
+        self.assertIsNone(board.wifi)
+        board.start_network("depot", "pw", "")
+        board.network_step(0)
+        self.assertEqual(board.wifi.attempts, 1)
+        self.assertFalse(board.wifi.wlan.isconnected())

@@ -225,6 +225,37 @@ class Authorization(unittest.TestCase):
         self.assertEqual(st.sessions.active["auth"], "offline_local_list")
 
 
+class Network(unittest.TestCase):
+    def test_wifi_is_started_from_the_config_and_kept_up_every_iteration(self):
+        class NetBoard(SimBoard):
+            started = None
+            steps = 0
+
+            def start_network(self, ssid, password, ntp_server):
+                self.started = (ssid, password, ntp_server)
+
+            def network_step(self, now_ms):
+                self.steps += 1
+        b = NetBoard()
+        st = Station(b, config={"wifi_ssid": "depot", "wifi_password": "pw",
+                                "ntp_server": "192.0.2.1"},
+                     store=Store("/data", PowerCutFs()))
+        self.assertEqual(b.started, ("depot", "pw", "192.0.2.1"))
+        for _ in range(10):
+            st.step()
+        self.assertEqual(b.steps, 10)
+
+    def test_no_ssid_no_wifi(self):
+        class NetBoard(SimBoard):
+            started = False
+
+            def start_network(self, ssid, password, ntp_server):
+                self.started = True
+        b = NetBoard()
+        Station(b, store=Store("/data", PowerCutFs()))
+        self.assertFalse(b.started)
+
+
 class Faults(unittest.TestCase):
     def test_rcd_trip_opens_at_once_and_goes_to_the_outbox(self):
         r = Rig()
