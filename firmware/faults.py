@@ -128,8 +128,9 @@ FAULTS = (
           "Writing to the internal flash failed. Records may not survive a restart; if it"
           " persists the flash is worn or full."),
     Fault(OUTBOX_OVERFLOW, "OUTBOX_OVERFLOW", AUTO, 0, True, _WARN, "OtherError",
-          "More records waited for the backend than the buffer holds; the oldest telemetry"
-          " was dropped. Transactions are kept."),
+          "More records waited for the backend than the buffer holds: the oldest telemetry,"
+          " then the oldest fault records were dropped (counted in the diagnostics)."
+          " Transactions are kept."),
     Fault(INTERNAL_ERROR, "INTERNAL_ERROR", MANUAL, 0, True, _WARN, "InternalError",
           "The firmware hit an internal error: it restarted, or a background task (meter,"
           " sessions, backend link) failed and was skipped while charging control went on."

@@ -3,7 +3,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE_DIRS = ("firmware", "drivers")
-DEVICE_TOP = ("boot.py", "main.py", "diag.py", "board_config.py")
+DEVICE_TOP = ("boot.py", "main.py", "diag.py")
 MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
 
 
