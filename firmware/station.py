@@ -252,6 +252,32 @@ class Station:
     def _service(self, now):
         if self.meter is not None:
             self._poll_meter(now)
+        self._drain_events(now)
+        self._uptime_ms += ticks_diff(now, self._uptime_at)
+        self._uptime_at = now
+        if self._uptime_ms >= 1000:
+            self.uptime_s += self._uptime_ms // 1000
+            self._uptime_ms %= 1000
+        self._storage_op(self.sessions.tick, now)
+        if self._undelivered:
+            kind, rec = self._undelivered.pop(0)
+            self._deliver(kind, rec)
+        self._offer_sessions()
+        self.board.network_step(now)
+        if self.link is not None:
+            self._comms(now)
+            self.link.step(now)
+            self._report(now)
+        if self.outbox.overflow_active and len(self.outbox) <= self.outbox.capacity // 2:
+            self.outbox.clear_overflow()          # reported; the backend is catching up
+        self._fault_flag(_faults.OUTBOX_OVERFLOW, self.outbox.overflow_active, now)
+        if self._limit_left_ms is not None:
+            self._limit_expiry(now)
+
+    def _drain_events(self, now):
+        # Charger events (and idTags read at the station) reach the sessions in order. Two
+        # holds pause them, never the rest of the loop: a cut session waiting for the
+        # meter at boot, and an unplug waiting for its final meter reading.
         if self._recover_until is not None and not self._recovered(now):
             return
         if self._held is not None and not self._release_held(now):
@@ -280,26 +306,6 @@ class Station:
             tag = self.reader.poll()
             if tag is not None:
                 self.present_id_tag(tag, now)
-        self._uptime_ms += ticks_diff(now, self._uptime_at)
-        self._uptime_at = now
-        if self._uptime_ms >= 1000:
-            self.uptime_s += self._uptime_ms // 1000
-            self._uptime_ms %= 1000
-        self._storage_op(self.sessions.tick, now)
-        if self._undelivered:
-            kind, rec = self._undelivered.pop(0)
-            self._deliver(kind, rec)
-        self._offer_sessions()
-        self.board.network_step(now)
-        if self.link is not None:
-            self._comms(now)
-            self.link.step(now)
-            self._report(now)
-        if self.outbox.overflow_active and len(self.outbox) <= self.outbox.capacity // 2:
-            self.outbox.clear_overflow()          # reported; the backend is catching up
-        self._fault_flag(_faults.OUTBOX_OVERFLOW, self.outbox.overflow_active, now)
-        if self._limit_left_ms is not None:
-            self._limit_expiry(now)
 
     def _poll_meter(self, now):
         m = self.meter

@@ -245,6 +245,27 @@ class Network(unittest.TestCase):
             st.step()
         self.assertEqual(b.steps, 10)
 
+    def test_the_boot_recovery_hold_pauses_only_the_events(self):
+        from meter_doubles import ScriptedStream, SimClock
+
+        class NetBoard(SimBoard):
+            steps = 0
+
+            def network_step(self, now_ms):
+                self.steps += 1
+        r = Rig()
+        r.ev(plugged=True, s2=S2_C)
+        r.run(70000)                                     # a live session on flash
+        r.fs.restart()
+        b = NetBoard(meter_uart=ScriptedStream(SimClock()), start_ms=r.board.now_ms + 5000)
+        st = Station(b, config=BACKEND, store=Store("/data", r.fs))
+        self.assertTrue(st.sessions.recovering)
+        for _ in range(50):                              # the silent meter holds the events
+            st.step()
+            b.sleep_ms(TICK_MS)
+        self.assertTrue(st.sessions.recovering)
+        self.assertEqual(b.steps, 50)                    # ... but not the rest of the loop
+
     def test_no_ssid_no_wifi(self):
         class NetBoard(SimBoard):
             started = False
