@@ -132,8 +132,6 @@ class Charger:
         self.available = True
         self.paused = False
         self._backend_ma = -1              # -1: no backend limit
-        self._backend_until = 0
-        self._backend_expires = False
         self._comms_ma = -1                # -1: no comms-loss fallback active
         self._selftest_requested = False
 
@@ -233,20 +231,14 @@ class Charger:
         _check_bool("set_available", on)
         self.available = on
 
-    def set_backend_limit(self, ma, until_ms=None):
-        """Backend current limit in mA (0 = pause; under 6000 also pauses). `until_ms`: the
-        ticks_ms() time it expires (less than 2**29 ms ahead), None = until replaced."""
+    def set_backend_limit(self, ma):
+        """Backend current limit in mA (0 = pause; under 6000 also pauses), until replaced
+        or cleared (None). An expiry is the station's to count: it may outlast ticks."""
         if ma is None:
             self._backend_ma = -1
-            self._backend_expires = False
             return
         _check_ma("backend limit", ma)
-        if until_ms is not None and (until_ms is True or until_ms is False
-                                     or not isinstance(until_ms, int)):
-            raise ChargerError("backend limit: until_ms must be a ticks_ms value")
         self._backend_ma = ma
-        self._backend_expires = until_ms is not None
-        self._backend_until = until_ms if until_ms is not None else 0
 
     def clear_backend_limit(self):
         self.set_backend_limit(None)
@@ -351,9 +343,6 @@ class Charger:
             self._c_stable = True
         if not self._open_ok and ticks_diff(now, self._opened_at) >= self._welded_ms:
             self._open_ok = True
-        if self._backend_expires and ticks_diff(now, self._backend_until) >= 0:
-            self._backend_ma = -1
-            self._backend_expires = False
 
         # -- decide: faults first
         blocking = fs.blocking()

@@ -60,7 +60,6 @@ class Station:
         self.config_error = None
         self.cfg = self._load_config(config)
         now = board.ticks_ms()
-        self.started_ms = now
 
         self.events = EventRing(64)
         self.faults = FaultSet(self.events)

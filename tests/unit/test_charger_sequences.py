@@ -273,16 +273,18 @@ class Limits(unittest.TestCase):
         self.assertEqual(r.ch.offered_ma, 0)
         self.assertEqual(r.ch.effective_limit_ma(), 5000)
 
-    def test_backend_limit_expires(self):
+    def test_backend_limit_stays_until_cleared(self):
+        # Expiry is counted by the station (tests/unit/test_station.py).
         r = Rig()
         r.charging()
-        until = ticks_add(r.now, 2000)
-        r.ch.set_backend_limit(8000, until)
+        r.ch.set_backend_limit(8000)
         r.step(1)
         self.assertEqual(r.ch.offered_ma, 8000)
-        r.run_ms(2100)
+        r.run_ms(60000)
+        self.assertEqual(r.ch.offered_ma, 8000)
+        r.ch.clear_backend_limit()
+        r.run_ms(6000)
         self.assertEqual(r.ch.limit_why(), LIMIT_CONFIG)
-        r.run_ms(5000)
         self.assertEqual(r.ch.offered_ma, 32000)
 
     def test_comms_fallback_and_its_end(self):

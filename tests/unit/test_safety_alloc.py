@@ -55,8 +55,9 @@ class Locked(unittest.TestCase):
         r.ev = "C"
         self.see(r, 1500)
         self.assertTrue(r.ch.contactor)
-        r.ch.set_backend_limit(10000, r.now + 3000)
+        r.ch.set_backend_limit(10000)
         self.see(r, 3500)
+        r.ch.clear_backend_limit()
         r.ch.set_comms_fallback(8000)
         self.see(r, 6000)
         r.ch.clear_comms_fallback()
