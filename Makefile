@@ -6,18 +6,24 @@ MPY     := .venv/bin/micropython
 PORT    ?= /dev/ttyUSB0
 STAMP   := build/.setup
 
-.PHONY: all setup test sim bench check deploy repl clean
+.PHONY: all setup standin test sim bench check deploy repl clean
 
 all: test
 
-$(STAMP): requirements.txt tools/setup.sh
+$(STAMP): requirements.txt tools/setup.sh tools/standin.py
 	./tools/setup.sh
 	@mkdir -p build && touch $(STAMP)
 
 setup: $(STAMP)
 
-# Everything: mpy-cross over the device files, pytest on CPython, the unit tests on the
-# MicroPython unix port; ends with one SUMMARY line. TESTS=tests/unit/test_x.py narrows it.
+# The ESP32 stand-in (32-bit MicroPython v1.28.0 unix port, manifest.py frozen): rebuilt
+# incrementally by `make test` too. MICROPY_SRC=path uses your own checkout of the tag.
+standin: $(STAMP)
+	$(PY) -m tools.standin build
+
+# Everything: the stand-in (incremental), mpy-cross over the device files, pytest (host tools
+# and the system tests, which run the firmware on the stand-in against real peers), the unit
+# tests on the stand-in; ends with one SUMMARY line. TESTS=tests/unit/test_x.py narrows it.
 test: $(STAMP)
 	$(PY) tests/run_all.py $(TESTS)
 

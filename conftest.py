@@ -9,6 +9,6 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 for p in (ROOT, os.path.join(ROOT, "tests", "fakes")):
     if p not in sys.path:
         sys.path.insert(0, p)
-_MPLIB = os.path.join(ROOT, "build", "mplib")
+_MPLIB = os.path.join(ROOT, "build", "standin", "lib")
 if _MPLIB not in sys.path:
     sys.path.append(_MPLIB)

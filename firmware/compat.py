@@ -19,6 +19,16 @@ except ImportError:
     def const(value):
         return value
 
+
+
+def small_int(value):
+    """`value` as a small int where it fits one. In a frozen module (the production image),
+    an int literal over 8191 inside a constant tuple or other constant object is a long-int
+    object in flash (tools/mpy-tool.py, mp_small_int_fits: the portable 14-bit range), and
+    every operation on it allocates. An arithmetic result that fits is a small int again."""
+    return value | 0
+
+
 try:
     import time as _time
     _native = _time.ticks_add(TICKS_MAX, 1) == 0
@@ -41,6 +51,9 @@ else:
             _time.sleep(ms / 1000)
 
     def ticks_add(ticks, delta):
+        # As extmod/modtime.c: a delta of half the period or more has no defined result.
+        if delta <= -_TICKS_HALF or delta >= _TICKS_HALF:
+            raise OverflowError("ticks interval overflow")
         return (ticks + delta) & TICKS_MAX
 
     def ticks_diff(end, start):

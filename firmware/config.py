@@ -14,6 +14,8 @@ alike.
 """
 import json
 
+from firmware.compat import small_int
+
 SECRET = 1   # never published or printed
 REBOOT = 2   # takes effect after a reboot
 
@@ -186,7 +188,10 @@ class Config:
     def __init__(self, values=None):
         self._values = {}
         for key in SCHEMA:
-            self._values[key] = SCHEMA[key][0]
+            default = SCHEMA[key][0]
+            # Frozen, a default over 8191 is a long int in flash: arithmetic on it in the
+            # safety tick would allocate (compat.small_int).
+            self._values[key] = small_int(default) if type(default) is int else default
         if values:
             self.update(values)
 

@@ -25,13 +25,14 @@ import threading
 import time
 
 from tools import deploy
-from tools.devicefiles import MICROPYTHON, ROOT
+from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+from tools import standin
 
 BUILD = os.path.join(ROOT, "build")
 OUT_FILE = os.path.join(BUILD, "bench.json")
 # The compiled tree of the run in progress: in the run's temp dir, so runs never share one.
 _tree = [None]
-MPLIB = os.path.join(BUILD, "mplib")
+MPLIB = standin.MPLIB
 # The unix-port side of the benchmarks, compiled with the device files so that the heap
 # holds bytecode as on the device (no compiler run at import).
 HARNESS = ("tools/__init__.py", "tools/bench_rig.py", "tools/bench_tick.py",
@@ -50,7 +51,8 @@ TARGETS = {
     "reaction_ms_max": ("<=", 20, "<= 20 ms"),
     "reaction_ms_max_wall": ("<=", 20, "<= 20 ms"),
     "safety_tick_alloc_bytes": ("<=", 0, "0 B"),
-    "heap_peak_bytes": ("<=", 40 * KB, "<= 40 KB"),
+    "standin_heap_min_bytes": ("<=", 56 * KB, "<= 56 KB (ESP32 first heap area)"),
+    "standin_heap_peak_bytes": ("<=", 112 * KB, "<= 112 KB (ESP32 heap, grown)"),
     "heap_data_peak_bytes": ("<=", 40 * KB, "<= 40 KB"),
     "mpy_total_bytes": ("<=", 80 * KB, "<= 80 KB"),
     "mqtt_idle_bytes_per_hour": ("<=", 10 * KB, "<= 10 KB/h"),
@@ -60,7 +62,8 @@ TARGETS = {
 METRICS = (
     "reaction_ms_max", "reaction_ms_max_wall", "pwm_off_open_ms",
     "safety_tick_alloc_bytes", "safety_tick_us_median",
-    "heap_peak_bytes", "heap_data_peak_bytes", "heap_min_ok_bytes", "mpy_total_bytes",
+    "safety_tick_us_p99", "standin_heap_peak_bytes", "heap_data_peak_bytes",
+    "standin_heap_min_bytes", "frozen_code_bytes", "mpy_total_bytes",
     "mqtt_idle_bytes_per_hour", "mqtt_idle_bytes_per_hour_baseline", "mqtt_session_bytes",
     "modbus_bytes_per_poll", "modbus_bytes_per_poll_min", "boot_to_ready_ms",
 )
@@ -98,10 +101,20 @@ def compile_tree(out_dir, log):
     return sizes
 
 
+def device_fs():
+    """The stand-in's working directory: as a board's filesystem holds it (diag.mpy beside
+    the frozen image), so that "" on sys.path finds neither the sources nor the tree."""
+    path = os.path.join(os.path.dirname(_tree[0]), "devfs")
+    if not os.path.isdir(path):
+        os.makedirs(path)
+        shutil.copyfile(os.path.join(_tree[0], "diag.mpy"), os.path.join(path, "diag.mpy"))
+    return path
+
+
 def unix_env():
-    env = dict(os.environ)
-    env["MICROPYPATH"] = ".frozen:" + _tree[0]
-    return env
+    # The stand-in: firmware, drivers, umqtt.simple and the harness frozen, as on a
+    # production image; the compiled tree is only measured (mpy_total_bytes).
+    return micropython_env(fakes=False)
 
 
 def run_unix(module, run_cfg, tmp, heap_kb=None, handler=None, timeout_s=120, on_line=None):
@@ -119,8 +132,8 @@ def run_unix(module, run_cfg, tmp, heap_kb=None, handler=None, timeout_s=120, on
     result = None
     failed = None
     with open(err_path, "w") as err:
-        # cwd is the compiled tree: "" on sys.path must not find the .py sources.
-        proc = subprocess.Popen(cmd, cwd=_tree[0], env=unix_env(), stdin=subprocess.PIPE,
+        # cwd without the sources: "" on sys.path must not shadow the frozen modules.
+        proc = subprocess.Popen(cmd, cwd=device_fs(), env=unix_env(), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
         timer = threading.Timer(timeout_s, proc.kill)
         timer.start()
@@ -235,6 +248,9 @@ class Peers:
         req = rec["req"]
         if req == "mark":
             self.marks[rec["name"]] = self.counters()
+        elif req == "command":
+            # A backend command over the broker, as a CPO sends it (docs/mqtt.md).
+            self._backend.publish("%s/%s/cmd" % (PREFIX, STATION_ID), json.dumps(rec["cmd"]))
         elif req == "meter":
             self.meter.set_values(current_ma=[rec["current_ma"]] * 3, power_w=rec["power_w"],
                                   import_wh=rec["import_wh"])
@@ -264,14 +280,16 @@ class Peers:
 
 def part_mpy(sizes):
     files = {p[:-3] + ".mpy": s for p, s in sizes}
-    return {"mpy_total_bytes": sum(files.values())}, {"files": len(files), "sizes": files}
+    frozen = standin.frozen_sizes()
+    return ({"mpy_total_bytes": sum(files.values()), "frozen_code_bytes": sum(frozen.values())},
+            {"files": len(files), "sizes": files, "frozen_sizes": frozen})
 
 
 def part_tick(tmp, quick):
     storage = os.path.join(tmp, "tick")
     os.makedirs(storage, exist_ok=True)
     cmd = [MICROPYTHON, "-m", "tools.bench_tick", storage] + (["quick"] if quick else [])
-    r = subprocess.run(cmd, cwd=_tree[0], env=unix_env(), capture_output=True, text=True,
+    r = subprocess.run(cmd, cwd=device_fs(), env=unix_env(), capture_output=True, text=True,
                        timeout=300)
     if r.returncode:
         raise BenchError("bench_tick failed: %s" % r.stderr[-1500:])
@@ -292,6 +310,7 @@ def part_tick(tmp, quick):
         "pwm_off_open_ms": out["pwm_off"]["measured_ms"],
         "safety_tick_alloc_bytes": per_tick,
         "safety_tick_us_median": out["timing"]["median_us"],
+        "safety_tick_us_p99": out["timing"]["p99_us"],
     }
     detail = {"reaction": {s: {k: reaction[s][k] for k in ("title", "max_ms", "min_ms",
                                                           "by_phase")} for s in AT_ONCE},
@@ -318,7 +337,7 @@ def firmware_code_heap():
     code = ("import gc\ngc.collect()\na = gc.mem_alloc()\n"
             "import firmware.station, firmware.mqtt_link, firmware.meter_service\n"
             "gc.collect()\nprint(gc.mem_alloc() - a)\n")
-    r = subprocess.run([MICROPYTHON, "-X", "heapsize=4M", "-c", code], cwd=_tree[0],
+    r = subprocess.run([MICROPYTHON, "-X", "heapsize=4M", "-c", code], cwd=device_fs(),
                        env=unix_env(), capture_output=True, text=True, timeout=30)
     if r.returncode:
         raise BenchError("firmware import failed: %s" % r.stderr[-800:])
@@ -326,9 +345,9 @@ def firmware_code_heap():
 
 
 def part_session(peers, tmp, quick, log):
-    """heap_peak_bytes (at 64 KB, or the next power of two that completes),
-    heap_data_peak_bytes, mqtt_session_bytes."""
-    heap_kb = 64
+    """standin_heap_peak_bytes (at 112 KB, the ESP32's grown heap, or the next power of two
+    that completes), heap_data_peak_bytes, mqtt_session_bytes."""
+    heap_kb = 112
     notes = []
     while True:
         rc, result, stderr = _session_run(peers, tmp, heap_kb, True, quick, "peak")
@@ -342,7 +361,7 @@ def part_session(peers, tmp, quick, log):
     d = peers.delta("plug", "acked")
     peak = max(result["heap_loop_peak"], result["heap_construction_peak"])
     code = result["heap_code"]
-    metrics = {"heap_peak_bytes": peak, "heap_data_peak_bytes": peak - code,
+    metrics = {"standin_heap_peak_bytes": peak, "heap_data_peak_bytes": peak - code,
                "mqtt_session_bytes": d["up"] + d["down"]}
     detail = {"heap_kb": heap_kb, "heap_live_peak_bytes": result["heap_live_peak"],
               "heap_loop_peak_bytes": result["heap_loop_peak"],
@@ -385,7 +404,7 @@ def part_heap_min(peers, tmp, quick, upper_kb, live_peak, step_peak, log):
             hi = mid
         else:
             lo = mid
-    return {"heap_min_ok_bytes": hi * KB}, {"resolution_kb": step, "tried_kb": tried}
+    return {"standin_heap_min_bytes": hi * KB}, {"resolution_kb": step, "tried_kb": tried}
 
 
 def modbus_min_bytes(meter_map):
@@ -538,7 +557,7 @@ def part_boot(peers, tmp, quick):
     n = 2 if quick else 6
     for i in range(n):
         t0 = time.monotonic()
-        proc = subprocess.Popen([MICROPYTHON, "-m", "tools.bench_wall", path], cwd=_tree[0],
+        proc = subprocess.Popen([MICROPYTHON, "-m", "tools.bench_wall", path], cwd=device_fs(),
                                 env=unix_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         timer = threading.Timer(30, proc.kill)
@@ -721,7 +740,7 @@ def main(argv=None, out=None):
                 sess = part("session", part_session, peers, tmp, args.quick, log)
                 if sess is not None:
                     part("heap_min", part_heap_min, peers, tmp, args.quick, sess["heap_kb"],
-                         sess["heap_live_peak_bytes"], metrics["heap_peak_bytes"], log)
+                         sess["heap_live_peak_bytes"], metrics["standin_heap_peak_bytes"], log)
                 part("idle", part_idle, peers, tmp, args.quick, log)
                 part("naive", part_naive, peers, tmp, args.quick)
                 part("wall", part_wall, peers, tmp, args.quick)

@@ -8,7 +8,7 @@ RUN.json (written by tools/bench.py): {"mode": "session" | "idle", "storage": DI
 - session: a charging session (docs/performance.md): link up, plug, charge with the meter
   following the simulated EV, EV stops, unplug, the session record acknowledged by the
   backend. With measure_heap the heap is collected before every loop iteration and read
-  after it (see heap_peak_bytes in docs/performance.md).
+  after it (see standin_heap_peak_bytes in docs/performance.md).
 - idle: no EV for `idle_s` simulated seconds after a warm-up; the loop period is
   `idle_step_ms` of simulated time (only the MQTT and meter timers matter when idle).
 
@@ -33,6 +33,7 @@ from tools.pilotsim.model import EVLoad, EnergyCounter, MeterRefresh, S2_C, S2_O
 METER_PUSH_MS = 500          # registers refreshed at least this often while energy flows
 LINK_UP_LIMIT_MS = 15000     # the link must be online within this (paced 1:1)
 ACK_LIMIT_MS = 60000         # the session record must be acknowledged within this
+BACKEND_LIMIT_MA = 10000     # the backend's set_limit during the charge
 
 
 class Session:
@@ -150,7 +151,13 @@ class Session:
         m.update()
         charge_ms = run.get("charge_s", 120) * 1000
         self.run_for(charge_ms // 2, TICK_MS)
-        self.ev.wanted_ma = run.get("draw2_ma", 10000)     # the EV lowers its draw
+        # The backend lowers the limit, and the EV follows it.
+        ask({"req": "command", "cmd": {"v": 1, "id": "bench-1", "cmd": "set_limit",
+                                       "args": {"limit_ma": BACKEND_LIMIT_MA}}})
+        ch = self.station.charger
+        self.run_until(lambda: ch.offered_ma == BACKEND_LIMIT_MA, ACK_LIMIT_MS, TICK_MS,
+                       "backend limit applied")
+        self.ev.wanted_ma = run.get("draw2_ma", BACKEND_LIMIT_MA)
         self.run_for(charge_ms - charge_ms // 2, TICK_MS)
         m.s2 = S2_OPEN                                      # the EV ends the charge
         m.update()
@@ -164,6 +171,11 @@ class Session:
                 r for r in ob.records() if r.kind == KIND_SESSION]
         self.run_until(acked, ACK_LIMIT_MS, TICK_MS, "session record acknowledged")
         self.mark("acked")
+        # A technician's `import diag` at the REPL while the station runs (diag.mpy from the
+        # device's filesystem, as on a board), and its status view.
+        import diag
+        diag.status()
+        self.run_for(1000, TICK_MS)
         return {"energy_wh": self.energy.wh - self.meter_wh,
                 "sessions": self.station.counters.sessions}
 

@@ -12,7 +12,9 @@ boot.py and main.py as source (the port runs them by name) and the board file as
 /board.json, installs
 micropython-lib's logging with mip, leaves service mode and resets. `--dry-run` prints the
 mpremote commands instead of running them; `--frozen` is for a build with manifest.py
-frozen in.
+frozen in. Without `--frozen` it first asks the board for its heap and refuses, naming the
+frozen route, when the .mpy firmware would not fit (MPY_HEAP_NEED_BYTES): the .mpy route is
+for modules with PSRAM.
 """
 import argparse
 import os
@@ -121,8 +123,50 @@ def deploy_commands(port, board_file, files, mip=True, frozen=False, flag="servi
     return cmds
 
 
+# Heap the firmware needs when it is loaded as .mpy files (bytecode in the heap): the import
+# and a whole session, measured on the 32-bit stand-in (docs/performance.md, "Heap"), plus a
+# margin for fragmentation. A board without PSRAM has about 112 KB: frozen image only.
+MPY_HEAP_NEED_BYTES = 256 * 1024
+# Asks the board for its GC heap and what the heap could still grow into (on an ESP32 the
+# split heap grows from the IDF data heap: ports/esp32/gccollect.c, esp32.idf_heap_info).
+HEAP_PROBE = ("import gc\ngc.collect()\ngrow = 0\ntry:\n import esp32\n"
+              " grow = max([h[2] for h in esp32.idf_heap_info(esp32.HEAP_DATA)] or [0])\n"
+              "except (ImportError, AttributeError):\n pass\n"
+              "print('HEAP', gc.mem_alloc() + gc.mem_free(), grow)\n")
+
+
+def probe_heap(port):
+    """(gc heap bytes, largest free IDF block) the board reports, or None."""
+    r = subprocess.run([MPREMOTE, "connect", port, "exec", HEAP_PROBE], capture_output=True,
+                       text=True, timeout=60)
+    return parse_heap(r.stdout)
+
+
+def parse_heap(text):
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "HEAP" and parts[1].isdigit() and parts[2].isdigit():
+            return int(parts[1]), int(parts[2])
+    return None
+
+
+def heap_refusal(heap):
+    """Why the .mpy route must not go onto a board with this heap, or None when it fits."""
+    if heap is None:
+        return ("the board did not report its heap: is it running MicroPython? "
+                "(nothing was copied)")
+    total = heap[0] + heap[1]
+    if total >= MPY_HEAP_NEED_BYTES:
+        return None
+    return ("the firmware as .mpy files needs about %d KB of heap; this board has %d KB "
+            "(%d KB GC heap, %d KB it can grow into). Copying it would crash-loop with "
+            "MemoryError. Use the frozen image instead: `make firmware`, flash it, then "
+            "`make deploy DEPLOY_ARGS=--frozen` (README, \"First hardware\"). Nothing was copied."
+            % (MPY_HEAP_NEED_BYTES // 1024, total // 1024, heap[0] // 1024, heap[1] // 1024))
+
+
 def deploy(port, board_file, dry_run=False, mip=True, frozen=False, log=print,
-           run=subprocess.call, stage_dir=STAGE_DIR):
+           run=subprocess.call, stage_dir=STAGE_DIR, probe=probe_heap):
     from drivers.boardfile import BoardFileError, load
 
     board_path = board_file if os.path.isabs(board_file) else os.path.join(ROOT, board_file)
@@ -137,6 +181,14 @@ def deploy(port, board_file, dry_run=False, mip=True, frozen=False, log=print,
         log("mpy-cross failed: %s" % ", ".join(failed))
         return 1
     files = [p for p, _s in sizes]
+    if not frozen:
+        if dry_run:
+            log(shlex.join([MPREMOTE, "connect", port, "exec", HEAP_PROBE]))
+        else:
+            why = heap_refusal(probe(port))
+            if why is not None:
+                log("refused: " + why)
+                return 3
     flag = board["service"]["flag_file"] if board["service"] else "service"
     for cmd in deploy_commands(port, board_path, files, mip=mip, frozen=frozen, flag=flag,
                                stage_dir=stage_dir):

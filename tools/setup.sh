@@ -6,15 +6,18 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=.venv
-MPLIB=build/mplib
+
 
 # Debian packages the tests need: a real MQTT broker, socat for serial ptys, openssl for
-# test certificates, tmux for REPL sessions.
+# test certificates, tmux for REPL sessions, make and a 32-bit C toolchain for the stand-in.
 missing=""
-for pkg_cmd in mosquitto:/usr/sbin/mosquitto socat:/usr/bin/socat openssl:/usr/bin/openssl tmux:/usr/bin/tmux; do
+for pkg_cmd in mosquitto:/usr/sbin/mosquitto socat:/usr/bin/socat openssl:/usr/bin/openssl \
+        tmux:/usr/bin/tmux make:/usr/bin/make gcc:/usr/bin/gcc xz-utils:/usr/bin/xz \
+        git:/usr/bin/git; do
     pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd#*:}
     [ -x "$cmd" ] || missing="$missing $pkg"
 done
+dpkg -s gcc-multilib >/dev/null 2>&1 || missing="$missing gcc-multilib"
 if [ -n "$missing" ]; then
     echo "setup: installing Debian packages:$missing"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -37,23 +40,7 @@ if ! cmp -s requirements.txt "$VENV/.requirements"; then
     cp requirements.txt "$VENV/.requirements"
 fi
 
-# micropython-lib modules the firmware uses on the unix port. They are old sdists without
-# setup.py, so `pip download` fails after unpacking: keep the unpacked tree and copy the modules.
-if [ ! -f "$MPLIB/.done" ]; then
-    echo "setup: fetching micropython-lib modules into $MPLIB"
-    tmp=$(mktemp -d)
-    for spec in micropython-umqtt.simple==1.3.4 micropython-logging==0.5.2 micropython-unittest==0.4; do
-        TMPDIR=$tmp "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --no-clean \
-            -d "$tmp" "$spec" >/dev/null 2>&1 || true
-    done
-    mkdir -p "$MPLIB/umqtt" "$MPLIB/logging"
-    f=$(find "$tmp" -path '*umqtt/simple.py' | head -n 1); [ -n "$f" ] && cp "$f" "$MPLIB/umqtt/simple.py"
-    touch "$MPLIB/umqtt/__init__.py"
-    f=$(find "$tmp" -path '*logging/__init__.py' | head -n 1); [ -n "$f" ] && cp "$(dirname "$f")"/*.py "$MPLIB/logging/"
-    f=$(find "$tmp" -name unittest.py | head -n 1); [ -n "$f" ] && cp "$f" "$MPLIB/unittest.py"
-    rm -rf "$tmp"
-    for m in umqtt/simple.py logging/__init__.py unittest.py; do
-        [ -f "$MPLIB/$m" ] || { echo "setup: could not fetch $m from micropython-lib" >&2; exit 1; }
-    done
-    touch "$MPLIB/.done"
-fi
+# The ESP32 stand-in: MicroPython v1.28.0's unix port, 32-bit, with the production manifest
+# frozen (tools/standin.py: the source from MICROPY_SRC, the offline copy beside this checkout,
+# or a clone of the tag), and micropython-lib from the same tree into build/standin/lib.
+"$VENV/bin/python" -m tools.standin build

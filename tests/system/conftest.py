@@ -13,7 +13,7 @@ for p in (HERE, os.path.join(ROOT, "tests", "unit")):
         sys.path.insert(0, p)
 # umqtt.simple (micropython-lib) for code that runs the firmware's MQTT link on CPython.
 # Appended, so that micropython-lib's own `logging` never shadows the standard library's.
-_MPLIB = os.path.join(ROOT, "build", "mplib")
+_MPLIB = os.path.join(ROOT, "build", "standin", "lib")
 if _MPLIB not in sys.path:
     sys.path.append(_MPLIB)
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tools import deploy
-from tools.devicefiles import MICROPYTHON, ROOT, device_files
+from tools.devicefiles import MICROPYTHON, ROOT, device_files, micropython_env, mp_cwd
 
 PY = sys.executable
 
@@ -58,6 +58,8 @@ def test_dry_run_lists_the_mpremote_commands_in_order(tmp_path):
     cmds = commands(stage)
     assert all(c[:3] == [deploy.MPREMOTE, "connect", "/dev/ttyUSB7"] for c in cmds)
     tails = [c[3:] for c in cmds]
+    # The board's heap first (the .mpy route refuses a board it would not fit).
+    assert tails.pop(0) == ["exec", deploy.HEAP_PROBE]
     # Service mode first (the watchdog would reset the chip mid-copy), out of it last.
     assert tails[0] == ["exec", 'open("service", "w").close()', "+", "reset"]
     assert tails[1][:4] == ["sleep", "3", "+", "exec"]
@@ -80,6 +82,7 @@ def test_frozen_build_copies_only_the_top_level_files(tmp_path):
     copied = [t[-1] for t in tails if t[:2] == ["fs", "cp"]]
     assert ":boot.py" in copied and ":main.py" in copied and copied[-1] == ":board.json"
     assert not any(t[:3] == ["fs", "cp", "-r"] for t in tails)
+    assert ["exec", deploy.HEAP_PROBE] not in tails     # frozen: the heap is the image's
     top = [p for p in device_files() if "/" not in p]
     assert len(copied) == len(top) + 1
     assert ["mip", "install", "logging"] not in tails
@@ -139,3 +142,43 @@ def test_manifest_freezes_every_package_and_logging():
         if "/" in path:
             assert path.split("/")[0] in packages, path
         # Top-level files stay on the filesystem (deploy --frozen copies them).
+
+
+def _deploy_with_heap(tmp_path, heap_text):
+    ran, said = [], []
+    rc = deploy.deploy("/dev/ttyUSB7", deploy.DEFAULT_BOARD, log=said.append,
+                       run=lambda cmd, cwd=None: ran.append(cmd) or 0,
+                       stage_dir=str(tmp_path / "stage"),
+                       probe=lambda port: deploy.parse_heap(heap_text))
+    return rc, ran, "\n".join(said)
+
+
+def test_mpy_deploy_refuses_a_board_without_psram_and_names_the_frozen_route(tmp_path):
+    # An ESP32-WROOM-32 on v1.28: a 56 KB first area, about 60 KB more to grow into.
+    rc, ran, said = _deploy_with_heap(tmp_path, "HEAP 57344 61440\n")
+    assert rc == 3 and ran == []
+    assert "refused" in said and "116 KB" in said and "256 KB" in said and "--frozen" in said
+    assert "make firmware" in said
+
+
+def test_mpy_deploy_refuses_a_board_that_does_not_answer(tmp_path):
+    rc, ran, said = _deploy_with_heap(tmp_path, "Traceback ...\nNameError\n")
+    assert rc == 3 and ran == []
+    assert "did not report its heap" in said
+
+
+def test_mpy_deploy_copies_to_a_board_with_psram(tmp_path):
+    # A WROVER: the GC heap in PSRAM, about 2 MB.
+    rc, ran, said = _deploy_with_heap(tmp_path, "HEAP 2031616 40000\n")
+    assert rc == 0 and "refused" not in said
+    assert any(c[3:5] == ["fs", "cp"] for c in ran)
+
+
+def test_heap_probe_runs_on_micropython_and_reports_the_heap():
+    # On the stand-in (no esp32 module: nothing to grow into) it prints the GC heap.
+    r = subprocess.run([MICROPYTHON, "-X", "heapsize=56K", "-c", deploy.HEAP_PROBE],
+                       cwd=mp_cwd(), env=micropython_env(), capture_output=True, text=True,
+                       timeout=30)
+    heap = deploy.parse_heap(r.stdout)
+    assert heap is not None, r.stdout + r.stderr
+    assert 50000 < heap[0] <= 57344

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 from meter_peer import MeterPeer
-from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+from tools.devicefiles import MICROPYTHON, ROOT, micropython_env, mp_cwd
 
 SNIPPET = r"""
 import json, struct, sys
@@ -35,7 +35,7 @@ def test_meter_read_over_the_rs485_stream(tmp_path):
     with MeterPeer("sdm630", {"voltage_dv": [2301, 2315, 2288]}) as peer:
         r = subprocess.run([MICROPYTHON, str(script),
                             os.path.join(ROOT, "boards", "reference.json"), str(peer.port)],
-                           cwd=ROOT, env=micropython_env(), capture_output=True, text=True,
+                           cwd=mp_cwd(), env=micropython_env(), capture_output=True, text=True,
                            timeout=60)
         assert peer.requests == 1
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -21,7 +21,7 @@ from firmware.meter_service import MeterService, NEW_READING, STALE_CHANGED
 from firmware.modbus import (ModbusMaster, ModbusError, ERR_CRC, ERR_TIMEOUT, ERR_EXCEPTION,
                              ERR_BAD_FRAME)
 from tests.system.meter_peer import MeterPeer, values_list
-from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+from tools.devicefiles import MICROPYTHON, ROOT, micropython_env, mp_cwd
 from tools.tcpuart import open_stream
 
 # Generous enough for a loaded test machine, short enough to keep the file fast.
@@ -268,7 +268,7 @@ def test_master_on_the_unix_port_against_pymodbus(name):
         peer.inject("garbage", count=1)
         cfg = dict(FAST, meter_map=name)
         code = MP_CLIENT.replace("SPEC", repr(peer.spec)).replace("CFG", json.dumps(cfg))
-        r = subprocess.run([MICROPYTHON, "-c", code], cwd=ROOT, env=micropython_env(),
+        r = subprocess.run([MICROPYTHON, "-c", code], cwd=mp_cwd(), env=micropython_env(),
                            capture_output=True, text=True, timeout=60)
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert line, r.stdout + r.stderr

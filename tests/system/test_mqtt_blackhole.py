@@ -11,7 +11,7 @@ import socket
 import subprocess
 
 from firmware.mqtt_link import CONNACK, OFFLINE, ONLINE, TCP
-from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+from tools.devicefiles import MICROPYTHON, ROOT, micropython_env, mp_cwd
 
 from mosquitto import Relay
 from test_mqtt_link import STEP_MS, Station
@@ -144,7 +144,7 @@ def test_black_hole_on_the_unix_port_steps_run_to_completion(black_hole, tmp_dir
     with open(path, "w") as f:
         json.dump(opts, f)
     r = subprocess.run([MICROPYTHON, "tests/system/mqtt_station.py", path],
-                       cwd=ROOT, env=micropython_env(), capture_output=True, text=True,
+                       cwd=mp_cwd(), env=micropython_env(), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     done = [l for l in r.stdout.splitlines() if l.startswith("DONE ")]

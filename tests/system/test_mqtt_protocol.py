@@ -12,7 +12,7 @@ import pytest
 
 from test_mqtt_blackhole import IO_TIMEOUT_MS, WatchedSockets
 from test_mqtt_link import Station
-from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+from tools.devicefiles import MICROPYTHON, ROOT, micropython_env, mp_cwd
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 
@@ -192,7 +192,7 @@ def test_the_same_on_the_unix_port(scripted, tmp_dir, script, fragment):
     path = os.path.join(tmp_dir, "opts.json")
     with open(path, "w") as f:
         json.dump(opts, f)
-    r = subprocess.run([MICROPYTHON, "tests/system/mqtt_station.py", path], cwd=ROOT,
+    r = subprocess.run([MICROPYTHON, "tests/system/mqtt_station.py", path], cwd=mp_cwd(),
                        env=micropython_env(), capture_output=True, text=True, timeout=60)
     done = [l for l in r.stdout.splitlines() if l.startswith("DONE ")]
     assert r.returncode == 0 and done, r.stdout + r.stderr

@@ -13,18 +13,23 @@ import pytest
 
 from mosquitto import Mosquitto
 from tools.cpo import Console
-from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+from tools.devicefiles import MICROPYTHON, MICROPYTHON64, ROOT, micropython_env, mp_cwd
 
 RUNTIMES = ["micropython", "cpython"]
+# The stand-in's source has no mbedtls: TLS runs on PyPI's 64-bit unix port (with the same
+# micropython-lib tree, umqtt.simple 1.7.0) and on CPython.
+TLS_RUNTIMES = ["unix64", "cpython"]
 
 
 def _command(runtime):
     if runtime == "micropython":
         return [MICROPYTHON], micropython_env()
+    if runtime == "unix64":
+        return [MICROPYTHON64], micropython_env(runtime=MICROPYTHON64)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests", "fakes")])
     # umqtt.simple: after the standard library, so micropython-lib's logging never shadows it.
-    return [sys.executable, "-c", "import sys; sys.path.append('build/mplib'); "
+    return [sys.executable, "-c", "import sys; sys.path.append('build/standin/lib'); "
             "sys.argv = sys.argv[1:]; exec(open(sys.argv[0]).read())"], env
 
 
@@ -35,7 +40,7 @@ class StationProcess:
         with open(path, "w") as f:
             json.dump(opts, f)
         self.proc = subprocess.Popen(cmd + ["tests/system/mqtt_station.py", path],
-                                     cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     cwd=mp_cwd(), env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.lines = []
         self._cond = threading.Condition()
@@ -185,7 +190,7 @@ def test_broker_restart_mid_session_loses_no_record(runtime, broker, tmp_dir, st
         backend.close()
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", TLS_RUNTIMES)
 def test_tls_verified_and_refused(runtime, certs, tmp_dir, station_proc):
     other_ca, _key, _crt = certs.other_ca("stranger-%s" % runtime)
     with Mosquitto(tls=certs) as b:
@@ -198,7 +203,7 @@ def test_tls_verified_and_refused(runtime, certs, tmp_dir, station_proc):
         assert s is not None and s["connects"] == 0 and "tls" in s["last_error"]
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", TLS_RUNTIMES)
 def test_tls_checks_the_host_name(runtime, certs, tmp_dir, station_proc):
     # A certificate from the right CA, but for another host: refused.
     with Mosquitto(tls=certs, server_cert=certs.server_for("broker.example")) as b:

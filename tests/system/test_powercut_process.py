@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 
-from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+from tools.devicefiles import MICROPYTHON, ROOT, micropython_env, mp_cwd
 
 STATION = r'''
 import sys
@@ -108,7 +108,7 @@ def test_killed_at_random_moments_loses_and_duplicates_nothing():
         boots = 0
         restarts_with_recovery = 0
         for cycle in range(12):
-            p = subprocess.Popen([MICROPYTHON, script, data, meter], cwd=ROOT,
+            p = subprocess.Popen([MICROPYTHON, script, data, meter], cwd=mp_cwd(),
                                  env=micropython_env(), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
             # Let it finish a few sessions (however fast this machine is), then cut at an

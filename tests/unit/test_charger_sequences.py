@@ -433,7 +433,8 @@ class AcrossTheTickWrap(unittest.TestCase):
         r = Rig(tick_ms=1000)
         r.plug("C")
         r.run_ms(1000)
-        r.now = ticks_add(r.now, (1 << 29) + 12345)
+        # Longer than half the period: two steps (ticks_add refuses a delta that long).
+        r.now = ticks_add(ticks_add(r.now, 1 << 28), (1 << 28) + 12345)
         r.step(2)
         r.ch.authorize(True)
         r.tick_ms = 10

@@ -114,6 +114,21 @@ def levels(duty_permille, model):
 _LCG_MUL = const(1103515245)
 _LCG_ADD = const(12345)
 _LCG_MASK = const(0x3FFFFFFF)
+# The multiplier modulo 2**30 in 15-bit halves (see _lcg_next).
+_MUL_HI = const((1103515245 & 0x3FFFFFFF) >> 15)
+_MUL_LO = const(1103515245 & 0x7FFF)
+_M15 = const(0x7FFF)
+
+
+def _lcg_next(x):
+    """(x * _LCG_MUL + _LCG_ADD) mod 2**30, computed in 15-bit halves so that every
+    intermediate stays a small int on a 32-bit port (31-bit small ints): a product of two
+    30-bit numbers would be a long int, allocated on every ADC reading."""
+    xh = x >> 15
+    xl = x & _M15
+    lo = xl * _MUL_LO + _LCG_ADD
+    mid = ((lo >> 15) + ((xh * _MUL_LO) & _M15) + ((xl * _MUL_HI) & _M15)) & _M15
+    return (mid << 15) | (lo & _M15)
 
 
 class FrontEnd:
@@ -161,7 +176,7 @@ class FrontEnd:
     def _noise(self):
         if not self.noise_mv:
             return 0
-        self._rng = (self._rng * _LCG_MUL + _LCG_ADD) & _LCG_MASK
+        self._rng = _lcg_next(self._rng)
         # The top bits of an LCG are the random ones.
         return (self._rng >> 12) % (2 * self.noise_mv + 1) - self.noise_mv
 

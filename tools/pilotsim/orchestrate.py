@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from tools.devicefiles import MICROPYTHON, ROOT, micropython_env
+from tools.devicefiles import MICROPYTHON, ROOT, micropython_env, mp_cwd
 from tools.pilotsim import annexa
 from tools.pilotsim import scenario as _scenario
 from tools.pilotsim.netproxy import NetProxy
@@ -201,7 +201,7 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
     err = open(err_path, "w")
     cleanup.append(err.close)
     proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=4M", "-m", "tools.pilotsim.runner",
-                             run_path], cwd=ROOT, env=micropython_env(fakes=False),
+                             run_path], cwd=mp_cwd(), env=micropython_env(fakes=False),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                             text=True, bufsize=1)
     started = time.monotonic()
