@@ -125,9 +125,12 @@ def _traceback_text(exc):
         if hasattr(sys, "print_exception"):
             sys.print_exception(exc, buf)
         else:   # CPython, for host tests
-            import traceback
+            # The ESP32 has no traceback module: MicroPython takes the branch above.
+            import traceback  # pyright: ignore[reportMissingImports]
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=buf)
-        return buf.getvalue()
+        # Stub defect: micropython-esp32-stubs' io.StringIO lacks getvalue(), which the
+        # port has (py/objstringio.c: stringio_getvalue).
+        return buf.getvalue()  # pyright: ignore[reportAttributeAccessIssue]
     except Exception:   # e.g. MemoryError: keep at least the type and message
         return "%s: %s\n" % (type(exc).__name__, exc)
 

@@ -121,7 +121,9 @@ class OsFs:
         if _fsync is not None:
             # POSIX: the rename itself is durable only once its directory is synced.
             try:
-                fd = os.open(new.rsplit("/", 1)[0] if "/" in new else ".", os.O_RDONLY)
+                # CPython only: MicroPython's os has no fsync, so _fsync is None there.
+                fd = os.open(new.rsplit("/", 1)[0] if "/" in new else ".",
+                             os.O_RDONLY)  # pyright: ignore[reportAttributeAccessIssue]
             except (OSError, AttributeError):
                 return
             try:

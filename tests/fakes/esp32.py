@@ -50,6 +50,8 @@ def _reset_all():
     _pending.clear()
 
 
+# ports/esp32/esp32_nvs.c: esp32_nvs_make_new (nvs_open, NVS_READWRITE); the methods are
+# get_i32/set_i32, get_blob/set_blob, erase_key and commit (esp32_nvs_locals_dict_table)
 class NVS:
     def __init__(self, namespace):
         self._ns = _name(namespace)
@@ -69,6 +71,7 @@ class NVS:
             raise _esp_err(ESP_ERR_NVS_NOT_FOUND)
         return value
 
+    # ports/esp32/esp32_nvs.c: esp32_nvs_set_i32 (nvs_set_i32)
     def set_i32(self, key, value):
         if not isinstance(value, int):
             raise TypeError("can't convert to int")
@@ -76,15 +79,19 @@ class NVS:
             raise OverflowError("overflow converting long int to machine word")
         _pending.setdefault(self._ns, {})[self._key(key)] = value
 
+    # ports/esp32/esp32_nvs.c: esp32_nvs_get_i32 (nvs_get_i32)
     def get_i32(self, key):
         value = self._get(self._key(key))
         if not isinstance(value, int):
             raise _esp_err(ESP_ERR_NVS_TYPE_MISMATCH)
         return value
 
+    # ports/esp32/esp32_nvs.c: esp32_nvs_set_blob (nvs_set_blob)
     def set_blob(self, key, value):
         _pending.setdefault(self._ns, {})[self._key(key)] = bytes(value)
 
+    # ports/esp32/esp32_nvs.c: esp32_nvs_get_blob: returns the length; a buffer too small
+    # is ESP_ERR_NVS_INVALID_LENGTH
     def get_blob(self, key, buffer):
         value = self._get(self._key(key))
         if isinstance(value, int):
@@ -94,10 +101,12 @@ class NVS:
         buffer[:len(value)] = value
         return len(value)
 
+    # ports/esp32/esp32_nvs.c: esp32_nvs_erase_key (nvs_erase_key)
     def erase_key(self, key):
         self._get(self._key(key))
         _pending.setdefault(self._ns, {})[key] = None
 
+    # ports/esp32/esp32_nvs.c: esp32_nvs_commit (nvs_commit)
     def commit(self):
         pend = _pending.get(self._ns, {})
         store = _committed[self._ns]

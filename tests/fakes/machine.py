@@ -79,11 +79,13 @@ _TICKS_MASK = (1 << 30) - 1
 _TICKS_HALF = 1 << 29
 
 
+# not of the port: ends a simulated run
 class SimulationEnd(BaseException):
     """Raised by advance_us() when simulated time reaches `sim.stop_at_us`: ends a run of
     code that loops forever (Station.run()). Not an Exception, so crash handlers pass it."""
 
 
+# not of the port: how a restart unwinds the host process
 class SimulatedReset(SystemExit):
     """Raised by machine.reset() and by an expiring watchdog: on the device the chip restarts
     and nothing after it runs; here the program unwinds (SystemExit passes `except Exception`)."""
@@ -133,6 +135,7 @@ class _Clock:
         return self._sim.rtc_seconds_2000()
 
 
+# not of the port: the far end of a UART, for tests
 class UartPeer:
     """The far end of a fake UART (what is on the other side of the RS-485 transceiver).
 
@@ -225,6 +228,7 @@ class UartPeer:
                 self._deliver(data)
 
 
+# not of the port: the state behind the fakes and the hooks tests use
 class Sim:
     """The state behind the fake peripherals, and the hooks tests use."""
 
@@ -246,6 +250,7 @@ class Sim:
         self.reset_count = 0
         self.wifi_active = False
         self.wifi_connected = False
+        self.wifi_disconn_reason = 0   # the last WIFI_REASON_* (see tests/fakes/network.py)
         self.rtc_base_s = 0            # RTC seconds since 2000-01-01 at now_us == rtc_base_us
         self.rtc_base_us = 0
         self.cpu_freq = 160000000
@@ -260,6 +265,7 @@ class Sim:
         net = sys.modules.get("network")
         if net is not None and hasattr(net, "WLAN"):
             net.WLAN._active.clear()
+            net.WLAN._requested = False
         esp = sys.modules.get("esp32")
         if esp is not None and hasattr(esp, "_reset_all"):
             esp._reset_all()
@@ -282,6 +288,10 @@ class Sim:
         clock and the log keep running."""
         self.reset_cause = cause
         self._power_on_state()
+        if cause == PWRON_RESET:
+            # ports/esp32/machine_rtc.c: RTC user memory is RTC_NOINIT_ATTR: it survives
+            # every reset but a power-on.
+            self.rtc_memory = b""
         for peer in self.peers.values():
             peer.rx = bytearray()
             peer._pending = []
@@ -459,13 +469,14 @@ sim = Sim()
 
 
 # -- Pin -------------------------------------------------------------------------------
+# ports/esp32/machine_pin.c: machine_pin_locals_dict_table: IN, OUT (GPIO_MODE_INPUT_OUTPUT),
+# OPEN_DRAIN, PULL_UP, PULL_DOWN, IRQ_RISING/FALLING (GPIO_INTR_*); there is no PULL_HOLD
 class Pin:
     IN = 1
     OUT = 3
     OPEN_DRAIN = 7
     PULL_UP = 2
     PULL_DOWN = 1
-    PULL_HOLD = 4
     IRQ_RISING = 1
     IRQ_FALLING = 2
     WAKE_LOW = 4
@@ -479,6 +490,7 @@ class Pin:
         self._id = _pin_id(id)
         self.init(mode, pull, value=value, drive=drive, hold=hold)
 
+    # ports/esp32/machine_pin.c: machine_pin_obj_init_helper
     def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
         pin = self._id
         if pin in FLASH_PINS and (mode != -1 or pull != -1 or value is not None
@@ -521,21 +533,27 @@ class Pin:
         if old != level and (mode == Pin.OUT or mode == Pin.OPEN_DRAIN):
             sim._log(EV_PIN_LEVEL, pin, level)
 
+    # ports/esp32/machine_pin.c: machine_pin_value
     def value(self, x=None):
         if x is None:
             level = sim.level(self._id)
             return 0 if level is None else level
         self._write(1 if x else 0)
 
+    # ports/esp32/machine_pin.c: machine_pin_call
     def __call__(self, x=None):
         return self.value(x)
 
+    # ports/esp32/machine_pin.c: machine_pin_on
     def on(self):
         self._write(1)
 
+    # ports/esp32/machine_pin.c: machine_pin_off
     def off(self):
         self._write(0)
 
+    # ports/esp32/machine_pin.c: machine_pin_irq: handler, trigger, wake; no `hard`
+    # (pin IRQs are scheduled)
     def irq(self, handler=None, trigger=3, *, wake=None):
         # No `hard` argument: ESP32 pin IRQs are always soft.
         sim._irqs[self._id] = (self, handler, trigger)
@@ -544,22 +562,27 @@ class Pin:
         return "Pin(%d)" % self._id
 
 
+# extmod/machine_signal.c: signal_make_new
 class Signal:
     def __init__(self, pin, *args, invert=False, **kwargs):
         self._pin = pin if isinstance(pin, Pin) else Pin(pin, *args, **kwargs)
         self._invert = invert
 
+    # extmod/machine_signal.c: signal_value
     def value(self, x=None):
         if x is None:
             return self._pin.value() ^ (1 if self._invert else 0)
         self._pin.value((1 if x else 0) ^ (1 if self._invert else 0))
 
+    # extmod/machine_signal.c: signal_call
     def __call__(self, x=None):
         return self.value(x)
 
+    # extmod/machine_signal.c: signal_on
     def on(self):
         self.value(1)
 
+    # extmod/machine_signal.c: signal_off
     def off(self):
         self.value(0)
 
@@ -572,8 +595,10 @@ _FULL_SCALE_MV = (950, 1250, 1750, 3100)
 
 
 class ADC:
-    """ports/esp32/machine_adc.c: one object per channel, so the attenuation set once stays
-    for every later ADC(pin) of that channel (0 dB the first time); width() is per block."""
+    """One object per channel (ports/esp32/machine_adc.c: madc_obj). Every ADC(pin) runs
+    madc_init_helper: the attenuation becomes `atten`, or 11 dB (ADC_ATTEN_MAX) when none is
+    given, and the block's width goes back to 12 bits (ADC_WIDTH_MAX); width() is per block."""
+    # ports/esp32/machine_adc.c: madc_init_helper, mp_machine_adc_make_new
     ATTN_0DB = 0
     ATTN_2_5DB = 1
     ATTN_6DB = 2
@@ -590,33 +615,35 @@ class ADC:
         self._id = pid
         self._adc2 = pid in ADC2_PINS
         self._block = 2 if self._adc2 else 1
-        if atten is not None:
-            self.atten(atten)
-        elif pid not in sim._adc_atten:
-            sim._adc_atten[pid] = ADC.ATTN_0DB
+        self.atten(ADC.ATTN_11DB if atten is None else atten)
+        sim._adc_bits[self._block] = 12
         sim._log(EV_ADC_INIT, pid, self._atten)
 
     @property
     def _atten(self):
-        return sim._adc_atten.get(self._id, ADC.ATTN_0DB)
+        # ports/esp32/machine_adc.c: mp_machine_adc_atten_get_helper (unset reads as 11 dB)
+        return sim._adc_atten.get(self._id, ADC.ATTN_11DB)
 
     @property
     def _width(self):
         return sim._adc_bits[self._block]
 
     def atten(self, atten):
+        # ports/esp32/machine_adc.c: mp_machine_adc_atten_set_helper
         if atten not in (0, 1, 2, 3):
-            raise ValueError("invalid atten")
+            raise ValueError("invalid attenuation")
         sim._adc_atten[self._id] = atten
 
     def width(self, width):
+        # ports/esp32/machine_adc.c: mp_machine_adc_block_width_set_helper (ESP32: 9..12 bits)
         if width not in (9, 10, 11, 12):
-            raise ValueError("invalid bits")
+            raise ValueError("invalid bit-width")
         sim._adc_bits[self._block] = width
 
     def init(self, *, atten=None):
-        if atten is not None:
-            self.atten(atten)
+        # ports/esp32/machine_adc.c: mp_machine_adc_init_helper -> madc_init_helper
+        self.atten(ADC.ATTN_11DB if atten is None else atten)
+        sim._adc_bits[self._block] = 12
 
     def _sample_mv(self):
         if self._adc2 and sim.wifi_active:
@@ -632,12 +659,19 @@ class ADC:
         return mv
 
     def read_uv(self):
+        # ports/esp32/adc.c: madcblock_read_uv_helper: adc_cali_raw_to_voltage() gives whole
+        # millivolts, times 1000 (so read_uv() is always a multiple of 1000)
         return self._sample_mv() * 1000
 
     def read_u16(self):
-        return self._sample_mv() * 65535 // _FULL_SCALE_MV[self._atten]
+        # ports/esp32/machine_adc.c: mp_machine_adc_read_u16: the raw reading scaled up by
+        # bit replication, raw << (16 - bits) | raw >> (2 * bits - 16); not calibrated
+        raw = self.read()
+        bits = self._width
+        return (raw << (16 - bits)) | (raw >> (2 * bits - 16))
 
     def read(self):
+        # ports/esp32/adc.c: madcblock_read_helper (raw, `width` bits)
         return self._sample_mv() * ((1 << self._width) - 1) // _FULL_SCALE_MV[self._atten]
 
 
@@ -646,9 +680,12 @@ _PWM_CHANNELS = 16
 
 
 class PWM:
-    # ports/esp32/machine_pwm.c (v1.25+): PWM(dest, freq, *, duty, duty_u16, duty_ns, invert,
-    # lightsleep); a deinitialised object raises RuntimeError("PWM is inactive") from every
-    # getter and setter; duty_u16(65535) is a steady high level (the port writes 2**16).
+    # ports/esp32/machine_pwm.c: mp_machine_pwm_make_new, mp_machine_pwm_init_helper:
+    # PWM(dest, freq, *, duty, duty_u16, duty_ns, invert, lightsleep); a new object on a pin
+    # keeps the pin's timer frequency but not its duty (self_reset: 50 % unless given); a
+    # deinitialised object raises RuntimeError("PWM is inactive") (pwm_is_active).
+    # check_duty_u16: 65535 is stored as 2**16, i.e. a steady high level, and 0 a steady low
+    # one (apply_duty writes duty >> (16 - resolution), at 1 kHz the resolution is 16 bits).
     def __init__(self, dest, freq=None, *, duty=None, duty_u16=None, duty_ns=None,
                  invert=False, lightsleep=False):
         pid = _pin_id(dest)
@@ -665,7 +702,6 @@ class PWM:
         old = sim._pwm.get(pid)
         if old is not None:
             self._freq = old._freq
-            self._duty = old._duty
         sim._pwm[pid] = self
         sim._mode[pid] = Pin.OUT
         if freq is not None:
@@ -676,6 +712,7 @@ class PWM:
 
     def init(self, freq=None, *, duty=None, duty_u16=None, duty_ns=None, invert=None,
              lightsleep=None):
+        # ports/esp32/machine_pwm.c: mp_machine_pwm_init_helper
         if freq is not None:
             self.freq(freq)
         if invert is not None:
@@ -688,9 +725,7 @@ class PWM:
         elif duty_ns is not None:
             self.duty_ns(duty_ns)
         elif duty is not None:
-            if not 0 <= duty <= 1023:
-                raise ValueError("duty must be from 0 to 1023")
-            self.duty_u16(duty * 65535 // 1023)
+            self.duty(duty)
 
     @staticmethod
     def _check_freq(freq):
@@ -702,6 +737,7 @@ class PWM:
             raise RuntimeError("PWM is inactive")
 
     def freq(self, value=None):
+        # ports/esp32/machine_pwm.c: mp_machine_pwm_freq_get, mp_machine_pwm_freq_set
         self._check_active()
         if value is None:
             return self._freq
@@ -711,43 +747,72 @@ class PWM:
             self._start_us = sim.now_us
             sim._log(EV_PWM_FREQ, self._id, value)
 
-    def duty_u16(self, value=None):
+    def _resolution(self):
+        # ports/esp32/machine_pwm.c: find_suitable_duty_resolution: log2(80 MHz APB / freq)
+        # bits, at most 16 (the ESP32's 20-bit limit never applies below 16 bits)
+        bits = 0
+        div = 80000000 // self._freq
+        while div > 1:
+            div >>= 1
+            bits += 1
+        return min(16, bits)
+
+    def duty(self, value=None):
+        # ports/esp32/machine_pwm.c: check_duty_u10, get_duty_u10: 10 bits shifted by 6,
+        # 1023 stored as 1024 (steady high)
         self._check_active()
         if value is None:
-            return self._duty
+            return self.duty_u16() >> 6
+        if value < 0 or value > 1023:
+            raise ValueError("duty must be from 0 to 1023")
+        self._store(65536 if value == 1023 else value << 6)
+
+    def duty_u16(self, value=None):
+        # ports/esp32/machine_pwm.c: check_duty_u16, get_duty_u16: the duty reads back at the
+        # timer's resolution; 65535 is stored as 2**16 and reads back as 65535
+        self._check_active()
+        if value is None:
+            shift = 16 - self._resolution()
+            duty = (self._duty >> shift) << shift
+            return 65535 if duty >= 65536 else duty
         if value < 0 or value > 65535:
-            raise ValueError("duty_u16 must be from 0 to 65535")
+            raise ValueError("duty_u16 must be from 0 to 65536")   # sic: the port's text
+        self._store(65536 if value == 65535 else value)
+
+    def _store(self, value):
         if value != self._duty:
             self._duty = value
-            sim._log(EV_PWM_DUTY, self._id, value)
+            sim._log(EV_PWM_DUTY, self._id, 65535 if value >= 65536 else value)
 
     def duty_ns(self, value=None):
+        # ports/esp32/machine_pwm.c: ns_to_duty, duty_to_ns, check_duty_ns
         self._check_active()
         period_ns = (1000000000 + self._freq // 2) // self._freq
         if value is None:
-            return (self._duty * 1000000000 + self._freq * 32768) // (self._freq * 65536)
+            return (self.duty_u16() * 1000000000 + self._freq * 32768) // (self._freq * 65536)
         if value < 0 or value > period_ns:
             raise ValueError("duty_ns must be from 0 to %d ns" % period_ns)
         duty = (value * 65536 * self._freq + 500000000) // 1000000000
         if value > 0 and duty == 0:
             duty = 1
-        self.duty_u16(min(65535, duty))
+        self._store(min(65536, duty))
 
     def deinit(self):
+        # ports/esp32/machine_pwm.c: mp_machine_pwm_deinit -> pwm_deinit
         if sim._pwm.get(self._id) is self:
             del sim._pwm[self._id]
             sim._log(EV_PWM_DEINIT, self._id, 0)
         self._active = False
 
     def _high_at(self, t_us):
-        if self._duty >= 65535:
+        if self._duty >= 65536:
             high = True
         elif self._duty <= 0:
             high = False
         else:
             period = 1000000 // self._freq
             phase = (t_us - self._start_us) % period
-            high = phase < period * self._duty // 65535
+            high = phase < period * self._duty // 65536
         return high != self._invert
 
 
@@ -755,6 +820,7 @@ class PWM:
 _UART_HW_FIFO_LEN = 128
 
 
+# ports/esp32/machine_uart.c: mp_machine_uart_make_new (UART ids 0..2 on the ESP32)
 class UART:
     INV_TX = 1
     INV_RX = 2
@@ -777,6 +843,7 @@ class UART:
         self._peer = sim.uart_peer(id)
         self.init(baudrate, bits, parity, stop, **kwargs)
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_init_helper
     def init(self, baudrate=None, bits=None, parity=-1, stop=None, *, tx=None, rx=None,
              rts=None, cts=None, txbuf=None, rxbuf=None, timeout=None, timeout_char=None,
              invert=None, flow=None):
@@ -820,14 +887,18 @@ class UART:
         self._peer.rx = bytearray()
         sim._log(EV_UART_INIT, self._id, self._baud)
 
+    # not of the port: test helper
     def char_us(self):
         """Simulated duration of one character on the wire (test helper)."""
         bits = 1 + self._bits + (0 if self._parity is None else 1) + self._stop
         return (bits * 1000000 + self._baud - 1) // self._baud
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_deinit
     def deinit(self):
         pass
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_write: uart_write_bytes() copies into the
+    # TX ring buffer and returns the count at once
     def write(self, buf):
         n = len(buf)
         if not n:
@@ -839,14 +910,17 @@ class UART:
         self._peer._on_write(bytes(buf), start, end)
         return n
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_txdone
     def txdone(self):
         return sim.now_us >= self._busy_until
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_ioctl (MP_STREAM_FLUSH: uart_wait_tx_done)
     def flush(self):
         # Blocks until the last byte has left the transmitter.
         if sim.now_us < self._busy_until:
             sim.advance_us(self._busy_until - sim.now_us)
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_any
     def any(self):
         self._peer._poll()
         return len(self._peer.rx)
@@ -857,6 +931,8 @@ class UART:
             sim.advance_us(self._timeout * 1000)
             self._peer._poll()
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_read: waits `timeout` ms for the first
+    # byte; None when nothing came
     def read(self, nbytes=None):
         self._wait_for_data()
         rx = self._peer.rx
@@ -867,6 +943,7 @@ class UART:
         self._peer.rx = rx[n:]
         return data
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_read
     def readinto(self, buf, nbytes=None):
         self._wait_for_data()
         rx = self._peer.rx
@@ -878,6 +955,7 @@ class UART:
         self._peer.rx = rx[n:]
         return n
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_read
     def readline(self):
         self._wait_for_data()
         rx = self._peer.rx
@@ -889,11 +967,14 @@ class UART:
         self._peer.rx = rx[n:]
         return data
 
+    # ports/esp32/machine_uart.c: mp_machine_uart_sendbreak
     def sendbreak(self):
         pass
 
 
 # -- WDT -------------------------------------------------------------------------------
+# ports/esp32/machine_wdt.c: mp_machine_wdt_make_new_instance: timeout in ms, the IDF task
+# watchdog with trigger_panic; there is no deinit
 class WDT:
     """Once started it runs until reset: there is deliberately no deinit()."""
 
@@ -911,11 +992,13 @@ class WDT:
         sim.wdt_expired = False
         sim._log(EV_WDT_START, 0, timeout)
 
+    # ports/esp32/machine_wdt.c: mp_machine_wdt_feed
     def feed(self):
         sim.wdt_last_feed_us = sim.now_us
 
 
 # -- Timer -----------------------------------------------------------------------------
+# ports/esp32/machine_timer.c: machine_timer_make_new (ids 0..3; ONE_SHOT=0, PERIODIC=1)
 class Timer:
     ONE_SHOT = 0
     PERIODIC = 1
@@ -931,7 +1014,10 @@ class Timer:
         if kwargs:
             self.init(**kwargs)
 
-    def init(self, *, mode=1, period=-1, freq=-1, callback=None, tick_hz=1000):
+    def init(self, *, mode=1, period=-1, freq=-1, callback=None, tick_hz=1000, hard=False):
+        # ports/esp32/machine_timer.c: machine_timer_init_helper (soft callbacks only)
+        if hard:
+            raise ValueError("hard Timers are not implemented")
         if freq is not None and freq > 0:
             period_us = 1000000 // freq
         elif period is not None and period >= 0:
@@ -945,12 +1031,14 @@ class Timer:
         sim._timers[self._id] = self
         sim._log(EV_TIMER, self._id, self._period_us // 1000)
 
+    # ports/esp32/machine_timer.c: machine_timer_deinit
     def deinit(self):
         self._next_us = None
         if sim._timers.get(self._id) is self:
             del sim._timers[self._id]
         sim._log(EV_TIMER, self._id, 0)
 
+    # ports/esp32/machine_timer.c: machine_timer_value
     def value(self):
         if self._next_us is None:
             return 0
@@ -985,14 +1073,20 @@ def _days_since_2000(y, m, d):
     return days
 
 
+_RTC_USER_MEM_MAX = 2048
+
+
 class RTC:
+    # ports/esp32/machine_rtc.c: machine_rtc_make_new (one RTC, the epoch is 2000-01-01)
     def __init__(self, id=0):
         pass
 
+    # ports/esp32/machine_rtc.c: machine_rtc_init
     def init(self, datetime=None):
         if datetime is not None:
             self.datetime(datetime)
 
+    # ports/esp32/machine_rtc.c: machine_rtc_datetime_helper
     def datetime(self, dt=None):
         if dt is None:
             s = sim.rtc_seconds_2000()
@@ -1023,36 +1117,47 @@ class RTC:
         sim.set_rtc_seconds_2000(_days_since_2000(y, m, d) * 86400 + h * 3600 + mi * 60 + s)
 
     def memory(self, data=None):
+        # ports/esp32/machine_rtc.c: machine_rtc_memory: MICROPY_HW_RTC_USER_MEM_MAX = 2048
+        # bytes, kept across resets other than power-on (RTC_NOINIT_ATTR)
         if data is None:
             return bytes(getattr(sim, "rtc_memory", b""))
+        if len(data) > _RTC_USER_MEM_MAX:
+            raise ValueError("buffer too long")
         sim.rtc_memory = bytes(data)
 
 
 # -- module functions -------------------------------------------------------------------
+# ports/esp32/modmachine.c: mp_machine_reset (esp_restart)
 def reset():
     sim.reset_count += 1
     sim._log(EV_RESET, 0, HARD_RESET)
     raise SimulatedReset(0)
 
 
+# extmod/modmachine.c: machine_module_globals_table: soft_reset is sys.exit (SystemExit)
 def soft_reset():
     sim.reset_count += 1
     sim._log(EV_RESET, 0, SOFT_RESET)
     raise SimulatedReset(0)
 
 
+# ports/esp32/modmachine.c: mp_machine_reset_cause: PWRON_RESET=1 .. SOFT_RESET=5 (brown-out
+# reads as PWRON_RESET)
 def reset_cause():
     return sim.reset_cause
 
 
+# ports/esp32/modmachine.c: machine_wake_reason
 def wake_reason():
     return 0
 
 
+# ports/esp32/modmachine.c: mp_machine_unique_id (the base MAC)
 def unique_id():
     return b"\x24\x0a\xc4\x5e\x00\x01"
 
 
+# ports/esp32/modmachine.c: mp_machine_get_freq, mp_machine_set_freq
 def freq(hz=None):
     if hz is None:
         return sim.cpu_freq
@@ -1061,28 +1166,34 @@ def freq(hz=None):
     sim.cpu_freq = hz
 
 
+# ports/esp32/modmachine.c: mp_machine_idle
 def idle():
     pass
 
 
+# extmod/modmachine.c: machine_disable_irq
 def disable_irq():
     return 0
 
 
+# extmod/modmachine.c: machine_enable_irq
 def enable_irq(state=0):
     pass
 
 
+# ports/esp32/modmachine.c: mp_machine_lightsleep
 def lightsleep(ms=None):
     if ms:
         sim.advance_us(ms * 1000)
 
 
+# ports/esp32/modmachine.c: mp_machine_deepsleep
 def deepsleep(ms=None):
     sim.reset_count += 1
     sim._log(EV_RESET, 0, DEEPSLEEP_RESET)
     raise SimulatedReset(0)
 
 
+# extmod/machine_pulse.c: machine_time_pulse_us_
 def time_pulse_us(pin, pulse_level, timeout_us=1000000):
     return -1

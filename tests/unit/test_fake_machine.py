@@ -110,7 +110,12 @@ class AdcRules(unittest.TestCase):
     def test_injected_voltage_and_attenuation(self):
         adc = ADC(Pin(39), atten=ADC.ATTN_11DB)
         sim.set_adc(39, 1550)
-        self.assertEqual(adc.read_u16(), 1550 * 65535 // 3100)
+        # mp_machine_adc_read_u16: raw 12-bit reading scaled by bit replication.
+        raw = 1550 * 4095 // 3100
+        self.assertEqual(adc.read(), raw)
+        self.assertEqual(adc.read_u16(), (raw << 4) | (raw >> 8))
+        sim.set_adc(39, 3100)
+        self.assertEqual(adc.read_u16(), 65535)
         sim.set_adc(39, 5000)
         self.assertEqual(adc.read_uv(), 3100000)   # clamps at full scale
         adc.atten(ADC.ATTN_0DB)
@@ -121,21 +126,21 @@ class AdcRules(unittest.TestCase):
         self.assertRaises(ValueError, adc.atten, 7)
 
     def test_attenuation_belongs_to_the_channel(self):
-        # machine_adc.c keeps one object per channel: ADC(pin) without atten keeps the
-        # attenuation set before (0 dB only the first time); width() sets the whole block.
-        ADC(Pin(36), atten=ADC.ATTN_11DB)
+        # ports/esp32/machine_adc.c: madc_init_helper: every ADC(pin) sets the channel's
+        # attenuation to `atten`, or 11 dB when none is given, and the block's width back to
+        # 12 bits; width() sets the whole block.
+        ADC(Pin(36), atten=ADC.ATTN_0DB)
         again = ADC(Pin(36))
         sim.set_adc(36, 2000)
-        self.assertEqual(again.read_uv(), 2000000)
+        self.assertEqual(again.read_uv(), 2000000)      # 11 dB again, not the 0 dB before
         fresh = ADC(Pin(39))
         sim.set_adc(39, 2000)
-        self.assertEqual(fresh.read_uv(), 950000)
+        self.assertEqual(fresh.read_uv(), 2000000)
         again.width(ADC.WIDTH_9BIT)
         sim.set_adc(39, 5000)
         self.assertEqual(fresh.read(), 511)
-        sim.power_cycle()
-        sim.set_adc(36, 2000)
-        self.assertEqual(ADC(Pin(36)).read_uv(), 950000)
+        ADC(Pin(39), atten=ADC.ATTN_11DB)
+        self.assertEqual(fresh.read(), 4095)            # the constructor reset the width
 
     def test_each_conversion_takes_simulated_time(self):
         adc = ADC(Pin(36), atten=ADC.ATTN_11DB)
