@@ -669,7 +669,7 @@ def _fmt(key, v):
         return "%s B" % (("%.1f" % v) if isinstance(v, float) and v != int(v) else "%d" % v)
     if key.endswith("_ms") or "_ms_" in key:
         return "%s ms" % v
-    if key.endswith("_us_median"):
+    if key.endswith("_us_median") or key.endswith("_us_p99"):
         return "%s us" % v
     return str(v)
 
