@@ -3,6 +3,7 @@
 A..F are the pilot states; the x1/x2 suffix is the EVSE's own choice: x1 = steady +12 V
 (no PWM, no current offered), x2 = PWM on (current offered). UNAVAILABLE is the station
 taken out of service (operator "inoperative", service mode).
+Which state can follow which: firmware/transitions.py and docs/state-machine.md.
 """
 from firmware.compat import const
 
