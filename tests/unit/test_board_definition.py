@@ -200,7 +200,8 @@ class BoardDefinition(unittest.TestCase):
     def test_cmake_sets_the_generic_sdkconfig_then_the_boards_own(self):
         v = board_vars()
         # ESP32_GENERIC sets exactly these two; this board appends its own after them.
-        self.assertEqual(v["SDKCONFIG_DEFAULTS"][:2], ["boards/sdkconfig.base", "boards/sdkconfig.ble"])
+        self.assertEqual(v["SDKCONFIG_DEFAULTS"][:2],
+                         ["boards/sdkconfig.base", "boards/sdkconfig.ble"])
         self.assertEqual(own_sdkconfig(v["SDKCONFIG_DEFAULTS"]), [BOARD + "/sdkconfig.board"])
         self.assertFalse("IDF_TARGET" in v)     # the ESP32, as ESP32_GENERIC
 
@@ -283,7 +284,8 @@ class AgainstThePortsBoards(unittest.TestCase):
         text = _read(PORT + "/CMakeLists.txt")
         required = []
         for cmd, args in cmake_calls(text):
-            if cmd == "include" and args[0].startswith("${MICROPY_BOARD_DIR}/") and "OPTIONAL" not in args:
+            if (cmd == "include" and args[0].startswith("${MICROPY_BOARD_DIR}/")
+                    and "OPTIONAL" not in args):
                 required.append(args[0].split("/", 1)[1])
         self.assertEqual(required, ["mpconfigboard.cmake",
                                     "mpconfigvariant_${MICROPY_BOARD_VARIANT}.cmake"])
