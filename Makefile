@@ -6,7 +6,7 @@ MPY     := .venv/bin/micropython
 PORT    ?= /dev/ttyUSB0
 STAMP   := build/.setup
 
-.PHONY: all setup standin test sim bench check deploy repl clean
+.PHONY: all setup standin test sim bench check deploy firmware flash repl clean
 
 all: test
 
@@ -43,6 +43,21 @@ check: $(STAMP)
 # BOARD=boards/x.json picks the board file; DEPLOY_ARGS=--dry-run prints the commands only.
 deploy: $(STAMP)
 	$(PY) -m tools.deploy deploy --port $(PORT) $(if $(BOARD),--board $(BOARD)) $(DEPLOY_ARGS)
+
+# The MicroPython image with the firmware frozen in (boards/CHARGER_ESP32), built by ESP-IDF
+# from the MicroPython source when IDF_PATH (export.sh) and MICROPY_SRC are set; otherwise it
+# prints the steps to set them up and fails. BOARD_VARIANT=SPIRAM (WROVER) or S3_SPIRAM.
+# The image goes to build/firmware/CHARGER_ESP32[-VARIANT].bin.
+firmware: $(STAMP)
+	$(PY) -m tools.flash firmware $(if $(BOARD_VARIANT),--variant $(BOARD_VARIANT)) $(FIRMWARE_ARGS)
+
+# Erase the chip, write the image (IMAGE=x.bin, default the one `make firmware` built), read
+# the version back, then boot.py, main.py, diag and the board file (BOARD=boards/x.json); a
+# stock MicroPython image (PSRAM modules) gets the firmware as .mpy files too.
+# FLASH_ARGS=--dry-run prints the esptool and mpremote commands only.
+flash: $(STAMP)
+	$(PY) -m tools.flash flash --port $(PORT) $(if $(IMAGE),--image $(IMAGE)) \
+		$(if $(BOARD_VARIANT),--variant $(BOARD_VARIANT)) $(if $(BOARD),--board $(BOARD)) $(FLASH_ARGS)
 
 repl: $(STAMP)
 	.venv/bin/mpremote connect $(PORT) repl
