@@ -500,8 +500,11 @@ class Station:
     def _paused_by_limit(self):
         # The limits in force (backend, comms fallback, thermal) leave less than the 6 A a
         # duty can offer: the charger offers nothing until they rise (IEC 61851-1, x1).
+        # True once the charger has acted on it (offered_ma 0), so a status never pairs it
+        # with the old offer.
         c = self.charger
-        return not c.paused and c.effective_limit_ma() < CURRENT_MIN_MA
+        return (c.offered_ma == 0 and not c.paused
+                and c.effective_limit_ma() < CURRENT_MIN_MA)
 
     def status(self):
         c = self.charger
