@@ -15,13 +15,14 @@ and return, so that the reply can still be sent.
 """
 from firmware import config
 from firmware import messages
+from firmware import strictjson
 from firmware.auth import ID_TAG_MAX, IdTagError, check_id_tag
+from firmware.pilot import CURRENT_MIN_MA
 import json
 
 MAX_COMMAND_BYTES = 1024
-MAX_ID_LEN = 64
+MAX_ID_LEN = 64              # characters (Unicode code points), not bytes
 MAX_ID_TAG_LEN = ID_TAG_MAX  # as firmware/auth.py: the tags the reader path asks the backend about
-MIN_LIMIT_MA = 6000          # IEC 61851-1: 6 A is the smallest current the PWM may offer
 MAX_LIMIT_MA = 80000
 MAX_EXPIRES_S = 7 * 86400
 MAX_CONFIG_KEYS = 32
@@ -50,7 +51,8 @@ class CommandTarget:
         raise NotImplementedError
 
     def cmd_set_limit(self, limit_ma, expires_s, now_ms):
-        """Backend current limit: 0 (pause) or 6000..80000 mA; expires_s None = until
+        """Backend current limit: 0..80000 mA, where anything below 6000 pauses the charge
+        (the charger's rule: no duty offers less than 6 A); expires_s None = until
         changed, else 1..604800 s after which the limit lapses."""
         raise NotImplementedError
 
@@ -194,8 +196,14 @@ def parse(payload):
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError("payload too large: %d > %d bytes" % (len(payload), MAX_COMMAND_BYTES))
     try:
-        msg = json.loads(payload)
-    except (ValueError, UnicodeError):
+        # Strict RFC 8259 and UTF-8 first: MicroPython's json.loads runs documents that
+        # are not JSON. The reason names a byte offset, never the bytes.
+        strictjson.validate(payload)
+    except strictjson.JSONError as e:
+        raise CommandError("not valid JSON: " + e.args[0])
+    try:
+        msg = json.loads(strictjson.join_surrogates(payload))
+    except (ValueError, UnicodeError, RuntimeError):
         raise CommandError("not valid JSON")
     if not isinstance(msg, dict):
         raise CommandError("expected a JSON object")
@@ -237,9 +245,6 @@ def parse(payload):
         for arg in raw:
             if arg not in known:
                 raise CommandError("%s: unknown argument %s" % (name, _short(arg)))
-        if name == "set_limit" and 0 < args["limit_ma"] < MIN_LIMIT_MA:
-            raise CommandError("set_limit.limit_ma: 0 (pause) or %d..%d"
-                               % (MIN_LIMIT_MA, MAX_LIMIT_MA))
     except CommandError as e:
         e.corr_id = corr_id
         e.cmd = msg.get("cmd") if isinstance(msg.get("cmd"), str) else None
@@ -308,7 +313,11 @@ class CommandDispatcher:
         if name == "authorize":
             return t.cmd_authorize(args["id_tag"], now_ms), None
         if name == "set_limit":
-            return t.cmd_set_limit(args["limit_ma"], args["expires_s"], now_ms), None
+            # IEC 61851-1: no duty offers less than 6 A, so a smaller limit pauses the
+            # charge (PWM off, x1) until a limit of 6 A or more comes; the reply says so.
+            limit = args["limit_ma"]
+            return (t.cmd_set_limit(limit, args["expires_s"], now_ms),
+                    {"limit_ma": limit, "paused_by_limit": limit < CURRENT_MIN_MA})
         if name == "set_availability":
             return t.cmd_set_availability(args["availability"] == "operative", now_ms), None
         if name == "get_config":

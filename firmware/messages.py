@@ -8,6 +8,8 @@ with non-ASCII characters is not its length in bytes.
 """
 import json
 
+from firmware import strictjson
+
 API_VERSION = 1
 
 # Topic leaves under <prefix>/<station_id>/
@@ -52,7 +54,9 @@ class Topics:
 
 
 def encode(message):
-    """A message dict as the UTF-8 JSON payload."""
+    """A message dict as the UTF-8 JSON payload. CPython writes non-ASCII as \\u escapes,
+    MicroPython as raw UTF-8: both are valid as long as every str in `message` is (inbound
+    strings are: firmware/strictjson.py refuses invalid UTF-8 and joins surrogate pairs)."""
     return json.dumps(message).encode()
 
 
@@ -112,9 +116,9 @@ def parse_ack(payload):
     if len(payload) > MAX_ACK_BYTES:
         raise MessageError("ack: payload over %d bytes" % MAX_ACK_BYTES)
     try:
-        msg = json.loads(payload)
-    except (ValueError, UnicodeError, RuntimeError):
-        # RuntimeError: CPython's RecursionError on deep nesting.
+        strictjson.validate(payload)        # MicroPython's json.loads alone is lenient
+        msg = json.loads(strictjson.join_surrogates(payload))
+    except (ValueError, UnicodeError):
         raise MessageError("ack: not valid JSON")
     if not isinstance(msg, dict):
         raise MessageError("ack: expected an object")

@@ -28,6 +28,7 @@ from firmware.faults import FaultSet
 from firmware.meter_service import NEW_READING, STALE_CHANGED, MeterService
 from firmware.meters import load_map
 from firmware.outbox import KIND_FAULT, KIND_SESSION, Outbox, OutboxError
+from firmware.pilot import CURRENT_MIN_MA
 from firmware.session import REASON_REMOTE_STOP, SessionManager
 from firmware.storage import Journal, StorageError, Store
 
@@ -121,7 +122,7 @@ class Station:
         self.last_service_error = None
         self._limit_left_ms = None     # backend limit expiry, counted down in ms
         self._limit_counted = now
-        self._last_status = [None, None, None, None, None]
+        self._last_status = [None, None, None, None, None, None]
         self._tele_checked = now
         self._tele_sent = ticks_add(now, -(1 << 28))     # the first heartbeat goes out at once
         self.iterations = 0
@@ -472,13 +473,15 @@ class Station:
         # Nothing here may build a message per loop iteration: compare first, build on change.
         c = self.charger
         last = self._last_status
+        by_limit = self._paused_by_limit()
         if (c.state != last[0] or self.faults.active != last[1] or c.available != last[2]
-                or c.offered_ma != last[3] or c.contactor != last[4]):
+                or c.offered_ma != last[3] or c.contactor != last[4] or by_limit != last[5]):
             last[0] = c.state
             last[1] = self.faults.active
             last[2] = c.available
             last[3] = c.offered_ma
             last[4] = c.contactor
+            last[5] = by_limit
             self.link.publish_status(self.status())
         if ticks_diff(now, self._tele_checked) < _TELEMETRY_CHECK_MS:
             return
@@ -494,6 +497,15 @@ class Station:
             self.link.publish_telemetry(self.telemetry(), force=True, now_ms=now)
             self._tele_sent = now
 
+    def _paused_by_limit(self):
+        # The limits in force (backend, comms fallback, thermal) leave less than the 6 A a
+        # duty can offer: the charger offers nothing until they rise (IEC 61851-1, x1).
+        # True once the charger has acted on it (offered_ma 0), so a status never pairs it
+        # with the old offer.
+        c = self.charger
+        return (c.offered_ma == 0 and not c.paused
+                and c.effective_limit_ma() < CURRENT_MIN_MA)
+
     def status(self):
         c = self.charger
         active = self.sessions.active
@@ -502,6 +514,7 @@ class Station:
             "available": c.available,
             "authorized": c.authorized,
             "paused": c.paused,
+            "paused_by_limit": self._paused_by_limit(),
             "offered_ma": c.offered_ma,
             "limit": LIMIT_NAMES[c.limit_reason],
             "contactor": c.contactor,
@@ -623,8 +636,8 @@ class Station:
         return None
 
     def cmd_set_limit(self, limit_ma, expires_s, now_ms):
-        if 0 < limit_ma < 6000:
-            return "limit_ma: 0 (pause) or 6000..80000"
+        # Under 6 A is a pause (the charger's rule, IEC 61851-1: PWM off, x1), lifted by a
+        # limit of 6 A or more or by the expiry.
         try:
             self.charger.set_backend_limit(limit_ma)
         except ValueError as e:

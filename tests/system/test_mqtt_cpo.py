@@ -55,9 +55,9 @@ def test_list_cmd_and_collect_sessions_into_a_csv(broker, tmp_dir, station_proc)
         rc, out, err = cpo(broker, "cmd", station, "set_limit", '{"limit_ma": 16000}')
         assert rc == 0, err
         assert json.loads(out)["ok"] is True
-        rc, out, err = cpo(broker, "cmd", station, "set_limit", '{"limit_ma": 5}')
+        rc, out, err = cpo(broker, "cmd", station, "set_limit", '{"limit_ma": 80001}')
         assert rc == 1
-        assert "6000" in json.loads(out)["error"]
+        assert "0..80000" in json.loads(out)["error"]
         assert st.calls() == [["set_limit", 16000, None]]
 
         out, err = collector.communicate(timeout=30)

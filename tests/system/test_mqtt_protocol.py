@@ -22,9 +22,10 @@ class ScriptedBroker:
     of byte strings, one every 20 ms, then keeps the connection open (or closes it when
     `close_after`)."""
 
-    def __init__(self, script, close_after=False):
+    def __init__(self, script, close_after=False, keep_reading=False):
         self.script = script
         self.close_after = close_after
+        self.keep_reading = keep_reading   # record everything the client sends after it
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(4)
@@ -52,6 +53,15 @@ class ScriptedBroker:
                     time.sleep(0.02)
                 if self.close_after:
                     c.close()
+                c.settimeout(0.05)
+                while self.keep_reading and not self._stop:
+                    try:
+                        data = c.recv(4096)
+                    except socket.timeout:
+                        continue
+                    if not data:
+                        break
+                    self.received += data
             except OSError:
                 pass
 
@@ -66,8 +76,8 @@ class ScriptedBroker:
 def scripted():
     made = []
 
-    def make(script, close_after=False):
-        b = ScriptedBroker(script, close_after)
+    def make(script, close_after=False, keep_reading=False):
+        b = ScriptedBroker(script, close_after, keep_reading)
         made.append(b)
         return b
     yield make
@@ -199,3 +209,130 @@ def test_the_same_on_the_unix_port(scripted, tmp_dir, script, fragment):
     s = json.loads(done[0][5:])
     assert fragment in s["last_error"], s
     assert s["state"] == "offline" and s["steps"] == 100
+
+
+# -- commands on the wire: strict JSON and UTF-8 in, valid UTF-8 JSON out -----------------------
+
+SUBACK_OK = b"\x90\x04\x00\x01\x00\x00"
+EMOJI = "\U0001F600"
+
+
+def publish(topic, payload):
+    """A QoS 0 PUBLISH packet (remaining length up to 16383 bytes)."""
+    body = len(topic).to_bytes(2, "big") + topic + payload
+    n = len(body)
+    length = bytes([n]) if n < 128 else bytes([(n & 0x7F) | 0x80, n >> 7])
+    return b"\x30" + length + body
+
+
+def published(stream):
+    """(topic, payload) of every PUBLISH in the bytes a client sent."""
+    out = []
+    i = 0
+    while i < len(stream):
+        kind = stream[i]
+        n = shift = 0
+        i += 1
+        while True:
+            b = stream[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        body = stream[i:i + n]
+        i += n
+        if kind >> 4 == 3:
+            tlen = int.from_bytes(body[:2], "big")
+            out.append((body[2:2 + tlen], body[2 + tlen + (2 if kind & 0x06 else 0):]))
+    return out
+
+
+def _no_lone_surrogates(value):
+    if isinstance(value, str):
+        value.encode("utf-8")           # strict: a lone surrogate escape raises
+    elif isinstance(value, list):
+        for v in value:
+            _no_lone_surrogates(v)
+    elif isinstance(value, dict):
+        for k in value:
+            _no_lone_surrogates(k)
+            _no_lone_surrogates(value[k])
+
+
+def strict_loads(payload):
+    """The host side's strict reading: UTF-8 decode without replacement (overlong forms and
+    encoded surrogates raise), JSON without NaN/Infinity, no lone surrogate escapes."""
+    def refuse(name):
+        raise ValueError("not JSON: " + name)
+    value = json.loads(payload.decode("utf-8", "strict"), parse_constant=refuse)
+    _no_lone_surrogates(value)
+    return value
+
+
+# (payload, expected reply id, ok, a fragment of the error or None)
+WIRE_COMMANDS = [
+    (b'{"id": "c-\xc3\xa9\xf0\x9f\x98\x80", "cmd": "start"}', "c-\u00e9" + EMOJI, True, None),
+    (b'{"id": "\\ud83d\\ude00x", "cmd": "stop"}', EMOJI + "x", True, None),
+    (b'{"id": "' + b"\xf0\x9f\x98\x80" * 64 + b'", "cmd": "selftest"}', EMOJI * 64, True, None),
+    (b'{"id": "s-1", "cmd": "set_limit", "args": {"limit_ma": 3000}}', "s-1", True, None),
+    (b'{"id": "\xed\xa0\xbd\xed\xb8\x80", "cmd": "start"}', None, False, "invalid UTF-8"),
+    (b'{"id": "\xc0\xaf", "cmd": "reboot"}', None, False, "invalid UTF-8"),
+    (b'{"id": "ok", "cmd": "re\xe2\x82"}', None, False, "invalid UTF-8"),
+    (b'{"id": "\\udc00", "cmd": "reboot"}', None, False, "lone surrogate"),
+    (b'{"id": "c-5" "cmd": "reboot"}', None, False, "not valid JSON: byte 13"),
+    (b'{"id": "c-6", "cmd": "reboot",}', None, False, "not valid JSON"),
+    (b'{"id": "c-7", "cmd": "reboot"}\x00', None, False, "not valid JSON"),
+    (b'{"id": "c-8", "cmd": "' + b"\xf0\x9f\x98\x80" * 50 + b'"}', "c-8", False,
+     "unknown command " + EMOJI * 37 + "..."),
+]
+WIRE_CALLS = [["start"], ["stop"], ["selftest"], ["set_limit", 3000, None]]
+
+
+def check_wire(sent):
+    """Every PUBLISH the station sent is strict UTF-8 JSON; the replies match WIRE_COMMANDS."""
+    messages = published(sent)
+    assert messages, sent[:200]
+    replies = []
+    for topic, payload in messages:
+        body = strict_loads(payload)
+        if topic == b"cp/cp-t1/reply":
+            replies.append(body)
+    assert len(replies) == len(WIRE_COMMANDS), replies
+    for (payload, corr, ok, fragment), reply in zip(WIRE_COMMANDS, replies):
+        assert reply["id"] == corr and reply["ok"] is ok, (payload, reply)
+        if fragment is not None:
+            assert fragment in reply["error"], (payload, reply)
+    assert replies[3]["data"] == {"limit_ma": 3000, "paused_by_limit": True}
+
+
+def wire_script():
+    return [CONNACK_OK, SUBACK_OK] + [publish(b"cp/cp-t1/cmd", p) for p, _, _, _ in WIRE_COMMANDS]
+
+
+def test_commands_on_the_wire_get_strict_utf8_json_replies(scripted, tmp_dir):
+    peer = scripted(wire_script(), keep_reading=True)
+    st = drive(peer, tmp_dir, sim_ms=3000, mqtt_backoff_min_ms=1000)
+    assert st.link.online
+    assert [list(c) for c in st.target.calls] == WIRE_CALLS
+    assert st.link.stats()["rejected_commands"] == 8
+    check_wire(peer.received)
+
+
+def test_commands_on_the_wire_on_the_unix_port(scripted, tmp_dir):
+    peer = scripted(wire_script(), keep_reading=True)
+    opts = {"config": {"mqtt_host": "127.0.0.1", "mqtt_port": peer.port,
+                       "mqtt_io_timeout_ms": IO_TIMEOUT_MS},
+            "station": "cp-t1", "store": os.path.join(tmp_dir, "store"), "loop_ms": 5,
+            "steps": 200}
+    path = os.path.join(tmp_dir, "opts.json")
+    with open(path, "w") as f:
+        json.dump(opts, f)
+    r = subprocess.run([MICROPYTHON, "tests/system/mqtt_station.py", path], cwd=ROOT,
+                       env=micropython_env(), capture_output=True, text=True, timeout=60)
+    done = [l for l in r.stdout.splitlines() if l.startswith("DONE ")]
+    assert r.returncode == 0 and done, r.stdout + r.stderr
+    calls = [json.loads(l[5:]) for l in r.stdout.splitlines() if l.startswith("CALL ")]
+    assert calls == WIRE_CALLS
+    assert json.loads(done[0][5:])["rejected_commands"] == 8
+    check_wire(peer.received)

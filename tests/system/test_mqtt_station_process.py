@@ -134,8 +134,8 @@ def test_station_connects_answers_commands_delivers_records_and_leaves_a_will(
 
         reply = backend.command(station, "set_limit", {"limit_ma": 10000})
         assert reply["ok"] is True
-        reply = backend.command(station, "set_limit", {"limit_ma": 100})
-        assert reply["ok"] is False and "6000" in reply["error"]
+        reply = backend.command(station, "set_limit", {"limit_ma": 80001})
+        assert reply["ok"] is False and "0..80000" in reply["error"]
         reply = backend.command(station, "get_config", {"keys": ["mqtt_password"]})
         assert reply["data"] == {"mqtt_password": ""}
         assert st.calls() == [["set_limit", 10000, None], ["get_config", ["mqtt_password"]]]

@@ -145,7 +145,7 @@ def test_malformed_command_gets_an_error_reply_and_changes_nothing(broker):
         s.ev(True, S2_OPEN)
         s.step(100)
         before = (s.st.charger.offered_ma, s.st.cfg.changed_from_defaults())
-        for i, (cmd, args) in enumerate((("set_limit", {"limit_ma": 3000}),
+        for i, (cmd, args) in enumerate((("set_limit", {"limit_ma": 80001}),
                                          ("set_limit", {"limit_ma": "16A"}),
                                          ("set_config", {"changes": {"max_current_ma": 1}}),
                                          ("set_config", {"changes": {"mqtt_password": 5}}),
@@ -155,6 +155,31 @@ def test_malformed_command_gets_an_error_reply_and_changes_nothing(broker):
             assert reply["ok"] is False and reply["error"], reply
         s.step(100)
         assert (s.st.charger.offered_ma, s.st.cfg.changed_from_defaults()) == before
+    finally:
+        be.close()
+
+
+def test_a_limit_below_6_amps_pauses_and_the_reply_and_status_say_so(broker):
+    be = Backend(broker.port)
+    try:
+        s = Station1(broker.port)
+        pump(s, be, lambda leaf, b: leaf == "status" and b.get("online"))
+        s.ev(True, S2_C)
+        until(s, lambda: s.board.contacts_closed)
+        be.send("cmd", {"v": 1, "id": "p-1", "cmd": "set_limit", "args": {"limit_ma": 3000}})
+        reply = pump(s, be, lambda leaf, b: leaf == "reply" and b.get("id") == "p-1")
+        assert reply["ok"] is True
+        assert reply["data"] == {"limit_ma": 3000, "paused_by_limit": True}
+        status = pump(s, be, lambda leaf, b: leaf == "status" and b.get("paused_by_limit"))
+        assert status["offered_ma"] == 0 and status["limit"] == "backend"
+        assert status["paused"] is False and status["state"] in ("C1", "B1")
+        until(s, lambda: not s.board.contacts_closed)
+        be.send("cmd", {"v": 1, "id": "p-2", "cmd": "set_limit", "args": {"limit_ma": 16000}})
+        reply = pump(s, be, lambda leaf, b: leaf == "reply" and b.get("id") == "p-2")
+        assert reply["data"] == {"limit_ma": 16000, "paused_by_limit": False}
+        until(s, lambda: s.board.contacts_closed)
+        status = pump(s, be, lambda leaf, b: leaf == "status" and b.get("contactor"))
+        assert status["paused_by_limit"] is False and status["offered_ma"] == 16000
     finally:
         be.close()
 

@@ -2,7 +2,7 @@
 import json
 import unittest
 
-from firmware import commands
+from firmware import commands, messages, strictjson
 from firmware.commands import CommandDispatcher, CommandError, parse
 from firmware.config import Config
 
@@ -26,6 +26,25 @@ MALFORMED = [
     (b"garbage", "not valid JSON"),
     (b"{\"id\": \"x\", \"cmd\": \"start\"", "not valid JSON"),
     (b"\xff\xfe\x00", "not valid JSON"),
+    # Not JSON, though MicroPython's json.loads takes each of them (firmware/strictjson.py).
+    (b'{"id": "c-1" "cmd": "reboot"}', "not valid JSON: byte 13: expected ','"),
+    (b'{"id": "c-1", "cmd": "reboot",}', "not valid JSON: byte 30: expected a string key"),
+    (b'{"id": "c-1", "cmd": "reboot"} x', "not valid JSON: byte 31: data after"),
+    (b'{"id": "c-1", "cmd": "reboot"}\x00', "not valid JSON: byte 30: data after"),
+    (b'{"id": "c-1", "cmd": "set_limit", "args": {"limit_ma": 016000}}', "not valid JSON"),
+    (b'{"id": "c-1", "cmd": "set_limit", "args": {"limit_ma": 16000,}}', "not valid JSON"),
+    (b'{"id": "c-1", "cmd": "set_config", "args": {"changes": {1: 2}}}', "not valid JSON"),
+    (b'{"id": "c-1", "cmd": "stop", "args": [,]}', "not valid JSON"),
+    # Invalid UTF-8 (RFC 3629): overlong, surrogate, CESU-8 pair, truncated, past U+10FFFF.
+    (b'{"id": "\xc0\xaf", "cmd": "reboot"}', "not valid JSON: byte 8: invalid UTF-8"),
+    (b'{"id": "\xed\xa0\x80", "cmd": "reboot"}', "invalid UTF-8"),
+    (b'{"id": "\xed\xa0\xbd\xed\xb8\x80", "cmd": "reboot"}', "invalid UTF-8"),
+    (b'{"id": "ab\xe2\x82", "cmd": "reboot"}', "invalid UTF-8"),
+    (b'{"id": "\xf4\x90\x80\x80", "cmd": "reboot"}', "invalid UTF-8"),
+    (b'{"id": "c-1", "cmd": "re\x80boot"}', "invalid UTF-8"),
+    (b'{"id": "c-1", "cmd": "start", "\xe9": 1}', "invalid UTF-8"),
+    (b'{"id": "\\ud800", "cmd": "reboot"}', "not valid JSON: byte 8: lone surrogate"),
+    (b'{"id": "c-1", "cmd": "\\udc00"}', "lone surrogate"),
     (b"[1, 2]", "expected a JSON object"),
     (b"\"start\"", "expected a JSON object"),
     (b"null", "expected a JSON object"),
@@ -34,6 +53,9 @@ MALFORMED = [
     (b"{\"id\": \"\", \"cmd\": \"start\"}", "id: expected"),
     (b"{\"id\": [1], \"cmd\": \"start\"}", "id: expected"),
     (json.dumps({"id": "x" * 65, "cmd": "start"}).encode(), "id: expected"),
+    # 65 characters of 4 bytes each, raw and as escaped surrogate pairs.
+    (b'{"id": "' + b"\xf0\x9f\x98\x80" * 65 + b'", "cmd": "start"}', "id: expected"),
+    (b'{"id": "' + b"\\ud83d\\ude00" * 65 + b'", "cmd": "start"}', "id: expected"),
     (b"{\"id\": \"a\"}", "cmd: missing"),
     (b"{\"id\": \"a\", \"cmd\": 7}", "cmd: missing"),
     (cmd("explode"), "unknown command explode"),
@@ -57,8 +79,6 @@ MALFORMED = [
     (cmd("set_limit", {"limit_ma": True}), "expected an integer"),
     (cmd("set_limit", {"limit_ma": -1}), "out of range"),
     (cmd("set_limit", {"limit_ma": 80001}), "out of range"),
-    (cmd("set_limit", {"limit_ma": 5999}), "0 (pause) or 6000..80000"),
-    (cmd("set_limit", {"limit_ma": 1}), "0 (pause) or 6000..80000"),
     (cmd("set_limit", {"limit_ma": 16000, "expires_s": 0}), "expires_s: 0 out of range"),
     (cmd("set_limit", {"limit_ma": 16000, "expires_s": 604801}), "out of range"),
     (cmd("set_limit", {"limit_ma": 16000, "expires": 60}), "unknown argument expires"),
@@ -110,7 +130,7 @@ class MalformedCommandsAreRejected(unittest.TestCase):
 
     def test_parse_raises_a_value_error_with_the_reason(self):
         with self.assertRaises(ValueError):
-            parse(cmd("set_limit", {"limit_ma": 3}))
+            parse(cmd("set_limit", {"limit_ma": 80001}))
         try:
             parse(cmd("explode"))
         except CommandError as e:
@@ -227,3 +247,99 @@ class ValidCommandsReachTheStation(unittest.TestCase):
                          ("authorize", "clear_fault", "diagnostics", "get_config", "reboot",
                           "selftest", "set_availability", "set_config", "set_limit", "start",
                           "stop"))
+
+
+EMOJI = "\U0001F600"                  # 4 bytes in UTF-8, a surrogate pair in a \u escape
+
+
+def wire(reply):
+    """The reply as published: must be strict RFC 8259 JSON in valid UTF-8."""
+    out = messages.encode(reply)
+    strictjson.validate(out)
+    return out
+
+
+class Utf8InAndOut(unittest.TestCase):
+    def setUp(self):
+        self.target = RecordingTarget()
+        self.d = CommandDispatcher(self.target)
+
+    def round_trip(self, raw_id):
+        reply = self.d.handle(b'{"id": "' + raw_id + b'", "cmd": "start"}', NOW)
+        self.assertIs(reply["ok"], True, raw_id)
+        return reply, json.loads(wire(reply))
+
+    def test_non_ascii_ids_come_back_as_sent(self):
+        for raw, text in ((b"c-\xc3\xa9", "c-\u00e9"), (b"\xe2\x82\xac7", "\u20ac7"),
+                          (b"\xf0\x9f\x98\x80", EMOJI), (b"\\u00e9", "\u00e9"),
+                          (b"\\ud83d\\ude00-\\uD834\\uDD1E", EMOJI + "-\U0001D11E"),
+                          (b"a\\u0000b", "a\x00b"), (b"\xf4\x8f\xbf\xbf", "\U0010FFFF")):
+            reply, echoed = self.round_trip(raw)
+            self.assertEqual(reply["id"], text)
+            self.assertEqual(echoed["id"], text)
+
+    def test_an_escaped_pair_and_the_raw_character_are_the_same_id(self):
+        # MicroPython's json.loads alone would make the escaped form two CESU-8 halves.
+        _, a = self.round_trip(b"\\ud83d\\ude00")
+        _, b = self.round_trip(b"\xf0\x9f\x98\x80")
+        self.assertEqual(a["id"], b["id"])
+        self.assertEqual(len(a["id"]), 1)
+
+    def test_the_id_limit_counts_characters(self):
+        for raw in (b"\xf0\x9f\x98\x80" * 64, b"\\ud83d\\ude00" * 64, b"\xc3\xa9" * 64):
+            reply, echoed = self.round_trip(raw)
+            self.assertEqual(len(reply["id"]), 64)
+            self.assertEqual(echoed["id"], reply["id"])
+        self.assertEqual(self.round_trip(b"\xf0\x9f\x98\x80" * 64)[0]["id"], EMOJI * 64)
+
+    def test_invalid_utf8_is_refused_and_never_quoted(self):
+        for bad in (b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xed\xbf\xbf",
+                    b"\xed\xa0\xbd\xed\xb8\x80", b"\xe2\x82", b"\xf0\x9f\x98", b"\x80",
+                    b"\xff", b"\xf8\x88\x80\x80\x80", b"\xf4\x90\x80\x80", b"\xe9t\xe9"):
+            for payload in (b'{"id": "' + bad + b'", "cmd": "start"}',
+                            b'{"id": "c-1", "cmd": "' + bad + b'"}',
+                            b'{"id": "c-1", "cmd": "start", "' + bad + b'": 1}',
+                            b'{"id": "c-1", "cmd": "authorize", "args": {"id_tag": "'
+                            + bad + b'"}}'):
+                reply = self.d.handle(payload, NOW)
+                self.assertIs(reply["ok"], False)
+                self.assertIsNone(reply["id"])
+                self.assertIsNone(reply["cmd"])
+                self.assertTrue(reply["error"].startswith("not valid JSON: byte "), payload)
+                self.assertTrue("invalid UTF-8" in reply["error"], payload)
+                for byte in wire(reply):
+                    self.assertTrue(byte < 0x80, payload)
+        self.assertEqual(self.target.calls, [])
+
+    def test_a_quoted_non_ascii_name_stays_valid_utf8(self):
+        # Error reasons quote unknown names (cut to 40 characters, never inside a character).
+        for name in ("\u00e9clair", EMOJI * 50, "\\ud83d\\ude00" * 50):
+            payload = b'{"id": "c-1", "cmd": "' + name.encode() + b'"}'
+            reply = self.d.handle(payload, NOW)
+            self.assertIn("unknown command", reply["error"])
+            wire(reply)
+        reply = self.d.handle(b'{"id": "c-1", "cmd": "start", "\xf0\x9f\x98\x80": 1}', NOW)
+        self.assertEqual(reply["error"], "unknown field " + EMOJI)
+        wire(reply)
+
+
+class LimitsBelowSixAmpsPause(unittest.TestCase):
+    # IEC 61851-1: no duty offers less than 6 A; the charger takes such a limit as a pause
+    # (PWM off, x1). The command passes it on and the reply says so.
+    def test_every_limit_from_0_to_80000_reaches_the_station(self):
+        target = RecordingTarget()
+        d = CommandDispatcher(target)
+        for limit, paused in ((0, True), (1, True), (3000, True), (5999, True),
+                              (6000, False), (16000, False), (80000, False)):
+            reply = d.handle(cmd("set_limit", {"limit_ma": limit}), NOW)
+            self.assertIs(reply["ok"], True, limit)
+            self.assertEqual(reply["data"], {"limit_ma": limit, "paused_by_limit": paused})
+            self.assertEqual(target.calls[-1], ("set_limit", limit, None))
+        self.assertEqual(d.accepted, 7)
+
+    def test_a_refusal_by_the_station_carries_no_data(self):
+        target = RecordingTarget()
+        target.refuse["set_limit"] = "storage failed"
+        reply = CommandDispatcher(target).handle(cmd("set_limit", {"limit_ma": 3000}), NOW)
+        self.assertEqual((reply["ok"], reply["error"]), (False, "storage failed"))
+        self.assertFalse("data" in reply)

@@ -67,7 +67,10 @@ class AckPayloads(unittest.TestCase):
     def test_malformed_acks(self):
         for bad in (b"", b"nope", b"[]", b'{"v": 2, "ids": ["a"]}', b'{"ids": []}',
                     b'{"ids": "s-1"}', b'{"ids": [true]}', b'{"ids": [1.5]}',
-                    b'{"ids": [null]}', json.dumps({"ids": list(range(33))}).encode()):
+                    b'{"ids": [null]}', json.dumps({"ids": list(range(33))}).encode(),
+                    # Not JSON, though MicroPython's json.loads reads them (strictjson).
+                    b'{"ids": ["s-1" "s-2"]}', b'{"ids": ["s-1",]}', b'{"ids": ["s-1"]}\x00',
+                    b'{"ids": ["\xc0\xaf"]}'):
             self.assertRaises(MessageError, messages.parse_ack, bad)
 
     def test_oversized_and_deeply_nested_acks_are_malformed(self):

@@ -398,12 +398,51 @@ class Commands(unittest.TestCase):
         st = r.station
         r.ev(plugged=True)
         r.run(500)
-        self.assertEqual(st.cmd_set_limit(3000, None, 0), "limit_ma: 0 (pause) or 6000..80000")
         self.assertIsNone(st.cmd_set_limit(10000, 60, r.board.ticks_ms()))
         r.run(100)
         self.assertEqual(st.charger.offered_ma, 10000)
         r.run(61000)
         self.assertEqual(st.charger.offered_ma, 32000)
+
+    def test_a_limit_below_6_amps_pauses_until_one_of_6_amps_or_more(self):
+        # IEC 61851-1: no duty offers less than 6 A, so the charge pauses: PWM off (x1, the
+        # pilot steady at +12 V), the contactor opens when the EV stops or after
+        # pwm_off_open_ms; the status says why.
+        from firmware.board import PILOT_STEADY_HIGH
+        r = Rig()
+        st = r.station
+        r.ev(plugged=True, s2=S2_C)
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        self.assertFalse(st.status()["paused_by_limit"])
+        self.assertIsNone(st.cmd_set_limit(3000, None, r.board.ticks_ms()))
+        r.run(20)
+        self.assertEqual((st.charger.offered_ma, r.board.duty), (0, PILOT_STEADY_HIGH))
+        self.assertEqual(st.status()["state"], "C1")
+        self.assertTrue(r.run_until(lambda: not r.board.contacts_closed, 6100) is not None)
+        status = st.status()
+        self.assertEqual((status["paused_by_limit"], status["paused"], status["limit"]),
+                         (True, False, "backend"))
+        self.assertIsNotNone(st.sessions.active)        # a pause, not the end of the session
+        r.run(10000)
+        self.assertEqual(r.board.duty, PILOT_STEADY_HIGH)
+        self.assertIsNone(st.cmd_set_limit(16000, None, r.board.ticks_ms()))
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        self.assertEqual(st.charger.offered_ma, 16000)
+        self.assertEqual(st.status()["state"], "C2")
+        self.assertFalse(st.status()["paused_by_limit"])
+
+    def test_the_retained_status_follows_a_pausing_limit_without_an_ev(self):
+        # Nothing is offered either way without an EV: the status still goes out anew.
+        r = Rig()
+        st = r.station
+        r.run(100)
+        self.assertFalse(json.loads(st.link._status)["paused_by_limit"])
+        st.cmd_set_limit(0, None, r.board.ticks_ms())
+        r.run(100)
+        self.assertTrue(json.loads(st.link._status)["paused_by_limit"])
+        st.cmd_set_limit(6000, None, r.board.ticks_ms())
+        r.run(100)
+        self.assertFalse(json.loads(st.link._status)["paused_by_limit"])
 
     def test_a_week_long_limit_outlasts_the_ticks_half_period(self):
         # 604800 s is more than 2**29 ms: the expiry is counted down, not a ticks deadline.
