@@ -249,6 +249,7 @@ class Sim:
         self.rtc_base_s = 0            # RTC seconds since 2000-01-01 at now_us == rtc_base_us
         self.rtc_base_us = 0
         self.cpu_freq = 160000000
+        self.rtc_memory = b""          # RTC.memory(): kept by every reset but power-on
         self._inputs = {}              # pin -> level or callable(t_us)
         self._adc = {}                 # pin -> millivolts or callable(t_us)
         self._n = 0
@@ -281,6 +282,8 @@ class Sim:
         """The chip restarts: peripherals back to reset state, uncommitted NVS lost, the
         clock and the log keep running."""
         self.reset_cause = cause
+        if cause == PWRON_RESET:
+            self.rtc_memory = b""      # the port's magic check empties it after power loss
         self._power_on_state()
         for peer in self.peers.values():
             peer.rx = bytearray()
@@ -1024,7 +1027,9 @@ class RTC:
 
     def memory(self, data=None):
         if data is None:
-            return bytes(getattr(sim, "rtc_memory", b""))
+            return bytes(sim.rtc_memory)
+        if len(data) > 2048:   # MICROPY_HW_RTC_USER_MEM_MAX on the ESP32 port
+            raise ValueError("buffer too long")
         sim.rtc_memory = bytes(data)
 
 
