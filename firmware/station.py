@@ -14,12 +14,13 @@ source of what the backend sees: retained status, telemetry, events and the outb
 """
 import gc
 
+from firmware import config_store
 from firmware import faults as _faults
 from firmware import states as _states
 from firmware.auth import ACCEPTED_FREE, ASK_BACKEND, SOURCE_BACKEND, SOURCE_READER, Authorizer
 from firmware.charger import CONTACTOR_REASON_NAMES, LIMIT_NAMES, Charger
 from firmware.compat import ticks_add, ticks_diff
-from firmware.config import Config, ConfigError, needs_reboot
+from firmware.config import Config, needs_reboot
 from firmware.counters import Counters
 from firmware.events import (
     EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_OFFER, EV_SELFTEST, EV_STATE,
@@ -32,7 +33,7 @@ from firmware.session import REASON_REMOTE_STOP, SessionManager
 from firmware.storage import Journal, StorageError, Store
 
 TICK_MS = 10
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_store.FILE
 OUTBOX_FILE = "outbox.jnl"
 AVAILABILITY_FILE = "inoperative"   # present: the operator took the station out of service
 
@@ -145,19 +146,9 @@ class Station:
     def _load_config(self, config):
         if isinstance(config, Config):
             return config
-        stored = None
-        try:
-            stored = self.store.read(CONFIG_FILE)
-        except StorageError as e:
-            self.config_error = "config: %s" % (e.args[0] if e.args else "unreadable")
-        cfg = Config()
-        if stored:
-            try:
-                cfg = Config.from_json(stored.decode())
-            except (ConfigError, UnicodeError) as e:
-                # Keep the defaults and the file: a technician can read and repair it.
-                self.config_error = str(e)
-                cfg = Config()
+        # An unusable file is kept for a technician; the last valid copy, or the safety
+        # limits at their minimum, apply meanwhile (never the 32 A default).
+        cfg, self.config_error = config_store.load(self.store)
         if config:
             cfg.update(config)
         return cfg
@@ -669,7 +660,7 @@ class Station:
         except ValueError as e:
             return str(e)
         try:
-            self.store.write_atomic(CONFIG_FILE, trial.to_json().encode())
+            config_store.save(self.store, trial)
         except StorageError as e:
             return "config not stored: %s" % e
         self.cfg.update(changes)
