@@ -67,30 +67,24 @@ class _Service:
     """What diag needs when no station runs: the board, the flash, the stored config."""
 
     def __init__(self, board):
+        from firmware import config_store
         from firmware.board import LED_UNAVAILABLE, PILOT_STEADY_HIGH
-        from firmware.config import Config, ConfigError
-        from firmware.station import CONFIG_FILE
-        from firmware.storage import StorageError, Store
+        from firmware.storage import Store
         self.board = board
         board.set_contactor(False)
         board.set_pilot(PILOT_STEADY_HIGH)      # x1: the EV is visible, nothing offered
         board.set_led(LED_UNAVAILABLE)
-        self.config_file = CONFIG_FILE
+        self.config_file = config_store.FILE
         self.store = service_store if service_store is not None \
             else Store(board.storage_root())
-        self.config_error = None
-        self.cfg = Config()
-        try:
-            raw = self.store.read(CONFIG_FILE)
-            if raw:
-                self.cfg = Config.from_json(raw.decode())
-        except (StorageError, ConfigError, UnicodeError) as e:
-            self.config_error = str(e)
+        # The station's load path: the same fallback (last valid copy, else the minimum).
+        self.cfg, self.config_error = config_store.load(self.store)
         self.meter = None
         self.started_ms = board.ticks_ms()
 
     def set_config(self, changes):
         """Validate and store (not applied: no station runs). None or the reason."""
+        from firmware import config_store
         from firmware.config import Config, ConfigError
         from firmware.storage import StorageError
         candidate = Config(self.cfg.changed_from_defaults())
@@ -99,7 +93,7 @@ class _Service:
         except ConfigError as e:
             return str(e)
         try:
-            self.store.write_atomic(self.config_file, candidate.to_json().encode())
+            config_store.save(self.store, candidate)
         except StorageError as e:
             return "config not stored: %s" % e
         self.cfg = candidate

@@ -2,6 +2,9 @@
 #
 # An unhandled exception opens the contactor, sets the pilot to state F, writes the
 # traceback to /crash.txt for the next boot and resets the chip after a short delay.
+# After bootinfo.CRASH_LIMIT (5) crashes in a row (watchdog resets included; the count
+# lives in RTC memory and empties after bootinfo.CLEAN_RUN_MS of clean running) the next
+# boot stays at the REPL: contactor off, no watchdog, and the reason printed.
 # A bad board file is reported and the REPL stays (a reset would not fix it).
 # In service mode (see boot.py) nothing is started.
 
@@ -16,6 +19,9 @@ def main():
         bootinfo.start()
     if bootinfo.service_mode:
         print("main: service mode, application not started")
+        return
+    if bootinfo.crash_loop:
+        bootinfo.crash_loop_stop()
         return
     board = None
     try:
@@ -32,6 +38,7 @@ def main():
         board.set_led(LED_BOOT)
         print("main: board %s, watchdog %d ms" % (board.name, board.watchdog_ms))
         board.start_watchdog()
+        bootinfo.clean_run_timer(cfg)
         from firmware.station import Station
 
         Station(board).run()

@@ -12,6 +12,11 @@ ESP32 rules enforced here (the port would fail later, or worse, silently):
 - GPIO 6-11 drive the SPI flash;
 - GPIO 1 and 3 are UART0: the boot log and the REPL toggle them at every reset;
 - no GPIO may serve two functions.
+
+`null` stands for "no such part" only: an optional section, or a field whose default is
+none (an absent pin). For a field with a default, `null` is an error, not the default: a
+coil polarity of `null` is a board file nobody finished, and boot.py drives the contactor
+from this validation alone (it leaves the pin alone when the file fails it).
 """
 import json
 
@@ -184,11 +189,19 @@ def _section(name, fields, raw):
     for key in fields:
         spec = fields[key]
         where = "%s.%s" % (name, key)
-        value = raw.get(key)
-        if value is None:
+        if key not in raw:
             if spec[1] == REQUIRED:
                 raise BoardFileError("%s: required" % where)
             out[key] = spec[1]
+            continue
+        value = raw[key]
+        if value is None:
+            if spec[1] == REQUIRED:
+                raise BoardFileError("%s: required" % where)
+            if spec[1] is not None:
+                raise BoardFileError("%s: null is not a value; leave the field out for its"
+                                     " default (%s)" % (where, json.dumps(spec[1])))
+            out[key] = None
         else:
             out[key] = _check_field(where, spec[0], value, spec)
     return out
@@ -246,8 +259,13 @@ def validate(raw):
     board = {}
     for key in _TOP:
         spec = _TOP[key]
-        value = raw.get(key)
-        board[key] = spec[1] if value is None else _check_field(key, spec[0], value, spec)
+        if key not in raw:
+            board[key] = spec[1]
+        elif raw[key] is None:
+            raise BoardFileError("%s: null is not a value; leave the field out for its"
+                                 " default (%s)" % (key, json.dumps(spec[1])))
+        else:
+            board[key] = _check_field(key, spec[0], raw[key], spec)
     for name in SECTIONS:
         required, fields = SECTIONS[name]
         value = raw.get(name)
@@ -262,17 +280,30 @@ def validate(raw):
 
 
 def loads(text):
+    """`text`: str, or bytes as read from flash (which must be UTF-8)."""
+    if not isinstance(text, str):
+        try:
+            text = bytes(text).decode()
+        except (UnicodeError, TypeError, ValueError):
+            raise BoardFileError("board file: not UTF-8 text")
     try:
         raw = json.loads(text)
     except ValueError:
         raise BoardFileError("board file: not valid JSON")
+    except (RuntimeError, MemoryError):   # CPython's RecursionError is a RuntimeError
+        raise BoardFileError("board file: too large or nested too deeply")
     return validate(raw)
 
 
 def load(path="/board.json"):
+    """The validated board from `path`. Every way the file can be bad (missing, unreadable,
+    not UTF-8, not JSON, not an object, a bad field) raises BoardFileError: never another
+    exception, so a damaged file cannot send main.py into a crash-and-reset loop."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError:
         raise BoardFileError("board file: cannot read %s" % path)
-    return loads(text)
+    except MemoryError:
+        raise BoardFileError("board file: %s is too large" % path)
+    return loads(data)

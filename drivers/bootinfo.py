@@ -3,11 +3,19 @@
 boot.py calls `start()`; afterwards any module may read:
 - `reset_cause`: "power_on", "hard", "watchdog", "deep_sleep", "soft" or "unknown";
 - `service_mode` (and `service_reason`): the application and the watchdog stay off;
+- `crashes`: the crashes in a row before this boot (see below); `crash_loop` is True once
+  they reach CRASH_LIMIT;
 - `last_crash()`: the traceback text the previous run left in the crash file, or None
   (it stays until `clear_crash()`, so a report lost to another reset is not lost).
 
 `crash(exc, board)` is main.py's last resort: contactor open, pilot to state F, traceback
 to the crash file (at most CRASH_MAX_BYTES), then a reset after CRASH_RESET_DELAY_MS.
+
+Crash loops: every crash() and every watchdog reset counts one crash in RTC memory, which
+survives every reset but a power-on and needs no flash (a full or read-only flash must not
+stop the count). main.py stays at the REPL (contactor off, no watchdog) once CRASH_LIMIT
+crashes came in a row; `clean_run_timer()` empties the count after CLEAN_RUN_MS of
+uninterrupted running. A power cycle or `clear_crashes()` + reset gives another try.
 """
 import os
 import sys
@@ -19,7 +27,11 @@ from drivers import clock
 CRASH_FILE = "crash.txt"
 CRASH_MAX_BYTES = 2048
 CRASH_RESET_DELAY_MS = 3000
+CRASH_LIMIT = 5             # crashes in a row after which main.py stays at the REPL
+CLEAN_RUN_MS = 10 * 60000   # running this long without a crash empties the count
+CLEAN_RUN_TIMER = 3         # the hardware timer for it (2 when the board's lock uses 3)
 DEFAULT_SERVICE_FLAG = "service"
+_RTC_TAG = b"cp-crashes:"   # RTC memory: _RTC_TAG + decimal count
 
 _CAUSES = {
     machine.PWRON_RESET: "power_on",
@@ -34,8 +46,11 @@ reset_cause = "unknown"
 service_mode = False
 service_reason = None
 started = False
+crashes = 0
+crash_loop = False
 _contactor = None       # the Pin boot.py drove to "off"
 _contactor_off = 0
+_clean_timer = None
 
 
 def cause_name(code):
@@ -54,23 +69,22 @@ def _exists(p):
         return False
 
 
-def _service_pin_asserted(raw_board):
-    svc = raw_board.get("service") if isinstance(raw_board, dict) else None
+def _service_pin_asserted(board):
+    svc = board.get("service") if isinstance(board, dict) else None
     if not isinstance(svc, dict) or svc.get("pin") is None:
         return False
-    if 6 <= svc["pin"] <= 11:
-        # The SPI flash: configuring it would stop the chip at every boot.
-        raise ValueError("GPIO %d drives the SPI flash" % svc["pin"])
     pull = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN}.get(svc.get("pull", "up"))
     pin = machine.Pin(svc["pin"], machine.Pin.IN, pull)
     clock.source.sleep_ms(5)   # let the pull resistor charge the line
     return pin.value() == (1 if svc.get("active_high", False) else 0)
 
 
-def start(raw_board=None, contactor=None, contactor_off=0, fs_root=None):
-    """Called once by boot.py with the unvalidated board dict (or None) and the contactor
-    Pin it already drove off. Decides service mode and reports the reset cause."""
+def start(board=None, contactor=None, contactor_off=0, fs_root=None):
+    """Called once by boot.py with the validated board (drivers.boardfile.load(); None when
+    the file is bad: then no pin is touched here) and the contactor Pin it drove off.
+    Decides service mode, counts crash loops and reports the reset cause."""
     global root, reset_cause, service_mode, service_reason, started, _contactor, _contactor_off
+    global crashes, crash_loop
     if fs_root is None:
         fs_root = os.getcwd()
     root = fs_root if fs_root.endswith("/") else fs_root + "/"
@@ -78,8 +92,8 @@ def start(raw_board=None, contactor=None, contactor_off=0, fs_root=None):
     _contactor_off = contactor_off
     reset_cause = cause_name(machine.reset_cause())
     flag = DEFAULT_SERVICE_FLAG
-    if isinstance(raw_board, dict) and isinstance(raw_board.get("service"), dict):
-        flag = raw_board["service"].get("flag_file") or flag
+    if isinstance(board, dict) and isinstance(board.get("service"), dict):
+        flag = board["service"].get("flag_file") or flag
     service_mode = False
     service_reason = None
     if _exists(path(flag)):
@@ -87,28 +101,98 @@ def start(raw_board=None, contactor=None, contactor_off=0, fs_root=None):
         service_reason = "flag file %s" % path(flag)
     else:
         try:
-            if _service_pin_asserted(raw_board):
+            if _service_pin_asserted(board):
                 service_mode = True
                 service_reason = "service pin held"
         except Exception as e:   # a bad service entry must not stop the boot
             print("boot: service pin unreadable:", e)
     started = True
+    crashes = _crash_count()
+    if reset_cause == "watchdog":
+        # A loop that hung: as much a crash as an exception, and it loops the same way.
+        crashes += 1
+        _set_crash_count(crashes)
+    crash_loop = crashes >= CRASH_LIMIT
     print("boot: reset cause %s" % reset_cause)
     crash = last_crash()
     if crash:
         lines = crash.strip().split("\n")
         print("boot: previous run crashed (%s): %s" % (path(CRASH_FILE), lines[-1]))
+    if crashes:
+        print("boot: %d crash%s in a row (limit %d)" % (crashes, "" if crashes == 1 else "es",
+                                                      CRASH_LIMIT))
     if service_mode:
         print("boot: SERVICE MODE (%s): application and watchdog not started" % service_reason)
     return service_mode
 
 
+def _text(data):
+    # Damaged flash can hand back any bytes: keep what is readable, never raise.
+    try:
+        return data.decode()
+    except UnicodeError:
+        return "".join(chr(b) if 32 <= b < 127 or b == 10 else "?" for b in data)
+
+
 def last_crash():
     try:
-        with open(path(CRASH_FILE)) as f:
-            return f.read()
-    except OSError:
+        with open(path(CRASH_FILE), "rb") as f:
+            return _text(f.read())
+    except (OSError, MemoryError):
         return None
+
+
+# -- the crash count (RTC memory) -------------------------------------------------------
+def _crash_count():
+    try:
+        mem = machine.RTC().memory()
+        if mem.startswith(_RTC_TAG):
+            n = int(mem[len(_RTC_TAG):])
+            if 0 <= n < 1000:
+                return n
+    except Exception:   # no RTC memory on this port, or garbage in it: no count
+        pass
+    return 0
+
+
+def _set_crash_count(n):
+    try:
+        machine.RTC().memory(_RTC_TAG + str(n).encode())
+    except Exception as e:
+        print("crash count not kept:", e)
+
+
+def clear_crashes():
+    """Forget the crashes in a row (the technician's "try again", then machine.reset())."""
+    global crashes, crash_loop
+    crashes = 0
+    crash_loop = False
+    _set_crash_count(0)
+
+
+def _clean_run(_timer):
+    clear_crashes()
+
+
+def clean_run_timer(board_cfg=None):
+    """Arm a one-shot hardware timer that empties the crash count once the application
+    has run CLEAN_RUN_MS without crashing. `board_cfg`: the validated board (its lock may
+    own a timer). Returns the Timer, or None when none could be armed."""
+    global _clean_timer
+    if not crashes:
+        return None
+    tid = CLEAN_RUN_TIMER
+    lock = board_cfg.get("lock") if isinstance(board_cfg, dict) else None
+    if lock is not None and lock.get("timer_id") == tid:
+        tid = tid - 1
+    try:
+        _clean_timer = machine.Timer(tid)
+        _clean_timer.init(mode=machine.Timer.ONE_SHOT, period=CLEAN_RUN_MS,
+                          callback=_clean_run)
+    except Exception as e:
+        print("main: crash count timer not armed:", e)
+        _clean_timer = None
+    return _clean_timer
 
 
 def clear_crash():
@@ -165,9 +249,19 @@ def contactor_off(board=None):
 
 
 def crash(exc, board=None):
-    """The application died: make safe, record, reset. Does not return on the device."""
+    """The application died: make safe, record, count, reset. Does not return on the
+    device."""
     contactor_off(board)
+    if _clean_timer is not None:
+        try:
+            _clean_timer.deinit()
+        except Exception:
+            pass
+    _set_crash_count(crashes + 1)
     text = _traceback_text(exc)
+    if crashes + 1 >= CRASH_LIMIT:
+        print("FATAL: unhandled exception (%d in a row): after the reset the application"
+              " stays off, at the REPL" % (crashes + 1))
     print("FATAL: unhandled exception, resetting in %d ms" % CRASH_RESET_DELAY_MS)
     print(text)
     record_crash("reset_cause=%s\n%s" % (reset_cause, text))
@@ -193,6 +287,19 @@ def board_file_error(exc):
     print("ERROR:", msg)
     print("Fix the file (mpremote cp board.json :board.json) and reset.")
     record_crash("reset_cause=%s\n%s\n" % (reset_cause, msg))
+
+
+def crash_loop_stop():
+    """CRASH_LIMIT crashes in a row: resetting again would only repeat the crash (and
+    cycle the contactor). Stay at the REPL with the contactor off and no watchdog."""
+    contactor_off(None)
+    crash = last_crash()
+    last = crash.strip().split("\n")[-1] if crash else "no crash file"
+    print("ERROR: %d crashes in a row (limit %d); the application stays off." % (crashes,
+                                                                               CRASH_LIMIT))
+    print("Last crash (%s): %s" % (path(CRASH_FILE), last))
+    print("Fix the cause, then power-cycle, or run"
+          " `from drivers import bootinfo; bootinfo.clear_crashes()` and reset.")
 
 
 def interrupted(board=None):

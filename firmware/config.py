@@ -122,6 +122,18 @@ SCHEMA = {
 }
 
 
+# The safety-relevant keys whose default may exceed what a site allows, and the value
+# they take when no valid stored configuration exists (firmware/config_store.py): the
+# least current a pilot can offer (IEC 61851-1: 6 A), one phase, a pause while the backend
+# is unreachable, no ventilated charging (state D). A higher default is never a fallback.
+SAFE_FALLBACK = {
+    "max_current_ma": 6000,
+    "phases": 1,
+    "comms_fallback_ma": 0,
+    "ventilation_supported": False,
+}
+
+
 class ConfigError(ValueError):
     pass
 
@@ -192,8 +204,8 @@ class Config:
             # Frozen, a default over 8191 is a long int in flash: arithmetic on it in the
             # safety tick would allocate (compat.small_int).
             self._values[key] = small_int(default) if type(default) is int else default
-        if values:
-            self.update(values)
+        if values is not None:
+            self.update(values)     # not an object ([] too): ConfigError
 
     def __getitem__(self, key):
         return self._values[key]
@@ -239,4 +251,6 @@ class Config:
             values = json.loads(text)
         except ValueError:
             raise ConfigError("config: stored file is not valid JSON")
+        if not isinstance(values, dict):
+            raise ConfigError("config: expected an object")
         return cls(values)

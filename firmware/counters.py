@@ -13,17 +13,24 @@ Flash wear: the file is replaced (Store.write_atomic) only
 A reset loses at most the contactor and fault counts of that last interval; session counts
 and energy are written with the session.
 
+A failed write (flash full, worn or read-only) keeps the counts pending and is retried from
+tick() after RETRY_MIN_MS, doubling per failure up to RETRY_MAX_MS, not at every loop
+iteration: each failure is a STORAGE_ERROR fault record, and retrying every 10 ms once made
+over a thousand flash writes in 12 s. A successful write ends the back-off.
+
 session_ended() remembers the last session id it counted, so a session replayed after a
 power cut (finished on flash, counters not yet written) is counted exactly once.
 """
 import json
 
-from firmware.compat import ticks_diff
+from firmware.compat import ticks_add, ticks_diff
 from firmware.storage import StorageError
 
 FILE = "counters.json"
 BOOT_FILE = "boot.num"        # a second copy of the boot number (see boot())
 _MAX_FAULT_NAMES = 32         # distinct names kept; further names count under "other"
+RETRY_MIN_MS = 1000           # first retry after a failed write ...
+RETRY_MAX_MS = 600000         # ... doubling per failure up to 10 minutes
 _FIELDS = ("boots", "sessions", "energy_wh", "contactor_cycles", "contactor_cycles_under_load")
 
 
@@ -46,8 +53,11 @@ class Counters:
         self.last_session = None
         self.error = None        # why the stored counters could not be read, if so
         self.writes = 0          # flash writes made by this instance
+        self.failures = 0        # failed writes in a row (0 once a write succeeds)
         self._dirty = False
         self._saved_ms = None
+        self._retry_at = None    # after a failed write: no retry from tick() before this
+        self._failed = False
         self._load()
 
     @classmethod
@@ -87,10 +97,29 @@ class Counters:
         return d
 
     def save(self, now_ms=None):
-        self.store.write_atomic(FILE, json.dumps(self.values()).encode())
+        try:
+            self.store.write_atomic(FILE, json.dumps(self.values()).encode())
+        except StorageError:
+            self.failures += 1
+            self._dirty = True
+            self._failed = True
+            self._retry_at = None if now_ms is None else ticks_add(now_ms, self.retry_ms())
+            raise
         self.writes += 1
+        self.failures = 0
+        self._failed = False
+        self._retry_at = None
         self._dirty = False
         self._saved_ms = now_ms
+
+    def retry_ms(self):
+        """The wait after the current run of failed writes."""
+        if not self.failures:
+            return 0
+        shift = self.failures - 1
+        if shift > 20:
+            return RETRY_MAX_MS
+        return min(RETRY_MIN_MS << shift, RETRY_MAX_MS)
 
     # -- events --------------------------------------------------------------------------
     def boot(self, now_ms=None):
@@ -132,7 +161,13 @@ class Counters:
         """Write pending changes when the interval since the last write has passed."""
         if not self._dirty:
             return False
-        if self._saved_ms is not None and ticks_diff(now_ms, self._saved_ms) < self.save_interval_ms:
+        if self._failed:
+            if self._retry_at is None:
+                # Failed where no time was known (at boot, a session counted on replay).
+                self._retry_at = ticks_add(now_ms, self.retry_ms())
+            if ticks_diff(now_ms, self._retry_at) < 0:
+                return False
+        elif self._saved_ms is not None and ticks_diff(now_ms, self._saved_ms) < self.save_interval_ms:
             return False
         self.save(now_ms)
         return True

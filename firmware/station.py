@@ -14,12 +14,13 @@ source of what the backend sees: retained status, telemetry, events and the outb
 """
 import gc
 
+from firmware import config_store
 from firmware import faults as _faults
 from firmware import states as _states
 from firmware.auth import ACCEPTED_FREE, ASK_BACKEND, SOURCE_BACKEND, SOURCE_READER, Authorizer
 from firmware.charger import CONTACTOR_REASON_NAMES, LIMIT_NAMES, Charger
 from firmware.compat import ticks_add, ticks_diff
-from firmware.config import Config, ConfigError, needs_reboot
+from firmware.config import Config, needs_reboot
 from firmware.counters import Counters
 from firmware.events import (
     EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_OFFER, EV_SELFTEST, EV_STATE,
@@ -33,7 +34,7 @@ from firmware.session import REASON_REMOTE_STOP, SessionManager
 from firmware.storage import Journal, StorageError, Store
 
 TICK_MS = 10
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_store.FILE
 OUTBOX_FILE = "outbox.jnl"
 AVAILABILITY_FILE = "inoperative"   # present: the operator took the station out of service
 
@@ -46,6 +47,7 @@ _TELEMETRY_CHECK_MS = 1000  # how often telemetry is considered (the link's on-c
 _RECOVER_WAIT_MS = 5000     # longest wait at boot for the meter to close a cut session
 _FINAL_READING_WAIT_MS = 3000  # longest wait for a session's final meter reading
 _UNDELIVERED_MAX = 16       # records the outbox could not store, retried from RAM
+_RAM_OUTBOX_CAPACITY = 8    # records held in RAM when the flash failed at boot
 
 current = None              # the running station, for the REPL diagnostics (diag.py)
 
@@ -57,7 +59,13 @@ class Station:
         # Set before the first storage call: _storage_op reports through the link, which
         # is built further down (the fault itself reaches the outbox through the ring).
         self.link = None
-        self.store = store if store is not None else Store(board.storage_root())
+        self.storage_error = None      # the flash failed at boot: degraded (see _ram_store)
+        if store is None:
+            try:
+                store = Store(board.storage_root())
+            except StorageError as e:
+                store = self._ram_store(e)
+        self.store = store
         self.config_error = None
         self.cfg = self._load_config(config)
         now = board.ticks_ms()
@@ -100,11 +108,15 @@ class Station:
             # meter is declared stale), so the energy since the checkpoint is counted.
             self._storage_op(self.sessions.recover, now)
 
-        self.outbox = Outbox(Journal(self.store, OUTBOX_FILE),
-                             capacity=self.cfg["outbox_capacity"],
-                             window=self.cfg["outbox_window"],
-                             resend_ms=self.cfg["outbox_resend_s"] * 1000,
-                             on_ack=self._on_ack, on_overflow=self._on_overflow)
+        try:
+            self.outbox = self._outbox(Journal(self.store, OUTBOX_FILE),
+                                       self.cfg["outbox_capacity"])
+        except (StorageError, ValueError, TypeError, KeyError) as e:
+            # A damaged journal the flash cannot rewrite (full, read-only), a file it cannot
+            # remove: this boot's records are held in RAM (a few: the heap is small); the
+            # ones on flash stay there for a boot with a working flash.
+            self.outbox = self._outbox(Journal(self._ram_store(e), OUTBOX_FILE),
+                                       min(self.cfg["outbox_capacity"], _RAM_OUTBOX_CAPACITY))
         if self.cfg["wifi_ssid"]:
             board.start_network(self.cfg["wifi_ssid"], self.cfg["wifi_password"],
                                 self.cfg["ntp_server"])
@@ -130,14 +142,18 @@ class Station:
         self._uptime_ms = 0
         self._uptime_at = now
         self.boot_report = {"reset_cause": board.reset_cause(), "boot": self.boot_id,
-                            "crash": board.last_crash()}
+                            "crash": board.last_crash(), "storage_error": self.storage_error}
         if self.boot_report["crash"]:
             self.faults.raise_(_faults.INTERNAL_ERROR, now, present=False)
-        if self.config_error:
+        if self.storage_error:
+            # Present for as long as this boot runs on RAM: a reset loses what it holds.
+            self.faults.raise_(_faults.STORAGE_ERROR, now, present=True)
+        elif self.config_error:
             self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
         self._queue_event({"type": "boot", "reset_cause": self.boot_report["reset_cause"],
                            "boot": self.boot_id, "crash": self.boot_report["crash"],
-                           "config_error": self.config_error})
+                           "config_error": self.config_error,
+                           "storage_error": self.storage_error})
         # Records finished before the reset and not yet acknowledged go out again (a few
         # per loop iteration from here on: see _offer_sessions).
         current = self
@@ -146,22 +162,23 @@ class Station:
     def _load_config(self, config):
         if isinstance(config, Config):
             return config
-        stored = None
-        try:
-            stored = self.store.read(CONFIG_FILE)
-        except StorageError as e:
-            self.config_error = "config: %s" % (e.args[0] if e.args else "unreadable")
-        cfg = Config()
-        if stored:
-            try:
-                cfg = Config.from_json(stored.decode())
-            except (ConfigError, UnicodeError) as e:
-                # Keep the defaults and the file: a technician can read and repair it.
-                self.config_error = str(e)
-                cfg = Config()
+        # An unusable file is kept for a technician; the last valid copy, or the safety
+        # limits at their minimum, apply meanwhile (never the 32 A default).
+        cfg, self.config_error = config_store.load(self.store)
         if config:
             cfg.update(config)
         return cfg
+
+    def _outbox(self, journal, capacity):
+        return Outbox(journal, capacity=capacity, window=self.cfg["outbox_window"],
+                      resend_ms=self.cfg["outbox_resend_s"] * 1000,
+                      on_ack=self._on_ack, on_overflow=self._on_overflow)
+
+    def _ram_store(self, e):
+        from firmware.ramfs import RamFs
+        why = e.args[0] if e.args else type(e).__name__
+        self.storage_error = why if self.storage_error is None else self.storage_error
+        return Store("/ram", RamFs())
 
     def _storage_op(self, fn, *args):
         try:
@@ -682,7 +699,7 @@ class Station:
         except ValueError as e:
             return str(e)
         try:
-            self.store.write_atomic(CONFIG_FILE, trial.to_json().encode())
+            config_store.save(self.store, trial)
         except StorageError as e:
             return "config not stored: %s" % e
         self.cfg.update(changes)

@@ -254,6 +254,7 @@ class Sim:
         self.rtc_base_s = 0            # RTC seconds since 2000-01-01 at now_us == rtc_base_us
         self.rtc_base_us = 0
         self.cpu_freq = 160000000
+        self.rtc_memory = b""          # RTC.memory(): kept by every reset but power-on
         self._inputs = {}              # pin -> level or callable(t_us)
         self._adc = {}                 # pin -> millivolts or callable(t_us)
         self._n = 0

@@ -172,3 +172,32 @@ class PowerCutFs:
             raise OSError(EEXIST, "exists: " + path)
         self._op("mkdir " + path)
         self.dirs.add(path)
+
+
+class FailingFs(PowerCutFs):
+    """A flash that refuses writes: every mutating operation (open for writing, write,
+    flush/close of written data, rename, remove, mkdir) whose description contains one of
+    `paths` raises OSError(err) while `failing` is True (ENOSPC: full, EROFS: read-only,
+    EIO: worn). Reads keep working. `attempts` counts every mutating call, refused or not,
+    and `refused` the refused ones: what the flash would have seen."""
+
+    def __init__(self, medium=None, dirs=None, paths=("",), err=28, failing=True):
+        PowerCutFs.__init__(self, medium, dirs)
+        self.paths = tuple(paths)
+        self.err = err
+        self.failing = failing
+        self.attempts = 0
+        self.refused = 0
+
+    def _op(self, what, half=None):
+        self.attempts += 1
+        if self.failing:
+            for p in self.paths:
+                if p in what:
+                    self.refused += 1
+                    raise OSError(self.err, "refused: " + what)
+        PowerCutFs._op(self, what, half)
+
+    def restart(self):
+        return FailingFs({p: bytearray(d) for p, d in self.medium.items()}, set(self.dirs),
+                         self.paths, self.err, self.failing)

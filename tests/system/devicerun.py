@@ -8,7 +8,9 @@ globals of standin_station}, use_standin (default true: the stand-in station; fa
 real firmware.station), run_ms (end the run at this simulated time), ev [[t_ms, state,
 pp_ohms], ...] (an EV per IEC 61851-1 on the reference board's front ends: state "A".."D"
 loads the pilot's positive half to 12/9/6/3 V, the diode leaves -12 V), devices (true: the
-RCD answers its test input, the mirror contact follows the coil).
+RCD answers its test input, the mirror contact follows the coil), rtc_memory (ASCII: what
+RTC.memory() holds at boot; the result reports it at the end, so a harness can carry it
+from one simulated reset to the next), bootinfo {module globals of drivers.bootinfo}.
 """
 import gc
 import json
@@ -26,6 +28,7 @@ with open(sys.argv[2]) as _f:
 
 sim.reset()
 sim.reset_cause = scenario.get("reset_cause", machine.PWRON_RESET)
+sim.rtc_memory = scenario.get("rtc_memory", "").encode()
 for pin, level in scenario.get("inputs", {}).items():
     sim.set_input(int(pin), level)
 for pin, mv in scenario.get("adc", {}).items():
@@ -69,6 +72,10 @@ from drivers import clock  # noqa: E402
 clock.source = sim.clock
 
 import standin_station  # noqa: E402
+from drivers import bootinfo  # noqa: E402
+
+for key, value in scenario.get("bootinfo", {}).items():
+    setattr(bootinfo, key, value)
 
 for key, value in scenario.get("station", {}).items():
     setattr(standin_station, key, value)
@@ -89,8 +96,6 @@ except standin_station.StopRun:
 except machine.SimulationEnd:
     outcome = "time up"
 
-from drivers import bootinfo  # noqa: E402
-
 gc.collect()
 _heap_after = gc.mem_alloc()
 
@@ -104,6 +109,8 @@ print("DEVICERUN " + json.dumps({
     "wdt_expired": sim.wdt_expired,
     "service_mode": bootinfo.service_mode,
     "reset_cause": bootinfo.reset_cause,
+    "crashes": bootinfo.crashes,
+    "rtc_memory": bytes(sim.rtc_memory).decode(),
     "steps": standin_station.steps,
     "crash_at_us": standin_station.crash_at_us,
     "seen_last_crash": standin_station.seen_last_crash,

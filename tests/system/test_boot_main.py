@@ -200,7 +200,10 @@ def test_board_file_errors_stop_cleanly(fsroot, change, expected):
     assert r["outcome"] == "main returned"      # stays at the REPL, no reset loop
     assert r["reset_count"] == 0 and r["wdt_timeout_ms"] == 0
     assert r["steps"] == 0
-    assert r["levels"][str(CONTACTOR)] == 0   # boot.py drove it off regardless
+    # boot.py drives no pin from a file that fails validation: the coil pin stays an
+    # input and the board's pull-down holds the coil off.
+    assert r["levels"][str(CONTACTOR)] is None
+    assert not events(r, "pin_mode") and not events(r, "pin_level")
     with open(os.path.join(fsroot, "crash.txt")) as f:
         assert expected in f.read()
 
@@ -242,9 +245,10 @@ def test_a_flash_pin_as_service_pin_is_not_read_by_boot(fsroot):
     board["service"]["pin"] = 9
     r = run_device(fsroot, board=board)
     assert r["outcome"] == "main returned" and r["reset_count"] == 0
-    assert "boot: service pin unreadable" in r["stdout"]
-    assert "service.pin: GPIO 9 drives the SPI flash" in r["stdout"]
-    assert not events(r, "pin_mode", 9)
+    assert "boot: contactor pin not driven (service.pin: GPIO 9 drives the SPI flash)" \
+        in r["stdout"]
+    assert "ERROR: board file" in r["stdout"]
+    assert not events(r, "pin_mode")
 
 
 def test_missing_board_file(tmp_path):

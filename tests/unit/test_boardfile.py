@@ -165,3 +165,43 @@ class WiringMistakes(unittest.TestCase):
         self.assertRaises(BoardFileError, loads, "{pilot:")
         self.assertRaises(BoardFileError, loads, "[]")
         self.assertRaises(BoardFileError, load, "/nonexistent/board.json")
+
+    def test_null_means_no_such_part_never_the_default(self):
+        # A null polarity once read as "default true" here and as false in boot.py, which
+        # drove the coil on: null is accepted only where the default is none.
+        for section, key in (("contactor", "active_high"), ("pilot", "pwm_inverted"),
+                             ("rcd", "fault_high"), ("lock", "pulse_ms"), ("led", "active_high"),
+                             ("service", "pull")):
+            raw = reference()
+            raw[section][key] = None
+            self.assertIn("%s.%s: null is not a value" % (section, key), error_of(raw))
+        raw = reference()
+        raw["watchdog_ms"] = None
+        self.assertIn("watchdog_ms: null is not a value", error_of(raw))
+        raw = reference()
+        raw["contactor"]["pin"] = None
+        self.assertIn("contactor.pin: required", error_of(raw))
+        raw = reference()
+        raw["contactor"]["mirror_pin"] = None        # default none: no mirror contact
+        raw["lock"] = None                           # an optional section: no lock
+        b = validate(raw)
+        self.assertIsNone(b["contactor"]["mirror_pin"])
+        self.assertIsNone(b["lock"])
+
+    def test_every_damaged_file_is_a_board_file_error(self):
+        with open(REFERENCE, "rb") as f:
+            good = f.read()
+        for data in (good.replace(b"cp-ref-1", b"cp-\xff-1"), good[:len(good) // 2], b"",
+                     b"null", b"[]", b"\x00\x01", "[" * 5000, b"[" * 5000):
+            self.assertRaises(BoardFileError, loads, data)
+        self.assertEqual(loads(good)["name"], "cp-ref-1")
+        path = "/tmp/boardfile-test-%d.json" % id(self)
+        with open(path, "wb") as f:
+            f.write(good.replace(b"cp-ref-1", b"cp-\xfe\xff-1"))
+        try:
+            with self.assertRaises(BoardFileError) as cm:
+                load(path)
+            self.assertIn("not UTF-8", cm.exception.args[0])
+        finally:
+            import os
+            os.remove(path)

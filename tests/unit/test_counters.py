@@ -3,8 +3,8 @@ import unittest
 
 from firmware.compat import TICKS_MAX, ticks_add
 from firmware.config import Config
-from firmware.counters import FILE, Counters
-from firmware.storage import Store
+from firmware.counters import FILE, RETRY_MAX_MS, RETRY_MIN_MS, Counters
+from firmware.storage import StorageError, Store
 from powercut_fs import PowerCut, PowerCutFs
 
 ROOT = "/data"
@@ -145,3 +145,70 @@ class WearLimits(unittest.TestCase):
         c.fault("x")
         self.assertFalse(c.tick(ticks_add(t0, 59999)))
         self.assertTrue(c.tick(ticks_add(t0, 60000)))
+
+
+class FailedWritesBackOff(unittest.TestCase):
+    """A write that fails (flash full) is retried after 1, 2, 4 ... s up to 10 min, never at
+    every tick: each failure also became a fault record, over a thousand writes in 12 s."""
+
+    def failing_counters(self):
+        from powercut_fs import FailingFs
+        fs = FailingFs(paths=("/" + FILE,))
+        c = Counters(Store(ROOT, fs), save_interval_s=60)
+        self.assertRaises(StorageError, c.boot, 0)
+        return fs, c
+
+    def attempts_until(self, fs, c, end_ms, step_ms=10, start_ms=0):
+        """Tick every step_ms up to end_ms (as the loop does); the times of write attempts."""
+        times = []
+        t = start_ms
+        while t <= end_ms:
+            before = fs.refused + _writes(fs)
+            try:
+                c.tick(t)
+            except StorageError:
+                pass
+            if fs.refused + _writes(fs) != before:
+                times.append(t)
+            t += step_ms
+        return times
+
+    def test_retries_double_from_one_second_to_ten_minutes(self):
+        fs, c = self.failing_counters()
+        self.assertEqual(c.failures, 1)
+        times = self.attempts_until(fs, c, 3600000, step_ms=10)
+        expected = []
+        t, wait = 0, RETRY_MIN_MS
+        while True:
+            t += wait
+            if t > 3600000:
+                break
+            expected.append(t)
+            wait = min(wait * 2, RETRY_MAX_MS)
+        self.assertEqual(times, expected)
+        self.assertEqual(expected[:5], [1000, 3000, 7000, 15000, 31000])
+        # 10 + 4 retries in the first hour instead of 360000.
+        self.assertEqual(len(times), 14)
+
+    def test_twelve_seconds_of_a_full_flash_make_four_attempts(self):
+        fs, c = self.failing_counters()
+        c.fault("STORAGE_ERROR")
+        self.assertEqual(self.attempts_until(fs, c, 12000), [1000, 3000, 7000])
+
+    def test_a_failure_without_a_time_waits_from_the_next_tick(self):
+        from powercut_fs import FailingFs
+        fs = FailingFs(paths=("/" + FILE,))
+        c = Counters(Store(ROOT, fs))
+        self.assertRaises(StorageError, c.session_ended, "1-1", 100, None)
+        self.assertEqual(self.attempts_until(fs, c, 2500, start_ms=500), [1500])
+
+    def test_the_write_succeeds_once_the_flash_works_and_the_interval_applies_again(self):
+        fs, c = self.failing_counters()
+        self.attempts_until(fs, c, 8000)               # failures at 0, 1, 3, 7 s
+        self.assertEqual(c.failures, 4)
+        fs.failing = False
+        self.assertEqual(self.attempts_until(fs, c, 60000, start_ms=8010), [15000])
+        self.assertEqual(c.failures, 0)
+        self.assertEqual(Counters(Store(ROOT, fs)).boots, 1)
+        c.contactor_opened(10)                         # normal again: one write a minute
+        self.assertEqual(self.attempts_until(fs, c, 80000, start_ms=60010), [75000])

@@ -114,3 +114,85 @@ class BootInfo(unittest.TestCase):
         saved = bootinfo.last_crash()
         self.assertTrue(saved.startswith("reset_cause=power_on\n"))
         self.assertIn("RuntimeError: station failed", saved)
+
+    def test_a_crash_file_that_is_not_utf8_is_read_not_raised(self):
+        with open(self.root + "/crash.txt", "wb") as f:
+            f.write(b"reset_cause=hard\nValueError: \xff\xfe bad\n")
+        bootinfo.start(None, fs_root=self.root)     # prints its last line: must not raise
+        text = bootinfo.last_crash()
+        self.assertTrue(text.startswith("reset_cause=hard\n"))
+        self.assertIn("ValueError: ?? bad", text)
+
+    def crash_once(self, board=None):
+        try:
+            raise RuntimeError("again")
+        except RuntimeError as e:
+            exc = e
+        try:
+            bootinfo.crash(exc, board)
+            self.fail("crash() returned")
+        except SystemExit:
+            pass
+
+    def test_crashes_in_a_row_are_counted_in_rtc_memory_up_to_the_limit(self):
+        for n in range(bootinfo.CRASH_LIMIT):
+            sim.power_cycle(machine.HARD_RESET)         # what machine.reset() leads to
+            bootinfo.start(None, fs_root=self.root)
+            self.assertEqual(bootinfo.crashes, n)
+            self.assertFalse(bootinfo.crash_loop)
+            self.crash_once()
+        sim.power_cycle(machine.HARD_RESET)
+        bootinfo.start(None, fs_root=self.root)
+        self.assertEqual(bootinfo.crashes, bootinfo.CRASH_LIMIT)
+        self.assertTrue(bootinfo.crash_loop)
+        # A power cycle empties RTC memory: the application gets another try.
+        sim.power_cycle(machine.PWRON_RESET)
+        bootinfo.start(None, fs_root=self.root)
+        self.assertEqual(bootinfo.crashes, 0)
+        self.assertFalse(bootinfo.crash_loop)
+
+    def test_watchdog_resets_count_as_crashes(self):
+        for n in range(1, bootinfo.CRASH_LIMIT + 1):
+            sim.power_cycle(machine.WDT_RESET)
+            bootinfo.start(None, fs_root=self.root)
+            self.assertEqual(bootinfo.crashes, n)
+        self.assertTrue(bootinfo.crash_loop)
+        bootinfo.clear_crashes()                        # the technician's "try again"
+        sim.power_cycle(machine.HARD_RESET)
+        bootinfo.start(None, fs_root=self.root)
+        self.assertEqual(bootinfo.crashes, 0)
+
+    def test_garbage_in_rtc_memory_is_no_count(self):
+        for junk in (b"", b"cp-crashes:", b"cp-crashes:-3", b"cp-crashes:x", b"\xff" * 40,
+                     b"cp-crashes:99999"):
+            sim.rtc_memory = junk
+            bootinfo.start(None, fs_root=self.root)
+            self.assertEqual(bootinfo.crashes, 0)
+
+    def test_a_clean_run_empties_the_count(self):
+        sim.rtc_memory = b"cp-crashes:3"
+        bootinfo.start(None, fs_root=self.root)
+        self.assertEqual(bootinfo.crashes, 3)
+        timer = bootinfo.clean_run_timer({"lock": {"timer_id": bootinfo.CLEAN_RUN_TIMER}})
+        self.assertIsNotNone(timer)
+        # Not the timer the board's lock drives its pulses with.
+        self.assertEqual(sim.events("timer")[-1][2], bootinfo.CLEAN_RUN_TIMER - 1)
+        sim.advance_ms(bootinfo.CLEAN_RUN_MS - 1)
+        self.assertEqual(sim.rtc_memory, b"cp-crashes:3")
+        sim.advance_ms(1)
+        self.assertEqual(sim.rtc_memory, b"cp-crashes:0")
+        self.assertEqual(bootinfo.crashes, 0)
+
+    def test_a_crash_before_the_clean_run_keeps_counting(self):
+        sim.rtc_memory = b"cp-crashes:2"
+        bootinfo.start(None, fs_root=self.root)
+        bootinfo.clean_run_timer(None)
+        sim.advance_ms(bootinfo.CLEAN_RUN_MS // 2)
+        self.crash_once()
+        sim.advance_ms(bootinfo.CLEAN_RUN_MS)           # the timer was stopped by the crash
+        self.assertEqual(sim.rtc_memory, b"cp-crashes:3")
+
+    def test_no_timer_without_crashes(self):
+        bootinfo.start(None, fs_root=self.root)
+        self.assertIsNone(bootinfo.clean_run_timer(None))
+        self.assertEqual(sim.events("timer"), [])

@@ -369,13 +369,15 @@ class Commands(unittest.TestCase):
         self.assertEqual(shown, {"mqtt_password": "***"})
         self.assertTrue("hunter2" not in json.dumps(r.station.cmd_diagnostics()))
 
-    def test_corrupt_config_file_keeps_defaults_and_is_reported(self):
+    def test_corrupt_config_file_is_reported_and_falls_back_to_the_minimum(self):
+        # No valid copy either: never the 32 A default (tests/unit/test_config_store.py).
         fs = PowerCutFs()
         Store("/data", fs).write_atomic("config.json", b"{not json")
         fs.restart()
         r = Rig(fs)
-        self.assertIsNotNone(r.station.config_error)
-        self.assertEqual(r.station.cfg["max_current_ma"], 32000)
+        self.assertIn("config.json: not valid JSON", r.station.config_error)
+        self.assertEqual(r.station.cfg["max_current_ma"], 6000)
+        self.assertEqual(r.station.faults.counts[faults.STORAGE_ERROR], 1)
 
     def test_stop_pauses_and_start_resumes_in_one_session(self):
         r = Rig()
