@@ -279,20 +279,33 @@ class FaultSet:
             pending >>= 1
             code += 1
 
-    def restore(self, mask, now_ms):
+    def latched(self):
+        """Bitmask of the active faults a reset must not clear (no allocation)."""
+        return self.active & LATCHED_MASK
+
+    def latched_present(self):
+        """Bitmask of those whose cause is still present (no allocation)."""
+        return self.active & self._present & LATCHED_MASK
+
+    def restore(self, mask, present, now_ms):
         """Make the latched faults of `mask` active again after a reset (before the first
-        tick). They were raised and reported before the reset: no event, no count, only a
-        history entry. Their causes count as gone until a check sees them again, so they
-        clear as the table says: at the next unplug (UNPLUG) or by a clear request (MANUAL).
-        Returns the mask of faults it made active."""
+        tick), those in `present` with their cause present, as it was at the reset. They
+        were raised and reported before it: no event, no count, a history entry only. They
+        clear as the table says: at the next unplug with the cause gone (UNPLUG) or by a
+        clear request (MANUAL), which is refused while the cause is present (a welded
+        contact is present until the mirror check reads it open). Returns the faults it
+        made active."""
         new = mask & LATCHED_MASK & ~self.active
         self.active |= new
         code = 0
         pending = new
         while pending:
             if pending & 1:
-                self._present &= ~(1 << code)
-                self._gone_at[code] = now_ms
+                if present >> code & 1:
+                    self._present |= 1 << code
+                else:
+                    self._present &= ~(1 << code)
+                    self._gone_at[code] = now_ms
                 self._record(now_ms, code, True)
             pending >>= 1
             code += 1

@@ -5,13 +5,16 @@ cut), must not clear what the fault table says only an unplug or a person clears
 residual-current trip, a diode fault, a welded contactor), nor forget a current limit the
 backend set "until changed". One small record holds both:
 
-    {"v": 1, "latched": ["RCD_TRIPPED", ...], "limit_ma": 8000,
-     "limit_left_ms": 600000, "limit_until": 1767600600}
+    {"v": 1, "latched": ["RCD_TRIPPED", "CONTACTOR_WELDED"], "present": ["CONTACTOR_WELDED"],
+     "limit_ma": 8000, "limit_left_ms": 600000, "limit_until": 1767600600}
 
   latched        the active faults whose clearing is UNPLUG or MANUAL (firmware/faults.py
                  LATCHED_MASK), by name: a latched UNPLUG fault is itself the fact that the
                  EV has not been unplugged since the trip (unplugging with the cause gone
                  clears it), CONTACTOR_WELDED the fact that the contacts welded.
+  present        those of them whose cause was present when written (the contacts still
+                 welded, the trip line still active): a clear request is refused for them
+                 after the reset as before it, until a check reads the cause gone.
   limit_ma       the backend limit in force, -1 for none.
   limit_left_ms  its remaining time when the record was written, null = until changed.
   limit_until    its expiry in wall seconds (UTC), when the clock was set at that moment.
@@ -43,6 +46,7 @@ class SafeState:
         self.store = store
         # What the record on flash says (after load() or the last save()).
         self.latched = 0
+        self.present = 0
         self.limit_ma = -1
         self.limit_left_ms = None
         self.limit_until = None
@@ -67,12 +71,8 @@ class SafeState:
             rec = json.loads(raw)
             if rec.get("v") != VERSION:
                 raise ValueError("version %r" % (rec.get("v"),))
-            latched = 0
-            for name in rec["latched"]:
-                try:
-                    latched |= 1 << _faults.by_name(name).code
-                except _faults.FaultError:
-                    pass                   # a fault this firmware no longer has
+            latched = _mask(rec["latched"])
+            present = _mask(rec["present"])
             limit = rec["limit_ma"]
             left = rec["limit_left_ms"]
             until = rec["limit_until"]
@@ -87,6 +87,7 @@ class SafeState:
             self._stale = True
             return
         self.latched = latched & _faults.LATCHED_MASK
+        self.present = present & self.latched
         self.limit_ma = limit
         self.limit_left_ms = left if limit >= 0 else None
         self.limit_until = until if limit >= 0 else None
@@ -95,7 +96,7 @@ class SafeState:
         """Bring the stored latches and limit back into a charger built at boot, before its
         first tick. Returns the limit's remaining ms: None for no limit or one until
         changed, 0 when it expired while the station was off (then it is not applied)."""
-        charger.faults.restore(self.latched, now_ms)
+        charger.faults.restore(self.latched, self.present, now_ms)
         if self.limit_ma < 0:
             return None
         left = self.limit_left_ms
@@ -112,26 +113,40 @@ class SafeState:
     def due(self, faults, charger):
         """True when the record on flash no longer matches the latches or the limit.
         Allocation-free: may run after every tick."""
-        return (self._stale or (faults.active & _faults.LATCHED_MASK) != self.latched
+        return (self._stale or faults.latched() != self.latched
+                or faults.latched_present() != self.present
                 or charger.backend_limit_ma() != self.limit_ma)
 
     def save(self, faults, charger, limit_left_ms=None, wall_s=None):
         """Write the record for the present latches and limit (`limit_left_ms`: the limit's
         remaining time, None = until changed). Raises StorageError; the fields keep the
         old record then, so due() stays true and the caller may try again."""
-        latched = faults.active & _faults.LATCHED_MASK
+        latched = faults.latched()
+        present = faults.latched_present()
         limit = charger.backend_limit_ma()
         if limit < 0:
             limit_left_ms = None
         until = None
         if limit_left_ms is not None and wall_s is not None:
             until = wall_s + (limit_left_ms + 999) // 1000
-        rec = {"v": VERSION, "latched": _faults.names(latched), "limit_ma": limit,
+        rec = {"v": VERSION, "latched": _faults.names(latched),
+               "present": _faults.names(present), "limit_ma": limit,
                "limit_left_ms": limit_left_ms, "limit_until": until}
         self.store.write_atomic(FILE, json.dumps(rec).encode())
         self.latched = latched
+        self.present = present
         self.limit_ma = limit
         self.limit_left_ms = limit_left_ms
         self.limit_until = until
         self._stale = False
         self.damaged = None
+
+
+def _mask(names):
+    m = 0
+    for name in names:
+        try:
+            m |= 1 << _faults.by_name(name).code
+        except _faults.FaultError:
+            pass                   # a fault this firmware no longer has
+    return m
