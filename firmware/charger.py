@@ -243,6 +243,10 @@ class Charger:
     def clear_backend_limit(self):
         self.set_backend_limit(None)
 
+    def backend_limit_ma(self):
+        """The backend limit in force (mA), or -1 when there is none."""
+        return self._backend_ma
+
     def set_comms_fallback(self, ma):
         """Backend unreachable: limit to `ma` (0 = pause) until clear_comms_fallback()."""
         _check_ma("comms fallback", ma)
@@ -265,6 +269,14 @@ class Charger:
     def clear_fault(self, code, remote):
         """Ask to clear fault `code`; None when cleared, else the reason it was refused."""
         return self.faults.clear_request(code, bool(remote), self._now)
+
+    def ready_for_reset(self, force=False):
+        """True when a reset now would cut nothing short: no F hold running (IEC 61851-1
+        Table A.5: at least fault_hold_ms, whatever comes next, a reboot included) and the
+        contactor open. `force`: the EV has had its time to stop, open or not."""
+        if self._f_hold:
+            return False
+        return force or not self.contactor
 
     def pilot_unconfirmed(self):
         """True when the last tick saw a new pilot level that awaits its confirming

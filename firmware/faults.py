@@ -10,6 +10,9 @@ How a fault clears (`clearing`):
   UNPLUG  latched until the EV is unplugged (state A) with the cause gone, or a clear request
   MANUAL  latched until someone clears it (on site, or remotely where `remote_clear` allows)
 A clear request is refused while the cause is still present, whatever the clearing mode.
+No reset clears an UNPLUG or MANUAL fault: they are kept on flash (firmware/safestate.py) and
+restored at boot before the first tick, whatever reset the station (command, watchdog, crash,
+power cut). Only AUTO faults start afresh.
 
 The module that detects a cause calls `raise_()` while it is present and `clear()` once it is
 gone; the charge controller raises the charging faults, the meter service, MQTT link, storage
@@ -164,6 +167,9 @@ def _mask(pred):
 BLOCKING_MASK = _mask(lambda f: f.blocking)
 _AUTO_MASK = _mask(lambda f: f.clearing == AUTO)
 _UNPLUG_MASK = _mask(lambda f: f.clearing == UNPLUG)
+# The faults a reset must not clear (UNPLUG and MANUAL): firmware/safestate.py keeps them on
+# flash and FaultSet.restore() brings them back at boot.
+LATCHED_MASK = _mask(lambda f: f.clearing != AUTO)
 _AUTO_MS = tuple(f.auto_clear_ms if f else 0 for f in _BY_CODE)
 
 
@@ -272,6 +278,38 @@ class FaultSet:
                 self._drop(code, now_ms, 0)
             pending >>= 1
             code += 1
+
+    def latched(self):
+        """Bitmask of the active faults a reset must not clear (no allocation)."""
+        return self.active & LATCHED_MASK
+
+    def latched_present(self):
+        """Bitmask of those whose cause is still present (no allocation)."""
+        return self.active & self._present & LATCHED_MASK
+
+    def restore(self, mask, present, now_ms):
+        """Make the latched faults of `mask` active again after a reset (before the first
+        tick), those in `present` with their cause present, as it was at the reset. They
+        were raised and reported before it: no event, no count, a history entry only. They
+        clear as the table says: at the next unplug with the cause gone (UNPLUG) or by a
+        clear request (MANUAL), which is refused while the cause is present (a welded
+        contact is present until the mirror check reads it open). Returns the faults it
+        made active."""
+        new = mask & LATCHED_MASK & ~self.active
+        self.active |= new
+        code = 0
+        pending = new
+        while pending:
+            if pending & 1:
+                if present >> code & 1:
+                    self._present |= 1 << code
+                else:
+                    self._present &= ~(1 << code)
+                    self._gone_at[code] = now_ms
+                self._record(now_ms, code, True)
+            pending >>= 1
+            code += 1
+        return new
 
     def is_active(self, code):
         return bool(self.active >> code & 1)

@@ -7,13 +7,15 @@ clears) stay one session: charging time keeps adding up. The record format, life
 crash-safety guarantees are described in docs/sessions.md.
 
 Persistence (flash writes are bounded, never per control tick):
-  session.live   the live session, replaced atomically at its start, at its authorization
-                 and then from tick() at most every `session_checkpoint_s`, or after
+  session.live   the live session, replaced atomically at its start, at its authorization,
+                 when its EV leaves (unplugged()), and then from tick() at most every
+                 `session_checkpoint_s`, or after
                  `session_checkpoint_wh` (but not more often than every 10 s).
   sessions.jnl   Journal of finished records ({"k":"done","r":record}) and backend
                  acknowledgements ({"k":"ack","id":id}); compacted when it grows.
 A finished record is on flash before pop_completed() hands it out; it stays pending until
-acknowledged(id). A live checkpoint found at boot is closed as "power_loss" by recover().
+acknowledged(id). A live checkpoint found at boot is closed as "power_loss" by recover(),
+unless its EV had already left (then it ends as it ended, e.g. "ev_unplugged").
 
 All times in: now_ms are ticks (firmware.compat.ticks_ms or the simulator's clock); all
 differences use ticks_diff.
@@ -70,7 +72,9 @@ class _Session:
               "start_time", "last_ms", "last_wall", "elapsed_ms", "charging_ms", "idle_ms",
               "suspended_ms", "plugged", "meter_start_wh", "seg_base", "seg_last",
               "closed_wh", "power_wms", "power_seen", "peak_power_w", "stale", "implausible",
-              "rebased", "late_register", "recovered_wh", "faults", "reason", "tariff")
+              "rebased", "late_register", "recovered_wh", "faults", "reason", "tariff",
+              "ended")
+    OPTIONAL = {"ended": False}   # fields a checkpoint of older firmware lacks
 
     def __init__(self):
         self.id = None
@@ -103,6 +107,8 @@ class _Session:
         self.faults = []
         self.reason = None        # stop reason to record if nothing resumes charging
         self.tariff = None
+        self.ended = False        # the EV left: time, reason and stop are final; only the
+                                  # final meter reading is still to come
 
     def to_dict(self):
         d = {"v": RECORD_VERSION}
@@ -114,9 +120,12 @@ class _Session:
     def from_dict(cls, d):
         s = cls()
         for k in cls.FIELDS:
-            if k not in d:
+            if k in d:
+                setattr(s, k, d[k])
+            elif k in cls.OPTIONAL:
+                setattr(s, k, cls.OPTIONAL[k])
+            else:
                 raise SessionError("checkpoint: missing %s" % k)
-            setattr(s, k, d[k])
         return s
 
     def energy_wh(self):
@@ -236,7 +245,8 @@ class SessionManager:
                 s.recovered_wh = delta
             else:
                 s.implausible += 1
-        return self._finish(s, REASON_POWER_LOSS, now_ms)
+        # A session whose EV had left before the reset ended then, as it ended.
+        return self._finish(s, s.reason if s.ended else REASON_POWER_LOSS, now_ms)
 
     # -- events from the integrator ------------------------------------------------------
     def on_state(self, now_ms, state):
@@ -298,7 +308,7 @@ class SessionManager:
         self._advance(now_ms)
         self.counters.fault(fault_name)
         s = self._session
-        if s is not None:
+        if s is not None and not s.ended:
             if fault_name not in s.faults and len(s.faults) < _MAX_FAULT_NAMES:
                 s.faults.append(fault_name)
             s.reason = FAULT_PREFIX + fault_name
@@ -312,6 +322,11 @@ class SessionManager:
             now_ms = self._now
         self._advance(now_ms)
         s = self._session
+        if s is not None and s.ended:
+            # An authorization while the last session waits for its final reading is the
+            # next user's: the ended session is finished as it stands.
+            self._end(now_ms, s.reason)
+            s = None
         if s is None:
             self._block_until_unplug = False
             self._start(now_ms, ev_connected(self._state) if self._state is not None else False,
@@ -327,8 +342,22 @@ class SessionManager:
         ends, unless charging resumes first."""
         if not isinstance(reason, str) or not 0 < len(reason) <= _REASON_MAX:
             raise SessionError("stop reason: 1..%d characters" % _REASON_MAX)
-        if self._session is not None:
+        if self._session is not None and not self._session.ended:
             self._session.reason = reason
+
+    def unplugged(self, now_ms):
+        """The EV has left (state A) and the integrator holds that event until the final
+        meter reading is in. The session ends now: its duration, stop time and reason
+        (the one it has, else ev_unplugged) are final and on flash; later events (a stop,
+        a fault, a reboot, a power cut) do not rewrite them. The held on_state(A), or
+        recover() after a reset, finishes it with the final reading."""
+        s = self._session
+        if s is None or not s.plugged or s.ended:
+            return
+        self._advance(now_ms)
+        s.reason = s.reason or REASON_EV_UNPLUGGED
+        s.ended = True
+        self._checkpoint(now_ms)
 
     def end(self, now_ms, reason):
         """End the session now without an unplug (an authorization that expired before
@@ -339,6 +368,8 @@ class SessionManager:
         s = self._session
         if s is None:
             return None
+        if s.ended:
+            return self._end(now_ms, s.reason)
         if s.plugged:
             self._block_until_unplug = True
         return self._end(now_ms, reason)
@@ -361,9 +392,10 @@ class SessionManager:
     # -- views for the integrator and the outbox -------------------------------------------
     @property
     def active(self):
-        """The live session as a record so far (stop_time and stop_reason None), or None."""
+        """The live session as a record so far (stop_time and stop_reason None), or None
+        (also once its EV has left and only its final reading is awaited)."""
         s = self._session
-        if s is None:
+        if s is None or s.ended:
             return None
         return self._record(s, None)
 
@@ -438,7 +470,7 @@ class SessionManager:
     def _advance(self, now_ms):
         self._now = now_ms
         s = self._session
-        if s is None:
+        if s is None or s.ended:
             return
         dt = ticks_diff(now_ms, s.last_ms)
         s.last_ms = now_ms

@@ -30,6 +30,7 @@ from firmware.meter_service import NEW_READING, STALE_CHANGED, MeterService
 from firmware.meters import load_map
 from firmware.outbox import KIND_FAULT, KIND_SESSION, Outbox, OutboxError
 from firmware.pilot import CURRENT_MIN_MA
+from firmware.safestate import SafeState
 from firmware.session import REASON_REMOTE_STOP, SessionManager
 from firmware.storage import Journal, StorageError, Store
 
@@ -48,6 +49,7 @@ _RECOVER_WAIT_MS = 5000     # longest wait at boot for the meter to close a cut 
 _FINAL_READING_WAIT_MS = 3000  # longest wait for a session's final meter reading
 _UNDELIVERED_MAX = 16       # records the outbox could not store, retried from RAM
 _RAM_OUTBOX_CAPACITY = 8    # records held in RAM when the flash failed at boot
+_SAFE_RETRY_MS = 1000       # a failed write of the safety record is retried this often
 
 current = None              # the running station, for the REPL diagnostics (diag.py)
 
@@ -78,6 +80,11 @@ class Station:
         # cut by a reset (only its temporary copy on flash) counts as inoperative.
         if self.store.exists(AVAILABILITY_FILE):
             self.charger.set_available(False)
+        # Latched faults and the backend limit outlive every reset (firmware/safestate.py);
+        # they are applied at the end of the constructor, before the first tick.
+        self.safe = SafeState(self.store)
+        self.safe.load()
+        self._safe_retry_at = None
         # Outputs to the charger's initial state before the first sample: a pilot read while
         # nothing drives it would be taken for a fault.
         board.set_contactor(False)
@@ -154,6 +161,7 @@ class Station:
                            "boot": self.boot_id, "crash": self.boot_report["crash"],
                            "config_error": self.config_error,
                            "storage_error": self.storage_error})
+        self._restore_safe(now)
         # Records finished before the reset and not yet acknowledged go out again (a few
         # per loop iteration from here on: see _offer_sessions).
         current = self
@@ -179,6 +187,40 @@ class Station:
         why = e.args[0] if e.args else type(e).__name__
         self.storage_error = why if self.storage_error is None else self.storage_error
         return Store("/ram", RamFs())
+
+    # -- the safety record (firmware/safestate.py) ---------------------------------------------
+    def _restore_safe(self, now):
+        # After the crash report above: a restored INTERNAL_ERROR must not swallow the
+        # record of a new crash. Still before the first tick, so before any closing.
+        if self.safe.damaged:
+            self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
+            self._queue_event({"type": "storage_error", "error": self.safe.damaged})
+        left = self.safe.restore(self.charger, now, self.board.wall_time())
+        if left == 0:
+            self._queue_event({"type": "limit_expired"})
+            left = None
+        self._limit_left_ms = left
+        self._limit_counted = now
+
+    def _limit_remaining(self, now):
+        if self._limit_left_ms is None:
+            return None
+        return self._limit_left_ms - ticks_diff(now, self._limit_counted)
+
+    def _save_safe(self, now, force=False):
+        """Write the safety record (when it changed, or `force`). A failure is a
+        STORAGE_ERROR and is retried every _SAFE_RETRY_MS, not every tick."""
+        if not force and self._safe_retry_at is not None \
+                and ticks_diff(now, self._safe_retry_at) < 0:
+            return
+        try:
+            self.safe.save(self.faults, self.charger, self._limit_remaining(now),
+                           self.board.wall_time())
+            self._safe_retry_at = None
+        except StorageError as e:
+            self._safe_retry_at = ticks_add(now, _SAFE_RETRY_MS)
+            self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
+            self._queue_event({"type": "storage_error", "error": str(e)})
 
     def _storage_op(self, fn, *args):
         try:
@@ -225,6 +267,10 @@ class Station:
         self.safety_tick(now)
         self.iterations += 1
         try:
+            # A latch or limit that changed in this tick goes to flash before anything
+            # else: a reset from here on finds it (due() compares two ints, no allocation).
+            if self.safe.due(self.faults, self.charger):
+                self._save_safe(now)
             self._service(now)
         except Exception as e:  # noqa: BLE001 - see _service_failed
             self._service_failed(now, e)
@@ -315,6 +361,9 @@ class Station:
                 # the energy of its last poll interval is billed too: hold the unplug (and
                 # what follows it) until that reading is in.
                 self._held = ev
+                # The session ended when the EV left: what comes later (a stop, a reboot,
+                # a power cut) does not rewrite its end.
+                self._storage_op(self.sessions.unplugged, ev[0])
                 self._held_cycle = self.meter.request_reading()
                 self._held_until = ticks_add(now, _FINAL_READING_WAIT_MS)
                 return
@@ -662,6 +711,9 @@ class Station:
         # The station counts the expiry down itself: a week does not fit a ticks deadline.
         self._limit_left_ms = None if expires_s is None else expires_s * 1000
         self._limit_counted = now_ms
+        # On flash before the reply: the limit holds across resets (a flash failure is a
+        # STORAGE_ERROR; the limit still applies, and the write is retried).
+        self._save_safe(now_ms, True)
         return None
 
     def _limit_expiry(self, now):
@@ -725,7 +777,9 @@ class Station:
     def _reboot_due(self, now):
         if ticks_diff(now, self._reboot_at) < 0:
             return
-        if self.charger.contactor and ticks_diff(now, self._reboot_deadline) < 0:
+        # A fault raised meanwhile shows F for its full fault_hold_ms first (Table A.5),
+        # deadline or not; a charging EV gets until the deadline to stop.
+        if not self.charger.ready_for_reset(ticks_diff(now, self._reboot_deadline) >= 0):
             return
         self._reboot_now = True
 
@@ -736,8 +790,11 @@ class Station:
         b.set_contactor(False)
         b.set_pilot(1000)
         now = b.ticks_ms()
-        if self.sessions.active is not None:
-            self._storage_op(self.sessions.end, now, reason)
+        if self.safe.due(self.faults, self.charger) or self._limit_left_ms is not None:
+            # The limit's remaining time too: it runs on from there after the reboot.
+            self._save_safe(now, True)
+        # A session whose EV has left (waiting for its final reading) ends as it ended.
+        self._storage_op(self.sessions.end, now, reason)
         self._storage_op(self.counters.save, now)
         if self.link is not None:
             self.link.close(reason)
@@ -759,4 +816,7 @@ class Station:
             code = _faults.by_name(name).code
         except ValueError as e:
             return str(e)
-        return self.charger.clear_fault(code, True)
+        err = self.charger.clear_fault(code, True)
+        if err is None and self.safe.due(self.faults, self.charger):
+            self._save_safe(now_ms, True)      # a latch cleared is on flash before the reply
+        return err
