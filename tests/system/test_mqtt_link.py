@@ -100,7 +100,8 @@ def test_connects_publishes_retained_status_and_answers_commands(broker, console
     console.send(STATION, "start", corr_id="c-3")
     assert st.run(5000, lambda: len(replies(console, mark)) == 3)
     got = {p["id"]: p for p in replies(console, mark)}
-    assert got["c-1"] == {"v": 1, "id": "c-1", "cmd": "set_limit", "ok": True}
+    assert got["c-1"] == {"v": 1, "id": "c-1", "cmd": "set_limit", "ok": True,
+                          "data": {"limit_ma": 16000, "paused_by_limit": False}}
     assert got["c-2"]["ok"] is True
     assert got["c-3"] == {"v": 1, "id": "c-3", "cmd": "start", "ok": False,
                           "error": "no EV connected"}
