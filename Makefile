@@ -30,7 +30,7 @@ test: $(STAMP)
 # The firmware on the unix port against the pilot-signal simulator, a simulated meter and
 # (when installed) a real mosquitto, playing the default charging session.
 sim: $(STAMP)
-	$(PY) -m tools.pilotsim demo
+	$(PY) -m tools.pilotsim demo $(if $(HEAP),--heap $(HEAP))
 
 bench: $(STAMP)
 	$(PY) -m tools.bench

@@ -102,12 +102,10 @@ def compile_tree(out_dir, log):
 
 
 def device_fs():
-    """The stand-in's working directory: as a board's filesystem holds it (diag.mpy beside
-    the frozen image), so that "" on sys.path finds neither the sources nor the tree."""
+    """The stand-in's working directory: empty, as a board's filesystem is of code with the
+    frozen image, so that "" on sys.path finds neither the sources nor the tree."""
     path = os.path.join(os.path.dirname(_tree[0]), "devfs")
-    if not os.path.isdir(path):
-        os.makedirs(path)
-        shutil.copyfile(os.path.join(_tree[0], "diag.mpy"), os.path.join(path, "diag.mpy"))
+    os.makedirs(path, exist_ok=True)
     return path
 
 

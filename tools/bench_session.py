@@ -171,8 +171,8 @@ class Session:
                 r for r in ob.records() if r.kind == KIND_SESSION]
         self.run_until(acked, ACK_LIMIT_MS, TICK_MS, "session record acknowledged")
         self.mark("acked")
-        # A technician's `import diag` at the REPL while the station runs (diag.mpy from the
-        # device's filesystem, as on a board), and its status view.
+        # A technician's `import diag` at the REPL while the station runs (frozen, as in
+        # the production image), and its status view.
         import diag
         diag.status()
         self.run_for(1000, TICK_MS)

@@ -19,6 +19,7 @@ Run by tools/bench.py (docs/performance.md explains every figure).
 """
 import gc
 import json
+import os
 import sys
 import time
 
@@ -71,8 +72,16 @@ def _stimulus(seq, board):
     return 0
 
 
+_rigs = [0]
+
+
 class _Rig:
     def __init__(self, storage, config=None):
+        # A fresh station each time, on its own flash: latched faults (a residual-current
+        # trip, a welded contact) survive a reset by design (firmware/safestate.py).
+        _rigs[0] += 1
+        storage = "%s/rig%d" % (storage, _rigs[0])
+        os.mkdir(storage)
         self.board = SimBoard()
         self.station = Station(self.board, config=config, store=Store(storage))
         self.board.stop_dc = self.station.cfg["temp_stop_dc"]

@@ -96,13 +96,17 @@ def deploy_commands(port, board_file, files, mip=True, frozen=False, flag="servi
     `frozen`: the packages are in the firmware image (manifest.py): copy only the top-level
     files and the board file."""
     base = [MPREMOTE, "connect", port]
-    # A top-level module goes over as .mpy: an older name.py there would shadow it.
+    # A top-level module goes over as .mpy: an older name.py there would shadow it. Frozen,
+    # it is in the image, and any copy on the filesystem would shadow that ("" comes first
+    # on sys.path).
     stale = [f for f in files if "/" not in f and f not in RUN_AS_SOURCE]
+    if frozen:
+        stale += [f[:-3] + ".mpy" for f in stale]
     clean = _CLEAN_SCRIPT + "".join("rm(%r)\n" % f for f in stale)
     cmds = [base + ["exec", 'open("%s", "w").close()' % flag, "+", "reset"],
             base + ["sleep", "3", "+", "exec", clean]]
     if frozen:
-        files = [f for f in files if "/" not in f]
+        files = [f for f in files if f in RUN_AS_SOURCE]
         mip = False     # logging is frozen too (require("logging"))
     tops = sorted({f.split("/")[0] for f in files if "/" in f})
     for top in tops:

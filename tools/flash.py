@@ -11,7 +11,7 @@ and idf.py, from export.sh); without them it prints the steps to get them and ex
 
 `flash` erases the chip and writes the image with esptool, reads the MicroPython version
 back once the image has booted, then lays down the files with tools.deploy: boot.py,
-main.py, diag and the board file when the image has the firmware frozen in; when it is a
+main.py and the board file when the image has the firmware (and diag) frozen in; when it is a
 stock image (the route for modules with PSRAM), every device file as .mpy and logging by
 mip. The image's own header names its chip, and so where it goes in flash. `--dry-run`
 prints the esptool and mpremote commands instead of running them.
@@ -240,7 +240,7 @@ def flash(port, image=None, board_file=deploy.DEFAULT_BOARD, variant=None, dry_r
         log("board file %s: %s" % (board_file, e))
         return 2
     if frozen:
-        route = "the firmware is frozen in: boot.py, main.py, diag and the board file follow"
+        route = "the firmware and diag are frozen in: boot.py, main.py and the board file follow"
     else:
         route = "stock MicroPython: the firmware follows as .mpy (needs a module with PSRAM)"
     log("%s: %s image; %s" % (image, chip, route))

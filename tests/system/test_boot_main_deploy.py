@@ -77,14 +77,15 @@ def test_dry_run_lists_the_mpremote_commands_in_order(tmp_path):
     assert staged == sorted(p[:-3] + ".mpy" for p in device_files())
 
 
-def test_frozen_build_copies_only_the_top_level_files(tmp_path):
+def test_frozen_build_copies_only_boot_main_and_the_board_file(tmp_path):
     tails = [c[3:] for c in commands(tmp_path / "stage", "--frozen")]
     copied = [t[-1] for t in tails if t[:2] == ["fs", "cp"]]
-    assert ":boot.py" in copied and ":main.py" in copied and copied[-1] == ":board.json"
-    assert not any(t[:3] == ["fs", "cp", "-r"] for t in tails)
+    # diag is frozen too: a copy on the filesystem would shadow the image's and load its
+    # bytecode into the heap. The clean-up removes old ones.
+    assert copied == [":boot.py", ":main.py", ":board.json"]
+    clean = [t for t in tails if t[:2] == ["sleep", "3"]][0][-1]
+    assert "rm('diag.py')" in clean and "rm('diag.mpy')" in clean
     assert ["exec", deploy.HEAP_PROBE] not in tails     # frozen: the heap is the image's
-    top = [p for p in device_files() if "/" not in p]
-    assert len(copied) == len(top) + 1
     assert ["mip", "install", "logging"] not in tails
 
 
@@ -138,10 +139,14 @@ def test_manifest_freezes_every_package_and_logging():
     packages = {c[1] for c in calls if c[0] == "package"}
     assert ("require", "logging") in calls
     assert ("include", "$(PORT_DIR)/boards/manifest.py") in calls
+    modules = {c[1] for c in calls if c[0] == "module"}
     for path in device_files():
         if "/" in path:
             assert path.split("/")[0] in packages, path
-        # Top-level files stay on the filesystem (deploy --frozen copies them).
+        elif path in deploy.RUN_AS_SOURCE:
+            assert path not in modules, path    # run by name from the filesystem
+        else:
+            assert path in modules, path        # diag: frozen
 
 
 def _deploy_with_heap(tmp_path, heap_text):

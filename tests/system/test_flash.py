@@ -61,8 +61,8 @@ def test_frozen_route_erases_writes_at_0x1000_reads_the_version_then_copies_the_
                  "--build-dir", stage)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == "%s: esp32 image; the firmware is frozen in: boot.py, main.py, diag and" \
-                       " the board file follow" % image
+    assert lines[0] == "%s: esp32 image; the firmware and diag are frozen in: boot.py, main.py" \
+                       " and the board file follow" % image
     assert lines[1:4] == [
         "%s --chip esp32 --port /dev/ttyUSB7 --baud 460800 erase-flash" % flash.ESPTOOL,
         "%s --chip esp32 --port /dev/ttyUSB7 --baud 460800 write-flash 0x1000 %s"
@@ -77,7 +77,6 @@ def test_frozen_route_erases_writes_at_0x1000_reads_the_version_then_copies_the_
     assert "\n".join(lines[4:]) == printed(rest)
     copied = [c[c.index("cp") + 1:] for c in rest if c[3:5] == ["fs", "cp"]]
     assert copied == [[os.path.join(ROOT, "boot.py"), ":boot.py"],
-                      [os.path.join(stage, "diag.mpy"), ":diag.mpy"],
                       [os.path.join(ROOT, "main.py"), ":main.py"],
                       [REFERENCE, ":board.json"]]
 
@@ -98,9 +97,12 @@ def test_mpy_route_for_a_stock_s3_image_writes_at_0x0_and_copies_every_file_as_m
         shlex.join([deploy.MPREMOTE, "connect", "/dev/ttyACM0", "sleep", "3", "+", "exec",
                     VERSION]),
     ]
+    # tools.deploy's .mpy route: first the board's heap (it refuses a board without PSRAM),
+    # then the copy.
+    probe = [deploy.MPREMOTE, "connect", "/dev/ttyACM0", "exec", deploy.HEAP_PROBE]
     rest = deploy.deploy_commands("/dev/ttyACM0", REFERENCE, device_files(), mip=True,
                                   frozen=False, stage_dir=stage)
-    assert "\n".join(lines[4:]) == printed(rest)
+    assert "\n".join(lines[4:]) == printed([probe] + rest)
     tails = [c[3:] for c in rest]
     assert ["fs", "cp", "-r", os.path.join(stage, "firmware"), ":"] in tails
     assert ["fs", "cp", "-r", os.path.join(stage, "drivers"), ":"] in tails
@@ -374,7 +376,7 @@ def test_the_boards_frozen_manifest_freezes_every_device_package_for_xtensawin(t
     names = c[c.index("const char mp_frozen_names[] = {"):]
     names = names[:names.index("};")]
     for path in device_files():
-        if "/" in path:      # the packages; boot.py, main.py, diag.py stay on the filesystem
+        if path not in deploy.RUN_AS_SOURCE:    # boot.py, main.py stay on the filesystem
             assert '"%s\\0"' % path in names, path
     assert '"%s\\0"' % flash.FROZEN_MARKER[:-1].decode() in names
     for module in ("_boot.py", "inisetup.py", "logging.py"):

@@ -73,7 +73,7 @@ def _play(path, args, out):
         out.write("   running WITHOUT a broker (%s): no MQTT, backend steps are skipped\n"
                   % ("--no-broker" if args.no_broker else "mosquitto is not installed"))
     res = orchestrate.run(path, trace_path=trace, live=live, speed=args.speed,
-                          broker=not args.no_broker)
+                          broker=not args.no_broker, heap=args.heap)
     out.write("\n" + orchestrate.format_summary(res) + "\n")
     problems = _expect.check(res)
     for p in problems:
@@ -96,6 +96,9 @@ def main(argv=None, out=None):
         sp.add_argument("--speed", type=int, default=5 if name == "demo" else 0)
         sp.add_argument("--no-broker", action="store_true")
         sp.add_argument("--quiet", action="store_true")
+        sp.add_argument("--heap", default=orchestrate.DEFAULT_HEAP,
+                        help="the stand-in's heap (-X heapsize), e.g. 56K for an ESP32's first"
+                             " heap area (default %(default)s)")
     sp = sub.add_parser("check")
     sp.add_argument("files", nargs="+")
     sub.add_parser("list")

@@ -75,6 +75,11 @@ class RunResult:
 
 # -- peers -----------------------------------------------------------------------------
 
+# The runner keeps the whole trace's bookkeeping beside the firmware: more than a board's
+# heap by default; `--heap 56K` runs it inside an ESP32's first heap area.
+DEFAULT_HEAP = "4M"
+
+
 def broker_available():
     return _broker_module() is not None
 
@@ -123,15 +128,16 @@ def load(path_or_dict):
 
 
 def run(path_or_dict, trace_path=None, live=None, speed=0, broker=True, meter=True,
-        timeout_s=DEFAULT_TIMEOUT_S, extra_config=None):
+        timeout_s=DEFAULT_TIMEOUT_S, extra_config=None, heap=DEFAULT_HEAP):
     """Play one scenario. `live(record)` sees every record as it arrives. `broker`/`meter`
-    False forces running without that peer (steps that need it are then skipped)."""
+    False forces running without that peer (steps that need it are then skipped). `heap`:
+    the stand-in's `-X heapsize` (56K is an ESP32's first heap area)."""
     sc = load(path_or_dict)
     res = RunResult(sc)
     cleanup = []
     try:
         return _run(sc, res, cleanup, trace_path, live, speed, broker, meter, timeout_s,
-                    extra_config)
+                    extra_config, heap)
     finally:
         for fn in reversed(cleanup):
             try:
@@ -141,7 +147,7 @@ def run(path_or_dict, trace_path=None, live=None, speed=0, broker=True, meter=Tr
 
 
 def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, timeout_s,
-         extra_config):
+         extra_config, heap):
     run_cfg = {"scenario": sc.to_dict(), "speed": speed, "meter_start_wh": METER_START_WH}
     if extra_config:
         run_cfg["scenario"]["config"] = dict(run_cfg["scenario"]["config"], **extra_config)
@@ -200,7 +206,7 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
     err_path = os.path.join(tmp, "stderr.txt")
     err = open(err_path, "w")
     cleanup.append(err.close)
-    proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=4M", "-m", "tools.pilotsim.runner",
+    proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=" + heap, "-m", "tools.pilotsim.runner",
                              run_path], cwd=mp_cwd(), env=micropython_env(fakes=False),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                             text=True, bufsize=1)
