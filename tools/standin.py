@@ -57,7 +57,8 @@ def _run(cmd, **kw):
     # The unpacked source sits inside this repository's build/: without a ceiling,
     # makeversionhdr.py would take this repository's commit for MicroPython's version.
     env = dict(os.environ)
-    env["GIT_CEILING_DIRECTORIES"] = os.path.dirname(UNPACKED)
+    env["GIT_CEILING_DIRECTORIES"] = ":".join(
+        os.path.dirname(os.path.realpath(p)) for p in (UNPACKED, _SRC[0] or UNPACKED))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
     if r.returncode:
         raise SetupError("%s failed:\n%s" % (" ".join(cmd), (r.stdout + r.stderr)[-3000:]))
@@ -79,8 +80,16 @@ def _sha256(path):
     return h.hexdigest()
 
 
+_SRC = [None]
+
+
 def source_dir():
     """The MicroPython v1.28.0 source tree, unpacked or cloned on first use."""
+    _SRC[0] = _source_dir()
+    return _SRC[0]
+
+
+def _source_dir():
     env = os.environ.get("MICROPY_SRC")
     if env:
         env = os.path.abspath(env)
