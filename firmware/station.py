@@ -786,7 +786,14 @@ class Station:
             code = _faults.by_name(name).code
         except ValueError as e:
             return str(e)
-        err = self.charger.clear_fault(code, True)
+        return self.clear_fault(code, True, now_ms)
+
+    def clear_fault(self, code, remote, now_ms):
+        """A person asks to clear fault `code` (`remote`: from the backend; else on site,
+        diag.clear). None when cleared, else why not. A latch cleared is on flash before
+        this returns, so a reset right after it (the loop stopped at the REPL, say) does
+        not bring it back."""
+        err = self.charger.clear_fault(code, remote)
         if err is None and self.safe.due(self.faults, self.charger):
-            self._save_safe(now_ms, True)      # a latch cleared is on flash before the reply
+            self._save_safe(now_ms, True)
         return err
