@@ -81,6 +81,7 @@ class Case:
         self.reboot_at = None
         self.reboot_deadline = None
         self.resets = 0
+        self.prev_latched = 0           # latched faults active after the last tick
 
     # -- actions ---------------------------------------------------------------------------
     def apply(self, action):
@@ -162,6 +163,7 @@ class Case:
                     self.ever_welded = False
             else:
                 _check(fs.is_active(f.code), "%s refused but gone" % f.name)
+        self.prev_latched = fs.latched()
 
     def reset(self, kind):
         """A reset between two loop iterations: the record on flash is what the station
@@ -242,6 +244,22 @@ class Case:
                 _check(ch.offered_ma >= 6000, "closed offering %d mA" % ch.offered_ma)
         else:
             self.pwm_off_since = None
+        # A latched fault goes only as the table says: "until unplug" with no EV at the
+        # socket (state A; a clear request is checked in clear_all), "until cleared" never
+        # by itself; a reset keeps both (checked in reset()).
+        latched = ch.faults.latched()
+        gone = self.prev_latched & ~latched
+        if gone:
+            for f in F.FAULTS:
+                if gone >> f.code & 1:
+                    _check(f.clearing == F.UNPLUG and r.ev == "A",
+                           "%s cleared by itself" % f.name)
+        self.prev_latched = latched
+        # The PWM never offers more than the backend limit in force (a reset included).
+        limit = ch.backend_limit_ma()
+        if limit >= 0:
+            _check(ch.offered_ma <= limit, "offering %d mA over a limit of %d"
+                   % (ch.offered_ma, limit))
         # Closed only when the standard allows it.
         if ch.contactor and not self.was_closed:
             _check(0 < duty < 1000, "closed without PWM")
