@@ -248,11 +248,14 @@ class Station:
         now = self.board.ticks_ms()
         self.safety_tick(now)
         self.iterations += 1
-        try:
+        if self.safe.due(self.faults, self.charger):
             # A latch or limit that changed in this tick goes to flash before anything
-            # else: a reset from here on finds it (due() compares two ints, no allocation).
-            if self.safe.due(self.faults, self.charger):
+            # else: a reset from here on finds it (due() compares ints, no allocation).
+            try:
                 self._save_safe(now)
+            except Exception as e:  # noqa: BLE001 - out of memory, say: retried next time
+                self._service_failed(now, e)
+        try:
             self._service(now)
         except Exception as e:  # noqa: BLE001 - see _service_failed
             self._service_failed(now, e)
