@@ -82,6 +82,7 @@ class Case:
         self.reboot_deadline = None
         self.resets = 0
         self.prev_latched = 0           # latched faults active after the last tick
+        self.since_ev_a = 0             # ticks since the EV was last away (state A)
 
     # -- actions ---------------------------------------------------------------------------
     def apply(self, action):
@@ -245,14 +246,17 @@ class Case:
         else:
             self.pwm_off_since = None
         # A latched fault goes only as the table says: "until unplug" with no EV at the
-        # socket (state A; a clear request is checked in clear_all), "until cleared" never
-        # by itself; a reset keeps both (checked in reset()).
+        # socket (state A; the charger sees a new level pilot_confirm_n readings late), a
+        # clear request (checked in clear_all); "until cleared" never by itself; a reset
+        # keeps both (checked in reset()).
+        self.since_ev_a = 0 if r.ev == "A" else self.since_ev_a + 1
         latched = ch.faults.latched()
         gone = self.prev_latched & ~latched
         if gone:
             for f in F.FAULTS:
                 if gone >> f.code & 1:
-                    _check(f.clearing == F.UNPLUG and r.ev == "A",
+                    _check(f.clearing == F.UNPLUG
+                           and self.since_ev_a <= cfg["pilot_confirm_n"],
                            "%s cleared by itself" % f.name)
         self.prev_latched = latched
         # The PWM never offers more than the backend limit in force (a reset included).
