@@ -78,6 +78,8 @@ class Case:
         self.prev_blocking = 0
         self.ever_welded = False        # cleared only by a technician's clear on site
         self.must_open_ticks = 0
+        self.must_open_all = 0
+        self.open_cause = None
         self.reboot_at = None
         self.reboot_deadline = None
         self.resets = 0
@@ -198,6 +200,8 @@ class Case:
         self.pwm_off_since = None
         self.was_closed = False
         self.must_open_ticks = 0
+        self.must_open_all = 0
+        self.open_cause = None
         self.resets += 1
 
     # -- ticks -----------------------------------------------------------------------------
@@ -222,14 +226,25 @@ class Case:
         # The EV never sees a duty the standard forbids.
         _check(duty in (0, 1000) or 100 <= duty <= 960, "duty %d" % duty)
         # The EV leaving C, a missing diode under PWM, or D without ventilation: open in the
-        # tick that confirms it.
+        # tick that confirms it (pilot_confirm_n equal readings), and within 100 ms whatever
+        # the EV does meanwhile (Annex A).
         if (r.ev not in ("C", "D") or (r.ev == "D" and not cfg["ventilation_supported"])
                 or (not r.diode and 0 < duty < 1000)):
-            self.must_open_ticks += 1
+            cause = r.ev if r.diode else r.ev + "/no diode"
+            if cause == self.open_cause:
+                self.must_open_ticks += 1
+            else:
+                self.must_open_ticks = 1
+                self.open_cause = cause
+            self.must_open_all += 1
         else:
             self.must_open_ticks = 0
+            self.must_open_all = 0
+            self.open_cause = None
         if self.must_open_ticks >= cfg["pilot_confirm_n"]:
             _check(not ch.contactor, "closed with EV %s diode %s" % (r.ev, r.diode))
+        _check(self.must_open_all * r.tick_ms < 100 or not ch.contactor,
+               "still closed 100 ms after the EV left C")
         # A residual current opens in the tick that sees it.
         if r.leak:
             _check(not ch.contactor, "closed with a residual current")

@@ -19,6 +19,10 @@ STEPS = st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(min_value=1, ma
 # pilot_confirm_n readings, and clears the trip then (found by the 10^5-case bench run).
 @example([("leak", 5), ("lock_ok", 100), ("no_leak", 1), ("ev_D", 10), ("overdraw", 1),
           ("deauthorize", 20)], True, False)
+# The diode fails, then the EV leaves, one tick each: two different readings confirm
+# nothing; the third opens (30 ms, inside Annex A's 100 ms).
+@example([("ev_C", 100), ("authorize", 2), ("cmd_clear", 5), ("diode_off", 1), ("ev_A", 1),
+          ("ev_A", 20)], True, True)
 def test_safety_invariants_hold_on_every_tick_across_commands_and_resets(steps, selftest,
                                                                           lock):
     violation = run_case(steps, selftest, lock)
