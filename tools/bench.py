@@ -738,7 +738,8 @@ def main(argv=None, out=None):
                 part("wall", part_wall, peers, tmp, args.quick)
                 part("boot", part_boot, peers, tmp, args.quick)
             part("annexa", part_annexa, args.quick)
-        part("props", part_props, args.quick)
+            # Firmware that does not compile for the device is not measured at all.
+            part("props", part_props, args.quick)
     finally:
         if peers is not None:
             peers.close()

@@ -24,6 +24,7 @@ import time
 
 import micropython
 
+from firmware.safestate import FILE as SAFESTATE_FILE
 from firmware.states import NAMES
 from firmware.station import TICK_MS, Station
 from firmware.storage import Store
@@ -73,6 +74,9 @@ def _stimulus(seq, board):
 
 class _Rig:
     def __init__(self, storage, config=None):
+        # Every trial starts without latched faults: the previous trial's trip or diode
+        # fault would outlive the "reset" between trials (firmware/safestate.py).
+        Store(storage).remove(SAFESTATE_FILE)
         self.board = SimBoard()
         self.station = Station(self.board, config=config, store=Store(storage))
         self.board.stop_dc = self.station.cfg["temp_stop_dc"]
