@@ -435,7 +435,7 @@ def clear(name):
     except ValueError as e:
         _error("clear: %s" % e)
         return False
-    why = st.charger.clear_fault(code, False)
+    why = st.clear_fault(code, False, st.board.ticks_ms())
     if why:
         _error("clear: refused: %s" % why)
         return False

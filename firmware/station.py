@@ -274,11 +274,14 @@ class Station:
         now = self.board.ticks_ms()
         self.safety_tick(now)
         self.iterations += 1
-        try:
+        if self.safe.due(self.faults, self.charger):
             # A latch or limit that changed in this tick goes to flash before anything
-            # else: a reset from here on finds it (due() compares two ints, no allocation).
-            if self.safe.due(self.faults, self.charger):
+            # else: a reset from here on finds it (due() compares ints, no allocation).
+            try:
                 self._save_safe(now)
+            except Exception as e:  # noqa: BLE001 - out of memory, say: retried next time
+                self._service_failed(now, e)
+        try:
             self._service(now)
         except Exception as e:  # noqa: BLE001 - see _service_failed
             self._service_failed(now, e)
@@ -829,7 +832,14 @@ class Station:
             code = _faults.by_name(name).code
         except ValueError as e:
             return str(e)
-        err = self.charger.clear_fault(code, True)
+        return self.clear_fault(code, True, now_ms)
+
+    def clear_fault(self, code, remote, now_ms):
+        """A person asks to clear fault `code` (`remote`: from the backend; else on site,
+        diag.clear). None when cleared, else why not. A latch cleared is on flash before
+        this returns, so a reset right after it (the loop stopped at the REPL, say) does
+        not bring it back."""
+        err = self.charger.clear_fault(code, remote)
         if err is None and self.safe.due(self.faults, self.charger):
-            self._save_safe(now_ms, True)      # a latch cleared is on flash before the reply
+            self._save_safe(now_ms, True)
         return err
