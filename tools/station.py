@@ -62,14 +62,13 @@ class UsageError(ValueError):
 
 def station_ids(base, n):
     """n distinct ids from `base`: cp-0001 -> cp-0001 .. cp-00NN (a trailing number counts
-    up, keeping its width); without one, base-1 .. base-N."""
+    up, zero-padded to its width); without one, base-1 .. base-N."""
     if n == 1:
         return [base]
     digits = len(base) - len(base.rstrip("0123456789"))
     if digits:
         stem, first = base[:-digits], int(base[-digits:])
-        width = max(digits, len(str(first + n - 1)))
-        return ["%s%0*d" % (stem, width, first + k) for k in range(n)]
+        return ["%s%0*d" % (stem, digits, first + k) for k in range(n)]
     return ["%s-%d" % (base, k + 1) for k in range(n)]
 
 
