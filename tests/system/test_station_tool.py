@@ -208,6 +208,27 @@ def test_twenty_stations_means_distinct_ids_and_one_process_each(broker, console
         assert _status(console, sid, False, start=mark, timeout=5)
 
 
+def test_a_tls_broker_runs_the_station_on_the_64_bit_port(tls_broker, certs, tools, tmp_dir):
+    # The stand-in has no mbedtls: the tool says so and runs PyPI's 64-bit port, with the
+    # certificates copied onto the station's flash and verified against the host name.
+    console = Console(tls_broker.host, tls_broker.port)
+    try:
+        console.subscribe("cp/vs-tls/status")
+        cfg_path = os.path.join(tmp_dir, "tls.json")
+        with open(cfg_path, "w") as f:
+            json.dump({"broker": "localhost:%d" % tls_broker.tls_port, "station_id": "vs-tls",
+                       "mqtt_tls": True, "mqtt_ca_file": certs.ca_crt,
+                       "mqtt_cert_file": certs.client_crt, "mqtt_key_file": certs.client_key}, f)
+        tool = tools([sys.executable, "-m", "tools.station", "--config", cfg_path,
+                      "--storage", os.path.join(tmp_dir, "flash")])
+        assert tool.wait_line(lambda l: "64-bit" in l and "with TLS" in l), tool.text()
+        assert _status(console, "vs-tls", True), tool.text()
+        assert os.path.exists(os.path.join(tmp_dir, "flash", "vs-tls", "ca.crt"))
+        tool.ctrl_c()
+    finally:
+        console.close()
+
+
 def test_terminal_commands_are_checked_before_they_reach_a_station():
     for ok in (["plug"], ["charge"], ["charge", "32"], ["fault", "rcd_trip"],
                ["fault", "rcd_trip", "off"], ["temp", "72.5"], ["tag", "04A1B2"]):
