@@ -208,7 +208,9 @@ def test_twenty_stations_means_distinct_ids_and_one_process_each(broker, console
         assert _status(console, sid, False, start=mark, timeout=5)
 
 
-def test_a_tls_broker_runs_the_station_on_the_64_bit_port(tls_broker, certs, tools, tmp_dir):
+@pytest.mark.parametrize("runtime", ["unix64"])     # counted as such in make test's SUMMARY
+def test_a_tls_broker_runs_the_station_on_the_64_bit_port(runtime, tls_broker, certs, tools,
+                                                         tmp_dir):
     # The stand-in has no mbedtls: the tool says so and runs PyPI's 64-bit port, with the
     # certificates copied onto the station's flash and verified against the host name.
     console = Console(tls_broker.host, tls_broker.port)
