@@ -808,6 +808,11 @@ class MqttLink:
                                                % (len(msg), MAX_COMMAND_BYTES))
             else:
                 reply = self.dispatcher.handle(bytes(msg), self._now)
+                # The station's work on a command (set_config, set_limit: flash writes of
+                # tens of ms) is no network wait: the rest of the step gets its I/O budget
+                # anew, or the connection would time out and the reply be lost with it.
+                if self._wire is not None:
+                    self._wire.arm()
             if len(self._replies) >= _REPLY_QUEUE:
                 self._replies.pop(0)
             self._replies.append(reply)

@@ -159,7 +159,7 @@ def test_make_station_connects_answers_the_backend_and_charges_from_the_terminal
     # Option off: empty retained payloads, and a new subscriber gets no config any more.
     reply = console.command(sid, "set_config", {"changes": {"ha_discovery": False}},
                             timeout=WAIT_S)
-    assert reply is not None and reply["ok"] is True
+    assert reply is not None and reply["ok"] is True, tool.text()
     assert _discovery(broker, expect=0) == {}
 
     # Ctrl-C: the station says goodbye with its retained offline status.
