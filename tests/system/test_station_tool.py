@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tools.cpo import Console
-from tools.devicefiles import ROOT
+from tools.devicefiles import ROOT, ensure_standin
 from tools.station import check_command, station_ids, UsageError
 
 WAIT_S = 20.0
@@ -71,13 +71,26 @@ class StationTool:
         self._reader.join(5)
 
     def kill(self):
+        # SIGTERM first: the tool stops its stations, and a make or build it runs removes
+        # its half-written target (a SIGKILL there would leave an empty binary behind).
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
     def text(self):
         with self._cond:
             return "\n".join(self.lines)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def standin_built():
+    # Built here, not by the tool under test: a rebuild (after a change to firmware/) would
+    # otherwise run inside the tool's process group and eat the tests' waiting time.
+    ensure_standin()
 
 
 @pytest.fixture
