@@ -6,7 +6,7 @@ MPY     := .venv/bin/micropython
 PORT    ?= /dev/ttyUSB0
 STAMP   := build/.setup
 
-.PHONY: all setup standin test sim bench check deploy firmware flash repl clean
+.PHONY: all setup standin test sim station bench check deploy firmware flash repl clean
 
 all: test
 
@@ -31,6 +31,14 @@ test: $(STAMP)
 # (when installed) a real mosquitto, playing the default charging session.
 sim: $(STAMP)
 	$(PY) -m tools.pilotsim demo $(if $(HEAP),--heap $(HEAP))
+
+# Virtual stations for backend developers: the firmware on the stand-in in real time, with a
+# simulated EV and meter, on any broker until Ctrl-C (tools/station.py; `help` lists the EV
+# commands). CONFIG=file.json (firmware config keys), ID=first id, N=how many stations,
+# STATION_ARGS=--tls-ca ca.crt --user u --password p ...
+station: $(STAMP)
+	$(PY) -m tools.station $(if $(BROKER),--broker $(BROKER)) $(if $(CONFIG),--config $(CONFIG)) \
+		$(if $(ID),--id $(ID)) $(if $(N),-n $(N)) $(STATION_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench

@@ -102,6 +102,7 @@ SCHEMA = {
     "outbox_capacity": (64, 4, 1000, REBOOT),  # records held until the backend acks them
     "outbox_window": (4, 1, 32, 0),           # records in flight (sent, not yet acked)
     "outbox_resend_s": (60, 5, 3600, 0),      # resend an unacked record after this
+    "ha_discovery": (False, None, None, 0),   # Home Assistant discovery (firmware/ha_discovery.py)
 
     # -- network (drivers) ------------------------------------------------------------
     "wifi_ssid": ("", 0, 32, REBOOT),

@@ -357,6 +357,7 @@ class MqttLink:
         self._telemetry = None
         self._tele_last_ms = None
         self._tele_last_power = None
+        self._ha = None            # Home Assistant discovery, built once ha_discovery is on
         # counters
         self._bytes_sent = 0
         self._bytes_received = 0
@@ -748,10 +749,19 @@ class MqttLink:
                                      False, 0)
                 self.outbox.sent(rec, now_ms)
                 self.records_sent += 1
+        if self._ha is not None or self.cfg["ha_discovery"]:
+            self._ha_step()
         self._keepalive(now_ms)
         if w.tx != self._tx_seen:
             self._tx_seen = w.tx
             self._last_tx_ms = now_ms
+
+    def _ha_step(self):
+        # Home Assistant discovery configs, one per step (firmware/ha_discovery.py).
+        if self._ha is None:
+            from firmware.ha_discovery import Discovery
+            self._ha = Discovery(self.cfg, self.topics, self.station_id)
+        self._ha.step(self._client, self.connects)
 
     def _keepalive(self, now_ms):
         half = self._keepalive_ms // 2
@@ -798,6 +808,11 @@ class MqttLink:
                                                % (len(msg), MAX_COMMAND_BYTES))
             else:
                 reply = self.dispatcher.handle(bytes(msg), self._now)
+                # The station's work on a command (set_config, set_limit: flash writes of
+                # tens of ms) is no network wait: the rest of the step gets its I/O budget
+                # anew, or the connection would time out and the reply be lost with it.
+                if self._wire is not None:
+                    self._wire.arm()
             if len(self._replies) >= _REPLY_QUEUE:
                 self._replies.pop(0)
             self._replies.append(reply)

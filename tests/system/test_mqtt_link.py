@@ -111,6 +111,34 @@ def test_connects_publishes_retained_status_and_answers_commands(broker, console
     assert s["connects"] == 1 and s["reconnects"] == 0
 
 
+class SlowTarget(RecordingTarget):
+    """Commands that take the station longer than the step's I/O budget, as a config or a
+    limit written to the ESP32's flash does (tens of ms; mqtt_io_timeout_ms is 20)."""
+
+    def cmd_set_config(self, changes):
+        time.sleep(3 * self.cfg["mqtt_io_timeout_ms"] / 1000)
+        return RecordingTarget.cmd_set_config(self, changes)
+
+
+def test_a_command_slower_than_the_io_budget_is_answered_on_the_same_connection(
+        broker, console, tmp_dir):
+    # The station's work on a command is not a network wait: the reply (and the next
+    # packet of the same step) must not be lost with a connection timed out by it.
+    st = Station(broker.port, tmp_dir)
+    st.target = SlowTarget(st.cfg)
+    st.link.dispatcher.target = st.target
+    assert st.run_until_online()
+    mark = console.mark()
+    console.send(STATION, "set_config", {"changes": {"telemetry_interval_s": 30}},
+                 corr_id="s-1")
+    console.send(STATION, "set_limit", {"limit_ma": 16000}, corr_id="s-2")
+    assert st.run(5000, lambda: len(replies(console, mark)) == 2)
+    assert sorted((p["id"], p["ok"]) for p in replies(console, mark)) == [("s-1", True),
+                                                                          ("s-2", True)]
+    s = st.link.stats()
+    assert (s["connects"], s["disconnects"], s["last_error"]) == (1, 0, None)
+
+
 def test_the_will_says_offline_when_the_connection_dies(broker, console, tmp_dir):
     st = Station(broker.port, tmp_dir)
     assert st.run_until_online()
