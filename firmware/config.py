@@ -124,7 +124,7 @@ SCHEMA = {
     "idle_grace_min": (0, 0, 1440, 0),
     "session_fee_minor": (0, 0, 100000, 0),
     "auth_list_max": (250, 1, 2000, 0),                # local allow-list entries (RAM, flash)
-    "session_checkpoint_s": (60, 10, 3600, 0),         # live session to flash at most this often
+    "session_checkpoint_s": (10, 10, 3600, 0),         # small live checkpoint this often (docs/sessions.md: wear)
     "session_checkpoint_wh": (100, 10, 10000, 0),      # ... or after this much energy (>= 10 s apart)
     "counters_save_s": (60, 60, 86400, 0),             # lifetime counters to flash at most this often
     "contactor_load_threshold_w": (100, 0, 10000, 0),  # opening above this counts as under load

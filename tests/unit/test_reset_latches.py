@@ -313,7 +313,7 @@ class EveryLatchedFaultOutlivesEveryReset(unittest.TestCase):
         r.ev(plugged=False, s2=S2_OPEN)
         r.run(300)
         r2 = r.boot_again()
-        self.assertIn("on site", r2.station.cmd_clear_fault("CONTACTOR_WELDED", 0))
+        self.assertIn("on site", r2.station.cmd_clear_fault("CONTACTOR_WELDED", 0)[1])
         self.assertIsNotNone(r2.station.charger.clear_fault(F.CONTACTOR_WELDED, False))
         r2.ev(welded=False)           # the technician replaces the contactor
         r2.run(300)

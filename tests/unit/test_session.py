@@ -6,7 +6,7 @@ import unittest
 from firmware.compat import TICKS_MAX, ticks_add
 from firmware.config import Config
 from firmware.counters import Counters
-from firmware.session import JOURNAL_FILE, LIVE_FILE, SessionError, SessionManager
+from firmware.session import CKPT_FILE, JOURNAL_FILE, LIVE_FILE, SessionError, SessionManager
 from firmware.states import STATE_A, STATE_B1, STATE_B2, STATE_C1, STATE_C2, STATE_F
 from firmware.storage import Store
 from powercut_fs import PowerCutFs
@@ -70,8 +70,8 @@ class Station:
     def state(self, st):
         self.sm.on_state(self.t & TICKS_MAX, st)
 
-    def contactor(self, closed, power_w=0):
-        self.sm.on_contactor(self.t & TICKS_MAX, closed)
+    def contactor(self, closed, power_w=0, reason=None):
+        self.sm.on_contactor(self.t & TICKS_MAX, closed, reason)
         self.power_w = power_w if closed else 0
 
     def start_charging(self, power_w):
@@ -80,6 +80,11 @@ class Station:
 
     def live_writes(self):
         return sum(1 for op in self.fs.log if op.startswith("rename") and op.endswith("/" + LIVE_FILE))
+
+    def checkpoint_writes(self):
+        """Writes of the live session, full (session.live) or small (session.ckpt)."""
+        return sum(1 for op in self.fs.log if op.startswith("rename")
+                   and (op.endswith("/" + LIVE_FILE) or op.endswith("/" + CKPT_FILE)))
 
 
 class ScriptedSessions(unittest.TestCase):
@@ -241,7 +246,7 @@ class ScriptedSessions(unittest.TestCase):
         st.start_charging(7000)
         st.run(MIN)
         st.sm.on_fault(st.t, "rcd_dc")
-        st.contactor(False)
+        st.contactor(False, reason="fault:rcd_dc")        # the fault opened the contactor
         st.state(STATE_F)
         st.run(MIN)
         st.state(STATE_A)
@@ -506,21 +511,31 @@ class Delivery(unittest.TestCase):
         self.assertEqual(st.sm.pending(), [])
 
     def test_checkpoints_are_rate_limited(self):
+        # docs/sessions.md "Flash wear": one small record per session_checkpoint_s (10 s),
+        # the full session.live every 10 minutes, whatever the power.
         st = Station()
         st.state(STATE_B2)
         st.start_charging(3600)                       # 1 Wh/s: the 100 Wh step every 100 s
-        writes0 = st.live_writes()
+        writes0, full0 = st.checkpoint_writes(), st.live_writes()
         st.run(20 * MIN, step=100)                    # tick every 100 ms
-        n = st.live_writes() - writes0
-        self.assertEqual(n, 20)                       # the 60 s limit comes first
+        self.assertEqual(st.checkpoint_writes() - writes0, 120)   # the 10 s limit first
+        self.assertEqual(st.live_writes() - full0, 2)
         st.contactor(True, 22000)                     # 22 kW: 100 Wh every 16.4 s
-        writes0 = st.live_writes()
+        writes0 = st.checkpoint_writes()
         st.run(10 * MIN, step=100)
-        self.assertEqual(st.live_writes() - writes0, 36)
+        self.assertEqual(st.checkpoint_writes() - writes0, 60)
         st.contactor(False)
-        writes0 = st.live_writes()
-        st.run(10 * MIN, step=100)                    # idle: still once a minute, no more
-        self.assertEqual(st.live_writes() - writes0, 10)
+        writes0 = st.checkpoint_writes()
+        st.run(10 * MIN, step=100)                    # idle: the same, no more
+        self.assertEqual(st.checkpoint_writes() - writes0, 60)
+        cfg = Config({"session_checkpoint_s": 60, "session_checkpoint_wh": 100})
+        st = Station(cfg={"session_checkpoint_s": 60})
+        st.state(STATE_B2)
+        st.start_charging(22000)
+        writes0 = st.checkpoint_writes()
+        st.run(10 * MIN, step=100)                    # 60 s: the energy step comes first
+        self.assertEqual(st.checkpoint_writes() - writes0, 36)
+        self.assertTrue(cfg["session_checkpoint_s"] == 60)
 
 
 class PowerLoss(unittest.TestCase):
@@ -566,9 +581,9 @@ class PowerLoss(unittest.TestCase):
         st = Station()
         st.state(STATE_B2)
         st.start_charging(7200)
-        st.run(2 * MIN)
-        ck = json.loads(st.store.read(LIVE_FILE))
-        at_ckpt = ck["seg_last"] - ck["seg_base"]
+        st.run(2 * MIN + 5000)
+        ck = json.loads(st.store.read(CKPT_FILE))       # [.., seg_base, seg_last, ..]
+        at_ckpt = ck[8] - ck[7]
         self.assertTrue(0 < at_ckpt < st.sm.active["energy_wh"])
         st.reset()
         r = st.sm.recover(st.t, st.register + 50000)
@@ -595,7 +610,8 @@ class PowerLoss(unittest.TestCase):
         st.state(STATE_B2)                             # EV still plugged: a new session
         self.assertEqual(st.sm.active["id"], "2-1")
         (r,) = st.sm.pop_completed()
-        self.assertEqual((r["id"], r["stop_reason"], r["charging_s"]), ("1-1", "power_loss", 60))
+        # As of the last checkpoint: within session_checkpoint_s (10 s) of the 90 s.
+        self.assertEqual((r["id"], r["stop_reason"], r["charging_s"]), ("1-1", "power_loss", 90))
 
 
 class ControlLoopCost(unittest.TestCase):
