@@ -254,6 +254,8 @@ class _Client(MQTTClient):
     can write them without waiting for their acknowledgements, and with a bound on the size
     of incoming packets."""
 
+    poisoned = False     # a packet could not be read: the session would deliver it again
+
     def connect_packet(self, clean_session=True):
         flags = 0x02 if clean_session else 0
         payload = _mqtt_str(self.client_id)
@@ -286,6 +288,7 @@ class _Client(MQTTClient):
                 # MQTT 3.1.1 2.2.3: at most four bytes.
                 raise MQTTException("remaining length longer than 4 bytes")
         if n > _MAX_PACKET:
+            self.poisoned = True
             raise MQTTException("packet of %d bytes exceeds %d" % (n, _MAX_PACKET))
         self.sock.left = n
         return n
@@ -530,14 +533,11 @@ class MqttLink:
             else:
                 self._service(now_ms)
         except AssertionError as e:
-            self.protocol_errors += 1
-            self._fail(now_ms, "protocol error%s" % (": %s" % e.args[0] if e.args else ""))
+            self._protocol_error(now_ms, "protocol error%s" % (": %s" % e.args[0] if e.args else ""))
         except MQTTException as e:
-            self.protocol_errors += 1
-            self._fail(now_ms, "protocol error: %s" % (e.args[0] if e.args else "?"))
+            self._protocol_error(now_ms, "protocol error: %s" % (e.args[0] if e.args else "?"))
         except (IndexError, TypeError, ValueError) as e:
-            self.protocol_errors += 1
-            self._fail(now_ms, "protocol error: %r" % e)
+            self._protocol_error(now_ms, "protocol error: %r" % e)
         except OSError as e:
             self._fail(now_ms, "%s: %s" % (STATE_NAMES[state], _os_reason(e)))
         except Exception as e:
@@ -627,7 +627,11 @@ class MqttLink:
         # A persistent session (clean session 0, the client id is the station id): the broker
         # keeps the QoS 1 subscription and queues commands while the station is offline;
         # stale ones are refused by their expiry (firmware/commands.py).
-        self._hello = self._client.connect_packet(False)
+        # A packet the station could not read (over 8 KB, malformed) stays queued in that
+        # session and would drop every connection: one clean session discards it.
+        clean = self._client.poisoned
+        self._client.poisoned = False
+        self._hello = self._client.connect_packet(clean)
         self._hello_off = 0
         self._state = HELLO
         self._write_hello(now_ms)
@@ -867,6 +871,13 @@ class MqttLink:
         self._raw = None
         self._poller = None
         self._client.sock = None
+
+    def _protocol_error(self, now_ms, reason):
+        self.protocol_errors += 1
+        if self._state == ONLINE:
+            # Possibly a queued message it cannot read: the next CONNECT is clean.
+            self._client.poisoned = True
+        self._fail(now_ms, reason)
 
     def _fail(self, now_ms, reason):
         was_online = self._state == ONLINE
