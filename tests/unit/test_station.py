@@ -358,7 +358,7 @@ class Commands(unittest.TestCase):
         self.assertIsNone(st.cmd_set_config({"meter_addr": 3, "meter_poll_ms": 2000}))
         self.assertEqual((st.meter.addr, st.meter.poll_ms), (3, 2000))
         bad = st.cmd_set_config({"meter_map": "custom", "meter_custom_map": "{}"})
-        self.assertIsNotNone(bad)
+        self.assertEqual(bad[0], "PropertyConstraintViolation")   # (code, reason)
         self.assertEqual(st.cfg["meter_map"], "sdm630")
         self.assertEqual(st.meter.map.name, "sdm630")
 
@@ -575,7 +575,7 @@ class ServiceGuardAndCommands(unittest.TestCase):
         st = r.station
         self.assertIsNone(st.cmd_reboot(r.board.ticks_ms()))
         r.run(200)
-        self.assertIsNotNone(st.cmd_start(r.board.ticks_ms()))
+        self.assertEqual(st.cmd_start(r.board.ticks_ms())[0], "BUSY")
         self.assertTrue(st.charger.paused)
 
     def test_selftest_command_is_refused_when_the_self_test_is_disabled(self):
