@@ -471,6 +471,8 @@ def set(key, value):   # noqa: A001 - the REPL verb a technician expects
         why = svc.set_config({key: value})
         cfg = svc.cfg
     if why:
+        if isinstance(why, tuple):
+            why = why[1]                     # (error code, reason) from the station
         _error("set: refused: %s. Nothing changed." % why)
         return False
     shown = cfg.public([key])[key]

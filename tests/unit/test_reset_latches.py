@@ -313,7 +313,7 @@ class EveryLatchedFaultOutlivesEveryReset(unittest.TestCase):
         r.ev(plugged=False, s2=S2_OPEN)
         r.run(300)
         r2 = r.boot_again()
-        self.assertIn("on site", r2.station.cmd_clear_fault("CONTACTOR_WELDED", 0))
+        self.assertIn("on site", r2.station.cmd_clear_fault("CONTACTOR_WELDED", 0)[1])
         now = r2.board.ticks_ms()
         self.assertIn("present", r2.station.clear_fault(F.CONTACTOR_WELDED, False, now))
         r2.ev(welded=False)           # the technician replaces the contactor
