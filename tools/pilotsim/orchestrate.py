@@ -2,11 +2,11 @@
 
     result = run("tools/pilotsim/scenarios/basic-session.json", trace_path="t.jsonl")
 
-starts the peers the scenario needs - a real mosquitto (tests/system/mosquitto.py) behind
-a stallable relay (netproxy.py), and the pymodbus meter (tests/system/meter_peer.py)
-reached by the firmware through tools/tcpuart.py - then the firmware on the MicroPython unix
-port (tools/pilotsim/runner.py), answers its lock-step requests (meter registers, meter
-faults, network stalls), writes the JSONL trace, and analyses it (annexa.py).
+starts the peers the scenario needs - a real mosquitto (tests/system/mosquitto.py), reached
+by the firmware through the runner's lock-step relay (simnet.py), and the pymodbus meter
+(tests/system/meter_peer.py) reached through tools/tcpuart.py - then the firmware on the
+MicroPython unix port (tools/pilotsim/runner.py), answers its lock-step requests (meter
+registers, meter faults), writes the JSONL trace, and analyses it (annexa.py).
 """
 import json
 import os
@@ -20,7 +20,6 @@ import time
 from tools.devicefiles import MICROPYTHON, ROOT, micropython_env, mp_cwd
 from tools.pilotsim import annexa
 from tools.pilotsim import scenario as _scenario
-from tools.pilotsim.netproxy import NetProxy
 
 DEFAULT_TIMEOUT_S = 120
 METER_START_WH = 1234567     # a meter that has seen use: sessions are differences
@@ -157,7 +156,6 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
     os.makedirs(storage)
     run_cfg["storage"] = storage
 
-    proxy = None
     if sc.broker != "none" and want_broker:
         mq = _broker_module()
         if mq is None:
@@ -168,11 +166,8 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
             b = mq.Mosquitto()
             b.start()
             cleanup.append(b.close)
-            proxy = NetProxy(b.port)
-            cleanup.append(proxy.close)
             run_cfg["broker_host"] = b.host
             run_cfg["broker_port"] = b.port
-            run_cfg["station_broker_port"] = proxy.port
             res.broker = True
     elif sc.broker == "required":
         raise PeerMissing("%s needs a broker" % sc.name)
@@ -226,7 +221,7 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
                 res.notes.append("firmware output: " + line[:200])
                 continue
             if "req" in rec:
-                answer = _answer(rec, meter, proxy, res)
+                answer = _answer(rec, meter)
                 proc.stdin.write(answer + "\n")
                 proc.stdin.flush()
                 continue
@@ -248,7 +243,7 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
     return res
 
 
-def _answer(rec, meter, proxy, res):
+def _answer(rec, meter):
     req = rec["req"]
     try:
         if req == "meter":
@@ -257,13 +252,6 @@ def _answer(rec, meter, proxy, res):
         elif req == "meter_fault":
             if meter is not None:
                 meter.fault(rec["mode"])
-        elif req == "network":
-            if proxy is None:
-                return "ok"
-            if rec["mode"] == "stall":
-                proxy.stall()
-            else:
-                proxy.resume()
         else:
             return "err unknown request %s" % req
     except Exception as e:  # noqa: BLE001 - the firmware side reports it and stops
@@ -341,10 +329,13 @@ def format_summary(res):
                     tr["to_station"][1]))
     stats = end.get("stats", {})
     if stats:
-        lines.append("  firmware loop: %d iterations, %d meter updates, %d commands, %d s"
-                     " paced to wall time" % (stats.get("ticks", 0), stats.get("meter_pushes", 0),
-                                              stats.get("commands", 0),
-                                              stats.get("paced_ms", 0) // 1000))
+        lines.append("  firmware loop: %d iterations, %d meter updates, %d commands"
+                     % (stats.get("ticks", 0), stats.get("meter_pushes", 0),
+                        stats.get("commands", 0)))
+        if stats.get("net_gave_up") or stats.get("meter_gave_up"):
+            lines.append("  WARNING: a peer did not answer in time (broker %d, meter %d times):"
+                         " this run may not repeat" % (stats.get("net_gave_up", 0),
+                                                       stats.get("meter_gave_up", 0)))
         lines.append("  %.1f s simulated in %.1f s of wall time" % (end.get("t", 0) / 1000,
                                                                    res.wall_s))
     if res.returncode:

@@ -345,6 +345,62 @@ def _parse(data):
     return sc
 
 
+MASK = "***"
+
+
+def _is_secret_key(key):
+    try:
+        from firmware.config import is_secret
+    except ImportError:
+        return False
+    return is_secret(key)
+
+
+def secret_values(sc, config=None):
+    """Every secret value the scenario configures (config, no_broker_config, and the
+    set_config commands it sends): no output may show one."""
+    found = []
+
+    def take(d):
+        if isinstance(d, dict):
+            for k in d:
+                v = d[k]
+                if _is_secret_key(k) and isinstance(v, str) and v and v not in found:
+                    found.append(v)
+    take(sc.config)
+    take(sc.no_broker_config)
+    take(config)
+    for st in sc.steps:
+        if st.kind == "backend":
+            a = st.args.get("args")
+            if isinstance(a, dict):
+                take(a.get("changes"))
+    # longest first, so a secret containing another is masked whole
+    found.sort(key=lambda v: -len(v))
+    return tuple(found)
+
+
+def mask(obj, secrets=()):
+    """A copy of obj (decoded JSON) with secrets masked: the value of every secret config
+    key, and every occurrence of a configured secret value in any string."""
+    if isinstance(obj, dict):
+        out = {}
+        for k in obj:
+            v = obj[k]
+            if _is_secret_key(k) and isinstance(v, str) and v:
+                out[k] = MASK
+            else:
+                out[k] = mask(v, secrets)
+        return out
+    if isinstance(obj, list):
+        return [mask(v, secrets) for v in obj]
+    if isinstance(obj, str) and secrets:
+        for s in secrets:
+            if s in obj:
+                obj = obj.replace(s, MASK)
+    return obj
+
+
 def loads(text, source="scenario"):
     try:
         data = json.loads(text)
