@@ -119,12 +119,28 @@ class Sim:
             waited += 1
 
     def run(self, ms):
-        """Step the station for `ms` of simulated time (service mode: time only passes)."""
-        for _ in range(ms // self.tick_ms):
-            st = self.station
-            if st is not None:
-                st.step()
-            self.board.sleep_ms(self.tick_ms)
+        """Step the station for `ms` of simulated time (service mode: time only passes).
+        Ctrl-C stops the loop as on the board (main.py): contactor open, pilot at -12 V,
+        back at the REPL with the station's state kept for diag."""
+        try:
+            for _ in range(ms // self.tick_ms):
+                st = self.station
+                if st is not None:
+                    st.step()
+                self.board.sleep_ms(self.tick_ms)
+        except KeyboardInterrupt:
+            self.interrupted()
+
+    def interrupted(self):
+        from firmware import board as _board
+        from firmware import station as _station
+        b = self.board
+        b.set_contactor(False)          # what bootinfo.interrupted() does on the device
+        b.set_pilot(_board.PILOT_STEADY_LOW)
+        b.set_led(_board.LED_FAULT)
+        if self.station is not None:
+            _station.current = self.station
+        print("stopped (Ctrl-C): contactor open. sim.run(ms) steps the station again.")
 
     # -- the EV and the faults --------------------------------------------------------------
     def _model(self, **changes):
@@ -194,6 +210,24 @@ def command(root, meter_port=None, config=None):
     return [MICROPYTHON, "-i", "-c", code], env
 
 
+def run_child(cmd, env, cwd):
+    """Run the unix port in the foreground. Ctrl-C at the terminal reaches the whole process
+    group: the unix port turns it into KeyboardInterrupt (Sim.run stops, the REPL stays),
+    while this launcher ignores it instead of killing its child."""
+    import signal
+    import subprocess
+
+    def child_default():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, preexec_fn=child_default)
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _parse_set(items):
     out = {}
     for item in items:
@@ -208,7 +242,6 @@ def _parse_set(items):
 def main(argv=None):
     import argparse
     import shutil
-    import subprocess
     import tempfile
     p = argparse.ArgumentParser(prog="python -m tools.simrepl", description=__doc__.split("\n")[0])
     p.add_argument("--storage", help="directory for the simulated flash (kept)")
@@ -223,7 +256,7 @@ def main(argv=None):
     os.makedirs(root, exist_ok=True)
     cmd, env = command(os.path.abspath(root), args.meter_port, _parse_set(args.set))
     try:
-        return subprocess.call(cmd, env=env, cwd=root)
+        return run_child(cmd, env, root)
     finally:
         if temp:
             shutil.rmtree(root, ignore_errors=True)

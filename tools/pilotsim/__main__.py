@@ -71,7 +71,8 @@ def _play(path, args, out):
         os.makedirs(TRACE_DIR, exist_ok=True)
         trace = os.path.join(TRACE_DIR, sc.name + ".jsonl")
     live = None if args.quiet else orchestrate.LiveView(out)
-    out.write("== %s: %s\n" % (sc.name, sc.description))
+    for line in orchestrate.fit("== %s: %s" % (sc.name, sc.description), indent=3):
+        out.write(line + "\n")
     if sc.broker != "none" and (args.no_broker or not orchestrate.broker_available()):
         out.write("   running WITHOUT a broker (%s): no MQTT, backend steps are skipped\n"
                   % ("--no-broker" if args.no_broker else "mosquitto is not installed"))

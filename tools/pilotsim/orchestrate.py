@@ -360,25 +360,27 @@ def _session_line(data):
 
 class LiveView:
     """One line per state change and at most one per simulated second, plus scenario steps
-    and backend traffic as they happen."""
+    and backend traffic as they happen. Every line fits WIDTH columns (a longer one is
+    wrapped, indented under its time)."""
+
+    WIDTH = 80
 
     def __init__(self, out=None):
         self.out = out or sys.stdout
         self._last_t = None
         self._last_state = None
+        self._last_faults = ""
 
     def __call__(self, r):
         k = r.get("k")
         if k == "start":
-            cfg = r.get("config", {})
-            self._w("firmware on the MicroPython unix port, simulated board, tick %d ms" % r["tick_ms"])
-            self._w("  broker: %s" % ("mosquitto, station via %s:%s" % (cfg.get("mqtt_host"),
-                                                                       cfg.get("mqtt_port"))
+            self._w("firmware on the MicroPython unix port, simulated board, tick %d ms"
+                    % r["tick_ms"])
+            self._w("  broker: %s" % ("mosquitto, through the simulator's lock-step relay"
                                       if r.get("broker") else "none (no MQTT)"))
             self._w("  meter:  %s" % ("pymodbus SDM630 over Modbus RTU-over-TCP"
                                       if r.get("meter") else "none"))
-            self._w("  time     state CP high/low        duty        offer    contactor"
-                    "      power   energy")
+            self._w("  time s state       CP hi/lo V   duty offer contactor   power   energy")
         elif k == "tick":
             if r["state"] == self._last_state and self._last_t is not None \
                     and r["t"] - self._last_t < 1000:
@@ -387,22 +389,23 @@ class LiveView:
             self._last_state = r["state"]
             duty = r["duty"]
             duty_s = ("off" if duty < 0 else "+12V" if duty >= 1000 else "-12V" if duty == 0
-                      else "%4.1f%%" % (duty / 10))
-            self._w("%8.2f s  %-4s  CP %+5.1f/%+5.1f V  duty %-6s offer %2d A  contactor %-6s"
-                    " %6d W  %6d Wh%s" % (
-                        r["t"] / 1000, r["state"], r["cp_hi"] / 1000, r["cp_lo"] / 1000, duty_s,
-                        r["offered_ma"] // 1000, "closed" if r["contactor"] else "open",
-                        r["power_w"], r["energy_wh"],
-                        ("  faults " + ",".join(r["faults"])) if r["faults"] else ""))
+                      else "%.1f%%" % (duty / 10))
+            self._w("%8.2f %-11s %+5.1f/%+5.1f %6s %3dA %-8s %6dW %6dWh" % (
+                r["t"] / 1000, r["state"], r["cp_hi"] / 1000, r["cp_lo"] / 1000, duty_s,
+                r["offered_ma"] // 1000, "closed" if r["contactor"] else "open",
+                r["power_w"], r["energy_wh"]))
+            faults = ",".join(r["faults"])
+            if faults != self._last_faults:
+                self._last_faults = faults
+                self._w("%8.2f faults: %s" % (r["t"] / 1000, faults or "none"))
         elif k in ("ev", "fault", "meter"):
             extra = " ".join("%s=%s" % (a, r[a]) for a in r if a not in ("t", "k", "name"))
-            self._w("%8.2f s  >> %s %s %s" % (r["t"] / 1000, k, r["name"], extra))
+            self._w("%8.2f >> %s %s %s" % (r["t"] / 1000, k, r["name"], extra))
         elif k == "backend":
-            self._w("%8.2f s  >> backend %s %s" % (r["t"] / 1000, r["name"],
-                                                   json.dumps(r.get("args", r.get("raw")))))
+            self._w("%8.2f >> backend %s %s" % (r["t"] / 1000, r["name"],
+                                                json.dumps(r.get("args", r.get("raw")))))
         elif k == "mqtt" and r.get("topic") == "reply":
-            p = r["payload"]
-            self._w("%8.2f s  << reply %s" % (r["t"] / 1000, json.dumps(p)[:100]))
+            self._w("%8.2f << reply %s" % (r["t"] / 1000, json.dumps(r["payload"])[:140]))
         elif k == "mqtt" and r.get("topic") == "record":
             p = r["payload"]
             if isinstance(p, dict) and p.get("kind") != "telemetry":
@@ -412,8 +415,22 @@ class LiveView:
                                       "raised" if data.get("raised") else "cleared")
                 else:
                     what = _session_line(data)
-                self._w("%8.2f s  << record %s %s" % (r["t"] / 1000, p.get("kind"), what[:110]))
+                self._w("%8.2f << record %s %s" % (r["t"] / 1000, p.get("kind"), what[:140]))
 
     def _w(self, s):
-        self.out.write(s + "\n")
+        for line in fit(s, self.WIDTH):
+            self.out.write(line + "\n")
         self.out.flush()
+
+
+def fit(line, width=80, indent=9):
+    """A line as lines of at most `width` columns, continuations indented."""
+    out = []
+    while len(line) > width:
+        cut = line.rfind(" ", indent + 1, width + 1)
+        if cut <= indent:
+            cut = width
+        out.append(line[:cut].rstrip())
+        line = " " * indent + line[cut:].lstrip()
+    out.append(line)
+    return out

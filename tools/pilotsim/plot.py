@@ -74,7 +74,8 @@ def plot(records, path, title=None, checks=None):
     ax_cp, ax_pwm, ax_st, ax_k, ax_i = axes
 
     def series(ax, panel, label, xs, ys, **kw):
-        ax.step(xs, ys, where="post", label=label, linewidth=1.2, **kw)
+        kw.setdefault("linewidth", 1.2)
+        ax.step(xs, ys, where="post", label=label, **kw)
         drawn[panel].append(label)
 
     # CP plateaus (V) with the nominal levels of Table A.4.
@@ -99,16 +100,12 @@ def plot(records, path, title=None, checks=None):
     _, station = _steps(ticks, end_s, lambda r: r["offered_ma"] / 1000)
     series(ax_a, "PWM", "offered A (duty, as the EV reads it)", xs, offer, color="tab:green")
     series(ax_a, "PWM", "offered A (station)", xs, station, color="tab:olive", linestyle=":")
-    for c in checks:
-        if c.seq == "duty_within_limits":
-            try:
-                amps = int(c.limit.split()[1])
-            except (IndexError, ValueError):
-                continue
-            ax_a.axhline(amps, color="tab:red", linestyle="--", linewidth=0.9)
-            ax_a.text(0, amps, "Annex A/B limit %d A " % amps, fontsize=7, color="tab:red",
-                      va="bottom")
-            drawn["PWM"].append("limit")
+    if any(c.seq == "duty_within_limits" for c in checks):
+        # The Annex A/B limit in force at each moment (max_current_ma, the cable).
+        tl = annexa.Timeline(records)
+        _, lim = _steps(ticks, end_s, lambda r: tl.current_limit_ma(r["t"]) / 1000)
+        series(ax_a, "PWM", "limit A (installation, cable)", xs, lim, color="tab:red",
+               linestyle="--", linewidth=0.9)
     ax_a.set_ylabel("offer (A)")
     ax_a.set_ylim(bottom=0)
 
