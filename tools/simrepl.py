@@ -16,6 +16,9 @@ REPL with `sim` bound:
     >>> sim.request(); sim.run(1000); diag.status()    # C2, contactor closed
     >>> sim.rcd_fault(); sim.run(100); diag.faults()
 
+Ctrl-C during sim.run(ms) stops the firmware's loop as on the board (contactor open, pilot
+at -12 V) and returns to the REPL; the simulator stays (the launcher ignores the signal).
+
 Time is simulated: the station only moves inside sim.run(ms) (and inside diag functions
 that wait, such as selftest()), exactly as on the device where the loop is stopped while
 the technician types. --meter-port connects the board's RS-485 port to a Modbus RTU peer on

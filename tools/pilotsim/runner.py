@@ -41,12 +41,10 @@ NET_WAIT_CAP_MS = 2000       # wall ms the clock is held for the broker's answer
 STATION_BROKER = ("192.0.2.1", 1883)    # what the station is configured with (TEST-NET-1)
 
 
-def _wall_ms():
-    return time.ticks_ms()
-
-
-def _wall_diff(a, b):
-    return time.ticks_diff(a, b)
+# Wall time (waits for peers, --speed): the host's clock on either runtime.
+from firmware.compat import sleep_ms as _sleep_ms  # noqa: E402
+from firmware.compat import ticks_diff as _wall_diff  # noqa: E402
+from firmware.compat import ticks_ms as _wall_ms  # noqa: E402
 
 
 class Channel:
@@ -381,7 +379,7 @@ class Runner:
                             u.give_up()
                             self.stats["meter_gave_up"] += 1
                             break
-                        time.sleep_ms(1)
+                        _sleep_ms(1)
         if self.net is not None:
             if not self.net.settle():
                 self.stats["net_gave_up"] += 1
@@ -391,7 +389,7 @@ class Runner:
             due = (self.sim_ms() + ms) // self.speed
             lag = due - _wall_diff(_wall_ms(), self._wall0)
             if lag > 0:
-                time.sleep_ms(lag)
+                _sleep_ms(lag)
 
     # -- scenario steps ---------------------------------------------------------------------
     def apply(self, step):

@@ -29,7 +29,8 @@ import errno
 import io
 import select
 import socket
-import time
+
+from firmware.compat import sleep_ms, ticks_diff, ticks_ms
 
 _POLL = 3                  # MP_STREAM_POLL
 _RD = 0x0001               # MP_STREAM_POLL_RD
@@ -325,7 +326,7 @@ class SimNet:
     def settle(self):
         """Forward what the station wrote and wait until every answer it provoked is here
         (wall time, at most cap_ms). Returns False when the cap ran out."""
-        start = time.ticks_ms()
+        start = ticks_ms()
         ok = True
         while True:
             for c in self.conns:
@@ -335,7 +336,7 @@ class SimNet:
                 self.backend.receive()
             if self._quiet():
                 break
-            if time.ticks_diff(time.ticks_ms(), start) >= self.cap_ms:
+            if ticks_diff(ticks_ms(), start) >= self.cap_ms:
                 self.gave_up += 1
                 ok = False
                 for c in self.conns:
@@ -343,7 +344,7 @@ class SimNet:
                 if self.backend is not None:
                     self.backend.owed = 0
                 break
-            time.sleep_ms(1)
+            sleep_ms(1)
         for c in self.conns:
             # One delivery per iteration: answers first, then PUBLISHes in broker order.
             for p in c.batch_answers:
