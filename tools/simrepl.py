@@ -110,7 +110,10 @@ class Sim:
         # Lock-step with the real peer: simulated time stands still while it owes an
         # answer, up to a wall-time cap (a silent address never answers).
         m = self.meter
-        if m is None or not m.waiting():
+        if m is None:
+            return
+        m.send_held()               # the request written since the last wait goes out now
+        if not m.waiting():
             return
         import time
         waited = 0

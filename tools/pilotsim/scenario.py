@@ -279,11 +279,12 @@ SEQUENCES = (
 
 
 def _state_names():
+    # The charge states, and OFF: what the trace shows during a power cut.
     try:
         from firmware.states import NAMES
     except ImportError:
         return None
-    return NAMES
+    return tuple(NAMES) + ("OFF",)
 
 
 def _fault_names():
