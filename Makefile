@@ -28,9 +28,10 @@ test: $(STAMP)
 	$(PY) tests/run_all.py $(TESTS)
 
 # The firmware on the unix port against the pilot-signal simulator, a simulated meter and
-# (when installed) a real mosquitto, playing the default charging session.
+# (when installed) a real mosquitto, playing the default charging session; the summary
+# names the trace and the picture of the session (build/pilotsim/demo.png).
 sim: $(STAMP)
-	$(PY) -m tools.pilotsim demo $(if $(HEAP),--heap $(HEAP))
+	$(PY) -m tools.pilotsim demo --plot build/pilotsim/demo.png $(if $(HEAP),--heap $(HEAP))
 
 # Virtual stations for backend developers: the firmware on the stand-in in real time, with a
 # simulated EV and meter, on any broker until Ctrl-C (tools/station.py; `help` lists the EV

@@ -182,7 +182,7 @@ def _ev_absent(board, cfg):
 def help():
     _emit([_fmt.header("diag: charge-point diagnostics"),
            "  status()            overview: state, contactor, faults, meter, backend",
-           "  pilot()             live CP levels (mV) and what they mean",
+           "  pilot()             live CP levels (V) and what they mean",
            "  pp()                live PP resistance and the cable rating",
            "  meter()             last meter reading and bus statistics",
            "  scan(first, last)   Modbus scan, 1..247 by default -> [addresses]",
