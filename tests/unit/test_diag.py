@@ -173,7 +173,7 @@ class WithStation(DiagCase):
         out = self.text()
         self.assertIn("RCD_TRIPPED  (OCPP GroundFailure)", out)
         self.assertIn("detected a leakage current", out)     # from the fault table
-        self.assertIn("raised   RCD_TRIPPED", out)
+        self.assertIn("fault raised RCD_TRIPPED", out)
         self.assertIn("Stops charging; clears on unplug", out)
 
     def test_events_are_shown_after_the_station_drained_the_ring(self):
@@ -388,7 +388,11 @@ class Selftest(DiagCase):
         r = Rig()
         r.board.contactor_welded = True
         self.assertIs(diag.selftest(), False)
-        self.assertIn("welded", self.text())
+        out = self.text()
+        self.assertIn("contactor cycle ....... FAIL  WELDED: outlet may be live", out)
+        # The summary never calls welded contacts "open".
+        self.assertIn("0 skipped; coil off\n  WELDED: outlet may be live: the mirror", out)
+        self.assertFalse("; contactor open" in out)
         self.assertFalse(r.board.contactor_cmd)
 
     def test_contactor_not_closing_fails(self):
@@ -407,7 +411,7 @@ class Selftest(DiagCase):
         # The verdict reaches the station's events (and from there the backend).
         self.assertIn("RCD self-test FAILED", "\n".join(
             __import__("firmware.diagfmt").diagfmt.event_text(k, a, b)
-            for _, k, a, b in diag._ring_last(r.station.events, 4)))
+            for _, k, a, b in r.station.events.history(4)))
 
 
 class BarePcb(RecordingBoard):
@@ -474,7 +478,8 @@ class ServiceMode(DiagCase):
         diag.meter()
         self.assertFits()
         out = self.text()
-        self.assertIn("no station running", out)
+        self.assertIn("latched faults (back when the station starts)", out)
+        self.assertIn("fault history (flash, newest last)", out)
         self.assertIn("boots             0", out)         # read, not counted
 
 
