@@ -158,7 +158,7 @@ def _store():
 def _stopped_text():
     bi = _bootinfo()
     if bi is not None and getattr(bi, "interrupted_stop", False):
-        return "STOPPED at the REPL (Ctrl-C): contactor open; machine.reset() resumes"
+        return "STOPPED (Ctrl-C), contactor open; machine.reset() resumes"
     return None
 
 
@@ -281,8 +281,8 @@ def _clock_text(board):
 
 
 def _crash_line(board):
-    bi = _bootinfo()
-    crash = bi.last_crash() if bi is not None else board.last_crash()
+    # The ESP32 board reads drivers.bootinfo's crash file; the simulator's its own record.
+    crash = board.last_crash()
     if crash:
         return crash.strip().split("\n")[-1]
     return None
@@ -427,7 +427,7 @@ def meter():
     _emit(_fmt.meter_lines(r, m.stats(), m.addr, cfg["meter_map"]))
 
 
-_SCAN_PROGRESS = 16    # a progress line every this many addresses
+_SCAN_PROGRESS = 10    # a progress line every this many addresses
 
 
 def scan(first=1, last=247, timeout_ms=100):

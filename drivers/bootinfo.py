@@ -354,6 +354,5 @@ def interrupted(board=None):
     except Exception as e:   # the contactor is open; the record is secondary
         print("main: stop not recorded:", e)
     fed = _keep_fed(board) is not None
-    print("stopped (Ctrl-C): contactor open%s. The station stays stopped until reset"
-          " (machine.reset()); import diag; diag.help()"
-          % (", watchdog fed" if fed else ""))
+    print("stopped (Ctrl-C): contactor open%s." % (", watchdog fed" if fed else ""))
+    print("The station stays stopped until machine.reset(). import diag; diag.help()")

@@ -436,7 +436,8 @@ def status_lines(st):
         if key in st:
             items.append((key.replace("_", " "), st[key]))
     if st.get("pending_reboot"):
-        items.append(("after reboot", ", ".join(st["pending_reboot"])))
+        items.append(("pending", "%s (stored, applies after a reboot)"
+                      % ", ".join(st["pending_reboot"])))
     if st.get("note"):
         items.append(("note", st["note"]))
     if st.get("config_error"):
