@@ -247,9 +247,9 @@ def suggest(word, choices):
         if d < best_d:
             best = c
             best_d = d
-    if best is None:
+    if best is None and len(word) >= 4:
         for c in choices:
-            if word and word in c:
+            if word in c or c in word:
                 return c
     return best
 

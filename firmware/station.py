@@ -764,7 +764,7 @@ class Station:
                 load_map(trial["meter_map"], trial["meter_custom_map"])
         except ValueError as e:
             return str(e)
-        why = self._hardware_guard(trial, changed)
+        why = self._hardware_guard(trial, changes, changed)
         if why:
             return why
         try:
@@ -786,7 +786,7 @@ class Station:
             self._queue_event({"type": "config_pending_reboot", "keys": later})
         return None
 
-    def _hardware_guard(self, trial, changed):
+    def _hardware_guard(self, trial, changes, changed):
         # What the hardware is (a socket or a cable, its phases) changes only with the
         # contactor open; no setting may exceed the hardware's rated current.
         if self.charger.contactor:
@@ -796,7 +796,7 @@ class Station:
         ceiling = self.ceiling_ma
         if ceiling is not None:
             for k in ("max_current_ma", "comms_fallback_ma"):
-                if k in changed and trial[k] > ceiling:
+                if k in changes and trial[k] > ceiling:
                     return "%s: %d above the hardware rating %d (board file" \
                         " rated_current_ma)" % (k, trial[k], ceiling)
         return None
