@@ -97,6 +97,12 @@ class _Service:
             candidate.update(changes)
         except ConfigError as e:
             return str(e)
+        ceiling = getattr(self.board, "rated_current_ma", None)
+        for k in ("max_current_ma", "comms_fallback_ma"):
+            # The station's guard (firmware/station.py): never above the hardware's rating.
+            if ceiling is not None and k in changes and candidate[k] > ceiling:
+                return "%s: %d above the hardware rating %d (board file rated_current_ma)" \
+                    % (k, candidate[k], ceiling)
         try:
             config_store.save(self.store, candidate)
         except StorageError as e:

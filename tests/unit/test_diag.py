@@ -414,6 +414,71 @@ class Selftest(DiagCase):
             for _, k, a, b in r.station.events.history(4)))
 
 
+class Guards(DiagCase):
+    def tearDown(self):
+        diag.ask = None
+        super().tearDown()
+
+    def test_raising_a_current_asks_and_no_changes_nothing(self):
+        r = Rig(config={"max_current_ma": 16000})
+        asked = []
+        diag.ask = lambda q: asked.append(q) or "n"
+        self.assertIs(diag.set("max_current_ma", 20000), False)
+        self.assertEqual(asked, ["raise max_current_ma from 16.0 A to 20.0 A? [y/N] "])
+        self.assertEqual(r.station.cfg["max_current_ma"], 16000)
+        self.assertIs(diag.set("max_current_ma", 10000), True)    # lowering: no question
+        self.assertEqual(len(asked), 1)
+        diag.ask = lambda q: "yes"
+        self.assertIs(diag.set("max_current_ma", 20000), True)
+        self.assertIs(diag.set("max_current_ma", 30000, confirm=True), True)
+        self.assertEqual(r.station.cfg["max_current_ma"], 30000)
+
+    def test_service_asks_before_it_stops_a_charge(self):
+        r = Rig()
+        r.ev(plugged=True, s2=S2_C)
+        r.run(2000)
+        self.assertTrue(r.board.contactor_cmd)
+        diag.ask = lambda q: "n"
+        self.assertIs(diag.service(), False)
+        self.assertTrue(r.board.contactor_cmd)
+        self.assertEqual(r.board.reset_requests, 0)
+        self.assertIs(diag.service("off"), False)
+        self.assertIn("on must be True", self.text())
+
+    def test_clear_checks_the_diode_again_under_pwm(self):
+        r = Rig()
+        r.ev(plugged=True, s2=S2_C)
+        r.run(2000)
+        r.board.model.diode_short = True
+        r.board.model.update()
+        r.run(200)
+        self.assertTrue(r.station.faults.is_active(faults.DIODE_FAULT))
+        r.run(3000)                                   # x1 since: the diode cannot show
+        self.assertTrue(r.station.faults.is_present(faults.DIODE_FAULT))
+        self.assertIs(diag.clear("DIODE_FAULT"), False)
+        self.assertIn("diode shorted or missing", self.text())
+        self.assertEqual(r.board.duty, 1000)          # the 5 % check is over
+        self.assertFalse(r.board.contactor_cmd)
+        r.board.model.diode_short = False
+        r.board.model.update()
+        self.assertIs(diag.clear("DIODE_FAULT"), True)
+        self.assertFalse(r.station.faults.is_active(faults.DIODE_FAULT))
+        self.assertEqual(r.station.safe.latched, 0)   # on flash before the answer
+
+    def test_bad_arguments_print_a_hint(self):
+        Rig()
+        diag.events("x")
+        diag.config(5)
+        diag.sessions(0)
+        self.assertIs(diag.clear("RCD_TRIPED"), False)
+        self.assertIs(diag.selftest(1), False)
+        out = self.text()
+        for hint in ("events: n must be an integer", "config: match is a part of a key",
+                     "sessions: n must be an integer", "did you mean RCD_TRIPPED?",
+                     "connector_parked must be True or False"):
+            self.assertIn(hint, out)
+
+
 class BarePcb(RecordingBoard):
     """A board file without mirror contact and without residual-current monitor."""
     has_mirror = False
@@ -464,6 +529,15 @@ class ServiceMode(DiagCase):
         self.assertIn("applies when the station starts", self.text())
         st = Station(SimBoard(), store=Store("/data", self.fs))
         self.assertEqual(st.cfg["max_current_ma"], 20000)
+
+    def test_service_mode_refuses_more_than_the_rating_too(self):
+        diag.ask = lambda q: "y"
+        try:
+            self.assertIs(diag.set("max_current_ma", 40000), False)
+        finally:
+            diag.ask = None
+        self.assertIn("above the hardware rating 32000", self.text())
+        self.assertIsNone(self.fs.medium.get("/data/config.json"))
 
     def test_selftest_faults_events_counters_without_a_station(self):
         self.assertIs(diag.selftest(), True)
