@@ -231,8 +231,6 @@ def warnings(cfg):
                    " (it never connects unverified)")
     if bool(cfg["mqtt_cert_file"]) != bool(cfg["mqtt_key_file"]):
         out.append("mqtt_cert_file and mqtt_key_file go together: set both or neither")
-    if cfg["mqtt_host"] and not cfg["wifi_ssid"]:
-        out.append("mqtt_host is set but wifi_ssid is empty: no network to reach it")
     if cfg["wifi_password"] and not cfg["wifi_ssid"]:
         out.append("wifi_password is set but wifi_ssid is empty")
     return out

@@ -124,7 +124,8 @@ class Values(unittest.TestCase):
         text = " ".join(w)
         self.assertIn("mqtt_tls is on without mqtt_ca_file", text)
         self.assertIn("mqtt_cert_file and mqtt_key_file go together", text)
-        self.assertIn("wifi_ssid is empty", text)
+        self.assertEqual(warnings(Config({"wifi_password": "x" * 8})),
+                         ["wifi_password is set but wifi_ssid is empty"])
 
     def test_unknown_keys_get_the_nearest(self):
         self.assertEqual(suggest("max_curent_ma", ("max_current_ma", "phases")),
