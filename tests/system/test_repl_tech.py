@@ -195,6 +195,10 @@ def test_faults_events_and_sessions_survive_a_reboot_and_service_mode(tmp_path):
         r("import diag")
         _charge(r)
         r("sim.rcd_fault(); sim.run(200); sim.unplug(); sim.rcd_fault(False); sim.run(2000)")
+        # A minute of ticks and a dozen events: batches, never a write per tick or event.
+        r("sim.run(60000)")
+        assert int(r("sim.station.iterations")[0]) > 6000
+        assert int(r("sim.station.history.writes")[0]) <= 2
         # service() while idle asks nothing; the reboot keeps the history on flash.
         out = r.text("diag.service()")
         assert "SERVICE MODE" in out

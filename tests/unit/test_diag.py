@@ -479,6 +479,47 @@ class Guards(DiagCase):
             self.assertIn(hint, out)
 
 
+class _Wlan:
+    def __init__(self, up):
+        self.up = up
+
+    def isconnected(self):
+        return self.up
+
+    def ifconfig(self):
+        return ("192.168.4.23", "255.255.255.0", "192.168.4.1", "192.168.4.1")
+
+    def status(self, what=None):
+        return -61 if what == "rssi" else 1010
+
+
+class _Wifi:
+    def __init__(self, up):
+        self.wlan = _Wlan(up)
+        self.ssid = "depot"
+        self.attempts = 3
+
+
+class StatusLines(DiagCase):
+    def test_wifi_clock_backend_reason_pending_keys_and_last_crash(self):
+        board = RecordingBoard()
+        board.crash_text = "Traceback (most recent call last):\nValueError: boom\n"
+        st = Station(board, config={"wifi_ssid": "depot"},
+                     store=Store("/data", PowerCutFs()))
+        board.wifi = _Wifi(True)
+        self.assertIsNone(st.cmd_set_config({"mqtt_host": "192.0.2.1"}))
+        diag.status()
+        self.assertFits()
+        out = self.text()
+        self.assertIn("Wi-Fi        depot: 192.168.4.23, -61 dBm", out)
+        self.assertIn("pending      mqtt_host (stored, applies after a reboot)", out)
+        self.assertIn("last crash   ValueError: boom", out)
+        self.assertIn("clock        20", out)
+        board.wifi = _Wifi(False)
+        diag.status()
+        self.assertIn("Wi-Fi        depot: not connected (3 attempts)", self.text())
+
+
 class BarePcb(RecordingBoard):
     """A board file without mirror contact and without residual-current monitor."""
     has_mirror = False
