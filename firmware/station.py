@@ -61,6 +61,7 @@ class Station:
         # Set before the first storage call: _storage_op reports through the link, which
         # is built further down (the fault itself reaches the outbox through the ring).
         self.link = None
+        self.backend = None            # firmware.backend.api.Backend, by cfg["backend"]
         self.storage_error = None      # the flash failed at boot: degraded (see _ram_store)
         if store is None:
             try:
@@ -127,10 +128,9 @@ class Station:
         if self.cfg["wifi_ssid"]:
             board.start_network(self.cfg["wifi_ssid"], self.cfg["wifi_password"],
                                 self.cfg["ntp_server"])
-        self.link = None
-        if self.cfg["mqtt_host"]:
-            from firmware.mqtt_link import MqttLink
-            self.link = MqttLink(self.cfg, self.cfg["station_id"], self.outbox, self)
+        # The backend plug-in (MQTT, OCPP 1.6J); `link` is the MqttLink, or None.
+        from firmware import backend as _backend
+        self.link, self.backend = _backend.build(self)
         self._fallback = False
         self._undelivered = []         # (kind, record) the outbox could not store yet
 
@@ -299,9 +299,9 @@ class Station:
 
     def run(self):
         board = self.board
-        if self.link is not None and self.cfg["mqtt_host"]:
+        if self.backend is not None:
             try:
-                self.link.resolve()    # the one blocking DNS lookup, before charging starts
+                self.backend.resolve()  # the one blocking DNS lookup, before charging starts
             except Exception as e:      # noqa: BLE001 - retried by the link's own steps
                 self._queue_event({"type": "dns_error", "error": str(e)})
         while True:
@@ -327,10 +327,9 @@ class Station:
             self._deliver(kind, rec)
         self._offer_sessions()
         self.board.network_step(now)
-        if self.link is not None:
+        if self.backend is not None:
             self._comms(now)
-            self.link.step(now)
-            self._report(now)
+            self.backend.step(now)
         if self.outbox.overflow_active and len(self.outbox) <= self.outbox.capacity // 2:
             self.outbox.clear_overflow()          # reported; the backend is catching up
         self._fault_flag(_faults.OUTBOX_OVERFLOW, self.outbox.overflow_active, now)
@@ -468,6 +467,8 @@ class Station:
             self._queue_event({"type": "wakeup", "active": bool(a), "t_ms": t})
         else:
             self._queue_event({"type": KIND_NAMES[kind], "a": a, "b": b, "t_ms": t})
+        if self.backend is not None:
+            self.backend.on_event(ev)
 
     def _offer_sessions(self):
         # Finished session records move from the session journal to the outbox a few at a
@@ -525,7 +526,7 @@ class Station:
 
     # -- backend reporting --------------------------------------------------------------------
     def _comms(self, now):
-        lost = self.link.comms_lost(now)
+        lost = self.backend.comms_lost(now)
         if lost and not self._fallback:
             self._fallback = True
             self.charger.set_comms_fallback(self.cfg["comms_fallback_ma"])
@@ -625,6 +626,8 @@ class Station:
             out["meter"] = self.meter.stats()
         if self.link is not None:
             out["mqtt"] = self.link.stats()
+        elif self.backend is not None:
+            out["backend"] = self.backend.stats()
         if self.sessions.error:
             out["session_error"] = self.sessions.error
         return out
@@ -670,13 +673,13 @@ class Station:
     def present_id_tag(self, id_tag, now_ms):
         """An idTag read at the station (the board's RFID reader). Returns (accepted,
         reason) and tells the backend, which decides in backend mode while online."""
-        online = self.link is not None and self.link.online
+        online = self.backend is not None and self.backend.online
         try:
             ok, why = self.auth.request(id_tag, online, SOURCE_READER)
         except ValueError as e:
             ok, why = False, str(e)
         if why == ASK_BACKEND:
-            self._queue_event({"type": "authorize_request", "id_tag": id_tag})
+            self.backend.id_tag(id_tag, now_ms)
             return False, why
         err = self._authorize(id_tag, ok, why, now_ms) if ok else None
         if err:
@@ -796,8 +799,8 @@ class Station:
         # A session whose EV has left (waiting for its final reading) ends as it ended.
         self._storage_op(self.sessions.end, now, reason)
         self._storage_op(self.counters.save, now)
-        if self.link is not None:
-            self.link.close(reason)
+        if self.backend is not None:
+            self.backend.close(reason)
 
     def cmd_selftest(self, now_ms):
         if not self.cfg["rcd_selftest"]:
