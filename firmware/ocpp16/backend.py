@@ -9,6 +9,8 @@ One step per loop iteration, never waiting on the network (firmware/ws.py). Per 
 Parts: rpc.py (framing, the one CALL in flight), router.py (incoming CALLs to the modules
 in ops/), txlog.py (the transaction messages on flash), status.py, keys.py, clock.py.
 """
+import os
+
 from firmware.backend.api import OK, Backend
 from firmware.compat import const, ticks_add, ticks_diff
 from firmware.ocpp16 import clock, rpc, status as _status
@@ -54,6 +56,7 @@ class Ocpp16Backend(Backend):
         self.registration = _UNKNOWN
         self._boot_at = now
         self._was_open = False
+        self._attempting = False
         self._attempt_at = now
         self._backoff_ms = _BACKOFF_MIN_MS
         self._offline_since = now
@@ -118,6 +121,9 @@ class Ocpp16Backend(Backend):
         if ws.state == CLOSED:
             if self._was_open:
                 self._disconnected(now)
+            elif self._attempting:
+                self._retry_later(now)       # refused, timed out, handshake failed
+            self._attempting = False
             if ticks_diff(now, self._attempt_at) >= 0:
                 self._connect(now)
         else:
@@ -149,6 +155,7 @@ class Ocpp16Backend(Backend):
             if self.url.startswith("wss://") and self.ws.tls_context is None:
                 self.ws.tls_context = self._tls()
             self.ws.open(self.url, now, "ocpp1.6", self.identity, pw if pw else None)
+            self._attempting = True
         except (OSError, ValueError, Exception) as e:  # noqa: BLE001 - any failure backs off
             self.ws.error = "connect: %s" % (e,)
             self._retry_later(now)
@@ -165,7 +172,10 @@ class Ocpp16Backend(Backend):
         return ctx
 
     def _retry_later(self, now):
-        self._attempt_at = ticks_add(now, self._backoff_ms)
+        # Half the backoff plus a random part of the other half: a fleet that lost its
+        # central system together does not reconnect in step.
+        half = self._backoff_ms // 2
+        self._attempt_at = ticks_add(now, half + _random16() % (half + 1))
         self._backoff_ms = min(self._backoff_ms * 2, self.cfg["ocpp_backoff_max_s"] * 1000)
 
     def _disconnected(self, now):
@@ -499,3 +509,8 @@ class Ocpp16Backend(Backend):
             p["transactionId"] = tx_id
         return p
 
+
+
+def _random16():
+    r = os.urandom(2)
+    return r[0] << 8 | r[1]

@@ -190,3 +190,23 @@ class Station:
             except (asyncio.TimeoutError, ConnectionError):
                 self.proc.kill()
                 await self.proc.wait()
+
+
+async def remote(cs, st, payload, wall_s=10, suppress=True):
+    """A CALL from the central system, answered while the station steps 1:1 with wall time."""
+    task = asyncio.ensure_future(cs.cp.call(payload, suppress=suppress))
+    for _ in range(wall_s * 10):
+        if task.done():
+            break
+        await st.run(100, paced=True)
+    return await task
+
+
+async def outage(cs, st):
+    """Stop the central system while the station steps (it answers the closing handshake)."""
+    task = asyncio.ensure_future(cs.stop())
+    for _ in range(200):
+        if task.done():
+            break
+        await st.run(100, paced=True)
+    await task

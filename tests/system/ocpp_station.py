@@ -55,6 +55,7 @@ class Rig:
         self.model = PilotModel()
         self.board = None
         self.boots = 0
+        self.paced_steps = 0
         self.boot(0)
 
     def boot(self, start_ms):
@@ -86,6 +87,7 @@ class Rig:
         self.registers()
         b = self.station.backend
         if paced or (b is not None and (b.caller.busy() or b.ws.state not in (OPEN, CLOSED))):
+            self.paced_steps += 1
             time.sleep_ms(TICK_MS)
         self.board.sleep_ms(TICK_MS)
 
@@ -119,7 +121,7 @@ class Rig:
                 "available": c.available, "offered_ma": c.offered_ma,
                 "tx": r[0] if r else None, "tx_id": b.log.running_tx_id(),
                 "pending": b.log.pending(), "online": b.online, "boots": self.boots,
-                "wh": self.mwh // 1000, "stats": b.stats(),
+                "wh": self.mwh // 1000, "paced": self.paced_steps, "stats": b.stats(),
                 "service_errors": st.service_errors, "last_error": st.last_service_error}
 
     def do(self, cmd):
