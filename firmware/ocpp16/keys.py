@@ -74,7 +74,7 @@ def get(cfg, names):
     known = []
     unknown = []
     if not names:
-        names = [row[0] for row in KEYS]
+        names = [row[0] for row in KEYS if row[1] != _WO]
     for name in names:
         row = _find(name)
         if row is None or row[1] == _WO:

@@ -36,7 +36,7 @@ class CallError(Exception):
     """Raised by an operation's handler: answered as a CALLERROR."""
 
     def __init__(self, code, description=""):
-        Exception.__init__(self, code, description)
+        super().__init__(code, description)
         self.code = code
         self.description = description
 
