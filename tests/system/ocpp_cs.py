@@ -149,6 +149,7 @@ class Station:
                 "config": dict({"backend": "ocpp16", "ocpp_url": url, "ocpp_id": IDENTITY,
                                 "ocpp_password": PASSWORD, "auth_mode": "backend"},
                                **(config or {}))}
+        os.makedirs(tmp, exist_ok=True)
         path = os.path.join(tmp, "opts.json")
         with open(path, "w") as f:
             json.dump(opts, f)
