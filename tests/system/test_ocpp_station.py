@@ -6,6 +6,7 @@ import pytest
 
 from ocpp.v16 import call
 
+from tools.devicefiles import HEAP_GROWN
 from ocpp_cs import CentralSystem, Station, outage, remote
 
 
@@ -17,8 +18,9 @@ def test_boot_rfid_session_with_meter_values(tmp_dir):
     async def scenario():
         cs = CentralSystem()
         port = await cs.start()
+        # The ESP32's heap without PSRAM once grown (tools/devicefiles.py HEAP_GROWN).
         st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port,
-                                 config={"ocpp_meter_interval_s": 10})
+                                 config={"ocpp_meter_interval_s": 10}, heap=HEAP_GROWN)
         try:
             snap = await st.run(20000, until="online")
             assert snap["online"]
