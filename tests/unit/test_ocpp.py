@@ -113,6 +113,15 @@ class Keys(unittest.TestCase):
         known, unknown = keys.get(cfg, ["AuthorizationKey", "Nope"])
         self.assertEqual((known, unknown), ([], ["AuthorizationKey", "Nope"]))
 
+    def test_the_documentation_names_the_profiles_and_every_key(self):
+        with open("docs/ocpp.md") as f:
+            doc = f.read()
+        self.assertTrue("`SupportedFeatureProfiles` = `%s`." % keys.PROFILES in doc)
+        for row in keys.KEYS:
+            self.assertTrue(row[0] in doc, row[0])
+        for op, _module, _r in router.OPERATIONS:
+            self.assertTrue("| " + op + " |" in doc, op)
+
     def test_change_maps_to_a_setting_or_says_why_not(self):
         self.assertEqual(keys.setting_for("HeartbeatInterval", "60"), ("ocpp_heartbeat_s", 60))
         self.assertEqual(keys.setting_for("HeartbeatInterval", "1.5"), "Rejected")
