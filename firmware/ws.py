@@ -313,8 +313,9 @@ class WsClient:
     def _tls_step(self):
         s = self._stream
         try:
-            if hasattr(s, "do_handshake"):
-                s.do_handshake()
+            shake = getattr(s, "do_handshake", None)    # CPython; MicroPython has none
+            if shake is not None:
+                shake()
             else:
                 # MicroPython drives the handshake from the first write.
                 if self._flush() is False:
@@ -345,9 +346,9 @@ class WsClient:
     def _recv_into(self, mv):
         s = self._stream
         try:
-            if hasattr(s, "recv_into"):
-                return s.recv_into(mv)
-            return s.readinto(mv)
+            # MicroPython's sockets (the ESP32's too) read with readinto; CPython's with recv_into.
+            fn = getattr(s, "recv_into", None)
+            return fn(mv) if fn is not None else s.readinto(mv)
         except OSError as e:
             if _would_block(e):
                 return None

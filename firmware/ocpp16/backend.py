@@ -196,9 +196,8 @@ class Ocpp16Backend(Backend):
             kind, uid, a, b = rpc.decode(raw)
         except rpc.CallError as e:
             self.malformed += 1
-            uid = getattr(e, "uid", None)
-            if uid is not None:
-                self._send(rpc.encode_error(uid, e.code, e.description))
+            if e.uid is not None:
+                self._send(rpc.encode_error(e.uid, e.code, e.description))
             return
         if kind == rpc.CALL:
             self._incoming(uid, a, b, now)

@@ -35,10 +35,11 @@ GENERIC = "GenericError"
 class CallError(Exception):
     """Raised by an operation's handler: answered as a CALLERROR."""
 
-    def __init__(self, code, description=""):
+    def __init__(self, code, description="", uid=None):
         super().__init__(code, description)
         self.code = code
         self.description = description
+        self.uid = uid            # the CALL's uniqueId when it could be read
 
 
 def encode_call(uid, action, payload):
@@ -70,17 +71,13 @@ def decode(raw):
         raise CallError(FORMATION, "bad uniqueId")
     if kind == CALL and len(msg) == 4 and isinstance(msg[2], str):
         if not isinstance(msg[3], dict):
-            e = CallError(FORMATION, "payload is not an object")
-            e.uid = uid
-            raise e
+            raise CallError(FORMATION, "payload is not an object", uid)
         return CALL, uid, msg[2], msg[3]
     if kind == CALLRESULT and len(msg) == 3:
         return CALLRESULT, uid, msg[2], None
     if kind == CALLERROR and len(msg) >= 4:
         return CALLERROR, uid, msg[2], msg[3]
-    e = CallError(FORMATION, "not a CALL, CALLRESULT or CALLERROR")
-    e.uid = uid
-    raise e
+    raise CallError(FORMATION, "not a CALL, CALLRESULT or CALLERROR", uid)
 
 
 def field(payload, key, kind, required=True, max_len=None):
