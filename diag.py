@@ -182,7 +182,7 @@ def _ev_absent(board, cfg):
 def help():
     _emit([_fmt.header("diag: charge-point diagnostics"),
            "  status()            overview: state, contactor, faults, meter, backend",
-           "  pilot()             live CP levels (mV) and what they mean",
+           "  pilot()             live CP levels (V) and what they mean",
            "  pp()                live PP resistance and the cable rating",
            "  meter()             last meter reading and bus statistics",
            "  scan(first, last)   Modbus scan, 1..247 by default -> [addresses]",
@@ -435,7 +435,7 @@ def clear(name):
     except ValueError as e:
         _error("clear: %s" % e)
         return False
-    why = st.charger.clear_fault(code, False)
+    why = st.clear_fault(code, False, st.board.ticks_ms())
     if why:
         _error("clear: refused: %s" % why)
         return False
@@ -471,6 +471,8 @@ def set(key, value):   # noqa: A001 - the REPL verb a technician expects
         why = svc.set_config({key: value})
         cfg = svc.cfg
     if why:
+        if isinstance(why, tuple):
+            why = why[1]                     # (error code, reason) from the station
         _error("set: refused: %s. Nothing changed." % why)
         return False
     shown = cfg.public([key])[key]

@@ -134,12 +134,19 @@ def _text(data):
         return "".join(chr(b) if 32 <= b < 127 or b == 10 else "?" for b in data)
 
 
+# What a crash report says when it is there but cannot be read into the heap: the crash is
+# still reported (INTERNAL_ERROR at the next start), only without its traceback.
+CRASH_UNREADABLE = "MemoryError: the crash report on flash did not fit the free heap"
+
+
 def last_crash():
     try:
         with open(path(CRASH_FILE), "rb") as f:
             return _text(f.read())
-    except (OSError, MemoryError):
+    except OSError:
         return None
+    except MemoryError:
+        return CRASH_UNREADABLE
 
 
 # -- the crash count (RTC memory) -------------------------------------------------------

@@ -18,6 +18,11 @@ Annex A timing as implemented (docs/faults.md explains the choices):
     fault_hold_ms (>= 300 ms, Table A.5), then x1 (+12 V) while the fault stays.
   - Current increases at most once per duty_update_interval_ms (5 s); decreases (including
     pause) apply at once, because they protect the cable, the site or the contactor.
+  - An F hold runs its full fault_hold_ms before a commanded reset (`ready_for_reset`).
+Every value in the timing keys' ranges (firmware/config.py) keeps these limits.
+
+A reset clears none of the latched faults nor the backend limit: the station keeps them in
+firmware/safestate.py and restores them into a new Charger before its first tick.
 """
 from firmware.board import (
     LED_CHARGING, LED_CONNECTED, LED_FAULT, LED_IDLE, LED_PAUSED, LED_UNAVAILABLE,

@@ -102,6 +102,12 @@ SCHEMA = {
     "outbox_capacity": (64, 4, 1000, REBOOT),  # records held until the backend acks them
     "outbox_window": (4, 1, 32, 0),           # records in flight (sent, not yet acked)
     "outbox_resend_s": (60, 5, 3600, 0),      # resend an unacked record after this
+    "ha_discovery": (False, None, None, 0),   # Home Assistant discovery (firmware/ha_discovery.py)
+    # The owner's command key (64 hex digits, provisioned at commissioning; "" = none):
+    # trust settings change by MQTT only in a command signed with it (firmware/owner.py).
+    "owner_key": ("", 0, 64, SECRET),
+    # Credentials over a connection without TLS: refused unless this local setting allows.
+    "mqtt_plain_credentials": (False, None, None, REBOOT),
 
     # -- backend choice and OCPP 1.6J (firmware/backend, firmware/ocpp16, docs/ocpp.md) -----
     "backend": ("mqtt", ("mqtt", "ocpp16"), None, REBOOT),
@@ -134,7 +140,7 @@ SCHEMA = {
     "idle_grace_min": (0, 0, 1440, 0),
     "session_fee_minor": (0, 0, 100000, 0),
     "auth_list_max": (250, 1, 2000, 0),                # local allow-list entries (RAM, flash)
-    "session_checkpoint_s": (60, 10, 3600, 0),         # live session to flash at most this often
+    "session_checkpoint_s": (10, 10, 3600, 0),         # small live checkpoint this often (docs/sessions.md: wear)
     "session_checkpoint_wh": (100, 10, 10000, 0),      # ... or after this much energy (>= 10 s apart)
     "counters_save_s": (60, 60, 86400, 0),             # lifetime counters to flash at most this often
     "contactor_load_threshold_w": (100, 0, 10000, 0),  # opening above this counts as under load
@@ -151,6 +157,16 @@ SAFE_FALLBACK = {
     "comms_fallback_ma": 0,
     "ventilation_supported": False,
 }
+
+
+# Settings that decide whom the station trusts: changed only in service mode (the serial
+# port) or by a command signed by the owner (docs/mqtt.md, "Settings only the owner may
+# change"). No update source exists yet; when one comes it belongs here.
+TRUST_KEYS = ("mqtt_host", "mqtt_port", "mqtt_prefix", "station_id", "mqtt_tls",
+              "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "mqtt_user", "mqtt_password",
+              "owner_key", "mqtt_plain_credentials")
+# Secrets that must not travel over a connection without TLS.
+CREDENTIAL_KEYS = ("mqtt_user", "mqtt_password", "owner_key", "wifi_password")
 
 
 class ConfigError(ValueError):
@@ -201,6 +217,14 @@ def is_secret(key):
     return spec is not None and bool(spec[3] & SECRET)
 
 
+def is_trust(key):
+    return key in TRUST_KEYS
+
+
+def is_credential(key):
+    return key in CREDENTIAL_KEYS
+
+
 def needs_reboot(key):
     spec = SCHEMA.get(key)
     return spec is not None and bool(spec[3] & REBOOT)
@@ -216,6 +240,9 @@ def _check_relations(values):
         raise ConfigError("ocpp_url: ws://... or wss://...")
     if values["comms_fallback_ma"] and values["comms_fallback_ma"] < 6000:
         raise ConfigError("comms_fallback_ma: 0 (pause) or 6000..80000")
+    key = values["owner_key"]
+    if key and (len(key) != 64 or [c for c in key if c not in "0123456789abcdefABCDEF"]):
+        raise ConfigError("owner_key: 64 hex digits (32 bytes) or empty")
 
 
 class Config:

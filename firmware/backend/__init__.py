@@ -20,6 +20,9 @@ def build(station):
     if not cfg["mqtt_host"]:
         return None, None
     from firmware.backend.mqtt import MqttBackend
+    from firmware.ledger import Ledger
     from firmware.mqtt_link import MqttLink
-    link = MqttLink(cfg, cfg["station_id"], station.outbox, station)
+    # Exactly once across resets: the commands executed are kept on flash.
+    link = MqttLink(cfg, cfg["station_id"], station.outbox, station,
+                    wall_time=station.board.wall_time, ledger=Ledger(station.store))
     return link, MqttBackend(link, station)

@@ -10,7 +10,6 @@ from firmware.backend.api import (
 from firmware.config import needs_reboot
 from firmware.session import REASON_AUTH_TIMEOUT
 from firmware.states import ev_connected
-from firmware.storage import StorageError
 
 
 class StationOps:
@@ -139,8 +138,7 @@ class StationOps:
         them, so they are let go of once on flash (else the session journal would keep
         them for a backend that never acknowledges)."""
         s = self._st.sessions
+        for rec in s.pop_started():
+            s.start_delivered(rec["id"])       # StartTransaction carries it
         for rec in s.pop_completed(n):
-            try:
-                s.acknowledged(rec["id"])
-            except StorageError:
-                pass
+            s.acknowledged(rec["id"])          # a flash failure is retried next time

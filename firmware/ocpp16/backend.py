@@ -143,11 +143,11 @@ class Ocpp16Backend(Backend):
                 self._next_call(now)
         try:
             self._transaction(now)
+            if ticks_diff(now, self._settle_at) >= 0:
+                self._settle_at = ticks_add(now, _SETTLE_MS)
+                self.ops.settle_sessions()
         except StorageError as e:
             self.ops.storage_failed(e)
-        if ticks_diff(now, self._settle_at) >= 0:
-            self._settle_at = ticks_add(now, _SETTLE_MS)
-            self.ops.settle_sessions()
 
     def _connect(self, now):
         pw = self.cfg["ocpp_password"]
