@@ -110,6 +110,21 @@ SCHEMA = {
     # Credentials over a connection without TLS: refused unless this local setting allows.
     "mqtt_plain_credentials": (False, None, None, REBOOT),
 
+    # -- backend choice and OCPP 1.6J (firmware/backend, firmware/ocpp16, docs/ocpp.md) -----
+    "backend": ("mqtt", ("mqtt", "ocpp16"), None, REBOOT),
+    "ocpp_url": ("", 0, 200, REBOOT),            # ws://host:port/path or wss://...
+    "ocpp_id": ("", 0, 48, REBOOT),              # charge point identity; "" = station_id
+    "ocpp_password": ("", 0, 64, SECRET | REBOOT),  # Basic auth (Security Profiles 1, 2)
+    "ocpp_ca_file": ("", 0, 64, REBOOT),         # wss://: the CA (DER) the server must chain to
+    "ocpp_heartbeat_s": (300, 0, 86400, 0),      # HeartbeatInterval (the server's, once booted)
+    "ocpp_meter_interval_s": (60, 0, 3600, 0),   # MeterValueSampleInterval; 0 = none
+    "ocpp_connection_timeout_s": (60, 10, 600, 0),  # ConnectionTimeOut: plug-in after authorize
+    "ocpp_ping_s": (60, 0, 3600, 0),             # WebSocketPingInterval; 0 = no pings
+    "ocpp_call_timeout_s": (30, 5, 300, 0),      # a CALL unanswered this long has failed
+    "ocpp_tx_attempts": (5, 1, 20, 0),           # TransactionMessageAttempts
+    "ocpp_tx_retry_s": (30, 1, 3600, 0),         # TransactionMessageRetryInterval
+    "ocpp_backoff_max_s": (120, 5, 3600, 0),     # longest wait between connection attempts
+
     # -- network (drivers) ------------------------------------------------------------
     "wifi_ssid": ("", 0, 32, REBOOT),
     "wifi_password": ("", 0, 64, SECRET | REBOOT),
@@ -301,6 +316,9 @@ def _check_relations(values):
     if not (values["temp_restore_dc"] < values["temp_derate_dc"]
             <= values["temp_quarter_dc"] <= values["temp_stop_dc"]):
         raise ConfigError("temperatures: need restore < derate <= quarter <= stop")
+    url = values["ocpp_url"]
+    if url and not (url.startswith("ws://") or url.startswith("wss://")):
+        raise ConfigError("ocpp_url: ws://... or wss://...")
     if values["comms_fallback_ma"] and values["comms_fallback_ma"] < 6000:
         raise ConfigError("comms_fallback_ma: 0 (pause) or 6000..80000")
     key = values["owner_key"]

@@ -32,7 +32,6 @@ from firmware.faults import FaultSet
 from firmware.history import HK_BOOT, HK_STOP, History, cause_index, stop_index
 from firmware.meter_service import NEW_READING, STALE_CHANGED, MeterService
 from firmware.meters import load_map
-from firmware.ledger import Ledger
 from firmware.outbox import KIND_FAULT, KIND_SESSION, KIND_SESSION_START, Outbox, OutboxError
 from firmware.pilot import DUTY_PAUSED, CURRENT_MIN_MA, current_for_duty, duty_for_current
 from firmware.safestate import SafeState
@@ -93,6 +92,7 @@ class Station:
         # Set before the first storage call: _storage_op reports through the link, which
         # is built further down (the fault itself reaches the outbox through the ring).
         self.link = None
+        self.backend = None            # firmware.backend.api.Backend, by cfg["backend"]
         self.storage_error = None      # the flash failed at boot: degraded (see _ram_store)
         if store is None:
             try:
@@ -164,12 +164,9 @@ class Station:
         if self.cfg["wifi_ssid"]:
             board.start_network(self.cfg["wifi_ssid"], self.cfg["wifi_password"],
                                 self.cfg["ntp_server"])
-        self.link = None
-        if self.cfg["mqtt_host"]:
-            from firmware.mqtt_link import MqttLink
-            # Exactly once across resets: the commands executed are kept on flash.
-            self.link = MqttLink(self.cfg, self.cfg["station_id"], self.outbox, self,
-                                 wall_time=board.wall_time, ledger=Ledger(self.store))
+        # The backend plug-in (MQTT, OCPP 1.6J); `link` is the MqttLink, or None.
+        from firmware import backend as _backend
+        self.link, self.backend = _backend.build(self)
         self._fallback = False
         self._undelivered = []         # (kind, record) the outbox could not store yet
         self._stop_fault = None        # the last blocking fault raised: what a fault opening means
@@ -351,9 +348,9 @@ class Station:
 
     def run(self):
         board = self.board
-        if self.link is not None and self.cfg["mqtt_host"]:
+        if self.backend is not None:
             try:
-                self.link.resolve()    # the one blocking DNS lookup, before charging starts
+                self.backend.resolve()  # the one blocking DNS lookup, before charging starts
             except Exception as e:      # noqa: BLE001 - retried by the link's own steps
                 self._queue_event({"type": "dns_error", "error": str(e)})
         while True:
@@ -380,10 +377,9 @@ class Station:
             self._deliver(kind, rec)
         self._offer_sessions()
         self.board.network_step(now)
-        if self.link is not None:
+        if self.backend is not None:
             self._comms(now)
-            self.link.step(now)
-            self._report(now)
+            self.backend.step(now)
         if self.outbox.overflow_active and len(self.outbox) <= self.outbox.capacity // 2:
             self.outbox.clear_overflow()          # reported; the backend is catching up
         self._fault_flag(_faults.OUTBOX_OVERFLOW, self.outbox.overflow_active, now)
@@ -523,6 +519,8 @@ class Station:
             self._queue_event({"type": "wakeup", "active": bool(a), "t_ms": t})
         else:
             self._queue_event({"type": KIND_NAMES[kind], "a": a, "b": b, "t_ms": t})
+        if self.backend is not None:
+            self.backend.on_event(ev)
 
     def _stop_cause(self, why):
         # What a contactor opening means for the session's stop reason (docs/sessions.md).
@@ -607,7 +605,7 @@ class Station:
 
     # -- backend reporting --------------------------------------------------------------------
     def _comms(self, now):
-        lost = self.link.comms_lost(now)
+        lost = self.backend.comms_lost(now)
         if lost and not self._fallback:
             self._fallback = True
             self.charger.set_comms_fallback(self.cfg["comms_fallback_ma"])
@@ -709,6 +707,8 @@ class Station:
             out["meter"] = self.meter.stats()
         if self.link is not None:
             out["mqtt"] = self.link.stats()
+        elif self.backend is not None:
+            out["backend"] = self.backend.stats()
         if self.sessions.error:
             out["session_error"] = self.sessions.error
         return out
@@ -766,13 +766,13 @@ class Station:
     def present_id_tag(self, id_tag, now_ms):
         """An idTag read at the station (the board's RFID reader). Returns (accepted,
         reason) and tells the backend, which decides in backend mode while online."""
-        online = self.link is not None and self.link.online
+        online = self.backend is not None and self.backend.online
         try:
             ok, why = self.auth.request(id_tag, online, SOURCE_READER)
         except ValueError as e:
             ok, why = False, str(e)
         if why == ASK_BACKEND:
-            self._queue_event({"type": "authorize_request", "id_tag": id_tag})
+            self.backend.id_tag(id_tag, now_ms)
             return False, why
         err = self._authorize(id_tag, ok, why, now_ms) if ok else None
         if err:
@@ -917,8 +917,8 @@ class Station:
         self._storage_op(self.counters.save, now)
         self.history.add(HK_STOP, stop_index(reason), 0, now)
         self.history.flush(now)
-        if self.link is not None:
-            self.link.close(reason)
+        if self.backend is not None:
+            self.backend.close(reason)
 
     def interrupted(self):
         """Ctrl-C stopped the loop and main.py opened the contactor behind the charger's

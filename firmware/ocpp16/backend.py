@@ -1,0 +1,515 @@
+"""The OCPP 1.6J backend: the charge point side of OCPP-J over one WebSocket (docs/ocpp.md).
+
+One step per loop iteration, never waiting on the network (firmware/ws.py). Per step:
+    connection (open, backoff) -> received messages (answers; the central system's CALLs,
+    through the router) -> transactions (start, meter values, stop: into the TxLog, online
+    or not) -> at most one CALL of ours: BootNotification until accepted, then a triggered
+    message, Authorize, StatusNotification on change, the TxLog's oldest message, Heartbeat.
+
+Parts: rpc.py (framing, the one CALL in flight), router.py (incoming CALLs to the modules
+in ops/), txlog.py (the transaction messages on flash), status.py, keys.py, clock.py.
+"""
+import os
+
+from firmware.backend.api import OK, Backend
+from firmware.compat import const, ticks_add, ticks_diff
+from firmware.ocpp16 import clock, rpc, status as _status
+from firmware.ocpp16.router import dispatch
+from firmware.ocpp16.txlog import TxLog
+from firmware.states import ev_connected
+from firmware.storage import StorageError
+from firmware.ws import CLOSED, OPEN, WsClient
+
+_MAX_MESSAGE = const(4096)        # larger frames close the connection (heap safety)
+_RX_PER_STEP = const(4)
+_BACKOFF_MIN_MS = const(1000)
+_BOOT_RETRY_S = const(60)         # BootNotification retry when the answer has no interval
+_RECOVER_WAIT_MS = const(5000)    # at boot: the meter's register for a cut transaction
+_SETTLE_MS = const(1000)
+
+FREE_ID_TAG = "FREE"              # the idTag of a transaction in auth_mode "free"
+VENDOR = "OpenChargePoint"
+MODEL = "AC-ESP32"
+FIRMWARE = "1.0"
+
+# Registration (BootNotification.conf status)
+_UNKNOWN = const(0)
+_PENDING = const(1)
+_REJECTED = const(2)
+_ACCEPTED = const(3)
+REGISTRATION_NAMES = ("unknown", "pending", "rejected", "accepted")
+
+_TX_ACTIONS = {"S": "StartTransaction", "M": "MeterValues", "T": "StopTransaction"}
+
+
+class Ocpp16Backend(Backend):
+    def __init__(self, cfg, ops, store):
+        self.cfg = cfg
+        self.ops = ops
+        now = ops.ticks_ms()
+        self.identity = cfg["ocpp_id"] or cfg["station_id"]
+        self.url = cfg["ocpp_url"].rstrip("/") + "/" + self.identity
+        self.ws = WsClient(max_message=_MAX_MESSAGE, ping_s=cfg["ocpp_ping_s"],
+                           connect_timeout_ms=cfg["ocpp_connection_timeout_s"] * 1000)
+        self.caller = rpc.Caller()
+        self.log = TxLog(store)
+        self.registration = _UNKNOWN
+        self._boot_at = now
+        self._was_open = False
+        self._attempting = False
+        self._attempt_at = now
+        self._backoff_ms = _BACKOFF_MIN_MS
+        self._offline_since = now
+        self._last_call = now
+        self._sent = [None, None]     # (status, errorCode) last confirmed, connector 0 and 1
+        self._status_retry_at = now
+        self._auth_tag = None         # a card waiting for Authorize
+        self._trigger = None          # (action, connectorId) asked by TriggerMessage
+        self._stop_reason = None      # why the running transaction is being ended
+        self._finishing = False
+        self._pending_available = None   # ChangeAvailability scheduled after the transaction
+        self._tx_attempts = 0
+        self._tx_retry_at = now
+        self._meter_at = now
+        self._auth_since = None
+        self._settle_at = now
+        self._cs_time = None          # (seconds since 1970, ticks) from the central system
+        # A transaction running when the station went down was cut by a reset: stopped as
+        # PowerLoss once the meter tells the energy (or it does not answer in time).
+        self._orphan_until = ticks_add(now, _RECOVER_WAIT_MS) if self.log.running else None
+        self.calls = 0
+        self.answers = 0
+        self.errors_in = 0
+        self.errors_out = 0
+        self.malformed = 0
+        self.connects = 0
+        self.tx_dropped = 0
+
+    # -- the Backend interface ---------------------------------------------------------------
+    @property
+    def online(self):
+        return self.ws.state == OPEN and self.registration == _ACCEPTED
+
+    def resolve(self):
+        self.ws.resolve(self.url)
+
+    def comms_lost(self, now):
+        return (self.ws.state != OPEN
+                and ticks_diff(now, self._offline_since) >= self.cfg["comms_loss_timeout_s"] * 1000)
+
+    def id_tag(self, id_tag, now):
+        self._auth_tag = id_tag
+
+    def close(self, reason):
+        if self.log.running is not None:
+            self._end_tx(self.ops.ticks_ms(), self._stop_reason or "Reboot")
+        self.ws.close_now(reason)
+
+    def stats(self):
+        out = self.ws.stats()
+        out.update({"registration": REGISTRATION_NAMES[self.registration],
+                    "calls": self.calls, "answers": self.answers, "errors_in": self.errors_in,
+                    "errors_out": self.errors_out, "malformed": self.malformed,
+                    "timeouts": self.caller.timeouts, "connects": self.connects,
+                    "tx_pending": self.log.pending(), "tx_dropped": self.tx_dropped,
+                    "meter_dropped": self.log.dropped_meter})
+        return out
+
+    # -- the step ----------------------------------------------------------------------------
+    def step(self, now):
+        ws = self.ws
+        if ws.state == CLOSED:
+            if self._was_open:
+                self._disconnected(now)
+            elif self._attempting:
+                self._retry_later(now)       # refused, timed out, handshake failed
+            self._attempting = False
+            if ticks_diff(now, self._attempt_at) >= 0:
+                self._connect(now)
+        else:
+            ws.step(now)
+            if ws.state == OPEN and not self._was_open:
+                self._was_open = True
+                self.connects += 1
+                self._backoff_ms = _BACKOFF_MIN_MS
+                self._sent[0] = self._sent[1] = None    # the central system hears it afresh
+            n = 0
+            while ws.inbox and n < _RX_PER_STEP:
+                self._on_message(ws.inbox.pop(0), now)
+                n += 1
+            if self.caller.timed_out(now):
+                self._failed(now, True)
+            if ws.state == OPEN and not self.caller.busy():
+                self._next_call(now)
+        try:
+            self._transaction(now)
+            if ticks_diff(now, self._settle_at) >= 0:
+                self._settle_at = ticks_add(now, _SETTLE_MS)
+                self.ops.settle_sessions()
+        except StorageError as e:
+            self.ops.storage_failed(e)
+
+    def _connect(self, now):
+        pw = self.cfg["ocpp_password"]
+        try:
+            if self.url.startswith("wss://") and self.ws.tls_context is None:
+                self.ws.tls_context = self._tls()
+            self.ws.open(self.url, now, "ocpp1.6", self.identity, pw if pw else None)
+            self._attempting = True
+        except (OSError, ValueError, Exception) as e:  # noqa: BLE001 - any failure backs off
+            self.ws.error = "connect: %s" % (e,)
+            self._retry_later(now)
+
+    def _tls(self):
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ca = self.cfg["ocpp_ca_file"]
+        if ca:
+            # Security Profile 2: the server proves itself against our CA.
+            with open(ca, "rb") as f:
+                ctx.load_verify_locations(cadata=f.read())
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def _retry_later(self, now):
+        # Half the backoff plus a random part of the other half: a fleet that lost its
+        # central system together does not reconnect in step.
+        half = self._backoff_ms // 2
+        self._attempt_at = ticks_add(now, half + _random16() % (half + 1))
+        self._backoff_ms = min(self._backoff_ms * 2, self.cfg["ocpp_backoff_max_s"] * 1000)
+
+    def _disconnected(self, now):
+        self._was_open = False
+        self._offline_since = now
+        if self.caller.busy():
+            self.caller.cancel()     # not an attempt: it is sent again once back
+        self._retry_later(now)
+
+    # -- incoming ----------------------------------------------------------------------------
+    def _send(self, text):
+        if not self.ws.send_text(text):
+            # Only a full send queue gets here: the link is stuck; start afresh.
+            self.ws.close_now("send queue full")
+
+    def _on_message(self, raw, now):
+        try:
+            kind, uid, a, b = rpc.decode(raw)
+        except rpc.CallError as e:
+            self.malformed += 1
+            if e.uid is not None:
+                self._send(rpc.encode_error(e.uid, e.code, e.description))
+            return
+        if kind == rpc.CALL:
+            self._incoming(uid, a, b, now)
+        elif self.caller.answered(uid):
+            self.answers += 1
+            if kind == rpc.CALLRESULT:
+                self._answered(a if isinstance(a, dict) else {}, now)
+            else:
+                self.errors_in += 1
+                self._failed(now, False)
+
+    def _incoming(self, uid, action, payload, now):
+        if self.registration == _REJECTED:
+            # OCPP 1.6 4.2.1: a rejected charge point takes no requests until accepted.
+            self._send(rpc.encode_error(uid, rpc.SECURITY, "not registered"))
+            return
+        try:
+            reply = dispatch(self, action, payload, now)
+        except rpc.CallError as e:
+            self.errors_out += 1
+            self._send(rpc.encode_error(uid, e.code, e.description))
+            return
+        except Exception as e:  # noqa: BLE001 - a handler bug must not take the link down
+            self.errors_out += 1
+            self._send(rpc.encode_error(uid, rpc.INTERNAL, "%s" % (e,)))
+            return
+        self._send(rpc.encode_result(uid, reply))
+
+    # -- our CALLs ---------------------------------------------------------------------------
+    def _call(self, action, payload, context, now):
+        self.calls += 1
+        self._last_call = now
+        self._send(self.caller.start(action, payload, context, now,
+                                     self.cfg["ocpp_call_timeout_s"] * 1000))
+
+    def _next_call(self, now):
+        if self.registration != _ACCEPTED:
+            if ticks_diff(now, self._boot_at) >= 0:
+                self._call("BootNotification", self._boot_payload(), None, now)
+            return
+        trig = self._trigger
+        if trig is not None:
+            self._trigger = None
+            if self._triggered(trig, now):
+                return
+        if self._auth_tag is not None:
+            self._call("Authorize", {"idTag": self._auth_tag}, self._auth_tag, now)
+            self._auth_tag = None
+            return
+        if ticks_diff(now, self._status_retry_at) >= 0 and self._status_due(now):
+            return
+        e = self.log.head()
+        if e is not None and ticks_diff(now, self._tx_retry_at) >= 0:
+            msg = self._render(e)
+            if msg is None:
+                self.tx_dropped += 1
+                self.log.delivered()
+                return
+            self._call(msg[0], msg[1], e[0], now)
+            return
+        hb = self.cfg["ocpp_heartbeat_s"]
+        if hb and ticks_diff(now, self._last_call) >= hb * 1000:
+            self._call("Heartbeat", {}, None, now)
+
+    def _triggered(self, trig, now):
+        action, conn = trig
+        if action == "BootNotification":
+            self._call(action, self._boot_payload(), None, now)
+        elif action == "Heartbeat":
+            self._call(action, {}, None, now)
+        elif action == "StatusNotification":
+            self._sent[0 if conn == 0 else 1] = None
+            return self._status_due(now)
+        elif action == "MeterValues":
+            self._call(action, self._meter_payload(None), None, now)
+        else:
+            return False
+        return True
+
+    def _boot_payload(self):
+        return {"chargePointVendor": VENDOR, "chargePointModel": MODEL,
+                "chargePointSerialNumber": self.cfg["station_id"][:25],
+                "firmwareVersion": FIRMWARE}
+
+    def _status_due(self, now):
+        ops = self.ops
+        c = ops.charger
+        for conn in (0, 1):
+            if conn == 0:
+                st = _status.station(c, ops.faults)
+            else:
+                st = _status.connector(c, ops.faults, self.log.running is not None,
+                                       self._finishing)
+            code, name = _status.error(ops.faults)
+            sent = self._sent[conn]
+            if sent is not None and sent[0] == st and sent[1] == code:
+                continue
+            p = {"connectorId": conn, "status": _status.NAMES[st], "errorCode": code,
+                 "timestamp": clock.iso(self.time(now))}
+            if name is not None:
+                p["vendorErrorCode"] = name
+            self._call("StatusNotification", p, (conn, st, code), now)
+            return True
+        return False
+
+    # -- answers -----------------------------------------------------------------------------
+    def _answered(self, p, now):
+        action = self.caller.action
+        ctx = self.caller.context
+        t = p.get("currentTime")
+        if isinstance(t, str):
+            try:
+                self._cs_time = (clock.parse(t), now)
+            except ValueError:
+                pass
+        if action == "BootNotification":
+            interval = p.get("interval")
+            if not isinstance(interval, int) or interval < 0:
+                interval = 0
+            st = p.get("status")
+            if st == "Accepted":
+                self.registration = _ACCEPTED
+                if interval and interval != self.cfg["ocpp_heartbeat_s"]:
+                    # The central system sets the heartbeat (OCPP 1.6 4.2.1).
+                    self.ops.set_config({"ocpp_heartbeat_s": interval})
+            else:
+                self.registration = _PENDING if st == "Pending" else _REJECTED
+                self._boot_at = ticks_add(now, (interval or _BOOT_RETRY_S) * 1000)
+        elif action == "StatusNotification":
+            self._sent[ctx[0]] = (ctx[1], ctx[2])
+        elif action == "Authorize":
+            info = p.get("idTagInfo")
+            ok = isinstance(info, dict) and info.get("status") == "Accepted"
+            self.ops.authorize_result(ctx, ok, now)
+        elif ctx in _TX_ACTIONS:
+            tx_id = None
+            if ctx == "S":
+                tx_id = p.get("transactionId")
+                if not isinstance(tx_id, int):
+                    self._failed(now, False)
+                    return
+                info = p.get("idTagInfo")
+                r = self.log.running
+                e = self.log.head()
+                if (isinstance(info, dict) and info.get("status") != "Accepted"
+                        and r is not None and e is not None and r[0] == e[1]):
+                    # StopTransactionOnInvalidId: the central system refuses this idTag.
+                    self._stop_reason = "DeAuthorized"
+                    self.ops.stop("deauthorized", now)
+            self._tx_attempts = 0
+            self.log.delivered(tx_id)
+
+    def _failed(self, now, timeout):
+        """The CALL in flight got a CALLERROR (or no answer in time)."""
+        action = self.caller.action
+        ctx = self.caller.context
+        if action == "BootNotification":
+            self._boot_at = ticks_add(now, _BOOT_RETRY_S * 1000)
+        elif action == "StatusNotification":
+            self._status_retry_at = ticks_add(now, self.cfg["ocpp_tx_retry_s"] * 1000)
+        elif action == "Authorize":
+            self.ops.authorize_result(ctx, False, now)
+        elif ctx in _TX_ACTIONS:
+            # TransactionMessageAttempts / RetryInterval (OCPP 1.6 4.10): the wait grows
+            # with each attempt; after the last the message is given up.
+            self._tx_attempts += 1
+            if self._tx_attempts >= self.cfg["ocpp_tx_attempts"]:
+                self._tx_attempts = 0
+                self.tx_dropped += 1
+                self.log.delivered()
+            else:
+                self._tx_retry_at = ticks_add(
+                    now, self.cfg["ocpp_tx_retry_s"] * 1000 * self._tx_attempts)
+
+    # -- transactions ------------------------------------------------------------------------
+    def time(self, now):
+        """Seconds since 1970: the station's clock, else the central system's, else 0."""
+        t = self.ops.wall_time()
+        if t is not None:
+            return t
+        if self._cs_time is not None:
+            return self._cs_time[0] + ticks_diff(now, self._cs_time[1]) // 1000
+        return 0
+
+    def in_transaction(self):
+        return self.log.running is not None
+
+    def _meter_wh(self):
+        m = self.ops.meter
+        if m is None or m.stale or not m.readings:
+            return None
+        return m.import_wh
+
+    def _transaction(self, now):
+        c = self.ops.charger
+        connected = ev_connected(c.state)
+        log = self.log
+        if self._orphan_until is not None:
+            m = self.ops.meter
+            if m is not None and not m.readings and ticks_diff(now, self._orphan_until) < 0:
+                return
+            self._orphan_until = None
+            self._end_tx(now, "PowerLoss")
+        if log.running is None:
+            if connected and c.authorized:
+                wh = self._meter_wh()
+                tag = self.ops.session_id_tag() or FREE_ID_TAG
+                log.start(tag[:20], wh if wh is not None else 0, self.time(now))
+                self._meter_at = now
+                self._finishing = False
+                self._auth_since = None
+            elif not connected:
+                self._finishing = False
+                if c.authorized:
+                    # Authorized without an EV: ConnectionTimeOut (OCPP 1.6 9.1.9).
+                    if self._auth_since is None:
+                        self._auth_since = now
+                    elif ticks_diff(now, self._auth_since) >= \
+                            self.cfg["ocpp_connection_timeout_s"] * 1000:
+                        self._auth_since = None
+                        self.ops.authorization_expired(now)
+                else:
+                    self._auth_since = None
+            return
+        if not (connected and c.authorized):
+            self._end_tx(now, self._stop_reason or ("Local" if connected else "EVDisconnected"))
+            self._finishing = connected
+            return
+        interval = self.cfg["ocpp_meter_interval_s"]
+        if interval and ticks_diff(now, self._meter_at) >= interval * 1000:
+            self._meter_at = now
+            self._sample(now)
+
+    def _sample(self, now):
+        m = self.ops.meter
+        if m is None or m.stale or not m.readings:
+            return
+        self.log.meter(self.time(now), m.import_wh, m.power_w, list(m.current_ma),
+                       list(m.voltage_dv))
+
+    def _end_tx(self, now, reason):
+        self.log.stop(self._meter_wh(), self.time(now), reason)
+        self._stop_reason = None
+        if self._pending_available is not None:
+            self.ops.set_availability(self._pending_available, now)
+            self._pending_available = None
+
+    def stop_tx(self, reason, session_reason, now):
+        """End the running transaction for the central system (RemoteStop, Reset, Unlock)."""
+        if self.log.running is None:
+            return False
+        self._stop_reason = reason
+        if self.ops.stop(session_reason, now) != OK:
+            self._stop_reason = None
+            return False
+        self._transaction(now)
+        return True
+
+    # -- rendering TxLog entries (at send time: the transactionId is known by then) ------------
+    def _render(self, e):
+        kind = e[0]
+        nr = e[1]
+        if kind == "S":
+            return "StartTransaction", {"connectorId": 1, "idTag": e[2], "meterStart": e[3],
+                                        "timestamp": clock.iso(e[4])}
+        tx_id = self.log.tx_id(nr)
+        if tx_id is None:
+            return None       # its Start was given up: the central system knows no such id
+        if kind == "M":
+            return "MeterValues", self._meter_payload(tx_id, e)
+        p = {"transactionId": tx_id, "idTag": e[2], "meterStop": e[3],
+             "timestamp": clock.iso(e[4]), "reason": e[5]}
+        return "StopTransaction", p
+
+    def _meter_payload(self, tx_id, e=None):
+        if e is None:
+            # TriggerMessage: the reading now.
+            m = self.ops.meter
+            now = self.ops.ticks_ms()
+            if m is None:
+                e = ("M", 0, self.time(now), None, None, None, None)
+            else:
+                e = ("M", 0, self.time(now), m.import_wh, m.power_w, list(m.current_ma),
+                     list(m.voltage_dv))
+        ctx = "Sample.Periodic" if tx_id is not None else "Trigger"
+        sv = []
+        if e[3] is not None:
+            sv.append({"value": "%d" % e[3], "context": ctx,
+                       "measurand": "Energy.Active.Import.Register", "unit": "Wh"})
+        if e[4] is not None:
+            sv.append({"value": "%d" % e[4], "context": ctx,
+                       "measurand": "Power.Active.Import", "unit": "W"})
+        phases = self.cfg["phases"]
+        for i in range(phases):
+            if e[5] is not None and e[5][i] is not None:
+                ma = e[5][i]
+                sv.append({"value": "%d.%03d" % (ma // 1000, ma % 1000), "context": ctx,
+                           "measurand": "Current.Import", "phase": "L%d" % (i + 1),
+                           "unit": "A"})
+        for i in range(phases):
+            if e[6] is not None and e[6][i] is not None:
+                dv = e[6][i]
+                sv.append({"value": "%d.%d" % (dv // 10, dv % 10), "context": ctx,
+                           "measurand": "Voltage", "phase": "L%d-N" % (i + 1), "unit": "V"})
+        p = {"connectorId": 1 if tx_id is not None else 0,
+             "meterValue": [{"timestamp": clock.iso(e[2]), "sampledValue": sv}]}
+        if tx_id is not None:
+            p["transactionId"] = tx_id
+        return p
+
+
+
+def _random16():
+    r = os.urandom(2)
+    return r[0] << 8 | r[1]

@@ -1,0 +1,55 @@
+"""UTC timestamps for OCPP: seconds since 1970 <-> ISO 8601 ("2026-01-05T08:00:00Z").
+
+Plain integer arithmetic (H. Hinnant's civil-date algorithms), so it runs alike on every
+port whatever its `time` epoch; the values above 2**30 are long ints on the ESP32, which
+is why nothing here runs in the safety tick.
+"""
+
+
+def iso(secs):
+    days, rem = divmod(int(secs), 86400)
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (y, m, d, rem // 3600, rem // 60 % 60, rem % 60)
+
+
+def parse(text):
+    """Seconds since 1970 of an ISO 8601 date-time with a zone (Z or +hh:mm); fractions of a
+    second are dropped. ValueError when it is not one."""
+    if not isinstance(text, str) or len(text) < 20 or text[4] != "-" or text[10] != "T":
+        raise ValueError("not an ISO 8601 date-time")
+    y = int(text[0:4])
+    m = int(text[5:7])
+    d = int(text[8:10])
+    secs = int(text[11:13]) * 3600 + int(text[14:16]) * 60 + int(text[17:19])
+    rest = text[19:]
+    if rest.startswith("."):
+        i = 1
+        while i < len(rest) and rest[i].isdigit():
+            i += 1
+        rest = rest[i:]
+    if rest in ("Z", "z"):
+        off = 0
+    elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
+        off = int(rest[1:3]) * 3600 + int(rest[4:6]) * 60
+        if rest[0] == "-":
+            off = -off
+    else:
+        raise ValueError("no time zone")
+    if not (1 <= m <= 12 and 1 <= d <= 31):
+        raise ValueError("bad date")
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    mp = m + 9 if m <= 2 else m - 3
+    doy = (153 * mp + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return days * 86400 + secs - off

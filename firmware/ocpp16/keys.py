@@ -1,0 +1,104 @@
+"""The OCPP 1.6 configuration keys (OCPP 1.6 section 9) and the station settings behind them.
+
+A key that maps to a station setting (firmware/config.py) is read from and written to it,
+so ChangeConfiguration is validated and persisted like every other change; the rest report
+what this station does and cannot be changed (ChangeConfiguration answers Rejected). A key
+not in the table is unknown (GetConfiguration's unknownKey, ChangeConfiguration's
+NotSupported). Constant tuples: nothing here takes heap until it is read.
+"""
+from firmware.compat import const
+
+_RO = const(0)     # read-only
+_RW = const(1)     # read-write, a station setting
+_WO = const(2)     # write-only (secret): never shown
+
+PROFILES = "Core,RemoteTrigger"
+
+METER_MEASURANDS = "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage"
+
+# (key, access, station setting or None, fixed value)
+KEYS = (
+    ("AllowOfflineTxForUnknownId", _RO, None, None),
+    ("AuthorizationCacheEnabled", _RO, None, "false"),
+    ("AuthorizationKey", _WO, "ocpp_password", None),
+    ("AuthorizeRemoteTxRequests", _RO, None, "false"),
+    ("ClockAlignedDataInterval", _RO, None, "0"),
+    ("ConnectionTimeOut", _RW, "ocpp_connection_timeout_s", None),
+    ("ConnectorPhaseRotation", _RO, None, "NotApplicable"),
+    ("GetConfigurationMaxKeys", _RO, None, "40"),
+    ("HeartbeatInterval", _RW, "ocpp_heartbeat_s", None),
+    ("LocalAuthorizeOffline", _RO, None, None),
+    ("LocalPreAuthorize", _RO, None, "false"),
+    ("MeterValuesAlignedData", _RO, None, ""),
+    ("MeterValuesSampledData", _RO, None, METER_MEASURANDS),
+    ("MeterValueSampleInterval", _RW, "ocpp_meter_interval_s", None),
+    ("NumberOfConnectors", _RO, None, "1"),
+    ("ResetRetries", _RO, None, "1"),
+    ("StopTransactionOnEVSideDisconnect", _RO, None, "true"),
+    ("StopTransactionOnInvalidId", _RO, None, "true"),
+    ("StopTxnAlignedData", _RO, None, ""),
+    ("StopTxnSampledData", _RO, None, ""),
+    ("SupportedFeatureProfiles", _RO, None, PROFILES),
+    ("TransactionMessageAttempts", _RW, "ocpp_tx_attempts", None),
+    ("TransactionMessageRetryInterval", _RW, "ocpp_tx_retry_s", None),
+    ("UnlockConnectorOnEVSideDisconnect", _RO, None, "true"),
+    ("WebSocketPingInterval", _RW, "ocpp_ping_s", None),
+)
+
+MAX_KEYS = const(40)
+
+
+def _find(name):
+    for row in KEYS:
+        if row[0] == name:
+            return row
+    return None
+
+
+def _value(row, cfg):
+    name, access, setting, fixed = row
+    if setting is not None:
+        v = cfg[setting]
+        if v is True or v is False:
+            return "true" if v else "false"
+        return "%s" % v
+    if name == "AllowOfflineTxForUnknownId":
+        return "true" if cfg["offline_policy"] == "allow_all" else "false"
+    if name == "LocalAuthorizeOffline":
+        return "true" if cfg["offline_policy"] == "local_list" else "false"
+    return fixed
+
+
+def get(cfg, names):
+    """(configurationKey, unknownKey) for GetConfiguration; names None or [] = all."""
+    known = []
+    unknown = []
+    if not names:
+        names = [row[0] for row in KEYS if row[1] != _WO]
+    for name in names:
+        row = _find(name)
+        if row is None or row[1] == _WO:
+            unknown.append(name)
+        else:
+            known.append({"key": name, "readonly": row[1] == _RO, "value": _value(row, cfg)})
+    return known, unknown
+
+
+def setting_for(name, value):
+    """(setting, typed value) for ChangeConfiguration, or a status string: "NotSupported"
+    (unknown key), "Rejected" (read-only, or a value of the wrong form)."""
+    row = _find(name)
+    if row is None:
+        return "NotSupported"
+    if row[1] == _RO:
+        return "Rejected"
+    setting = row[2]
+    if row[1] == _WO:
+        return setting, value
+    try:
+        n = int(value)
+    except ValueError:
+        return "Rejected"
+    if "%d" % n != value.strip():
+        return "Rejected"
+    return setting, n

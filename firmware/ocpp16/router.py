@@ -1,0 +1,72 @@
+"""The central system's CALLs: one module per operation in firmware/ocpp16/ops/, found in a
+constant table and imported when first needed (as MicroOcpp registers one class per
+operation with its message router).
+
+Every module there has `handle(backend, payload, now) -> reply payload` and raises
+rpc.CallError for a request it cannot take. Modules marked rare are dropped from
+sys.modules after each use: a resident module costs its globals dict on the heap for as
+long as the station runs, and Reset or ChangeConfiguration come seldom.
+"""
+import sys
+
+from firmware.compat import const
+from firmware.ocpp16 import rpc
+
+_HOT = const(0)
+_RARE = const(1)
+
+# (Action, module in firmware/ocpp16/ops, residency)
+OPERATIONS = (
+    ("RemoteStartTransaction", "remote_start", _HOT),
+    ("RemoteStopTransaction", "remote_stop", _HOT),
+    ("TriggerMessage", "trigger_message", _HOT),
+    ("ChangeAvailability", "change_availability", _RARE),
+    ("ChangeConfiguration", "change_configuration", _RARE),
+    ("ClearCache", "clear_cache", _RARE),
+    ("DataTransfer", "data_transfer", _RARE),
+    ("GetConfiguration", "get_configuration", _RARE),
+    ("Reset", "reset", _RARE),
+    ("UnlockConnector", "unlock_connector", _RARE),
+)
+
+# Known OCPP 1.6 actions this station does not support (NotSupported, not NotImplemented).
+UNSUPPORTED = ("CancelReservation", "ClearChargingProfile", "GetCompositeSchedule",
+               "GetDiagnostics", "GetLocalListVersion", "ReserveNow", "SendLocalList",
+               "SetChargingProfile", "UpdateFirmware")
+
+_PACKAGE = "firmware.ocpp16.ops"
+
+
+def _load(name):
+    full = _PACKAGE + "." + name
+    mod = sys.modules.get(full)
+    if mod is None:
+        __import__(full)
+        mod = sys.modules[full]
+    return mod
+
+
+def _drop(name):
+    full = _PACKAGE + "." + name
+    sys.modules.pop(full, None)
+    pkg = sys.modules.get(_PACKAGE)
+    if pkg is not None and hasattr(pkg, name):
+        delattr(pkg, name)          # the package holds it too: both go, so it can be freed
+
+
+def dispatch(backend, action, payload, now):
+    for op, name, residency in OPERATIONS:
+        if op == action:
+            try:
+                return _load(name).handle(backend, payload, now)
+            finally:
+                if residency == _RARE:
+                    _drop(name)
+    if action in UNSUPPORTED:
+        raise rpc.CallError(rpc.NOT_SUPPORTED, action)
+    raise rpc.CallError(rpc.NOT_IMPLEMENTED, action)
+
+
+def resident():
+    """The operation modules in sys.modules now (for the heap tests)."""
+    return [name for _op, name, _r in OPERATIONS if _PACKAGE + "." + name in sys.modules]

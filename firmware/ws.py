@@ -1,0 +1,520 @@
+"""A non-blocking WebSocket client (RFC 6455) for OCPP-J: text messages over one socket.
+
+The control loop calls `step(now)` every iteration and it never waits on the network: the
+socket is non-blocking, readiness comes from select.poll with timeout 0, and every frame is
+parsed incrementally from one preallocated receive buffer, so a message that arrives in
+pieces over many steps costs no step more than a poll and a read.
+
+    CLOSED --open()--> CONNECTING --(writable)--> [TLS] --> HANDSHAKE --(101)--> OPEN
+       ^                                                                           |
+       +------- error, timeout, close frame, ping unanswered ------- CLOSING <------+
+
+What the client does (RFC 6455 section numbers):
+- the opening handshake (4.1): `Sec-WebSocket-Protocol` names the subprotocol (OCPP-J 1.6:
+  "ocpp1.6", which the server must echo, or the connection is refused); optional HTTP Basic
+  authentication (OCPP 1.6 Security Profiles 1 and 2: user = charge point identity);
+  `Sec-WebSocket-Accept` is checked where the port has SHA-1;
+- client frames are masked with a fresh key each (5.3); server frames must not be (5.1);
+- text messages, fragmented or not (5.4), up to `max_message` bytes: a longer frame or
+  message closes the connection with 1009 (message too big) before its payload is read,
+  so a peer cannot exhaust the heap; a binary message is refused with 1003;
+- ping is answered with pong (5.5.2); the client pings every `ping_s` seconds and counts
+  the connection dead when nothing at all arrives for `ping_s` + `pong_timeout_ms`;
+- close (5.5.1, 7): answered, then the socket is shut.
+
+Blocking: `resolve()` (getaddrinfo) is the one blocking call; open() calls it only while the
+address is unknown, so a host name should be resolved before the control loop starts (an IP
+literal needs no DNS). TLS (wss://) runs its handshake through non-blocking reads and writes,
+but the step that handles the server's certificate spends the CPU time of its public-key
+operations.
+"""
+import errno
+import os
+import select
+import socket
+import struct
+import sys
+from binascii import b2a_base64
+
+from firmware.compat import const, ticks_add, ticks_diff
+
+CLOSED = const(0)
+CONNECTING = const(1)
+TLS = const(2)
+HANDSHAKE = const(3)
+OPEN = const(4)
+CLOSING = const(5)
+STATE_NAMES = ("closed", "connecting", "tls", "handshake", "open", "closing")
+
+_OP_CONT = const(0)
+_OP_TEXT = const(1)
+_OP_BINARY = const(2)
+_OP_CLOSE = const(8)
+_OP_PING = const(9)
+_OP_PONG = const(10)
+
+CLOSE_NORMAL = const(1000)
+CLOSE_GOING_AWAY = const(1001)
+CLOSE_PROTOCOL = const(1002)
+CLOSE_UNSUPPORTED = const(1003)
+CLOSE_TOO_BIG = const(1009)
+
+_MAX_HEADER = const(2048)     # HTTP response head; longer is refused
+_MAX_OUT = const(16384)       # queued outgoing bytes; more is refused (the caller retries)
+_CLOSE_WAIT_MS = const(1000)  # how long a close waits for the peer's close frame
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+if sys.implementation.name == "micropython":
+    _WANT = ()
+else:
+    import ssl as _ssl
+    _WANT = (BlockingIOError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
+_WOULD_BLOCK = (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT)
+
+
+class WsError(Exception):
+    pass
+
+
+def _would_block(e):
+    if _WANT and isinstance(e, _WANT):
+        return True
+    return isinstance(e, OSError) and bool(e.args) and e.args[0] in _WOULD_BLOCK
+
+
+def parse_url(url):
+    """(secure, host, port, path) of a ws:// or wss:// URL; ValueError otherwise."""
+    if url.startswith("ws://"):
+        secure, rest, port = False, url[5:], 80
+    elif url.startswith("wss://"):
+        secure, rest, port = True, url[6:], 443
+    else:
+        raise ValueError("url: ws:// or wss:// expected")
+    i = rest.find("/")
+    hostport, path = (rest, "/") if i < 0 else (rest[:i], rest[i:])
+    if hostport.startswith("["):             # IPv6 literal
+        j = hostport.find("]")
+        host, tail = hostport[1:j], hostport[j + 1:]
+    else:
+        j = hostport.rfind(":")
+        host, tail = (hostport, "") if j < 0 else (hostport[:j], hostport[j:])
+    if tail:
+        if not tail.startswith(":") or not tail[1:].isdigit():
+            raise ValueError("url: bad port")
+        port = int(tail[1:])
+    if not host or not 0 < port < 65536:
+        raise ValueError("url: bad host or port")
+    return secure, host, port, path
+
+
+def _b64(data):
+    return b2a_base64(data).rstrip(b"\n")
+
+
+def _expected_accept(key):
+    try:
+        from hashlib import sha1
+    except ImportError:
+        return None
+    if not callable(sha1):
+        return None
+    return _b64(sha1(key + _GUID).digest())
+
+
+class WsClient:
+    """One WebSocket connection at a time. `max_message`: the largest text message taken
+    (and the size of the receive buffer, allocated once)."""
+
+    def __init__(self, max_message=4096, ping_s=0, pong_timeout_ms=10000,
+                 connect_timeout_ms=10000, socket_module=None):
+        self.max_message = max_message
+        self.ping_s = ping_s
+        self.pong_timeout_ms = pong_timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self._sm = socket_module or socket
+        self._rx = bytearray(max_message + 14)   # one frame: header (<= 14) + payload
+        self._rn = 0
+        self._msg = None          # a fragmented text message being put together
+        self._out = bytearray()
+        self._sock = None
+        self._stream = None
+        self._poll = None
+        self._addr = None
+        self._addr_for = None
+        self.state = CLOSED
+        self.error = None         # why the last connection ended (text)
+        self.close_code = None
+        self.inbox = []           # complete text messages (bytes), oldest first
+        self.url = None
+        self.tls_context = None   # set by the caller for wss:// (an ssl.SSLContext)
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.pings = 0
+        self.pongs = 0
+
+    # -- connection -----------------------------------------------------------------------
+    def resolve(self, url):
+        """The one blocking call: getaddrinfo for the URL's host (cached)."""
+        _secure, host, port, _path = parse_url(url)
+        if self._addr_for != (host, port):
+            ai = self._sm.getaddrinfo(host, port, 0, self._sm.SOCK_STREAM)
+            self._addr = ai[0][-1]
+            self._addr_for = (host, port)
+        return self._addr
+
+    def open(self, url, now, protocol="ocpp1.6", user=None, password=None):
+        """Start connecting (returns at once; step() carries on). Raises WsError (or
+        ValueError for a bad URL) when the attempt cannot even start."""
+        self.close_now(None)
+        secure, host, port, path = parse_url(url)
+        self.url = url
+        self.error = None
+        self.close_code = None
+        addr = self.resolve(url)
+        s = self._sm.socket(self._sm.AF_INET, self._sm.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(addr)
+        except OSError as e:
+            if not _would_block(e):
+                s.close()
+                raise WsError("connect: %s" % (e,))
+        self._sock = s
+        self._stream = s
+        self._poll = select.poll()
+        self._poll.register(s, select.POLLOUT | select.POLLIN)
+        self._host = host
+        self._secure = secure
+        key = _b64(os.urandom(16))
+        self._key = key
+        hp = host if port == (443 if secure else 80) else "%s:%d" % (host, port)
+        head = ("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Protocol: %s\r\n") % (path, hp, key.decode(), protocol)
+        if password is not None:
+            cred = _b64(("%s:%s" % (user or "", password)).encode()).decode()
+            head += "Authorization: Basic %s\r\n" % cred
+        self._out = bytearray(head.encode() + b"\r\n")
+        self._protocol = protocol.encode()
+        self._rn = 0
+        self._msg = None
+        self.state = CONNECTING
+        self._deadline = ticks_add(now, self.connect_timeout_ms)
+        self._heard = now
+        self._pinged = now
+
+    def close(self, now, code=CLOSE_NORMAL, reason="closing"):
+        """Send a close frame and wait (in later steps, at most a second) for the peer's."""
+        if self.state == OPEN:
+            self._frame(_OP_CLOSE, struct.pack(">H", code))
+            self.state = CLOSING
+            self.error = reason
+            self._deadline = ticks_add(now, _CLOSE_WAIT_MS)
+            self._flush()
+        elif self.state != CLOSING:
+            self.close_now(reason)
+
+    def close_now(self, reason):
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+        self._stream = None
+        self._poll = None
+        self._out = bytearray()
+        if self.state != CLOSED and reason is not None:
+            self.error = reason
+        self.state = CLOSED
+
+    @property
+    def is_open(self):
+        return self.state == OPEN
+
+    # -- sending --------------------------------------------------------------------------
+    def send_text(self, data):
+        """Queue one text message (bytes or str). False when not open or the queue is full
+        (the caller keeps it and tries again)."""
+        if self.state != OPEN:
+            return False
+        if isinstance(data, str):
+            data = data.encode()
+        if len(self._out) + len(data) + 14 > _MAX_OUT:
+            return False
+        self._frame(_OP_TEXT, data)
+        return True
+
+    def _frame(self, op, payload):
+        n = len(payload)
+        out = self._out
+        out.append(0x80 | op)
+        if n < 126:
+            out.append(0x80 | n)
+        elif n < 65536:
+            out.append(0x80 | 126)
+            out.extend(struct.pack(">H", n))
+        else:
+            out.append(0x80 | 127)
+            out.extend(struct.pack(">II", 0, n))
+        mask = os.urandom(4)
+        out.extend(mask)
+        start = len(out)
+        out.extend(payload)
+        # RFC 6455 5.3: every client frame is masked, so intermediaries cannot be poisoned.
+        for i in range(n):
+            out[start + i] ^= mask[i & 3]
+
+    # -- the step ---------------------------------------------------------------------------
+    def step(self, now):
+        """Advance the connection; complete text messages land in `inbox`. Never waits."""
+        st = self.state
+        if st == CLOSED:
+            return
+        try:
+            if st in (CONNECTING, TLS, HANDSHAKE) and ticks_diff(now, self._deadline) >= 0:
+                raise WsError("%s timed out" % STATE_NAMES[st])
+            if st == CLOSING and ticks_diff(now, self._deadline) >= 0:
+                self.close_now(None)
+                return
+            ev = 0
+            for _obj, flags in self._poll.poll(0):
+                ev |= flags
+            if ev & (select.POLLERR | select.POLLHUP) and st == CONNECTING:
+                raise WsError("connect refused")
+            if st == CONNECTING:
+                if not ev & select.POLLOUT:
+                    return
+                self._connected()
+                st = self.state
+            if st == TLS:
+                self._tls_step()
+                return
+            self._flush()
+            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR) or self._rn:
+                self._read(now)
+            if self.state == OPEN:
+                self._keepalive(now)
+        except WsError as e:
+            self.close_now(e.args[0])
+        except OSError as e:
+            self.close_now("socket: %s" % (e,))
+
+    def _connected(self):
+        if self._secure:
+            if self.tls_context is None:
+                raise WsError("wss:// needs a TLS context")
+            self._stream = self.tls_context.wrap_socket(
+                self._sock, server_hostname=self._host, do_handshake_on_connect=False)
+            self.state = TLS
+        else:
+            self.state = HANDSHAKE
+
+    def _tls_step(self):
+        s = self._stream
+        try:
+            shake = getattr(s, "do_handshake", None)    # CPython; MicroPython has none
+            if shake is not None:
+                shake()
+            else:
+                # MicroPython drives the handshake from the first write.
+                if self._flush() is False:
+                    return
+        except OSError as e:
+            if _would_block(e):
+                return
+            raise WsError("tls: %s" % (e,))
+        self.state = HANDSHAKE
+
+    def _flush(self):
+        out = self._out
+        if not out:
+            return True
+        try:
+            n = self._stream.write(out) if hasattr(self._stream, "write") else \
+                self._stream.send(out)
+        except OSError as e:
+            if _would_block(e):
+                return False
+            raise
+        if n is None:
+            return False
+        self.tx_bytes += n
+        self._out = out[n:]
+        return not self._out
+
+    def _recv_into(self, mv):
+        s = self._stream
+        try:
+            # MicroPython's sockets (the ESP32's too) read with readinto; CPython's with recv_into.
+            fn = getattr(s, "recv_into", None)
+            return fn(mv) if fn is not None else s.readinto(mv)
+        except OSError as e:
+            if _would_block(e):
+                return None
+            raise
+
+    def _read(self, now):
+        buf = self._rx
+        while True:
+            if self._rn < len(buf):
+                got = self._recv_into(memoryview(buf)[self._rn:])
+                if got is None:
+                    got = -1
+                elif got == 0:
+                    raise WsError("closed by peer" if self.state != CLOSING else "closed")
+                else:
+                    self._rn += got
+                    self.rx_bytes += got
+                    self._heard = now
+            else:
+                got = -1
+            progressed = self._handshake_in() if self.state == HANDSHAKE else self._frames(now)
+            if self.state == CLOSED:
+                return
+            if got < 0 and not progressed:
+                return
+
+    def _consume(self, n):
+        buf = self._rx
+        rest = self._rn - n
+        if rest:
+            buf[:rest] = buf[n:self._rn]
+        self._rn = rest
+
+    def _handshake_in(self):
+        head = bytes(memoryview(self._rx)[:self._rn])
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if self._rn >= _MAX_HEADER or self._rn >= len(self._rx):
+                raise WsError("handshake: response head too long")
+            return False
+        lines = head[:end].split(b"\r\n")
+        status = lines[0].split(b" ")
+        if len(status) < 2 or not status[0].startswith(b"HTTP/1."):
+            raise WsError("handshake: not HTTP")
+        if status[1] != b"101":
+            raise WsError("handshake: HTTP %s" % status[1].decode())
+        fields = {}
+        for line in lines[1:]:
+            i = line.find(b":")
+            if i > 0:
+                fields[line[:i].strip().lower()] = line[i + 1:].strip()
+        if fields.get(b"upgrade", b"").lower() != b"websocket":
+            raise WsError("handshake: no websocket upgrade")
+        want = _expected_accept(self._key)
+        if want is not None and fields.get(b"sec-websocket-accept") != want:
+            raise WsError("handshake: wrong Sec-WebSocket-Accept")
+        if fields.get(b"sec-websocket-protocol") != self._protocol:
+            # OCPP-J 3.1: without the agreed subprotocol there is no OCPP connection.
+            raise WsError("handshake: subprotocol %s not agreed" % self._protocol.decode())
+        self._consume(end + 4)
+        self.state = OPEN
+        return True
+
+    def _frames(self, now):
+        """Take every complete frame from the buffer. True when one was taken."""
+        took = False
+        while self.state in (OPEN, CLOSING):
+            buf = self._rx
+            n = self._rn
+            if n < 2:
+                return took
+            b0 = buf[0]
+            b1 = buf[1]
+            if b1 & 0x80:
+                self._fail(CLOSE_PROTOCOL, "masked server frame")
+                return took
+            if b0 & 0x70:
+                self._fail(CLOSE_PROTOCOL, "reserved bits set")
+                return took
+            length = b1 & 0x7F
+            hl = 2
+            if length == 126:
+                if n < 4:
+                    return took
+                length = (buf[2] << 8) | buf[3]
+                hl = 4
+            elif length == 127:
+                if n < 10:
+                    return took
+                if buf[2] | buf[3] | buf[4] | buf[5] or buf[6] & 0x80:
+                    length = self.max_message + 1
+                else:
+                    length = (buf[6] << 24) | (buf[7] << 16) | (buf[8] << 8) | buf[9]
+                hl = 10
+            if length > self.max_message:
+                # Refused before the payload is read: a peer cannot make us buffer it.
+                self._fail(CLOSE_TOO_BIG, "frame of %d bytes over %d" % (length, self.max_message))
+                return took
+            if n < hl + length:
+                return took
+            payload = bytes(memoryview(buf)[hl:hl + length])
+            self._consume(hl + length)
+            took = True
+            self._on_frame(b0 & 0x80, b0 & 0x0F, payload, now)
+        return took
+
+    def _on_frame(self, fin, op, payload, now):
+        if op == _OP_PING:
+            self._frame(_OP_PONG, payload)
+            self._flush()
+        elif op == _OP_PONG:
+            self.pongs += 1
+        elif op == _OP_CLOSE:
+            code = (payload[0] << 8 | payload[1]) if len(payload) >= 2 else CLOSE_NORMAL
+            self.close_code = code
+            if self.state == OPEN:
+                self._frame(_OP_CLOSE, struct.pack(">H", code))
+                self._flush()
+            self.close_now("closed by peer (%d)" % code)
+        elif op == _OP_TEXT or op == _OP_CONT:
+            if op == _OP_TEXT:
+                if self._msg is not None:
+                    self._fail(CLOSE_PROTOCOL, "text frame inside a fragmented message")
+                    return
+                if fin:
+                    self.inbox.append(payload)
+                    return
+                self._msg = bytearray(payload)
+                return
+            if self._msg is None:
+                self._fail(CLOSE_PROTOCOL, "continuation without a message")
+                return
+            if len(self._msg) + len(payload) > self.max_message:
+                self._fail(CLOSE_TOO_BIG, "message over %d bytes" % self.max_message)
+                return
+            self._msg.extend(payload)
+            if fin:
+                self.inbox.append(bytes(self._msg))
+                self._msg = None
+        elif op == _OP_BINARY:
+            self._fail(CLOSE_UNSUPPORTED, "binary message")
+        else:
+            self._fail(CLOSE_PROTOCOL, "unknown opcode %d" % op)
+
+    def _fail(self, code, why):
+        # RFC 6455 7.1.7: fail the connection, telling the peer why where it can still hear.
+        self.close_code = code
+        self._frame(_OP_CLOSE, struct.pack(">H", code))
+        try:
+            self._flush()
+        except OSError:
+            pass
+        self.close_now(why)
+
+    def _keepalive(self, now):
+        if not self.ping_s:
+            return
+        silent = ticks_diff(now, self._heard)
+        if silent >= self.ping_s * 1000 + self.pong_timeout_ms:
+            raise WsError("no answer to ping")
+        if silent >= self.ping_s * 1000 and ticks_diff(now, self._pinged) >= self.ping_s * 1000:
+            self._pinged = now
+            self.pings += 1
+            self._frame(_OP_PING, b"")
+            self._flush()
+
+    def stats(self):
+        return {"state": STATE_NAMES[self.state], "error": self.error, "rx": self.rx_bytes,
+                "tx": self.tx_bytes, "pings": self.pings, "pongs": self.pongs}

@@ -1,0 +1,213 @@
+"""A central system for the OCPP tests: the `ocpp` library (PyPI) on a `websockets` server,
+plus the station (tests/system/ocpp_station.py) on the ESP32 stand-in as a subprocess.
+
+The library validates every message against the OCPP 1.6 JSON schemas in both directions
+(an invalid one from the station is answered with a CALLERROR, which the tests see in the
+station's error counts); the central system also keeps every frame as it came, in order.
+"""
+import asyncio
+import base64
+import itertools
+import json
+import os
+from datetime import datetime, timezone
+
+import websockets
+from websockets.asyncio.server import serve
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+from ocpp.messages import Call, validate_payload
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint, call_result
+from ocpp.v16.datatypes import IdTagInfo
+from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
+
+from tools.devicefiles import MICROPYTHON, micropython_env, mp_cwd
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IDENTITY = "CP-1"
+PASSWORD = "s3cret-passw0rd-16"
+
+
+def now_iso():
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StationSide(ChargePoint):
+    """The central system's view of one charge point."""
+
+    def __init__(self, cs, cp_id, connection):
+        ChargePoint.__init__(self, cp_id, connection, response_timeout=10)
+        self.cs = cs
+
+    async def route_message(self, raw):
+        msg = json.loads(raw)
+        if msg[0] == 2:
+            # Schema check of our own, so a failure shows here and not only as a CALLERROR.
+            await validate_payload(Call(msg[1], msg[2], msg[3]), "1.6")
+            self.cs.calls.append((msg[2], msg[3]))
+        self.cs.frames.append(msg)
+        return await ChargePoint.route_message(self, raw)
+
+    @on(Action.boot_notification)
+    def on_boot(self, **kw):
+        status = self.cs.boot_status.pop(0) if self.cs.boot_status else "Accepted"
+        return call_result.BootNotification(current_time=now_iso(), interval=self.cs.interval,
+                                            status=RegistrationStatus(status))
+
+    @on(Action.heartbeat)
+    def on_heartbeat(self):
+        return call_result.Heartbeat(current_time=now_iso())
+
+    @on(Action.status_notification)
+    def on_status(self, **kw):
+        return call_result.StatusNotification()
+
+    @on(Action.authorize)
+    def on_authorize(self, id_tag):
+        ok = id_tag in self.cs.accepted_tags
+        return call_result.Authorize(id_tag_info=IdTagInfo(
+            status=AuthorizationStatus.accepted if ok else AuthorizationStatus.invalid))
+
+    @on(Action.start_transaction)
+    def on_start(self, id_tag, **kw):
+        return call_result.StartTransaction(
+            transaction_id=next(self.cs.tx_ids),
+            id_tag_info=IdTagInfo(status=AuthorizationStatus.accepted))
+
+    @on(Action.meter_values)
+    def on_meter_values(self, **kw):
+        return call_result.MeterValues()
+
+    @on(Action.stop_transaction)
+    def on_stop(self, **kw):
+        return call_result.StopTransaction()
+
+
+class CentralSystem:
+    def __init__(self, interval=300, password=PASSWORD):
+        self.interval = interval
+        self.password = password
+        self.boot_status = []
+        self.accepted_tags = {"CARD-OK"}
+        self.tx_ids = itertools.count(1001)
+        self.calls = []          # (action, payload) of every CALL from the station, in order
+        self.frames = []
+        self.cp = None
+        self.connected = asyncio.Event()
+        self.server = None
+        self.port = None
+        self.auth_seen = []
+
+    def _check(self, connection, request):
+        got = request.headers.get("Authorization")
+        self.auth_seen.append(got)
+        want = "Basic " + base64.b64encode(("%s:%s" % (IDENTITY, self.password)).encode()).decode()
+        if self.password is not None and got != want:
+            return Response(401, "Unauthorized", Headers([("WWW-Authenticate", "Basic")]), b"")
+        return None
+
+    async def _handler(self, ws):
+        cp_id = ws.request.path.rstrip("/").split("/")[-1]
+        self.cp = StationSide(self, cp_id, ws)
+        self.connected.set()
+        try:
+            await self.cp.start()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.connected.clear()
+
+    async def start(self, port=0):
+        self.server = await serve(self._handler, "127.0.0.1", port, subprotocols=["ocpp1.6"],
+                                  process_request=self._check)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self):
+        self.server.close()
+        await self.server.wait_closed()
+        self.connected.clear()
+
+    def actions(self, name=None):
+        return [p for a, p in self.calls if name is None or a == name]
+
+    def tx_calls(self):
+        return [(a, p) for a, p in self.calls
+                if a in ("StartTransaction", "MeterValues", "StopTransaction")]
+
+
+class Station:
+    """The station process: one JSON command, one JSON answer."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, tmp, url, config=None, heap=None, start_wh=1000):
+        opts = {"store": os.path.join(tmp, "data"), "start_wh": start_wh,
+                "config": dict({"backend": "ocpp16", "ocpp_url": url, "ocpp_id": IDENTITY,
+                                "ocpp_password": PASSWORD, "auth_mode": "backend"},
+                               **(config or {}))}
+        os.makedirs(tmp, exist_ok=True)
+        path = os.path.join(tmp, "opts.json")
+        with open(path, "w") as f:
+            json.dump(opts, f)
+        args = [MICROPYTHON]
+        if heap:
+            args += ["-X", "heapsize=" + heap]
+        args += [os.path.join(HERE, "ocpp_station.py"), path]
+        proc = await asyncio.create_subprocess_exec(
+            *args, cwd=mp_cwd(), env=micropython_env(), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+        st = cls(proc)
+        ready = await st._line()
+        assert ready == {"ready": True}, ready
+        return st
+
+    async def _line(self):
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not line:
+            raise AssertionError("the station process ended (rc %s)" % await self.proc.wait())
+        return json.loads(line)
+
+    async def do(self, what, **kw):
+        kw["do"] = what
+        self.proc.stdin.write((json.dumps(kw) + "\n").encode())
+        await self.proc.stdin.drain()
+        out = await self._line()
+        assert "error" not in out, out
+        return out
+
+    async def run(self, ms, until=None, paced=False):
+        return await self.do("run", ms=ms, until=until, paced=paced)
+
+    async def close(self):
+        if self.proc.returncode is None:
+            try:
+                self.proc.stdin.write(b'{"do": "quit"}\n')
+                await self.proc.stdin.drain()
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except (asyncio.TimeoutError, ConnectionError):
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def remote(cs, st, payload, wall_s=10, suppress=True):
+    """A CALL from the central system, answered while the station steps 1:1 with wall time."""
+    task = asyncio.ensure_future(cs.cp.call(payload, suppress=suppress))
+    for _ in range(wall_s * 10):
+        if task.done():
+            break
+        await st.run(100, paced=True)
+    return await task
+
+
+async def outage(cs, st):
+    """Stop the central system while the station steps (it answers the closing handshake)."""
+    task = asyncio.ensure_future(cs.stop())
+    for _ in range(200):
+        if task.done():
+            break
+        await st.run(100, paced=True)
+    await task
