@@ -6,7 +6,7 @@ MPY     := .venv/bin/micropython
 PORT    ?= /dev/ttyUSB0
 STAMP   := build/.setup
 
-.PHONY: all setup standin test sim station bench check deploy firmware flash repl clean
+.PHONY: all setup standin test sim station fleet bench check deploy firmware flash repl clean
 
 all: test
 
@@ -40,6 +40,12 @@ sim: $(STAMP)
 station: $(STAMP)
 	$(PY) -m tools.station $(if $(BROKER),--broker $(BROKER)) $(if $(CONFIG),--config $(CONFIG)) \
 		$(if $(ID),--id $(ID)) $(if $(N),-n $(N)) $(STATION_ARGS)
+
+# A fleet: N virtual stations (default 20) against one local mosquitto and a backend, with a
+# broker restart; report in build/fleet.json and build/fleet.png (tools/fleet.py, docs/fleet.md).
+# FLEET_ARGS="--fault blackhole --down 60 --duration 240 --seed 2" ...
+fleet: $(STAMP)
+	$(PY) -m tools.fleet $(if $(N),-n $(N)) $(FLEET_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench

@@ -98,6 +98,7 @@ _MAX_PACKET = const(8192)          # larger incoming packets are a protocol erro
 _TELEMETRY_MIN_GAP_MS = const(1000)  # on-change telemetry no more often than this
 _RESOLVE_EVERY = const(4)          # re-resolve the host name after this many failed attempts
 _MAX_BACKOFF_SHIFT = const(16)    # 2**16 x the minimum is beyond any maximum
+_OUTAGE_SPREAD_MS = const(8000)   # first retry after a lost connection: anywhere in 0..8 s
 
 _WOULD_BLOCK = (errno.EAGAIN, errno.ETIMEDOUT, errno.EINPROGRESS)
 
@@ -913,8 +914,14 @@ class MqttLink:
         delay = low << min(self._attempt - 1, _MAX_BACKOFF_SHIFT)
         if delay > high:
             delay = high
-        # "Equal jitter": half fixed, half random, so stations do not reconnect in lockstep.
-        delay = delay // 2 + self._rand(delay // 2 + 1)
+        if was_online:
+            # A broker restart drops every station in the same instant: full jitter over
+            # a window wide enough for a fleet (docs/mqtt.md, "Reconnect storms"), or
+            # all of them would be back within the same second.
+            delay = self._rand(min(high, max(delay, _OUTAGE_SPREAD_MS)) + 1)
+        else:
+            # "Equal jitter": half fixed, half random, so stations do not reconnect in lockstep.
+            delay = delay // 2 + self._rand(delay // 2 + 1)
         self.backoff_ms = delay
         self._next_attempt_ms = ticks_add(now_ms, delay)
 

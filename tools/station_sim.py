@@ -4,7 +4,9 @@
 
 Runs on the ESP32 stand-in (on PyPI's 64-bit port when the broker needs TLS: the stand-in
 has no mbedtls). RUN.json, written by tools/station.py: {"config": {firmware config keys},
-"storage": folder (the station's flash), "meter_wh": the meter's register at start}.
+"storage": folder (the station's flash), "meter_wh": the meter's register at start,
+optional "emit_topics": [topic, ...] (only MQTT messages on these topics are printed: a
+fleet of stations, tools/fleet.py, follows its records without the cost of the rest)}.
 
 The real firmware (firmware.station.Station, its MQTT link to whatever broker the config
 names) runs on the simulator's board (tools/pilotsim/simboard.py) whose clock follows the
@@ -153,6 +155,8 @@ def _payload(msg):
 class VirtualStation:
     def __init__(self, run):
         self.config = run["config"]
+        self._emit_topics = run.get("emit_topics")
+        self.loops = 0
         self.model = PilotModel()
         self.model.cable_ohms = CABLE_OHMS[32]
         self.model.update()
@@ -195,13 +199,18 @@ class VirtualStation:
             topic = bytes(topic)
             return (topic[len(base):] if topic.startswith(base) else topic).decode()
 
+        only = self._emit_topics
+
         def sent(topic, msg, retain=False, qos=0):
             publish(topic, msg, retain, qos)
+            if only is not None and _topic(topic) not in only:
+                return
             emit({"k": "mqtt", "dir": "out", "topic": _topic(topic), "retain": retain,
                   "payload": _payload(msg) if msg else ""})
 
         def received(topic, msg):
-            emit({"k": "mqtt", "dir": "in", "topic": _topic(topic), "payload": _payload(msg)})
+            if only is None or _topic(topic) in only:
+                emit({"k": "mqtt", "dir": "in", "topic": _topic(topic), "payload": _payload(msg)})
             receive(topic, msg)
 
         client.publish = sent
@@ -250,8 +259,11 @@ class VirtualStation:
             ok, why = self.station.present_id_tag(arg, b.ticks_ms())
             emit({"k": "reply", "to": "tag", "accepted": ok, "reason": why})
         elif name == "status":
+            # loops x TICK_MS against now_ms: 1.0 when the loop keeps to real time
             emit({"k": "reply", "to": "status", "status": self.station.status(),
-                  "energy_wh": self.energy.wh, "current_ma": self.ev.current_ma})
+                  "energy_wh": self.energy.wh, "current_ma": self.ev.current_ma,
+                  "loops": self.loops, "now_ms": b.now_ms,
+                  "outbox": len(self.station.outbox)})
         elif name == "quit":
             self.running = False
         else:
@@ -295,6 +307,7 @@ class VirtualStation:
         b = self.board
         try:
             while self.running:
+                self.loops += 1
                 self._read_commands()
                 try:
                     self.station.step()
