@@ -38,6 +38,9 @@ from tools.devicefiles import MICROPYTHON, MICROPYTHON64, ROOT, micropython_env
 
 DEFAULT_STORAGE = os.path.join(ROOT, "build", "station")
 DEFAULT_HEAP = "512K"        # the firmware's own needs fit 112K; the simulation shares it
+# PyPI's 64-bit port (TLS) has nothing frozen: every module's bytecode is in its heap, and
+# its objects are twice the size.
+DEFAULT_HEAP_64 = "4M"
 METER_START_WH = 1234567     # a meter that has seen use: sessions are differences
 QUIT_WAIT_S = 5.0
 
@@ -332,7 +335,9 @@ def main(argv=None):
     p.add_argument("--key", help="client key (with --cert)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="the stations' flash folders")
     p.add_argument("--fresh", action="store_true", help="wipe the stations' flash first")
-    p.add_argument("--heap", default=DEFAULT_HEAP, help="MicroPython heap of each station")
+    p.add_argument("--heap", default=None,
+                   help="MicroPython heap of each station (default %s; %s on the 64-bit port)"
+                   % (DEFAULT_HEAP, DEFAULT_HEAP_64))
     p.add_argument("--no-mqtt", action="store_true", help="do not print MQTT messages")
     args = p.parse_args(argv)
     try:
@@ -343,6 +348,8 @@ def main(argv=None):
         print("station: %s" % e, file=sys.stderr)
         return 2
     runtime = MICROPYTHON64 if cfg.get("mqtt_tls") else MICROPYTHON
+    if args.heap is None:
+        args.heap = DEFAULT_HEAP_64 if runtime == MICROPYTHON64 else DEFAULT_HEAP
     ids = station_ids(base, args.n)
     if len(set(ids)) != len(ids) or any(len(i) > 64 for i in ids):
         print("station: ids %s..%s are not distinct valid ids" % (ids[0], ids[-1]),

@@ -208,12 +208,12 @@ class ValidCommandsReachTheStation(unittest.TestCase):
         self.assertEqual(data, {"wifi_password": "***", "heap": 1})
 
     def test_set_config_applies_through_the_station_and_names_reboot_keys(self):
-        reply = self.d.handle(cmd("set_config", {"changes": {"max_current_ma": 16000,
-                                                              "wifi_password": "new"}}), NOW)
+        reply = self.d.handle(cmd("set_config", {"changes": {
+            "max_current_ma": 16000, "wifi_password": "new-passphrase"}}), NOW)
         self.assertIs(reply["ok"], True)
         self.assertEqual(reply["data"]["keys"], ["max_current_ma", "wifi_password"])
         self.assertEqual(reply["data"]["reboot_required"], ["wifi_password"])
-        self.assertFalse("new" in json.dumps(reply))
+        self.assertFalse("new-passphrase" in json.dumps(reply))
         self.assertEqual(self.target.cfg["max_current_ma"], 16000)
 
     def test_set_config_relation_errors_come_back_from_the_station(self):
@@ -597,14 +597,14 @@ class OnlyTheOwnerChangesTrustSettings(unittest.TestCase):
     def test_credentials_never_travel_without_tls_unless_allowed_locally(self):
         reply = self.set_config({"mqtt_password": "s3cret"})      # signed, but plain MQTT
         self.assertEqual(reply["code"], "INSECURE")
-        reply = self.set_config({"wifi_password": "s3cret"}, key=None, corr="c-2")
+        reply = self.set_config({"wifi_password": "s3cret-passphrase"}, key=None, corr="c-2")
         self.assertEqual(reply["code"], "INSECURE")
         self.assertEqual(self.cfg["mqtt_password"], "")
         self.cfg.update({"mqtt_tls": True, "mqtt_ca_file": "ca.pem"})
         self.assertIs(self.set_config({"mqtt_password": "s3cret"}, corr="c-3")["ok"], True)
         cfg = Config({"owner_key": KEY_HEX, "mqtt_plain_credentials": True})
         d = CommandDispatcher(RecordingTarget(cfg), lambda: WALL, None, cfg, "cp-0001")
-        reply = d.handle(cmd("set_config", {"changes": {"wifi_password": "pw"}}), NOW)
+        reply = d.handle(cmd("set_config", {"changes": {"wifi_password": "plain-site-pw"}}), NOW)
         self.assertIs(reply["ok"], True)
 
 

@@ -26,9 +26,9 @@ BACKEND = {"mqtt_host": "127.0.0.1", "mqtt_port": 9}
 
 
 class Rig:
-    def __init__(self, fs=None, config=BACKEND, start_ms=0):
+    def __init__(self, fs=None, config=BACKEND, start_ms=0, board_class=SimBoard):
         self.fs = fs if fs is not None else PowerCutFs()
-        self.board = SimBoard(start_ms=start_ms)
+        self.board = board_class(start_ms=start_ms)
         self.station = Station(self.board, config=config, store=Store("/data", self.fs))
 
     def run(self, ms):

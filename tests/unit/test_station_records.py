@@ -7,15 +7,20 @@ from firmware.outbox import KIND_FAULT, KIND_SESSION, KIND_SESSION_START
 from firmware.station import applied_ma, coded_ma
 from firmware.pilot import duty_for_current
 from tools.pilotsim.model import S2_C, S2_OPEN
+from tools.pilotsim.simboard import SimBoard
 
 from test_station import BACKEND, Rig, held_records
 
 
-def charging(config=BACKEND):
-    r = Rig(config=config)
+def charging(config=BACKEND, board_class=None):
+    r = Rig(config=config) if board_class is None else Rig(config=config, board_class=board_class)
     r.ev(plugged=True, s2=S2_C)
     assert r.run_until(lambda: r.board.contacts_closed, 3000) is not None
     return r
+
+
+class Rated63Board(SimBoard):
+    rated_current_ma = 63000
 
 
 class OfferedCurrentIsWhatTheDutySays(unittest.TestCase):
@@ -29,8 +34,10 @@ class OfferedCurrentIsWhatTheDutySays(unittest.TestCase):
         self.assertEqual((applied_ma(1000), applied_ma(0)), (0, 0))
 
     def test_status_and_telemetry_report_the_applied_duty(self):
-        # A tethered cable (no PP coding) so that the installation limit decides.
-        r = charging(dict(BACKEND, max_current_ma=52000, socket_outlet=False))
+        # A tethered cable (no PP coding) on hardware rated 63 A, so that the installation
+        # limit decides.
+        r = charging(dict(BACKEND, max_current_ma=52000, socket_outlet=False),
+                     board_class=Rated63Board)
         st = r.station
         self.assertEqual(st.charger.offered_ma, 52000)          # the target
         self.assertEqual(st.status()["offered_ma"], 51000)      # what the EV is told
