@@ -198,6 +198,11 @@ class Station:
         self._restore_safe(now)
         # Records finished before the reset and not yet acknowledged go out again (a few
         # per loop iteration from here on: see _offer_sessions).
+        # From here on (latches applied) the safety tick also runs between flash operations
+        # (firmware/storage.py: an erase blocks for tens of ms, a session end makes a dozen).
+        self._ticked = now
+        self._tick_error = None
+        self.store.pause = self._flash_pause
         current = self
 
     # -- configuration ----------------------------------------------------------------------
@@ -270,6 +275,7 @@ class Station:
         [tick] method of firmware.board.Board."""
         b = self.board
         c = self.charger
+        self._ticked = now
         self._sense()
         c.tick(now)
         if c.pilot_unconfirmed():
@@ -283,6 +289,20 @@ class Station:
         b.set_lock(c.lock)
         b.set_led(c.led)
         b.feed_watchdog()
+
+    def _flash_pause(self):
+        # Store.pause: a flash operation has just finished. The safety tick runs when one
+        # is due, so a pilot change waits for one flash operation, not for all the slow
+        # work of an iteration. An error in it must not pass for a storage error (the
+        # storage layer turns OSError into StorageError): step() raises it again.
+        now = self.board.ticks_ms()
+        if ticks_diff(now, self._ticked) < TICK_MS or self._tick_error is not None:
+            return
+        try:
+            self.safety_tick(now)
+        except BaseException as e:  # noqa: BLE001 - re-raised by step()
+            self._tick_error = e
+            raise
 
     def _sense(self):
         b = self.board
@@ -311,6 +331,8 @@ class Station:
             self._service(now)
         except Exception as e:  # noqa: BLE001 - see _service_failed
             self._service_failed(now, e)
+        if self._tick_error is not None:
+            raise self._tick_error       # a safety tick failed between flash operations
         if mem_free() < _GC_FREE_MIN:
             gc.collect()
             self.collections += 1

@@ -34,6 +34,12 @@ Durability per platform:
   - FAT: rename over an existing file is remove + rename; read() rolls forward (above).
 
 Nothing here is for the control tick: every call does file I/O and allocates.
+
+Flash time: an erase of a 4 KB NOR sector blocks the CPU for tens of ms and one session end
+makes a dozen flash operations, so a loop that ran the safety tick only between its slow
+parts once saw a C->B change 875 ms late. Store.pause, when set, is called after every
+flash operation (each commit, rename, remove): the station runs its safety tick there when
+one is due, so a pilot change waits for at most one flash operation (docs/performance.md).
 """
 import struct
 from binascii import crc32
@@ -153,6 +159,7 @@ class Store:
         if not isinstance(root, str) or not root:
             raise ValueError("storage: root must be a directory path")
         self.fs = fs if fs is not None else OsFs()
+        self.pause = None      # called after each flash operation (see the module docstring)
         self.root = root.rstrip("/") if root != "/" else ""
         self._make_root()
 
@@ -175,6 +182,10 @@ class Store:
         return self.root + "/" + name
 
     # -- helpers shared with Journal -----------------------------------------------------
+    def _paused(self):
+        if self.pause is not None:
+            self.pause()
+
     def _read_raw(self, path):
         try:
             f = self.fs.open(path, "rb")
@@ -202,6 +213,8 @@ class Store:
         except OSError as e:
             if _errno(e) != ENOENT:
                 raise StorageError("%s: cannot remove (errno %s)" % (path, _errno(e)))
+            return
+        self._paused()
 
     def _replace(self, tmp, path):
         try:
@@ -216,6 +229,7 @@ class Store:
                 self.fs.rename(tmp, path)
             except OSError as e2:
                 raise StorageError("%s: rename failed (errno %s)" % (path, _errno(e2)))
+        self._paused()
 
     def _write_file(self, path, chunks):
         # `chunks` is an iterable of bytes; all of it is on the medium when this returns.
@@ -233,6 +247,7 @@ class Store:
             raise StorageError("%s: write failed (errno %s)" % (path, _errno(e)))
         finally:
             _close(f, path, done)
+        self._paused()
 
     # -- public --------------------------------------------------------------------------
     def write_atomic(self, name, data):
@@ -472,6 +487,7 @@ class Journal:
             self._ready = False
             _close(f, self.name, done)
             self._ready = done
+        self.store._paused()
 
     def _swap(self, payloads):
         def chunks():
