@@ -203,6 +203,8 @@ class Station:
         self._ticked = now
         self._tick_error = None
         self.store.pause = self._flash_pause
+        self._damage_seen = 0
+        self._check_damage(now)
         current = self
 
     # -- configuration ----------------------------------------------------------------------
@@ -260,6 +262,34 @@ class Station:
             self._safe_retry_at = ticks_add(now, _SAFE_RETRY_MS)
             self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
             self._queue_event({"type": "storage_error", "error": str(e)})
+
+    def storage_damage(self):
+        """Damage found on flash and writes that failed, counted since boot: every one is
+        also a STORAGE_ERROR and a storage_damage event (docs/faults.md)."""
+        d = self.sessions.damage()
+        ob = self.outbox
+        d["outbox_corrupt_entries"] = ob.corrupt_entries
+        d["outbox_orphans_removed"] = ob.orphans_removed
+        d["outbox_journal_damaged_bytes"] = getattr(ob.journal, "damaged_bytes_total", 0)
+        d["allow_list_unreadable"] = 1 if self.auth.allow_list.error else 0
+        return d
+
+    def _damage_total(self):
+        ob = self.outbox
+        return (self.sessions.damage_total() + ob.corrupt_entries + ob.orphans_removed
+                + getattr(ob.journal, "damaged_bytes_total", 0)
+                + (1 if self.auth.allow_list.error else 0))
+
+    def _check_damage(self, now):
+        # Compared as one int per iteration; the report is built only when it grows.
+        total = self._damage_total()
+        if total == self._damage_seen:
+            return
+        self._damage_seen = total
+        self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
+        ev = self.storage_damage()
+        ev["type"] = "storage_damage"
+        self._queue_event(ev)
 
     def _storage_op(self, fn, *args):
         try:
@@ -385,6 +415,7 @@ class Station:
             self.uptime_s += self._uptime_ms // 1000
             self._uptime_ms %= 1000
         self._storage_op(self.sessions.tick, now)
+        self._check_damage(now)
         if self._undelivered:
             kind, rec = self._undelivered.pop(0)
             self._deliver(kind, rec)
@@ -709,6 +740,7 @@ class Station:
                                  for t, code, raised in self.faults.history(8)],
                "counters": self.counters.values(),
                "outbox": self.outbox.stats(),
+               "storage_damage": self.storage_damage(),
                "config_error": self.config_error,
                "service_errors": self.service_errors,
                "collections": self.collections,

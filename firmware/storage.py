@@ -345,6 +345,8 @@ class Journal:
         self._ready = False
         self.dropped_bytes = 0     # damaged bytes cut away at the last recovery
         self.tail_torn = False     # the last recovery found a torn tail
+        self.cut_failures = 0      # damage that could not be cut away (full, read-only flash)
+        self.damaged_bytes_total = 0   # every damaged byte found since boot (diagnostics)
 
     # -- reading -------------------------------------------------------------------------
     def _parse_at(self, f, pos):
@@ -437,18 +439,29 @@ class Journal:
             return
         st = self.store
         if st._exists(self.tmp):
-            if st._exists(self.path) or not self._has_commit(self.tmp):
-                st._discard(self.tmp)            # an unfinished rewrite: the old file stands
-            else:
-                st._replace(self.tmp, self.path)  # removed old, crashed before rename
+            try:
+                if st._exists(self.path) or not self._has_commit(self.tmp):
+                    st._discard(self.tmp)        # an unfinished rewrite: the old file stands
+                else:
+                    st._replace(self.tmp, self.path)  # removed old, crashed before rename
+            except StorageError:
+                self.cut_failures += 1           # read-only: the journal file stands as is
         stats = [0, False]
         for _frame_ in self._frames(self.path, stats):
             pass
         self.dropped_bytes = stats[0]
         self.tail_torn = stats[1]
+        self.damaged_bytes_total += stats[0]
         if stats[0]:
-            # Cut the damage away so later appends follow a clean record boundary.
-            self._swap((p for k, p in self._frames(self.path) if k == _KIND_RECORD))
+            # Cut the damage away so later appends follow a clean record boundary. On a
+            # flash that refuses the rewrite (full, read-only) the records stay readable
+            # all the same: reading skips the damaged stretch, and a frame appended after
+            # it is found by its magic and CRC. Hiding every record for want of the cut
+            # would lose them for this boot.
+            try:
+                self._swap((p for k, p in self._frames(self.path) if k == _KIND_RECORD))
+            except StorageError:
+                self.cut_failures += 1
         self._ready = True
 
     def records(self):
