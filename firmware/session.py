@@ -38,7 +38,8 @@ differences use ticks_diff.
 import json
 
 from firmware.auth import check_id_tag
-from firmware.compat import ticks_diff
+from firmware.compat import ticks_add, ticks_diff
+from firmware.counters import RETRY_MAX_MS, RETRY_MIN_MS
 from firmware.states import STATE_A, STATE_B2, ev_connected
 from firmware.storage import Journal, StorageError
 from firmware.tariff import Tariff
@@ -201,6 +202,7 @@ class SessionManager:
         self._orphan = None           # live checkpoint from before the reset
         self._orphan_adjusted = False # the meter's register has been applied to it
         self._live_sid = None         # the session whose state session.live/.ckpt hold
+        self._retry_at = None         # no retry of _unsaved records before this (back-off)
         # Damage and failed writes, counted for diagnostics (the station reports them).
         self.journal_write_failures = 0
         self.checkpoint_write_failures = 0
@@ -471,8 +473,15 @@ class SessionManager:
                 else:
                     self._checkpoint_small(now_ms)
         self.counters.tick(now_ms)
-        if self._unsaved:
-            self._retry_unsaved()
+        if self._unsaved and (self._retry_at is None
+                              or ticks_diff(now_ms, self._retry_at) >= 0):
+            if not self._retry_unsaved():
+                # Backed off as the counters are (firmware/counters.py): a refused journal
+                # retried every iteration wears the flash and floods the fault records.
+                shift = self.journal_write_failures if self.journal_write_failures < 10 else 10
+                self._retry_at = ticks_add(now_ms, min(RETRY_MIN_MS << shift, RETRY_MAX_MS))
+            else:
+                self._retry_at = None
 
     def damage(self):
         """Counts of storage damage and failed writes since boot (diagnostics)."""
@@ -846,7 +855,7 @@ class SessionManager:
             except (StorageError, ValueError, MemoryError) as e:
                 self.journal_write_failures += 1
                 self.error = e.args[0] if e.args else type(e).__name__
-                return
+                return False
             del self._unsaved[sid]
             if sid not in self._handed:
                 self._keep_fresh(sid, rec)
@@ -855,6 +864,7 @@ class SessionManager:
                 if self._session is not None:
                     self._checkpoint(self._now)   # the live session's files, held till now
             self._count(rec, None)
+        return True
 
     def _stored_records(self, ids):
         want = set(ids)
