@@ -15,7 +15,7 @@ when it is sent. The index is a journal of small JSON entries, one per append:
     {"o":"n","s":next_seq}              first entry after a compaction
 At boot the journal is replayed; a put whose data file is missing is dropped (counted in
 corrupt_entries) and data files without a live put (a crash between the two writes) are
-removed. A replaced record is dropped only after its new copy is on flash; of two copies
+removed (counted in orphans_removed: the station reports both as storage damage). A replaced record is dropped only after its new copy is on flash; of two copies
 left by a power cut in between, the newer is kept. Compaction rewrites the index when it
 holds many dead entries.
 
@@ -101,6 +101,7 @@ class Outbox:
                         KIND_SESSION_START: 0}
         self.overflow_active = False
         self.corrupt_entries = 0
+        self.orphans_removed = 0    # data files without an index entry, removed at boot
         self._replay()
 
     # -- persistence ---------------------------------------------------------------------
@@ -158,6 +159,9 @@ class Outbox:
         n = len(self._prefix)
         for name in self.store.names():
             if name.startswith(self._prefix) and name[n:].isdigit() and name not in live:
+                # A put cut between its data file and its index entry, or an index that
+                # lost entries to damage: counted (diagnostics, STORAGE_ERROR), not silent.
+                self.orphans_removed += 1
                 self.store.remove(name)
 
     def _forget(self, record):
@@ -355,4 +359,7 @@ class Outbox:
                 "dropped_fault": self.dropped[KIND_FAULT],
                 "dropped_session": self.dropped[KIND_SESSION],
                 "dropped_session_start": self.dropped[KIND_SESSION_START],
-                "duplicate_acks": self.duplicate_acks, "corrupt_entries": self.corrupt_entries}
+                "duplicate_acks": self.duplicate_acks, "corrupt_entries": self.corrupt_entries,
+                "orphans_removed": self.orphans_removed,
+                "journal_damaged_bytes": getattr(self.journal, "damaged_bytes_total", 0),
+                "journal_cut_failures": getattr(self.journal, "cut_failures", 0)}

@@ -38,7 +38,8 @@ differences use ticks_diff.
 import json
 
 from firmware.auth import check_id_tag
-from firmware.compat import ticks_diff
+from firmware.compat import ticks_add, ticks_diff
+from firmware.counters import RETRY_MAX_MS, RETRY_MIN_MS
 from firmware.states import STATE_A, STATE_B2, ev_connected
 from firmware.storage import Journal, StorageError
 from firmware.tariff import Tariff
@@ -199,6 +200,14 @@ class SessionManager:
         self._seq = 0
         self._session = None
         self._orphan = None           # live checkpoint from before the reset
+        self._orphan_adjusted = False # the meter's register has been applied to it
+        self._live_sid = None         # the session whose state session.live/.ckpt hold
+        self._retry_at = None         # no retry of _unsaved records before this (back-off)
+        # Damage and failed writes, counted for diagnostics (the station reports them).
+        self.journal_write_failures = 0
+        self.checkpoint_write_failures = 0
+        self.checkpoints_held = 0     # checkpoints not written: an older record owns the files
+        self.unreadable_entries = 0
         self._state = None
         self._contactor = False
         self._now = 0
@@ -235,6 +244,7 @@ class SessionManager:
                         self._pending.remove(entry["id"])
                         self._dead += 2
                 except (ValueError, KeyError, TypeError):
+                    self.unreadable_entries += 1
                     self.error = "sessions: unreadable journal entry skipped"
         except StorageError as e:
             self.error = e.args[0]
@@ -249,9 +259,10 @@ class SessionManager:
             raw = self.store.read(LIVE_FILE)
             if raw is not None:
                 s = _Session.from_dict(json.loads(raw))
-                if s.id in done or _id_key(s.id) <= _id_key(self.counters.last_session):
-                    # Finished already (the counters count a session after its record is
-                    # on flash); only the removal of the live file was cut off.
+                if s.id in done:
+                    # Finished already; only the removal of the live file was cut off.
+                    # (Not judged by the counters: a record counted before it reached the
+                    # journal, by earlier firmware, would be lost.)
                     self.store.remove(LIVE_FILE)
                 else:
                     try:
@@ -259,6 +270,7 @@ class SessionManager:
                     except (StorageError, ValueError, TypeError) as e:
                         self.error = "session.ckpt: %s" % (e.args[0] if e.args else "damaged")
                     self._orphan = s
+                    self._live_sid = s.id
                     if s.auth is not None and not s.announced:
                         self._queue_start(s)
                     boot, seq = _id_key(s.id)
@@ -282,8 +294,8 @@ class SessionManager:
         s = self._orphan
         if s is None:
             return None
-        self._orphan = None
-        if import_wh is not None and s.seg_last is not None:
+        if import_wh is not None and s.seg_last is not None and not self._orphan_adjusted:
+            self._orphan_adjusted = True
             delta = import_wh - s.seg_last
             # Power was cut at most one checkpoint interval (or energy step) after the
             # checkpoint, and nothing flows while the station is off.
@@ -296,7 +308,12 @@ class SessionManager:
                 s.implausible += 1
         # A session whose EV had left before the reset ended then, as it ended; one whose
         # energy transfer had ended (the contactor opened with a reason) ended that way.
-        return self._finish(s, s.reason or REASON_POWER_LOSS, now_ms)
+        # Let go only once its record exists: out of memory while building it, the session
+        # stays here (and its checkpoint on flash) to be closed at the next call.
+        rec = self._finish(s, s.reason or REASON_POWER_LOSS, now_ms)
+        self._orphan = None
+        self._orphan_adjusted = False
+        return rec
 
     # -- events from the integrator ------------------------------------------------------
     def on_state(self, now_ms, state):
@@ -456,8 +473,31 @@ class SessionManager:
                 else:
                     self._checkpoint_small(now_ms)
         self.counters.tick(now_ms)
-        if self._unsaved:
-            self._retry_unsaved()
+        if self._unsaved and (self._retry_at is None
+                              or ticks_diff(now_ms, self._retry_at) >= 0):
+            if not self._retry_unsaved():
+                # Backed off as the counters are (firmware/counters.py): a refused journal
+                # retried every iteration wears the flash and floods the fault records.
+                shift = self.journal_write_failures if self.journal_write_failures < 10 else 10
+                self._retry_at = ticks_add(now_ms, min(RETRY_MIN_MS << shift, RETRY_MAX_MS))
+            else:
+                self._retry_at = None
+
+    def damage(self):
+        """Counts of storage damage and failed writes since boot (diagnostics)."""
+        j = self.journal
+        return {"journal_damaged_bytes": j.damaged_bytes_total,
+                "journal_cut_failures": j.cut_failures,
+                "journal_unreadable_entries": self.unreadable_entries,
+                "journal_write_failures": self.journal_write_failures,
+                "checkpoint_write_failures": self.checkpoint_write_failures,
+                "checkpoints_held": self.checkpoints_held}
+
+    def damage_total(self):
+        j = self.journal
+        return (j.damaged_bytes_total + j.cut_failures + self.unreadable_entries
+                + self.journal_write_failures + self.checkpoint_write_failures
+                + self.checkpoints_held)
 
     # -- views for the integrator and the outbox -------------------------------------------
     @property
@@ -668,9 +708,19 @@ class SessionManager:
     def _checkpoint_small(self, now_ms):
         self._write_checkpoint(now_ms, True)
 
+    def _live_held(self, sid):
+        # session.live / session.ckpt still hold a finished record the journal could not
+        # take: they are its only copy on flash, and stay until it is journaled.
+        live = self._live_sid
+        return live is not None and live != sid and live in self._unsaved
+
     def _write_checkpoint(self, now_ms, small):
         s = self._session
         self._sync_wall(s)
+        if self._live_held(s.id):
+            self.checkpoints_held += 1
+            return
+        self._live_sid = s.id
         name = CKPT_FILE if small else LIVE_FILE
         values = s.small() if small else s.to_dict()
         self._ckpt_ms = now_ms
@@ -679,6 +729,7 @@ class SessionManager:
         try:
             self.store.write_atomic(name, json.dumps(values).encode())
         except StorageError as e:
+            self.checkpoint_write_failures += 1
             self.error = e.args[0]
 
     def _end(self, now_ms, reason):
@@ -755,18 +806,29 @@ class SessionManager:
             self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
             self._keep_fresh(sid, rec)
         except (StorageError, ValueError, MemoryError) as e:
-            # Kept in RAM and retried from tick(); the live file stays until it is on flash.
+            # Kept in RAM and retried from tick(); the live file stays until it is on flash
+            # (no later checkpoint overwrites it: _live_held), and the counters count the
+            # session only then: a record counted but not journaled would be taken for a
+            # finished one at the next boot.
+            self.journal_write_failures += 1
             self.error = e.args[0] if e.args else type(e).__name__
             self._unsaved[sid] = rec
+            self._live_sid = sid
         self._pending.append(sid)
         if sid not in self._unsaved:
-            try:
-                self.store.remove(LIVE_FILE)
-                self.store.remove(CKPT_FILE)
-            except StorageError as e:
-                self.error = e.args[0]
-        self._count(rec, now_ms)
+            self._drop_live(sid)
+            self._count(rec, now_ms)
         return rec
+
+    def _drop_live(self, sid):
+        if self._live_sid is not None and self._live_sid != sid:
+            return                       # the files belong to another session by now
+        try:
+            self.store.remove(LIVE_FILE)
+            self.store.remove(CKPT_FILE)
+            self._live_sid = None
+        except StorageError as e:
+            self.error = e.args[0]
 
     def _keep_fresh(self, sid, rec):
         # A few just-finished records stay in RAM for pop_completed; older ones are read
@@ -791,16 +853,18 @@ class SessionManager:
             try:
                 self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
             except (StorageError, ValueError, MemoryError) as e:
+                self.journal_write_failures += 1
                 self.error = e.args[0] if e.args else type(e).__name__
-                return
+                return False
             del self._unsaved[sid]
             if sid not in self._handed:
                 self._keep_fresh(sid, rec)
-            if self._session is None:
-                try:
-                    self.store.remove(LIVE_FILE)
-                except StorageError as e:
-                    self.error = e.args[0]
+            if self._live_sid == sid:
+                self._drop_live(sid)
+                if self._session is not None:
+                    self._checkpoint(self._now)   # the live session's files, held till now
+            self._count(rec, None)
+        return True
 
     def _stored_records(self, ids):
         want = set(ids)

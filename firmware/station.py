@@ -206,6 +206,13 @@ class Station:
         self._restore_safe(now)
         # Records finished before the reset and not yet acknowledged go out again (a few
         # per loop iteration from here on: see _offer_sessions).
+        # From here on (latches applied) the safety tick also runs between flash operations
+        # (firmware/storage.py: an erase blocks for tens of ms, a session end makes a dozen).
+        self._ticked = now
+        self._tick_error = None
+        self.store.pause = self._flash_pause
+        self._damage_seen = 0
+        self._check_damage(now)
         current = self
 
     # -- configuration ----------------------------------------------------------------------
@@ -264,6 +271,34 @@ class Station:
             self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
             self._queue_event({"type": "storage_error", "error": str(e)})
 
+    def storage_damage(self):
+        """Damage found on flash and writes that failed, counted since boot: every one is
+        also a STORAGE_ERROR and a storage_damage event (docs/faults.md)."""
+        d = self.sessions.damage()
+        ob = self.outbox
+        d["outbox_corrupt_entries"] = ob.corrupt_entries
+        d["outbox_orphans_removed"] = ob.orphans_removed
+        d["outbox_journal_damaged_bytes"] = getattr(ob.journal, "damaged_bytes_total", 0)
+        d["allow_list_unreadable"] = 1 if self.auth.allow_list.error else 0
+        return d
+
+    def _damage_total(self):
+        ob = self.outbox
+        return (self.sessions.damage_total() + ob.corrupt_entries + ob.orphans_removed
+                + getattr(ob.journal, "damaged_bytes_total", 0)
+                + (1 if self.auth.allow_list.error else 0))
+
+    def _check_damage(self, now):
+        # Compared as one int per iteration; the report is built only when it grows.
+        total = self._damage_total()
+        if total == self._damage_seen:
+            return
+        self._damage_seen = total
+        self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
+        ev = self.storage_damage()
+        ev["type"] = "storage_damage"
+        self._queue_event(ev)
+
     def _storage_op(self, fn, *args):
         try:
             return fn(*args)
@@ -278,6 +313,7 @@ class Station:
         [tick] method of firmware.board.Board."""
         b = self.board
         c = self.charger
+        self._ticked = now
         self._sense()
         c.tick(now)
         if c.pilot_unconfirmed():
@@ -291,6 +327,20 @@ class Station:
         b.set_lock(c.lock)
         b.set_led(c.led)
         b.feed_watchdog()
+
+    def _flash_pause(self):
+        # Store.pause: a flash operation has just finished. The safety tick runs when one
+        # is due, so a pilot change waits for one flash operation, not for all the slow
+        # work of an iteration. An error in it must not pass for a storage error (the
+        # storage layer turns OSError into StorageError): step() raises it again.
+        now = self.board.ticks_ms()
+        if ticks_diff(now, self._ticked) < TICK_MS or self._tick_error is not None:
+            return
+        try:
+            self.safety_tick(now)
+        except BaseException as e:  # noqa: BLE001 - re-raised by step()
+            self._tick_error = e
+            raise
 
     def _sense(self):
         b = self.board
@@ -319,6 +369,8 @@ class Station:
             self._service(now)
         except Exception as e:  # noqa: BLE001 - see _service_failed
             self._service_failed(now, e)
+        if self._tick_error is not None:
+            raise self._tick_error       # a safety tick failed between flash operations
         if mem_free() < _GC_FREE_MIN:
             gc.collect()
             self.collections += 1
@@ -371,6 +423,7 @@ class Station:
             self.uptime_s += self._uptime_ms // 1000
             self._uptime_ms %= 1000
         self._storage_op(self.sessions.tick, now)
+        self._check_damage(now)
         self.history.tick(now)
         if self._undelivered:
             kind, rec = self._undelivered.pop(0)
@@ -699,6 +752,7 @@ class Station:
                                  for t, code, raised in self.faults.history(8)],
                "counters": self.counters.values(),
                "outbox": self.outbox.stats(),
+               "storage_damage": self.storage_damage(),
                "config_error": self.config_error,
                "service_errors": self.service_errors,
                "collections": self.collections,

@@ -34,6 +34,12 @@ Durability per platform:
   - FAT: rename over an existing file is remove + rename; read() rolls forward (above).
 
 Nothing here is for the control tick: every call does file I/O and allocates.
+
+Flash time: an erase of a 4 KB NOR sector blocks the CPU for tens of ms and one session end
+makes a dozen flash operations, so a loop that ran the safety tick only between its slow
+parts once saw a C->B change 875 ms late. Store.pause, when set, is called after every
+flash operation (each commit, rename, remove): the station runs its safety tick there when
+one is due, so a pilot change waits for at most one flash operation (docs/performance.md).
 """
 import struct
 from binascii import crc32
@@ -153,6 +159,7 @@ class Store:
         if not isinstance(root, str) or not root:
             raise ValueError("storage: root must be a directory path")
         self.fs = fs if fs is not None else OsFs()
+        self.pause = None      # called after each flash operation (see the module docstring)
         self.root = root.rstrip("/") if root != "/" else ""
         self._make_root()
 
@@ -175,6 +182,10 @@ class Store:
         return self.root + "/" + name
 
     # -- helpers shared with Journal -----------------------------------------------------
+    def _paused(self):
+        if self.pause is not None:
+            self.pause()
+
     def _read_raw(self, path):
         try:
             f = self.fs.open(path, "rb")
@@ -202,6 +213,8 @@ class Store:
         except OSError as e:
             if _errno(e) != ENOENT:
                 raise StorageError("%s: cannot remove (errno %s)" % (path, _errno(e)))
+            return
+        self._paused()
 
     def _replace(self, tmp, path):
         try:
@@ -216,6 +229,7 @@ class Store:
                 self.fs.rename(tmp, path)
             except OSError as e2:
                 raise StorageError("%s: rename failed (errno %s)" % (path, _errno(e2)))
+        self._paused()
 
     def _write_file(self, path, chunks):
         # `chunks` is an iterable of bytes; all of it is on the medium when this returns.
@@ -233,6 +247,7 @@ class Store:
             raise StorageError("%s: write failed (errno %s)" % (path, _errno(e)))
         finally:
             _close(f, path, done)
+        self._paused()
 
     # -- public --------------------------------------------------------------------------
     def write_atomic(self, name, data):
@@ -330,6 +345,8 @@ class Journal:
         self._ready = False
         self.dropped_bytes = 0     # damaged bytes cut away at the last recovery
         self.tail_torn = False     # the last recovery found a torn tail
+        self.cut_failures = 0      # damage that could not be cut away (full, read-only flash)
+        self.damaged_bytes_total = 0   # every damaged byte found since boot (diagnostics)
 
     # -- reading -------------------------------------------------------------------------
     def _parse_at(self, f, pos):
@@ -422,18 +439,29 @@ class Journal:
             return
         st = self.store
         if st._exists(self.tmp):
-            if st._exists(self.path) or not self._has_commit(self.tmp):
-                st._discard(self.tmp)            # an unfinished rewrite: the old file stands
-            else:
-                st._replace(self.tmp, self.path)  # removed old, crashed before rename
+            try:
+                if st._exists(self.path) or not self._has_commit(self.tmp):
+                    st._discard(self.tmp)        # an unfinished rewrite: the old file stands
+                else:
+                    st._replace(self.tmp, self.path)  # removed old, crashed before rename
+            except StorageError:
+                self.cut_failures += 1           # read-only: the journal file stands as is
         stats = [0, False]
         for _frame_ in self._frames(self.path, stats):
             pass
         self.dropped_bytes = stats[0]
         self.tail_torn = stats[1]
+        self.damaged_bytes_total += stats[0]
         if stats[0]:
-            # Cut the damage away so later appends follow a clean record boundary.
-            self._swap((p for k, p in self._frames(self.path) if k == _KIND_RECORD))
+            # Cut the damage away so later appends follow a clean record boundary. On a
+            # flash that refuses the rewrite (full, read-only) the records stay readable
+            # all the same: reading skips the damaged stretch, and a frame appended after
+            # it is found by its magic and CRC. Hiding every record for want of the cut
+            # would lose them for this boot.
+            try:
+                self._swap((p for k, p in self._frames(self.path) if k == _KIND_RECORD))
+            except StorageError:
+                self.cut_failures += 1
         self._ready = True
 
     def records(self):
@@ -472,6 +500,7 @@ class Journal:
             self._ready = False
             _close(f, self.name, done)
             self._ready = done
+        self.store._paused()
 
     def _swap(self, payloads):
         def chunks():
