@@ -29,6 +29,7 @@ class Station:
         self.register_base = register
         self.energy_wms = 0
         self.power_w = 0
+        self.new_segment = False
         self.boot()
         if has_register:
             self.sm.on_meter(self.t, self.register, 0, True)   # the meter answers at boot
@@ -63,8 +64,12 @@ class Station:
             self.t += step
             self.energy_wms += self.power_w * step
             if meter:
+                base = None
+                if valid and self.new_segment:
+                    base = self.register          # MeterService.base_wh
+                    self.new_segment = False
                 self.sm.on_meter(self.t & TICKS_MAX, self.register if valid else None,
-                                 self.power_w if valid else None, valid)
+                                 self.power_w if valid else None, valid, base)
             self.sm.tick(self.t & TICKS_MAX)
 
     def state(self, st):
@@ -368,14 +373,16 @@ class Meter(unittest.TestCase):
         self.assertEqual(r["energy_wh"], 180)         # the register covers the gap
         self.assertEqual(r["meter_flags"]["stale"], 60)
 
-    def test_a_single_garbage_reading_is_ignored(self):
+    def test_readings_the_meter_service_rejects_are_counted_not_used(self):
+        # The meter service judges plausibility (tests/unit/test_meter_service.py); the
+        # session counts what it rejected (a jump, and one going backwards).
         st = Station()
         st.state(STATE_B2)
         st.start_charging(3600)
         st.run(MIN)
-        st.sm.on_meter(st.t, 9999999, 3600, True)
+        st.sm.on_rejected(st.t)
         st.run(MIN)
-        st.sm.on_meter(st.t, 10, 3600, True)          # and one going backwards
+        st.sm.on_rejected(st.t)
         st.run(MIN)
         st.contactor(False)
         st.state(STATE_A)
@@ -389,6 +396,7 @@ class Meter(unittest.TestCase):
         st.start_charging(3600)
         st.run(MIN)                                   # 60 Wh on the old meter
         st.register_base = 5000 - st.energy_wms // 3600000   # new meter, register at 5 kWh
+        st.new_segment = True                         # the meter service reports it
         st.run(MIN)
         st.contactor(False)
         st.state(STATE_A)
