@@ -144,16 +144,17 @@ class _Session:
         return s
 
     def energy_wh(self):
-        power = self.power_wms // _MS_PER_WH_PER_W
+        # From the register alone once there is one: what flowed before its base is in
+        # the station's unbilled counter, so a power estimate on top would count it twice.
         if self.seg_last is not None:
-            return self.closed_wh + self.seg_last - self.seg_base + power
+            return self.closed_wh + self.seg_last - self.seg_base
         if self.power_seen:
-            return power
+            return self.power_wms // _MS_PER_WH_PER_W
         return None
 
     def energy_source(self):
         if self.seg_last is not None:
-            return "register+power" if self.power_wms else "register"
+            return "register"
         return "power" if self.power_seen else "none"
 
 
@@ -331,11 +332,13 @@ class SessionManager:
             self.recover(now_ms, import_wh, closed, base_wh)
         if power_w is not None:
             if s is not None:
-                if self._power is not None and s.seg_last is None:
-                    dt = ticks_diff(now_ms, self._power_ms)
-                    if dt > 0:
-                        s.power_wms += self._power * dt
-                s.power_seen = True
+                if import_wh is None:
+                    # A meter without an import register: energy is power integrated.
+                    if self._power is not None:
+                        dt = ticks_diff(now_ms, self._power_ms)
+                        if dt > 0:
+                            s.power_wms += self._power * dt
+                    s.power_seen = True
                 if s.peak_power_w is None or power_w > s.peak_power_w:
                     s.peak_power_w = power_w
             self._power = power_w
@@ -582,13 +585,19 @@ class SessionManager:
             # The session meters: everything since its base is its own.
             if delta is None:
                 s.closed_wh += s.seg_last - s.seg_base
+            s.seg_last = reg
+            if serial is not None:
+                s.serial_stop = serial
+                if s.serial_start is None and not swap:
+                    s.serial_start = serial
+            if delta is None:
                 s.seg_base = base
                 s.rebased += 1
                 if swap:
                     s.swaps += 1
-            s.seg_last = reg
-            if serial is not None:
-                s.serial_stop = serial
+                # A power cut must find the new segment: the old register means nothing
+                # to the meter that answers after it.
+                self._checkpoint(now_ms)
             return
         # No session meters: the advance belongs to nobody.
         self.counters.unbilled(delta if delta is not None else reg - base, reg)

@@ -384,10 +384,14 @@ class Station:
         if self.sessions.serial_wanted:
             self.sessions.serial_wanted = False
             m.request_serial()
-        if self._held is not None and c.contactor:
-            # A new EV's contactor closed before the old session's final reading: that
-            # reading would hold the new session's energy. The old one ends estimated.
-            self._release_now()
+        if c.contactor:
+            # The contactor closed (a new EV, free mode) while a session still waits for
+            # its final reading, or a session cut by a reset for the register at boot:
+            # the next reading holds the new energy. The waiting one ends estimated.
+            if self._held is not None:
+                self._release_now()
+            if self.sessions.recovering:
+                self._storage_op(self.sessions.recover, now)
         if changed & FAILED:
             self.sessions.on_meter(now, None, None, False)
         if changed & STALE_CHANGED and m.stale:
