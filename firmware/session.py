@@ -600,7 +600,12 @@ class SessionManager:
                 self._checkpoint(now_ms)
             return
         # No session meters: the advance belongs to nobody.
+        fresh = self.counters.ledger_wh is None
         self.counters.unbilled(delta if delta is not None else reg - base, reg)
+        if fresh:
+            # The ledger's first position goes to flash at once (once in the station's
+            # life): a boot that finds none cannot count what flowed before its reading.
+            self._save_ledger(now_ms)
         if s is None or not (clean or ticks_diff(sampled_ms, s.start_ms) >= 0):
             return
         # The session's base: a reading that equals the register at its start, or its

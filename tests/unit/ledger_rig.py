@@ -278,7 +278,9 @@ class Rig:
         elif name in ("reset", "swap", "jump"):
             self.discontinuities.append(self.clock.now)
             # Registers stay below 2**13 kWh, where a float32 still shows every Wh.
-            if name == "reset":
+            # A reset to about zero is only a discontinuity for a register well above it
+            # (from a few Wh, back to 0 and up again is ordinary counting to anyone).
+            if name == "reset" and m.register() > 100000:
                 m.offset = -m.true_wh() + arg % 5
             elif name == "swap":
                 m.serial += 1 + arg
