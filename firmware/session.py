@@ -602,9 +602,10 @@ class SessionManager:
         # No session meters: the advance belongs to nobody.
         fresh = self.counters.ledger_wh is None
         self.counters.unbilled(delta if delta is not None else reg - base, reg)
-        if fresh:
-            # The ledger's first position goes to flash at once (once in the station's
-            # life): a boot that finds none cannot count what flowed before its reading.
+        if fresh or delta is None:
+            # The ledger's first position, and its position after a discontinuity, go to
+            # flash at once (rare): a boot that finds none, or the old meter's, cannot
+            # count what flowed before its first reading.
             self._save_ledger(now_ms)
         if s is None or not (clean or ticks_diff(sampled_ms, s.start_ms) >= 0):
             return
