@@ -390,6 +390,22 @@ class Meter(unittest.TestCase):
         self.assertEqual(r["energy_wh"], 180)
         self.assertEqual((r["meter_flags"]["implausible"], r["meter_flags"]["rebased"]), (2, 0))
 
+    def test_faults_present_at_the_start_are_listed_not_taken_as_the_stop(self):
+        st = Station()
+        st.sm.on_fault(st.t, "METER_STALE")          # raised while no session ran
+        st.state(STATE_B2)
+        st.start_charging(3600)
+        st.run(MIN)
+        st.contactor(False)
+        st.state(STATE_A)
+        st.sm.on_fault_cleared(st.t, "METER_STALE")
+        st.state(STATE_B2)
+        st.state(STATE_A)
+        first, second = st.sm.pop_completed()
+        self.assertEqual(first["faults"], ["METER_STALE"])
+        self.assertEqual(first["stop_reason"], "ev_unplugged")
+        self.assertEqual(second["faults"], [])
+
     def test_replaced_meter_rebases_and_keeps_earlier_energy(self):
         st = Station()
         st.state(STATE_B2)
