@@ -15,8 +15,10 @@ cycle clears it. The last values stay readable; whoever bills or limits on them 
 at `stale` (the integrator raises / clears the METER_STALE fault from it).
 
 Plausibility (billing must not use a reading that cannot be true): energy never goes
-backwards; |power| <= meter_max_power_w and <= what the phase voltages and currents of the
-same cycle allow (V x I summed over the phases, +10 % and 50 W for sampling skew); energy
+backwards; |power| <= meter_max_power_w and <= what the phase voltages and currents allow
+(V x I summed over the phases, this cycle's or the last one's, +10 % and 50 W; a first such
+reading only has its power held back, since the registers may have updated between our
+requests: the second in a row is implausible); energy
 rises no faster than meter_max_power_w allows over the time since the last accepted reading
 (plus one step of the register's resolution). A failing reading sets `implausible`,
 `implausible_reason` and counts `implausible_count`; its power and energy are not taken
@@ -103,6 +105,9 @@ class MeterService:
         self._want_serial = False
         self._serial_read = _NO_SERIAL
         self._new_segment = False
+        self._vi_now = 0            # the phases' voltage x current, W: this cycle ...
+        self._vi_last = 0           # ... and the last one
+        self._vi_held = False       # the last cycle's power was beyond them
         self.rebased = 0            # energy segments started after a discontinuity
         self.swaps = 0              # ... of which the serial number changed
         self.serial = None          # the meter's serial number, None until read
@@ -125,6 +130,7 @@ class MeterService:
             self.current_ma[k] = 0
         self.power_w = 0
         self.import_wh = None
+        self._ref_import = None     # the import the next reading is judged against
         self.export_wh = None
         self.last_ok_ms = None
         self.readings = 0           # increments with every committed reading
@@ -206,7 +212,7 @@ class MeterService:
             return False
         if self._want_serial:
             return True
-        r = self._check(now_ms)
+        r = self._check(now_ms, True)
         return r == IMPORT_BACKWARDS or r == IMPORT_JUMP or r == EXPORT_BACKWARDS \
             or r == EXPORT_JUMP
 
@@ -226,6 +232,16 @@ class MeterService:
     def cycle_finished(self, n):
         """True once cycle `n` has ended, with a reading or a failure."""
         return self.cycles > n or (self.cycles == n and self._step < 0)
+
+    def expect(self, import_wh, now_ms, allow_ms):
+        """Judge the first reading against `import_wh` (the register the billing ledger
+        last saw, from flash) as if it had been read `allow_ms` ago, instead of taking it
+        blindly: a garbage first reading after a boot is then rejected, and a meter
+        exchanged while the station was off starts a new segment (two agreeing readings)."""
+        if self.import_wh is None and import_wh is not None:
+            self._ref_import = import_wh
+            self._energy_ms = ticks_add(now_ms, -allow_ms)
+            self._rebase = False
 
     def rebase(self):
         """Accept the next reading's energy as the new baseline (after a meter exchange)."""
@@ -259,6 +275,17 @@ class MeterService:
             self.voltage_dv[k] = s[meters.V_L1 + k]
             self.current_ma[k] = s[meters.I_L1 + k]
         reason = self._check(now_ms)
+        take_power = True
+        if reason == POWER_VI and not self._vi_held:
+            # Once: a meter updates its registers between our requests, so at a step
+            # (a contactor closing) the power may be new and the currents old. Its power
+            # is not taken; the next cycle tells such skew from a meter that means it.
+            self._vi_held = True
+            take_power = False
+            reason = self._check(now_ms, True)
+        elif reason != NOT_A_NUMBER and reason != POWER_RANGE and reason != POWER_VI:
+            self._vi_held = False
+        self._vi_last = self._vi_now
         base = None
         serial = self._serial_read
         if serial != _NO_SERIAL:
@@ -291,8 +318,10 @@ class MeterService:
                 changes |= IMPLAUSIBLE_CHANGED
                 self._notify("implausible", True, reason)
         else:
-            self.power_w = s[meters.POWER]
+            if take_power:
+                self.power_w = s[meters.POWER]
             self.import_wh = s[meters.IMPORT]
+            self._ref_import = self.import_wh
             if self.has_export:
                 self.export_wh = s[meters.EXPORT]
             self._energy_ms = now_ms
@@ -330,7 +359,7 @@ class MeterService:
             return True
         return False
 
-    def _check(self, now_ms):
+    def _check(self, now_ms, skip_vi=False):
         s = self._scratch
         if self._bad:
             return NOT_A_NUMBER
@@ -338,16 +367,21 @@ class MeterService:
         if power > self.max_power_w or power < -self.max_power_w:
             return POWER_RANGE
         # Active power cannot exceed the apparent power of the phases (per phase first:
-        # the products stay small ints on the ESP32).
+        # the products stay small ints on the ESP32), this cycle's or the last one's (a
+        # step down: the currents new, the power old).
         vi = 0
         for k in range(self.phases):
             vi += s[meters.V_L1 + k] * s[meters.I_L1 + k] // _DV_MA_PER_W
-        if power > vi + vi // 10 + _VI_SLACK_W or -power > vi + vi // 10 + _VI_SLACK_W:
+        self._vi_now = vi
+        if self._vi_last > vi:
+            vi = self._vi_last
+        if not skip_vi and (power > vi + vi // 10 + _VI_SLACK_W
+                            or -power > vi + vi // 10 + _VI_SLACK_W):
             return POWER_VI
         if self._rebase:
             return ""
         elapsed = ticks_diff(now_ms, self._energy_ms)
-        reason = self._energy_rule(meters.IMPORT, s[meters.IMPORT], self.import_wh, elapsed,
+        reason = self._energy_rule(meters.IMPORT, s[meters.IMPORT], self._ref_import, elapsed,
                                    IMPORT_BACKWARDS, IMPORT_JUMP)
         if reason or not self.has_export:
             return reason

@@ -346,6 +346,17 @@ class SessionManager:
         if import_wh is not None:
             self._register(now_ms, import_wh, base_wh, sampled_ms, closed, serial)
 
+    def expected_register(self):
+        """(import_wh, allow_ms): the register the ledger last saw and the time at full
+        power that covers what may have flowed since unseen (MeterService.expect at boot),
+        or None before the first reading ever. A session cut by a reset knows it best."""
+        wh = self.counters.ledger_wh
+        if self._orphan is not None and self._orphan.seg_last is not None:
+            wh = self._orphan.seg_last
+        if wh is None:
+            return None
+        return wh, self._cut_bound() * _MS_PER_WH_PER_W // self.cfg["meter_max_power_w"]
+
     def on_rejected(self, now_ms):
         """A reading the meter service rejected as implausible (counted, not used)."""
         self._advance(now_ms)

@@ -104,6 +104,10 @@ class Station:
         self._retry_ev = None          # an event whose handling raised: handled once more
         if uart is not None:
             self.meter = MeterService(self.cfg, uart)
+            expected = self.sessions.expected_register()
+            if expected is not None:
+                # The first reading is judged against the register billing last saw.
+                self.meter.expect(expected[0], now, expected[1])
             # A session cut by a reset is closed with the meter's register once it answers
             # (the energy after the last checkpoint counts); until then its events wait in
             # the ring, so a plug-in seen at boot does not start a new session first.

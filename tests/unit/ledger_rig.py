@@ -59,6 +59,7 @@ class TrueMeter:
         self.serial = 11111
         self.power_w = 0
         self.garbage = None          # a corrupt value for the next cycle
+        self.garbage_n = 0
         self.publish()
 
     def true_wh(self):
@@ -71,10 +72,13 @@ class TrueMeter:
         amps = self.power_w * 1000 // (3 * 230) if self.power_w else 0
         values = [2300, 2300, 2300, amps, amps, amps, self.power_w, self.register(), 0]
         g = self.garbage
+        # Garbage readings in a row never agree with each other (two that did would be a
+        # reset to anyone): each lies 1 kWh further off than the one before.
+        off = 1000 * (self.garbage_n % 7)
         if g == 0:
-            values[meters.IMPORT] = self.register() + 5000000      # far ahead
+            values[meters.IMPORT] = self.register() + 5000000 + off   # far ahead
         elif g == 1:
-            values[meters.IMPORT] = max(0, self.register() - 40000)  # far behind
+            values[meters.IMPORT] = max(0, self.register() - 40000 - off)  # far behind
         elif g == 2:
             values[meters.POWER] = 40000                           # 40 kW at these amps
         regs = self.map.encode(values)
@@ -116,6 +120,9 @@ class Rig:
         self.boot_id = self.counters.boot(self.clock.now)
         self.sm = SessionManager(self.cfg, self.store, self.counters, self.boot_id)
         self.svc = MeterService(self.cfg, self.meter.stream)
+        expected = self.sm.expected_register()
+        if expected is not None:
+            self.svc.expect(expected[0], self.clock.now, expected[1])
         self.events = []
         self.held = None
         self.held_cycle = 0
@@ -296,6 +303,7 @@ class Rig:
             self.run(POLL_MS * (1 + arg % 6))
         elif name == "garbage":
             m.garbage = arg % 4
+            m.garbage_n += 1
             end = self.clock.now + 5 * POLL_MS
             while m.garbage is not None and self.clock.now - end < 0:
                 self.step()                         # until a cycle has read it

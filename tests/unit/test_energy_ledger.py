@@ -152,10 +152,11 @@ class Cases(unittest.TestCase):
 
     def test_rejected_readings_are_counted(self):
         rig = self.play([("plug", 1), ("charge", 10), ("garbage", 0), ("garbage", 1),
-                         ("garbage", 2), ("charge", 10), ("unplug", 0)])
+                         ("garbage", 3), ("garbage", 2), ("charge", 10), ("unplug", 0)])
         (r,) = rig.records
-        self.assertEqual(r["meter_flags"]["implausible"], 3)
-        self.assertTrue(r["peak_power_w"] < 22000)  # the 40 kW reading is not the peak
+        # A jump, one backwards, a NaN and 40 kW (above meter_max_power_w here).
+        self.assertEqual(r["meter_flags"]["implausible"], 4)
+        self.assertEqual(r["peak_power_w"], 11000)  # the 40 kW reading is not the peak
 
 
 class Seeded(unittest.TestCase):

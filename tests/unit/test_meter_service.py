@@ -318,18 +318,40 @@ class TestPlausibility(Base):
         self.loop(100)
         self.meter.publish(current_l1_ma=32000, current_l2_ma=32000, current_l3_ma=32000,
                            voltage_l1_dv=2300, voltage_l2_dv=2300, voltage_l3_dv=2300,
-                           power_w=40000)
+                           power_w=40000, import_wh=12345680)
         self.loop(1000)
+        # Once, it may be registers updated between our requests: the power is held back
+        # (the last plausible stays), the energy is taken.
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.power_w, 11034)
+        self.assertEqual(self.svc.import_wh, 12345680)
+        self.loop(1000)                                 # twice: the meter means it
         self.assertTrue(self.svc.implausible)
         self.assertEqual(self.svc.implausible_reason, POWER_VI)
-        self.assertEqual(self.svc.power_w, 11034)       # the last plausible power stays
+        self.assertEqual(self.svc.power_w, 11034)
         self.meter.publish(power_w=22000)               # 22.08 kVA apparent: plausible
         self.loop(1000)
         self.assertFalse(self.svc.implausible)
         self.assertEqual(self.svc.power_w, 22000)
         self.meter.publish(power_w=-25000)              # export the same way
-        self.loop(1000)
+        self.loop(2000)
         self.assertEqual(self.svc.implausible_reason, POWER_VI)
+
+    def test_a_step_between_the_requests_of_one_cycle_is_not_implausible(self):
+        self.loop(100)
+        # A contactor closes: the power register is new, the currents still the old 0.
+        self.meter.publish(current_l1_ma=0, current_l2_ma=0, current_l3_ma=0, power_w=11034)
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.meter.publish(current_l1_ma=15999, current_l2_ma=16012, current_l3_ma=15987)
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.power_w, 11034)
+        # It opens: the currents are new (0), the power still the old one.
+        self.meter.publish(current_l1_ma=0, current_l2_ma=0, current_l3_ma=0)
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.implausible_count, 0)
 
     def test_every_failed_cycle_is_reported(self):
         self.loop(100)
