@@ -60,6 +60,7 @@ class Counters:
         self.contactor_cycles_under_load = 0
         self.unbilled_wh = 0
         self.ledger_wh = None    # import register the records and unbilled_wh account up to
+        self.ledger_serial = None  # the serial number of the meter showing it, when known
         self.faults = {}
         self.last_session = None
         self.error = None        # why the stored counters could not be read, if so
@@ -92,6 +93,9 @@ class Counters:
             ledger = d.get("ledger_wh")
             if _is_count(ledger):
                 self.ledger_wh = ledger
+            serial = d.get("ledger_serial")
+            if _is_count(serial):
+                self.ledger_serial = serial
         except (StorageError, ValueError) as e:
             # Start again from zero rather than refuse to run; the reason stays visible.
             self.error = "counters: %s" % (e.args[0] if e.args else e)
@@ -109,6 +113,7 @@ class Counters:
         d["faults"] = dict(self.faults)
         d["last_session"] = self.last_session
         d["ledger_wh"] = self.ledger_wh
+        d["ledger_serial"] = self.ledger_serial
         return d
 
     def save(self, now_ms=None):
@@ -170,6 +175,13 @@ class Counters:
             self._dirty = True
         if ledger_wh != self.ledger_wh:
             self.ledger_wh = ledger_wh
+            self._dirty = True
+
+    def meter_serial(self, serial):
+        """The meter's serial number changed (or was first read): kept with the ledger,
+        so a boot can tell a meter exchanged while the station was off."""
+        if serial != self.ledger_serial:
+            self.ledger_serial = serial
             self._dirty = True
 
     @property

@@ -233,15 +233,20 @@ class MeterService:
         """True once cycle `n` has ended, with a reading or a failure."""
         return self.cycles > n or (self.cycles == n and self._step < 0)
 
-    def expect(self, import_wh, now_ms, allow_ms):
+    def expect(self, import_wh, now_ms, allow_ms, serial=None):
         """Judge the first reading against `import_wh` (the register the billing ledger
         last saw, from flash) as if it had been read `allow_ms` ago, instead of taking it
         blindly: a garbage first reading after a boot is then rejected, and a meter
-        exchanged while the station was off starts a new segment (two agreeing readings)."""
+        exchanged while the station was off starts a new segment (at once when its serial
+        number, read with the first cycle, is not `serial`; else after two agreeing
+        readings)."""
         if self.import_wh is None and import_wh is not None:
             self._ref_import = import_wh
             self._energy_ms = ticks_add(now_ms, -allow_ms)
             self._rebase = False
+            if serial is not None and self.map.serial is not None:
+                self.serial = serial
+                self._want_serial = True
 
     def rebase(self):
         """Accept the next reading's energy as the new baseline (after a meter exchange)."""

@@ -184,7 +184,7 @@ class SessionManager:
         self._first = True            # no register yet this boot: continue counters.ledger_wh
         self._open_ms = None          # when the contactor last opened (None: since boot)
         self._boot_ms = None          # the first event's time
-        self._serial = None           # the meter's serial number, when known
+        self._serial = counters.ledger_serial   # the meter's serial number, when known
         self._present = []            # names of the faults present now
         self.serial_wanted = False    # a session started: read the meter's serial number
         self._power = None            # last valid power, W (None while stale)
@@ -347,15 +347,17 @@ class SessionManager:
             self._register(now_ms, import_wh, base_wh, sampled_ms, closed, serial)
 
     def expected_register(self):
-        """(import_wh, allow_ms): the register the ledger last saw and the time at full
-        power that covers what may have flowed since unseen (MeterService.expect at boot),
-        or None before the first reading ever. A session cut by a reset knows it best."""
+        """(import_wh, allow_ms, serial): the register the ledger last saw, the time at full
+        power that covers what may have flowed since unseen, and the meter's serial number
+        then (MeterService.expect at boot), or None before the first reading ever. A session
+        cut by a reset knows the register best."""
         wh = self.counters.ledger_wh
         if self._orphan is not None and self._orphan.seg_last is not None:
             wh = self._orphan.seg_last
         if wh is None:
             return None
-        return wh, self._cut_bound() * _MS_PER_WH_PER_W // self.cfg["meter_max_power_w"]
+        return (wh, self._cut_bound() * _MS_PER_WH_PER_W // self.cfg["meter_max_power_w"],
+                self.counters.ledger_serial)
 
     def on_rejected(self, now_ms):
         """A reading the meter service rejected as implausible (counted, not used)."""
@@ -572,6 +574,7 @@ class SessionManager:
         swap = serial is not None and self._serial is not None and serial != self._serial
         if serial is not None:
             self._serial = serial
+            self.counters.meter_serial(serial)
         if self._first:
             # The first register this boot continues the ledger on flash: what it gained
             # since is energy no record holds (a checkpoint's tail, a gap); more than the

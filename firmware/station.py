@@ -114,7 +114,7 @@ class Station:
             expected = self.sessions.expected_register()
             if expected is not None:
                 # The first reading is judged against the register billing last saw.
-                self.meter.expect(expected[0], now, expected[1])
+                self.meter.expect(expected[0], now, expected[1], expected[2])
             # A session cut by a reset is closed with the meter's register once it answers
             # (the energy after the last checkpoint counts); until then its events wait in
             # the ring, so a plug-in seen at boot does not start a new session first.

@@ -78,7 +78,10 @@ class TrueMeter:
         if g == 0:
             values[meters.IMPORT] = self.register() + 5000000 + off   # far ahead
         elif g == 1:
-            values[meters.IMPORT] = max(0, self.register() - 40000 - off)  # far behind
+            # Far behind; a register too close to zero for that gets one far ahead (two
+            # zeros in a row would agree).
+            r = self.register()
+            values[meters.IMPORT] = r - 40000 - off if r > 100000 else r + 5000000 + off
         elif g == 2:
             values[meters.POWER] = 40000                           # 40 kW at these amps
         regs = self.map.encode(values)
@@ -122,7 +125,7 @@ class Rig:
         self.svc = MeterService(self.cfg, self.meter.stream)
         expected = self.sm.expected_register()
         if expected is not None:
-            self.svc.expect(expected[0], self.clock.now, expected[1])
+            self.svc.expect(expected[0], self.clock.now, expected[1], expected[2])
         self.events = []
         self.held = None
         self.held_cycle = 0
@@ -285,13 +288,19 @@ class Rig:
         elif name in ("reset", "swap", "jump"):
             self.discontinuities.append(self.clock.now)
             # Registers stay below 2**13 kWh, where a float32 still shows every Wh.
-            # A reset to about zero is only a discontinuity for a register well above it
-            # (from a few Wh, back to 0 and up again is ordinary counting to anyone).
-            if name == "reset" and m.register() > 100000:
+            # A discontinuity is one only where the new register lies far from the last
+            # one the firmware saw (several may happen while the meter is silent): a
+            # reset to about zero from a few Wh, back to 0 and up again, is ordinary
+            # counting to anyone.
+            known = self.svc.import_wh or 0
+            if name == "reset" and m.register() > 100000 and known > 100000:
                 m.offset = -m.true_wh() + arg % 5
             elif name == "swap":
                 m.serial += 1 + arg
-                m.offset = (arg * 7919 % 700 + 100) * 10000 - m.true_wh()
+                target = ((arg * 7919 + len(self.discontinuities) * 1237) % 700 + 100) * 10000
+                if abs(target - known) < 20000:
+                    target += 30000
+                m.offset = target - m.true_wh()
             elif m.register() < 7000000:
                 m.offset += 1000000 + arg * 1000
             else:
