@@ -574,7 +574,11 @@ class SessionManager:
         swap = serial is not None and self._serial is not None and serial != self._serial
         if serial is not None:
             self._serial = serial
-            self.counters.meter_serial(serial)
+            if serial != self.counters.ledger_serial:
+                # Rare (the first read, a swap): to flash at once, or the next boot would
+                # take the meter it reads for another.
+                self.counters.meter_serial(serial)
+                self._save_ledger(now_ms)
         if self._first:
             # The first register this boot continues the ledger on flash: what it gained
             # since is energy no record holds (a checkpoint's tail, a gap); more than the
