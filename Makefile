@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(PY) -m tools.bench
 
 # The energy ledger property test at length: LEDGER_EXAMPLES hypothesis scenarios on CPython
-# and LEDGER_SEEDS seeded ones on the stand-in (make test runs 150 and 60).
+# and LEDGER_SEEDS seeded ones on the stand-in (make test runs 150 and 30).
 LEDGER_EXAMPLES ?= 3000
 LEDGER_SEEDS ?= 1000
 bench-ledger: $(STAMP)

@@ -28,7 +28,7 @@ from firmware.storage import Store
 from meter_doubles import SimClock, SlaveStream
 from powercut_fs import PowerCutFs
 
-LOOP_MS = 50
+LOOP_MS = 100
 POLL_MS = 1000
 MAX_W = 22000
 MS_PER_WH = 3600000

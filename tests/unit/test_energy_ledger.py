@@ -12,9 +12,9 @@ import unittest
 from ledger_rig import Rig, draw
 
 try:
-    SEEDED_CASES = int(os.getenv("LEDGER_SEEDS") or 60)      # make bench-ledger: more
+    SEEDED_CASES = int(os.getenv("LEDGER_SEEDS") or 30)      # make bench-ledger: more
 except (AttributeError, ValueError):
-    SEEDED_CASES = 60
+    SEEDED_CASES = 30
 
 
 class Cases(unittest.TestCase):
