@@ -231,3 +231,10 @@ def test_a_part_that_fails_fails_the_run_even_with_every_metric_measured():
     assert bench.exit_status([], {}) == 0
     assert bench.exit_status([], {"annexa": "BenchError: rcd_trip_open in rcd-trip"}) == 1
     assert bench.exit_status(["mpy_total_bytes"], {}) == 1
+
+
+def test_the_safety_properties_ran_their_cases_without_a_violation(quick):
+    report, _ = quick
+    assert report["property_cases"] == bench.PROP_CASES[True]
+    assert report["property_violations"] == 0, report["details"]["props"]["examples"]
+    assert report["details"]["props"]["resets"] > 0
