@@ -6,7 +6,7 @@ MPY     := .venv/bin/micropython
 PORT    ?= /dev/ttyUSB0
 STAMP   := build/.setup
 
-.PHONY: all setup standin test sim station fleet bench check deploy firmware flash repl clean
+.PHONY: all setup standin test sim station fleet bench bench-ledger check deploy firmware flash repl clean
 
 all: test
 
@@ -49,6 +49,14 @@ fleet: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench
+
+# The energy ledger property test at length: LEDGER_EXAMPLES hypothesis scenarios on CPython
+# and LEDGER_SEEDS seeded ones on the stand-in (make test runs 150 and 30).
+LEDGER_EXAMPLES ?= 3000
+LEDGER_SEEDS ?= 1000
+bench-ledger: $(STAMP)
+	LEDGER_EXAMPLES=$(LEDGER_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/system/test_energy_ledger_properties.py
+	LEDGER_SEEDS=$(LEDGER_SEEDS) $(PY) tests/run_all.py tests/unit/test_energy_ledger.py
 
 # mpy-cross over every device file; the last line is the total .mpy size.
 check: $(STAMP)

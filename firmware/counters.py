@@ -4,6 +4,14 @@ Counted: boots, sessions, energy_wh delivered in sessions, contactor_cycles (one
 contactor_cycles_under_load (opened while the EV drew at least `load_threshold_w`: these wear
 the contacts), and faults per name.
 
+The energy ledger: `unbilled_wh` counts the meter's register advance that belongs to no
+session (gaps around a session whose start or end is estimated, energy after a power cut
+the meter could not tell, anything while no session runs), and `ledger_wh` is the import
+register up to which the finished records plus `unbilled_wh` account (None until the first
+reading). Over any period: sum of the records' energy_wh + the rise of unbilled_wh = the
+meter's register difference, except at a discontinuity (reset, swap), which loses at most
+one poll interval (docs/sessions.md, "Energy ledger"). The session manager keeps both.
+
 Flash wear: the file is replaced (Store.write_atomic) only
   - at boot (the boot number must be on flash before any session uses it as its id; it
     also goes into BOOT_FILE, so that a damaged counters file cannot bring it back),
@@ -31,7 +39,8 @@ BOOT_FILE = "boot.num"        # a second copy of the boot number (see boot())
 _MAX_FAULT_NAMES = 32         # distinct names kept; further names count under "other"
 RETRY_MIN_MS = 1000           # first retry after a failed write ...
 RETRY_MAX_MS = 600000         # ... doubling per failure up to 10 minutes
-_FIELDS = ("boots", "sessions", "energy_wh", "contactor_cycles", "contactor_cycles_under_load")
+_FIELDS = ("boots", "sessions", "energy_wh", "contactor_cycles", "contactor_cycles_under_load",
+           "unbilled_wh")
 
 
 def _is_count(v):
@@ -49,6 +58,9 @@ class Counters:
         self.energy_wh = 0
         self.contactor_cycles = 0
         self.contactor_cycles_under_load = 0
+        self.unbilled_wh = 0
+        self.ledger_wh = None    # import register the records and unbilled_wh account up to
+        self.ledger_serial = None  # the serial number of the meter showing it, when known
         self.faults = {}
         self.last_session = None
         self.error = None        # why the stored counters could not be read, if so
@@ -78,6 +90,12 @@ class Counters:
             if isinstance(faults, dict):
                 self.faults = {k: v for k, v in faults.items() if _is_count(v) and v > 0}
             self.last_session = d.get("last_session")
+            ledger = d.get("ledger_wh")
+            if _is_count(ledger):
+                self.ledger_wh = ledger
+            serial = d.get("ledger_serial")
+            if _is_count(serial):
+                self.ledger_serial = serial
         except (StorageError, ValueError) as e:
             # Start again from zero rather than refuse to run; the reason stays visible.
             self.error = "counters: %s" % (e.args[0] if e.args else e)
@@ -94,6 +112,8 @@ class Counters:
         d = {k: getattr(self, k) for k in _FIELDS}
         d["faults"] = dict(self.faults)
         d["last_session"] = self.last_session
+        d["ledger_wh"] = self.ledger_wh
+        d["ledger_serial"] = self.ledger_serial
         return d
 
     def save(self, now_ms=None):
@@ -133,16 +153,40 @@ class Counters:
         self.save(now_ms)
         return self.boots
 
-    def session_ended(self, session_id, energy_wh, now_ms=None):
-        """Count a finished session (once per id) and write the counters."""
+    def session_ended(self, session_id, energy_wh, now_ms=None, ledger_wh=None):
+        """Count a finished session (once per id) and write the counters. `ledger_wh`: the
+        register its record accounts up to (None: no register, the ledger stays)."""
         if session_id is not None and session_id == self.last_session:
             return False
         self.sessions += 1
         if energy_wh:
             self.energy_wh += energy_wh
+        if ledger_wh is not None:
+            self.ledger_wh = ledger_wh
         self.last_session = session_id
         self.save(now_ms)
         return True
+
+    def unbilled(self, delta_wh, ledger_wh):
+        """Register advance `delta_wh` (>= 0) that no session is billed for; the ledger is
+        now at `ledger_wh`. Written with the next counters write."""
+        if delta_wh:
+            self.unbilled_wh += delta_wh
+            self._dirty = True
+        if ledger_wh != self.ledger_wh:
+            self.ledger_wh = ledger_wh
+            self._dirty = True
+
+    def meter_serial(self, serial):
+        """The meter's serial number changed (or was first read): kept with the ledger,
+        so a boot can tell a meter exchanged while the station was off."""
+        if serial != self.ledger_serial:
+            self.ledger_serial = serial
+            self._dirty = True
+
+    @property
+    def dirty(self):
+        return self._dirty
 
     def contactor_opened(self, power_w):
         """One contactor cycle ends; `power_w` is the last valid power (None = unknown)."""

@@ -69,17 +69,20 @@ _FLOATS = (ENC_F32, ENC_F32_CDAB)
 # Fields of a map: the per-phase ones expand to L1..L3.
 _FIELDS = ("voltage", "current", "power", "import", "export")
 _REQUIRED = ("voltage", "current", "power", "import")
-_KEYS = ("fc", "max_regs", "max_gap", "phases") + _FIELDS
+_KEYS = ("fc", "max_regs", "max_gap", "phases", "serial") + _FIELDS
+# Encodings a serial-number register may have (an integer, not a measured value).
+_SERIAL_ENCODINGS = ("u16", "u32", "u32_cdab", "u64")
 _FIELD_QUANTITY = {"voltage": V_L1, "current": I_L1, "power": POWER,
                    "import": IMPORT, "export": EXPORT}
 
 # Eastron SDM: input registers, float32 ABCD in V, A, W, kWh. "At most 80 registers per
 # request"; the whole 0x00..0x4F block may be read in one go.
-_EASTRON_3P = {"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 3,
+# The serial number is holding register 0xFC00 (u32, FC03) on the SDM120/230/630.
+_EASTRON_3P = {"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 3, "serial": (0xFC00, "u32", 3),
                "voltage": (0x00, "f32", 10, 1), "current": (0x06, "f32", 1000, 1),
                "power": (0x34, "f32", 1, 1),
                "import": (0x48, "f32", 1000, 1), "export": (0x4A, "f32", 1000, 1)}
-_EASTRON_1P = {"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 1,
+_EASTRON_1P = {"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 1, "serial": (0xFC00, "u32", 3),
                "voltage": (0x00, "f32", 10, 1), "current": (0x06, "f32", 1000, 1),
                "power": (0x0C, "f32", 1, 1),
                "import": (0x48, "f32", 1000, 1), "export": (0x4A, "f32", 1000, 1)}
@@ -89,8 +92,10 @@ MAPS = {
     "sdm120": _EASTRON_1P,
     "sdm230": _EASTRON_1P,
     # ABB B23: holding registers; V x0.1, A x0.01, W x0.01, energy u64 in 0.01 kWh.
-    # 125 registers per request; gaps inside one block are readable (uncertain).
+    # 125 registers per request; gaps inside one block are readable (uncertain). Serial
+    # number: u32 at 0x8900 (uncertain).
     "abb_b23": {"fc": 3, "max_regs": 125, "max_gap": 16, "phases": 3,
+                "serial": (0x8900, "u32", 3),
                 "voltage": (0x5B00, "u32", 1, 1), "current": (0x5B0C, "u32", 10, 1),
                 "power": (0x5B14, "i32", 1, 100),
                 "import": (0x5000, "u64", 10, 1), "export": (0x5004, "u64", 10, 1)},
@@ -194,6 +199,26 @@ def _limit(spec, key, low, high):
     return value
 
 
+def _serial(spec):
+    # [address, encoding, fc]: read on its own request (it usually sits far from the
+    # measured values, often under another function code).
+    if spec is None:
+        return None
+    if not isinstance(spec, (list, tuple)) or len(spec) != 3:
+        raise _err("'serial' must be [address, encoding, fc]")
+    addr, enc, fc = spec
+    if not _is_int(addr) or addr < 0 or addr > 0xFFFF:
+        raise _err("'serial' address must be an integer 0..65535")
+    if enc not in _SERIAL_ENCODINGS:
+        raise _err("'serial' encoding must be one of %s" % ", ".join(_SERIAL_ENCODINGS))
+    if not _is_int(fc) or (fc != 3 and fc != 4):
+        raise _err("'serial' fc must be 3 or 4")
+    code, width = ENCODINGS[enc]
+    if addr + width > 0x10000:
+        raise _err("'serial' runs past register 65535")
+    return fc, addr, code, width
+
+
 class MeterMap:
     """A validated map plus its poll plan. Build with load_map()."""
 
@@ -236,6 +261,7 @@ class MeterMap:
                            % (QUANTITY_NAMES[items[j - 1][2]], QUANTITY_NAMES[items[j][2]]))
         self.items = items
         self.has_export = "export" in spec
+        self.serial = _serial(spec.get("serial"))     # (fc, address, code, width) or None
         self.plan = self._plan()
 
     def _plan(self):
@@ -264,6 +290,10 @@ class MeterMap:
             else:
                 out[q] = v
         return bad
+
+    def decode_serial(self, buf, offset):
+        """The serial number from the reply to the serial request (an int)."""
+        return decode_value(buf, offset, self.serial[2], 1, 1)
 
     def energy_step_wh(self, quantity, value_wh):
         """The smallest change the meter's register can show at `value_wh`, in Wh (used
@@ -294,6 +324,12 @@ class MeterMap:
             for k in range(width):
                 regs[addr + k] = words[k]
         return regs
+
+    def encode_serial(self, serial):
+        """{register: u16} holding serial number `serial` (simulators and tests)."""
+        _fc, addr, code, width = self.serial
+        words = encode_value(code, serial, 1, 1)
+        return {addr + k: words[k] for k in range(width)}
 
 
 def _div_round(num, den):

@@ -34,6 +34,14 @@ handed out again after a reset until start_delivered(id) says it is stored.
 
 All times in: now_ms are ticks (firmware.compat.ticks_ms or the simulator's clock); all
 differences use ticks_diff.
+
+Energy ledger (docs/sessions.md): every accepted advance of the meter's import register
+goes to exactly one place, the session metering it or the station's `unbilled_wh` counter
+(firmware/counters.py). A session meters from a reading that equals the register at its
+start (read with the contactor open, none closed since) or else from its first reading
+taken after it started (the energy before it is unbilled, the start flagged estimated
+when the contactor had closed), to a reading taken after the contactor opened (or its end
+is flagged estimated and the rest is unbilled).
 """
 import json
 
@@ -96,8 +104,11 @@ class _Session:
               "suspended_ms", "plugged", "meter_start_wh", "seg_base", "seg_last",
               "closed_wh", "power_wms", "power_seen", "peak_power_w", "stale", "implausible",
               "rebased", "late_register", "recovered_wh", "faults", "reason", "tariff",
-              "ended", "announced")
-    OPTIONAL = {"ended": False, "announced": False}   # fields older firmware lacks
+              "ended", "announced", "start_ms", "end_estimated", "serial_start",
+              "serial_stop", "swaps")
+    # Fields a checkpoint of older firmware lacks.
+    OPTIONAL = {"ended": False, "announced": False, "start_ms": 0, "end_estimated": False,
+                "serial_start": None, "serial_stop": None, "swaps": 0}
     # What changes while charging: the small checkpoint (session.ckpt), in this order.
     SMALL = ("id", "last_ms", "last_wall", "elapsed_ms", "charging_ms", "idle_ms",
              "suspended_ms", "seg_base", "seg_last", "closed_wh", "power_wms", "power_seen",
@@ -137,6 +148,11 @@ class _Session:
         self.ended = False        # the EV left: time, reason and stop are final; only the
                                   # final meter reading is still to come
         self.announced = False    # its start record is in the outbox
+        self.start_ms = 0         # ticks at the start (a reading after it is the session's)
+        self.end_estimated = False
+        self.serial_start = None  # the meter's serial number at the start / the end
+        self.serial_stop = None
+        self.swaps = 0            # discontinuities where the serial number changed
 
     def to_dict(self):
         d = {"v": RECORD_VERSION}
@@ -170,16 +186,17 @@ class _Session:
         return s
 
     def energy_wh(self):
-        power = self.power_wms // _MS_PER_WH_PER_W
+        # From the register alone once there is one: what flowed before its base is in
+        # the station's unbilled counter, so a power estimate on top would count it twice.
         if self.seg_last is not None:
-            return self.closed_wh + self.seg_last - self.seg_base + power
+            return self.closed_wh + self.seg_last - self.seg_base
         if self.power_seen:
-            return power
+            return self.power_wms // _MS_PER_WH_PER_W
         return None
 
     def energy_source(self):
         if self.seg_last is not None:
-            return "register+power" if self.power_wms else "register"
+            return "register"
         return "power" if self.power_seen else "none"
 
 
@@ -212,9 +229,14 @@ class SessionManager:
         self._contactor = False
         self._now = 0
         self._block_until_unplug = False
-        self._reg = None              # last accepted import register, Wh
-        self._reg_ms = 0
-        self._cand = None             # (register, ms): a jump waiting for confirmation
+        self._reg = None              # the ledger: last accepted import register, Wh
+        self._clean = False           # _reg is the register now (contactor open since)
+        self._first = True            # no register yet this boot: continue counters.ledger_wh
+        self._open_ms = None          # when the contactor last opened (None: since boot)
+        self._boot_ms = None          # the first event's time
+        self._serial = counters.ledger_serial   # the meter's serial number, when known
+        self._present = []            # names of the faults present now
+        self.serial_wanted = False    # a session started: read the meter's serial number
         self._power = None            # last valid power, W (None while stale)
         self._power_ms = 0
         self._ckpt_ms = 0
@@ -254,7 +276,7 @@ class SessionManager:
                 self._seq = seq
         # A session finished on flash whose counters update was cut off by a reset.
         if last_done is not None and _id_key(last_done["id"]) > _id_key(self.counters.last_session):
-            self._count(last_done, None)
+            self._count(last_done, None, last_done.get("meter_stop_wh"))
         try:
             raw = self.store.read(LIVE_FILE)
             if raw is not None:
@@ -284,36 +306,45 @@ class SessionManager:
         """True while a session cut by a reset waits for recover()."""
         return self._orphan is not None
 
-    def recover(self, now_ms, import_wh=None):
+    def recover(self, now_ms, import_wh=None, closed=False, base_wh=None):
         """Close the session that was live when power failed, as "power_loss", with the
         values of its last checkpoint. `import_wh`: the meter's import register now; energy
-        delivered after the checkpoint is added when it is plausible. Returns the record,
-        or None when there was nothing to recover. Called by the integrator once the meter
-        has answered (or has not, after a while); also called automatically before a new
-        session starts and by the first valid on_meter()."""
+        delivered after the checkpoint is added when it is plausible (and the contactor has
+        not closed since the boot, `closed`); otherwise the session's end is estimated and
+        that energy is unbilled. Returns the record, or None when there was nothing to
+        recover. Called by the integrator once the meter has answered (or has not, after a
+        while); also called automatically before a new session starts and by the first
+        valid on_meter()."""
         s = self._orphan
         if s is None:
             return None
-        if import_wh is not None and s.seg_last is not None and not self._orphan_adjusted:
-            self._orphan_adjusted = True
+        exact = self._orphan_adjusted and s.recovered_wh is not None     # a retry
+        if import_wh is not None and s.seg_last is not None and not closed \
+                and base_wh is None and not self._orphan_adjusted:
+            self._orphan_adjusted = True     # once: a retry (out of memory) adds it not twice
             delta = import_wh - s.seg_last
-            # Power was cut at most one checkpoint interval (or energy step) after the
-            # checkpoint, and nothing flows while the station is off.
-            bound = (self.cfg["meter_max_power_w"] * self.cfg["session_checkpoint_s"] // 3600
-                     + self.cfg["session_checkpoint_wh"] + _JUMP_SLACK_WH)
-            if 0 <= delta <= bound:
+            if 0 <= delta <= self._cut_bound():
                 s.seg_last = import_wh
                 s.recovered_wh = delta
+                exact = True
             else:
                 s.implausible += 1
+        if s.seg_last is not None and not exact:
+            s.end_estimated = True
         # A session whose EV had left before the reset ended then, as it ended; one whose
         # energy transfer had ended (the contactor opened with a reason) ended that way.
         # Let go only once its record exists: out of memory while building it, the session
         # stays here (and its checkpoint on flash) to be closed at the next call.
-        rec = self._finish(s, s.reason or REASON_POWER_LOSS, now_ms)
+        rec = self._finish(s, s.reason or REASON_POWER_LOSS, now_ms, s.seg_last)
         self._orphan = None
         self._orphan_adjusted = False
         return rec
+
+    def _cut_bound(self):
+        # Power was cut at most one checkpoint interval (or energy step) after the
+        # checkpoint, and nothing flows while the station is off.
+        return (self.cfg["meter_max_power_w"] * self.cfg["session_checkpoint_s"] // 3600
+                + self.cfg["session_checkpoint_wh"] + _JUMP_SLACK_WH)
 
     # -- events from the integrator ------------------------------------------------------
     def on_state(self, now_ms, state):
@@ -344,18 +375,26 @@ class SessionManager:
         requested = self._requested
         self._requested = None
         if closed:
+            self._clean = False       # the register moves from now on
             if s is not None and not s.ended:
                 s.reason = None       # charging resumed: an earlier stop was a pause
         else:
+            self._open_ms = now_ms
             if s is not None and not s.ended:
                 # What ended the energy transfer: a stop asked for while charging wins over
                 # the EV's reaction to it (it stops because the PWM went off).
                 s.reason = requested or reason or s.reason
             self.counters.contactor_opened(self._power)
 
-    def on_meter(self, now_ms, import_wh, power_w, valid):
+    def on_meter(self, now_ms, import_wh, power_w, valid, base_wh=None, sampled_ms=None,
+                 closed=False, serial=None):
         """A meter reading: import register (Wh, None when the meter has none), power (W).
-        valid=False: the reading is stale or failed; it is counted, not used."""
+        valid=False: the cycle failed (or the meter is stale); it is counted, not used.
+        base_wh: this reading starts a new register segment at base_wh (the meter was reset
+        or exchanged: the interval before is lost, MeterService.base_wh). sampled_ms: when
+        its cycle started (default now_ms). closed: the contactor is closed as the reading
+        arrives (the charger's own view, ahead of the events this manager has seen).
+        serial: the meter's serial number when this cycle read it."""
         self._advance(now_ms)
         s = self._session
         if not valid:
@@ -363,31 +402,69 @@ class SessionManager:
             if s is not None:
                 s.stale += 1
             return
+        if sampled_ms is None:
+            sampled_ms = now_ms
         if self._orphan is not None and import_wh is not None:
-            self.recover(now_ms, import_wh)
+            self.recover(now_ms, import_wh, closed, base_wh)
         if power_w is not None:
             if s is not None:
-                if self._power is not None and s.seg_last is None:
-                    dt = ticks_diff(now_ms, self._power_ms)
-                    if dt > 0:
-                        s.power_wms += self._power * dt
-                s.power_seen = True
+                if import_wh is None:
+                    # A meter without an import register: energy is power integrated.
+                    if self._power is not None:
+                        dt = ticks_diff(now_ms, self._power_ms)
+                        if dt > 0:
+                            s.power_wms += self._power * dt
+                    s.power_seen = True
                 if s.peak_power_w is None or power_w > s.peak_power_w:
                     s.peak_power_w = power_w
             self._power = power_w
             self._power_ms = now_ms
         if import_wh is not None:
-            self._register(now_ms, import_wh)
+            self._register(now_ms, import_wh, base_wh, sampled_ms, closed, serial)
+
+    def expected_register(self):
+        """(import_wh, allow_ms, serial): the register the ledger last saw, the time at full
+        power that covers what may have flowed since unseen, and the meter's serial number
+        then (MeterService.expect at boot), or None before the first reading ever. A session
+        cut by a reset knows the register best."""
+        wh = self.counters.ledger_wh
+        if self._orphan is not None and self._orphan.seg_last is not None:
+            wh = self._orphan.seg_last
+        if wh is None:
+            return None
+        return (wh, self._cut_bound() * _MS_PER_WH_PER_W // self.cfg["meter_max_power_w"],
+                self.counters.ledger_serial)
+
+    def on_rejected(self, now_ms):
+        """A reading the meter service rejected as implausible (counted, not used)."""
+        self._advance(now_ms)
+        if self._session is not None:
+            self._session.implausible += 1
+
+    @property
+    def awaiting_final(self):
+        """True while the session whose EV left still waits for a register read after its
+        contactor opened (the integrator holds the unplug for it)."""
+        s = self._session
+        return s is not None and s.ended and s.seg_last is not None and not self._clean
 
     def on_fault(self, now_ms, fault_name):
         self._advance(now_ms)
         self.counters.fault(fault_name)
+        if fault_name not in self._present and len(self._present) < _MAX_FAULT_NAMES:
+            self._present.append(fault_name)
         s = self._session
         if s is not None and not s.ended:
             # Listed only: whether it ended the charge is the contactor's to say.
             if fault_name not in s.faults and len(s.faults) < _MAX_FAULT_NAMES:
                 s.faults.append(fault_name)
                 self._checkpoint(now_ms)
+
+    def on_fault_cleared(self, now_ms, fault_name):
+        """A fault is no longer present (a session starting later does not list it)."""
+        self._advance(now_ms)
+        if fault_name in self._present:
+            self._present.remove(fault_name)
 
     def set_id_tag(self, id_tag, now_ms=None, auth=None):
         """The user authorized for this connector (id_tag None in free mode). Starts a
@@ -611,6 +688,8 @@ class SessionManager:
     # -- internals -----------------------------------------------------------------------
     def _advance(self, now_ms):
         self._now = now_ms
+        if self._boot_ms is None:
+            self._boot_ms = now_ms
         s = self._session
         if s is None or s.ended:
             return
@@ -629,39 +708,84 @@ class SessionManager:
                 if self._state != STATE_B2:
                     s.suspended_ms += dt
 
-    def _register(self, now_ms, reg):
+    def _register(self, now_ms, reg, base, sampled_ms, closed, serial):
         s = self._session
-        if self._reg is not None:
+        # The register now equals this reading when the contactor was open from before its
+        # cycle started until now (in this manager's view and in the charger's).
+        clean = not closed and not self._contactor and (
+            self._open_ms is None or ticks_diff(sampled_ms, self._open_ms) >= 0)
+        swap = serial is not None and self._serial is not None and serial != self._serial
+        if serial is not None:
+            self._serial = serial
+            if serial != self.counters.ledger_serial:
+                # Rare (the first read, a swap): to flash at once, or the next boot would
+                # take the meter it reads for another.
+                self.counters.meter_serial(serial)
+                self._save_ledger(now_ms)
+        if self._first:
+            # The first register this boot continues the ledger on flash: what it gained
+            # since is energy no record holds (a checkpoint's tail, a gap); more than the
+            # station could have delivered since is another meter.
+            self._first = False
+            prev = self.counters.ledger_wh
+            bound = self._cut_bound() + self.cfg["meter_max_power_w"] * max(
+                0, ticks_diff(now_ms, self._boot_ms)) // _MS_PER_WH_PER_W
+            if base is None and prev is not None and 0 <= reg - prev <= bound and not swap:
+                delta = reg - prev
+            else:
+                delta = None
+        elif base is not None or swap:
+            delta = None                  # a discontinuity: the interval before is lost
+        else:
             delta = reg - self._reg
-            if not 0 <= delta <= self._jump_limit(ticks_diff(now_ms, self._reg_ms)):
-                if s is not None:
-                    s.implausible += 1
-                cand = self._cand
-                if cand is None or not 0 <= reg - cand[0] <= self._jump_limit(ticks_diff(now_ms, cand[1])):
-                    self._cand = (reg, now_ms)   # wait for a second reading to agree
-                    return
-                # Two readings agree with each other, not with the old reference: the meter
-                # was replaced or reset. Energy up to the old reference is kept.
-                self._reg = cand[0]
-                if s is not None and s.seg_last is not None:
-                    s.closed_wh += s.seg_last - s.seg_base
-                    s.seg_base = s.seg_last = cand[0]
-                    s.rebased += 1
-        self._cand = None
+        if base is None:
+            base = reg
         self._reg = reg
-        self._reg_ms = now_ms
-        if s is not None:
-            if s.seg_base is None:
-                s.seg_base = reg
-                s.meter_start_wh = reg
-                if s.charging_ms:
-                    s.late_register = True
+        self._clean = clean
+        if s is not None and s.seg_base is not None:
+            # The session meters: everything since its base is its own.
+            if delta is None:
+                s.closed_wh += s.seg_last - s.seg_base
             s.seg_last = reg
+            if serial is not None:
+                s.serial_stop = serial
+                if s.serial_start is None and not swap:
+                    s.serial_start = serial
+            if delta is None:
+                s.seg_base = base
+                s.rebased += 1
+                if swap:
+                    s.swaps += 1
+                # A power cut must find the new segment: the old register means nothing
+                # to the meter that answers after it.
+                self._checkpoint(now_ms)
+            return
+        # No session meters: the advance belongs to nobody.
+        fresh = self.counters.ledger_wh is None
+        self.counters.unbilled(delta if delta is not None else reg - base, reg)
+        if fresh or delta is None:
+            # The ledger's first position, and its position after a discontinuity, go to
+            # flash at once (rare): a boot that finds none, or the old meter's, cannot
+            # count what flowed before its first reading.
+            self._save_ledger(now_ms)
+        if s is None or not (clean or ticks_diff(sampled_ms, s.start_ms) >= 0):
+            return
+        # The session's base: a reading that equals the register at its start, or its
+        # first reading after it (the start is estimated when the contactor had closed).
+        s.seg_base = s.seg_last = s.meter_start_wh = reg
+        s.late_register = not clean or s.charging_ms > 0
+        s.serial_start = s.serial_stop = self._serial
+        self._save_ledger(now_ms)
+        self._checkpoint(now_ms)
 
-    def _jump_limit(self, dt_ms):
-        if dt_ms < 0:
-            dt_ms = 0
-        return self.cfg["meter_max_power_w"] * dt_ms // _MS_PER_WH_PER_W + _JUMP_SLACK_WH
+    def _save_ledger(self, now_ms):
+        # A session's base goes to flash only after the ledger up to it: a power cut then
+        # finds the unbilled energy before the base counted, and the session's after it.
+        if self.counters.dirty:
+            try:
+                self.counters.save(now_ms)
+            except StorageError as e:
+                self.error = e.args[0]
 
     def _start(self, now_ms, plugged, id_tag=None, auth=None):
         if self._orphan is not None:
@@ -684,10 +808,15 @@ class SessionManager:
         else:
             s.time_source = TIME_WALL
             s.start_time = wall
-        if self._reg is not None:
-            # The contactor was open before the session, so the register has not moved.
-            s.seg_base = s.seg_last = s.meter_start_wh = self._reg
+        s.start_ms = now_ms
+        s.faults = self._present[:]       # faults present as the session starts
+        self.serial_wanted = True
         self._session = s
+        if self._reg is not None and self._clean:
+            # Read with the contactor open and none closed since: the register now.
+            s.seg_base = s.seg_last = s.meter_start_wh = self._reg
+            s.serial_start = s.serial_stop = self._serial
+            self._save_ledger(now_ms)
         self._checkpoint(now_ms)
         return s
 
@@ -735,9 +864,12 @@ class SessionManager:
     def _end(self, now_ms, reason):
         s = self._session
         self._sync_wall(s)
+        # Its end is the register now only if read with the contactor open and none closed
+        # since; otherwise what flowed after its last reading is unbilled.
+        s.end_estimated = s.seg_last is not None and not self._clean
         # The session is let go only once its record exists: an error while building it
         # (out of memory) leaves it live, to be ended again, not lost.
-        rec = self._finish(s, reason, now_ms)
+        rec = self._finish(s, reason, now_ms, self._reg)
         self._session = None
         return rec
 
@@ -788,11 +920,15 @@ class SessionManager:
                 "implausible": s.implausible,
                 "rebased": s.rebased,
                 "late_register": s.late_register,
+                "end_estimated": s.end_estimated,
                 "recovered_wh": s.recovered_wh,
+                "swaps": s.swaps,
+                "serial_start": s.serial_start,
+                "serial_stop": s.serial_stop,
             },
         }
 
-    def _finish(self, s, reason, now_ms):
+    def _finish(self, s, reason, now_ms, ledger_wh):
         rec = self._record(s, reason)
         sid = rec["id"]
         for start in self._starts:
@@ -817,7 +953,7 @@ class SessionManager:
         self._pending.append(sid)
         if sid not in self._unsaved:
             self._drop_live(sid)
-            self._count(rec, now_ms)
+            self._count(rec, now_ms, ledger_wh)
         return rec
 
     def _drop_live(self, sid):
@@ -841,9 +977,9 @@ class SessionManager:
             del self._fresh[oldest]
         self._fresh[sid] = rec
 
-    def _count(self, rec, now_ms):
+    def _count(self, rec, now_ms, ledger_wh):
         try:
-            self.counters.session_ended(rec["id"], rec["energy_wh"], now_ms)
+            self.counters.session_ended(rec["id"], rec["energy_wh"], now_ms, ledger_wh)
         except StorageError as e:
             self.error = e.args[0]
 
@@ -863,7 +999,7 @@ class SessionManager:
                 self._drop_live(sid)
                 if self._session is not None:
                     self._checkpoint(self._now)   # the live session's files, held till now
-            self._count(rec, None)
+            self._count(rec, None, rec.get("meter_stop_wh"))
         return True
 
     def _stored_records(self, ids):

@@ -30,7 +30,7 @@ from firmware.events import (
     EV_WAKEUP, EventRing, KIND_NAMES)
 from firmware.faults import FaultSet
 from firmware.history import HK_BOOT, HK_STOP, History, cause_index, stop_index
-from firmware.meter_service import NEW_READING, STALE_CHANGED, MeterService
+from firmware.meter_service import FAILED, NEW_READING, STALE_CHANGED, MeterService
 from firmware.meters import load_map
 from firmware.outbox import KIND_FAULT, KIND_SESSION, KIND_SESSION_START, Outbox, OutboxError
 from firmware.pilot import DUTY_PAUSED, CURRENT_MIN_MA, current_for_duty, duty_for_current
@@ -141,6 +141,10 @@ class Station:
         self._retry_ev = None          # an event whose handling raised: handled once more
         if uart is not None:
             self.meter = MeterService(self.cfg, uart)
+            expected = self.sessions.expected_register()
+            if expected is not None:
+                # The first reading is judged against the register billing last saw.
+                self.meter.expect(expected[0], now, expected[1], expected[2])
             # A session cut by a reset is closed with the meter's register once it answers
             # (the energy after the last checkpoint counts); until then its events wait in
             # the ring, so a plug-in seen at boot does not start a new session first.
@@ -466,7 +470,7 @@ class Station:
                 # The session ended when the EV left: what comes later (a stop, a reboot,
                 # a power cut) does not rewrite its end.
                 self._storage_op(self.sessions.unplugged, ev[0])
-                self._held_cycle = self.meter.request_reading()
+                self._held_cycle = self.meter.request_reading(True)
                 self._held_until = ticks_add(now, _FINAL_READING_WAIT_MS)
                 return
             self._handle(ev)
@@ -483,8 +487,20 @@ class Station:
         self._fault_flag(_faults.METER_IMPLAUSIBLE, m.implausible, now)
         # Over-current is judged only on currents the meter has just confirmed.
         c.phase_ma_valid = m.readings > 0 and not m.stale
-        if changed & STALE_CHANGED and m.stale:
+        if self.sessions.serial_wanted:
+            self.sessions.serial_wanted = False
+            m.request_serial()
+        if c.contactor:
+            # The contactor closed (a new EV, free mode) while a session still waits for
+            # its final reading, or a session cut by a reset for the register at boot:
+            # the next reading holds the new energy. The waiting one ends estimated.
+            if self._held is not None:
+                self._release_now()
+            if self.sessions.recovering:
+                self._storage_op(self.sessions.recover, now)
+        if changed & FAILED:
             self.sessions.on_meter(now, None, None, False)
+        if changed & STALE_CHANGED and m.stale:
             self._storage_op(self.sessions.recover, now)
         if changed & NEW_READING:
             cur = m.current_ma
@@ -492,17 +508,28 @@ class Station:
             phase[0] = cur[0]
             phase[1] = cur[1]
             phase[2] = cur[2]
-            if not m.implausible:
-                self.sessions.on_meter(now, m.import_wh, m.power_w, True)
+            if m.implausible:
+                self.sessions.on_rejected(now)
+            else:
+                self._storage_op(self.sessions.on_meter, now, m.import_wh, m.power_w, True,
+                                 m.base_wh, m.sampled_ms, c.contactor, m.serial)
 
     def _release_held(self, now):
-        if not (self.meter.cycle_finished(self._held_cycle) or self.meter.stale
-                or ticks_diff(now, self._held_until) >= 0):
+        # Until a register read after the contactor opened is in (a failed cycle asks
+        # for another), the meter is stale, or the documented limit has passed.
+        m = self.meter
+        if self.sessions.awaiting_final and not m.stale \
+                and ticks_diff(now, self._held_until) < 0:
+            if m.cycle_finished(self._held_cycle):
+                self._held_cycle = m.request_reading(True)
             return False
+        self._release_now()
+        return True
+
+    def _release_now(self):
         ev = self._held
         self._held = None
         self._handle(ev)
-        return True
 
     def _recovered(self, now):
         # The first valid meter reading recovers (SessionManager.on_meter); a meter that
@@ -549,6 +576,8 @@ class Station:
                 if f.blocking:
                     self._stop_fault = f.name
                 s.on_fault(t, f.name)
+            else:
+                s.on_fault_cleared(t, f.name)
             rec = {"fault": f.name, "raised": raised, "ocpp": f.ocpp, "text": f.text,
                    "t_ms": t, "boot": self.boot_id}
             if a == _faults.INTERNAL_ERROR:

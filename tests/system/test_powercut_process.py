@@ -59,6 +59,8 @@ while True:
         sm.on_meter(t, register, 7200, True)
         sm.tick(t)
     sm.on_contactor(t, False)
+    t += 500
+    sm.on_meter(t, register, 0, True)      # the final reading the station holds the unplug for
     sm.on_state(t, STATE_A)
     for r in sm.pop_completed():
         say("DONE", r["id"], r["energy_wh"])

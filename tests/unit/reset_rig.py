@@ -45,20 +45,29 @@ class Meter:
         self.power_w = 0
         self.current_ma = [0, 0, 0]
         self.voltage_dv = [2300, 2300, 2300]
+        self.base_wh = None
+        self.sampled_ms = None
+        self.serial = None
         self._final_at = None
 
     def poll(self, now):
         d = self.world.draw_ma if (self.world.draw_ma and self.board.contacts_closed) else 0
         self.current_ma[0] = self.current_ma[1] = self.current_ma[2] = d
-        self.readings += 1
-        if self._final_at is None or self.board.now_ms >= self._final_at:
-            self.cycles += 1
+        if self._final_at is not None:
+            if self.board.now_ms < self._final_at:
+                return 0                   # the requested cycle is still on the bus
             self._final_at = None
+        self.readings += 1
+        self.cycles += 1
+        self.sampled_ms = now
         return NEW_READING
 
-    def request_reading(self):
+    def request_reading(self, serial=False):
         self._final_at = self.board.now_ms + self.final_ms
         return self.cycles + 1
+
+    def request_serial(self):
+        pass
 
     def cycle_finished(self, n):
         return self.cycles >= n

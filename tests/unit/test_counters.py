@@ -43,7 +43,8 @@ class Persistence(unittest.TestCase):
         self.assertEqual(again.values(), {
             "boots": 1, "sessions": 2, "energy_wh": 1234, "contactor_cycles": 3,
             "contactor_cycles_under_load": 1, "faults": {"rcd_trip": 2, "diode": 2},
-            "last_session": "1-2"})
+            "last_session": "1-2", "unbilled_wh": 0, "ledger_wh": None,
+            "ledger_serial": None})
 
     def test_a_session_is_counted_once(self):
         c = Counters(Store(ROOT, PowerCutFs()))

@@ -9,7 +9,8 @@ from firmware import meters
 from firmware.config import Config
 from firmware.meter_service import (MeterService, STALE_CHANGED, IMPLAUSIBLE_CHANGED,
                                     NEW_READING, IMPORT_BACKWARDS, IMPORT_JUMP,
-                                    EXPORT_BACKWARDS, POWER_RANGE, NOT_A_NUMBER)
+                                    EXPORT_BACKWARDS, POWER_RANGE, NOT_A_NUMBER, POWER_VI,
+                                    FAILED)
 from meter_doubles import SimClock, SlaveStream
 
 LOOP_MS = 10
@@ -198,6 +199,8 @@ class TestPlausibility(Base):
         self.assertEqual(self.svc.import_wh, 12345678)     # billing keeps the good value
         self.assertEqual(self.events, [("implausible", True, IMPORT_BACKWARDS)])
         # Flag stays (no new change bit) while it persists; count goes up per reading.
+        # (Backwards again, and against the reading before: not a new baseline either.)
+        self.meter.publish(import_wh=12344000)
         self.assertEqual(self.loop(1000) & IMPLAUSIBLE_CHANGED, 0)
         self.assertEqual(self.svc.implausible_count, 2)
 
@@ -212,21 +215,27 @@ class TestPlausibility(Base):
         self.assertEqual(self.svc.implausible_reason, "")
         self.assertEqual(self.svc.import_wh, 12345684)
 
-    def test_an_exchanged_meter_becomes_the_new_baseline_after_three_agreeing_readings(self):
+    def test_an_exchanged_meter_starts_a_segment_at_the_first_of_two_agreeing_readings(self):
         self.loop(100)
+        self.assertIsNone(self.svc.base_wh)             # the first reading starts nothing
         self.meter.publish(import_wh=100, export_wh=0)   # a new meter, nearly empty
         self.loop(1000)
         self.assertTrue(self.svc.implausible)
+        self.assertEqual(self.svc.import_wh, 12345678)  # billing still keeps the old value
         self.meter.publish(import_wh=102, export_wh=0)
         self.loop(1000)
-        self.assertTrue(self.svc.implausible)
-        self.assertEqual(self.svc.import_wh, 12345678)  # billing still keeps the old value
-        self.meter.publish(import_wh=105, export_wh=0)
-        self.loop(1000)
+        # The second agreeing reading is taken, and the segment starts at the first one:
+        # the 2 Wh between them are counted, only the interval before 100 is lost.
         self.assertFalse(self.svc.implausible)
-        self.assertEqual(self.svc.import_wh, 105)
+        self.assertEqual(self.svc.import_wh, 102)
+        self.assertEqual(self.svc.base_wh, 100)
         self.assertEqual(self.svc.rebased, 1)
         self.assertEqual(self.svc.stats()["rebased"], 1)
+        self.meter.publish(import_wh=105, export_wh=0)
+        self.loop(1000)
+        self.assertEqual(self.svc.import_wh, 105)
+        self.assertIsNone(self.svc.base_wh)             # reported once
+        self.assertEqual(self.svc.rebased, 1)
 
     def test_readings_that_disagree_with_each_other_are_never_a_new_baseline(self):
         self.loop(100)
@@ -300,6 +309,125 @@ class TestPlausibility(Base):
         self.loop(1000)
         self.assertFalse(self.svc.implausible)
         self.assertEqual(self.svc.import_wh, 500)
+        self.assertEqual(self.svc.base_wh, 500)
+
+    def test_power_beyond_what_voltage_and_current_allow(self):
+        # 40 kW at 32 A on three phases of 230 V (22 kW at most) cannot be.
+        self.cfg.set("meter_max_power_w", 50000)
+        self.svc.configure(self.cfg)
+        self.loop(100)
+        self.meter.publish(current_l1_ma=32000, current_l2_ma=32000, current_l3_ma=32000,
+                           voltage_l1_dv=2300, voltage_l2_dv=2300, voltage_l3_dv=2300,
+                           power_w=40000, import_wh=12345680)
+        self.loop(1000)
+        # Once, it may be registers updated between our requests: the power is held back
+        # (the last plausible stays), the energy is taken.
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.power_w, 11034)
+        self.assertEqual(self.svc.import_wh, 12345680)
+        self.loop(1000)                                 # twice: the meter means it
+        self.assertTrue(self.svc.implausible)
+        self.assertEqual(self.svc.implausible_reason, POWER_VI)
+        self.assertEqual(self.svc.power_w, 11034)
+        self.meter.publish(power_w=22000)               # 22.08 kVA apparent: plausible
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.power_w, 22000)
+        self.meter.publish(power_w=-25000)              # export the same way
+        self.loop(2000)
+        self.assertEqual(self.svc.implausible_reason, POWER_VI)
+
+    def test_a_step_between_the_requests_of_one_cycle_is_not_implausible(self):
+        self.loop(100)
+        # A contactor closes: the power register is new, the currents still the old 0.
+        self.meter.publish(current_l1_ma=0, current_l2_ma=0, current_l3_ma=0, power_w=11034)
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.meter.publish(current_l1_ma=15999, current_l2_ma=16012, current_l3_ma=15987)
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.power_w, 11034)
+        # It opens: the currents are new (0), the power still the old one.
+        self.meter.publish(current_l1_ma=0, current_l2_ma=0, current_l3_ma=0)
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.implausible_count, 0)
+
+    def test_every_failed_cycle_is_reported(self):
+        self.loop(100)
+        self.meter.stream.set_fault("silent")
+        failed = 0
+        for _ in range(600):
+            if self.svc.poll(self.clock.now) & FAILED:
+                failed += 1
+            self.clock.advance(LOOP_MS)
+        self.assertEqual(self.svc.cycles_failed, 5)    # cycles of 1 s .. 5 s (6 s still runs)
+        self.assertEqual(failed, 5)
+
+
+class TestSerialNumber(Base):
+    """The SDM630's serial number (holding register 0xFC00) tells a swap from a reset."""
+
+    def setUp(self):
+        super().setUp()
+        self.meter.stream.fcs = (3, 4)
+        self.set_serial(1234567)
+
+    def set_serial(self, n):
+        self.meter.stream.regs.update(self.svc.map.encode_serial(n))
+
+    def publish(self, **kw):
+        regs = dict((a, v) for a, v in self.meter.stream.regs.items() if a >= 0xFC00)
+        self.meter.publish(**kw)
+        self.meter.stream.regs.update(regs)
+
+    def test_read_only_when_asked_and_on_a_discontinuity(self):
+        self.loop(3100)
+        self.assertIsNone(self.svc.serial)
+        plan = len(self.svc.map.plan)
+        self.assertEqual(len(self.meter.stream.requests), 4 * plan)
+        self.svc.request_serial()
+        self.loop(1000)
+        self.assertEqual(self.svc.serial, 1234567)
+        self.assertEqual(len(self.meter.stream.requests), 5 * plan + 1)
+        self.loop(1000)
+        self.assertEqual(len(self.meter.stream.requests), 6 * plan + 1)
+        n = self.svc.request_reading(serial=True)
+        self.loop(300)
+        self.assertTrue(self.svc.cycle_finished(n))
+        self.assertEqual(len(self.meter.stream.requests), 7 * plan + 2)
+
+    def test_a_swap_is_a_new_segment_at_once(self):
+        self.svc.request_serial()
+        self.loop(100)
+        self.assertEqual(self.svc.serial, 1234567)
+        self.set_serial(7654321)
+        self.publish(import_wh=100, export_wh=0)         # another meter
+        self.loop(1000)
+        self.assertFalse(self.svc.implausible)
+        self.assertEqual(self.svc.serial, 7654321)
+        self.assertEqual((self.svc.import_wh, self.svc.base_wh), (100, 100))
+        self.assertEqual((self.svc.rebased, self.svc.swaps), (1, 1))
+
+    def test_a_reset_of_the_same_meter_still_waits_for_a_second_reading(self):
+        self.svc.request_serial()
+        self.loop(100)
+        self.publish(import_wh=100, export_wh=0)         # same serial: a reset, or garbage
+        self.loop(1000)
+        self.assertTrue(self.svc.implausible)
+        self.publish(import_wh=103, export_wh=0)
+        self.loop(1000)
+        self.assertEqual((self.svc.import_wh, self.svc.base_wh), (103, 100))
+        self.assertEqual((self.svc.rebased, self.svc.swaps), (1, 0))
+
+    def test_a_serial_read_that_fails_leaves_the_values_standing(self):
+        self.meter.stream.fcs = (4,)
+        self.svc.request_serial()
+        self.loop(100)
+        self.assertEqual(self.svc.readings, 1)
+        self.assertFalse(self.svc.stale)
+        self.assertIsNone(self.svc.serial)
+        self.assertEqual(self.svc.serial_failures, 1)
 
 
 class TestNoAllocation(Base):

@@ -282,6 +282,26 @@ class TestCustomMap(unittest.TestCase):
         self.assertMapError("encoding", voltage=[0, ["f32"], 10, 1])
         self.assertMapError("encoding", voltage=[0, {"f32": 1}, 10, 1])
 
+    def test_a_serial_number_register(self):
+        self.assertIsNone(self.custom().serial)
+        m = self.custom(serial=[0xFC00, "u32", 3])
+        self.assertEqual(m.serial, (3, 0xFC00, meters.ENC_U32, 2))
+        regs = m.encode_serial(3000000123)          # above 2**31: still read as unsigned
+        buf = bytearray([regs[0xFC00] >> 8, regs[0xFC00] & 0xFF,
+                         regs[0xFC01] >> 8, regs[0xFC01] & 0xFF])
+        self.assertEqual(m.decode_serial(buf, 0), 3000000123)
+        self.assertEqual(load_map("sdm630").serial[:2], (3, 0xFC00))
+        self.assertEqual(load_map("abb_b23").serial[:2], (3, 0x8900))
+        self.assertIsNone(load_map("em340").serial)
+
+    def test_bad_serial_registers_say_why(self):
+        self.assertMapError("'serial' must be [address", serial=[0xFC00, "u32"])
+        self.assertMapError("'serial' encoding", serial=[0xFC00, "f32", 3])
+        self.assertMapError("'serial' encoding", serial=[0xFC00, ["u32"], 3])
+        self.assertMapError("'serial' fc", serial=[0xFC00, "u32", 6])
+        self.assertMapError("'serial' address", serial=[-1, "u32", 3])
+        self.assertMapError("'serial' runs past", serial=[0xFFFF, "u32", 3])
+
     def test_not_json_and_empty(self):
         self.assertRaises(MeterMapError, load_map, "custom", "{fc: 4")
         self.assertRaises(MeterMapError, load_map, "custom", "")

@@ -29,6 +29,7 @@ class Station:
         self.register_base = register
         self.energy_wms = 0
         self.power_w = 0
+        self.new_segment = False
         self.boot()
         if has_register:
             self.sm.on_meter(self.t, self.register, 0, True)   # the meter answers at boot
@@ -63,8 +64,12 @@ class Station:
             self.t += step
             self.energy_wms += self.power_w * step
             if meter:
+                base = None
+                if valid and self.new_segment:
+                    base = self.register          # MeterService.base_wh
+                    self.new_segment = False
                 self.sm.on_meter(self.t & TICKS_MAX, self.register if valid else None,
-                                 self.power_w if valid else None, valid)
+                                 self.power_w if valid else None, valid, base)
             self.sm.tick(self.t & TICKS_MAX)
 
     def state(self, st):
@@ -373,14 +378,16 @@ class Meter(unittest.TestCase):
         self.assertEqual(r["energy_wh"], 180)         # the register covers the gap
         self.assertEqual(r["meter_flags"]["stale"], 60)
 
-    def test_a_single_garbage_reading_is_ignored(self):
+    def test_readings_the_meter_service_rejects_are_counted_not_used(self):
+        # The meter service judges plausibility (tests/unit/test_meter_service.py); the
+        # session counts what it rejected (a jump, and one going backwards).
         st = Station()
         st.state(STATE_B2)
         st.start_charging(3600)
         st.run(MIN)
-        st.sm.on_meter(st.t, 9999999, 3600, True)
+        st.sm.on_rejected(st.t)
         st.run(MIN)
-        st.sm.on_meter(st.t, 10, 3600, True)          # and one going backwards
+        st.sm.on_rejected(st.t)
         st.run(MIN)
         st.contactor(False)
         st.state(STATE_A)
@@ -388,12 +395,29 @@ class Meter(unittest.TestCase):
         self.assertEqual(r["energy_wh"], 180)
         self.assertEqual((r["meter_flags"]["implausible"], r["meter_flags"]["rebased"]), (2, 0))
 
+    def test_faults_present_at_the_start_are_listed_not_taken_as_the_stop(self):
+        st = Station()
+        st.sm.on_fault(st.t, "METER_STALE")          # raised while no session ran
+        st.state(STATE_B2)
+        st.start_charging(3600)
+        st.run(MIN)
+        st.contactor(False)
+        st.state(STATE_A)
+        st.sm.on_fault_cleared(st.t, "METER_STALE")
+        st.state(STATE_B2)
+        st.state(STATE_A)
+        first, second = st.sm.pop_completed()
+        self.assertEqual(first["faults"], ["METER_STALE"])
+        self.assertEqual(first["stop_reason"], "ev_unplugged")
+        self.assertEqual(second["faults"], [])
+
     def test_replaced_meter_rebases_and_keeps_earlier_energy(self):
         st = Station()
         st.state(STATE_B2)
         st.start_charging(3600)
         st.run(MIN)                                   # 60 Wh on the old meter
         st.register_base = 5000 - st.energy_wms // 3600000   # new meter, register at 5 kWh
+        st.new_segment = True                         # the meter service reports it
         st.run(MIN)
         st.contactor(False)
         st.state(STATE_A)
