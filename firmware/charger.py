@@ -108,6 +108,7 @@ class Charger:
         if self.faults.events is None:
             self.faults.events = self.events
         self._filter = PilotFilter(2)
+        self._ceiling_ma = CURRENT_MAX_MA  # the hardware's rating (set_ceiling)
         self.reload_config()
 
         # -- inputs (written by the station before each tick) --
@@ -244,6 +245,15 @@ class Charger:
             return
         _check_ma("backend limit", ma)
         self._backend_ma = ma
+
+    def set_ceiling(self, ma):
+        """The hardware's rated current (board file): no limit, configured or commanded,
+        makes the charger offer more."""
+        _check_ma("ceiling", ma)
+        self._ceiling_ma = ma
+
+    def ceiling_ma(self):
+        return self._ceiling_ma
 
     def clear_backend_limit(self):
         self.set_backend_limit(None)
@@ -496,7 +506,9 @@ class Charger:
             fs.clear(PILOT_FAULT, now)
         if level == _LEVEL_DIODE_FAULT:
             fs.raise_(DIODE_FAULT, now)
-        else:
+        elif level == PILOT_A or 0 < self.duty_pm < PILOT_STEADY_HIGH:
+            # The diode shows only under PWM (or is gone with the EV): a reading on steady
+            # +12 V says nothing about it, so the cause stays present until one of these.
             fs.clear(DIODE_FAULT, now)       # latched until unplug by the fault table
         if level == PILOT_D and not self._vent:
             fs.raise_(VENTILATION_UNSUPPORTED, now)
@@ -721,6 +733,8 @@ class Charger:
 
     def _compute_limit(self):
         lim = self._max_ma
+        if self._ceiling_ma < lim:
+            lim = self._ceiling_ma          # the hardware's rating binds, not the config
         why = LIMIT_CONFIG
         if self._socket and self._connected and self._cable_ma < lim:
             lim = self._cable_ma

@@ -19,6 +19,7 @@ from firmware.compat import const, small_int
 # (const: a SCHEMA line with flags is then a constant tuple, in flash when frozen)
 SECRET = const(1)   # never published or printed
 REBOOT = const(2)   # takes effect after a reboot
+HARDWARE = const(4)  # says what the hardware is: refused while the contactor is closed
 
 _MASK = "***"
 
@@ -35,7 +36,7 @@ SCHEMA = {
     # Site/installation limit; the effective limit is the minimum of this, the cable
     # rating, the backend limit, thermal derating and the comms-loss fallback.
     "max_current_ma": (32000, 6000, 80000, 0),
-    "phases": (3, 1, 3, 0),
+    "phases": (3, 1, 3, HARDWARE),
     "ventilation_supported": (False, None, None, 0),   # state D allowed only when True
     "wake_up_enabled": (True, None, None, 0),
     "wake_up_after_ms": (30000, 5000, 600000, 0),
@@ -62,7 +63,7 @@ SCHEMA = {
     "lock_timeout_ms": (1000, 200, 2000, 0),          # lock feedback must confirm within
     "pilot_confirm_n": (2, 1, 5, 0),                  # equal CP readings to accept a level
     "duty_update_interval_ms": (5000, 0, 60000, 0),   # min time between current increases
-    "socket_outlet": (True, None, None, 0),           # True: PP codes the cable rating
+    "socket_outlet": (True, None, None, HARDWARE),    # True: PP codes the cable rating
     "temp_sensor_required": (False, None, None, 0),   # True: no reading blocks charging
     "wake_up_pilot": ("x1", ("x1", "F"), None, 0),    # wake-up: steady +12 V or -12 V
     "wake_up_hold_ms": (3000, 1000, 10000, 0),        # how long the wake-up level is held
@@ -159,6 +160,12 @@ class ConfigError(ValueError):
     pass
 
 
+# Keys that hold a host name or an IP address: letters, digits, '-', '.', ':' (IPv6) and
+# '_' only. A space or a scheme ("mqtt://") would fail every DNS lookup after the reboot.
+_HOST_KEYS = ("mqtt_host", "ntp_server")
+_HOST_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.:_"
+_HEX = "0123456789abcdefABCDEF"
+
 # Keys that become MQTT topic levels (firmware/messages.py Topics): the characters here, and
 # control characters, would stop the link from being built at boot (MQTT 3.1.1 4.7).
 _TOPIC_FORBIDDEN = {"station_id": "+#/", "mqtt_prefix": "+#"}
@@ -168,7 +175,7 @@ def validate(key, value):
     """Return `value` normalised for `key`, or raise ConfigError with the reason."""
     spec = SCHEMA.get(key)
     if spec is None:
-        raise ConfigError("%s: unknown key" % key)
+        raise ConfigError(unknown_key(key))
     default, low, high, _flags = spec
     if isinstance(default, bool):
         if value is True or value is False:
@@ -189,6 +196,16 @@ def validate(key, value):
         return value
     if len(value) < low or len(value) > high:
         raise ConfigError("%s: length must be %d..%d" % (key, low, high))
+    if key in _HOST_KEYS:
+        for ch in value:
+            if ch not in _HOST_CHARS:
+                raise ConfigError("%s: %r is not a host name or IP address (bad character %r)"
+                                  % (key, value, ch))
+    if key == "wifi_password" and value and not _wpa2_passphrase(value):
+        # IEEE 802.11i: a WPA2 passphrase is 8..63 characters, or the key as 64 hex digits;
+        # the radio would refuse anything else after the reboot and the station go offline.
+        raise ConfigError("wifi_password: WPA2 needs 8..63 characters or 64 hex digits"
+                          " (empty for an open network)")
     forbidden = _TOPIC_FORBIDDEN.get(key)
     if forbidden is not None:
         for ch in value:
@@ -196,6 +213,15 @@ def validate(key, value):
                 raise ConfigError("%s: no control characters and none of %s (MQTT topic)"
                                   % (key, " ".join(forbidden)))
     return value
+
+
+def _wpa2_passphrase(value):
+    if len(value) == 64:
+        for ch in value:
+            if ch not in _HEX:
+                return False
+        return True
+    return 8 <= len(value) <= 63
 
 
 def is_secret(key):
@@ -214,6 +240,61 @@ def is_credential(key):
 def needs_reboot(key):
     spec = SCHEMA.get(key)
     return spec is not None and bool(spec[3] & REBOOT)
+
+
+def is_hardware(key):
+    spec = SCHEMA.get(key)
+    return spec is not None and bool(spec[3] & HARDWARE)
+
+
+def warnings(cfg):
+    """Settings that are valid one by one but will not work together (said before the
+    reboot that makes them real): a list of texts, empty when none."""
+    out = []
+    if cfg["mqtt_tls"] and not cfg["mqtt_ca_file"]:
+        out.append("mqtt_tls is on without mqtt_ca_file: the link refuses to connect"
+                   " (it never connects unverified)")
+    if bool(cfg["mqtt_cert_file"]) != bool(cfg["mqtt_key_file"]):
+        out.append("mqtt_cert_file and mqtt_key_file go together: set both or neither")
+    if cfg["wifi_password"] and not cfg["wifi_ssid"]:
+        out.append("wifi_password is set but wifi_ssid is empty")
+    return out
+
+
+def suggest(word, choices):
+    """The entry of `choices` closest to `word` (a typo), or None when none is close."""
+    best = None
+    best_d = 4
+    for c in choices:
+        d = _distance(word, c)
+        if d < best_d:
+            best = c
+            best_d = d
+    if best is None and len(word) >= 4:
+        for c in choices:
+            if word in c or c in word:
+                return c
+    return best
+
+
+def _distance(a, b):
+    # Levenshtein distance, one row at a time (small lists, diagnostics only).
+    prev = list(range(len(b) + 1))
+    for i in range(len(a)):
+        cur = [i + 1]
+        for j in range(len(b)):
+            same = 0 if a[i] == b[j] else 1
+            cur.append(min(prev[j + 1] + 1, cur[j] + 1, prev[j] + same))
+        prev = cur
+    return prev[-1]
+
+
+def unknown_key(key):
+    """The reason text for an unknown key, with the closest known key."""
+    near = suggest(key, SCHEMA) if isinstance(key, str) else None
+    if near is not None:
+        return "%s: unknown key (did you mean %s?)" % (key, near)
+    return "%s: unknown key (diag.config() lists them)" % (key,)
 
 
 def _check_relations(values):

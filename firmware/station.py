@@ -23,12 +23,13 @@ from firmware.charger import (
     CONTACTOR_EV_STOPPED, CONTACTOR_FAULT, CONTACTOR_PWM_OFF, CONTACTOR_REASON_NAMES,
     CONTACTOR_UNPLUGGED, LIMIT_NAMES, Charger)
 from firmware.compat import mem_free, ticks_add, ticks_diff
-from firmware.config import Config, needs_reboot
+from firmware.config import Config, is_hardware, needs_reboot
 from firmware.counters import Counters
 from firmware.events import (
     EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_OFFER, EV_SELFTEST, EV_STATE,
     EV_WAKEUP, EventRing, KIND_NAMES)
 from firmware.faults import FaultSet
+from firmware.history import HK_BOOT, HK_STOP, History, cause_index, stop_index
 from firmware.meter_service import NEW_READING, STALE_CHANGED, MeterService
 from firmware.meters import load_map
 from firmware.ledger import Ledger
@@ -39,6 +40,7 @@ from firmware.session import (
     FAULT_PREFIX, LIMIT_PREFIX, REASON_EV_STOPPED, REASON_EV_UNPLUGGED, REASON_INOPERATIVE,
     REASON_REBOOT, REASON_REMOTE_STOP, SessionManager)
 from firmware.storage import Journal, StorageError, Store
+from firmware.version import VERSION
 
 TICK_MS = 10
 CONFIG_FILE = config_store.FILE
@@ -99,12 +101,17 @@ class Station:
                 store = self._ram_store(e)
         self.store = store
         self.config_error = None
+        self.pending_reboot = []       # keys changed since boot that apply after a reboot
         self.cfg = self._load_config(config)
         now = board.ticks_ms()
 
         self.events = EventRing(64)
         self.faults = FaultSet(self.events)
         self.charger = Charger(self.cfg, self.events, self.faults)
+        # The hardware's rating (board file): nothing configured or commanded offers more.
+        self.ceiling_ma = getattr(board, "rated_current_ma", None)
+        if self.ceiling_ma is not None:
+            self.charger.set_ceiling(self.ceiling_ma)
         # Inoperative is kept across resets (as OCPP's ChangeAvailability): a station taken
         # out of service must not come back charging after a power cut. A write of the flag
         # cut by a reset (only its temporary copy on flash) counts as inoperative.
@@ -184,6 +191,10 @@ class Station:
         self._uptime_at = now
         self.boot_report = {"reset_cause": board.reset_cause(), "boot": self.boot_id,
                             "crash": board.last_crash(), "storage_error": self.storage_error}
+        # The technician's log on flash (firmware/history.py): survives the reset.
+        self.history = History(self.store, self.boot_id, board.wall_time, now)
+        self.history.add(HK_BOOT, cause_index(self.boot_report["reset_cause"]),
+                         1 if self.boot_report["crash"] else 0, now)
         if self.boot_report["crash"]:
             self.faults.raise_(_faults.INTERNAL_ERROR, now, present=False)
         if self.storage_error:
@@ -192,7 +203,7 @@ class Station:
         elif self.config_error:
             self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
         self._queue_event({"type": "boot", "reset_cause": self.boot_report["reset_cause"],
-                           "boot": self.boot_id, "crash": self.boot_report["crash"],
+                           "boot": self.boot_id, "version": VERSION, "crash": self.boot_report["crash"],
                            "config_error": self.config_error,
                            "storage_error": self.storage_error})
         self._restore_safe(now)
@@ -363,6 +374,7 @@ class Station:
             self.uptime_s += self._uptime_ms // 1000
             self._uptime_ms %= 1000
         self._storage_op(self.sessions.tick, now)
+        self.history.tick(now)
         if self._undelivered:
             kind, rec = self._undelivered.pop(0)
             self._deliver(kind, rec)
@@ -468,6 +480,7 @@ class Station:
     def _on_event(self, ev):
         t, kind, a, b = ev
         s = self.sessions
+        self.history.add(kind, a, b, self.board.ticks_ms(), t)
         if kind == EV_STATE:
             s.on_state(t, a)
             if a == _states.STATE_A:
@@ -656,6 +669,7 @@ class Station:
             "faults": self.faults.active_names(),
             "session": active["id"] if active else None,
             "boot": self.boot_id,
+            "version": VERSION,
         }
 
     def telemetry(self):
@@ -832,6 +846,9 @@ class Station:
                 load_map(trial["meter_map"], trial["meter_custom_map"])
         except ValueError as e:
             return _cmd.PROPERTY_CONSTRAINT, str(e)
+        guard = self._hardware_guard(trial, changes, changed)
+        if guard:
+            return guard
         try:
             config_store.save(self.store, trial)
         except StorageError as e:
@@ -844,8 +861,27 @@ class Station:
         if self.meter is not None and meter_keys:
             self.meter.configure(self.cfg)
         later = [k for k in changed if needs_reboot(k)]
+        for k in later:
+            if k not in self.pending_reboot:
+                self.pending_reboot.append(k)     # stored, applied after the next reboot
         if later:
             self._queue_event({"type": "config_pending_reboot", "keys": later})
+        return None
+
+    def _hardware_guard(self, trial, changes, changed):
+        # What the hardware is (a socket or a cable, its phases) changes only with the
+        # contactor open; no setting may exceed the hardware's rated current.
+        if self.charger.contactor:
+            for k in changed:
+                if is_hardware(k):
+                    return (_cmd.BUSY,
+                            "%s: not while the contactor is closed (stop the charge first)" % k)
+        ceiling = self.ceiling_ma
+        if ceiling is not None:
+            for k in ("max_current_ma", "comms_fallback_ma"):
+                if k in changes and trial[k] > ceiling:
+                    return (_cmd.PROPERTY_CONSTRAINT, "%s: %d above the hardware rating %d"
+                            " (board file rated_current_ma)" % (k, trial[k], ceiling))
         return None
 
     def cmd_reboot(self, now_ms):
@@ -879,8 +915,27 @@ class Station:
         # A session whose EV has left (waiting for its final reading) ends as it ended.
         self._storage_op(self.sessions.end, now, reason)
         self._storage_op(self.counters.save, now)
+        self.history.add(HK_STOP, stop_index(reason), 0, now)
+        self.history.flush(now)
         if self.link is not None:
             self.link.close(reason)
+
+    def interrupted(self):
+        """Ctrl-C stopped the loop and main.py opened the contactor behind the charger's
+        back: the opening counts in the wear counters (under load when the EV was drawing:
+        the meter's power, else a closed contactor in C/D counts as loaded), and the log and
+        the counters go to flash now, before anything resets the station."""
+        now = self.board.ticks_ms()
+        c = self.charger
+        if c.contactor:
+            m = self.meter
+            power = m.power_w if m is not None and m.readings and not m.stale else None
+            if power is None and c.state in (_states.STATE_C2, _states.STATE_D2):
+                power = self.counters.load_threshold_w
+            self.counters.contactor_opened(power)
+        self.history.add(HK_STOP, stop_index("interrupted"), 0, now)
+        self.history.flush(now)
+        self._storage_op(self.counters.save, now)
 
     def cmd_selftest(self, now_ms):
         if not self.cfg["rcd_selftest"]:

@@ -191,7 +191,7 @@ class ValidCommandsReachTheStation(unittest.TestCase):
         self.assertIn("internal error", reply["error"])
 
     def test_get_config_never_shows_a_secret(self):
-        self.target.cfg.update({"mqtt_password": "hunter2", "wifi_password": "pw"})
+        self.target.cfg.update({"mqtt_password": "hunter2", "wifi_password": "depot-pw1"})
         reply = self.d.handle(cmd("get_config"), NOW)
         self.assertIs(reply["ok"], True)
         self.assertEqual(reply["data"]["mqtt_password"], "***")

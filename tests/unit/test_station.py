@@ -237,10 +237,10 @@ class Network(unittest.TestCase):
             def network_step(self, now_ms):
                 self.steps += 1
         b = NetBoard()
-        st = Station(b, config={"wifi_ssid": "depot", "wifi_password": "pw",
+        st = Station(b, config={"wifi_ssid": "depot", "wifi_password": "depot-pw1",
                                 "ntp_server": "192.0.2.1"},
                      store=Store("/data", PowerCutFs()))
-        self.assertEqual(b.started, ("depot", "pw", "192.0.2.1"))
+        self.assertEqual(b.started, ("depot", "depot-pw1", "192.0.2.1"))
         for _ in range(10):
             st.step()
         self.assertEqual(b.steps, 10)
