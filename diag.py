@@ -584,10 +584,10 @@ def _fault_by_name(name, verb):
         return _faults.by_name(name.upper())
     except ValueError:
         from firmware.config import suggest
-        near = suggest(name.upper(), [f.name for f in _faults.FAULTS])
+        near = suggest(name.upper(), [f.name for f in _faults.all_faults()])
         _error("%s: unknown fault %r; %s" % (
             verb, name, "did you mean %s?" % near if near else
-            "known: " + ", ".join(f.name for f in _faults.FAULTS)))
+            "known: " + ", ".join(f.name for f in _faults.all_faults())))
         return None
 
 

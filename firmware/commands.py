@@ -28,16 +28,17 @@ from firmware import owner
 from firmware import strictjson
 from firmware.ledger import KEEP_BYTES as LEDGER_KEEP_BYTES
 from firmware.auth import ID_TAG_MAX, IdTagError, check_id_tag
+from firmware.compat import const
 from firmware.pilot import CURRENT_MIN_MA
 import json
 
 MAX_COMMAND_BYTES = 1024
 MAX_ID_LEN = 64              # characters (Unicode code points), not bytes
 MAX_ID_TAG_LEN = ID_TAG_MAX  # as firmware/auth.py: the tags the reader path asks the backend about
-MAX_LIMIT_MA = 80000
-MAX_EXPIRES_S = 7 * 86400
-MAX_CONFIG_KEYS = 32
-MAX_FAULT_NAME_LEN = 32
+MAX_LIMIT_MA = const(80000)
+MAX_EXPIRES_S = const(7 * 86400)
+MAX_CONFIG_KEYS = const(32)
+MAX_FAULT_NAME_LEN = const(32)
 MAX_TTL_S = 7 * 86400
 MAX_SIGNED_AHEAD_S = 3600    # a signed command expires within this: bounds a replay
 
@@ -144,16 +145,17 @@ class CommandTarget:
 
 
 # Argument kinds
-_INT = 0
-_STR = 1
-_BOOL = 2
-_KEYS = 3      # list of config keys
-_CHANGES = 4   # object of config key: value
-_CHOICE = 5    # str from a tuple
-_ID_TAG = 6    # an idTag (firmware/auth.py check_id_tag)
+# (const: the argument tables below then fold into constant tuples, in flash when frozen)
+_INT = const(0)
+_STR = const(1)
+_BOOL = const(2)
+_KEYS = const(3)      # list of config keys
+_CHANGES = const(4)   # object of config key: value
+_CHOICE = const(5)    # str from a tuple
+_ID_TAG = const(6)    # an idTag (firmware/auth.py check_id_tag)
 
-_REQUIRED = True
-_OPTIONAL = False
+_REQUIRED = const(True)
+_OPTIONAL = const(False)
 
 # name: ((arg, kind, low, high, required), ...)
 _COMMANDS = {

@@ -14,11 +14,12 @@ alike.
 """
 import json
 
-from firmware.compat import small_int
+from firmware.compat import const, small_int
 
-SECRET = 1   # never published or printed
-REBOOT = 2   # takes effect after a reboot
-HARDWARE = 4  # says what the hardware is: refused while the contactor is closed
+# (const: a SCHEMA line with flags is then a constant tuple, in flash when frozen)
+SECRET = const(1)   # never published or printed
+REBOOT = const(2)   # takes effect after a reboot
+HARDWARE = const(4)  # says what the hardware is: refused while the contactor is closed
 
 _MASK = "***"
 
@@ -326,33 +327,55 @@ def _check_relations(values):
         raise ConfigError("owner_key: 64 hex digits (32 bytes) or empty")
 
 
+def _big(default):
+    # Frozen, an int default over 8191 is a long int in flash: arithmetic on it in the
+    # safety tick would allocate (compat.small_int), so a Config keeps it as a small int.
+    return type(default) is int and not -8192 <= default <= 8191
+
+
 class Config:
+    """The values of every SCHEMA key. Only what differs from the defaults is stored (plus
+    the big int defaults, as small ints): a key not stored reads as its default."""
+
     def __init__(self, values=None):
         self._values = {}
         for key in SCHEMA:
             default = SCHEMA[key][0]
-            # Frozen, a default over 8191 is a long int in flash: arithmetic on it in the
-            # safety tick would allocate (compat.small_int).
-            self._values[key] = small_int(default) if type(default) is int else default
+            if _big(default):
+                self._values[key] = small_int(default)
         if values is not None:
             self.update(values)     # not an object ([] too): ConfigError
 
     def __getitem__(self, key):
-        return self._values[key]
+        values = self._values
+        if key in values:
+            return values[key]
+        return SCHEMA[key][0]
 
     def get(self, key, default=None):
-        return self._values.get(key, default)
+        values = self._values
+        if key in values:
+            return values[key]
+        spec = SCHEMA.get(key)
+        return default if spec is None else spec[0]
 
     def update(self, changes):
         """Validate every change, then apply all or none. Returns the keys that changed."""
         if not isinstance(changes, dict):
             raise ConfigError("config: expected an object")
-        candidate = dict(self._values)
+        candidate = Config()
+        stored = candidate._values = dict(self._values)
         for key in changes:
-            candidate[key] = validate(key, changes[key])
+            value = validate(key, changes[key])
+            default = SCHEMA[key][0]
+            if value == default and not _big(default):
+                if key in stored:
+                    del stored[key]
+            else:
+                stored[key] = value
         _check_relations(candidate)
-        changed = [k for k in changes if self._values[k] != candidate[k]]
-        self._values = candidate
+        changed = [k for k in changes if self[k] != candidate[k]]
+        self._values = stored
         return changed
 
     def set(self, key, value):
@@ -364,7 +387,7 @@ class Config:
         for key in keys or SCHEMA:
             if key not in SCHEMA:
                 raise ConfigError("%s: unknown key" % key)
-            value = self._values[key]
+            value = self[key]
             out[key] = (_MASK if value else "") if is_secret(key) else value
         return out
 

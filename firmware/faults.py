@@ -1,9 +1,11 @@
 """The station's fault table and the set of active faults.
 
-One table (FAULTS) says for every fault: its code, its name, a plain-language text for
-support staff, how it clears, whether it may be cleared from the backend, whether it stops
-charging, and the OCPP 1.6 ChargePointErrorCode it is reported as. docs/faults.md is
-generated from this table (tools/gen_faults_doc.py) and a test keeps the two equal.
+One table says for every fault: its code, its name, a plain-language text for support
+staff, how it clears, whether it may be cleared from the backend, whether it stops charging,
+and the OCPP 1.6 ChargePointErrorCode it is reported as. It is a constant tuple of constant
+rows, which a frozen image keeps in flash: `by_code`, `by_name` and `all_faults` make Fault
+views of its rows on demand, the masks and the safety tick read it directly. docs/faults.md
+is generated from this table (tools/gen_faults_doc.py) and a test keeps the two equal.
 
 How a fault clears (`clearing`):
   AUTO    clears itself once its cause has been gone for `auto_clear_ms`
@@ -58,139 +60,141 @@ class FaultError(ValueError):
 
 
 class Fault:
-    """One row of the fault table."""
+    """A view of one row of the fault table, made on demand (not for the safety tick)."""
 
-    def __init__(self, code, name, clearing, auto_clear_ms, remote_clear, blocking, ocpp, text):
-        self.code = code
-        self.name = name
-        self.clearing = clearing
-        self.auto_clear_ms = auto_clear_ms
-        self.remote_clear = remote_clear
-        self.blocking = blocking          # True: stops charging (contactor stays open)
-        self.ocpp = ocpp                  # OCPP 1.6 ChargePointErrorCode
-        self.text = text
+    def __init__(self, row):
+        (self.code, self.name, self.clearing, self.auto_clear_ms, self.remote_clear,
+         self.blocking, self.ocpp, self.text) = row
 
 
-_STOP = True
-_WARN = False
-
-FAULTS = (
-    Fault(CP_SHORT, "CP_SHORT", AUTO, 1000, True, _STOP, "EVCommunicationError",
-          "The control pilot is shorted to earth (state E). Check the cable, the plug and the"
-          " vehicle inlet for damage or water."),
-    Fault(PILOT_FAULT, "PILOT_FAULT", AUTO, 5000, True, _STOP, "EVCommunicationError",
-          "The control pilot shows a voltage no vehicle can produce. Check the cable; if it"
-          " happens with several vehicles, the charge point's pilot circuit is faulty."),
-    Fault(DIODE_FAULT, "DIODE_FAULT", UNPLUG, 0, False, _STOP, "EVCommunicationError",
-          "The vehicle's pilot diode is missing or shorted. Charging stays blocked until the"
-          " cable is unplugged; if it recurs, the vehicle or cable needs a repair."),
-    Fault(RCD_TRIPPED, "RCD_TRIPPED", UNPLUG, 0, False, _STOP, "GroundFailure",
-          "The residual-current monitor detected a leakage current and stopped charging."
-          " Unplug the vehicle to reset. Repeated trips: have the vehicle and installation"
-          " checked."),
-    Fault(RCD_SELFTEST_FAILED, "RCD_SELFTEST_FAILED", MANUAL, 0, True, _STOP, "OtherError",
-          "The residual-current monitor failed its self-test, so leakage could go undetected."
-          " Charging is blocked. After clearing, the next session tests it again."),
-    Fault(CONTACTOR_WELDED, "CONTACTOR_WELDED", MANUAL, 0, False, _STOP, "PowerSwitchFailure",
-          "The main contactor stayed closed after it was told to open (welded contacts): the"
-          " socket may be live. A technician must replace the contactor and clear this on"
-          " site."),
-    Fault(CONTACTOR_NOT_CLOSING, "CONTACTOR_NOT_CLOSING", UNPLUG, 0, True, _STOP,
-          "PowerSwitchFailure",
-          "The main contactor did not report closed after it was told to close. Check the"
-          " coil, its supply and the mirror contact wiring."),
-    Fault(OVERCURRENT, "OVERCURRENT", UNPLUG, 0, True, _STOP, "OverCurrentFailure",
-          "The vehicle drew clearly more current than offered for several seconds, so the"
-          " session was stopped. Unplugging resets it."),
-    Fault(OVERTEMP, "OVERTEMP", AUTO, 0, True, _STOP, "HighTemperature",
-          "The socket or contactor reached its stop temperature. Charging resumes by itself"
-          " once it has cooled down; check for loose terminals if it recurs."),
-    Fault(TEMP_SENSOR_FAILED, "TEMP_SENSOR_FAILED", AUTO, 5000, True, _STOP, "OtherError",
-          "The temperature sensor gives no plausible reading, so overheating could not be"
-          " detected. Charging is blocked until it reads normally again."),
-    Fault(PP_INVALID, "PP_INVALID", AUTO, 0, True, _STOP, "OtherError",
-          "The cable's proximity (PP) resistor is missing or out of range, so the cable's"
-          " current rating is unknown. Try another cable."),
-    Fault(VENTILATION_UNSUPPORTED, "VENTILATION_UNSUPPORTED", AUTO, 0, True, _STOP,
-          "OtherError",
-          "The vehicle asks to charge with ventilation (state D), which this charge point does"
-          " not provide. It clears when the vehicle stops asking."),
-    Fault(LOCK_FAILED, "LOCK_FAILED", UNPLUG, 0, True, _STOP, "ConnectorLockFailure",
-          "The socket lock did not confirm locked. Check the lock and that the plug is fully"
-          " inserted; unplugging resets it."),
-    Fault(METER_STALE, "METER_STALE", AUTO, 0, True, _WARN, "PowerMeterFailure",
-          "The energy meter does not answer. Charging continues, but energy is not measured"
-          " and over-current is not checked until it answers again."),
-    Fault(METER_IMPLAUSIBLE, "METER_IMPLAUSIBLE", AUTO, 0, True, _WARN, "PowerMeterFailure",
-          "The energy meter reports values that cannot be right (energy running backwards,"
-          " power beyond the installation). Check the meter wiring and its configuration."),
-    Fault(BACKEND_OFFLINE, "BACKEND_OFFLINE", AUTO, 0, True, _WARN, "OtherError",
-          "The charge point cannot reach the backend. It charges by its offline rules and"
-          " sends the stored records when the connection returns."),
-    Fault(STORAGE_ERROR, "STORAGE_ERROR", AUTO, 0, True, _WARN, "InternalError",
-          "Writing to the internal flash failed. Records may not survive a restart; if it"
-          " persists the flash is worn or full."),
-    Fault(OUTBOX_OVERFLOW, "OUTBOX_OVERFLOW", AUTO, 0, True, _WARN, "OtherError",
-          "More records waited for the backend than the buffer holds: the oldest telemetry,"
-          " then the oldest fault records were dropped (counted in the diagnostics)."
-          " Transactions are kept."),
-    Fault(INTERNAL_ERROR, "INTERNAL_ERROR", MANUAL, 0, True, _WARN, "InternalError",
-          "The firmware hit an internal error: it restarted, or a background task (meter,"
-          " sessions, backend link) failed and was skipped while charging control went on."
-          " The error text is in the boot report or the diagnostics; clear this after"
-          " reading it."),
+# The table: one constant tuple of constant rows, so a frozen image keeps it in flash (no
+# RAM). Row n describes code n + 1, in this order:
+#   code, name, clearing, auto_clear_ms, remote_clear,
+#   blocking (True: stops charging, the contactor stays open),
+#   ocpp (the OCPP 1.6 ChargePointErrorCode), text
+# auto_clear_ms stays below 8192 (a small int in a frozen constant: no allocation).
+_TABLE = (
+    (CP_SHORT, "CP_SHORT", AUTO, 1000, True, True, "EVCommunicationError",
+     "The control pilot is shorted to earth (state E). Check the cable, the plug and the"
+     " vehicle inlet for damage or water."),
+    (PILOT_FAULT, "PILOT_FAULT", AUTO, 5000, True, True, "EVCommunicationError",
+     "The control pilot shows a voltage no vehicle can produce. Check the cable; if it"
+     " happens with several vehicles, the charge point's pilot circuit is faulty."),
+    (DIODE_FAULT, "DIODE_FAULT", UNPLUG, 0, False, True, "EVCommunicationError",
+     "The vehicle's pilot diode is missing or shorted. Charging stays blocked until the"
+     " cable is unplugged; if it recurs, the vehicle or cable needs a repair."),
+    (RCD_TRIPPED, "RCD_TRIPPED", UNPLUG, 0, False, True, "GroundFailure",
+     "The residual-current monitor detected a leakage current and stopped charging."
+     " Unplug the vehicle to reset. Repeated trips: have the vehicle and installation"
+     " checked."),
+    (RCD_SELFTEST_FAILED, "RCD_SELFTEST_FAILED", MANUAL, 0, True, True, "OtherError",
+     "The residual-current monitor failed its self-test, so leakage could go undetected."
+     " Charging is blocked. After clearing, the next session tests it again."),
+    (CONTACTOR_WELDED, "CONTACTOR_WELDED", MANUAL, 0, False, True, "PowerSwitchFailure",
+     "The main contactor stayed closed after it was told to open (welded contacts): the"
+     " socket may be live. A technician must replace the contactor and clear this on"
+     " site."),
+    (CONTACTOR_NOT_CLOSING, "CONTACTOR_NOT_CLOSING", UNPLUG, 0, True, True,
+     "PowerSwitchFailure",
+     "The main contactor did not report closed after it was told to close. Check the"
+     " coil, its supply and the mirror contact wiring."),
+    (OVERCURRENT, "OVERCURRENT", UNPLUG, 0, True, True, "OverCurrentFailure",
+     "The vehicle drew clearly more current than offered for several seconds, so the"
+     " session was stopped. Unplugging resets it."),
+    (OVERTEMP, "OVERTEMP", AUTO, 0, True, True, "HighTemperature",
+     "The socket or contactor reached its stop temperature. Charging resumes by itself"
+     " once it has cooled down; check for loose terminals if it recurs."),
+    (TEMP_SENSOR_FAILED, "TEMP_SENSOR_FAILED", AUTO, 5000, True, True, "OtherError",
+     "The temperature sensor gives no plausible reading, so overheating could not be"
+     " detected. Charging is blocked until it reads normally again."),
+    (PP_INVALID, "PP_INVALID", AUTO, 0, True, True, "OtherError",
+     "The cable's proximity (PP) resistor is missing or out of range, so the cable's"
+     " current rating is unknown. Try another cable."),
+    (VENTILATION_UNSUPPORTED, "VENTILATION_UNSUPPORTED", AUTO, 0, True, True,
+     "OtherError",
+     "The vehicle asks to charge with ventilation (state D), which this charge point does"
+     " not provide. It clears when the vehicle stops asking."),
+    (LOCK_FAILED, "LOCK_FAILED", UNPLUG, 0, True, True, "ConnectorLockFailure",
+     "The socket lock did not confirm locked. Check the lock and that the plug is fully"
+     " inserted; unplugging resets it."),
+    (METER_STALE, "METER_STALE", AUTO, 0, True, False, "PowerMeterFailure",
+     "The energy meter does not answer. Charging continues, but energy is not measured"
+     " and over-current is not checked until it answers again."),
+    (METER_IMPLAUSIBLE, "METER_IMPLAUSIBLE", AUTO, 0, True, False, "PowerMeterFailure",
+     "The energy meter reports values that cannot be right (energy running backwards,"
+     " power beyond the installation). Check the meter wiring and its configuration."),
+    (BACKEND_OFFLINE, "BACKEND_OFFLINE", AUTO, 0, True, False, "OtherError",
+     "The charge point cannot reach the backend. It charges by its offline rules and"
+     " sends the stored records when the connection returns."),
+    (STORAGE_ERROR, "STORAGE_ERROR", AUTO, 0, True, False, "InternalError",
+     "Writing to the internal flash failed. Records may not survive a restart; if it"
+     " persists the flash is worn or full."),
+    (OUTBOX_OVERFLOW, "OUTBOX_OVERFLOW", AUTO, 0, True, False, "OtherError",
+     "More records waited for the backend than the buffer holds: the oldest telemetry,"
+     " then the oldest fault records were dropped (counted in the diagnostics)."
+     " Transactions are kept."),
+    (INTERNAL_ERROR, "INTERNAL_ERROR", MANUAL, 0, True, False, "InternalError",
+     "The firmware hit an internal error: it restarted, or a background task (meter,"
+     " sessions, backend link) failed and was skipped while charging control went on."
+     " The error text is in the boot report or the diagnostics; clear this after"
+     " reading it."),
 )
 
 _N = MAX_CODE + 1
+_CODE = const(0)
+_NAME = const(1)
+_CLEARING = const(2)
+_AUTO_CLEAR_MS = const(3)
+_BLOCKING = const(5)
 
 
-def _table_index():
-    by_code = [None] * _N
-    for f in FAULTS:
-        if not 0 < f.code <= MAX_CODE or by_code[f.code] is not None:
-            raise FaultError("fault table: bad or duplicate code %d" % f.code)
-        by_code[f.code] = f
-    return tuple(by_code)
+def _masks():
+    blocking = auto = unplug = 0
+    for i in range(len(_TABLE)):
+        row = _TABLE[i]
+        code = row[_CODE]
+        if code != i + 1 or code > MAX_CODE or row[_AUTO_CLEAR_MS] > 8191:
+            raise FaultError("fault table: row %d has code %d" % (i, code))
+        bit = 1 << code
+        if row[_BLOCKING]:
+            blocking |= bit
+        if row[_CLEARING] == AUTO:
+            auto |= bit
+        elif row[_CLEARING] == UNPLUG:
+            unplug |= bit
+    return blocking, auto, unplug
 
 
-_BY_CODE = _table_index()
-
-
-def _mask(pred):
-    m = 0
-    for f in FAULTS:
-        if pred(f):
-            m |= 1 << f.code
-    return m
-
-
-BLOCKING_MASK = _mask(lambda f: f.blocking)
-_AUTO_MASK = _mask(lambda f: f.clearing == AUTO)
-_UNPLUG_MASK = _mask(lambda f: f.clearing == UNPLUG)
+BLOCKING_MASK, _AUTO_MASK, _UNPLUG_MASK = _masks()
 # The faults a reset must not clear (UNPLUG and MANUAL): firmware/safestate.py keeps them on
 # flash and FaultSet.restore() brings them back at boot.
-LATCHED_MASK = _mask(lambda f: f.clearing != AUTO)
-_AUTO_MS = tuple(f.auto_clear_ms if f else 0 for f in _BY_CODE)
+LATCHED_MASK = ((1 << (len(_TABLE) + 1)) - 2) & ~_AUTO_MASK
+del _masks
+
+
+def all_faults():
+    """Every row of the table, as Fault views (allocates: for tools and tests)."""
+    return [Fault(row) for row in _TABLE]
 
 
 def by_code(code):
     """The table row for `code`; FaultError for an unknown code."""
-    if isinstance(code, int) and 0 < code < _N and _BY_CODE[code] is not None:
-        return _BY_CODE[code]
+    if isinstance(code, int) and 0 < code <= len(_TABLE):
+        return Fault(_TABLE[code - 1])
     raise FaultError("unknown fault code %r" % (code,))
 
 
 def by_name(name):
     """The table row for `name` (e.g. "RCD_TRIPPED"); FaultError for an unknown name."""
-    for f in FAULTS:
-        if f.name == name:
-            return f
+    for row in _TABLE:
+        if row[_NAME] == name:
+            return Fault(row)
     raise FaultError("unknown fault %r" % (name,))
 
 
 def names(mask):
     """The names of the faults in a bitmask (allocates: not for the safety tick)."""
-    return [f.name for f in FAULTS if mask >> f.code & 1]
+    return [row[_NAME] for row in _TABLE if mask >> row[_CODE] & 1]
 
 
 class FaultSet:
@@ -250,7 +254,7 @@ class FaultSet:
         if self._present & bit:
             self._present &= ~bit
             self._gone_at[code] = now_ms
-        if self.active & bit and _AUTO_MASK & bit and _AUTO_MS[code] == 0:
+        if self.active & bit and _AUTO_MASK & bit and _TABLE[code - 1][_AUTO_CLEAR_MS] == 0:
             self._drop(code, now_ms, 0)
 
     def _drop(self, code, now_ms, requested):
@@ -264,7 +268,7 @@ class FaultSet:
         pending = self.active & ~self._present & _AUTO_MASK
         code = 0
         while pending:
-            if pending & 1 and ticks_diff(now_ms, self._gone_at[code]) >= _AUTO_MS[code]:
+            if pending & 1 and ticks_diff(now_ms, self._gone_at[code]) >= _TABLE[code - 1][_AUTO_CLEAR_MS]:
                 self._drop(code, now_ms, 0)
             pending >>= 1
             code += 1

@@ -23,7 +23,7 @@ shape) overrides everything.
 """
 import json
 
-from firmware.compat import const
+from firmware.compat import const, small_int
 
 # Quantity indexes into a reading.
 V_L1 = const(0)
@@ -41,7 +41,7 @@ QUANTITY_NAMES = ("voltage_l1_dv", "voltage_l2_dv", "voltage_l3_dv",
                   "current_l1_ma", "current_l2_ma", "current_l3_ma",
                   "power_w", "import_wh", "export_wh")
 
-# Encodings: name -> (code, registers). ABCD = high word first (big-endian throughout);
+# Encodings: (name, code, registers). ABCD = high word first (big-endian throughout);
 # CDAB = low word first ("word swapped"), bytes within a word always big-endian.
 ENC_U16 = const(0)
 ENC_I16 = const(1)
@@ -53,17 +53,17 @@ ENC_F32 = const(6)
 ENC_F32_CDAB = const(7)
 ENC_U64 = const(8)
 
-ENCODINGS = {
-    "u16": (ENC_U16, 1),
-    "i16": (ENC_I16, 1),
-    "u32": (ENC_U32, 2),
-    "u32_cdab": (ENC_U32_CDAB, 2),
-    "i32": (ENC_I32, 2),
-    "i32_cdab": (ENC_I32_CDAB, 2),
-    "f32": (ENC_F32, 2),
-    "f32_cdab": (ENC_F32_CDAB, 2),
-    "u64": (ENC_U64, 4),
-}
+ENCODINGS = (
+    ("u16", ENC_U16, 1),
+    ("i16", ENC_I16, 1),
+    ("u32", ENC_U32, 2),
+    ("u32_cdab", ENC_U32_CDAB, 2),
+    ("i32", ENC_I32, 2),
+    ("i32_cdab", ENC_I32_CDAB, 2),
+    ("f32", ENC_F32, 2),
+    ("f32_cdab", ENC_F32_CDAB, 2),
+    ("u64", ENC_U64, 4),
+)
 _FLOATS = (ENC_F32, ENC_F32_CDAB)
 
 # Fields of a map: the per-phase ones expand to L1..L3.
@@ -72,50 +72,58 @@ _REQUIRED = ("voltage", "current", "power", "import")
 _KEYS = ("fc", "max_regs", "max_gap", "phases", "serial") + _FIELDS
 # Encodings a serial-number register may have (an integer, not a measured value).
 _SERIAL_ENCODINGS = ("u16", "u32", "u32_cdab", "u64")
-_FIELD_QUANTITY = {"voltage": V_L1, "current": I_L1, "power": POWER,
-                   "import": IMPORT, "export": EXPORT}
+_FIELD_QUANTITY = (V_L1, I_L1, POWER, IMPORT, EXPORT)     # per entry of _FIELDS
 
-# Eastron SDM: input registers, float32 ABCD in V, A, W, kWh. "At most 80 registers per
-# request"; the whole 0x00..0x4F block may be read in one go.
-# The serial number is holding register 0xFC00 (u32, FC03) on the SDM120/230/630.
-_EASTRON_3P = {"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 3, "serial": (0xFC00, "u32", 3),
-               "voltage": (0x00, "f32", 10, 1), "current": (0x06, "f32", 1000, 1),
-               "power": (0x34, "f32", 1, 1),
-               "import": (0x48, "f32", 1000, 1), "export": (0x4A, "f32", 1000, 1)}
-_EASTRON_1P = {"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 1, "serial": (0xFC00, "u32", 3),
-               "voltage": (0x00, "f32", 10, 1), "current": (0x06, "f32", 1000, 1),
-               "power": (0x0C, "f32", 1, 1),
-               "import": (0x48, "f32", 1000, 1), "export": (0x4A, "f32", 1000, 1)}
-
-MAPS = {
-    "sdm630": _EASTRON_3P,
-    "sdm120": _EASTRON_1P,
-    "sdm230": _EASTRON_1P,
+# The built-in maps: (names, spec), the spec as (key, value) pairs of the custom map's JSON
+# object. Constant tuples throughout, so a frozen image keeps them in flash (no RAM);
+# load_map() turns the one the station uses into a MeterMap. (Addresses above 8191 are
+# long ints in flash: only load_map's validation reads them, and MeterMap's items are
+# computed, small ints.)
+MAPS = (
+    # Eastron SDM: input registers, float32 ABCD in V, A, W, kWh. "At most 80 registers per
+    # request"; the whole 0x00..0x4F block may be read in one go. The serial number is
+    # holding register 0xFC00 (u32, FC03) on the SDM120/230/630.
+    (("sdm630",),
+     (("fc", 4), ("max_regs", 80), ("max_gap", 80), ("phases", 3),
+      ("serial", (0xFC00, "u32", 3)),
+      ("voltage", (0x00, "f32", 10, 1)), ("current", (0x06, "f32", 1000, 1)),
+      ("power", (0x34, "f32", 1, 1)),
+      ("import", (0x48, "f32", 1000, 1)), ("export", (0x4A, "f32", 1000, 1)))),
+    (("sdm120", "sdm230"),
+     (("fc", 4), ("max_regs", 80), ("max_gap", 80), ("phases", 1),
+      ("serial", (0xFC00, "u32", 3)),
+      ("voltage", (0x00, "f32", 10, 1)), ("current", (0x06, "f32", 1000, 1)),
+      ("power", (0x0C, "f32", 1, 1)),
+      ("import", (0x48, "f32", 1000, 1)), ("export", (0x4A, "f32", 1000, 1)))),
     # ABB B23: holding registers; V x0.1, A x0.01, W x0.01, energy u64 in 0.01 kWh.
     # 125 registers per request; gaps inside one block are readable (uncertain). Serial
     # number: u32 at 0x8900 (uncertain).
-    "abb_b23": {"fc": 3, "max_regs": 125, "max_gap": 16, "phases": 3,
-                "serial": (0x8900, "u32", 3),
-                "voltage": (0x5B00, "u32", 1, 1), "current": (0x5B0C, "u32", 10, 1),
-                "power": (0x5B14, "i32", 1, 100),
-                "import": (0x5000, "u64", 10, 1), "export": (0x5004, "u64", 10, 1)},
+    (("abb_b23",),
+     (("fc", 3), ("max_regs", 125), ("max_gap", 16), ("phases", 3),
+      ("serial", (0x8900, "u32", 3)),
+      ("voltage", (0x5B00, "u32", 1, 1)), ("current", (0x5B0C, "u32", 10, 1)),
+      ("power", (0x5B14, "i32", 1, 100)),
+      ("import", (0x5000, "u64", 10, 1)), ("export", (0x5004, "u64", 10, 1)))),
     # Carlo Gavazzi EM340: input registers, int32 low word first; 0.1 V, mA, 0.1 W,
     # 0.1 kWh. Request size limit (uncertain): 50.
-    "em340": {"fc": 4, "max_regs": 50, "max_gap": 50, "phases": 3,
-              "voltage": (0x00, "i32_cdab", 1, 1), "current": (0x0C, "i32_cdab", 1, 1),
-              "power": (0x28, "i32_cdab", 1, 10),
-              "import": (0x34, "i32_cdab", 100, 1), "export": (0x4E, "i32_cdab", 100, 1)},
+    (("em340",),
+     (("fc", 4), ("max_regs", 50), ("max_gap", 50), ("phases", 3),
+      ("voltage", (0x00, "i32_cdab", 1, 1)), ("current", (0x0C, "i32_cdab", 1, 1)),
+      ("power", (0x28, "i32_cdab", 1, 10)),
+      ("import", (0x34, "i32_cdab", 100, 1)), ("export", (0x4E, "i32_cdab", 100, 1)))),
     # Phoenix Contact EEM-350-D-MCB: as the EM340, no export register (uncertain limits).
-    "eem350": {"fc": 4, "max_regs": 50, "max_gap": 50, "phases": 3,
-               "voltage": (0x00, "i32_cdab", 1, 1), "current": (0x0C, "i32_cdab", 1, 1),
-               "power": (0x28, "i32_cdab", 1, 10),
-               "import": (0x3E, "i32_cdab", 100, 1)},
+    (("eem350",),
+     (("fc", 4), ("max_regs", 50), ("max_gap", 50), ("phases", 3),
+      ("voltage", (0x00, "i32_cdab", 1, 1)), ("current", (0x0C, "i32_cdab", 1, 1)),
+      ("power", (0x28, "i32_cdab", 1, 10)),
+      ("import", (0x3E, "i32_cdab", 100, 1)))),
     # ORNO WE-516/517: holding registers, float32 ABCD; power in kW (uncertain limits).
-    "orno_we516": {"fc": 3, "max_regs": 40, "max_gap": 8, "phases": 3,
-                   "voltage": (0x0E, "f32", 10, 1), "current": (0x16, "f32", 1000, 1),
-                   "power": (0x1C, "f32", 1000, 1),
-                   "import": (0x0108, "f32", 1000, 1), "export": (0x0110, "f32", 1000, 1)},
-}
+    (("orno_we516",),
+     (("fc", 3), ("max_regs", 40), ("max_gap", 8), ("phases", 3),
+      ("voltage", (0x0E, "f32", 10, 1)), ("current", (0x16, "f32", 1000, 1)),
+      ("power", (0x1C, "f32", 1000, 1)),
+      ("import", (0x0108, "f32", 1000, 1)), ("export", (0x0110, "f32", 1000, 1)))),
+)
 
 BUILTIN_NAMES = ("sdm630", "sdm120", "sdm230", "abb_b23", "em340", "eem350", "orno_we516")
 
@@ -168,6 +176,23 @@ class MeterMapError(ValueError):
     pass
 
 
+def encoding(name):
+    """(code, registers) of the encoding called `name`; None when there is none."""
+    for enc in ENCODINGS:
+        if enc[0] == name:
+            return enc[1], enc[2]
+    return None
+
+
+def map_spec(name):
+    """The built-in map `name` as a dict of the custom map's shape (a new dict, the
+    caller's to change); None for an unknown name."""
+    for row in MAPS:
+        if name in row[0]:
+            return dict(row[1])
+    return None
+
+
 def _err(msg):
     return MeterMapError("meter map: " + msg)
 
@@ -182,14 +207,14 @@ def _field(name, spec):
     addr, enc, mul, div = spec
     if not _is_int(addr) or addr < 0 or addr > 0xFFFF:
         raise _err("'%s' address must be an integer 0..65535" % name)
-    if not isinstance(enc, str) or enc not in ENCODINGS:
+    coding = encoding(enc) if isinstance(enc, str) else None
+    if coding is None:
         raise _err("'%s' encoding '%s' unknown (one of %s)"
-                   % (name, enc, ", ".join(sorted(ENCODINGS))))
+                   % (name, enc, ", ".join(e[0] for e in ENCODINGS)))
     if not _is_int(mul) or not _is_int(div) or mul < 1 or div < 1 \
             or mul > 1000000 or div > 1000000:
         raise _err("'%s' mul and div must be integers 1..1000000" % name)
-    code, width = ENCODINGS[enc]
-    return addr, code, width, mul, div
+    return addr, coding[0], coding[1], mul, div
 
 
 def _limit(spec, key, low, high):
@@ -213,10 +238,12 @@ def _serial(spec):
         raise _err("'serial' encoding must be one of %s" % ", ".join(_SERIAL_ENCODINGS))
     if not _is_int(fc) or (fc != 3 and fc != 4):
         raise _err("'serial' fc must be 3 or 4")
-    code, width = ENCODINGS[enc]
+    code, width = encoding(enc)
     if addr + width > 0x10000:
         raise _err("'serial' runs past register 65535")
-    return fc, addr, code, width
+    # Frozen, a built-in map's address over 8191 is a long int in flash: one that is
+    # computed with on every serial read must be a small int (compat.small_int).
+    return fc, small_int(addr), code, width
 
 
 class MeterMap:
@@ -242,11 +269,12 @@ class MeterMap:
         if self.phases == 2:
             raise _err("'phases' must be 1 or 3")
         items = []
-        for fname in _FIELDS:
+        for f in range(len(_FIELDS)):
+            fname = _FIELDS[f]
             if fname not in spec:
                 continue
             addr, code, width, mul, div = _field(fname, spec[fname])
-            q = _FIELD_QUANTITY[fname]
+            q = _FIELD_QUANTITY[f]
             n = self.phases if fname in ("voltage", "current") else 1
             for k in range(n):
                 # L2, L3 one value further each, per the meters' sheets.
@@ -420,7 +448,7 @@ def load_map(name, custom_json=""):
         except ValueError:
             raise _err("meter_custom_map is not valid JSON")
         return MeterMap("custom", spec)
-    spec = MAPS.get(name)
+    spec = map_spec(name)
     if spec is None:
         raise _err("unknown meter '%s' (one of %s, custom)" % (name, ", ".join(BUILTIN_NAMES)))
     return MeterMap(name, spec)

@@ -152,7 +152,7 @@ class Case:
 
     def clear_all(self, remote):
         fs = self.r.ch.faults
-        for f in F.FAULTS:
+        for f in F.all_faults():
             if not fs.is_active(f.code):
                 continue
             present = fs.is_present(f.code)
@@ -268,7 +268,7 @@ class Case:
         latched = ch.faults.latched()
         gone = self.prev_latched & ~latched
         if gone:
-            for f in F.FAULTS:
+            for f in F.all_faults():
                 if gone >> f.code & 1:
                     _check(f.clearing == F.UNPLUG
                            and self.since_ev_a <= cfg["pilot_confirm_n"],

@@ -33,7 +33,7 @@ def table():
         "| code | name | stops charging | clears | remote clear | OCPP errorCode | what it means |",
         "|---:|---|---|---|---|---|---|",
     ]
-    for f in sorted(faults.FAULTS, key=lambda f: f.code):
+    for f in sorted(faults.all_faults(), key=lambda f: f.code):
         lines.append("| %d | %s | %s | %s | %s | %s | %s |" % (
             f.code, f.name, "yes" if f.blocking else "no (warning)", _clearing(f),
             "yes" if f.remote_clear else "no", f.ocpp, f.text.replace("|", "/")))

@@ -601,7 +601,7 @@ class ServiceMode(DiagCase):
 class Formatting(unittest.TestCase):
     def test_fault_table_texts_wrap_inside_80_columns(self):
         from firmware import diagfmt
-        lines = diagfmt.fault_lines([f.code for f in faults.FAULTS], [], 0, lambda a, b: a - b)
+        lines = diagfmt.fault_lines([f.code for f in faults.all_faults()], [], 0, lambda a, b: a - b)
         self.assertTrue(all(len(ln) <= WIDTH for ln in lines))
         self.assertIn("  CONTACTOR_WELDED  (OCPP PowerSwitchFailure)", lines)
         self.assertIn("(on site only)", "\n".join(lines))

@@ -5,9 +5,9 @@ from firmware import faults
 from firmware.compat import TICKS_MAX, ticks_add
 from firmware.events import EV_FAULT_CLEARED, EV_FAULT_RAISED, EventRing
 from firmware.faults import (
-    AUTO, BACKEND_OFFLINE, CONTACTOR_WELDED, CP_SHORT, DIODE_FAULT, FAULTS, INTERNAL_ERROR,
-    MANUAL, OVERCURRENT, PILOT_FAULT, RCD_TRIPPED, UNPLUG, FaultError, FaultSet, by_code,
-    by_name)
+    AUTO, BACKEND_OFFLINE, CONTACTOR_WELDED, CP_SHORT, DIODE_FAULT, INTERNAL_ERROR,
+    MANUAL, OVERCURRENT, PILOT_FAULT, RCD_TRIPPED, UNPLUG, FaultError, FaultSet, all_faults,
+    by_code, by_name)
 
 OCPP_1_6_ERROR_CODES = (
     "ConnectorLockFailure", "EVCommunicationError", "GroundFailure", "HighTemperature",
@@ -30,13 +30,13 @@ class TheTable(unittest.TestCase):
             self.assertEqual(by_code(code).name, name)
 
     def test_codes_are_unique_and_fit_a_small_int_mask(self):
-        codes = [f.code for f in FAULTS]
+        codes = [f.code for f in all_faults()]
         self.assertEqual(len(codes), len(set(codes)))
         for c in codes:
             self.assertTrue(0 < c < 30, c)
 
     def test_rows_are_complete(self):
-        for f in FAULTS:
+        for f in all_faults():
             self.assertIn(f.ocpp, OCPP_1_6_ERROR_CODES)
             self.assertNotEqual(f.ocpp, "NoError")
             self.assertIn(f.clearing, (AUTO, UNPLUG, MANUAL))
@@ -44,6 +44,20 @@ class TheTable(unittest.TestCase):
             self.assertTrue(f.blocking is True or f.blocking is False)
             self.assertTrue(f.remote_clear is True or f.remote_clear is False)
             self.assertTrue(f.auto_clear_ms >= 0)
+
+    def test_masks_follow_the_rows(self):
+        blocking = latched = 0
+        for f in all_faults():
+            self.assertEqual(by_code(f.code).name, f.name)
+            self.assertEqual(by_name(f.name).code, f.code)
+            if f.blocking:
+                blocking |= 1 << f.code
+            if f.clearing != AUTO:
+                latched |= 1 << f.code
+        self.assertEqual(faults.BLOCKING_MASK, blocking)
+        self.assertEqual(faults.LATCHED_MASK, latched)
+        self.assertEqual(faults.names(latched)[:2], ["DIODE_FAULT", "RCD_TRIPPED"])
+        self.assertEqual(len(all_faults()), len(REQUIRED))
 
     def test_safety_faults_follow_the_standard(self):
         # Residual current and diode faults latch until unplug; a welded contactor needs a
@@ -60,7 +74,9 @@ class TheTable(unittest.TestCase):
     def test_unknown_lookups_are_errors(self):
         self.assertRaises(FaultError, by_name, "NO_SUCH")
         self.assertRaises(FaultError, by_code, 0)
+        self.assertRaises(FaultError, by_code, 20)
         self.assertRaises(FaultError, by_code, 29)
+        self.assertRaises(FaultError, by_code, "1")
         self.assertRaises(FaultError, by_code, 99)
         self.assertTrue(issubclass(FaultError, ValueError))
 

@@ -86,7 +86,7 @@ class TestCodec(unittest.TestCase):
         self.assertEqual(decode_value(bytes([0, 0, 0, 149]), 0, meters.ENC_I32, 1, 100), 1)
 
     def test_encode_is_the_inverse(self):
-        for name, (code, _w) in meters.ENCODINGS.items():
+        for name, code, _w in meters.ENCODINGS:
             for value, mul, div in ((1234, 1, 1), (-55, 1, 1), (12340, 10, 1), (7, 1, 100)):
                 if value < 0 and name.startswith("u"):
                     continue
@@ -132,6 +132,26 @@ class TestMaps(unittest.TestCase):
         for name in BUILTIN_NAMES:
             m = load_map(name)
             self.assertEqual(decode_all(m, values)[meters.POWER], -3500, name)
+
+    def test_every_builtin_name_has_one_map(self):
+        names = []
+        for row in meters.MAPS:
+            names.extend(row[0])
+        self.assertEqual(sorted(names), sorted(BUILTIN_NAMES))
+        self.assertIsNone(meters.map_spec("custom"))
+        self.assertEqual(meters.map_spec("sdm120"), meters.map_spec("sdm230"))
+        self.assertEqual(load_map("sdm230").name, "sdm230")
+
+    def test_map_spec_is_a_fresh_dict(self):
+        spec = meters.map_spec("em340")
+        spec["max_regs"] = 4
+        self.assertEqual(meters.map_spec("em340")["max_regs"], 50)
+        self.assertEqual(load_map("em340").max_regs, 50)
+
+    def test_encodings_by_name(self):
+        self.assertEqual(meters.encoding("u64"), (meters.ENC_U64, 4))
+        self.assertEqual(meters.encoding("f32_cdab"), (meters.ENC_F32_CDAB, 2))
+        self.assertIsNone(meters.encoding("f64"))
 
     def test_register_layout_per_sheet(self):
         # First register of each quantity, as the vendors' sheets give them.
@@ -201,7 +221,7 @@ class TestPollPlan(unittest.TestCase):
         self.assertEqual(m.plan_bytes(), 13 + 28 + 13 + 4)
 
     def test_the_meter_limits_bind_the_plan_not_the_minimum(self):
-        spec = dict(meters.MAPS["abb_b23"])
+        spec = meters.map_spec("abb_b23")
         spec["max_regs"] = 10
         m = meters.MeterMap("small", spec)
         self.assertTrue(len(m.plan) > 2)
@@ -218,7 +238,7 @@ class TestPollPlan(unittest.TestCase):
                 self.assertTrue(c <= m.max_regs)
 
     def test_gaps_are_bridged_only_when_the_map_allows(self):
-        spec = dict(meters.MAPS["sdm630"])
+        spec = meters.map_spec("sdm630")
         spec["max_gap"] = 0
         m = meters.MeterMap("strict", spec)
         self.assertEqual([(s, c) for s, c, _a, _b in m.plan],
@@ -226,7 +246,7 @@ class TestPollPlan(unittest.TestCase):
         self.assertEqual(m.plan_bytes(), 3 * 13 + 2 * 18)
 
     def test_request_size_limit_splits(self):
-        spec = dict(meters.MAPS["sdm630"])
+        spec = meters.map_spec("sdm630")
         spec["max_regs"] = 10
         m = meters.MeterMap("small", spec)
         for s, c, _a, _b in m.plan:

@@ -145,7 +145,7 @@ for _s in SCENARIOS:
 
 
 def _latched_codes():
-    return sorted(f.code for f in F.FAULTS if f.clearing != F.AUTO)
+    return sorted(f.code for f in F.all_faults() if f.clearing != F.AUTO)
 
 
 class Sequence:

@@ -295,7 +295,7 @@ class Record(unittest.TestCase):
     def test_restore_makes_only_latched_faults_active_without_events(self):
         fs = FaultSet()
         everything = 0
-        for f in F.FAULTS:
+        for f in F.all_faults():
             everything |= 1 << f.code
         new = fs.restore(everything, 0, 7)
         self.assertEqual(new, F.LATCHED_MASK)

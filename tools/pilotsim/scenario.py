@@ -289,10 +289,10 @@ def _state_names():
 
 def _fault_names():
     try:
-        from firmware.faults import FAULTS as F
+        from firmware.faults import all_faults
     except ImportError:
         return None
-    return tuple(f.name for f in F)
+    return tuple(f.name for f in all_faults())
 
 
 def _distance(a, b):
