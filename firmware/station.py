@@ -130,7 +130,8 @@ class Station:
         self.link = None
         if self.cfg["mqtt_host"]:
             from firmware.mqtt_link import MqttLink
-            self.link = MqttLink(self.cfg, self.cfg["station_id"], self.outbox, self)
+            self.link = MqttLink(self.cfg, self.cfg["station_id"], self.outbox, self,
+                                 quiet=self._may_stall)
         self._fallback = False
         self._undelivered = []         # (kind, record) the outbox could not store yet
 
@@ -250,6 +251,11 @@ class Station:
         b.set_led(c.led)
         b.feed_watchdog()
 
+    def _may_stall(self):
+        # Work that holds the CPU for long (a TLS handshake) runs only with the contactor
+        # open: then no Annex A reaction is owed within the tick (docs/architecture.md).
+        return not self.charger.contactor
+
     def _sense(self):
         b = self.board
         c = self.charger
@@ -299,11 +305,6 @@ class Station:
 
     def run(self):
         board = self.board
-        if self.link is not None and self.cfg["mqtt_host"]:
-            try:
-                self.link.resolve()    # the one blocking DNS lookup, before charging starts
-            except Exception as e:      # noqa: BLE001 - retried by the link's own steps
-                self._queue_event({"type": "dns_error", "error": str(e)})
         while True:
             start = board.ticks_ms()
             self.step()
