@@ -40,7 +40,8 @@ def would_block(e):
 
 class Conn:
     """One connection. `ai` is a getaddrinfo() entry (firmware/resolver.py caches it);
-    `sf` is the socket module or a test's stand-in for it.
+    `sf` is the socket module or a stand-in for it (tools/bench_net.py: one with its own
+    poll(), as select.poll takes only real sockets).
 
     connected() -> True once TCP is up (then start_tls() when wanted);
     fill() -> bytes read into `buf` (`n` of them valid from index 0); drop(k) consumes k;
@@ -67,7 +68,7 @@ class Conn:
             if not would_block(e):
                 raw.close()
                 raise
-        self._poller = select.poll()
+        self._poller = getattr(sf, "poll", select.poll)()
         self._poller.register(raw, select.POLLOUT)
 
     def connected(self):
