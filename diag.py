@@ -194,6 +194,7 @@ def help():
            "  set(key, value)     validate, store and apply one setting -> True/False",
            "  counters()          lifetime counters",
            "  service(on=True)    service mode on (or off) and restart",
+           "  bringup()           guided new-board check, ticket line -> True/False",
            "Return None unless an arrow says otherwise. Docs: docs/diagnostics.md"])
 
 
@@ -669,6 +670,13 @@ def selftest(connector_parked=False):
     echo("  %d passed, %d failed, %d refused, %d skipped; contactor open" % (
         tally["PASS"], tally["FAIL"], tally["REFUSED"], tally["SKIP"]))
     return tally["FAIL"] == 0
+
+
+def bringup(ask=input):
+    """The guided check of a new board (drivers/bringup.py, docs/hardware.md)."""
+    import sys
+    from drivers import bringup as _b
+    return _b.run(_context(), echo, ask, sys.modules[__name__])
 
 
 # -- service mode -----------------------------------------------------------------------------
