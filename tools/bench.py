@@ -555,7 +555,7 @@ def part_net(tmp, quick):
     storage = os.path.join(tmp, "net")
     os.makedirs(storage, exist_ok=True)
     run = {"storage": storage, "states": list(bench_net.STATES),
-           "trials": 2 if quick else 6, "settle_ms": 4000 if quick else 8000}
+           "trials": 2 if quick else 6, "settle_ms": 500 if quick else 8000}
     path = os.path.join(tmp, "run-net.json")
     with open(path, "w") as f:
         json.dump(run, f)
