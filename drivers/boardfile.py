@@ -291,7 +291,7 @@ def loads(text):
     except ValueError:
         raise BoardFileError("board file: not valid JSON")
     except (RuntimeError, MemoryError):   # CPython's RecursionError is a RuntimeError
-        raise BoardFileError("board file: too large or nested too deeply")
+        raise BoardFileError("board file: too large or nested too deeply for the free heap")
     return validate(raw)
 
 
@@ -305,5 +305,5 @@ def load(path="/board.json"):
     except OSError:
         raise BoardFileError("board file: cannot read %s" % path)
     except MemoryError:
-        raise BoardFileError("board file: %s is too large" % path)
+        raise BoardFileError("board file: %s does not fit the free heap" % path)
     return loads(data)

@@ -14,6 +14,13 @@ TICKS_MAX = TICKS_PERIOD - 1
 _TICKS_HALF = TICKS_PERIOD // 2
 
 try:
+    from gc import mem_free  # noqa: F401
+except ImportError:
+    def mem_free():
+        # CPython has no fixed heap to run out of.
+        return 1 << 30
+
+try:
     from micropython import const  # noqa: F401
 except ImportError:
     def const(value):

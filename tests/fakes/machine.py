@@ -234,11 +234,18 @@ class Sim:
 
     def __init__(self):
         self.clock = _Clock(self)
-        self._ev_t = array.array("q", [0] * _MAX_EVENTS)
-        self._ev_v = array.array("q", [0] * _MAX_EVENTS)
-        self._ev_k = array.array("h", [0] * _MAX_EVENTS)
-        self._ev_p = array.array("h", [0] * _MAX_EVENTS)
+        # The event log is allocated at its first entry, with this many slots (20 bytes
+        # each): a heap test at an ESP32's size sets it small before anything runs.
+        self.log_capacity = _MAX_EVENTS
+        self._ev_t = None
         self.reset()
+
+    def _alloc_log(self):
+        n = self.log_capacity
+        self._ev_t = array.array("q", [0] * n)
+        self._ev_v = array.array("q", [0] * n)
+        self._ev_k = array.array("h", [0] * n)
+        self._ev_p = array.array("h", [0] * n)
 
     # -- lifecycle ---------------------------------------------------------------------
     def reset(self):
@@ -409,7 +416,9 @@ class Sim:
 
     def _log(self, kind, pin, value):
         n = self._n
-        if n >= _MAX_EVENTS:
+        if self._ev_t is None:
+            self._alloc_log()
+        if n >= self.log_capacity:
             self.log_overflow = True
             return
         self._ev_t[n] = self.now_us

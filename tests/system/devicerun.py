@@ -3,7 +3,8 @@ machine in simulated time, and print what happened as one JSON line:  DEVICERUN 
 
 Usage (cwd = the device's filesystem root, a temp dir holding board.json):
     micropython tests/system/devicerun.py REPO_ROOT SCENARIO_FILE
-(a file, because the unix port aborts on very long arguments). SCENARIO keys: reset_cause (int), inputs {pin: level}, adc {pin: mV}, station {module
+(a file, because the unix port aborts on very long arguments). SCENARIO keys: brief (report only outcome, faults, contactor history, its level, resets and
+crashes: what fits a small heap), log_events (slots of the fake's event log, default 8192), reset_cause (int), inputs {pin: level}, adc {pin: mV}, station {module
 globals of standin_station}, use_standin (default true: the stand-in station; false: the
 real firmware.station), run_ms (end the run at this simulated time), ev [[t_ms, state,
 pp_ohms], ...] (an EV per IEC 61851-1 on the reference board's front ends: state "A".."D"
@@ -26,6 +27,7 @@ root = sys.argv[1]
 with open(sys.argv[2]) as _f:
     scenario = json.load(_f)
 
+sim.log_capacity = scenario.get("log_events", sim.log_capacity)
 sim.reset()
 sim.reset_cause = scenario.get("reset_cause", machine.PWRON_RESET)
 sim.rtc_memory = scenario.get("rtc_memory", "").encode()
@@ -95,13 +97,38 @@ except standin_station.StopRun:
     outcome = "stopped"
 except machine.SimulationEnd:
     outcome = "time up"
+except MemoryError:
+    # Out of heap outside main.py's crash path (boot.py, or main.py before its guard): the
+    # port prints the traceback and drops to the REPL with the pins as they are.
+    outcome = "repl"
 
+_faults = None
+if not scenario.get("use_standin", True):
+    try:
+        from firmware import station as _station
+        if _station.current is not None:
+            _faults = _station.current.faults.active_names()
+            _station.current = None
+    except MemoryError:
+        _faults = ["?"]
+g.clear()          # the device's objects go: the report must fit what a small heap has left
 gc.collect()
 _heap_after = gc.mem_alloc()
+
+if scenario.get("brief"):
+    # What a heap test needs, written piece by piece.
+    print("DEVICERUN " + json.dumps({"outcome": outcome, "faults": _faults}))
+    print("DEVICERUN+ " + json.dumps({"contactor": sim.history(26)}))
+    print("DEVICERUN+ " + json.dumps({"levels": {"26": sim.level(26)},
+                                      "reset_count": sim.reset_count,
+                                      "wdt_expired": sim.wdt_expired,
+                                      "crashes": bootinfo.crashes}))
+    sys.exit(0)
 
 print("DEVICERUN " + json.dumps({
     "outcome": outcome,
     "heap_used": _heap_after - _heap_before,
+    "faults": _faults,
     "events": [list(e) for e in sim.events()],
     "now_us": sim.now_us,
     "reset_count": sim.reset_count,

@@ -26,7 +26,7 @@ def reference():
         return json.load(f)
 
 
-def run_device(fsroot, scenario=None, board=None):
+def run_device(fsroot, scenario=None, board=None, heap=None):
     if board is not None:
         with open(os.path.join(fsroot, "board.json"), "w") as f:
             json.dump(board, f)
@@ -36,12 +36,17 @@ def run_device(fsroot, scenario=None, board=None):
         json.dump(scenario or {}, f)
     env = micropython_env()
     env["MICROPYPATH"] = HERE + ":" + env["MICROPYPATH"]
-    r = subprocess.run([MICROPYTHON, os.path.join(HERE, "devicerun.py"), ROOT, scenario_file],
+    heap_arg = ["-X", "heapsize=" + heap] if heap else []
+    r = subprocess.run([MICROPYTHON] + heap_arg + [os.path.join(HERE, "devicerun.py"), ROOT,
+                                                   scenario_file],
                        cwd=fsroot, env=env, capture_output=True, text=True, timeout=60)
     out = r.stdout + r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("DEVICERUN ")]
     assert lines, out
     result = json.loads(lines[-1][len("DEVICERUN "):])
+    for ln in r.stdout.splitlines():
+        if ln.startswith("DEVICERUN+ "):
+            result.update(json.loads(ln[len("DEVICERUN+ "):]))
     result["stdout"] = out
     return result
 

@@ -6,6 +6,7 @@
 # compared with the port's own boards. Runs on CPython and the unix port.
 import json
 import os
+import sys
 import unittest
 
 
@@ -266,7 +267,10 @@ class BoardDefinition(unittest.TestCase):
         self.assertIn("firmware", packages)
         self.assertIn("drivers", packages)
         for p in packages:
-            self.assertTrue(_exists(ROOT + "/" + p + "/__init__.py"), p)
+            if sys.implementation.name == "micropython":
+                __import__(p)   # the stand-in runs in a tree without them: they are frozen
+            else:
+                self.assertTrue(_exists(ROOT + "/" + p + "/__init__.py"), p)
         # The port's own modules (_boot.py, inisetup: the filesystem) stay in the image.
         self.assertIn('include("$(PORT_DIR)/boards/manifest.py")', text)
         for variant in variants():

@@ -29,6 +29,19 @@ def run(master, clock, limit_ms=5000, step_ms=1):
 class TestCrc(unittest.TestCase):
     def test_reference_vectors(self):
         self.assertEqual(crc16(b"123456789"), 0x4B37)
+
+    def test_the_table_is_the_polynomial(self):
+        # The two tables in flash against the bitwise CRC, byte for byte.
+        def bitwise(data):
+            crc = 0xFFFF
+            for b in data:
+                crc ^= b
+                for _ in range(8):
+                    crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+            return crc
+        for n in range(256):
+            self.assertEqual(crc16(bytes([n])), bitwise(bytes([n])), n)
+            self.assertEqual(crc16(bytes([n, 255 - n, 7])), bitwise(bytes([n, 255 - n, 7])), n)
         c = crc16(bytes([0x01, 0x03, 0x00, 0x00, 0x00, 0x0A]))
         self.assertEqual(bytes([c & 0xFF, c >> 8]), bytes([0xC5, 0xCD]))
         c = crc16(bytes([0x01, 0x04, 0x00, 0x00, 0x00, 0x02]))

@@ -683,3 +683,44 @@ class ServiceGuardAndCommands(unittest.TestCase):
         self.assertIsNone(st.sessions.active)
         recs = [x.data for x in held_records(st, KIND_SESSION)]
         self.assertEqual([x["stop_reason"] for x in recs], ["ev_unplugged"])
+
+
+class FakeGc:
+    """Stands for the gc module: reports `free` bytes and counts collections."""
+
+    def __init__(self, free):
+        self.free = free
+        self.collected = 0
+
+    def mem_free(self):
+        return self.free
+
+    def collect(self):
+        self.collected += 1
+
+
+class CollectAheadOfNeed(unittest.TestCase):
+    # The collector runs between iterations once free heap is low, not only when an
+    # allocation fails (a non-compacting heap of 56 KB fragments otherwise).
+    def run_with(self, free):
+        from firmware import station as station_module
+        r = Rig()
+        fake = FakeGc(free)
+        real = station_module.gc, station_module.mem_free
+        station_module.gc, station_module.mem_free = fake, fake.mem_free
+        try:
+            r.run(100)
+        finally:
+            station_module.gc, station_module.mem_free = real
+        return r.station, fake
+
+    def test_low_free_heap_collects_after_every_iteration(self):
+        st, fake = self.run_with(4 * 1024)
+        self.assertEqual(fake.collected, 10)
+        self.assertEqual(st.collections, 10)
+        self.assertEqual(st.diagnostics()["collections"], 10)
+
+    def test_plenty_of_free_heap_leaves_the_collector_alone(self):
+        st, fake = self.run_with(40 * 1024)
+        self.assertEqual(fake.collected, 0)
+        self.assertEqual(st.collections, 0)
