@@ -53,7 +53,9 @@ class Resolver:
         self.port = port
         self.socktype = socktype
         self._gai = getaddrinfo
-        self._spawn = _default_spawn() if spawn == -1 else spawn
+        if spawn == -1:
+            spawn = _default_spawn()
+        self._spawn = spawn if callable(spawn) else None     # None: inline
         self.retry_ms = retry_ms
         self.max_age_ms = max_age_ms
         self.literal = is_ipv4(host)

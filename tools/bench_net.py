@@ -58,8 +58,11 @@ class Stall:
         self.control = _ident()
         self.control_ms = 0            # blocking charged to the control thread
         self.closed = False
+        self.in_worker = False         # SimSpawn runs a job: its time is not the loop's
 
     def block(self, ms):
+        if self.in_worker:
+            return
         if _ident() == self.control:
             self.control_ms += ms
             if self.simulated:
@@ -68,6 +71,29 @@ class Stall:
         start = self.board.ticks_ms()
         while not self.closed and ticks_diff(self.board.ticks_ms(), start) < ms:
             time.sleep_ms(1) if hasattr(time, "sleep_ms") else time.sleep(0.001)
+
+
+class SimSpawn:
+    """spawn() in simulated time (deterministic tests): a lookup started at t completes at
+    t + DNS_MS of the board's clock, at the first sleep from then on, and costs the loop
+    nothing. The benchmark uses real threads (_thread) instead."""
+
+    def __init__(self, stall):
+        self.stall = stall
+        self.jobs = []
+
+    def __call__(self, fn, args):
+        self.jobs.append((self.stall.board.now_ms + DNS_MS, fn, args))
+
+    def run_due(self):
+        now = self.stall.board.now_ms
+        for job in [j for j in self.jobs if j[0] <= now]:
+            self.jobs.remove(job)
+            self.stall.in_worker = True
+            try:
+                job[1](*job[2])
+            finally:
+                self.stall.in_worker = False
 
 
 class _Poller:
@@ -277,6 +303,12 @@ class NetBoard(SimBoard):
         SimBoard.__init__(self, **kw)
         self.wifi = None
         self.opened_at = None           # ticks_ms of the last "open" coil command
+        self.sim_spawn = None
+
+    def sleep_ms(self, ms):
+        SimBoard.sleep_ms(self, ms)
+        if self.sim_spawn is not None:
+            self.sim_spawn.run_due()
 
     def set_contactor(self, closed):
         if not closed and self.contactor_cmd:
@@ -300,9 +332,13 @@ class _Wlan:
 
 
 def build(storage, state, board=None, simulated=True, spawn=-1, host="broker.example"):
-    """(station, board, net, stall): a Station charging-ready under network `state`."""
+    """(station, board, net, stall): a Station charging-ready under network `state`.
+    spawn: how names are looked up (-1: SimSpawn when simulated, else _thread; None:
+    inline, on the loop)."""
     b = board if board is not None else NetBoard()
     stall = Stall(b, simulated)
+    if simulated and spawn == -1:
+        spawn = b.sim_spawn = SimSpawn(stall)
     net = FakeNet(stall, state)
     tls = state in ("tls_silent", "tls_slow")
     cfg = {"mqtt_host": host, "mqtt_port": 8883 if tls else 1883,

@@ -65,8 +65,34 @@ class ContactorOpensWhateverTheNetworkDoes(unittest.TestCase):
         self.assertEqual(r["tls_handshakes"], 1)
         self.assertEqual(r["control_blocked_ms"], 2000)
         self.assertEqual(r["loop_stall_ms_max_contactor_open"], 2000)
-        self.assertTrue(r["mqtt"]["tls_deferred"] > 100)
         self.assertEqual(r["mqtt"]["state"], "online")
+
+    def test_a_tls_handshake_due_while_charging_waits_for_the_contactor_to_open(self):
+        st, b, net, stall = bench_net.build(Store("/data", PowerCutFs()), "tls_slow")
+        bench_net._charge(b)
+
+        def step():
+            st.step()
+            b.sleep_ms(TICK)
+
+        # The name resolves at 5 s (in the background); the contactor closed long before.
+        while b.now_ms < 8000:
+            step()
+        self.assertTrue(b.contactor_cmd)
+        self.assertTrue(st.link.tls_deferred > 100)
+        self.assertEqual(st.link._tls_ctx.handshakes, 0)
+        self.assertEqual(stall.control_ms, 0)
+        bench_net._unplug(b)
+        t0 = b.now_ms
+        while b.contactor_cmd:
+            step()
+        self.assertTrue(b.opened_at - t0 <= TICK)
+        # Now the 2 s of crypto run, and the link comes up.
+        for _ in range(300):
+            step()
+        self.assertEqual(st.link._tls_ctx.handshakes, 1)
+        self.assertEqual(stall.control_ms, 2000)
+        self.assertTrue(st.link.online)
 
     def test_half_open_connection(self):
         r = _run("half_open")
@@ -159,6 +185,19 @@ class ResolverCache(unittest.TestCase):
         r.refresh()
         self.assertEqual(r.get(5003), self.answer[0])
         self.assertEqual(len(spawn.jobs), 1)
+
+    def test_a_real_thread_looks_the_name_up(self):
+        import time
+        r = Resolver("broker.example", 1883, 1, getaddrinfo=self.gai)
+        got = None
+        for i in range(500):
+            got = r.get(i)
+            if got is not None:
+                break
+            time.sleep(0.002)
+        self.assertEqual(got, self.answer[0])
+        self.assertEqual(self.calls, ["broker.example"])
+        self.assertFalse(r.busy)
 
     def test_ipv4_literals(self):
         for ok in ("1.2.3.4", "255.255.255.255", "10.0.0.1"):
