@@ -6,7 +6,7 @@ MPY     := .venv/bin/micropython
 PORT    ?= /dev/ttyUSB0
 STAMP   := build/.setup
 
-.PHONY: all setup standin test sim bench check deploy firmware flash repl clean
+.PHONY: all setup standin test sim station bench check deploy firmware flash repl clean
 
 all: test
 
@@ -28,9 +28,18 @@ test: $(STAMP)
 	$(PY) tests/run_all.py $(TESTS)
 
 # The firmware on the unix port against the pilot-signal simulator, a simulated meter and
-# (when installed) a real mosquitto, playing the default charging session.
+# (when installed) a real mosquitto, playing the default charging session; the summary
+# names the trace and the picture of the session (build/pilotsim/demo.png).
 sim: $(STAMP)
-	$(PY) -m tools.pilotsim demo $(if $(HEAP),--heap $(HEAP))
+	$(PY) -m tools.pilotsim demo --plot build/pilotsim/demo.png $(if $(HEAP),--heap $(HEAP))
+
+# Virtual stations for backend developers: the firmware on the stand-in in real time, with a
+# simulated EV and meter, on any broker until Ctrl-C (tools/station.py; `help` lists the EV
+# commands). CONFIG=file.json (firmware config keys), ID=first id, N=how many stations,
+# STATION_ARGS=--tls-ca ca.crt --user u --password p ...
+station: $(STAMP)
+	$(PY) -m tools.station $(if $(BROKER),--broker $(BROKER)) $(if $(CONFIG),--config $(CONFIG)) \
+		$(if $(ID),--id $(ID)) $(if $(N),-n $(N)) $(STATION_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench

@@ -14,13 +14,17 @@ Where the data comes from:
 Every function prints text that fits an 80-column terminal. The ones that only show
 something return None; the ones that check or change something return their verdict:
 selftest() -> True (no check failed) / False, scan() -> [addresses that answered],
-set() and clear() -> True (done) / False (refused, nothing changed).
+set(), clear() and service() -> True (done) / False (refused, nothing changed).
+
+Questions: set() asks before it raises a current, service() before it stops a running
+charge (answer y). `ask` (a callable question -> answer) replaces input() in tests.
 
 Safety: the only place that energises the contactor is selftest()'s contactor cycle. It runs
 only while the contactor is open, the pilot reads state A (no EV) on a steady +12 V and
 the PP reads no cable (on a tethered cable, which has no such PP, only when the technician
-confirms the connector is parked: selftest(connector_parked=True)); it samples the pilot again every millisecond while the coil is on,
-opens at once when anything changes, and always leaves the coil off. The live readers
+confirms the connector is parked: selftest(connector_parked=True)) and every check before
+it passed; it samples the pilot again every millisecond while the coil is on, opens at once
+when anything changes, and always leaves the coil off. The live readers
 (pilot(), pp()) only sample. diag runs at the REPL, i.e. while the station's loop is
 stopped; a later station tick drives every output from the charger again.
 """
@@ -30,6 +34,7 @@ from firmware import diagfmt as _fmt
 from firmware.compat import ticks_diff
 
 echo = print            # where lines go (tests collect them)
+ask = None              # callable(question) -> answer; None: input() at the REPL
 board_factory = None    # service mode: callable returning the Board (default: the board file)
 fs_root = None          # service flag directory (default: drivers.bootinfo.root)
 service_store = None    # service mode: the Store (default: Store(board.storage_root()))
@@ -92,6 +97,12 @@ class _Service:
             candidate.update(changes)
         except ConfigError as e:
             return str(e)
+        ceiling = getattr(self.board, "rated_current_ma", None)
+        for k in ("max_current_ma", "comms_fallback_ma"):
+            # The station's guard (firmware/station.py): never above the hardware's rating.
+            if ceiling is not None and k in changes and candidate[k] > ceiling:
+                return "%s: %d above the hardware rating %d (board file rated_current_ma)" \
+                    % (k, candidate[k], ceiling)
         try:
             config_store.save(self.store, candidate)
         except StorageError as e:
@@ -125,6 +136,41 @@ def _emit(lines):
 def _error(text):
     for line in _fmt.wrap(text, "  "):
         echo(line)
+
+
+def _confirm(question):
+    """True when the technician answers yes."""
+    q = question + " [y/N] "
+    try:
+        answer = ask(q) if ask is not None else input(q)
+    except (EOFError, KeyboardInterrupt):
+        answer = ""
+    return str(answer).strip().lower() in ("y", "yes")
+
+
+def _is_bool(v):
+    return v is True or v is False
+
+
+def _is_int(v):
+    return isinstance(v, int) and not _is_bool(v)
+
+
+def _store():
+    st = _station()
+    return st.store if st is not None else _service().store
+
+
+def _stopped_text():
+    bi = _bootinfo()
+    if bi is not None and getattr(bi, "interrupted_stop", False):
+        return "STOPPED (Ctrl-C), contactor open; machine.reset() resumes"
+    return None
+
+
+def _blocking_names(st):
+    from firmware import faults as _faults
+    return _faults.names(st.faults.blocking())
 
 
 # -- live board readings --------------------------------------------------------------------
@@ -181,32 +227,88 @@ def _ev_absent(board, cfg):
 # -- the functions --------------------------------------------------------------------------
 def help():
     _emit([_fmt.header("diag: charge-point diagnostics"),
+           "  why()               why the station does not charge (one sentence)",
            "  status()            overview: state, contactor, faults, meter, backend",
-           "  pilot()             live CP levels (mV) and what they mean",
+           "  version()           firmware, build and MicroPython version",
+           "  pilot()             live CP levels (V) and what they mean",
            "  pp()                live PP resistance and the cable rating",
            "  meter()             last meter reading and bus statistics",
            "  scan(first, last)   Modbus scan, 1..247 by default -> [addresses]",
-           "  faults()            active faults with their text, history",
+           "  faults()            active faults with their text, history (flash)",
            "  clear(name)         clear a fault on site -> True/False",
-           "  events(n)           the n newest charger events",
+           "  events(n)           the n newest events (flash, across reboots)",
+           "  sessions(n)         the n newest charging sessions on flash",
            "  selftest()          RCD test, pilot levels, contactor cycle -> True/False",
            "  config(match)       configuration, secrets masked",
            "  set(key, value)     validate, store and apply one setting -> True/False",
            "  counters()          lifetime counters",
-           "  service(on=True)    service mode on (or off) and restart",
+           "  service(on=True)    service mode on (False: off) and restart -> True/False",
            "  bringup()           guided new-board check, ticket line -> True/False",
            "Return None unless an arrow says otherwise. Docs: docs/diagnostics.md"])
 
 
+def _link_text(link):
+    if link is None:
+        return None
+    s = link.stats()
+    text = s["state"]
+    why = getattr(link, "disabled_reason", None)
+    if why:
+        text += " (will not connect: %s)" % why
+    elif s.get("last_error"):
+        text += " (last error: %s)" % s["last_error"]
+    return text
+
+
+def _wifi_text(board, cfg):
+    if not cfg["wifi_ssid"]:
+        return "not configured (wifi_ssid empty)"
+    w = getattr(board, "wifi", None)
+    if w is None:
+        return "%s: no Wi-Fi on this board" % cfg["wifi_ssid"]
+    try:
+        wlan = w.wlan
+        if not wlan.isconnected():
+            return "%s: not connected (%d attempts)" % (w.ssid, w.attempts)
+        ip = wlan.ifconfig()[0]
+        try:
+            rssi = "%d dBm" % wlan.status("rssi")
+        except Exception:
+            rssi = "RSSI unknown"
+        return "%s: %s, %s" % (w.ssid, ip, rssi)
+    except Exception as e:      # a driver without these calls: say so, do not fail
+        return "%s: %s" % (cfg["wifi_ssid"], e)
+
+
+def _clock_text(board):
+    t = board.wall_time()
+    if t is None:
+        return "not set (times are boot number + uptime)"
+    return _fmt.utc_text(t) + " UTC"
+
+
+def _crash_line(board):
+    # The ESP32 board reads drivers.bootinfo's crash file; the simulator's its own record.
+    crash = board.last_crash()
+    if crash:
+        return crash.strip().split("\n")[-1]
+    return None
+
+
 def status():
+    from firmware.config import warnings
+    from firmware.version import VERSION, BUILD
     st, board, cfg = _context()
-    d = {"station_id": cfg["station_id"]}
+    d = {"station_id": cfg["station_id"], "version": "%s (%s)" % (VERSION, BUILD)}
     bi = _bootinfo()
     if st is not None:
         d.update(st.status())
+        d["version"] = "%s (%s)" % (VERSION, BUILD)
         c = st.charger
+        d["blocked"] = bool(st.faults.blocking())
         d["contactor"] = _coil_closed(board, st)
         d["temp_dc"] = c.temp_dc
+        d["stopped"] = _stopped_text()
         if d["contactor"] != c.contactor or _duty(board, st) != c.duty_pm:
             # Ctrl-C: main.py put the board in its safe state after the last tick.
             d["note"] = "loop stopped, board made safe; the state is the last tick's"
@@ -215,16 +317,16 @@ def status():
             d["meter"] = {"power_w": m.power_w, "import_wh": m.import_wh, "stale": m.stale}
         else:
             d["meter"] = None
-        if st.link is not None:
-            s = st.link.stats()
-            d["link"] = s["state"] + (" (%s)" % s["last_error"] if s.get("last_error") else "")
-        else:
-            d["link"] = None
+        d["link"] = _link_text(st.link)
         d["boot"] = "%d, reset cause %s" % (st.boot_id, st.boot_report["reset_cause"])
         now = board.ticks_ms()
         d["uptime"] = _fmt.seconds(_uptime_ms(st, now))
         d["iterations"] = st.iterations
         d["config_error"] = st.config_error
+        d["pending_reboot"] = getattr(st, "pending_reboot", None)
+        if getattr(st, "ceiling_ma", None) is not None:
+            d["rating_ma"] = st.ceiling_ma
+            d["max_current_ma"] = cfg["max_current_ma"]
     else:
         svc = _service()
         d["service_mode"] = True
@@ -237,15 +339,34 @@ def status():
         d["temp_dc"] = board.temperature_dc()
         d["reset_cause"] = bi.reset_cause if bi is not None else board.reset_cause()
         d["config_error"] = svc.config_error
-        crash = bi.last_crash() if bi is not None else board.last_crash()
-        if crash:
-            d["last_crash"] = crash.strip().split("\n")[-1]
+        d["uptime"] = _fmt.seconds(ticks_diff(board.ticks_ms(), svc.started_ms))
+    d["wifi"] = _wifi_text(board, cfg)
+    d["clock"] = _clock_text(board)
+    d["last_crash"] = _crash_line(board)
+    d["warnings"] = warnings(cfg)
     if getattr(board, "has_mirror", True):
         d["mirror_closed"] = board.contactor_mirror_closed()
     name = getattr(board, "name", None)
     if name:
         d["board"] = name
     _emit(_fmt.status_lines(d))
+
+
+def version():
+    import sys
+    from firmware.version import VERSION, BUILD
+    impl = sys.implementation
+    v = getattr(impl, "version", None)
+    items = [("firmware", VERSION), ("build", BUILD),
+             (impl.name, ".".join(str(x) for x in v[:3]) if v else "?"),
+             ("platform", sys.platform)]
+    detail = sys.version.split("; ", 1)
+    if len(detail) > 1:
+        items.append(("built", detail[1]))
+    machine_name = getattr(impl, "_machine", None)
+    if machine_name:
+        items.append(("machine", machine_name))
+    _emit([_fmt.header("version")] + _fmt.pairs(items))
 
 
 def pilot(n=3):
@@ -313,6 +434,9 @@ def meter():
     _emit(_fmt.meter_lines(r, m.stats(), m.addr, cfg["meter_map"]))
 
 
+_SCAN_PROGRESS = 10    # a progress line every this many addresses
+
+
 def scan(first=1, last=247, timeout_ms=100):
     """Ask every address in first..last for one register (the meter map's first one);
     any answer, data or exception, means a device is there. Each address takes at most
@@ -367,6 +491,9 @@ def scan(first=1, last=247, timeout_ms=100):
                 echo(_fmt.fit("  %3d  answers with exception %d (%s)" % (
                     addr, master.exception_code,
                     EXCEPTION_NAMES.get(master.exception_code, "unknown"))))
+            if (addr - first + 1) % _SCAN_PROGRESS == 0 and addr < last:
+                echo("  ... asked %d..%d, %d answered; Ctrl-C stops" % (first, addr,
+                                                                      len(found)))
             addr += 1
     except KeyboardInterrupt:
         master.cancel()
@@ -386,32 +513,54 @@ def _uptime_ms(st, now):
     return up * 1000 if up is not None else ticks_diff(now, st.started_ms)
 
 
-def _ring_last(ring, n):
-    # The station drains the ring every iteration; history() still has the popped records.
-    return ring.history(n)
+def _count(name, n, low=1, high=256):
+    if not _is_int(n) or not low <= n <= high:
+        _error("%s: n must be an integer %d..%d, e.g. %s(10)" % (name, low, high, name))
+        return None
+    return n
+
+
+def _history(n, kinds=None):
+    """The newest n records of the flash history (with the running station's buffer)."""
+    from firmware import history
+    st = _station()
+    if st is not None and getattr(st, "history", None) is not None:
+        return st.history.records(n, kinds), st.history
+    return history.read(_service().store, n, kinds), None
 
 
 def events(n=10):
-    st = _station()
-    if st is None:
-        _emit([_fmt.header("events"),
-               "  no station running: events are kept in RAM by the running station"])
+    """The n newest events on flash (this boot and earlier ones), oldest first."""
+    if _count("events", n) is None:
         return
-    recs = _ring_last(st.events, n if n > 0 else 1)
-    _emit(_fmt.event_lines(recs, st.board.ticks_ms(), ticks_diff))
+    recs, h = _history(n)
+    note = None
+    if h is not None and h.lost:
+        note = "%d records were not logged since boot (too many too fast)." % h.lost
+    _emit(_fmt.history_lines("events (newest last)", recs, note))
+
+
+def _fault_kinds():
+    from firmware.events import EV_FAULT_CLEARED, EV_FAULT_RAISED
+    from firmware.history import HK_BOOT
+    return (EV_FAULT_RAISED, EV_FAULT_CLEARED, HK_BOOT)
 
 
 def faults():
     st = _station()
+    recs, _ = _history(16, _fault_kinds())
     if st is None:
-        bi = _bootinfo()
-        svc = _service()
-        crash = bi.last_crash() if bi is not None else svc.board.last_crash()
-        lines = [_fmt.header("faults"),
-                 "  no station running: faults are kept in RAM by the running station"]
+        # Service mode: the latched faults a station restores at boot, from flash.
+        from firmware.safestate import SafeState
+        safe = SafeState(_service().store)
+        safe.load()
+        active = [code for code in range(1, 32) if safe.latched >> code & 1]
+        lines = _fmt.active_fault_lines(active, "latched faults (back when the station"
+                                                " starts)")
+        lines += _fmt.history_lines("fault history (flash, newest last)", recs)
+        crash = _crash_line(_service().board)
         if crash:
-            lines.append(_fmt.header("crash report of the previous run"))
-            lines += [_fmt.fit("  " + ln) for ln in crash.strip().split("\n")[-8:]]
+            lines += _fmt.pairs([("last crash", crash)])
         _emit(lines)
         return
     fs = st.faults
@@ -420,32 +569,120 @@ def faults():
     for code in range(1, len(fs.counts)):
         if fs.counts[code]:
             counts[code] = fs.counts[code]
-    _emit(_fmt.fault_lines(active, fs.history(16), st.board.ticks_ms(), ticks_diff, counts))
+    lines = _fmt.active_fault_lines(active)
+    lines += _fmt.history_lines("fault history (flash, newest last)", recs)
+    if counts:
+        lines += _fmt.fault_count_lines(counts)
+    _emit(lines)
+
+
+def _fault_by_name(name, verb):
+    from firmware import faults as _faults
+    if not isinstance(name, str):
+        _error("%s: the fault name is a string, e.g. %s(\"RCD_TRIPPED\")" % (verb, verb))
+        return None
+    try:
+        return _faults.by_name(name.upper())
+    except ValueError:
+        from firmware.config import suggest
+        near = suggest(name.upper(), [f.name for f in _faults.FAULTS])
+        _error("%s: unknown fault %r; %s" % (
+            verb, name, "did you mean %s?" % near if near else
+            "known: " + ", ".join(f.name for f in _faults.FAULTS)))
+        return None
+
+
+def _recheck(st, f):
+    """Look at the cause of latched fault `f` again, now. None when it is gone, else why
+    it is still there. The station's own record of the cause may be stale (the EV's
+    diode shows only under PWM, the loop may be stopped): a clear trusts only this."""
+    from firmware import faults as F
+    board = st.board
+    cfg = st.cfg
+    code = f.code
+    if _coil_closed(board, st):
+        return "the contactor is closed: stop the charge first"
+    if code == F.RCD_TRIPPED:
+        return "the residual-current monitor still signals" if board.rcd_tripped() else None
+    if code == F.CONTACTOR_WELDED or code == F.CONTACTOR_NOT_CLOSING:
+        if getattr(board, "has_mirror", True) and board.contactor_mirror_closed():
+            return "WELDED: the mirror contact reads closed with the coil off"
+        if code == F.CONTACTOR_NOT_CLOSING and not _cycle_passed[0]:
+            return "run diag.selftest() first: its contactor cycle re-checks the closing"
+        return None
+    if code == F.RCD_SELFTEST_FAILED:
+        results = []
+        _check_rcd(board, cfg, results, None)
+        return None if results[-1][1] in ("PASS", "SKIP") else \
+            "the monitor fails its test again: %s" % results[-1][2]
+    if code == F.DIODE_FAULT:
+        return _diode_check(board)
+    return None
+
+
+def _diode_check(board):
+    # The diode shows only under PWM: drive 5 % (IEC 61851-1: digital communication, no
+    # current offered by the duty) with the contactor open, read both plateaus, restore.
+    from firmware.pilot import DIODE_FAULT, PILOT_A, classify
+    duty = _duty(board)
+    board.set_pilot(1000)
+    board.sleep_ms(5)
+    board.sample_pilot()
+    if classify(board.cp_high_mv, board.cp_low_mv, False) == PILOT_A:
+        board.set_pilot(duty if duty is not None else 1000)
+        return None                        # no EV: no diode to fault
+    try:
+        board.set_pilot(50)
+        board.sleep_ms(5)
+        board.sample_pilot()
+        h, l = board.cp_high_mv, board.cp_low_mv
+    finally:
+        board.set_pilot(duty if duty is not None else 1000)
+    if classify(h, l, True) == DIODE_FAULT:
+        return "under PWM the EV side still reads %s / %s: diode shorted or missing" % (
+            _fmt.volts(h), _fmt.volts(l))
+    return None
+
+
+_cycle_passed = [False]     # a selftest() contactor cycle passed since import
 
 
 def clear(name):
     """Clear a latched fault on site (also those the backend may not clear, such as
-    CONTACTOR_WELDED after the contactor was replaced). Refused while its cause persists."""
-    from firmware import faults as _faults
+    CONTACTOR_WELDED after the contactor was replaced). Its cause is checked again first
+    (the RCD line, the mirror contact, the diode under PWM, the monitor's test): refused
+    while it is present."""
     st = _station()
+    f = _fault_by_name(name, "clear")
+    if f is None:
+        return False
     if st is None:
-        _error("clear: no station running (faults live in the running station)")
+        _error("clear: no station running; the latched faults come back when it starts,"
+               " clear them there (diag.service(False))")
         return False
-    try:
-        code = _faults.by_name(name).code
-    except ValueError as e:
-        _error("clear: %s" % e)
+    now = st.board.ticks_ms()
+    if not st.faults.is_active(f.code):
+        _error("clear: %s is not active" % f.name)
         return False
-    why = st.charger.clear_fault(code, False)
+    why = _recheck(st, f) if f.clearing != 0 else None
+    if why:
+        st.faults.raise_(f.code, now)        # the cause is present: active already, no event
+        _error("clear: refused: %s: %s" % (f.name, why))
+        return False
+    st.faults.clear(f.code, now)             # checked: the cause is gone
+    why = st.clear_fault(f.code, False, now)   # on flash before it returns: a reset keeps it
     if why:
         _error("clear: refused: %s" % why)
         return False
-    echo("%s cleared" % name)
+    echo("%s cleared" % f.name)
     return True
 
 
 def config(match=None):
     from firmware.config import REBOOT, SCHEMA
+    if match is not None and not isinstance(match, str):
+        _error("config: match is a part of a key, e.g. config(\"meter\")")
+        return
     _, _, cfg = _context()
     defaults = {}
     reboot = []
@@ -453,17 +690,40 @@ def config(match=None):
         defaults[k] = SCHEMA[k][0]
         if SCHEMA[k][3] & REBOOT:
             reboot.append(k)
-    _emit(_fmt.config_lines(cfg.public(), defaults, reboot, match))
+    lines = _fmt.config_lines(cfg.public(), defaults, reboot, match)
+    if match and lines[1] == "  no key matches":
+        from firmware.config import suggest
+        near = suggest(match, SCHEMA)
+        if near:
+            lines[1] = "  no key matches; did you mean %s?" % near
+    _emit(lines)
 
 
-def set(key, value):   # noqa: A001 - the REPL verb a technician expects
+_RAISE_ASKS = ("max_current_ma", "comms_fallback_ma")
+
+
+def set(key, value, confirm=False):   # noqa: A001 - the REPL verb a technician expects
     """Validate, store and apply `key` = `value` through the station's config command (the
-    same path as the backend's set_config command). A bad key or value changes nothing."""
-    from firmware.config import is_secret, needs_reboot
+    same path as the backend's set_config command). A bad key or value changes nothing.
+    Raising a current asks first (confirm=True answers yes in a script)."""
+    from firmware.config import SCHEMA, is_secret, needs_reboot, unknown_key, warnings
     st = _station()
     if not isinstance(key, str):
         _error("set: the key must be a string, e.g. set(\"max_current_ma\", 16000)")
         return False
+    if key not in SCHEMA:
+        _error("set: refused: %s." % unknown_key(key))
+        echo("  Nothing changed.")
+        return False
+    cfg = st.cfg if st is not None else _service().cfg
+    old = cfg[key]
+    if key in _RAISE_ASKS and _is_int(value) and value > old and confirm is not True:
+        live = st is not None and _coil_closed(st.board, st)
+        q = "raise %s from %s to %s%s?" % (key, _fmt.amps(old), _fmt.amps(value),
+                                           " during a live charge" if live else "")
+        if not _confirm(q):
+            echo("set: not confirmed. Nothing changed.")
+            return False
     if st is not None:
         why = st.cmd_set_config({key: value})
         cfg = st.cfg
@@ -472,7 +732,10 @@ def set(key, value):   # noqa: A001 - the REPL verb a technician expects
         why = svc.set_config({key: value})
         cfg = svc.cfg
     if why:
-        _error("set: refused: %s. Nothing changed." % why)
+        if isinstance(why, tuple):
+            why = why[1]                     # (error code, reason) from the station
+        _error("set: refused: %s." % why)
+        echo("  Nothing changed.")
         return False
     shown = cfg.public([key])[key]
     if st is None:
@@ -483,7 +746,44 @@ def set(key, value):   # noqa: A001 - the REPL verb a technician expects
         when = "stored and applied"
     echo(_fmt.fit("%s = %s (%s)" % (key, "***" if is_secret(key) and shown else
                                     _fmt._value_text(shown), when)))
+    for w in warnings(cfg):
+        _error("warning: " + w)
     return True
+
+
+def sessions(n=5):
+    """The n newest charging sessions: finished records on flash (those the backend has
+    acknowledged are gone from there; counters() has the totals) and the running one."""
+    import json
+    if _count("sessions", n, 1, 50) is None:
+        return
+    from firmware.session import JOURNAL_FILE
+    from firmware.storage import Journal, StorageError
+    st = _station()
+    store = _store()
+    pending = st.sessions._pending if st is not None else None
+    recs = []
+    try:
+        for payload in Journal(store, JOURNAL_FILE).records():
+            try:
+                entry = json.loads(payload)
+            except ValueError:
+                continue
+            if entry.get("k") == "done":
+                rec = entry["r"]
+                rec["pending"] = pending is None or rec.get("id") in pending
+                recs = [r for r in recs if r.get("id") != rec.get("id")]
+                recs.append(rec)
+                if len(recs) > n:
+                    recs.pop(0)
+            elif entry.get("k") == "ack":
+                for r in recs:
+                    if r.get("id") == entry.get("id"):
+                        r["pending"] = False
+    except StorageError as e:
+        _error("sessions: %s" % e)
+    live = st.sessions.active if st is not None else None
+    _emit(_fmt.session_lines(recs, live))
 
 
 def counters():
@@ -497,7 +797,10 @@ def counters():
                                                            st.events.dropped)),
                  ("outbox", "%d held, %d put, %d acked, %d resent" % (
                      ob["pending"], ob["put"], ob["acked"], ob["resends"])),
-                 ("counter writes", st.counters.writes)]
+                 ("counter writes", st.counters.writes),
+                 ("history", "%d flash writes, %d records not logged%s" % (
+                     st.history.writes, st.history.lost,
+                     ", error: %s" % st.history.error if st.history.error else ""))]
         if st.counters.error:
             extra.append(("counter error", st.counters.error))
     else:
@@ -603,7 +906,7 @@ def _check_contactor(board, cfg, results, st, ev, connector_parked):
         results.append((name, "REFUSED", "tethered: selftest(connector_parked=True)"))
         return
     if board.contactor_mirror_closed():
-        results.append((name, "FAIL", "mirror reads closed while open: welded?"))
+        results.append((name, "FAIL", _WELDED + " (mirror closed, coil off)"))
         return
     if st is not None:
         from firmware.faults import CONTACTOR_WELDED, RCD_TRIPPED
@@ -635,29 +938,49 @@ def _check_contactor(board, cfg, results, st, ev, connector_parked):
     elif closed is None:
         results.append((name, "FAIL", "mirror not closed within %d ms" % close_limit))
     elif opened is None:
-        results.append((name, "FAIL", "still closed %d ms after opening: welded"
-                        % open_limit))
+        results.append((name, "FAIL", _WELDED + " (still closed)"))
     else:
+        _cycle_passed[0] = True
         results.append((name, "PASS", "closed in %d ms, opened in %d ms" % (closed, opened)))
 
 
+_WELDED = "WELDED: outlet may be live"
+
+
 def selftest(connector_parked=False):
-    """Residual-current monitor test, pilot output levels, and (only with no EV and no
-    cable) one contactor close/open with its mirror contact. Leaves the contactor open.
-    On a tethered cable the contactor cycle also needs connector_parked=True: the
-    technician's word that the connector is in its holder, not in an EV."""
+    """Pilot output levels, then the residual-current monitor test, then (only with no EV
+    and no cable) one contactor close/open with its mirror contact: each step only when
+    every one before it passed. Leaves the contactor open. On a tethered cable the
+    contactor cycle also needs connector_parked=True: the technician's word that the
+    connector is in its holder, not in an EV."""
+    if not _is_bool(connector_parked):
+        _error("selftest: connector_parked must be True or False, e.g."
+               " selftest(connector_parked=True); nothing was tested.")
+        return False
     st, board, cfg = _context()
     duty = _duty(board, st)
     results = []
     _emit([_fmt.header("self-test")])
-    if _coil_closed(board, st) or board.contactor_mirror_closed():
-        _error("selftest: the contactor is closed or its mirror reads closed (charging, "
-               "or welded contacts). Stop the session first; nothing was tested.")
+    if _coil_closed(board, st):
+        _error("selftest: the contactor is closed (charging). Stop the session first.")
+        echo("  nothing was tested")
+        return False
+    if board.contactor_mirror_closed():
+        _error("selftest: %s: the mirror contact reads closed with the coil off (welded"
+               " contacts). Isolate the supply and replace the contactor." % _WELDED)
+        echo("  nothing was tested")
         return False
     try:
         ev = _check_pilot(board, results)
-        _check_rcd(board, cfg, results, st)
-        _check_contactor(board, cfg, results, st, ev, connector_parked)
+        if _all_passed(results):
+            _check_rcd(board, cfg, results, st)
+        else:
+            results.append(("residual current", "SKIP", "a check before it failed"))
+        if _all_passed(results):
+            _check_contactor(board, cfg, results, st, ev, connector_parked)
+        else:
+            results.append(("contactor cycle", "SKIP",
+                            "a check before it failed: coil not energised"))
     finally:
         board.set_contactor(False)
         board.set_rcd_test(False)
@@ -667,9 +990,20 @@ def selftest(connector_parked=False):
     for name, verdict, detail in results:
         echo(_fmt.check_line(name, verdict, detail))
         tally[verdict] += 1
-    echo("  %d passed, %d failed, %d refused, %d skipped; contactor open" % (
-        tally["PASS"], tally["FAIL"], tally["REFUSED"], tally["SKIP"]))
-    return tally["FAIL"] == 0
+    welded = board.contactor_mirror_closed()
+    echo("  %d passed, %d failed, %d refused, %d skipped; %s" % (
+        tally["PASS"], tally["FAIL"], tally["REFUSED"], tally["SKIP"],
+        "coil off" if welded else "contactor open"))
+    if welded:
+        echo("  %s: the mirror contact reads closed with the coil off" % _WELDED)
+    return tally["FAIL"] == 0 and not welded
+
+
+def _all_passed(results):
+    for r in results:
+        if r[1] != "PASS" and r[1] != "SKIP":
+            return False
+    return True
 
 
 def bringup(ask=input):
@@ -699,8 +1033,22 @@ def _flag_path():
 
 def service(on=True):
     """on=True: create the service flag file and restart: boot.py then starts neither the
-    application nor the watchdog (a quiet REPL). on=False: remove it and restart normally.
-    The contactor is opened (and pending counters saved) before the restart."""
+    application nor the watchdog (a quiet REPL; faults, events and sessions are read from
+    flash). on=False: remove it and restart normally. A running charge is stopped only
+    after the technician says yes; the contactor is opened (and the session, counters and
+    history saved) before the restart."""
+    if not _is_bool(on):
+        _error("service: on must be True (enter service mode) or False (leave it), e.g."
+               " service(False); nothing changed.")
+        return False
+    st = _station()
+    if st is not None and on and _coil_closed(st.board, st):
+        from firmware.states import NAMES
+        c = st.charger
+        if not _confirm("A charge is running (state %s, %s offered): stop it and restart"
+                        " in service mode?" % (NAMES[c.state], _fmt.amps(c.offered_ma))):
+            echo("service: not confirmed; the charge goes on.")
+            return False
     path = _flag_path()
     done = "written" if on else "removed"
     try:
@@ -712,14 +1060,43 @@ def service(on=True):
     except OSError as e:
         if on:
             _error("service: cannot write %s (%s)" % (path, e))
-            return
+            return False
         done = "was not there"
     _emit(_fmt.wrap("service flag %s %s; restarting" % (path, done)))
-    st = _station()
     if st is not None:
-        st.shutdown("service")
+        st.shutdown("service" if on else "reboot")
         board = st.board
     else:
         board = _service().board
         board.set_contactor(False)
     board.reset()
+    return True
+
+
+# -- why not charging --------------------------------------------------------------------------
+def why():
+    """One sentence: the cause that stops charging now, and what to do about it."""
+    from firmware import states as S
+    from firmware.charger import LIMIT_NAMES
+    st = _station()
+    w = {}
+    if st is None:
+        bi = _bootinfo()
+        reason = bi.service_reason if bi is not None and bi.service_mode else None
+        w["mode"] = ("Not charging: service mode (%s): the application does not run;"
+                     " diag.service(False) restarts normally." % (reason or "no station"))
+    else:
+        c = st.charger
+        if _stopped_text():
+            w["mode"] = ("Not charging: stopped at the REPL (Ctrl-C), contactor open;"
+                         " machine.reset() restarts the station.")
+        w.update({
+            "faults": _blocking_names(st), "available": c.available,
+            "state": S.NAMES[c.state], "connected": S.ev_connected(c.state),
+            "authorized": c.authorized, "auth_mode": st.cfg["auth_mode"],
+            "paused": c.paused, "limit": LIMIT_NAMES[c.limit_why()],
+            "limit_ma": c.effective_limit_ma(), "backend_ma": c.backend_limit_ma(),
+            "comms_ma": st.cfg["comms_fallback_ma"], "offered_ma": c.offered_ma,
+            "contactor": c.contactor, "requesting": S.ev_requesting(c.state),
+            "backend": _link_text(st.link)})
+    _emit(_fmt.wrap(_fmt.why_text(w)))

@@ -7,6 +7,9 @@
 # boot stays at the REPL: contactor off, no watchdog, and the reason printed.
 # A bad board file is reported and the REPL stays (a reset would not fix it).
 # In service mode (see boot.py) nothing is started.
+# Ctrl-C opens the contactor (counted in the wear counters), saves the history and the
+# counters, and leaves the station stopped at the REPL until a reset: a timer feeds the
+# watchdog meanwhile, so the technician's view is not wiped (drivers/bootinfo.py).
 
 
 def main():

@@ -38,6 +38,10 @@ REQUIRED = "required"
 _TOP = {
     "name": ("str", "unnamed", 1, 32),
     "watchdog_ms": ("int", 8000, 1000, 60000),
+    # The current the hardware is rated for, in mA: the lowest of supply, contactor,
+    # wiring and (on a tethered station) the cable. Nothing offers more, whatever
+    # max_current_ma, the backend or a technician says (docs/board.md).
+    "rated_current_ma": ("int", 32000, 6000, 80000),
 }
 
 SECTIONS = {

@@ -134,12 +134,19 @@ def _text(data):
         return "".join(chr(b) if 32 <= b < 127 or b == 10 else "?" for b in data)
 
 
+# What a crash report says when it is there but cannot be read into the heap: the crash is
+# still reported (INTERNAL_ERROR at the next start), only without its traceback.
+CRASH_UNREADABLE = "MemoryError: the crash report on flash did not fit the free heap"
+
+
 def last_crash():
     try:
         with open(path(CRASH_FILE), "rb") as f:
             return _text(f.read())
-    except (OSError, MemoryError):
+    except OSError:
         return None
+    except MemoryError:
+        return CRASH_UNREADABLE
 
 
 # -- the crash count (RTC memory) -------------------------------------------------------
@@ -302,7 +309,57 @@ def crash_loop_stop():
           " `from drivers import bootinfo; bootinfo.clear_crashes()` and reset.")
 
 
+FEED_TIMERS = (1, 2, 3, 0)  # a hardware timer for the watchdog feed while interrupted
+interrupted_stop = False   # Ctrl-C stopped the application (main.py)
+_feed_timer = None
+
+
+def _free_timer(board_cfg):
+    used = [CLEAN_RUN_TIMER, CLEAN_RUN_TIMER - 1] if _clean_timer is not None else []
+    lock = board_cfg.get("lock") if isinstance(board_cfg, dict) else None
+    if lock is not None:
+        used.append(lock.get("timer_id"))
+    for tid in FEED_TIMERS:
+        if tid not in used:
+            return tid
+    return None
+
+
+def _keep_fed(board):
+    """The watchdog cannot be stopped once started: feed it from a timer so that the
+    technician's REPL is not wiped by a reset (which would resume charging) while the
+    station stays stopped. A soft timer's callback runs while the REPL waits for input."""
+    global _feed_timer
+    if board is None or getattr(board, "_wdt", None) is None:
+        return None
+    tid = _free_timer(getattr(board, "cfg", None))
+    if tid is None:
+        return None
+    period = max(100, board.watchdog_ms // 4)
+    try:
+        _feed_timer = machine.Timer(tid)
+        _feed_timer.init(mode=machine.Timer.PERIODIC, period=period,
+                         callback=lambda _t: board.feed_watchdog())
+    except Exception as e:
+        print("main: watchdog feed timer not armed:", e)
+        _feed_timer = None
+    return _feed_timer
+
+
 def interrupted(board=None):
+    """Ctrl-C at the REPL stopped the application: it stays stopped, contactor open, until
+    the technician resets (machine.reset(), diag.service()). The opening is counted in the
+    contactor wear counters (under load when the EV was drawing current) and the history
+    and counters are written to flash; the watchdog is fed from a timer meanwhile."""
+    global interrupted_stop
     contactor_off(board)
-    print("stopped (Ctrl-C): contactor open. A running watchdog will reset the chip; "
-          "create the service flag file for a quiet REPL.")
+    interrupted_stop = True
+    try:
+        from firmware import station
+        if station.current is not None:
+            station.current.interrupted()
+    except Exception as e:   # the contactor is open; the record is secondary
+        print("main: stop not recorded:", e)
+    fed = _keep_fed(board) is not None
+    print("stopped (Ctrl-C): contactor open%s." % (", watchdog fed" if fed else ""))
+    print("The station stays stopped until machine.reset(). import diag; diag.help()")

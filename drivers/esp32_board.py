@@ -63,6 +63,7 @@ class Esp32Board(_board.Board):
     def __init__(self, cfg, clock=None, fs_root="/"):
         self.cfg = cfg
         self.name = cfg["name"]
+        self.rated_current_ma = cfg["rated_current_ma"]
         self._clock = clock if clock is not None else _clock.source
         self._fs_root = fs_root
         self.cp_high_mv = 0

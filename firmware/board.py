@@ -32,6 +32,10 @@ LED_BOOT = 7
 class Board:
     """Abstract board. Subclasses override every method; the defaults document the contract."""
 
+    # The current the hardware is rated for (mA): supply, contactor, wiring, a tethered
+    # cable. The charger never offers more (the ESP32 board takes it from its board file).
+    rated_current_ma = 32000
+
     # -- time ---------------------------------------------------------------------
     def ticks_ms(self):
         """[tick] Milliseconds, wrapping at 2**30 like time.ticks_ms(). The simulator's board

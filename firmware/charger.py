@@ -18,6 +18,11 @@ Annex A timing as implemented (docs/faults.md explains the choices):
     fault_hold_ms (>= 300 ms, Table A.5), then x1 (+12 V) while the fault stays.
   - Current increases at most once per duty_update_interval_ms (5 s); decreases (including
     pause) apply at once, because they protect the cable, the site or the contactor.
+  - An F hold runs its full fault_hold_ms before a commanded reset (`ready_for_reset`).
+Every value in the timing keys' ranges (firmware/config.py) keeps these limits.
+
+A reset clears none of the latched faults nor the backend limit: the station keeps them in
+firmware/safestate.py and restores them into a new Charger before its first tick.
 """
 from firmware.board import (
     LED_CHARGING, LED_CONNECTED, LED_FAULT, LED_IDLE, LED_PAUSED, LED_UNAVAILABLE,
@@ -103,6 +108,7 @@ class Charger:
         if self.faults.events is None:
             self.faults.events = self.events
         self._filter = PilotFilter(2)
+        self._ceiling_ma = CURRENT_MAX_MA  # the hardware's rating (set_ceiling)
         self.reload_config()
 
         # -- inputs (written by the station before each tick) --
@@ -239,6 +245,15 @@ class Charger:
             return
         _check_ma("backend limit", ma)
         self._backend_ma = ma
+
+    def set_ceiling(self, ma):
+        """The hardware's rated current (board file): no limit, configured or commanded,
+        makes the charger offer more."""
+        _check_ma("ceiling", ma)
+        self._ceiling_ma = ma
+
+    def ceiling_ma(self):
+        return self._ceiling_ma
 
     def clear_backend_limit(self):
         self.set_backend_limit(None)
@@ -491,7 +506,9 @@ class Charger:
             fs.clear(PILOT_FAULT, now)
         if level == _LEVEL_DIODE_FAULT:
             fs.raise_(DIODE_FAULT, now)
-        else:
+        elif level == PILOT_A or 0 < self.duty_pm < PILOT_STEADY_HIGH:
+            # The diode shows only under PWM (or is gone with the EV): a reading on steady
+            # +12 V says nothing about it, so the cause stays present until one of these.
             fs.clear(DIODE_FAULT, now)       # latched until unplug by the fault table
         if level == PILOT_D and not self._vent:
             fs.raise_(VENTILATION_UNSUPPORTED, now)
@@ -716,6 +733,8 @@ class Charger:
 
     def _compute_limit(self):
         lim = self._max_ma
+        if self._ceiling_ma < lim:
+            lim = self._ceiling_ma          # the hardware's rating binds, not the config
         why = LIMIT_CONFIG
         if self._socket and self._connected and self._cable_ma < lim:
             lim = self._cable_ma

@@ -18,6 +18,7 @@ from firmware.compat import small_int
 
 SECRET = 1   # never published or printed
 REBOOT = 2   # takes effect after a reboot
+HARDWARE = 4  # says what the hardware is: refused while the contactor is closed
 
 _MASK = "***"
 
@@ -34,7 +35,7 @@ SCHEMA = {
     # Site/installation limit; the effective limit is the minimum of this, the cable
     # rating, the backend limit, thermal derating and the comms-loss fallback.
     "max_current_ma": (32000, 6000, 80000, 0),
-    "phases": (3, 1, 3, 0),
+    "phases": (3, 1, 3, HARDWARE),
     "ventilation_supported": (False, None, None, 0),   # state D allowed only when True
     "wake_up_enabled": (True, None, None, 0),
     "wake_up_after_ms": (30000, 5000, 600000, 0),
@@ -61,7 +62,7 @@ SCHEMA = {
     "lock_timeout_ms": (1000, 200, 2000, 0),          # lock feedback must confirm within
     "pilot_confirm_n": (2, 1, 5, 0),                  # equal CP readings to accept a level
     "duty_update_interval_ms": (5000, 0, 60000, 0),   # min time between current increases
-    "socket_outlet": (True, None, None, 0),           # True: PP codes the cable rating
+    "socket_outlet": (True, None, None, HARDWARE),    # True: PP codes the cable rating
     "temp_sensor_required": (False, None, None, 0),   # True: no reading blocks charging
     "wake_up_pilot": ("x1", ("x1", "F"), None, 0),    # wake-up: steady +12 V or -12 V
     "wake_up_hold_ms": (3000, 1000, 10000, 0),        # how long the wake-up level is held
@@ -102,6 +103,12 @@ SCHEMA = {
     "outbox_capacity": (64, 4, 1000, REBOOT),  # records held until the backend acks them
     "outbox_window": (4, 1, 32, 0),           # records in flight (sent, not yet acked)
     "outbox_resend_s": (60, 5, 3600, 0),      # resend an unacked record after this
+    "ha_discovery": (False, None, None, 0),   # Home Assistant discovery (firmware/ha_discovery.py)
+    # The owner's command key (64 hex digits, provisioned at commissioning; "" = none):
+    # trust settings change by MQTT only in a command signed with it (firmware/owner.py).
+    "owner_key": ("", 0, 64, SECRET),
+    # Credentials over a connection without TLS: refused unless this local setting allows.
+    "mqtt_plain_credentials": (False, None, None, REBOOT),
 
     # -- network (drivers) ------------------------------------------------------------
     "wifi_ssid": ("", 0, 32, REBOOT),
@@ -119,7 +126,7 @@ SCHEMA = {
     "idle_grace_min": (0, 0, 1440, 0),
     "session_fee_minor": (0, 0, 100000, 0),
     "auth_list_max": (250, 1, 2000, 0),                # local allow-list entries (RAM, flash)
-    "session_checkpoint_s": (60, 10, 3600, 0),         # live session to flash at most this often
+    "session_checkpoint_s": (10, 10, 3600, 0),         # small live checkpoint this often (docs/sessions.md: wear)
     "session_checkpoint_wh": (100, 10, 10000, 0),      # ... or after this much energy (>= 10 s apart)
     "counters_save_s": (60, 60, 86400, 0),             # lifetime counters to flash at most this often
     "contactor_load_threshold_w": (100, 0, 10000, 0),  # opening above this counts as under load
@@ -138,9 +145,25 @@ SAFE_FALLBACK = {
 }
 
 
+# Settings that decide whom the station trusts: changed only in service mode (the serial
+# port) or by a command signed by the owner (docs/mqtt.md, "Settings only the owner may
+# change"). No update source exists yet; when one comes it belongs here.
+TRUST_KEYS = ("mqtt_host", "mqtt_port", "mqtt_prefix", "station_id", "mqtt_tls",
+              "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "mqtt_user", "mqtt_password",
+              "owner_key", "mqtt_plain_credentials")
+# Secrets that must not travel over a connection without TLS.
+CREDENTIAL_KEYS = ("mqtt_user", "mqtt_password", "owner_key", "wifi_password")
+
+
 class ConfigError(ValueError):
     pass
 
+
+# Keys that hold a host name or an IP address: letters, digits, '-', '.', ':' (IPv6) and
+# '_' only. A space or a scheme ("mqtt://") would fail every DNS lookup after the reboot.
+_HOST_KEYS = ("mqtt_host", "ntp_server")
+_HOST_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.:_"
+_HEX = "0123456789abcdefABCDEF"
 
 # Keys that become MQTT topic levels (firmware/messages.py Topics): the characters here, and
 # control characters, would stop the link from being built at boot (MQTT 3.1.1 4.7).
@@ -151,7 +174,7 @@ def validate(key, value):
     """Return `value` normalised for `key`, or raise ConfigError with the reason."""
     spec = SCHEMA.get(key)
     if spec is None:
-        raise ConfigError("%s: unknown key" % key)
+        raise ConfigError(unknown_key(key))
     default, low, high, _flags = spec
     if isinstance(default, bool):
         if value is True or value is False:
@@ -172,6 +195,16 @@ def validate(key, value):
         return value
     if len(value) < low or len(value) > high:
         raise ConfigError("%s: length must be %d..%d" % (key, low, high))
+    if key in _HOST_KEYS:
+        for ch in value:
+            if ch not in _HOST_CHARS:
+                raise ConfigError("%s: %r is not a host name or IP address (bad character %r)"
+                                  % (key, value, ch))
+    if key == "wifi_password" and value and not _wpa2_passphrase(value):
+        # IEEE 802.11i: a WPA2 passphrase is 8..63 characters, or the key as 64 hex digits;
+        # the radio would refuse anything else after the reboot and the station go offline.
+        raise ConfigError("wifi_password: WPA2 needs 8..63 characters or 64 hex digits"
+                          " (empty for an open network)")
     forbidden = _TOPIC_FORBIDDEN.get(key)
     if forbidden is not None:
         for ch in value:
@@ -181,14 +214,86 @@ def validate(key, value):
     return value
 
 
+def _wpa2_passphrase(value):
+    if len(value) == 64:
+        for ch in value:
+            if ch not in _HEX:
+                return False
+        return True
+    return 8 <= len(value) <= 63
+
+
 def is_secret(key):
     spec = SCHEMA.get(key)
     return spec is not None and bool(spec[3] & SECRET)
 
 
+def is_trust(key):
+    return key in TRUST_KEYS
+
+
+def is_credential(key):
+    return key in CREDENTIAL_KEYS
+
+
 def needs_reboot(key):
     spec = SCHEMA.get(key)
     return spec is not None and bool(spec[3] & REBOOT)
+
+
+def is_hardware(key):
+    spec = SCHEMA.get(key)
+    return spec is not None and bool(spec[3] & HARDWARE)
+
+
+def warnings(cfg):
+    """Settings that are valid one by one but will not work together (said before the
+    reboot that makes them real): a list of texts, empty when none."""
+    out = []
+    if cfg["mqtt_tls"] and not cfg["mqtt_ca_file"]:
+        out.append("mqtt_tls is on without mqtt_ca_file: the link refuses to connect"
+                   " (it never connects unverified)")
+    if bool(cfg["mqtt_cert_file"]) != bool(cfg["mqtt_key_file"]):
+        out.append("mqtt_cert_file and mqtt_key_file go together: set both or neither")
+    if cfg["wifi_password"] and not cfg["wifi_ssid"]:
+        out.append("wifi_password is set but wifi_ssid is empty")
+    return out
+
+
+def suggest(word, choices):
+    """The entry of `choices` closest to `word` (a typo), or None when none is close."""
+    best = None
+    best_d = 4
+    for c in choices:
+        d = _distance(word, c)
+        if d < best_d:
+            best = c
+            best_d = d
+    if best is None and len(word) >= 4:
+        for c in choices:
+            if word in c or c in word:
+                return c
+    return best
+
+
+def _distance(a, b):
+    # Levenshtein distance, one row at a time (small lists, diagnostics only).
+    prev = list(range(len(b) + 1))
+    for i in range(len(a)):
+        cur = [i + 1]
+        for j in range(len(b)):
+            same = 0 if a[i] == b[j] else 1
+            cur.append(min(prev[j + 1] + 1, cur[j] + 1, prev[j] + same))
+        prev = cur
+    return prev[-1]
+
+
+def unknown_key(key):
+    """The reason text for an unknown key, with the closest known key."""
+    near = suggest(key, SCHEMA) if isinstance(key, str) else None
+    if near is not None:
+        return "%s: unknown key (did you mean %s?)" % (key, near)
+    return "%s: unknown key (diag.config() lists them)" % (key,)
 
 
 def _check_relations(values):
@@ -198,6 +303,9 @@ def _check_relations(values):
         raise ConfigError("temperatures: need restore < derate <= quarter <= stop")
     if values["comms_fallback_ma"] and values["comms_fallback_ma"] < 6000:
         raise ConfigError("comms_fallback_ma: 0 (pause) or 6000..80000")
+    key = values["owner_key"]
+    if key and (len(key) != 64 or [c for c in key if c not in "0123456789abcdefABCDEF"]):
+        raise ConfigError("owner_key: 64 hex digits (32 bytes) or empty")
 
 
 class Config:

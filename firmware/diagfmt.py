@@ -11,6 +11,7 @@ from firmware.charger import CONTACTOR_REASON_NAMES, LIMIT_NAMES
 from firmware.events import (
     EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_LOCK, EV_OFFER, EV_SELFTEST, EV_STATE,
     EV_WAKEUP, KIND_NAMES)
+from firmware.history import HK_BOOT, HK_LOST, HK_STOP, RESET_CAUSES, STOP_REASONS
 from firmware.pilot import LEVEL_NAMES, PP_ERROR, PP_NO_CABLE
 
 WIDTH = 80
@@ -253,22 +254,86 @@ def event_lines(records, now_ms, diff, dropped=0):
     return out
 
 
+def utc_text(t):
+    """Seconds since 1970 (UTC) as "2026-12-03 14:40:01" (integer civil-date arithmetic)."""
+    days = t // 86400
+    rest = t - days * 86400
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    return "%04d-%02d-%02d %02d:%02d:%02d" % (y, m, d, rest // 3600, rest % 3600 // 60,
+                                              rest % 60)
+
+
+def history_time(rec):
+    """When a history record (firmware.history.read) happened: its UTC time when the
+    clock was set, else its boot and the uptime then."""
+    if rec[1] is not None:
+        return utc_text(rec[1])
+    return "boot %d +%s" % (rec[3], seconds(rec[2] * 100))
+
+
+def history_text(kind, a, b):
+    if kind == HK_BOOT:
+        return "BOOT, reset cause %s%s" % (_name(RESET_CAUSES, a),
+                                            " (the previous run crashed)" if b else "")
+    if kind == HK_STOP:
+        return "stopped: %s" % _name(STOP_REASONS, a)
+    if kind == HK_LOST:
+        return "(%d records not logged: too many too fast, or flash failed)" % a
+    return event_text(kind, a, b)
+
+
+def history_lines(title, records, note=None):
+    """`records`: firmware.history.read() tuples, oldest first."""
+    out = [header(title)]
+    if not records:
+        out.append("  none recorded")
+    for rec in records:
+        out.append(fit("  %-19s  %s" % (history_time(rec), history_text(rec[4], rec[5],
+                                                                          rec[6]))))
+    if note:
+        out += wrap(note, "  ")
+    return out
+
+
 def _fault_flags(f):
     how = ("by itself", "on unplug", "when cleared")[f.clearing]
     return "%s; clears %s%s" % ("Stops charging" if f.blocking else "Warning", how,
                                 "" if f.remote_clear else " (on site only)")
 
 
-def fault_lines(active_codes, history, now_ms, diff, counts=None):
-    """`active_codes`: fault codes; `history`: [(t_ms, code, raised)] oldest first;
-    `counts`: {code: times raised} (optional)."""
-    out = [header("active faults")]
+def active_fault_lines(active_codes, title="active faults"):
+    out = [header(title)]
     if not active_codes:
         out.append("  none")
     for code in active_codes:
         f = _faults.by_code(code)
         out.append(fit("  %s  (OCPP %s)" % (f.name, f.ocpp)))
         out += wrap(_fault_flags(f) + ". " + f.text, "      ")
+    return out
+
+
+def fault_count_lines(counts):
+    out = [header("times raised since boot")]
+    items = []
+    for code in sorted(counts):
+        if counts[code]:
+            items.append((fault_name(code), counts[code]))
+    out += pairs(items) if items else ["  none"]
+    return out
+
+
+def fault_lines(active_codes, history, now_ms, diff, counts=None):
+    """`active_codes`: fault codes; `history`: [(t_ms, code, raised)] oldest first;
+    `counts`: {code: times raised} (optional)."""
+    out = active_fault_lines(active_codes)
     out.append(header("fault history (newest last)"))
     if not history:
         out.append("  none")
@@ -277,12 +342,7 @@ def fault_lines(active_codes, history, now_ms, diff, counts=None):
                                             "raised" if raised else "cleared",
                                             fault_name(code))))
     if counts:
-        out.append(header("times raised since boot"))
-        items = []
-        for code in sorted(counts):
-            if counts[code]:
-                items.append((fault_name(code), counts[code]))
-        out += pairs(items) if items else ["  none"]
+        out += fault_count_lines(counts)
     return out
 
 
@@ -328,9 +388,13 @@ def status_lines(st):
     items = []
     if st.get("service_mode"):
         items.append(("mode", "SERVICE MODE (%s)" % (st.get("service_reason") or "?")))
+    if st.get("stopped"):
+        items.append(("mode", st["stopped"]))
     if "state" in st:
         flags = []
-        if "available" in st:
+        if st.get("blocked"):
+            flags.append("BLOCKED by a fault")
+        elif "available" in st:
             flags.append("available" if st["available"] else "INOPERATIVE")
         if "authorized" in st:
             flags.append("authorized" if st["authorized"] else "not authorized")
@@ -342,6 +406,9 @@ def status_lines(st):
     if "offered_ma" in st:
         items.append(("offered", "%s  (limit: %s)" % (amps(st["offered_ma"]) if st["offered_ma"]
                                                       else "none", st.get("limit", "?"))))
+    if "rating_ma" in st:
+        items.append(("hardware", "rated %s (board file), max_current_ma %s"
+                      % (amps(st["rating_ma"]), amps(st.get("max_current_ma")))))
     if "contactor" in st:
         c = "closed" if st["contactor"] else "open"
         if "mirror_closed" in st and st["mirror_closed"] is not None:
@@ -359,12 +426,18 @@ def status_lines(st):
         items.append(("meter", "none"))
     if "link" in st:
         items.append(("backend", st["link"] if st["link"] else "not configured"))
+    for key in ("wifi", "clock"):
+        if key in st:
+            items.append((key if key != "wifi" else "Wi-Fi", st[key]))
     if "temp_dc" in st:
         t = st["temp_dc"]
         items.append(("temperature", "no sensor" if t is None else _div(t, 10, 1) + " C"))
-    for key in ("board", "boot", "reset_cause", "uptime", "iterations"):
+    for key in ("version", "board", "boot", "reset_cause", "uptime", "iterations"):
         if key in st:
             items.append((key.replace("_", " "), st[key]))
+    if st.get("pending_reboot"):
+        items.append(("pending", "%s (stored, applies after a reboot)"
+                      % ", ".join(st["pending_reboot"])))
     if st.get("note"):
         items.append(("note", st["note"]))
     if st.get("config_error"):
@@ -372,6 +445,8 @@ def status_lines(st):
     if st.get("last_crash"):
         items.append(("last crash", st["last_crash"]))
     out += pairs(items)
+    for w in st.get("warnings") or ():
+        out += wrap("warning: " + w, "  ")
     return out
 
 
@@ -394,7 +469,7 @@ def meter_lines(reading, stats, addr=None, map_name=None):
         items.append(("export", kwh(r["export_wh"])))
     state = []
     if r.get("stale"):
-        state.append("STALE (no answer)")
+        state.append("STALE (%s)" % stale_cause(stats))
     if r.get("implausible"):
         state.append("IMPLAUSIBLE (%s)" % r.get("implausible_reason", "?"))
     if r.get("last_ok_ms") is None and not state:
@@ -424,6 +499,50 @@ def meter_lines(reading, stats, addr=None, map_name=None):
     return out
 
 
+def stale_cause(stats):
+    """Why a stale meter is stale, from its bus statistics: a meter that answers with
+    exceptions is there but refuses the registers of the configured map."""
+    s = stats or {}
+    if s.get("exceptions", 0):
+        return "meter answers with exceptions: wrong meter_map?"
+    if s.get("crc_errors", 0) or s.get("bad_frames", 0):
+        return "garbled answers: baud, parity or wiring?"
+    return "no answer"
+
+
+def session_lines(records, live=None):
+    """`records`: finished session records (firmware/session.py), oldest first; `live`:
+    the running session's record so far."""
+    out = [header("charging sessions (newest last)")]
+    if not records and live is None:
+        out.append("  none on flash")
+    for rec in records:
+        out += _session(rec)
+    if live is not None:
+        out += _session(live, "running")
+    return out
+
+
+def _session(rec, note=None):
+    t = rec.get("start_time")
+    if rec.get("time_source") == "wall" and isinstance(t, int):
+        when = utc_text(t)
+    else:
+        when = "boot %s" % rec.get("boot", "?")
+    head = "  %s  %s  %s, %s" % (rec.get("id", "?"), when, kwh(rec.get("energy_wh")),
+                                 seconds((rec.get("duration_s") or 0) * 1000))
+    lines = [fit(head)]
+    reason = note or rec.get("stop_reason") or "?"
+    tail = "      %s; idTag %s; cost %s %s" % (reason, rec.get("id_tag") or "-",
+                                              rec.get("cost_minor", 0), rec.get("currency", ""))
+    if rec.get("faults"):
+        tail += "; faults " + ", ".join(rec["faults"])
+    if rec.get("pending"):
+        tail += "; not yet acknowledged by the backend"
+    lines += wrap(tail.strip(), "      ")
+    return lines
+
+
 def counter_lines(values, extra=None):
     """`values`: Counters.values(); `extra`: more ("label", value) pairs (RAM counters)."""
     out = [header("lifetime counters")]
@@ -451,3 +570,66 @@ def check_line(name, verdict, detail=""):
     """One self-test line: "  name ........ PASS  detail"."""
     dots = "." * (22 - len(name)) if len(name) < 22 else ""
     return fit("  %s %s %-4s  %s" % (name, dots, verdict, detail))
+
+
+# -- why not charging -------------------------------------------------------------------------
+def _fault_remedy(f):
+    if f.clearing == _faults.AUTO:
+        return "it clears by itself once its cause is gone"
+    if f.clearing == _faults.UNPLUG:
+        return "unplug the EV once the cause is gone (or diag.clear(\"%s\"))" % f.name
+    return "remove the cause, then diag.clear(\"%s\")%s" % (
+        f.name, "" if f.remote_clear else " on site")
+
+
+def why_text(w):
+    """One sentence: what stops charging now, and what to do. `w`: facts from diag.why()
+    (state, faults, available, connected, authorized, auth_mode, paused, limit, limit_ma,
+    offered_ma, contactor, requesting, backend, comms_ma, mode)."""
+    if w.get("mode"):
+        return w["mode"]
+    blocking = w.get("faults") or ()
+    if blocking:
+        f = _faults.by_name(blocking[0])
+        more = " (also %s)" % ", ".join(blocking[1:]) if len(blocking) > 1 else ""
+        return "Not charging: fault %s%s blocks it (%s): %s." % (
+            f.name, more, f.text.split(". ")[0].rstrip("."), _fault_remedy(f))
+    if not w.get("available", True):
+        return ("Not charging: the station is set inoperative (by the backend's"
+                " set_availability); the backend makes it operative again.")
+    if not w.get("connected"):
+        return "Not charging: no EV connected (pilot state A). Plug an EV in."
+    if not w.get("authorized"):
+        return ("Not charging: the EV waits for authorization (auth_mode %s): present a"
+                " card or start it from the backend." % w.get("auth_mode", "?"))
+    if w.get("paused"):
+        return ("Not charging: the backend stopped or paused this charge; a start from the"
+                " backend resumes it.")
+    limit = w.get("limit")
+    if w.get("limit_ma", 0) < 6000:
+        if limit == "comms":
+            return ("Not charging: the backend is unreachable (%s) and comms_fallback_ma is"
+                    " %s, so the station pauses at %s until it is back; set"
+                    " comms_fallback_ma to charge meanwhile." % (
+                        w.get("backend") or "offline", w.get("comms_ma", 0),
+                        amps(w.get("comms_ma", 0))))
+        if limit == "backend":
+            return ("Not charging: the backend limits the current to %s, below the 6 A"
+                    " minimum; the backend lifts it (or it expires)."
+                    % amps(w.get("backend_ma")))
+        if limit == "thermal":
+            return ("Not charging: too hot (over-temperature stop); it resumes once cooled"
+                    " down. Check terminals and ventilation.")
+        return "Not charging: the current limit is %s, below 6 A." % amps(w.get("limit_ma"))
+    if not w.get("offered_ma"):
+        return ("Not charging yet: the offer waits (self-test, rate limit or wake-up); try"
+                " again in a few seconds.")
+    if not w.get("requesting"):
+        return ("Not charging: %s is offered, but the EV does not ask for it (state %s):"
+                " it is full, on a timer, or waiting; check the EV's charging settings."
+                % (amps(w.get("offered_ma")), w.get("state", "?")))
+    if not w.get("contactor"):
+        return ("Not charging yet: the EV asks and %s is offered; the contactor closes"
+                " after the checks (debounce, self-test, lock)." % amps(w.get("offered_ma")))
+    return "Charging: %s offered (limit: %s); nothing blocks it." % (
+        amps(w.get("offered_ma")), limit)

@@ -83,9 +83,9 @@ def telemetry(fields):
     return _with(fields, {"v": API_VERSION})
 
 
-def event(kind, fields=None):
-    """An event: {"v":1, "type": kind, ...fields}."""
-    return _with(fields, {"v": API_VERSION, "type": kind})
+def event(kind, fields=None, time=None):
+    """An event: {"v":1, "type": kind, "time": UTC seconds or null, ...fields}."""
+    return _with(fields, {"v": API_VERSION, "type": kind, "time": time})
 
 
 def record(kind, seq, record_id, data):
@@ -101,10 +101,13 @@ def record_bytes(kind, seq, record_id, data_json):
     return head[:-1].encode() + b', "data": ' + bytes(data_json) + b"}"
 
 
-def reply(corr_id, cmd, reason=None, data=None):
-    """A command reply: ok, or error with a reason."""
-    out = {"v": API_VERSION, "id": corr_id, "cmd": cmd, "ok": reason is None}
+def reply(corr_id, cmd, reason=None, data=None, code=None, time=None):
+    """A command reply: ok, or error with a reason and its stable code (firmware/commands.py
+    ERROR_CODES; GenericError when none is given). `time`: UTC seconds, or None when the
+    station's clock is not set (the reply says so with "time": null)."""
+    out = {"v": API_VERSION, "id": corr_id, "cmd": cmd, "ok": reason is None, "time": time}
     if reason is not None:
+        out["code"] = code or "GenericError"
         out["error"] = reason
     if data is not None:
         out["data"] = data

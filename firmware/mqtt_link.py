@@ -41,7 +41,9 @@ import sys
 
 from firmware.compat import const, ticks_add, ticks_diff
 from firmware import messages
-from firmware.commands import CommandDispatcher, MAX_COMMAND_BYTES
+from firmware.commands import (CommandDispatcher, FORMATION_VIOLATION, MAX_COMMAND_BYTES,
+                               RETAINED)
+from firmware.ledger import Ledger
 from firmware.outbox import KIND_TELEMETRY
 
 if sys.implementation.name != "micropython":
@@ -226,6 +228,8 @@ class _Client(MQTTClient):
     can write them without waiting for their acknowledgements, and with a bound on the size
     of incoming packets."""
 
+    poisoned = False     # a packet could not be read: the session would deliver it again
+
     def connect_packet(self, clean_session=True):
         flags = 0x02 if clean_session else 0
         payload = _mqtt_str(self.client_id)
@@ -258,6 +262,7 @@ class _Client(MQTTClient):
                 # MQTT 3.1.1 2.2.3: at most four bytes.
                 raise MQTTException("remaining length longer than 4 bytes")
         if n > _MAX_PACKET:
+            self.poisoned = True
             raise MQTTException("packet of %d bytes exceeds %d" % (n, _MAX_PACKET))
         self.sock.left = n
         return n
@@ -271,6 +276,9 @@ class MqttLink:
     socket_factory: an object with getaddrinfo() and socket() like the socket module
       (the default); tests pass one that records how sockets are used.
     rand: rand(n) -> int in [0, n) for backoff jitter; default from the random module.
+    wall_time: () -> UTC seconds or None (clock not set); stamps events, telemetry and
+      replies and checks command expiry. ledger: firmware.ledger.Ledger of the commands
+      executed (exactly once); default one in RAM only.
     spawn: how the broker's name is looked up off the control path (firmware/resolver.py;
       default _thread.start_new_thread, None: inline).
     quiet: quiet() -> True while a stalled loop is harmless (the station: contactor open);
@@ -278,11 +286,14 @@ class MqttLink:
     """
 
     def __init__(self, cfg, station_id, outbox, target, socket_factory=None, rand=None,
-                 spawn=-1, quiet=None):
+                 wall_time=None, ledger=None, spawn=-1, quiet=None):
         self.cfg = cfg
         self.station_id = station_id
         self.outbox = outbox
-        self.dispatcher = CommandDispatcher(target)
+        self._wall = wall_time or _no_clock
+        self.dispatcher = CommandDispatcher(target, self._wall,
+                                            ledger if ledger is not None else Ledger(),
+                                            cfg, station_id)
         self.topics = messages.Topics(cfg["mqtt_prefix"], station_id)
         if socket_factory is None:
             import socket as socket_factory
@@ -341,6 +352,7 @@ class MqttLink:
         self._telemetry = None
         self._tele_last_ms = None
         self._tele_last_power = None
+        self._ha = None            # Home Assistant discovery, built once ha_discovery is on
         # counters
         self._bytes_sent = 0
         self._bytes_received = 0
@@ -372,6 +384,11 @@ class MqttLink:
         if self.cfg["mqtt_tls"] and not self.cfg["mqtt_ca_file"]:
             # Never fall back to an unverified connection.
             return "mqtt_tls needs mqtt_ca_file"
+        if self.cfg["mqtt_user"] and not self.cfg["mqtt_tls"] \
+                and not self.cfg["mqtt_plain_credentials"]:
+            # The password would cross the network in clear text: only where the site
+            # says so locally (service mode or a signed command).
+            return "mqtt_user needs mqtt_tls (or mqtt_plain_credentials)"
         return None
 
     # -- state -----------------------------------------------------------------------------------
@@ -412,6 +429,7 @@ class MqttLink:
                "dns": self._resolver.stats() if self._resolver else None,
                "ping_timeouts": self.ping_timeouts, "rx_commands": self.rx_commands,
                "rejected_commands": self.dispatcher.rejected,
+               "duplicate_commands": self.dispatcher.duplicates,
                "failed_commands": self.dispatcher.failed,
                "accepted_commands": self.dispatcher.accepted, "rx_acks": self.rx_acks,
                "bad_acks": self.bad_acks, "dropped_acks": self.dropped_acks,
@@ -434,7 +452,7 @@ class MqttLink:
         """An event dict with a "type" (state change, contactor, link up, ...). Queued
         while offline up to 16, oldest dropped; not persisted."""
         kind = fields.get("type", "event") if isinstance(fields, dict) else "event"
-        msg = messages.encode(messages.event(kind, fields))
+        msg = messages.encode(messages.event(kind, fields, self._wall()))
         if len(self._events) >= _EVENT_QUEUE:
             self._events.pop(0)
             self.dropped_events += 1
@@ -446,6 +464,8 @@ class MqttLink:
         only the interval samples are kept, in the outbox (kind "telemetry"). Returns True
         when the sample was taken (sent on the next step, or stored)."""
         now = self._now if now_ms is None else now_ms
+        if "time" not in fields:
+            fields["time"] = self._wall()
         last = self._tele_last_ms
         power = fields.get("power_w")
         due = last is None or ticks_diff(now, last) >= self.cfg["telemetry_interval_s"] * 1000
@@ -499,14 +519,11 @@ class MqttLink:
             else:
                 self._service(now_ms)
         except AssertionError as e:
-            self.protocol_errors += 1
-            self._fail(now_ms, "protocol error%s" % (": %s" % e.args[0] if e.args else ""))
+            self._protocol_error(now_ms, "protocol error%s" % (": %s" % e.args[0] if e.args else ""))
         except MQTTException as e:
-            self.protocol_errors += 1
-            self._fail(now_ms, "protocol error: %s" % (e.args[0] if e.args else "?"))
+            self._protocol_error(now_ms, "protocol error: %s" % (e.args[0] if e.args else "?"))
         except (IndexError, TypeError, ValueError) as e:
-            self.protocol_errors += 1
-            self._fail(now_ms, "protocol error: %r" % e)
+            self._protocol_error(now_ms, "protocol error: %r" % e)
         except OSError as e:
             self._fail(now_ms, "%s: %s" % (STATE_NAMES[state], _os_reason(e)))
         except Exception as e:
@@ -578,7 +595,14 @@ class MqttLink:
             conn.start_tls(self._tls_ctx, self.cfg["mqtt_host"])
         self._wire = _Wire(conn, self.cfg["mqtt_io_timeout_ms"])
         self._client.sock = self._wire
-        self._hello = self._client.connect_packet(True)
+        # A persistent session (clean session 0, the client id is the station id): the broker
+        # keeps the QoS 1 subscription and queues commands while the station is offline;
+        # stale ones are refused by their expiry (firmware/commands.py).
+        # A packet the station could not read (over 8 KB, malformed) stays queued in that
+        # session and would drop every connection: one clean session discards it.
+        clean = self._client.poisoned
+        self._client.poisoned = False
+        self._hello = self._client.connect_packet(clean)
         self._state = HELLO
         self._write_hello(now_ms)
 
@@ -644,7 +668,9 @@ class MqttLink:
         self._ping_sent_ms = None
         self.subscribed = False
         c = self._client
-        packet = c.subscribe_packet((self.topics.cmd, self.topics.ack))
+        # QoS 1: a command or ack the station did not PUBACK is delivered again; the
+        # ledger answers a repeated command without running it twice.
+        packet = c.subscribe_packet((self.topics.cmd, self.topics.ack), 1)
         self._sub_pid = c.pid
         self._wire.write(packet)
         self._send_status()
@@ -655,7 +681,7 @@ class MqttLink:
             info["fallback_ma"] = self.cfg["comms_fallback_ma"]
         if self.last_error:
             info["reason"] = self.last_error
-        self._events.insert(0, messages.encode(messages.event("link_up", info)))
+        self._events.insert(0, messages.encode(messages.event("link_up", info, self._wall())))
         if len(self._events) > _EVENT_QUEUE:
             self._events.pop()
             self.dropped_events += 1
@@ -719,10 +745,19 @@ class MqttLink:
                                      False, 0)
                 self.outbox.sent(rec, now_ms)
                 self.records_sent += 1
+        if self._ha is not None or self.cfg["ha_discovery"]:
+            self._ha_step()
         self._keepalive(now_ms)
         if w.tx != self._tx_seen:
             self._tx_seen = w.tx
             self._last_tx_ms = now_ms
+
+    def _ha_step(self):
+        # Home Assistant discovery configs, one per step (firmware/ha_discovery.py).
+        if self._ha is None:
+            from firmware.ha_discovery import Discovery
+            self._ha = Discovery(self.cfg, self.topics, self.station_id)
+        self._ha.step(self._client, self.connects)
 
     def _keepalive(self, now_ms):
         half = self._keepalive_ms // 2
@@ -763,11 +798,17 @@ class MqttLink:
                 # The PUBLISH's retain flag (umqtt does not pass it on; the wire saw the
                 # first byte). A retained command would run again at every reconnect: a
                 # retained "reboot" would be a reboot loop.
-                reply = self.dispatcher.reject("retained commands are not accepted")
+                reply = self.dispatcher.refuse_unread(bytes(msg),
+                                                      "retained commands are not accepted",
+                                                      RETAINED)
             elif len(msg) > MAX_COMMAND_BYTES:
                 reply = self.dispatcher.reject("payload too large: %d > %d bytes"
-                                               % (len(msg), MAX_COMMAND_BYTES))
+                                               % (len(msg), MAX_COMMAND_BYTES),
+                                               code=FORMATION_VIOLATION)
             else:
+                # The station's work on a command (set_config, set_limit: flash writes of
+                # tens of ms) cannot time the connection out: the packet was read whole
+                # and the reply is queued, nothing waits on the network.
                 reply = self.dispatcher.handle(bytes(msg), self._now)
             if len(self._replies) >= _REPLY_QUEUE:
                 self._replies.pop(0)
@@ -808,6 +849,13 @@ class MqttLink:
         self._conn = None
         self._client.sock = None
 
+    def _protocol_error(self, now_ms, reason):
+        self.protocol_errors += 1
+        if self._state == ONLINE:
+            # Possibly a queued message it cannot read: the next CONNECT is clean.
+            self._client.poisoned = True
+        self._fail(now_ms, reason)
+
     def _fail(self, now_ms, reason):
         was_online = self._state == ONLINE
         self._drop_socket()
@@ -846,6 +894,10 @@ class MqttLink:
                 pass
         self._drop_socket()
         self._state = OFFLINE
+
+
+def _no_clock():
+    return None
 
 
 def _text(e):

@@ -29,6 +29,7 @@ else:
     _WANT = ()
 
 _WOULD_BLOCK = (errno.EAGAIN, errno.ETIMEDOUT, errno.EINPROGRESS)
+_EPIPE = 32            # not in MicroPython's errno module; 32 on Linux and in lwIP
 _TX_MAX = 16384        # unsent bytes beyond this: the peer is not reading (a dead connection)
 
 
@@ -185,6 +186,9 @@ class Conn:
         except Exception as e:
             if would_block(e):
                 return 0
+            if isinstance(e, OSError) and e.args and e.args[0] == _EPIPE:
+                # Writing after the peer closed: what a read would report as a reset.
+                raise OSError(errno.ECONNRESET)
             raise
         k = k or 0
         self.tx += k

@@ -37,9 +37,11 @@ FAULT_OUTBOX_OVERFLOW = "OUTBOX_OVERFLOW"
 KIND_TELEMETRY = "telemetry"
 KIND_FAULT = "fault"
 KIND_SESSION = "session"
-# Lower value = dropped first on overflow.
-_RANK = {KIND_TELEMETRY: 0, KIND_FAULT: 1, KIND_SESSION: 2}
-KINDS = (KIND_TELEMETRY, KIND_FAULT, KIND_SESSION)
+KIND_SESSION_START = "session_start"   # a session's start (id "start-<session id>")
+# Lower value = dropped first on overflow. A start record goes before any end record:
+# the end record carries everything the start did.
+_RANK = {KIND_TELEMETRY: 0, KIND_FAULT: 1, KIND_SESSION_START: 2, KIND_SESSION: 3}
+KINDS = (KIND_TELEMETRY, KIND_FAULT, KIND_SESSION, KIND_SESSION_START)
 
 MAX_RECORD_BYTES = 2048
 
@@ -95,7 +97,8 @@ class Outbox:
         self.resends = 0
         self.duplicate_acks = 0
         self.overflow = 0
-        self.dropped = {KIND_TELEMETRY: 0, KIND_FAULT: 0, KIND_SESSION: 0}
+        self.dropped = {KIND_TELEMETRY: 0, KIND_FAULT: 0, KIND_SESSION: 0,
+                        KIND_SESSION_START: 0}
         self.overflow_active = False
         self.corrupt_entries = 0
         self._replay()
@@ -183,18 +186,21 @@ class Outbox:
     # -- producers --------------------------------------------------------------------------
     def put(self, kind, data):
         """Hold `data` (a JSON-able dict) until acknowledged; returns the record id.
-        Session records use their own "id" field (what billing de-duplicates on); other
-        kinds get "<kind>-<seq>". A put with the id of a held record replaces it."""
+        Session records use their own "id" field (what billing de-duplicates on), session
+        start records "start-<id>"; other kinds get "<kind>-<seq>". A put with the id of a
+        held record replaces it."""
         if kind not in _RANK:
             raise OutboxError("outbox: unknown kind %s" % kind)
         if not isinstance(data, dict):
             raise OutboxError("outbox: record must be a dict")
         seq = self._next_seq
-        if kind == KIND_SESSION:
+        if kind == KIND_SESSION or kind == KIND_SESSION_START:
             record_id = data.get("id")
             if record_id is None or record_id is True or record_id is False or \
                     not isinstance(record_id, (str, int)):
                 raise OutboxError("outbox: session record needs an id")
+            if kind == KIND_SESSION_START:
+                record_id = "start-%s" % record_id
         else:
             record_id = "%s-%d" % (kind, seq)
         encoded = json.dumps(data).encode()
@@ -202,10 +208,17 @@ class Outbox:
             raise OutboxError("outbox: record too large (%d > %d bytes)"
                               % (len(encoded), MAX_RECORD_BYTES))
         old = None
+        start = None
         for r in self._records:
             if r.id == record_id and r.kind == kind:
                 old = r
-                break
+            elif kind == KIND_SESSION and r.kind == KIND_SESSION_START \
+                    and r.id == "start-%s" % record_id:
+                start = r
+        if old is None and start is not None:
+            # The end record carries everything its start record did: it takes the start's
+            # place (not an overflow), so a session never holds two places.
+            old = start
         victim = None
         if old is None and len(self._records) >= self.capacity:
             victim = self._victim(kind)
@@ -341,4 +354,5 @@ class Outbox:
                 "dropped_telemetry": self.dropped[KIND_TELEMETRY],
                 "dropped_fault": self.dropped[KIND_FAULT],
                 "dropped_session": self.dropped[KIND_SESSION],
+                "dropped_session_start": self.dropped[KIND_SESSION_START],
                 "duplicate_acks": self.duplicate_acks, "corrupt_entries": self.corrupt_entries}

@@ -8,14 +8,29 @@ crash-safety guarantees are described in docs/sessions.md.
 
 Persistence (flash writes are bounded, never per control tick):
   session.live   the live session, replaced atomically at its start, at its authorization,
-                 when its EV leaves (unplugged()), and then from tick() at most every
-                 `session_checkpoint_s`, or after
-                 `session_checkpoint_wh` (but not more often than every 10 s).
+                 when a fault is added to it, when its EV leaves (unplugged()), when its
+                 start record has gone to the outbox, and from tick() every 10 minutes.
+  session.ckpt   a small record (~100 bytes: time buckets, meter segment, stop reason) of
+                 the live session from tick() every `session_checkpoint_s` (default 10 s),
+                 or after `session_checkpoint_wh` (but not more often than every 10 s); read
+                 over session.live at boot when it is newer. The flash budget for ten years
+                 is worked out in docs/sessions.md ("Flash wear").
   sessions.jnl   Journal of finished records ({"k":"done","r":record}) and backend
                  acknowledgements ({"k":"ack","id":id}); compacted when it grows.
 A finished record is on flash before pop_completed() hands it out; it stays pending until
-acknowledged(id). A live checkpoint found at boot is closed as "power_loss" by recover(),
-unless its EV had already left (then it ends as it ended, e.g. "ev_unplugged").
+acknowledged(id). A live checkpoint found at boot is closed by recover() as "power_loss",
+unless energy transfer had ended before the cut (then with the reason it ended with, e.g.
+"ev_stopped") or its EV had already left (then it ends as it ended, e.g. "ev_unplugged").
+
+Stop reason: what ended the energy transfer. Set when the contactor opens (the reason the
+integrator gives: ev_unplugged, ev_stopped, fault:<name>, limit:<why>, ...), replaced by
+a stop the backend or the station asked for (stop_reason()) while the contactor was
+closed, cleared when the contactor closes again (it was a pause). A fault that does not
+open the contactor (a warning: meter stale, backend offline) is listed in `faults` only.
+
+Start record: once a session is authorized, pop_started() hands out a small record of its
+start (id, connector, idTag / authorization, meter start, time) for the outbox; it is
+handed out again after a reset until start_delivered(id) says it is stored.
 
 All times in: now_ms are ticks (firmware.compat.ticks_ms or the simulator's clock); all
 differences use ticks_diff.
@@ -38,12 +53,19 @@ REASON_LOCAL_STOP = "local_stop"
 REASON_DEAUTHORIZED = "deauthorized"
 REASON_POWER_LOSS = "power_loss"
 REASON_AUTH_TIMEOUT = "auth_timeout"
+REASON_EV_STOPPED = "ev_stopped"
+REASON_REBOOT = "reboot"
+REASON_INOPERATIVE = "inoperative"
 FAULT_PREFIX = "fault:"
+LIMIT_PREFIX = "limit:"
+CKPT_FILE = "session.ckpt"
 
 TIME_WALL = "wall"            # seconds since 1970-01-01 UTC (NTP)
 TIME_MONOTONIC = "monotonic"  # ticks_ms of boot number `boot`
 
 _MIN_CHECKPOINT_GAP_MS = 10000    # the energy trigger waits at least this long
+_FULL_CHECKPOINT_MS = 600000      # session.live at least this often (counts, peak, flags)
+_STARTS_MAX = 4                   # start records waiting for the outbox (no backend: dropped)
 _JUMP_SLACK_WH = 20               # register resolution and poll jitter above max power
 _COMPACT_BYTES = 8192             # journal size that triggers a compaction
 _MAX_FAULT_NAMES = 8              # per session
@@ -73,8 +95,12 @@ class _Session:
               "suspended_ms", "plugged", "meter_start_wh", "seg_base", "seg_last",
               "closed_wh", "power_wms", "power_seen", "peak_power_w", "stale", "implausible",
               "rebased", "late_register", "recovered_wh", "faults", "reason", "tariff",
-              "ended")
-    OPTIONAL = {"ended": False}   # fields a checkpoint of older firmware lacks
+              "ended", "announced")
+    OPTIONAL = {"ended": False, "announced": False}   # fields older firmware lacks
+    # What changes while charging: the small checkpoint (session.ckpt), in this order.
+    SMALL = ("id", "last_ms", "last_wall", "elapsed_ms", "charging_ms", "idle_ms",
+             "suspended_ms", "seg_base", "seg_last", "closed_wh", "power_wms", "power_seen",
+             "peak_power_w", "reason")
 
     def __init__(self):
         self.id = None
@@ -109,12 +135,26 @@ class _Session:
         self.tariff = None
         self.ended = False        # the EV left: time, reason and stop are final; only the
                                   # final meter reading is still to come
+        self.announced = False    # its start record is in the outbox
 
     def to_dict(self):
         d = {"v": RECORD_VERSION}
         for k in self.FIELDS:
             d[k] = getattr(self, k)
         return d
+
+    def small(self):
+        return [getattr(self, k) for k in self.SMALL]
+
+    def overlay(self, values):
+        """The small checkpoint over the full one, when it is this session's and newer."""
+        if not isinstance(values, list) or len(values) != len(self.SMALL):
+            return False
+        if values[0] != self.id or not values[3] > self.elapsed_ms:
+            return False
+        for k, v in zip(self.SMALL, values):
+            setattr(self, k, v)
+        return True
 
     @classmethod
     def from_dict(cls, d):
@@ -170,6 +210,9 @@ class SessionManager:
         self._power_ms = 0
         self._ckpt_ms = 0
         self._ckpt_wh = 0
+        self._full_ms = 0
+        self._requested = None        # a stop asked for while the contactor was closed
+        self._starts = []             # start records not yet in the outbox
         self._load()
 
     # -- boot ----------------------------------------------------------------------------
@@ -211,7 +254,13 @@ class SessionManager:
                     # on flash); only the removal of the live file was cut off.
                     self.store.remove(LIVE_FILE)
                 else:
+                    try:
+                        s.overlay(json.loads(self.store.read(CKPT_FILE) or b"null"))
+                    except (StorageError, ValueError, TypeError) as e:
+                        self.error = "session.ckpt: %s" % (e.args[0] if e.args else "damaged")
                     self._orphan = s
+                    if s.auth is not None and not s.announced:
+                        self._queue_start(s)
                     boot, seq = _id_key(s.id)
                     if boot == self.boot_id and seq > self._seq:
                         self._seq = seq
@@ -245,8 +294,9 @@ class SessionManager:
                 s.recovered_wh = delta
             else:
                 s.implausible += 1
-        # A session whose EV had left before the reset ended then, as it ended.
-        return self._finish(s, s.reason if s.ended else REASON_POWER_LOSS, now_ms)
+        # A session whose EV had left before the reset ended then, as it ended; one whose
+        # energy transfer had ended (the contactor opened with a reason) ended that way.
+        return self._finish(s, s.reason or REASON_POWER_LOSS, now_ms)
 
     # -- events from the integrator ------------------------------------------------------
     def on_state(self, now_ms, state):
@@ -265,17 +315,25 @@ class SessionManager:
             if s is not None and s.plugged:
                 self._end(now_ms, s.reason or REASON_EV_UNPLUGGED)
 
-    def on_contactor(self, now_ms, closed):
+    def on_contactor(self, now_ms, closed, reason=None):
+        """The contactor closed, or opened for `reason` (the stop reason it means: e.g.
+        ev_unplugged, ev_stopped, fault:<name>; None = none known)."""
         self._advance(now_ms)
         closed = bool(closed)
         if closed == self._contactor:
             return
         self._contactor = closed
         s = self._session
+        requested = self._requested
+        self._requested = None
         if closed:
-            if s is not None:
+            if s is not None and not s.ended:
                 s.reason = None       # charging resumed: an earlier stop was a pause
         else:
+            if s is not None and not s.ended:
+                # What ended the energy transfer: a stop asked for while charging wins over
+                # the EV's reaction to it (it stops because the PWM went off).
+                s.reason = requested or reason or s.reason
             self.counters.contactor_opened(self._power)
 
     def on_meter(self, now_ms, import_wh, power_w, valid):
@@ -309,9 +367,10 @@ class SessionManager:
         self.counters.fault(fault_name)
         s = self._session
         if s is not None and not s.ended:
+            # Listed only: whether it ended the charge is the contactor's to say.
             if fault_name not in s.faults and len(s.faults) < _MAX_FAULT_NAMES:
                 s.faults.append(fault_name)
-            s.reason = FAULT_PREFIX + fault_name
+                self._checkpoint(now_ms)
 
     def set_id_tag(self, id_tag, now_ms=None, auth=None):
         """The user authorized for this connector (id_tag None in free mode). Starts a
@@ -329,21 +388,28 @@ class SessionManager:
             s = None
         if s is None:
             self._block_until_unplug = False
-            self._start(now_ms, ev_connected(self._state) if self._state is not None else False,
-                        id_tag, auth)
+            s = self._start(now_ms, ev_connected(self._state) if self._state is not None
+                            else False, id_tag, auth)
         elif s.id_tag != id_tag or s.auth != auth:
             s.id_tag = id_tag
             s.auth = auth
             # Who pays must survive a power cut: written now, once per authorization.
             self._checkpoint(now_ms)
+        if auth is not None and not s.announced:
+            self._queue_start(s)
 
     def stop_reason(self, reason):
         """Why charging stops (remote_stop, deauthorized, ...): recorded when the session
         ends, unless charging resumes first."""
         if not isinstance(reason, str) or not 0 < len(reason) <= _REASON_MAX:
             raise SessionError("stop reason: 1..%d characters" % _REASON_MAX)
-        if self._session is not None and not self._session.ended:
-            self._session.reason = reason
+        s = self._session
+        if s is None or s.ended:
+            return
+        if self._contactor:
+            self._requested = reason      # recorded when the contactor opens
+        elif s.reason is None:
+            s.reason = reason             # nothing had ended the transfer before
 
     def unplugged(self, now_ms):
         """The EV has left (state A) and the integrator holds that event until the final
@@ -372,7 +438,8 @@ class SessionManager:
             return self._end(now_ms, s.reason)
         if s.plugged:
             self._block_until_unplug = True
-        return self._end(now_ms, reason)
+        # Charging until now: this end stopped it. Otherwise what stopped it earlier stands.
+        return self._end(now_ms, reason if self._contactor else (s.reason or reason))
 
     def tick(self, now_ms):
         """Call occasionally (any rate): writes a checkpoint of the live session when due,
@@ -384,7 +451,10 @@ class SessionManager:
                     since >= _MIN_CHECKPOINT_GAP_MS and s.seg_last is not None
                     and s.energy_wh() - self._ckpt_wh >= self.cfg["session_checkpoint_wh"]):
                 self._advance(now_ms)
-                self._checkpoint(now_ms)
+                if ticks_diff(now_ms, self._full_ms) >= _FULL_CHECKPOINT_MS:
+                    self._checkpoint(now_ms)
+                else:
+                    self._checkpoint_small(now_ms)
         self.counters.tick(now_ms)
         if self._unsaved:
             self._retry_unsaved()
@@ -398,6 +468,38 @@ class SessionManager:
         if s is None or s.ended:
             return None
         return self._record(s, None)
+
+    def pop_started(self):
+        """Start records of authorized sessions not yet in the outbox, oldest first; handed
+        out again until start_delivered(id)."""
+        return list(self._starts)
+
+    def start_delivered(self, session_id):
+        """The start record of `session_id` is in the outbox (on flash): not offered again,
+        also after a reset."""
+        for rec in self._starts:
+            if rec["id"] == session_id:
+                self._starts.remove(rec)
+                break
+        s = self._session
+        if s is not None and s.id == session_id and not s.announced:
+            s.announced = True
+            self._checkpoint(self._now)
+
+    def _queue_start(self, s):
+        for rec in self._starts:
+            if rec["id"] == s.id:
+                self._starts.remove(rec)
+                break
+        if len(self._starts) >= _STARTS_MAX:
+            # No backend polls them: the end record still tells the whole session.
+            self._starts.pop(0)
+        self._starts.append({
+            "v": RECORD_VERSION, "id": s.id, "station_id": s.station_id,
+            "connector_id": s.connector_id, "id_tag": s.id_tag, "auth": s.auth, "boot": s.boot,
+            "time_source": s.time_source, "start_time": s.start_time,
+            "time": s.start_time if s.time_source == TIME_WALL else None,
+            "meter_start_wh": s.meter_start_wh})
 
     def pop_completed(self, limit=None):
         """Finished records not yet handed out since boot, oldest first (at most `limit`;
@@ -560,13 +662,22 @@ class SessionManager:
         s.last_wall = wall
 
     def _checkpoint(self, now_ms):
+        self._full_ms = now_ms
+        self._write_checkpoint(now_ms, False)
+
+    def _checkpoint_small(self, now_ms):
+        self._write_checkpoint(now_ms, True)
+
+    def _write_checkpoint(self, now_ms, small):
         s = self._session
         self._sync_wall(s)
+        name = CKPT_FILE if small else LIVE_FILE
+        values = s.small() if small else s.to_dict()
         self._ckpt_ms = now_ms
         e = s.energy_wh()
         self._ckpt_wh = e if e is not None else 0
         try:
-            self.store.write_atomic(LIVE_FILE, json.dumps(s.to_dict()).encode())
+            self.store.write_atomic(name, json.dumps(values).encode())
         except StorageError as e:
             self.error = e.args[0]
 
@@ -633,6 +744,11 @@ class SessionManager:
     def _finish(self, s, reason, now_ms):
         rec = self._record(s, reason)
         sid = rec["id"]
+        for start in self._starts:
+            if start["id"] == sid:
+                # Not in the outbox yet: the end record tells the backend all of it.
+                self._starts.remove(start)
+                break
         # Order matters for crash safety: the record first, then the live file, then the
         # counters (which skip a session id they already counted).
         try:
@@ -646,6 +762,7 @@ class SessionManager:
         if sid not in self._unsaved:
             try:
                 self.store.remove(LIVE_FILE)
+                self.store.remove(CKPT_FILE)
             except StorageError as e:
                 self.error = e.args[0]
         self._count(rec, now_ms)

@@ -14,25 +14,33 @@ source of what the backend sees: retained status, telemetry, events and the outb
 """
 import gc
 
+from firmware import commands as _cmd
 from firmware import config_store
 from firmware import faults as _faults
 from firmware import states as _states
 from firmware.auth import ACCEPTED_FREE, ASK_BACKEND, SOURCE_BACKEND, SOURCE_READER, Authorizer
-from firmware.charger import CONTACTOR_REASON_NAMES, LIMIT_NAMES, Charger
+from firmware.charger import (
+    CONTACTOR_EV_STOPPED, CONTACTOR_FAULT, CONTACTOR_PWM_OFF, CONTACTOR_REASON_NAMES,
+    CONTACTOR_UNPLUGGED, LIMIT_NAMES, Charger)
 from firmware.compat import mem_free, ticks_add, ticks_diff
-from firmware.config import Config, needs_reboot
+from firmware.config import Config, is_hardware, needs_reboot
 from firmware.counters import Counters
 from firmware.events import (
     EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_OFFER, EV_SELFTEST, EV_STATE,
     EV_WAKEUP, EventRing, KIND_NAMES)
 from firmware.faults import FaultSet
+from firmware.history import HK_BOOT, HK_STOP, History, cause_index, stop_index
 from firmware.meter_service import NEW_READING, STALE_CHANGED, MeterService
 from firmware.meters import load_map
-from firmware.outbox import KIND_FAULT, KIND_SESSION, Outbox, OutboxError
-from firmware.pilot import CURRENT_MIN_MA
+from firmware.ledger import Ledger
+from firmware.outbox import KIND_FAULT, KIND_SESSION, KIND_SESSION_START, Outbox, OutboxError
+from firmware.pilot import DUTY_PAUSED, CURRENT_MIN_MA, current_for_duty, duty_for_current
 from firmware.safestate import SafeState
-from firmware.session import REASON_REMOTE_STOP, SessionManager
+from firmware.session import (
+    FAULT_PREFIX, LIMIT_PREFIX, REASON_EV_STOPPED, REASON_EV_UNPLUGGED, REASON_INOPERATIVE,
+    REASON_REBOOT, REASON_REMOTE_STOP, SessionManager)
 from firmware.storage import Journal, StorageError, Store
+from firmware.version import VERSION
 
 TICK_MS = 10
 CONFIG_FILE = config_store.FILE
@@ -61,6 +69,23 @@ _GC_FREE_MIN = 16 * 1024
 current = None              # the running station, for the REPL diagnostics (diag.py)
 
 
+def applied_ma(duty_pm):
+    """The current the applied duty tells the EV (IEC 61851-1 Table A.8), 0 when no PWM:
+    what the station offers, not the target it was computed from (52000 mA has no duty of
+    its own: the PWM codes 51 A)."""
+    if 0 < duty_pm < DUTY_PAUSED:
+        ma = current_for_duty(duty_pm)
+        return ma if ma > 0 else 0
+    return 0
+
+
+def coded_ma(target_ma):
+    """The current a duty for `target_ma` codes (0 below 6 A: no duty, a pause)."""
+    if target_ma < CURRENT_MIN_MA:
+        return 0
+    return current_for_duty(duty_for_current(target_ma))
+
+
 class Station:
     def __init__(self, board, config=None, store=None):
         global current
@@ -76,12 +101,17 @@ class Station:
                 store = self._ram_store(e)
         self.store = store
         self.config_error = None
+        self.pending_reboot = []       # keys changed since boot that apply after a reboot
         self.cfg = self._load_config(config)
         now = board.ticks_ms()
 
         self.events = EventRing(64)
         self.faults = FaultSet(self.events)
         self.charger = Charger(self.cfg, self.events, self.faults)
+        # The hardware's rating (board file): nothing configured or commanded offers more.
+        self.ceiling_ma = getattr(board, "rated_current_ma", None)
+        if self.ceiling_ma is not None:
+            self.charger.set_ceiling(self.ceiling_ma)
         # Inoperative is kept across resets (as OCPP's ChangeAvailability): a station taken
         # out of service must not come back charging after a power cut. A write of the flag
         # cut by a reset (only its temporary copy on flash) counts as inoperative.
@@ -137,10 +167,13 @@ class Station:
         self.link = None
         if self.cfg["mqtt_host"]:
             from firmware.mqtt_link import MqttLink
+            # Exactly once across resets: the commands executed are kept on flash.
             self.link = MqttLink(self.cfg, self.cfg["station_id"], self.outbox, self,
+                                 wall_time=board.wall_time, ledger=Ledger(self.store),
                                  quiet=self._may_stall)
         self._fallback = False
         self._undelivered = []         # (kind, record) the outbox could not store yet
+        self._stop_fault = None        # the last blocking fault raised: what a fault opening means
 
         self._reboot_at = None
         self._reboot_deadline = None
@@ -159,6 +192,10 @@ class Station:
         self._uptime_at = now
         self.boot_report = {"reset_cause": board.reset_cause(), "boot": self.boot_id,
                             "crash": board.last_crash(), "storage_error": self.storage_error}
+        # The technician's log on flash (firmware/history.py): survives the reset.
+        self.history = History(self.store, self.boot_id, board.wall_time, now)
+        self.history.add(HK_BOOT, cause_index(self.boot_report["reset_cause"]),
+                         1 if self.boot_report["crash"] else 0, now)
         if self.boot_report["crash"]:
             self.faults.raise_(_faults.INTERNAL_ERROR, now, present=False)
         if self.storage_error:
@@ -167,7 +204,7 @@ class Station:
         elif self.config_error:
             self.faults.raise_(_faults.STORAGE_ERROR, now, present=False)
         self._queue_event({"type": "boot", "reset_cause": self.boot_report["reset_cause"],
-                           "boot": self.boot_id, "crash": self.boot_report["crash"],
+                           "boot": self.boot_id, "version": VERSION, "crash": self.boot_report["crash"],
                            "config_error": self.config_error,
                            "storage_error": self.storage_error})
         self._restore_safe(now)
@@ -280,11 +317,14 @@ class Station:
         now = self.board.ticks_ms()
         self.safety_tick(now)
         self.iterations += 1
-        try:
+        if self.safe.due(self.faults, self.charger):
             # A latch or limit that changed in this tick goes to flash before anything
-            # else: a reset from here on finds it (due() compares two ints, no allocation).
-            if self.safe.due(self.faults, self.charger):
+            # else: a reset from here on finds it (due() compares ints, no allocation).
+            try:
                 self._save_safe(now)
+            except Exception as e:  # noqa: BLE001 - out of memory, say: retried next time
+                self._service_failed(now, e)
+        try:
             self._service(now)
         except Exception as e:  # noqa: BLE001 - see _service_failed
             self._service_failed(now, e)
@@ -335,6 +375,7 @@ class Station:
             self.uptime_s += self._uptime_ms // 1000
             self._uptime_ms %= 1000
         self._storage_op(self.sessions.tick, now)
+        self.history.tick(now)
         if self._undelivered:
             kind, rec = self._undelivered.pop(0)
             self._deliver(kind, rec)
@@ -440,6 +481,7 @@ class Station:
     def _on_event(self, ev):
         t, kind, a, b = ev
         s = self.sessions
+        self.history.add(kind, a, b, self.board.ticks_ms(), t)
         if kind == EV_STATE:
             s.on_state(t, a)
             if a == _states.STATE_A:
@@ -449,13 +491,15 @@ class Station:
             self._queue_event({"type": "state", "state": _states.NAMES[a],
                                "from": _states.NAMES[b], "t_ms": t})
         elif kind == EV_CONTACTOR:
-            s.on_contactor(t, a)
+            s.on_contactor(t, a, None if a else self._stop_cause(b))
             self._queue_event({"type": "contactor", "closed": bool(a),
                                "reason": CONTACTOR_REASON_NAMES[b], "t_ms": t})
         elif kind == EV_FAULT_RAISED or kind == EV_FAULT_CLEARED:
             f = _faults.by_code(a)
             raised = kind == EV_FAULT_RAISED
             if raised:
+                if f.blocking:
+                    self._stop_fault = f.name
                 s.on_fault(t, f.name)
             rec = {"fault": f.name, "raised": raised, "ocpp": f.ocpp, "text": f.text,
                    "t_ms": t, "boot": self.boot_id}
@@ -467,20 +511,38 @@ class Station:
                     rec["detail"] = detail[-_DETAIL_CHARS:]
                 elif b:
                     self.board.clear_crash()     # read and cleared by a person
-            wall = self.board.wall_time()
-            if wall is not None:
-                rec["time"] = wall
+            # UTC, or null: the clock was not set (t_ms and boot order it then).
+            rec["time"] = self.board.wall_time()
             # Fault events must reach the backend: outbox (persisted, resent until acked).
             self._deliver(KIND_FAULT, rec)
         elif kind == EV_OFFER:
-            self._queue_event({"type": "offer", "offered_ma": a, "limit": LIMIT_NAMES[b],
-                               "t_ms": t})
+            self._queue_event({"type": "offer", "offered_ma": coded_ma(a),
+                               "limit": LIMIT_NAMES[b], "t_ms": t})
         elif kind == EV_SELFTEST:
             self._queue_event({"type": "selftest", "passed": bool(a), "took_ms": b, "t_ms": t})
         elif kind == EV_WAKEUP:
             self._queue_event({"type": "wakeup", "active": bool(a), "t_ms": t})
         else:
             self._queue_event({"type": KIND_NAMES[kind], "a": a, "b": b, "t_ms": t})
+
+    def _stop_cause(self, why):
+        # What a contactor opening means for the session's stop reason (docs/sessions.md).
+        # A stop the backend or the station asked for is the session's own (stop_reason);
+        # here: the EV, a fault, or the limits that turned the PWM off.
+        c = self.charger
+        if why == CONTACTOR_UNPLUGGED:
+            return REASON_EV_UNPLUGGED
+        if why == CONTACTOR_FAULT:
+            return FAULT_PREFIX + (self._stop_fault or "unknown")
+        if why == CONTACTOR_EV_STOPPED or why == CONTACTOR_PWM_OFF:
+            if not c.available:
+                return REASON_INOPERATIVE       # the operator took the station out of service
+            if c.offered_ma == 0 and not c.paused:
+                # The limits in force left nothing to offer (x1): backend, comms, thermal.
+                return LIMIT_PREFIX + LIMIT_NAMES[c.limit_reason]
+            if why == CONTACTOR_EV_STOPPED:
+                return REASON_EV_STOPPED
+        return CONTACTOR_REASON_NAMES[why]
 
     def _offer_sessions(self):
         # Finished session records move from the session journal to the outbox a few at a
@@ -490,10 +552,18 @@ class Station:
         # go out at the first boot with one.
         if self.link is None:
             return
+        # (A start record does not count: its end record takes its place.)
         held = [r.id for r in self.outbox.records() if r.kind == KIND_SESSION]
         room = self.outbox.capacity - len(held)
         if room <= 0:
             return
+        # Start records first (the backend learns of a session when it is authorized),
+        # only into free places: an end record takes its start's place later.
+        for rec in self.sessions.pop_started():
+            if len(self.outbox) >= self.outbox.capacity:
+                break
+            self._deliver(KIND_SESSION_START, rec)
+            self.sessions.start_delivered(rec["id"])
         for rec in self.sessions.pop_completed(min(room, _SESSIONS_PER_STEP)):
             if rec["id"] not in held:
                 self._deliver(KIND_SESSION, rec)
@@ -594,17 +664,18 @@ class Station:
             "authorized": c.authorized,
             "paused": c.paused,
             "paused_by_limit": self._paused_by_limit(),
-            "offered_ma": c.offered_ma,
+            "offered_ma": applied_ma(c.duty_pm),
             "limit": LIMIT_NAMES[c.limit_reason],
             "contactor": c.contactor,
             "faults": self.faults.active_names(),
             "session": active["id"] if active else None,
             "boot": self.boot_id,
+            "version": VERSION,
         }
 
     def telemetry(self):
         c = self.charger
-        out = {"state": _states.NAMES[c.state], "offered_ma": c.offered_ma,
+        out = {"state": _states.NAMES[c.state], "offered_ma": applied_ma(c.duty_pm),
                "contactor": c.contactor, "temp_dc": c.temp_dc}
         m = self.meter
         if m is not None:
@@ -644,21 +715,33 @@ class Station:
         return out
 
     # -- commands (firmware.commands.CommandTarget) ----------------------------------------------
-    def cmd_start(self, now_ms):
+    def cmd_start(self, now_ms, id_tag=None, connector_id=None):
+        # connector_id is checked by the dispatcher (this station has one connector).
         c = self.charger
         if not c.available:
-            return "station is inoperative"
+            return _cmd.INOPERATIVE, "station is inoperative"
         if self._reboot_at is not None:
             # The reboot paused charging so the EV stops first; resuming would have the
             # reset cut a charging EV under load.
-            return "reboot scheduled"
+            return _cmd.BUSY, "reboot scheduled"
+        if id_tag is not None:
+            # OCPP RemoteStartTransaction: the backend names who pays; the EV may plug in
+            # afterwards (the session starts at the authorization).
+            try:
+                ok, why = self.auth.request(id_tag, True, SOURCE_BACKEND)
+            except ValueError as e:
+                return _cmd.PROPERTY_CONSTRAINT, str(e)
+            err = self._authorize(id_tag, ok, why, now_ms)
+            if err is None and c.paused:
+                c.resume()
+            return err
         if not _states.ev_connected(c.state):
-            return "no EV connected"
+            return _cmd.NO_EV, "no EV connected"
         if c.paused:
             c.resume()
             return None
         if c.authorized:
-            return "already started"
+            return _cmd.ALREADY, "already started"
         # A remote start authorizes the connected EV (OCPP RemoteStartTransaction).
         c.authorize(True)
         self.sessions.set_id_tag(None, now_ms, SOURCE_BACKEND)
@@ -667,9 +750,9 @@ class Station:
     def cmd_stop(self, now_ms):
         c = self.charger
         if self.sessions.active is None:
-            return "no session"
+            return _cmd.NO_SESSION, "no session"
         if c.paused:
-            return "already stopped"
+            return _cmd.ALREADY, "already stopped"
         c.pause()
         self.sessions.stop_reason(REASON_REMOTE_STOP)
         return None
@@ -678,7 +761,7 @@ class Station:
         try:
             ok, why = self.auth.request(id_tag, True, SOURCE_BACKEND)
         except ValueError as e:
-            return str(e)
+            return _cmd.PROPERTY_CONSTRAINT, str(e)
         return self._authorize(id_tag, ok, why, now_ms)
 
     def present_id_tag(self, id_tag, now_ms):
@@ -694,22 +777,22 @@ class Station:
             return False, why
         err = self._authorize(id_tag, ok, why, now_ms) if ok else None
         if err:
-            ok, why = False, err
+            ok, why = False, err[1]
         self._queue_event({"type": "id_tag", "id_tag": id_tag, "accepted": ok, "reason": why})
         return ok, why
 
     def _authorize(self, id_tag, ok, why, now_ms):
         if not ok:
-            return "not authorized: %s" % why
+            return _cmd.NOT_AUTHORIZED, "not authorized: %s" % why
         if not self.charger.available:
-            return "station is inoperative"
+            return _cmd.INOPERATIVE, "station is inoperative"
         active = self.sessions.active
         holder = active["id_tag"] if active is not None else None
         if holder is not None and self.charger.authorized:
             # The card that started the session pays for it: another card presented at a
             # station in use must not take the session (and its bill) over.
             if id_tag.upper() != holder.upper():
-                return "the session belongs to another idTag"
+                return _cmd.OCCUPIED, "the session belongs to another idTag"
             return None
         self.charger.authorize(True)
         self.sessions.set_id_tag(id_tag, now_ms, why)
@@ -721,7 +804,7 @@ class Station:
         try:
             self.charger.set_backend_limit(limit_ma)
         except ValueError as e:
-            return str(e)
+            return _cmd.PROPERTY_CONSTRAINT, str(e)
         # The station counts the expiry down itself: a week does not fit a ticks deadline.
         self._limit_left_ms = None if expires_s is None else expires_s * 1000
         self._limit_counted = now_ms
@@ -746,7 +829,7 @@ class Station:
             else:
                 self.store.write_atomic(AVAILABILITY_FILE, b"1")
         except StorageError as e:
-            return "availability not stored: %s" % e
+            return _cmd.STORAGE, "availability not stored: %s" % e
         self.charger.set_available(operative)
         return None
 
@@ -763,11 +846,14 @@ class Station:
             if meter_keys:
                 load_map(trial["meter_map"], trial["meter_custom_map"])
         except ValueError as e:
-            return str(e)
+            return _cmd.PROPERTY_CONSTRAINT, str(e)
+        guard = self._hardware_guard(trial, changes, changed)
+        if guard:
+            return guard
         try:
             config_store.save(self.store, trial)
         except StorageError as e:
-            return "config not stored: %s" % e
+            return _cmd.STORAGE, "config not stored: %s" % e
         self.cfg.update(changes)
         self.charger.reload_config()
         if self._fallback and "comms_fallback_ma" in changed:
@@ -776,14 +862,34 @@ class Station:
         if self.meter is not None and meter_keys:
             self.meter.configure(self.cfg)
         later = [k for k in changed if needs_reboot(k)]
+        for k in later:
+            if k not in self.pending_reboot:
+                self.pending_reboot.append(k)     # stored, applied after the next reboot
         if later:
             self._queue_event({"type": "config_pending_reboot", "keys": later})
         return None
 
+    def _hardware_guard(self, trial, changes, changed):
+        # What the hardware is (a socket or a cable, its phases) changes only with the
+        # contactor open; no setting may exceed the hardware's rated current.
+        if self.charger.contactor:
+            for k in changed:
+                if is_hardware(k):
+                    return (_cmd.BUSY,
+                            "%s: not while the contactor is closed (stop the charge first)" % k)
+        ceiling = self.ceiling_ma
+        if ceiling is not None:
+            for k in ("max_current_ma", "comms_fallback_ma"):
+                if k in changes and trial[k] > ceiling:
+                    return (_cmd.PROPERTY_CONSTRAINT, "%s: %d above the hardware rating %d"
+                            " (board file rated_current_ma)" % (k, trial[k], ceiling))
+        return None
+
     def cmd_reboot(self, now_ms):
         if self._reboot_at is not None:
-            return "reboot already scheduled"
+            return _cmd.BUSY, "reboot already scheduled"
         self.charger.pause()
+        self.sessions.stop_reason(REASON_REBOOT)
         self._reboot_at = ticks_add(now_ms, _REBOOT_GRACE_MS)
         self._reboot_deadline = ticks_add(now_ms, _REBOOT_FORCE_MS)
         return None
@@ -810,15 +916,34 @@ class Station:
         # A session whose EV has left (waiting for its final reading) ends as it ended.
         self._storage_op(self.sessions.end, now, reason)
         self._storage_op(self.counters.save, now)
+        self.history.add(HK_STOP, stop_index(reason), 0, now)
+        self.history.flush(now)
         if self.link is not None:
             self.link.close(reason)
+
+    def interrupted(self):
+        """Ctrl-C stopped the loop and main.py opened the contactor behind the charger's
+        back: the opening counts in the wear counters (under load when the EV was drawing:
+        the meter's power, else a closed contactor in C/D counts as loaded), and the log and
+        the counters go to flash now, before anything resets the station."""
+        now = self.board.ticks_ms()
+        c = self.charger
+        if c.contactor:
+            m = self.meter
+            power = m.power_w if m is not None and m.readings and not m.stale else None
+            if power is None and c.state in (_states.STATE_C2, _states.STATE_D2):
+                power = self.counters.load_threshold_w
+            self.counters.contactor_opened(power)
+        self.history.add(HK_STOP, stop_index("interrupted"), 0, now)
+        self.history.flush(now)
+        self._storage_op(self.counters.save, now)
 
     def cmd_selftest(self, now_ms):
         if not self.cfg["rcd_selftest"]:
             # The charger drops the request: no test would run and no result would come.
-            return "the residual-current self-test is disabled (rcd_selftest)"
+            return _cmd.DISABLED, "the residual-current self-test is disabled (rcd_selftest)"
         if self.charger.contactor:
-            return "charging: the self-test runs when the contactor is open"
+            return _cmd.BUSY, "charging: the self-test runs when the contactor is open"
         self.charger.request_selftest()
         return None
 
@@ -829,8 +954,22 @@ class Station:
         try:
             code = _faults.by_name(name).code
         except ValueError as e:
-            return str(e)
-        err = self.charger.clear_fault(code, True)
+            return _cmd.PROPERTY_CONSTRAINT, str(e)
+        err = self.clear_fault(code, True, now_ms)
+        if err is None:
+            return None
+        if err.endswith("on site"):
+            return _cmd.ON_SITE, err
+        if err.endswith("not active"):
+            return _cmd.ALREADY, err
+        return _cmd.BUSY, err                  # its cause is still present: later
+
+    def clear_fault(self, code, remote, now_ms):
+        """A person asks to clear fault `code` (`remote`: from the backend; else on site,
+        diag.clear). None when cleared, else why not. A latch cleared is on flash before
+        this returns, so a reset right after it (the loop stopped at the REPL, say) does
+        not bring it back."""
+        err = self.charger.clear_fault(code, remote)
         if err is None and self.safe.due(self.faults, self.charger):
-            self._save_safe(now_ms, True)      # a latch cleared is on flash before the reply
+            self._save_safe(now_ms, True)
         return err

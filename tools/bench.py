@@ -59,6 +59,7 @@ TARGETS = {
     "modbus_bytes_per_poll": ("ratio", 1.3, "<= 1.3 x min"),
     "reaction_ms_network_stall": ("<=", 20, "<= 20 ms"),
     "loop_stall_ms_max": ("<=", 10, "<= 10 ms"),
+    "property_violations": ("<=", 0, "0"),
 }
 # Every key bench.json must carry a value for (the order of the table).
 METRICS = (
@@ -69,7 +70,10 @@ METRICS = (
     "mqtt_idle_bytes_per_hour", "mqtt_idle_bytes_per_hour_baseline", "mqtt_session_bytes",
     "modbus_bytes_per_poll", "modbus_bytes_per_poll_min", "boot_to_ready_ms",
     "reaction_ms_network_stall", "loop_stall_ms_max",
+    "property_cases", "property_violations",
 )
+# Random cases of the charger's safety properties with commands and resets (tools/bench_props.py).
+PROP_CASES = {False: 100000, True: 500}
 
 # Annex A sequences that open the contactor "at once" (docs/performance.md).
 AT_ONCE = ("c_to_b_open", "c_to_a_open", "cp_open_open", "pe_loss_open", "cp_short_open",
@@ -644,6 +648,13 @@ def part_annexa(quick):
     return {}, {"checks": out, "failed": failed, "scenarios": list(names)}
 
 
+def part_props(quick):
+    """The charger's safety invariants over random EV behaviour, faults, backend commands
+    and resets (tools/bench_props.py)."""
+    from tools import bench_props
+    return bench_props.bench(PROP_CASES[quick])
+
+
 # -- context, table, main ----------------------------------------------------------------------
 
 def _version(cmd):
@@ -776,11 +787,17 @@ def main(argv=None, out=None):
                 part("boot", part_boot, peers, tmp, args.quick)
             part("net", part_net, tmp, args.quick)
             part("annexa", part_annexa, args.quick)
+            # Firmware that does not compile for the device is not measured at all.
+            part("props", part_props, args.quick)
     finally:
         if peers is not None:
             peers.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    if metrics.get("property_violations"):
+        # A safety property broken is a failure, not a missed target.
+        errors["props"] = ("%d cases broke a safety property (details.props.examples)"
+                           % metrics["property_violations"])
     met = verdicts(metrics)
     missing = [k for k in METRICS if metrics.get(k) is None]
     report = {"metrics": {k: metrics.get(k) for k in METRICS},

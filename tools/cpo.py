@@ -22,7 +22,12 @@ import sys
 import threading
 import time
 
-import paho.mqtt.client as mqtt
+try:
+    import paho.mqtt.client as mqtt
+except ImportError:
+    # The system Python has no paho-mqtt: say which command works instead of a traceback.
+    sys.exit("python -m tools.cpo needs paho-mqtt, which this Python (%s) does not have:"
+             " run `make setup`, then `.venv/bin/python -m tools.cpo ...`" % sys.executable)
 
 API_VERSION = 1
 CSV_COLUMNS = ("station", "id", "seq", "id_tag", "start_time", "stop_time", "duration_s",

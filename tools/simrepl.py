@@ -16,6 +16,9 @@ REPL with `sim` bound:
     >>> sim.request(); sim.run(1000); diag.status()    # C2, contactor closed
     >>> sim.rcd_fault(); sim.run(100); diag.faults()
 
+Ctrl-C during sim.run(ms) stops the firmware's loop as on the board (contactor open, pilot
+at -12 V) and returns to the REPL; the simulator stays (the launcher ignores the signal).
+
 Time is simulated: the station only moves inside sim.run(ms) (and inside diag functions
 that wait, such as selftest()), exactly as on the device where the loop is stopped while
 the technician types. --meter-port connects the board's RS-485 port to a Modbus RTU peer on
@@ -107,7 +110,10 @@ class Sim:
         # Lock-step with the real peer: simulated time stands still while it owes an
         # answer, up to a wall-time cap (a silent address never answers).
         m = self.meter
-        if m is None or not m.waiting():
+        if m is None:
+            return
+        m.send_held()               # the request written since the last wait goes out now
+        if not m.waiting():
             return
         import time
         waited = 0
@@ -119,12 +125,28 @@ class Sim:
             waited += 1
 
     def run(self, ms):
-        """Step the station for `ms` of simulated time (service mode: time only passes)."""
-        for _ in range(ms // self.tick_ms):
-            st = self.station
-            if st is not None:
-                st.step()
-            self.board.sleep_ms(self.tick_ms)
+        """Step the station for `ms` of simulated time (service mode: time only passes).
+        Ctrl-C stops the loop as on the board (main.py): contactor open, pilot at -12 V,
+        back at the REPL with the station's state kept for diag."""
+        try:
+            for _ in range(ms // self.tick_ms):
+                st = self.station
+                if st is not None:
+                    st.step()
+                self.board.sleep_ms(self.tick_ms)
+        except KeyboardInterrupt:
+            self.interrupted()
+
+    def interrupted(self):
+        from firmware import board as _board
+        from firmware import station as _station
+        b = self.board
+        b.set_contactor(False)          # what bootinfo.interrupted() does on the device
+        b.set_pilot(_board.PILOT_STEADY_LOW)
+        b.set_led(_board.LED_FAULT)
+        if self.station is not None:
+            _station.current = self.station
+        print("stopped (Ctrl-C): contactor open. sim.run(ms) steps the station again.")
 
     # -- the EV and the faults --------------------------------------------------------------
     def _model(self, **changes):
@@ -194,6 +216,24 @@ def command(root, meter_port=None, config=None):
     return [MICROPYTHON, "-i", "-c", code], env
 
 
+def run_child(cmd, env, cwd):
+    """Run the unix port in the foreground. Ctrl-C at the terminal reaches the whole process
+    group: the unix port turns it into KeyboardInterrupt (Sim.run stops, the REPL stays),
+    while this launcher ignores it instead of killing its child."""
+    import signal
+    import subprocess
+
+    def child_default():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, preexec_fn=child_default)
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _parse_set(items):
     out = {}
     for item in items:
@@ -208,7 +248,6 @@ def _parse_set(items):
 def main(argv=None):
     import argparse
     import shutil
-    import subprocess
     import tempfile
     p = argparse.ArgumentParser(prog="python -m tools.simrepl", description=__doc__.split("\n")[0])
     p.add_argument("--storage", help="directory for the simulated flash (kept)")
@@ -223,7 +262,7 @@ def main(argv=None):
     os.makedirs(root, exist_ok=True)
     cmd, env = command(os.path.abspath(root), args.meter_port, _parse_set(args.set))
     try:
-        return subprocess.call(cmd, env=env, cwd=root)
+        return run_child(cmd, env, root)
     finally:
         if temp:
             shutil.rmtree(root, ignore_errors=True)

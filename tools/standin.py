@@ -148,6 +148,8 @@ def build(quiet=True):
     if not os.path.exists(cross):
         print("standin: building mpy-cross", flush=True)
     _run(["make", "-C", os.path.join(src, "mpy-cross"), jobs, "BUILD=" + cross_build])
+    if os.path.exists(BINARY) and os.path.getsize(BINARY) == 0:
+        os.remove(BINARY)       # a link killed half-way: make would take it as up to date
     if not os.path.exists(BINARY) and not quiet:
         print("standin: building the 32-bit unix port", flush=True)
     _run(["make", "-C", os.path.join(src, "ports", "unix"), jobs] + UNIX_FLAGS

@@ -105,8 +105,10 @@ except MemoryError:
 _faults = None
 if not scenario.get("use_standin", True):
     try:
-        from firmware import station as _station
-        if _station.current is not None:
+        # Only when main.py got as far: importing the station now, after a run that ended
+        # short of heap, would take the heap the report below needs.
+        _station = sys.modules.get("firmware.station")
+        if _station is not None and _station.current is not None:
             _faults = _station.current.faults.active_names()
             _station.current = None
     except MemoryError:

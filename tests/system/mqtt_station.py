@@ -10,7 +10,8 @@ any size go in a file.)
 Options (JSON): config (Config values), station, store (outbox directory), sessions (records
 put at start), status (dict), telemetry_every_ms, loop_ms, seconds (0 = until killed),
 stats_every_ms, steps (stop after this many steps), sim_step_ms (advance a simulated clock by
-this much per step instead of reading the real one).
+this much per step instead of reading the real one), clock ("real": UTC from time.time();
+absent: the clock is not set). The executed-commands ledger is kept in the store.
 
 Prints one line per fact, flushed at once:  READY | CALL <json> | ACKED <kind> <id> |
 STATS <json> | DONE <json>
@@ -22,6 +23,7 @@ sys.path.insert(0, "tests/unit")
 
 from firmware.compat import sleep_ms, ticks_add, ticks_diff, ticks_ms  # noqa: E402
 from firmware.config import Config  # noqa: E402
+from firmware.ledger import Ledger  # noqa: E402
 from firmware.mqtt_link import MqttLink  # noqa: E402
 from firmware.outbox import Outbox  # noqa: E402
 from firmware.storage import Journal, Store  # noqa: E402
@@ -51,7 +53,14 @@ def main(opts):
                     window=cfg["outbox_window"], resend_ms=cfg["outbox_resend_s"] * 1000,
                     on_ack=lambda kind, rid: say("ACKED", kind, str(rid)))
     target = PrintingTarget(cfg)
-    link = MqttLink(cfg, opts.get("station", "cp-test"), outbox, target)
+    wall = None
+    if opts.get("clock") == "real":
+        import time
+
+        def wall():
+            return int(time.time())
+    link = MqttLink(cfg, opts.get("station", "cp-test"), outbox, target, wall_time=wall,
+                    ledger=Ledger(store))
     link.publish_status(opts.get("status", {"state": "A"}))
     for rec in opts.get("sessions", []):
         outbox.put("session", rec)

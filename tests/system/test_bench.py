@@ -233,6 +233,13 @@ def test_a_part_that_fails_fails_the_run_even_with_every_metric_measured():
     assert bench.exit_status(["mpy_total_bytes"], {}) == 1
 
 
+def test_the_safety_properties_ran_their_cases_without_a_violation(quick):
+    report, _ = quick
+    assert report["property_cases"] == bench.PROP_CASES[True]
+    assert report["property_violations"] == 0, report["details"]["props"]["examples"]
+    assert report["details"]["props"]["resets"] > 0
+
+
 def test_network_stall_part_reacts_in_every_state_and_never_blocks_the_loop(quick):
     report, _ = quick
     net = report["details"]["net"]

@@ -1,24 +1,61 @@
-"""Safety invariants of the charge controller under random EV behaviour, faults and commands
-(CPython only: hypothesis does not run on MicroPython)."""
-import os
-import sys
+"""Safety invariants of the charge controller under random EV behaviour, faults, backend
+commands and resets (CPython only: hypothesis does not run on MicroPython).
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+The cases and the invariants are tools/bench_props.py's (shared with `make bench`, which
+runs 10^5 of them); here hypothesis picks a few hundred and shrinks any failure.
+"""
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from tools import bench_props
+from tools.bench_props import ACTIONS, RESETS, run_case
+
+STEPS = st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(min_value=1, max_value=400)),
+                 min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STEPS, st.booleans(), st.booleans())
+# A trip with no EV, its cause gone, then an EV at once: the charger still reads A for
+# pilot_confirm_n readings, and clears the trip then (found by the 10^5-case bench run).
+@example([("leak", 5), ("lock_ok", 100), ("no_leak", 1), ("ev_D", 10), ("overdraw", 1),
+          ("deauthorize", 20)], True, False)
+# The diode fails, then the EV leaves, one tick each: two different readings confirm
+# nothing; the third opens (30 ms, inside Annex A's 100 ms).
+@example([("ev_C", 100), ("authorize", 2), ("cmd_clear", 5), ("diode_off", 1), ("ev_A", 1),
+          ("ev_A", 20)], True, True)
+def test_safety_invariants_hold_on_every_tick_across_commands_and_resets(steps, selftest,
+                                                                          lock):
+    violation = run_case(steps, selftest, lock)
+    assert violation is None, violation
+
+
+def test_the_checker_finds_a_latch_lost_in_a_reset(monkeypatch):
+    # The invariants are not vacuous: a safety record that forgets the latches is caught.
+    from firmware.safestate import SafeState
+    monkeypatch.setattr(SafeState, "restore", lambda self, charger, now_ms, wall_s=None: None)
+    steps = [("ev_B", 5), ("authorize", 5), ("ev_C", 100), ("leak", 5), ("no_leak", 5),
+             ("reset", 5)]
+    v = run_case(steps)
+    assert v is not None and "lost" in v, v
+
+
+def test_every_kind_of_reset_is_among_the_actions():
+    assert RESETS == ("reset",) and "cmd_reboot" in ACTIONS
+
+
+def test_a_small_bench_run_reports_its_figures():
+    metrics, detail = bench_props.bench(200, seed=7)
+    assert metrics == {"property_cases": 200, "property_violations": 0}, detail["examples"]
+    assert detail["resets"] > 0 and detail["ticks"] > 200
+
+
+# -- the transition table (firmware/transitions.py, docs/state-machine.md) ------------------
+import os  # noqa: E402
+import sys  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "unit"))
 
 from charger_rig import Rig  # noqa: E402
-from firmware import faults as F  # noqa: E402
-from firmware.compat import ticks_diff  # noqa: E402
-
-ACTIONS = st.sampled_from([
-    "ev_A", "ev_B", "ev_C", "ev_D", "ev_E", "diode_off", "diode_on", "leak", "no_leak",
-    "weld", "authorize", "deauthorize", "pause", "resume", "limit_10", "limit_3", "no_limit",
-    "unavailable", "available", "hot", "very_hot", "cool", "overdraw", "normal_draw",
-    "pp_bad", "pp_ok", "monitor_dead", "monitor_ok",
-])
-STEPS = st.lists(st.tuples(ACTIONS, st.integers(min_value=1, max_value=400)),
-                 min_size=1, max_size=25)
 
 
 def apply(r, action):
@@ -73,80 +110,6 @@ def apply(r, action):
         r.monitor_ok = True
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(STEPS, st.booleans())
-def test_safety_invariants_hold_on_every_tick(steps, selftest):
-    r = Rig(rcd_selftest=selftest, tick_ms=10)
-    r.temp_dc = 250
-    ch = r.ch
-    cfg = r.cfg
-    was_closed = False
-    pwm_off_since = None
-    f_since = None
-    prev_blocking = 0
-    ever_welded = False
-    must_open_ticks = 0
-    for action, n_ticks in steps:
-        apply(r, action)
-        for _ in range(n_ticks):
-            r.step()
-            now = r.last_tick_ms()
-            duty = ch.duty_pm
-            blocking = ch.faults.blocking()
-            # The EV never sees a duty the standard forbids.
-            assert duty in (0, 1000) or 100 <= duty <= 960, duty
-            # The EV leaving C (B, A, E), a missing diode under PWM, or D without
-            # ventilation: open in the tick that confirms it (confirm_n readings).
-            if (r.ev not in ("C", "D") or (r.ev == "D" and not cfg["ventilation_supported"])
-                    or (not r.diode and 0 < duty < 1000)):
-                must_open_ticks += 1
-            else:
-                must_open_ticks = 0
-            if must_open_ticks >= cfg["pilot_confirm_n"]:
-                assert not ch.contactor, (r.ev, r.diode)
-            # A residual current opens in the tick that sees it.
-            if r.leak:
-                assert not ch.contactor
-            # Closed only without a fault that stops charging.
-            if ch.contactor:
-                assert not blocking, F.names(blocking)
-                if duty == 1000:
-                    if pwm_off_since is None:
-                        pwm_off_since = now
-                    assert ticks_diff(now, pwm_off_since) < cfg["pwm_off_open_ms"]
-                else:
-                    pwm_off_since = None
-                    assert ch.offered_ma >= 6000
-            else:
-                pwm_off_since = None
-            # Closed only when the standard allows it: PWM on (C2/D2) and the EV's last
-            # readings C (or D with ventilation) with its diode present, authorized,
-            # available, not paused, no residual current.
-            if ch.contactor and not was_closed:
-                assert 0 < duty < 1000, duty
-                assert r.ev == "C" or (r.ev == "D" and cfg["ventilation_supported"]), r.ev
-                assert r.diode and not r.leak
-                assert ch.authorized and ch.available and not ch.paused
-            # A welded contactor is never commanded closed again.
-            if ever_welded:
-                assert not (ch.contactor and not was_closed)
-            ever_welded = ever_welded or ch.faults.is_active(F.CONTACTOR_WELDED)
-            # A new fault that stops charging: -12 V for at least fault_hold_ms.
-            if blocking & ~prev_blocking:
-                f_since = now
-            if f_since is not None:
-                if ticks_diff(now, f_since) < cfg["fault_hold_ms"]:
-                    assert duty == 0
-                else:
-                    f_since = None
-            prev_blocking = blocking
-            # Power never flows in state D without ventilation.
-            if ch.pilot_level == 3 and not cfg["ventilation_supported"]:
-                assert not ch.contactor or r.ev != "D" or ch.contactor == was_closed
-            was_closed = ch.contactor
-
-
-# -- the transition table (firmware/transitions.py, docs/state-machine.md) ------------------
 # Every state change the Charger makes is a row of the table, and every row is reached.
 
 from firmware.states import NAMES  # noqa: E402

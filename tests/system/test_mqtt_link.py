@@ -100,15 +100,43 @@ def test_connects_publishes_retained_status_and_answers_commands(broker, console
     console.send(STATION, "start", corr_id="c-3")
     assert st.run(5000, lambda: len(replies(console, mark)) == 3)
     got = {p["id"]: p for p in replies(console, mark)}
-    assert got["c-1"] == {"v": 1, "id": "c-1", "cmd": "set_limit", "ok": True,
+    assert got["c-1"] == {"v": 1, "id": "c-1", "cmd": "set_limit", "ok": True, "time": None,
                           "data": {"limit_ma": 16000, "paused_by_limit": False}}
     assert got["c-2"]["ok"] is True
-    assert got["c-3"] == {"v": 1, "id": "c-3", "cmd": "start", "ok": False,
-                          "error": "no EV connected"}
+    assert got["c-3"] == {"v": 1, "id": "c-3", "cmd": "start", "ok": False, "time": None,
+                          "code": "GenericError", "error": "no EV connected"}
     assert st.target.calls == [("set_limit", 16000, 600), ("authorize", "04A2B3C4"), ("start",)]
     s = st.link.stats()
     assert (s["rx_commands"], s["accepted_commands"], s["failed_commands"]) == (3, 2, 1)
     assert s["connects"] == 1 and s["reconnects"] == 0
+
+
+class SlowTarget(RecordingTarget):
+    """Commands that take the station longer than the step's I/O budget, as a config or a
+    limit written to the ESP32's flash does (tens of ms; mqtt_io_timeout_ms is 20)."""
+
+    def cmd_set_config(self, changes):
+        time.sleep(3 * self.cfg["mqtt_io_timeout_ms"] / 1000)
+        return RecordingTarget.cmd_set_config(self, changes)
+
+
+def test_a_command_slower_than_the_io_budget_is_answered_on_the_same_connection(
+        broker, console, tmp_dir):
+    # The station's work on a command is not a network wait: the reply (and the next
+    # packet of the same step) must not be lost with a connection timed out by it.
+    st = Station(broker.port, tmp_dir)
+    st.target = SlowTarget(st.cfg)
+    st.link.dispatcher.target = st.target
+    assert st.run_until_online()
+    mark = console.mark()
+    console.send(STATION, "set_config", {"changes": {"telemetry_interval_s": 30}},
+                 corr_id="s-1")
+    console.send(STATION, "set_limit", {"limit_ma": 16000}, corr_id="s-2")
+    assert st.run(5000, lambda: len(replies(console, mark)) == 2)
+    assert sorted((p["id"], p["ok"]) for p in replies(console, mark)) == [("s-1", True),
+                                                                          ("s-2", True)]
+    s = st.link.stats()
+    assert (s["connects"], s["disconnects"], s["last_error"]) == (1, 0, None)
 
 
 def test_the_will_says_offline_when_the_connection_dies(broker, console, tmp_dir):
@@ -397,7 +425,8 @@ def test_telemetry_interval_deadband_and_offline_store(broker, console, tmp_dir)
     st.run(20, feed)
     assert taken.count(True) == n + 1
     assert st.run(2000, lambda: len(console.on_topic(STATION, "telemetry", mark)) == 4)
-    assert console.on_topic(STATION, "telemetry", mark)[-1] == {"v": 1, "power_w": 1600}
+    assert console.on_topic(STATION, "telemetry", mark)[-1] == {"v": 1, "power_w": 1600,
+                                                                "time": None}
     # Offline: interval samples go to the outbox and arrive as records later.
     broker.kill()
     assert st.run(3000, lambda: not st.link.online)
@@ -420,7 +449,7 @@ def test_bytes_are_counted_on_the_wire(broker, console, tmp_dir):
     assert before > 0
     st.link.publish_telemetry({"power_w": 7}, force=True)
     st.run(STEP_MS)
-    payload = json.dumps({"v": 1, "power_w": 7}).encode()
+    payload = json.dumps({"v": 1, "power_w": 7, "time": None}).encode()
     topic = ("cp/%s/telemetry" % STATION).encode()
     # PUBLISH QoS 0: fixed header (2) + topic length (2) + topic + payload.
     assert st.link.stats()["bytes_sent"] - before == 2 + 2 + len(topic) + len(payload)
@@ -452,12 +481,21 @@ def test_credentials_are_used_and_never_published(tmp_dir):
         backend = Console(b.host, b.port, user="station1", password="s3cret-pw")
         backend.subscribe("cp/#")
         try:
-            bad = Station(b.port, tmp_dir + "/bad", mqtt_user="station1", mqtt_password="wrong")
+            # Plain MQTT here: credentials need the local setting that allows it.
+            refused = Station(b.port, tmp_dir + "/plain", mqtt_user="station1",
+                              mqtt_password="s3cret-pw")
+            refused.run(1000)
+            assert refused.link.stats()["attempts"] == 0
+            assert refused.link.disabled_reason == \
+                "mqtt_user needs mqtt_tls (or mqtt_plain_credentials)"
+            bad = Station(b.port, tmp_dir + "/bad", mqtt_user="station1", mqtt_password="wrong",
+                          mqtt_plain_credentials=True)
             bad.run(3000)
             assert not bad.link.online
             assert "bad user name or password" in bad.link.last_error \
                 or "not authorized" in bad.link.last_error
-            st = Station(b.port, tmp_dir, mqtt_user="station1", mqtt_password="s3cret-pw")
+            st = Station(b.port, tmp_dir, mqtt_user="station1", mqtt_password="s3cret-pw",
+                         mqtt_plain_credentials=True)
             assert st.run_until_online()
             backend.send(STATION, "get_config", {"keys": ["mqtt_password", "mqtt_user"]},
                          corr_id="g")

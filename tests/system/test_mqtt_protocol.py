@@ -97,14 +97,16 @@ def drive(peer, tmp_dir, sim_ms=1500, **cfg):
 
 def test_connect_packet_is_well_formed(scripted, tmp_dir):
     peer = scripted([CONNACK_OK])
-    drive(peer, tmp_dir, mqtt_user="u1", mqtt_password="pw", mqtt_keepalive_s=60)
+    drive(peer, tmp_dir, mqtt_user="u1", mqtt_password="pw", mqtt_keepalive_s=60,
+          mqtt_plain_credentials=True)
     pkt = peer.received
     assert pkt[0] == 0x10
     assert pkt[1] < 0x80                      # one-byte remaining length
     assert pkt[2:9] == b"\x00\x04MQTT\x04"
     flags = pkt[9]
-    # user, password, will retain, will QoS 1, will flag, clean session
-    assert flags == 0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02
+    # user, password, will retain, will QoS 1, will flag; no clean session: the broker
+    # keeps the QoS 1 subscription and queues commands while the station is offline
+    assert flags == 0x80 | 0x40 | 0x20 | 0x08 | 0x04
     assert pkt[10:12] == b"\x00\x3c"
     assert b"cp/cp-t1/status" in pkt and b'"online": false' in pkt and pkt.endswith(b"\x00\x02pw")
     assert pkt[1] == len(pkt) - 2
@@ -112,7 +114,8 @@ def test_connect_packet_is_well_formed(scripted, tmp_dir):
 
 def test_long_connect_packet_has_a_two_byte_length(scripted, tmp_dir):
     peer = scripted([CONNACK_OK])
-    drive(peer, tmp_dir, mqtt_user="u" * 60, mqtt_password="p" * 100)
+    drive(peer, tmp_dir, mqtt_user="u" * 60, mqtt_password="p" * 100,
+          mqtt_plain_credentials=True)
     pkt = peer.received
     length = (pkt[1] & 0x7F) | (pkt[2] << 7)
     assert pkt[1] & 0x80 and length == len(pkt) - 3 and length > 127

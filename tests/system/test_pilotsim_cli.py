@@ -29,7 +29,7 @@ def test_check_rejects_a_bad_file_with_its_reason(tmp_path):
     bad.write_text(json.dumps({"name": "bad", "duration_ms": 1000,
                                "steps": [{"at": 500, "ev": "plug"}, {"at": 100, "ev": "unplug"}]}))
     rc, text = _run(["check", str(bad)])
-    assert rc == 1
+    assert rc == 2
     assert "steps[1]" in text and "time order" in text and os.path.basename(str(bad)) in text
     rc, text = _run(["run", str(bad), "--quiet"])
     assert rc == 2 and "time order" in text

@@ -1,7 +1,12 @@
-"""Same scenario, same seed: the same trace. The front end's noise is seeded and the meter
-runs in lock-step with simulated RS-485 timing, so nothing about the machine's load leaks
-into what the firmware saw and did."""
+"""Same scenario, same seed: the same trace, byte for byte, with the real broker and meter.
+
+The front end's noise and the meter's are seeded, the meter answers in lock-step with
+simulated RS-485 timing, and the station's MQTT connection goes through the runner's
+lock-step relay (tools/pilotsim/simnet.py): nothing about the machine's load or the
+broker's wall-clock timing leaks into what the firmware saw and did."""
 import os
+
+import pytest
 
 from tools.pilotsim import orchestrate
 from tools.pilotsim.__main__ import SCENARIO_DIR
@@ -11,7 +16,44 @@ def _ticks(res):
     return [r for r in res.records if r.get("k") == "tick"]
 
 
-def test_two_runs_give_the_same_trace():
+def _twice(name, tmp_path):
+    path = os.path.join(SCENARIO_DIR, name)
+    runs = []
+    for i in range(2):
+        trace = str(tmp_path / ("%s-%d.jsonl" % (name, i)))
+        res = orchestrate.run(path, trace_path=trace)
+        assert res.end is not None, res.stderr[-3000:]
+        with open(trace, "rb") as f:
+            runs.append((res, f.read()))
+    return runs
+
+
+@pytest.mark.parametrize("name", ["ev-overdraw.json", "backend-commands.json"])
+def test_two_runs_with_the_broker_give_the_same_trace(name, tmp_path):
+    if not orchestrate.broker_available():
+        pytest.skip("mosquitto is not installed (tools/setup.sh installs it)")
+    (a, ta), (b, tb) = _twice(name, tmp_path)
+    assert a.broker and b.broker and a.meter and b.meter
+    # the broker really carried traffic both ways, and no wait ran into its cap
+    assert a.end["mqtt"]["messages"] > 10
+    assert a.end["stats"]["net_gave_up"] == 0 and a.end["stats"]["meter_gave_up"] == 0
+    assert any(r.get("k") == "mqtt" and r["dir"] == "to_station" for r in a.records)
+    assert ta == tb
+    assert len(_ticks(a)) > 20
+
+
+def test_overdraw_trips_at_the_same_time_every_run(tmp_path):
+    if not orchestrate.broker_available():
+        pytest.skip("mosquitto is not installed (tools/setup.sh installs it)")
+    path = os.path.join(SCENARIO_DIR, "ev-overdraw.json")
+    trips = set()
+    for _ in range(3):
+        res = orchestrate.run(path)
+        trips.add(next(r["t"] for r in _ticks(res) if "OVERCURRENT" in r["faults"]))
+    assert len(trips) == 1, trips
+
+
+def test_two_runs_without_a_broker_give_the_same_trace():
     path = os.path.join(SCENARIO_DIR, "meter-silent.json")
     a = orchestrate.run(path, broker=False)
     b = orchestrate.run(path, broker=False)

@@ -19,8 +19,10 @@ class RecordingTarget:
         self.calls.append((name,) + args)
         return self.refuse.get(name)
 
-    def cmd_start(self, now_ms):
-        return self._done("start")
+    def cmd_start(self, now_ms, id_tag=None, connector_id=None):
+        if id_tag is None and connector_id is None:
+            return self._done("start")
+        return self._done("start", id_tag, connector_id)
 
     def cmd_stop(self, now_ms):
         return self._done("stop")

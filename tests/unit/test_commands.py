@@ -2,13 +2,16 @@
 import json
 import unittest
 
-from firmware import commands, messages, strictjson
+from firmware import commands, messages, owner, strictjson
 from firmware.commands import CommandDispatcher, CommandError, parse
 from firmware.config import Config
 
 from mqtt_doubles import RecordingTarget
 
 NOW = 12345
+WALL = 1767600000                      # UTC seconds (2026-01-05 08:00)
+KEY = bytes(range(32))
+KEY_HEX = "".join("%02x" % b for b in KEY)
 
 
 def cmd(name, args=None, corr="c-1", **extra):
@@ -188,7 +191,7 @@ class ValidCommandsReachTheStation(unittest.TestCase):
         self.assertIn("internal error", reply["error"])
 
     def test_get_config_never_shows_a_secret(self):
-        self.target.cfg.update({"mqtt_password": "hunter2", "wifi_password": "pw"})
+        self.target.cfg.update({"mqtt_password": "hunter2", "wifi_password": "depot-pw1"})
         reply = self.d.handle(cmd("get_config"), NOW)
         self.assertIs(reply["ok"], True)
         self.assertEqual(reply["data"]["mqtt_password"], "***")
@@ -206,10 +209,10 @@ class ValidCommandsReachTheStation(unittest.TestCase):
 
     def test_set_config_applies_through_the_station_and_names_reboot_keys(self):
         reply = self.d.handle(cmd("set_config", {"changes": {"max_current_ma": 16000,
-                                                              "mqtt_password": "new"}}), NOW)
+                                                              "wifi_password": "new"}}), NOW)
         self.assertIs(reply["ok"], True)
-        self.assertEqual(reply["data"]["keys"], ["max_current_ma", "mqtt_password"])
-        self.assertEqual(reply["data"]["reboot_required"], ["mqtt_password"])
+        self.assertEqual(reply["data"]["keys"], ["max_current_ma", "wifi_password"])
+        self.assertEqual(reply["data"]["reboot_required"], ["wifi_password"])
         self.assertFalse("new" in json.dumps(reply))
         self.assertEqual(self.target.cfg["max_current_ma"], 16000)
 
@@ -233,8 +236,12 @@ class ValidCommandsReachTheStation(unittest.TestCase):
             self.assertIs(reply["ok"], False, value)
             self.assertIn(key, reply["error"])
             self.assertEqual(self.target.cfg[key], Config()[key])
+        # Both are trust settings: the owner signs them (firmware/owner.py).
+        self.target.cfg.update({"owner_key": KEY_HEX})
+        d = CommandDispatcher(self.target, lambda: WALL, None, self.target.cfg, "cp-0001")
         for key, value in (("station_id", "b\u00fcro-7"), ("mqtt_prefix", "site/a")):
-            reply = self.d.handle(cmd("set_config", {"changes": {key: value}}), NOW)
+            payload = cmd("set_config", {"changes": {key: value}}, expires_at=WALL + 60)
+            reply = d.handle(owner.sign(payload, "cp-0001", KEY), NOW)
             self.assertIs(reply["ok"], True, value)
         Topics(self.target.cfg["mqtt_prefix"], self.target.cfg["station_id"])
 
@@ -343,3 +350,284 @@ class LimitsBelowSixAmpsPause(unittest.TestCase):
         reply = CommandDispatcher(target).handle(cmd("set_limit", {"limit_ma": 3000}), NOW)
         self.assertEqual((reply["ok"], reply["error"]), (False, "storage failed"))
         self.assertFalse("data" in reply)
+
+
+# -- the backend contract: error codes, exactly once, expiry, authority ----------------------
+
+class FakeStore:
+    """A Store stand-in for the ledger (read / write_atomic), counting writes."""
+
+    def __init__(self):
+        self.files = {}
+        self.writes = 0
+
+    def read(self, name):
+        return self.files.get(name)
+
+    def write_atomic(self, name, data):
+        self.writes += 1
+        self.files[name] = bytes(data)
+
+
+class ErrorRepliesCarryAStableCode(unittest.TestCase):
+    def test_every_malformed_command_has_a_documented_code(self):
+        d = CommandDispatcher(RecordingTarget())
+        for payload, _ in MALFORMED:
+            reply = d.handle(payload, NOW)
+            self.assertTrue(reply["code"] in commands.ERROR_CODES, (payload, reply))
+
+    def test_codes_follow_ocpp_callerror_meanings(self):
+        d = CommandDispatcher(RecordingTarget())
+        for payload, code in (
+                (b"garbage", "FormationViolation"),
+                (b"[1]", "FormationViolation"),
+                (b'{"cmd": "start"}', "ProtocolError"),
+                (cmd("start", v=2), "NotSupported"),
+                (cmd("explode"), "NotImplemented"),
+                (cmd("start", extra=1), "OccurrenceConstraintViolation"),
+                (cmd("authorize"), "OccurrenceConstraintViolation"),
+                (cmd("set_limit", {"limit_ma": "16A"}), "TypeConstraintViolation"),
+                (cmd("set_limit", {"limit_ma": 80001}), "PropertyConstraintViolation"),
+                (cmd("set_availability", {"availability": "x"}), "PropertyConstraintViolation"),
+                (cmd("start", {"connector_id": 9}), "PropertyConstraintViolation")):
+            self.assertEqual(d.handle(payload, NOW)["code"], code, payload)
+
+    def test_a_station_refusal_carries_the_station_code(self):
+        target = RecordingTarget()
+        target.refuse["start"] = ("NO_EV", "no EV connected")
+        reply = CommandDispatcher(target).handle(cmd("start"), NOW)
+        self.assertEqual((reply["ok"], reply["code"], reply["error"]),
+                         (False, "NO_EV", "no EV connected"))
+        target.refuse["stop"] = "something odd"               # a bare reason
+        reply = CommandDispatcher(target).handle(cmd("stop"), NOW)
+        self.assertEqual(reply["code"], "GenericError")
+
+    def test_replies_carry_utc_time_or_say_the_clock_is_not_set(self):
+        reply = CommandDispatcher(RecordingTarget(), lambda: WALL).handle(cmd("stop"), NOW)
+        self.assertEqual(reply["time"], WALL)
+        reply = CommandDispatcher(RecordingTarget()).handle(cmd("stop"), NOW)
+        self.assertTrue("time" in reply and reply["time"] is None)
+        self.assertFalse("code" in reply)                     # ok replies have none
+
+    def test_start_takes_an_id_tag_and_a_connector_like_a_remote_start(self):
+        target = RecordingTarget()
+        d = CommandDispatcher(target, cfg=Config({"connector_id": 2}))
+        self.assertIs(d.handle(cmd("start", {"id_tag": "04A2", "connector_id": 2}), NOW)["ok"], True)
+        self.assertEqual(target.calls[-1], ("start", "04A2", 2))
+        reply = d.handle(cmd("start", {"id_tag": "04A2", "connector_id": 1}, corr="c-2"), NOW)
+        self.assertEqual(reply["code"], "PropertyConstraintViolation")
+        self.assertEqual(len(target.calls), 1)
+
+
+class ExactlyOnce(unittest.TestCase):
+    def setUp(self):
+        from firmware.ledger import Ledger
+        self.store = FakeStore()
+        self.Ledger = Ledger
+        self.target = RecordingTarget()
+        self.d = CommandDispatcher(self.target, lambda: WALL, Ledger(self.store))
+
+    def test_a_repeated_id_is_answered_with_the_first_reply_and_not_run_again(self):
+        first = self.d.handle(cmd("set_limit", {"limit_ma": 10000, "expires_s": 60}), NOW)
+        again = self.d.handle(cmd("set_limit", {"limit_ma": 10000, "expires_s": 60}), NOW + 5)
+        self.assertEqual(self.target.calls, [("set_limit", 10000, 60)])
+        self.assertIs(again.pop("duplicate"), True)
+        self.assertEqual(again, first)
+        # The id counts, not the content: another command under the same id is not run.
+        self.d.handle(cmd("reboot"), NOW)
+        self.assertEqual(len(self.target.calls), 1)
+        self.assertEqual((self.d.accepted, self.d.duplicates), (1, 2))
+
+    def test_a_refused_command_is_answered_with_its_refusal_again(self):
+        self.target.refuse["start"] = ("NO_EV", "no EV connected")
+        first = self.d.handle(cmd("start", corr=7), NOW)
+        self.target.refuse.clear()
+        again = self.d.handle(cmd("start", corr=7), NOW)
+        self.assertEqual((again["ok"], again["code"]), (False, "NO_EV"))
+        self.assertEqual(again["time"], first["time"])
+        self.assertEqual(len(self.target.calls), 1)
+        # The integer id 7 and the string "7" are different ids.
+        self.assertIs(self.d.handle(cmd("start", corr="7"), NOW)["ok"], True)
+
+    def test_the_window_is_the_last_16_commands(self):
+        for i in range(17):
+            self.d.handle(cmd("stop", corr="w-%d" % i), NOW)
+        self.d.handle(cmd("stop", corr="w-1"), NOW)        # still in the window
+        self.assertEqual(len(self.target.calls), 17)
+        self.d.handle(cmd("stop", corr="w-0"), NOW)        # pushed out by the 17th
+        self.assertEqual(len(self.target.calls), 18)
+
+    def test_the_ring_survives_a_reset_between_execution_and_reply(self):
+        self.d.handle(cmd("reboot", corr="r-1"), NOW)
+        self.assertEqual(self.store.writes, 1)           # on flash before the reply goes out
+        target = RecordingTarget()
+        d = CommandDispatcher(target, lambda: WALL, self.Ledger(self.store))
+        reply = d.handle(cmd("reboot", corr="r-1"), NOW)  # the broker delivers it again
+        self.assertEqual(target.calls, [])
+        self.assertIs(reply["ok"], True)
+        self.assertIs(reply["duplicate"], True)
+
+    def test_read_only_and_malformed_commands_are_not_recorded(self):
+        self.d.handle(cmd("get_config", corr="g"), NOW)
+        self.d.handle(cmd("get_config", corr="g"), NOW)
+        self.d.handle(cmd("set_limit", {"limit_ma": -1}, corr="m"), NOW)
+        self.assertEqual(self.store.writes, 0)
+        self.assertEqual(self.target.calls, [("get_config", None), ("get_config", None)])
+        # A corrected command under the id of a rejected one runs.
+        self.assertIs(self.d.handle(cmd("set_limit", {"limit_ma": 6000}, corr="m"), NOW)["ok"], True)
+
+    def test_a_damaged_ring_file_is_an_empty_ring(self):
+        self.store.files["commands.done"] = b"[[1, "
+        led = self.Ledger(self.store)
+        self.assertEqual(len(led), 0)
+        self.assertIsNotNone(led.error)
+
+    def test_a_large_reply_is_kept_without_its_data(self):
+        target = RecordingTarget()
+        target.cmd_clear_fault = lambda name, now_ms: None
+        d = CommandDispatcher(target, None, self.Ledger())
+        changes = {"tariff_id": "t" * 32, "currency": "CHF", "price_per_kwh_minor": 1,
+                   "price_per_min_charging_minor": 1, "price_per_min_idle_minor": 1,
+                   "idle_grace_min": 1, "session_fee_minor": 1, "meter_poll_ms": 2000,
+                   "meter_timeout_ms": 400, "meter_retries": 2, "telemetry_interval_s": 30}
+        first = d.handle(cmd("set_config", {"changes": changes}), NOW)
+        self.assertTrue(len(messages.encode(first)) > 256)
+        again = d.handle(cmd("set_config", {"changes": changes}), NOW)
+        self.assertEqual((again["ok"], again["duplicate"], "data" in again), (True, True, False))
+
+
+class StaleCommandsAreRefused(unittest.TestCase):
+    def setUp(self):
+        self.target = RecordingTarget()
+        self.clock = [WALL]
+        self.d = CommandDispatcher(self.target, lambda: self.clock[0])
+
+    def test_expires_at_and_ttl(self):
+        self.assertIs(self.d.handle(cmd("start", expires_at=WALL + 1), NOW)["ok"], True)
+        self.assertIs(self.d.handle(cmd("start", expires_at=WALL), NOW)["ok"], True)
+        reply = self.d.handle(cmd("start", expires_at=WALL - 1, corr="late"), NOW)
+        self.assertEqual((reply["ok"], reply["code"], reply["id"]), (False, "EXPIRED", "late"))
+        self.assertIs(self.d.handle(cmd("stop", sent_at=WALL - 50, ttl_s=60), NOW)["ok"], True)
+        reply = self.d.handle(cmd("stop", sent_at=WALL - 3600, ttl_s=60), NOW)
+        self.assertEqual(reply["code"], "EXPIRED")
+        self.assertEqual(len(self.target.calls), 3)
+        self.assertEqual(self.d.rejected, 2)
+
+    def test_expiry_fields_are_checked(self):
+        for extra, code in (({"ttl_s": 60}, "OccurrenceConstraintViolation"),
+                            ({"sent_at": WALL, "ttl_s": 0}, "PropertyConstraintViolation"),
+                            ({"expires_at": "soon"}, "TypeConstraintViolation"),
+                            ({"expires_at": -5}, "PropertyConstraintViolation")):
+            self.assertEqual(self.d.handle(cmd("start", **extra), NOW)["code"], code, extra)
+        self.assertEqual(self.target.calls, [])
+
+    def test_without_a_clock_an_expiring_command_is_refused(self):
+        d = CommandDispatcher(self.target)
+        reply = d.handle(cmd("start", expires_at=WALL + 60), NOW)
+        self.assertEqual(reply["code"], "CLOCK_NOT_SET")
+        self.assertIs(d.handle(cmd("start"), NOW)["ok"], True)    # no expiry: runs
+
+
+class OnlyTheOwnerChangesTrustSettings(unittest.TestCase):
+    def setUp(self):
+        self.cfg = Config({"owner_key": KEY_HEX, "mqtt_host": "broker.example"})
+        self.target = RecordingTarget(self.cfg)
+        self.d = CommandDispatcher(self.target, lambda: WALL, None, self.cfg, "cp-0001")
+
+    def set_config(self, changes, key=KEY, station="cp-0001", expires=WALL + 300, corr="c-1"):
+        payload = cmd("set_config", {"changes": changes}, corr=corr, expires_at=expires)
+        if key is not None:
+            payload = owner.sign(payload, station, key)
+        return self.d.handle(payload, NOW)
+
+    def test_an_unsigned_trust_change_is_refused(self):
+        for key, value in (("mqtt_host", "evil.example"), ("mqtt_port", 1884),
+                           ("mqtt_tls", False), ("mqtt_ca_file", "x.pem"),
+                           ("mqtt_password", "pw"), ("owner_key", "0" * 64),
+                           ("mqtt_plain_credentials", True), ("station_id", "cp-9")):
+            reply = self.set_config({key: value}, key=None)
+            self.assertEqual((reply["ok"], reply["code"]), (False, "OWNER_ONLY"), key)
+            self.assertIn(key, reply["error"])
+        self.assertEqual(self.target.calls, [])
+        self.assertEqual(self.cfg["mqtt_host"], "broker.example")
+        # Other settings need no signature.
+        self.assertIs(self.set_config({"max_current_ma": 16000}, key=None)["ok"], True)
+
+    def test_a_signed_change_by_the_owner_is_applied(self):
+        reply = self.set_config({"mqtt_host": "new.example", "mqtt_port": 8883,
+                                 "mqtt_tls": True, "mqtt_ca_file": "ca.pem"})
+        self.assertIs(reply["ok"], True, reply)
+        self.assertEqual(self.cfg["mqtt_host"], "new.example")
+
+    def test_a_wrong_key_a_wrong_station_or_a_changed_byte_is_refused(self):
+        for kw in ({"key": bytes(32)}, {"station": "cp-0002"}):
+            reply = self.set_config({"mqtt_host": "evil.example"}, **kw)
+            self.assertEqual(reply["code"], "SecurityError", kw)
+        payload = owner.sign(cmd("set_config", {"changes": {"mqtt_port": 1883}},
+                                 expires_at=WALL + 60), "cp-0001", KEY)
+        reply = self.d.handle(payload.replace(b"1883", b"1884"), NOW)
+        self.assertEqual(reply["code"], "SecurityError")
+        # A sig member that is not the last one does not verify either.
+        reply = self.d.handle(cmd("stop", sig="0" * 64), NOW)
+        self.assertEqual(reply["code"], "SecurityError")
+        self.assertEqual(self.target.calls, [])
+        self.assertEqual(self.cfg["mqtt_host"], "broker.example")
+
+    def test_a_signed_command_needs_a_near_expiry_and_a_clock(self):
+        reply = self.set_config({"mqtt_port": 1884}, expires=None)
+        self.assertEqual(reply["code"], "SecurityError")
+        reply = self.set_config({"mqtt_port": 1884}, expires=WALL + 7200)
+        self.assertEqual(reply["code"], "SecurityError")
+        reply = self.set_config({"mqtt_port": 1884}, expires=WALL - 1)
+        self.assertEqual(reply["code"], "EXPIRED")
+        d = CommandDispatcher(self.target, None, None, self.cfg, "cp-0001")
+        payload = owner.sign(cmd("set_config", {"changes": {"mqtt_port": 1884}},
+                                 expires_at=WALL + 60), "cp-0001", KEY)
+        self.assertEqual(d.handle(payload, NOW)["code"], "CLOCK_NOT_SET")
+        self.assertEqual(self.cfg["mqtt_port"], 1883)
+
+    def test_without_a_provisioned_key_trust_settings_change_only_in_service_mode(self):
+        cfg = Config({})
+        d = CommandDispatcher(RecordingTarget(cfg), lambda: WALL, None, cfg, "cp-0001")
+        payload = owner.sign(cmd("set_config", {"changes": {"mqtt_port": 1884}},
+                                 expires_at=WALL + 60), "cp-0001", KEY)
+        self.assertEqual(d.handle(payload, NOW)["code"], "SecurityError")
+        self.assertEqual(cfg["mqtt_port"], 1883)
+
+    def test_credentials_never_travel_without_tls_unless_allowed_locally(self):
+        reply = self.set_config({"mqtt_password": "s3cret"})      # signed, but plain MQTT
+        self.assertEqual(reply["code"], "INSECURE")
+        reply = self.set_config({"wifi_password": "s3cret"}, key=None, corr="c-2")
+        self.assertEqual(reply["code"], "INSECURE")
+        self.assertEqual(self.cfg["mqtt_password"], "")
+        self.cfg.update({"mqtt_tls": True, "mqtt_ca_file": "ca.pem"})
+        self.assertIs(self.set_config({"mqtt_password": "s3cret"}, corr="c-3")["ok"], True)
+        cfg = Config({"owner_key": KEY_HEX, "mqtt_plain_credentials": True})
+        d = CommandDispatcher(RecordingTarget(cfg), lambda: WALL, None, cfg, "cp-0001")
+        reply = d.handle(cmd("set_config", {"changes": {"wifi_password": "pw"}}), NOW)
+        self.assertIs(reply["ok"], True)
+
+
+class HmacSha256(unittest.TestCase):
+    def test_rfc_4231_vectors(self):
+        import binascii
+        for key, data, mac in (
+                (b"\x0b" * 20, b"Hi There",
+                 "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+                (b"Jefe", b"what do ya want for nothing?",
+                 "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+                (b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First",
+                 "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")):
+            self.assertEqual(binascii.hexlify(owner.hmac_sha256(key, data)).decode(), mac)
+
+
+class RetainedCommands(unittest.TestCase):
+    def test_the_refusal_of_a_retained_command_carries_its_id(self):
+        target = RecordingTarget()
+        d = CommandDispatcher(target)
+        reply = d.refuse_unread(cmd("reboot", corr="old-1"), "retained commands are not accepted",
+                                commands.RETAINED)
+        self.assertEqual((reply["id"], reply["cmd"], reply["code"]), ("old-1", "reboot", "RETAINED"))
+        reply = d.refuse_unread(b"garbage", "retained commands are not accepted", commands.RETAINED)
+        self.assertEqual((reply["id"], reply["code"]), (None, "RETAINED"))
+        self.assertEqual(target.calls, [])

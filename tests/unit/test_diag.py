@@ -173,7 +173,7 @@ class WithStation(DiagCase):
         out = self.text()
         self.assertIn("RCD_TRIPPED  (OCPP GroundFailure)", out)
         self.assertIn("detected a leakage current", out)     # from the fault table
-        self.assertIn("raised   RCD_TRIPPED", out)
+        self.assertIn("fault raised RCD_TRIPPED", out)
         self.assertIn("Stops charging; clears on unplug", out)
 
     def test_events_are_shown_after_the_station_drained_the_ring(self):
@@ -388,7 +388,11 @@ class Selftest(DiagCase):
         r = Rig()
         r.board.contactor_welded = True
         self.assertIs(diag.selftest(), False)
-        self.assertIn("welded", self.text())
+        out = self.text()
+        self.assertIn("contactor cycle ....... FAIL  WELDED: outlet may be live", out)
+        # The summary never calls welded contacts "open".
+        self.assertIn("0 skipped; coil off\n  WELDED: outlet may be live: the mirror", out)
+        self.assertFalse("; contactor open" in out)
         self.assertFalse(r.board.contactor_cmd)
 
     def test_contactor_not_closing_fails(self):
@@ -407,7 +411,113 @@ class Selftest(DiagCase):
         # The verdict reaches the station's events (and from there the backend).
         self.assertIn("RCD self-test FAILED", "\n".join(
             __import__("firmware.diagfmt").diagfmt.event_text(k, a, b)
-            for _, k, a, b in diag._ring_last(r.station.events, 4)))
+            for _, k, a, b in r.station.events.history(4)))
+
+
+class Guards(DiagCase):
+    def tearDown(self):
+        diag.ask = None
+        super().tearDown()
+
+    def test_raising_a_current_asks_and_no_changes_nothing(self):
+        r = Rig(config={"max_current_ma": 16000})
+        asked = []
+        diag.ask = lambda q: asked.append(q) or "n"
+        self.assertIs(diag.set("max_current_ma", 20000), False)
+        self.assertEqual(asked, ["raise max_current_ma from 16.0 A to 20.0 A? [y/N] "])
+        self.assertEqual(r.station.cfg["max_current_ma"], 16000)
+        self.assertIs(diag.set("max_current_ma", 10000), True)    # lowering: no question
+        self.assertEqual(len(asked), 1)
+        diag.ask = lambda q: "yes"
+        self.assertIs(diag.set("max_current_ma", 20000), True)
+        self.assertIs(diag.set("max_current_ma", 30000, confirm=True), True)
+        self.assertEqual(r.station.cfg["max_current_ma"], 30000)
+
+    def test_service_asks_before_it_stops_a_charge(self):
+        r = Rig()
+        r.ev(plugged=True, s2=S2_C)
+        r.run(2000)
+        self.assertTrue(r.board.contactor_cmd)
+        diag.ask = lambda q: "n"
+        self.assertIs(diag.service(), False)
+        self.assertTrue(r.board.contactor_cmd)
+        self.assertEqual(r.board.reset_requests, 0)
+        self.assertIs(diag.service("off"), False)
+        self.assertIn("on must be True", self.text())
+
+    def test_clear_checks_the_diode_again_under_pwm(self):
+        r = Rig()
+        r.ev(plugged=True, s2=S2_C)
+        r.run(2000)
+        r.board.model.diode_short = True
+        r.board.model.update()
+        r.run(200)
+        self.assertTrue(r.station.faults.is_active(faults.DIODE_FAULT))
+        r.run(3000)                                   # x1 since: the diode cannot show
+        self.assertTrue(r.station.faults.is_present(faults.DIODE_FAULT))
+        self.assertIs(diag.clear("DIODE_FAULT"), False)
+        self.assertIn("diode shorted or missing", self.text())
+        self.assertEqual(r.board.duty, 1000)          # the 5 % check is over
+        self.assertFalse(r.board.contactor_cmd)
+        r.board.model.diode_short = False
+        r.board.model.update()
+        self.assertIs(diag.clear("DIODE_FAULT"), True)
+        self.assertFalse(r.station.faults.is_active(faults.DIODE_FAULT))
+        self.assertEqual(r.station.safe.latched, 0)   # on flash before the answer
+
+    def test_bad_arguments_print_a_hint(self):
+        Rig()
+        diag.events("x")
+        diag.config(5)
+        diag.sessions(0)
+        self.assertIs(diag.clear("RCD_TRIPED"), False)
+        self.assertIs(diag.selftest(1), False)
+        out = self.text()
+        for hint in ("events: n must be an integer", "config: match is a part of a key",
+                     "sessions: n must be an integer", "did you mean RCD_TRIPPED?",
+                     "connector_parked must be True or False"):
+            self.assertIn(hint, out)
+
+
+class _Wlan:
+    def __init__(self, up):
+        self.up = up
+
+    def isconnected(self):
+        return self.up
+
+    def ifconfig(self):
+        return ("192.168.4.23", "255.255.255.0", "192.168.4.1", "192.168.4.1")
+
+    def status(self, what=None):
+        return -61 if what == "rssi" else 1010
+
+
+class _Wifi:
+    def __init__(self, up):
+        self.wlan = _Wlan(up)
+        self.ssid = "depot"
+        self.attempts = 3
+
+
+class StatusLines(DiagCase):
+    def test_wifi_clock_backend_reason_pending_keys_and_last_crash(self):
+        board = RecordingBoard()
+        board.crash_text = "Traceback (most recent call last):\nValueError: boom\n"
+        st = Station(board, config={"wifi_ssid": "depot"},
+                     store=Store("/data", PowerCutFs()))
+        board.wifi = _Wifi(True)
+        self.assertIsNone(st.cmd_set_config({"mqtt_host": "192.0.2.1"}))
+        diag.status()
+        self.assertFits()
+        out = self.text()
+        self.assertIn("Wi-Fi        depot: 192.168.4.23, -61 dBm", out)
+        self.assertIn("pending      mqtt_host (stored, applies after a reboot)", out)
+        self.assertIn("last crash   ValueError: boom", out)
+        self.assertIn("clock        20", out)
+        board.wifi = _Wifi(False)
+        diag.status()
+        self.assertIn("Wi-Fi        depot: not connected (3 attempts)", self.text())
 
 
 class BarePcb(RecordingBoard):
@@ -461,6 +571,15 @@ class ServiceMode(DiagCase):
         st = Station(SimBoard(), store=Store("/data", self.fs))
         self.assertEqual(st.cfg["max_current_ma"], 20000)
 
+    def test_service_mode_refuses_more_than_the_rating_too(self):
+        diag.ask = lambda q: "y"
+        try:
+            self.assertIs(diag.set("max_current_ma", 40000), False)
+        finally:
+            diag.ask = None
+        self.assertIn("above the hardware rating 32000", self.text())
+        self.assertIsNone(self.fs.medium.get("/data/config.json"))
+
     def test_selftest_faults_events_counters_without_a_station(self):
         self.assertIs(diag.selftest(), True)
         self.assertIn("contactor cycle ....... PASS", self.text())
@@ -474,7 +593,8 @@ class ServiceMode(DiagCase):
         diag.meter()
         self.assertFits()
         out = self.text()
-        self.assertIn("no station running", out)
+        self.assertIn("latched faults (back when the station starts)", out)
+        self.assertIn("fault history (flash, newest last)", out)
         self.assertIn("boots             0", out)         # read, not counted
 
 

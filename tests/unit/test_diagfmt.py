@@ -152,5 +152,83 @@ class Width(unittest.TestCase):
         self.assertIn("level    C: EV requests charging", text)
 
 
+class Technician(unittest.TestCase):
+    def check(self, lines):
+        for line in lines:
+            self.assertTrue(len(line) <= f.WIDTH, "%d: %r" % (len(line), line))
+        return lines
+
+    def test_utc_dates(self):
+        self.assertEqual(f.utc_text(0), "1970-01-01 00:00:00")
+        self.assertEqual(f.utc_text(951782400), "2000-02-29 00:00:00")     # leap day
+        self.assertEqual(f.utc_text(1767225599), "2025-12-31 23:59:59")
+        self.assertEqual(f.utc_text(1796083200 + 3661), "2026-12-01 01:01:01")
+
+    def test_history_lines_say_utc_or_boot_and_uptime(self):
+        from firmware.history import HK_BOOT, HK_LOST, HK_STOP
+        recs = [(0, None, 123, 4, HK_BOOT, 3, 1), (1, 1767225599, 130, 4, EV_FAULT_RAISED,
+                                                   RCD_TRIPPED, 0),
+                (2, None, 140, 4, HK_STOP, 1, 0), (3, None, 150, 4, HK_LOST, 12, 0)]
+        text = "\n".join(self.check(f.history_lines("events", recs)))
+        self.assertIn("  boot 4 +12.3 s       BOOT, reset cause watchdog (the previous run"
+                      " crashed)", text)
+        self.assertIn("  2025-12-31 23:59:59  fault raised RCD_TRIPPED", text)
+        self.assertIn("stopped: interrupted at the REPL (Ctrl-C)", text)
+        self.assertIn("(12 records not logged", text)
+
+    def test_why_sentences(self):
+        base = {"available": True, "connected": True, "authorized": True, "paused": False,
+                "limit": "config", "limit_ma": 32000, "offered_ma": 32000,
+                "requesting": True, "contactor": True, "state": "C2"}
+        self.assertTrue(f.why_text(base).startswith("Charging: 32.0 A offered"))
+        cases = (
+            ({"faults": ["DIODE_FAULT", "RCD_TRIPPED"]},
+             "fault DIODE_FAULT (also RCD_TRIPPED) blocks it"),
+            ({"faults": ["CONTACTOR_WELDED"]}, 'diag.clear("CONTACTOR_WELDED") on site'),
+            ({"available": False}, "inoperative"),
+            ({"connected": False}, "no EV connected"),
+            ({"authorized": False, "auth_mode": "local"}, "authorization (auth_mode local)"),
+            ({"paused": True}, "backend stopped or paused"),
+            ({"limit": "comms", "limit_ma": 0, "comms_ma": 0, "backend": "offline"},
+             "unreachable (offline) and comms_fallback_ma is 0"),
+            ({"limit": "backend", "limit_ma": 3000, "backend_ma": 3000}, "limits the current"
+                                                                         " to 3.0 A"),
+            ({"requesting": False, "contactor": False, "state": "B2"}, "does not ask"),
+            ({"mode": "Not charging: service mode."}, "service mode"),
+        )
+        for change, expect in cases:
+            w = dict(base)
+            w.update(change)
+            text = f.why_text(w)
+            self.assertIn(expect, text)
+            self.check(f.wrap(text))
+
+    def test_a_stale_meter_says_whether_it_answers(self):
+        self.assertEqual(f.stale_cause({"exceptions": 3}),
+                         "meter answers with exceptions: wrong meter_map?")
+        self.assertIn("baud", f.stale_cause({"crc_errors": 1}))
+        self.assertEqual(f.stale_cause({}), "no answer")
+
+    def test_status_blocked_is_not_called_available(self):
+        text = "\n".join(self.check(f.status_lines(
+            {"state": "F", "available": True, "authorized": True, "blocked": True,
+             "pending_reboot": ["mqtt_host", "wifi_ssid"], "version": "1.0.0 (abc)",
+             "warnings": ["x " * 60]})))
+        self.assertIn("state    F  (BLOCKED by a fault, authorized)", text)
+        self.assertTrue("available" not in text)
+        self.assertIn("pending  mqtt_host, wifi_ssid (stored", text)
+
+    def test_session_lines(self):
+        rec = {"id": "3-7", "time_source": "wall", "start_time": 1767225599,
+               "energy_wh": 12345, "duration_s": 3700, "stop_reason": "ev_unplugged",
+               "id_tag": "04A2" * 8, "cost_minor": 450, "currency": "EUR",
+               "faults": ["RCD_TRIPPED"], "pending": True}
+        text = "\n".join(self.check(f.session_lines([rec])))
+        self.assertIn("3-7  2025-12-31 23:59:59  12.345 kWh, 1h01m", text)
+        self.assertIn("RCD_TRIPPED", text)
+        self.assertIn("not yet acknowledged", text)
+        self.assertIn("none on flash", "\n".join(f.session_lines([])))
+
+
 if __name__ == "__main__":
     unittest.main()

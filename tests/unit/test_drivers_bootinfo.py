@@ -91,6 +91,22 @@ class BootInfo(unittest.TestCase):
         self.assertIsNone(bootinfo.last_crash())
         bootinfo.clear_crash()   # twice is fine
 
+    def test_a_crash_report_that_does_not_fit_the_heap_is_still_a_crash(self):
+        # Out of heap at the next boot, the report cannot be read: the crash must still be
+        # reported (INTERNAL_ERROR), not taken for a clean start.
+        bootinfo.start(None, fs_root=self.root)
+        bootinfo.record_crash("MemoryError: memory allocation failed\n")
+
+        def no_heap(*_args):
+            raise MemoryError()
+        bootinfo.open = no_heap
+        try:
+            self.assertEqual(bootinfo.last_crash(), bootinfo.CRASH_UNREADABLE)
+        finally:
+            del bootinfo.open
+        bootinfo.clear_crash()
+        self.assertIsNone(bootinfo.last_crash())
+
     def test_crash_path_opens_waits_feeding_and_resets(self):
         coil = machine.Pin(26, machine.Pin.OUT, value=0)
         bootinfo.start(None, contactor=coil, contactor_off=0, fs_root=self.root)

@@ -42,7 +42,8 @@ class PayloadsCarryTheVersion(unittest.TestCase):
 
     def test_event_telemetry_record_reply(self):
         self.assertEqual(self.decode(messages.event("state", {"from": "B2", "to": "C2"})),
-                         {"v": 1, "type": "state", "from": "B2", "to": "C2"})
+                         {"v": 1, "type": "state", "from": "B2", "to": "C2", "time": None})
+        self.assertEqual(messages.event("state", None, 1767600000)["time"], 1767600000)
         self.assertEqual(self.decode(messages.telemetry({"power_w": 7200})),
                          {"v": 1, "power_w": 7200})
         self.assertEqual(self.decode(messages.record("session", 7, "s-7", {"id": "s-7"})),
@@ -51,10 +52,12 @@ class PayloadsCarryTheVersion(unittest.TestCase):
         self.assertEqual(json.loads(raw), {"v": 1, "kind": "fault", "seq": 8, "id": "fault-8",
                                            "data": {"name": "RCD_TRIP"}})
         self.assertEqual(self.decode(messages.reply("c1", "start")),
-                         {"v": 1, "id": "c1", "cmd": "start", "ok": True})
-        self.assertEqual(self.decode(messages.reply("c1", "start", "no EV connected")),
-                         {"v": 1, "id": "c1", "cmd": "start", "ok": False,
-                          "error": "no EV connected"})
+                         {"v": 1, "id": "c1", "cmd": "start", "ok": True, "time": None})
+        self.assertEqual(self.decode(messages.reply("c1", "start", "no EV connected", None,
+                                                    "NO_EV", 1767600000)),
+                         {"v": 1, "id": "c1", "cmd": "start", "ok": False, "code": "NO_EV",
+                          "error": "no EV connected", "time": 1767600000})
+        self.assertEqual(messages.reply("c1", "start", "odd")["code"], "GenericError")
         self.assertEqual(self.decode(messages.reply(3, "diagnostics", None, {"a": 1}))["data"],
                          {"a": 1})
 

@@ -88,3 +88,63 @@ class LockStepChannel(unittest.TestCase):
         self.assertRaises(RuntimeError, ch.request, {"req": "meter"})
         ch = Channel(io.StringIO(), io.StringIO(""))
         self.assertRaises(RuntimeError, ch.request, {"req": "meter"})
+
+
+class _Station:
+    link = None
+
+
+class MeterFollowsTheEV(unittest.TestCase):
+    """The simulated meter behaves like one: voltage stays, current and power drop to zero
+    when the contacts open, energy keeps its value; readings carry a little noise."""
+
+    def _runner(self):
+        from tools.pilotsim.runner import Runner
+        sc = {"name": "m", "duration_ms": 1000, "steps": [{"at": 0, "mark": "x"}]}
+        out = io.StringIO()
+        ch = Channel(out, io.StringIO("ok\n" * 50))
+        r = Runner({"scenario": sc, "meter_start_wh": 1000}, channel=ch,
+                   station_factory=lambda board, cfg: _Station())
+        r.uart = object()           # a meter on the bus (its stream is not used here)
+        return r, out
+
+    def _pushes(self, out):
+        import json
+        return [json.loads(line) for line in out.getvalue().splitlines()
+                if '"req"' in line]
+
+    def test_readings_after_unplug_and_noise(self):
+        r, out = self._runner()
+        r.board.contacts_closed = True
+        r.ev.current_ma = 16000
+        r.energy.wh = 1500
+        r._push_meter(force=True)
+        r.board.now_ms += 600
+        r._push_meter(force=True)
+        r.board.contacts_closed = False       # unplugged: contacts open
+        r.ev.current_ma = 0
+        r.board.now_ms += 600
+        r._push_meter(force=True)
+        p = self._pushes(out)
+        self.assertEqual(len(p), 3)
+        for q in p[:2]:
+            for i in q["current_ma"]:
+                self.assertTrue(15900 <= i <= 16100, q)
+            self.assertTrue(q["power_w"] > 10000, q)
+        # a little noise: not every reading is the ideal one
+        self.assertTrue(p[0]["current_ma"] != p[1]["current_ma"]
+                        or p[0]["voltage_dv"] != p[1]["voltage_dv"])
+        last = p[2]
+        self.assertEqual(last["current_ma"], [0, 0, 0])
+        self.assertEqual(last["power_w"], 0)
+        self.assertEqual(last["import_wh"], 1500)
+        for v in last["voltage_dv"]:
+            self.assertTrue(2295 <= v <= 2305, last)
+
+    def test_noise_is_seeded(self):
+        from tools.pilotsim.model import MeterNoise
+        a = MeterNoise(3)
+        b = MeterNoise(3)
+        self.assertEqual([a.current(16000) for _ in range(5)], [b.current(16000) for _ in range(5)])
+        self.assertEqual(a.current(0), 0)
+        self.assertEqual(a.voltage(0), 0)

@@ -93,3 +93,77 @@ class Parse(unittest.TestCase):
 
     def test_not_json(self):
         self.assertRaises(ScenarioError, scenario.loads, "{nope", "x.json")
+
+
+class EveryError(unittest.TestCase):
+    """One message lists every error of a file with its place; misspelt names are found
+    when the file is loaded, with the name they were probably meant to be."""
+
+    def test_all_errors_in_one_message(self):
+        d = _good()
+        d["colour"] = 1
+        d["duration_ms"] = "30000"
+        d["expect"] = {"states": ["C3"], "sequences": ["overcurent_stop"],
+                       "faults": ["OVERCURENT"], "energy_wh_min": "1"}
+        d["steps"][0]["ev"] = "plgu"
+        d["steps"][5]["fault"] = "diode_shrt"
+        d["steps"][3]["backend"] = "set_limt"
+        try:
+            scenario.parse(d, "f.json")
+        except ScenarioError as e:
+            msg = e.args[0]
+            errors = e.errors
+        else:
+            self.fail("accepted a bad scenario")
+        self.assertTrue(msg.startswith("f.json: 9 errors:"), msg)
+        self.assertEqual(len(errors), 9, errors)
+        for place, word in (("scenario", "'colour'"), ("duration_ms", "integer"),
+                            ("expect.states[0]", "'C3'"),
+                            ("expect.sequences[0]", "did you mean 'overcurrent_stop'"),
+                            ("expect.faults[0]", "did you mean 'OVERCURRENT'"),
+                            ("expect.energy_wh_min", "integer"),
+                            ("steps[0]", "did you mean 'plug'"),
+                            ("steps[5]", "did you mean 'diode_short'"),
+                            ("steps[3]", "did you mean 'set_limit'")):
+            self.assertTrue(any(e.startswith(place + ":") and word in e for e in errors),
+                            (place, word, errors))
+
+    def test_missing_file_is_a_scenario_error(self):
+        try:
+            scenario.load("/nonexistent/dir/x.json")
+        except ScenarioError as e:
+            self.assertIn("/nonexistent/dir/x.json", e.args[0])
+            self.assertIn("cannot read", e.args[0])
+            return
+        self.fail("no error for a missing file")
+
+    def test_cable_on_plug(self):
+        d = _good()
+        d["steps"][0]["cable_a"] = 13
+        sc = scenario.parse(d)
+        self.assertEqual(sc.steps[0].args, {"cable_a": 13})
+        d["steps"][0]["cable_a"] = 14
+        self.assertRaises(ScenarioError, scenario.parse, d)
+        d["steps"][0]["cable_a"] = 13
+        d["steps"][1]["cable_a"] = 13          # request: no cable
+        self.assertRaises(ScenarioError, scenario.parse, d)
+
+
+class Secrets(unittest.TestCase):
+    def test_secret_keys_and_values_are_masked(self):
+        d = _good()
+        d["config"] = {"max_current_ma": 16000, "mqtt_user": "cp", "mqtt_password": "pa55-w0rd"}
+        d["steps"][3] = {"at": 6000, "backend": "set_config",
+                         "args": {"changes": {"wifi_password": "hunter2-xyz"}}}
+        sc = scenario.parse(d)
+        secrets = scenario.secret_values(sc)
+        self.assertEqual(sorted(secrets), ["hunter2-xyz", "pa55-w0rd"])
+        rec = {"k": "start", "config": dict(sc.config),
+               "payload": {"error": "bad password pa55-w0rd", "list": ["x hunter2-xyz"]}}
+        out = scenario.mask(rec, secrets)
+        text = repr(out)
+        self.assertFalse("pa55-w0rd" in text)
+        self.assertFalse("hunter2-xyz" in text)
+        self.assertEqual(out["config"]["mqtt_password"], scenario.MASK)
+        self.assertEqual(out["config"]["mqtt_user"], "cp")
+        self.assertEqual(out["payload"]["error"], "bad password " + scenario.MASK)

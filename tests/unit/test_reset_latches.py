@@ -313,12 +313,14 @@ class EveryLatchedFaultOutlivesEveryReset(unittest.TestCase):
         r.ev(plugged=False, s2=S2_OPEN)
         r.run(300)
         r2 = r.boot_again()
-        self.assertIn("on site", r2.station.cmd_clear_fault("CONTACTOR_WELDED", 0))
-        self.assertIsNotNone(r2.station.charger.clear_fault(F.CONTACTOR_WELDED, False))
+        self.assertIn("on site", r2.station.cmd_clear_fault("CONTACTOR_WELDED", 0)[1])
+        now = r2.board.ticks_ms()
+        self.assertIn("present", r2.station.clear_fault(F.CONTACTOR_WELDED, False, now))
         r2.ev(welded=False)           # the technician replaces the contactor
         r2.run(300)
-        self.assertIsNone(r2.station.charger.clear_fault(F.CONTACTOR_WELDED, False))
-        r2.run(20)
+        # diag.clear() at the REPL, the loop stopped, then a reset: it stays cleared.
+        self.assertIsNone(r2.station.clear_fault(F.CONTACTOR_WELDED, False,
+                                                 r2.board.ticks_ms()))
         r3 = r2.boot_again()
         self.assertFalse(r3.station.faults.is_active(F.CONTACTOR_WELDED))
         r3.plug_and_request()

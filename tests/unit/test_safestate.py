@@ -10,7 +10,6 @@ from firmware.charger import Charger
 from firmware.config import Config
 from firmware.faults import FaultSet
 from firmware.safestate import FILE, SafeState
-from firmware.station import TICK_MS
 from firmware.storage import Store
 from powercut_fs import PowerCut, PowerCutFs
 from reset_rig import Rig

@@ -6,7 +6,7 @@ import unittest
 from firmware.compat import TICKS_MAX, ticks_add
 from firmware.config import Config
 from firmware.counters import Counters
-from firmware.session import JOURNAL_FILE, LIVE_FILE, SessionError, SessionManager
+from firmware.session import CKPT_FILE, JOURNAL_FILE, LIVE_FILE, SessionError, SessionManager
 from firmware.states import STATE_A, STATE_B1, STATE_B2, STATE_C1, STATE_C2, STATE_F
 from firmware.storage import Store
 from powercut_fs import PowerCutFs
@@ -70,8 +70,8 @@ class Station:
     def state(self, st):
         self.sm.on_state(self.t & TICKS_MAX, st)
 
-    def contactor(self, closed, power_w=0):
-        self.sm.on_contactor(self.t & TICKS_MAX, closed)
+    def contactor(self, closed, power_w=0, reason=None):
+        self.sm.on_contactor(self.t & TICKS_MAX, closed, reason)
         self.power_w = power_w if closed else 0
 
     def start_charging(self, power_w):
@@ -80,6 +80,11 @@ class Station:
 
     def live_writes(self):
         return sum(1 for op in self.fs.log if op.startswith("rename") and op.endswith("/" + LIVE_FILE))
+
+    def checkpoint_writes(self):
+        """Writes of the live session, full (session.live) or small (session.ckpt)."""
+        return sum(1 for op in self.fs.log if op.startswith("rename")
+                   and (op.endswith("/" + LIVE_FILE) or op.endswith("/" + CKPT_FILE)))
 
 
 class ScriptedSessions(unittest.TestCase):
@@ -241,7 +246,7 @@ class ScriptedSessions(unittest.TestCase):
         st.start_charging(7000)
         st.run(MIN)
         st.sm.on_fault(st.t, "rcd_dc")
-        st.contactor(False)
+        st.contactor(False, reason="fault:rcd_dc")        # the fault opened the contactor
         st.state(STATE_F)
         st.run(MIN)
         st.state(STATE_A)
@@ -506,21 +511,31 @@ class Delivery(unittest.TestCase):
         self.assertEqual(st.sm.pending(), [])
 
     def test_checkpoints_are_rate_limited(self):
+        # docs/sessions.md "Flash wear": one small record per session_checkpoint_s (10 s),
+        # the full session.live every 10 minutes, whatever the power.
         st = Station()
         st.state(STATE_B2)
         st.start_charging(3600)                       # 1 Wh/s: the 100 Wh step every 100 s
-        writes0 = st.live_writes()
+        writes0, full0 = st.checkpoint_writes(), st.live_writes()
         st.run(20 * MIN, step=100)                    # tick every 100 ms
-        n = st.live_writes() - writes0
-        self.assertEqual(n, 20)                       # the 60 s limit comes first
+        self.assertEqual(st.checkpoint_writes() - writes0, 120)   # the 10 s limit first
+        self.assertEqual(st.live_writes() - full0, 2)
         st.contactor(True, 22000)                     # 22 kW: 100 Wh every 16.4 s
-        writes0 = st.live_writes()
+        writes0 = st.checkpoint_writes()
         st.run(10 * MIN, step=100)
-        self.assertEqual(st.live_writes() - writes0, 36)
+        self.assertEqual(st.checkpoint_writes() - writes0, 60)
         st.contactor(False)
-        writes0 = st.live_writes()
-        st.run(10 * MIN, step=100)                    # idle: still once a minute, no more
-        self.assertEqual(st.live_writes() - writes0, 10)
+        writes0 = st.checkpoint_writes()
+        st.run(10 * MIN, step=100)                    # idle: the same, no more
+        self.assertEqual(st.checkpoint_writes() - writes0, 60)
+        cfg = Config({"session_checkpoint_s": 60, "session_checkpoint_wh": 100})
+        st = Station(cfg={"session_checkpoint_s": 60})
+        st.state(STATE_B2)
+        st.start_charging(22000)
+        writes0 = st.checkpoint_writes()
+        st.run(10 * MIN, step=100)                    # 60 s: the energy step comes first
+        self.assertEqual(st.checkpoint_writes() - writes0, 36)
+        self.assertTrue(cfg["session_checkpoint_s"] == 60)
 
 
 class PowerLoss(unittest.TestCase):
@@ -566,9 +581,9 @@ class PowerLoss(unittest.TestCase):
         st = Station()
         st.state(STATE_B2)
         st.start_charging(7200)
-        st.run(2 * MIN)
-        ck = json.loads(st.store.read(LIVE_FILE))
-        at_ckpt = ck["seg_last"] - ck["seg_base"]
+        st.run(2 * MIN + 5000)
+        ck = json.loads(st.store.read(CKPT_FILE))       # [.., seg_base, seg_last, ..]
+        at_ckpt = ck[8] - ck[7]
         self.assertTrue(0 < at_ckpt < st.sm.active["energy_wh"])
         st.reset()
         r = st.sm.recover(st.t, st.register + 50000)
@@ -595,7 +610,8 @@ class PowerLoss(unittest.TestCase):
         st.state(STATE_B2)                             # EV still plugged: a new session
         self.assertEqual(st.sm.active["id"], "2-1")
         (r,) = st.sm.pop_completed()
-        self.assertEqual((r["id"], r["stop_reason"], r["charging_s"]), ("1-1", "power_loss", 60))
+        # As of the last checkpoint: within session_checkpoint_s (10 s) of the 90 s.
+        self.assertEqual((r["id"], r["stop_reason"], r["charging_s"]), ("1-1", "power_loss", 90))
 
 
 class ControlLoopCost(unittest.TestCase):
@@ -651,3 +667,142 @@ class OutOfMemoryAtTheEnd(unittest.TestCase):
         st.reset()
         self.assertEqual([r["id"] for r in st.sm.pending()], [pending[0]["id"]])
         self.assertEqual(st.sm.pending()[0]["stop_reason"], "ev_unplugged")
+
+
+class StopReasonIsWhatStoppedTheCharge(unittest.TestCase):
+    def charging(self):
+        st = Station()
+        st.state(STATE_B2)
+        st.start_charging(7200)
+        st.run(MIN)
+        return st
+
+    def test_a_warning_that_did_not_interrupt_charging_is_listed_not_the_reason(self):
+        st = self.charging()
+        st.sm.on_fault(st.t, "METER_STALE")
+        st.sm.on_fault(st.t, "BACKEND_OFFLINE")
+        st.run(MIN)
+        st.contactor(False, reason="ev_stopped")          # the EV is full
+        st.state(STATE_B2)
+        st.run(MIN)
+        st.state(STATE_A)
+        (r,) = st.sm.pop_completed()
+        self.assertEqual(r["stop_reason"], "ev_stopped")
+        self.assertEqual(r["faults"], ["METER_STALE", "BACKEND_OFFLINE"])
+
+    def test_the_fault_that_opened_the_contactor_not_the_last_one_seen(self):
+        st = self.charging()
+        st.sm.on_fault(st.t, "RCD_TRIPPED")
+        st.contactor(False, reason="fault:RCD_TRIPPED")
+        st.state(STATE_F)
+        st.run(MIN)
+        st.sm.on_fault(st.t, "BACKEND_OFFLINE")
+        st.state(STATE_A)
+        (r,) = st.sm.pop_completed()
+        self.assertEqual(r["stop_reason"], "fault:RCD_TRIPPED")
+        self.assertEqual(r["faults"], ["RCD_TRIPPED", "BACKEND_OFFLINE"])
+
+    def test_a_requested_stop_wins_over_the_evs_reaction_to_it(self):
+        st = self.charging()
+        st.sm.stop_reason("remote_stop")                   # PWM off ...
+        st.contactor(False, reason="ev_stopped")           # ... so the EV stops
+        st.state(STATE_A)
+        (r,) = st.sm.pop_completed()
+        self.assertEqual(r["stop_reason"], "remote_stop")
+
+    def test_a_stop_after_the_ev_had_stopped_does_not_rewrite_it(self):
+        st = self.charging()
+        st.contactor(False, reason="ev_stopped")
+        st.run(MIN)
+        st.sm.stop_reason("remote_stop")
+        r = st.sm.end(st.t, "reboot")
+        self.assertEqual(r["stop_reason"], "ev_stopped")
+
+    def test_charging_that_resumes_clears_the_pause(self):
+        st = self.charging()
+        st.sm.stop_reason("remote_stop")
+        st.contactor(False, reason="ev_stopped")
+        st.run(MIN)
+        st.contactor(True, 7200)                           # resumed
+        st.run(MIN)
+        st.contactor(False, reason="ev_unplugged")
+        st.state(STATE_A)
+        (r,) = st.sm.pop_completed()
+        self.assertEqual(r["stop_reason"], "ev_unplugged")
+
+    def test_power_loss_while_charging_and_after_the_ev_had_stopped(self):
+        st = self.charging()
+        st.reset()
+        self.assertEqual(st.sm.recover(st.t, st.register)["stop_reason"], "power_loss")
+        st = self.charging()
+        st.contactor(False, reason="ev_stopped")
+        st.run(MIN)
+        st.reset()
+        self.assertEqual(st.sm.recover(st.t, st.register)["stop_reason"], "ev_stopped")
+
+
+class PowerLossKeepsDurations(unittest.TestCase):
+    def test_recovered_durations_are_right_to_within_one_checkpoint(self):
+        for charge_ms in (12500, 95000, 25 * MIN + 7000):
+            st = Station()
+            st.state(STATE_B2)
+            st.run(3000)
+            st.start_charging(7200)
+            st.run(charge_ms, step=500)
+            st.reset()
+            r = st.sm.recover(st.t, st.register)
+            total_s = (3000 + charge_ms) // 1000
+            self.assertTrue(total_s - 10 <= r["duration_s"] <= total_s, (charge_ms, r))
+            self.assertTrue(charge_ms // 1000 - 10 <= r["charging_s"] <= charge_ms // 1000,
+                            (charge_ms, r))
+            self.assertTrue(r["duration_s"] > 0 and r["charging_s"] > 0)
+            self.assertIsNone(st.store.read(CKPT_FILE))
+
+    def test_the_small_checkpoint_is_small(self):
+        # littlefs keeps files up to its cache size (128 bytes on MicroPython's ESP32 build,
+        # the 12-byte header included) inline in the directory: no data block per write.
+        st = Station(wall=1767600000, register=123456789)
+        st.sm.set_id_tag("CARD", st.t, "local_list")
+        st.state(STATE_B2)
+        st.start_charging(22000)
+        st.run(3 * HOUR, step=5000)
+        self.assertTrue(st.store.size(CKPT_FILE) <= 128, st.store.size(CKPT_FILE))
+
+    def test_a_small_checkpoint_of_another_session_or_older_is_ignored(self):
+        st = Station()
+        st.state(STATE_B2)
+        st.start_charging(7200)
+        st.run(95000)
+        st.sm.set_id_tag("LATE", st.t, "backend")           # a full write, newer than ckpt
+        st.reset()
+        r = st.sm.recover(st.t, st.register)
+        self.assertEqual((r["id_tag"], r["charging_s"]), ("LATE", 95))
+
+
+class StartRecords(unittest.TestCase):
+    def test_an_authorized_session_hands_out_a_start_record_once(self):
+        st = Station(wall=1767600000)
+        st.state(STATE_B2)
+        self.assertEqual(st.sm.pop_started(), [])           # not authorized yet
+        st.run(2000)
+        st.sm.set_id_tag("04A2B3", st.t, "local_list")
+        (s,) = st.sm.pop_started()
+        self.assertEqual((s["id"], s["connector_id"], s["id_tag"], s["auth"]),
+                         ("1-1", 1, "04A2B3", "local_list"))
+        self.assertEqual((s["meter_start_wh"], s["time"], s["time_source"]),
+                         (100000, 1767600000, "wall"))
+        st.sm.start_delivered("1-1")
+        self.assertEqual(st.sm.pop_started(), [])
+        st.reset()                                          # delivered: not again
+        self.assertEqual(st.sm.pop_started(), [])
+
+    def test_a_start_record_not_yet_delivered_comes_back_after_a_reset(self):
+        st = Station()
+        st.sm.set_id_tag("CARD", st.t, "backend")
+        st.state(STATE_B2)
+        st.reset()
+        (s,) = st.sm.pop_started()
+        self.assertEqual((s["id"], s["id_tag"], s["time"]), ("1-1", "CARD", None))
+        # The recovered session ends: its end record says it all, the start goes.
+        st.sm.recover(st.t, st.register)
+        self.assertEqual(st.sm.pop_started(), [])

@@ -36,7 +36,7 @@ class StationHold(unittest.TestCase):
         r.ev(plugged=False, s2=S2_OPEN)
         r.run(100)
         self.assertTrue(st._held is not None)          # waiting for the final reading
-        self.assertEqual(st.cmd_stop(r.board.ticks_ms()), "no session")
+        self.assertEqual(st.cmd_stop(r.board.ticks_ms()), ("NO_SESSION", "no session"))
         r.run(1000)
         self.assertIsNone(st._held)
         self.assertEqual([x["stop_reason"] for x in _records(st)], ["ev_unplugged"])

@@ -237,10 +237,10 @@ class Network(unittest.TestCase):
             def network_step(self, now_ms):
                 self.steps += 1
         b = NetBoard()
-        st = Station(b, config={"wifi_ssid": "depot", "wifi_password": "pw",
+        st = Station(b, config={"wifi_ssid": "depot", "wifi_password": "depot-pw1",
                                 "ntp_server": "192.0.2.1"},
                      store=Store("/data", PowerCutFs()))
-        self.assertEqual(b.started, ("depot", "pw", "192.0.2.1"))
+        self.assertEqual(b.started, ("depot", "depot-pw1", "192.0.2.1"))
         for _ in range(10):
             st.step()
         self.assertEqual(b.steps, 10)
@@ -337,8 +337,8 @@ class Commands(unittest.TestCase):
         r = Rig()
         st = r.station
         before = st.cfg["max_current_ma"]
-        self.assertIn("out of range", st.cmd_set_config({"max_current_ma": 5}))
-        self.assertIn("unknown key", st.cmd_set_config({"max_current_ma": 16000, "nope": 1}))
+        self.assertIn("out of range", st.cmd_set_config({"max_current_ma": 5})[1])
+        self.assertIn("unknown key", st.cmd_set_config({"max_current_ma": 16000, "nope": 1})[1])
         self.assertEqual(st.cfg["max_current_ma"], before)
         self.assertIsNone(r.fs.medium.get("/data/config.json"))
 
@@ -358,7 +358,7 @@ class Commands(unittest.TestCase):
         self.assertIsNone(st.cmd_set_config({"meter_addr": 3, "meter_poll_ms": 2000}))
         self.assertEqual((st.meter.addr, st.meter.poll_ms), (3, 2000))
         bad = st.cmd_set_config({"meter_map": "custom", "meter_custom_map": "{}"})
-        self.assertIsNotNone(bad)
+        self.assertEqual(bad[0], "PropertyConstraintViolation")   # (code, reason)
         self.assertEqual(st.cfg["meter_map"], "sdm630")
         self.assertEqual(st.meter.map.name, "sdm630")
 
@@ -382,7 +382,7 @@ class Commands(unittest.TestCase):
     def test_stop_pauses_and_start_resumes_in_one_session(self):
         r = Rig()
         st = r.station
-        self.assertEqual(st.cmd_stop(0), "no session")
+        self.assertEqual(st.cmd_stop(0), ("NO_SESSION", "no session"))
         r.ev(plugged=True, s2=S2_C)
         self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
         sid = st.sessions.active["id"]
@@ -466,9 +466,9 @@ class Commands(unittest.TestCase):
     def test_unknown_fault_name_and_refused_remote_clear(self):
         r = Rig()
         st = r.station
-        self.assertIn("unknown", st.cmd_clear_fault("NO_SUCH_FAULT", 0))
+        self.assertIn("unknown", st.cmd_clear_fault("NO_SUCH_FAULT", 0)[1])
         st.faults.raise_(faults.CONTACTOR_WELDED, 0, present=False)
-        self.assertIn("on site", st.cmd_clear_fault("CONTACTOR_WELDED", 0))
+        self.assertEqual(st.cmd_clear_fault("CONTACTOR_WELDED", 0)[0], "ON_SITE")
         self.assertTrue(st.faults.is_active(faults.CONTACTOR_WELDED))
 
     def test_reboot_waits_for_the_contactor_then_resets(self):
@@ -575,14 +575,14 @@ class ServiceGuardAndCommands(unittest.TestCase):
         st = r.station
         self.assertIsNone(st.cmd_reboot(r.board.ticks_ms()))
         r.run(200)
-        self.assertIsNotNone(st.cmd_start(r.board.ticks_ms()))
+        self.assertEqual(st.cmd_start(r.board.ticks_ms())[0], "BUSY")
         self.assertTrue(st.charger.paused)
 
     def test_selftest_command_is_refused_when_the_self_test_is_disabled(self):
         r = Rig(config=dict(BACKEND, rcd_selftest=False))
         st = r.station
         r.run(100)
-        self.assertIn("rcd_selftest", st.cmd_selftest(r.board.ticks_ms()))
+        self.assertIn("rcd_selftest", st.cmd_selftest(r.board.ticks_ms())[1])
         r = Rig()
         r.run(100)
         self.assertIsNone(r.station.cmd_selftest(r.board.ticks_ms()))
@@ -628,7 +628,8 @@ class ServiceGuardAndCommands(unittest.TestCase):
         self.assertEqual(st.status()["state"], "UNAVAILABLE")
         self.assertIsNone(st.sessions.active)
         recs = [x.data for x in held_records(st, KIND_SESSION)]
-        self.assertEqual([x["stop_reason"] for x in recs], ["ev_unplugged"])
+        # What ended the energy transfer: the operator took the station out of service.
+        self.assertEqual([x["stop_reason"] for x in recs], ["inoperative"])
 
     def test_a_station_whose_flash_refuses_writes_still_boots_and_charges(self):
         # Counters are written at boot, before the backend link exists: a storage failure

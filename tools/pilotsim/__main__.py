@@ -2,15 +2,18 @@
 
   demo                      the default session (what `make sim` runs)
   run FILE [FILE ...]       play scenario files; summary, Annex A report, JSONL trace
-  check FILE [FILE ...]     parse scenario files only (exit 1 on the first bad one)
+  check FILE [FILE ...]     check scenario files only (exit 2 when one is bad)
   list                      the scenario library
   levels                    CP/PP levels of the circuit model per EV state and fault
+  plot TRACE -o PNG         oscilloscope-like picture of a trace (CP, PWM, state, contactor,
+                            currents; faults and Annex A limits marked)
   bench FILE --port DEV     play a scenario's EV steps on a hardware pilot simulator
 
-Options for run/demo: --trace PATH (default build/pilotsim/NAME.jsonl), --speed N (simulated
-ms per wall ms at most; 0 = as fast as possible, the default for run; 5 for demo),
---no-broker, --quiet (no live view).
-Exit status: 0 when every Annex A check passes and the scenario's expectations hold.
+Options for run/demo: --trace PATH (default build/pilotsim/NAME.jsonl), --plot PATH (a PNG
+of the run, see plot), --speed N (simulated ms per wall ms at most; 0 = as fast as possible,
+the default for run; 5 for demo), --no-broker, --quiet (no live view).
+Exit status: 0 when every Annex A check passes and the scenario's expectations hold; 1 when
+one does not; 2 when a scenario file is bad (every error listed, nothing run).
 """
 import argparse
 import os
@@ -68,7 +71,8 @@ def _play(path, args, out):
         os.makedirs(TRACE_DIR, exist_ok=True)
         trace = os.path.join(TRACE_DIR, sc.name + ".jsonl")
     live = None if args.quiet else orchestrate.LiveView(out)
-    out.write("== %s: %s\n" % (sc.name, sc.description))
+    for line in orchestrate.fit("== %s: %s" % (sc.name, sc.description), indent=3):
+        out.write(line + "\n")
     if sc.broker != "none" and (args.no_broker or not orchestrate.broker_available()):
         out.write("   running WITHOUT a broker (%s): no MQTT, backend steps are skipped\n"
                   % ("--no-broker" if args.no_broker else "mosquitto is not installed"))
@@ -78,8 +82,38 @@ def _play(path, args, out):
     problems = _expect.check(res)
     for p in problems:
         out.write("  EXPECTATION FAILED: %s\n" % p)
-    out.write("  trace: %s\n\n" % trace)
+    out.write("  trace: %s\n" % trace)
+    if args.plot and res.ticks():
+        from tools.pilotsim import plot
+        plot.plot(res.records, args.plot, checks=res.checks)
+        out.write("  plot: %s\n" % args.plot)
+    out.write("\n")
     return res.ok() and not problems
+
+
+# What each command needs besides the standard library (installed by `make setup`).
+_NEEDS = {"run": ("pymodbus",), "demo": ("pymodbus",), "plot": ("matplotlib",),
+          "bench": ("serial",)}
+
+
+def _missing_modules(args):
+    import importlib.util
+    needs = list(_NEEDS.get(args.cmd, ()))
+    if getattr(args, "plot", None):
+        needs.append("matplotlib")
+    return [m for m in needs if importlib.util.find_spec(m) is None]
+
+
+def _load_all(files, out):
+    """Check every scenario file; write every error of every bad one. The bad files."""
+    bad = []
+    for f in files:
+        try:
+            _scenario.load(f)
+        except _scenario.ScenarioError as e:
+            out.write("%s\n" % e)
+            bad.append(f)
+    return bad
 
 
 def main(argv=None, out=None):
@@ -92,6 +126,7 @@ def main(argv=None, out=None):
         if name == "run":
             sp.add_argument("files", nargs="+")
         sp.add_argument("--trace")
+        sp.add_argument("--plot", metavar="PNG", help="also draw the run (see plot)")
         # The demo is paced so a person can follow the live view (60 s in about 12 s).
         sp.add_argument("--speed", type=int, default=5 if name == "demo" else 0)
         sp.add_argument("--no-broker", action="store_true")
@@ -103,21 +138,27 @@ def main(argv=None, out=None):
     sp.add_argument("files", nargs="+")
     sub.add_parser("list")
     sub.add_parser("levels")
+    sp = sub.add_parser("plot")
+    sp.add_argument("trace")
+    sp.add_argument("-o", "--output", required=True, metavar="PNG")
     sp = sub.add_parser("bench")
     sp.add_argument("file")
     sp.add_argument("--port", required=True)
     sp.add_argument("--baud", type=int, default=115200)
     args = p.parse_args(argv)
+    missing = _missing_modules(args)
+    if missing:
+        out.write("python -m tools.pilotsim %s needs %s, which this Python (%s) does not have:"
+                  " run `make setup`, then `.venv/bin/python -m tools.pilotsim %s ...`\n"
+                  % (args.cmd, ", ".join(missing), sys.executable, args.cmd))
+        return 2
 
     if args.cmd == "check":
+        bad = _load_all(args.files, out)
         for f in args.files:
-            try:
-                _scenario.load(f)
-            except (_scenario.ScenarioError, OSError) as e:
-                out.write("%s\n" % e)
-                return 1
-            out.write("%s: ok\n" % f)
-        return 0
+            if f not in bad:
+                out.write("%s: ok\n" % f)
+        return 2 if bad else 0
     if args.cmd == "list":
         for f in library():
             sc = _scenario.load(f)
@@ -126,12 +167,27 @@ def main(argv=None, out=None):
     if args.cmd == "levels":
         out.write(levels_table() + "\n")
         return 0
+    if args.cmd == "plot":
+        from tools.pilotsim import plot
+        try:
+            records = plot.read_trace(args.trace)
+        except (OSError, ValueError) as e:
+            out.write("%s\n" % e)
+            return 2
+        plot.plot(records, args.output)
+        out.write("plot: %s\n" % args.output)
+        return 0
     if args.cmd == "bench":
+        if _load_all([args.file], out):
+            return 2
         from tools.pilotsim import bench
         return bench.main_play(args.file, args.port, args.baud, out)
     files = [DEMO] if args.cmd == "demo" else args.files
     if len(files) > 1 and args.trace:
         out.write("--trace takes one file; traces go to %s\n" % TRACE_DIR)
+        return 2
+    # Every file is checked before anything runs: a misspelt name costs no run.
+    if _load_all(files, out):
         return 2
     passed = []
     failed = []
@@ -140,9 +196,6 @@ def main(argv=None, out=None):
         name = os.path.basename(f)
         try:
             (passed if _play(f, args, out) else failed).append(name)
-        except _scenario.ScenarioError as e:
-            out.write("%s\n" % e)
-            return 2
         except orchestrate.PeerMissing as e:
             out.write("skipped: %s\n" % e)
             skipped.append(name)

@@ -68,6 +68,55 @@ class Timeline:
         self.cable_a = start.get("cable_a")
         end = next((r for r in records if r.get("k") == "end"), None)
         self.end_ms = end["t"] if end else (self.ticks[-1]["t"] if self.ticks else 0)
+        self.cables = self._cables()
+        self.changes = self._config_changes(records)
+
+    def _cables(self):
+        """[(t, cable A)]: the cable in the socket from t on (a plug step may bring
+        another one; an unplug step may name the one the next plug brings)."""
+        out = [(0, self.cable_a)]
+        for s in self.steps:
+            if s["k"] == "ev" and s["name"] in ("plug", "unplug") and s.get("cable_a"):
+                out.append((s["t"], s["cable_a"]))
+        return out
+
+    def _config_changes(self, records):
+        """[(sent t, replied t, changes)] of the set_config commands the station accepted
+        (its reply says ok): from then on the report expects what they set."""
+        replies = {}
+        for m in records:
+            if m.get("k") == "mqtt" and m.get("topic") == "reply" \
+                    and isinstance(m.get("payload"), dict) and m["payload"].get("ok"):
+                replies.setdefault(m["payload"].get("id"), m["t"])
+        out = []
+        for s in self.steps:
+            if s["k"] == "backend" and s["name"] == "set_config" and not s.get("skipped"):
+                changes = (s.get("args") or {}).get("changes")
+                if isinstance(changes, dict) and s.get("id") in replies:
+                    out.append((s["t"], replies[s["id"]], changes))
+        return out
+
+    def cable_at(self, t):
+        cable = None
+        for at, a in self.cables:
+            if at <= t:
+                cable = a
+        return cable
+
+    def current_limit_ma(self, t):
+        """The most the PWM may offer at t: the installation's max_current_ma in force and
+        the cable's rating. While a change of max_current_ma is on its way (command sent,
+        reply not yet seen, plus 100 ms for the next duty update) either value holds."""
+        limit = self._start_cfg("max_current_ma", 32000)
+        for sent, replied, changes in self.changes:
+            if "max_current_ma" not in changes or sent > t:
+                continue
+            new = changes["max_current_ma"]
+            limit = new if t > replied + ANNEX_A_OPEN_MS else max(limit, new)
+        cable = self.cable_at(t)
+        if cable:
+            limit = min(limit, cable * 1000)
+        return limit
 
     def at(self, t):
         """The last tick record at or before t (the state in force at t)."""
@@ -125,10 +174,18 @@ class Timeline:
         return [s["t"] for s in self.steps
                 if s["k"] == "fault" and s["name"] == name and s.get("on")]
 
-    def cfg(self, key, default):
+    def cfg(self, key, default, t=None):
         """The station's setting: the run's override, else the firmware's own default
         (firmware/config.py), so a limit never rests on a stale copy; `default` only for
-        a key the schema does not have."""
+        a key the schema does not have. With `t`: as set_config commands accepted by then
+        left it."""
+        if t is not None:
+            for _sent, replied, changes in reversed(self.changes):
+                if replied <= t and key in changes:
+                    return changes[key]
+        return self._start_cfg(key, default)
+
+    def _start_cfg(self, key, default):
         if key in self.config:
             return self.config[key]
         from firmware.config import SCHEMA
@@ -732,18 +789,29 @@ def _limit_applied(tl, records):
 
 def _duty_within_limits(tl):
     """Whenever the PWM runs, the current it codes (as the EV reads it) stays within the
-    installation's max_current_ma and the cable's PP rating (IEC 61851-1 Annex B)."""
+    installation's max_current_ma and the cable's PP rating (IEC 61851-1 Annex B), as they
+    stand at that moment (set_config and a change of cable move them)."""
     pwm = [r for r in tl.ticks if _pwm(r["duty"])]
     if not pwm:
         return []
-    limit = tl.cfg("max_current_ma", 32000)
-    if tl.cable_a:
-        limit = min(limit, tl.cable_a * 1000)
-    worst = max(pwm, key=lambda r: offered_ma(r["duty"]))
-    got = offered_ma(worst["duty"])
+    limits = [tl.current_limit_ma(r["t"]) for r in pwm]
+    worst = None
+    for r, lim in zip(pwm, limits):
+        over = offered_ma(r["duty"]) - lim
+        if worst is None or over > worst[0]:
+            worst = (over, r, lim)
+    over, r, lim = worst
+    lo, hi = min(limits), max(limits)
+    text = "<= %d A" % (hi // 1000) if lo == hi else "<= %d..%d A (as set)" % (lo // 1000,
+                                                                             hi // 1000)
+    got = offered_ma(r["duty"])
+    note = "highest %.1f A at %d ms" % (got / 1000, r["t"]) if over <= 0 else \
+        "%.1f A at %d ms over the %d A then in force" % (got / 1000, r["t"], lim // 1000)
+    if over <= 0 and lo != hi:
+        best = max(pwm, key=lambda x: offered_ma(x["duty"]))
+        note = "highest %.1f A at %d ms" % (offered_ma(best["duty"]) / 1000, best["t"])
     return [Check("duty_within_limits", "PWM offers <= installation and cable rating",
-                  pwm[0]["t"], None, "<= %d A" % (limit // 1000), got <= limit,
-                  "highest %.1f A at %d ms" % (got / 1000, worst["t"]))]
+                  pwm[0]["t"], None, text, over <= 0, note)]
 
 
 def _wake_up(tl):

@@ -295,6 +295,27 @@ class MeterRefresh:
         self._at = now_ms
 
 
+class MeterNoise:
+    """A little seeded noise on a meter's readings: voltage +/-0.5 V, current +/-0.3 %
+    (at least 10 mA) when current flows, exactly zero when none does."""
+
+    def __init__(self, seed=1):
+        self._rng = (seed * 2246822519 + 7) & _LCG_MASK
+
+    def _next(self, span):
+        self._rng = _lcg_next(self._rng)
+        return (self._rng >> 12) % (2 * span + 1) - span
+
+    def voltage(self, dv):
+        return dv + self._next(5) if dv > 0 else 0
+
+    def current(self, ma):
+        if ma <= 0:
+            return 0
+        span = ma * 3 // 1000
+        return max(1, ma + self._next(span if span > 10 else 10))
+
+
 class EnergyCounter:
     """Integrates power over simulated time into Wh without losing the remainder."""
 

@@ -2,11 +2,11 @@
 
     result = run("tools/pilotsim/scenarios/basic-session.json", trace_path="t.jsonl")
 
-starts the peers the scenario needs - a real mosquitto (tests/system/mosquitto.py) behind
-a stallable relay (netproxy.py), and the pymodbus meter (tests/system/meter_peer.py)
-reached by the firmware through tools/tcpuart.py - then the firmware on the MicroPython unix
-port (tools/pilotsim/runner.py), answers its lock-step requests (meter registers, meter
-faults, network stalls), writes the JSONL trace, and analyses it (annexa.py).
+starts the peers the scenario needs - a real mosquitto (tests/system/mosquitto.py), reached
+by the firmware through the runner's lock-step relay (simnet.py), and the pymodbus meter
+(tests/system/meter_peer.py) reached through tools/tcpuart.py - then the firmware on the
+MicroPython unix port (tools/pilotsim/runner.py), answers its lock-step requests (meter
+registers, meter faults), writes the JSONL trace, and analyses it (annexa.py).
 """
 import json
 import os
@@ -20,7 +20,6 @@ import time
 from tools.devicefiles import MICROPYTHON, ROOT, micropython_env, mp_cwd
 from tools.pilotsim import annexa
 from tools.pilotsim import scenario as _scenario
-from tools.pilotsim.netproxy import NetProxy
 
 DEFAULT_TIMEOUT_S = 120
 METER_START_WH = 1234567     # a meter that has seen use: sessions are differences
@@ -157,7 +156,6 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
     os.makedirs(storage)
     run_cfg["storage"] = storage
 
-    proxy = None
     if sc.broker != "none" and want_broker:
         mq = _broker_module()
         if mq is None:
@@ -168,11 +166,8 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
             b = mq.Mosquitto()
             b.start()
             cleanup.append(b.close)
-            proxy = NetProxy(b.port)
-            cleanup.append(proxy.close)
             run_cfg["broker_host"] = b.host
             run_cfg["broker_port"] = b.port
-            run_cfg["station_broker_port"] = proxy.port
             res.broker = True
     elif sc.broker == "required":
         raise PeerMissing("%s needs a broker" % sc.name)
@@ -226,7 +221,7 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
                 res.notes.append("firmware output: " + line[:200])
                 continue
             if "req" in rec:
-                answer = _answer(rec, meter, proxy, res)
+                answer = _answer(rec, meter)
                 proc.stdin.write(answer + "\n")
                 proc.stdin.flush()
                 continue
@@ -248,7 +243,7 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
     return res
 
 
-def _answer(rec, meter, proxy, res):
+def _answer(rec, meter):
     req = rec["req"]
     try:
         if req == "meter":
@@ -257,13 +252,6 @@ def _answer(rec, meter, proxy, res):
         elif req == "meter_fault":
             if meter is not None:
                 meter.fault(rec["mode"])
-        elif req == "network":
-            if proxy is None:
-                return "ok"
-            if rec["mode"] == "stall":
-                proxy.stall()
-            else:
-                proxy.resume()
         else:
             return "err unknown request %s" % req
     except Exception as e:  # noqa: BLE001 - the firmware side reports it and stops
@@ -341,10 +329,13 @@ def format_summary(res):
                     tr["to_station"][1]))
     stats = end.get("stats", {})
     if stats:
-        lines.append("  firmware loop: %d iterations, %d meter updates, %d commands, %d s"
-                     " paced to wall time" % (stats.get("ticks", 0), stats.get("meter_pushes", 0),
-                                              stats.get("commands", 0),
-                                              stats.get("paced_ms", 0) // 1000))
+        lines.append("  firmware loop: %d iterations, %d meter updates, %d commands"
+                     % (stats.get("ticks", 0), stats.get("meter_pushes", 0),
+                        stats.get("commands", 0)))
+        if stats.get("net_gave_up") or stats.get("meter_gave_up"):
+            lines.append("  WARNING: a peer did not answer in time (broker %d, meter %d times):"
+                         " this run may not repeat" % (stats.get("net_gave_up", 0),
+                                                       stats.get("meter_gave_up", 0)))
         lines.append("  %.1f s simulated in %.1f s of wall time" % (end.get("t", 0) / 1000,
                                                                    res.wall_s))
     if res.returncode:
@@ -369,25 +360,27 @@ def _session_line(data):
 
 class LiveView:
     """One line per state change and at most one per simulated second, plus scenario steps
-    and backend traffic as they happen."""
+    and backend traffic as they happen. Every line fits WIDTH columns (a longer one is
+    wrapped, indented under its time)."""
+
+    WIDTH = 80
 
     def __init__(self, out=None):
         self.out = out or sys.stdout
         self._last_t = None
         self._last_state = None
+        self._last_faults = ""
 
     def __call__(self, r):
         k = r.get("k")
         if k == "start":
-            cfg = r.get("config", {})
-            self._w("firmware on the MicroPython unix port, simulated board, tick %d ms" % r["tick_ms"])
-            self._w("  broker: %s" % ("mosquitto, station via %s:%s" % (cfg.get("mqtt_host"),
-                                                                       cfg.get("mqtt_port"))
+            self._w("firmware on the MicroPython unix port, simulated board, tick %d ms"
+                    % r["tick_ms"])
+            self._w("  broker: %s" % ("mosquitto, through the simulator's lock-step relay"
                                       if r.get("broker") else "none (no MQTT)"))
             self._w("  meter:  %s" % ("pymodbus SDM630 over Modbus RTU-over-TCP"
                                       if r.get("meter") else "none"))
-            self._w("  time     state CP high/low        duty        offer    contactor"
-                    "      power   energy")
+            self._w("  time s state       CP hi/lo V   duty offer contactor   power   energy")
         elif k == "tick":
             if r["state"] == self._last_state and self._last_t is not None \
                     and r["t"] - self._last_t < 1000:
@@ -396,22 +389,23 @@ class LiveView:
             self._last_state = r["state"]
             duty = r["duty"]
             duty_s = ("off" if duty < 0 else "+12V" if duty >= 1000 else "-12V" if duty == 0
-                      else "%4.1f%%" % (duty / 10))
-            self._w("%8.2f s  %-4s  CP %+5.1f/%+5.1f V  duty %-6s offer %2d A  contactor %-6s"
-                    " %6d W  %6d Wh%s" % (
-                        r["t"] / 1000, r["state"], r["cp_hi"] / 1000, r["cp_lo"] / 1000, duty_s,
-                        r["offered_ma"] // 1000, "closed" if r["contactor"] else "open",
-                        r["power_w"], r["energy_wh"],
-                        ("  faults " + ",".join(r["faults"])) if r["faults"] else ""))
+                      else "%.1f%%" % (duty / 10))
+            self._w("%8.2f %-11s %+5.1f/%+5.1f %6s %3dA %-8s %6dW %6dWh" % (
+                r["t"] / 1000, r["state"], r["cp_hi"] / 1000, r["cp_lo"] / 1000, duty_s,
+                r["offered_ma"] // 1000, "closed" if r["contactor"] else "open",
+                r["power_w"], r["energy_wh"]))
+            faults = ",".join(r["faults"])
+            if faults != self._last_faults:
+                self._last_faults = faults
+                self._w("%8.2f faults: %s" % (r["t"] / 1000, faults or "none"))
         elif k in ("ev", "fault", "meter"):
             extra = " ".join("%s=%s" % (a, r[a]) for a in r if a not in ("t", "k", "name"))
-            self._w("%8.2f s  >> %s %s %s" % (r["t"] / 1000, k, r["name"], extra))
+            self._w("%8.2f >> %s %s %s" % (r["t"] / 1000, k, r["name"], extra))
         elif k == "backend":
-            self._w("%8.2f s  >> backend %s %s" % (r["t"] / 1000, r["name"],
-                                                   json.dumps(r.get("args", r.get("raw")))))
+            self._w("%8.2f >> backend %s %s" % (r["t"] / 1000, r["name"],
+                                                json.dumps(r.get("args", r.get("raw")))))
         elif k == "mqtt" and r.get("topic") == "reply":
-            p = r["payload"]
-            self._w("%8.2f s  << reply %s" % (r["t"] / 1000, json.dumps(p)[:100]))
+            self._w("%8.2f << reply %s" % (r["t"] / 1000, json.dumps(r["payload"])[:140]))
         elif k == "mqtt" and r.get("topic") == "record":
             p = r["payload"]
             if isinstance(p, dict) and p.get("kind") != "telemetry":
@@ -421,8 +415,22 @@ class LiveView:
                                       "raised" if data.get("raised") else "cleared")
                 else:
                     what = _session_line(data)
-                self._w("%8.2f s  << record %s %s" % (r["t"] / 1000, p.get("kind"), what[:110]))
+                self._w("%8.2f << record %s %s" % (r["t"] / 1000, p.get("kind"), what[:140]))
 
     def _w(self, s):
-        self.out.write(s + "\n")
+        for line in fit(s, self.WIDTH):
+            self.out.write(line + "\n")
         self.out.flush()
+
+
+def fit(line, width=80, indent=9):
+    """A line as lines of at most `width` columns, continuations indented."""
+    out = []
+    while len(line) > width:
+        cut = line.rfind(" ", indent + 1, width + 1)
+        if cut <= indent:
+            cut = width
+        out.append(line[:cut].rstrip())
+        line = " " * indent + line[cut:].lstrip()
+    out.append(line)
+    return out

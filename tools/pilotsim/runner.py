@@ -9,16 +9,19 @@ times between two control-loop iterations. It talks to the orchestrator over its
 
 - stdout: one JSON object per line. Trace records have "k" (see docs/scenarios.md,
   "Trace"); requests have "req" and wait for one line on stdin ("ok" or "err REASON"):
-  meter register updates, meter faults, network stalls. This lock-step keeps the meter's
-  registers exactly in line with the simulated EV.
+  meter register updates and meter faults. This lock-step keeps the meter's registers
+  exactly in line with the simulated EV. Every record is masked (configured secrets)
+  before it is written.
 - The backend: this process publishes the scenario's commands to the broker itself (at their
   simulated time) and subscribes to the station's topics, so MQTT traffic lands in the trace
-  with simulated timestamps.
+  with simulated timestamps. The station's own MQTT connection goes through SimNet
+  (simnet.py), a relay in this process.
 
-Time: see SimBoard and docs/scenarios.md: simulated time runs as fast as the firmware
-computes, except that it is paced 1:1 with wall time while a peer owes an answer (a Modbus
-request in flight, a backend command not yet answered, the link coming up), so that the
-firmware's Modbus and MQTT timeouts keep their meaning against real peers.
+Time: see SimBoard and docs/scenarios.md, "Time and peers": simulated time stands still
+while a peer owes an answer to what the firmware did in the last iteration (a Modbus answer,
+MQTT answers and deliveries), and the firmware sees the answer at its next iteration. No
+decision of the firmware depends on wall time, so a scenario gives the same trace on
+every run.
 """
 import json
 import sys
@@ -26,26 +29,22 @@ import time
 
 from firmware import states
 from tools.pilotsim import scenario as _scenario
-from tools.pilotsim.model import (CABLE_OHMS, EVLoad, EnergyCounter, FrontEnd, MeterRefresh,
-                                  PilotModel, S2_C, S2_D, S2_OPEN)
+from tools.pilotsim.model import (CABLE_OHMS, EVLoad, EnergyCounter, FrontEnd, MeterNoise,
+                                  MeterRefresh, PilotModel, S2_C, S2_D, S2_OPEN)
+from tools.pilotsim.simnet import SimNet
 from tools.pilotsim.simboard import SimBoard, SimReset
 
 HEARTBEAT_MS = 1000          # a trace record at least this often
 METER_PUSH_MS = 500          # meter registers refreshed at least this often while energy flows
-CMD_SETTLE_MS = 5000         # pace 1:1 at most this long waiting for a command's reply
-ACK_SETTLE_MS = 2000         # pace 1:1 at most this long while records wait for an ack
-END_DRAIN_MS = 300           # wall ms to collect messages still on their way at the end
-CMD_DELIVERY_CAP_MS = 2000   # wall ms the clock is held for the broker to deliver a command
 METER_WAIT_CAP_MS = 2000     # wall ms the clock is held for the meter peer's answer
-LINK_SETTLE_MS = 3000        # pace 1:1 at most this long for the link to come up
+NET_WAIT_CAP_MS = 2000       # wall ms the clock is held for the broker's answers
+STATION_BROKER = ("192.0.2.1", 1883)    # what the station is configured with (TEST-NET-1)
 
 
-def _wall_ms():
-    return time.ticks_ms()
-
-
-def _wall_diff(a, b):
-    return time.ticks_diff(a, b)
+# Wall time (waits for peers, --speed): the host's clock on either runtime.
+from firmware.compat import sleep_ms as _sleep_ms  # noqa: E402
+from firmware.compat import ticks_diff as _wall_diff  # noqa: E402
+from firmware.compat import ticks_ms as _wall_ms  # noqa: E402
 
 
 class Channel:
@@ -55,9 +54,10 @@ class Channel:
         self.out = out or sys.stdout
         self.inp = inp or sys.stdin
         self.lines = 0
+        self.secrets = ()           # configured secret values: never written out
 
     def emit(self, record):
-        self.out.write(json.dumps(record))
+        self.out.write(json.dumps(_scenario.mask(record, self.secrets)))
         self.out.write("\n")
         self.lines += 1
 
@@ -73,15 +73,33 @@ class Channel:
             raise RuntimeError("orchestrator refused %s: %s" % (record.get("req"), answer))
 
 
+def answer_len(request):
+    """The length of the Modbus RTU answer a request asks for (None: not known), so the
+    runner waits for the whole answer, not its first TCP segment."""
+    if len(request) < 6:
+        return None
+    fc = request[1]
+    count = (request[4] << 8) | request[5]
+    if fc in (3, 4):
+        return 5 + 2 * count
+    if fc in (1, 2):
+        return 5 + (count + 7) // 8
+    if fc in (5, 6, 15, 16):
+        return 8
+    return None
+
+
 class PacedUart:
     """The meter's UART as the firmware sees it, in simulated time.
 
     The pymodbus peer answers in wall time; the firmware must see the answer when a real
-    RS-485 line would deliver it. So the runner holds the simulated clock while a request
-    is unanswered (`waiting()`), and once the answer is on the socket this stream keeps it
-    invisible until request and answer have crossed the line at the configured baud rate
-    (10 bits a character with 8N1, 11 with parity). Meter latency is then the same on every
-    run and every machine, whatever the load.
+    RS-485 line would deliver it. The request the firmware writes in an iteration is held
+    until the runner's pacer sends it (`send_held()`), after the meter registers follow
+    that iteration's EV, so the answer never races a register update. The runner then
+    holds the simulated clock while the answer is incomplete (`waiting()`), and this
+    stream keeps it invisible until request and answer have crossed the line at the
+    configured baud rate (10 bits a character with 8N1, 11 with parity). Meter latency is
+    then the same on every run and every machine, whatever the load.
     """
 
     def __init__(self, uart, board):
@@ -89,8 +107,11 @@ class PacedUart:
         self.board = board
         self.pending = False        # a request was written and its answer not yet read
         self.requests = 0
+        self._held = b""
         self._sent_ms = 0
         self._sent_len = 0
+        self._want = None           # length of the whole answer, when known
+        self._rx = bytearray()
         self._visible_ms = None     # simulated ms from which the answer may be read
 
     def _line_ms(self, nbytes):
@@ -103,19 +124,47 @@ class PacedUart:
         self.requests += 1
         self._sent_ms = self.board.now_ms
         self._sent_len = len(buf)
+        self._want = answer_len(buf)
         self._visible_ms = None
-        return self._u.write(buf)
+        self._rx = bytearray()
+        self._held = bytes(buf)
+        return len(buf)
+
+    def send_held(self):
+        """Put the request written in this iteration on the wire (the runner's pacer)."""
+        if self._held:
+            data = self._held
+            self._held = b""
+            self._u.write(data)
+
+    def _fill(self):
+        n = self._u.any()
+        if n:
+            data = self._u.read(n)
+            if data:
+                self._rx += data
+
+    def _complete(self):
+        self._fill()
+        n = len(self._rx)
+        if not n:
+            return False
+        if n >= 2 and self._rx[1] & 0x80:
+            return n >= 5           # exception answer
+        return self._want is None or n >= self._want
 
     def waiting(self):
-        """True while the peer owes the answer to the last request."""
-        return self.pending and self._visible_ms is None and not self._u.any()
+        """True while the peer owes (part of) the answer to the last request."""
+        return self.pending and self._visible_ms is None and not self._complete()
 
     def give_up(self):
-        # A peer that never answers: stop holding the clock (the firmware times out).
+        # A peer that never answers (or stops half-way): stop holding the clock; what came
+        # is delivered at its line time and the firmware's timeout runs in simulated time.
         self.pending = False
 
     def any(self):
-        n = self._u.any()
+        self._fill()
+        n = len(self._rx)
         if not n:
             return 0
         if self._visible_ms is None:
@@ -125,20 +174,23 @@ class PacedUart:
         return n
 
     def read(self, n=-1):
-        if not self.any():
+        avail = self.any()
+        if not avail:
             return None
-        data = self._u.read(n) if n != -1 else self._u.read()
-        if data:
-            self.pending = False
+        if n is None or n < 0 or n > avail:
+            n = avail
+        data = bytes(self._rx[:n])
+        self._rx = self._rx[n:]
+        self.pending = False
         return data
 
     def readinto(self, buf, n=None):
-        if not self.any():
+        want = len(buf) if n is None else min(n, len(buf))
+        data = self.read(want)
+        if not data:
             return 0
-        got = self._u.readinto(buf) if n is None else self._u.readinto(buf, n)
-        if got:
-            self.pending = False
-        return got
+        buf[:len(data)] = data
+        return len(data)
 
     def flush(self):
         if hasattr(self._u, "flush"):
@@ -153,7 +205,9 @@ _TO_STATION = ("cmd", "ack")     # what the backend publishes; the rest is the s
 
 
 class Backend:
-    """The scenario's side of MQTT: publishes commands, observes the station's topics."""
+    """The scenario's side of MQTT: publishes commands, acknowledges records, observes the
+    station's topics. Its own connection goes straight to the broker; SimNet.settle()
+    calls `receive()` while it waits and `flush()` once everything owed has arrived."""
 
     def __init__(self, host, port, prefix, station_id, channel, now):
         from umqtt.simple import MQTTClient
@@ -161,12 +215,12 @@ class Backend:
         self.cmd_topic = self.base + "cmd"
         self.channel = channel
         self.now = now
+        self.net = None
         self.messages = 0
         self.bytes = 0
         self.replies = {}           # id -> reply payload (dict)
-        self.seen_from_station = 0
-        self.commands_sent = 0
-        self.commands_seen = 0      # our own commands as the broker delivered them back
+        self.owed = 0               # messages the broker still owes this client
+        self._batch = []            # trace records of this delivery, written by flush()
         self._n = 0
         self.client = MQTTClient(b"pilotsim-backend", host, port, keepalive=0)
         self.client.set_callback(self._on_msg)
@@ -175,6 +229,7 @@ class Backend:
 
     def _on_msg(self, topic, msg):
         topic = topic.decode()
+        self.owed -= 1
         self.messages += 1
         self.bytes += len(topic) + len(msg)
         sub = topic[len(self.base):] if topic.startswith(self.base) else topic
@@ -182,36 +237,35 @@ class Backend:
             payload = json.loads(msg)
         except ValueError:
             payload = msg.decode() if isinstance(msg, bytes) else msg
-        if sub not in _TO_STATION:
-            self.seen_from_station += 1
-        elif sub == "cmd":
-            self.commands_seen += 1
         if sub == "reply" and isinstance(payload, dict) and "id" in payload:
             self.replies[payload["id"]] = payload
         if sub == "record" and isinstance(payload, dict) and "id" in payload:
             # As a backend does: acknowledge every record so the outbox can let it go.
-            self.client.publish((self.base + "ack").encode(),
-                                json.dumps({"v": 1, "ids": [payload["id"]]}).encode())
-        self.channel.emit({"t": self.now(), "k": "mqtt", "topic": sub,
-                           "dir": "to_station" if sub in _TO_STATION else "from_station",
-                           "bytes": len(msg), "payload": payload})
+            self._publish(self.base + "ack", json.dumps({"v": 1, "ids": [payload["id"]]}))
+        self._batch.append({"t": self.now(), "k": "mqtt", "topic": sub,
+                            "dir": "to_station" if sub in _TO_STATION else "from_station",
+                            "bytes": len(msg), "payload": payload})
 
-    def poll(self):
-        # Bounded: at most a handful of queued messages per control-loop iteration.
-        for _ in range(8):
-            if self.client.check_msg() is None:
-                # check_msg returns None both for "nothing" and "handled"; stop when idle.
-                if not self._readable():
-                    break
+    def _publish(self, topic, payload):
+        self.client.publish(topic.encode(), payload.encode())
+        if self.net is not None:
+            self.net.backend_published(True)
 
-    def _readable(self):
-        try:
-            import select
-            p = select.poll()
-            p.register(self.client.sock, select.POLLIN)
-            return bool(p.poll(0))
-        except (ImportError, OSError):
-            return False
+    def receive(self):
+        while _readable(self.client.sock):
+            self.client.check_msg()
+
+    def flush(self):
+        # The station's messages (one connection: broker order) before this client's own,
+        # whatever order the broker interleaved them in.
+        batch = self._batch
+        self._batch = []
+        for r in batch:
+            if r["dir"] == "from_station":
+                self.channel.emit(r)
+        for r in batch:
+            if r["dir"] != "from_station":
+                self.channel.emit(r)
 
     def send(self, name, args, raw, cid):
         self._n += 1
@@ -221,9 +275,15 @@ class Backend:
             payload = raw
         else:
             payload = json.dumps({"v": 1, "id": cid, "cmd": name, "args": args})
-        self.client.publish(self.cmd_topic.encode(), payload.encode())
-        self.commands_sent += 1
+        self._publish(self.cmd_topic, payload)
         return cid
+
+
+def _readable(sock):
+    import select
+    p = select.poll()
+    p.register(sock, select.POLLIN)
+    return bool(p.poll(0))
 
 
 class Runner:
@@ -250,28 +310,46 @@ class Runner:
             self.uart = PacedUart(self._open_meter(run["meter_port"]), self.board)
             self.board.attach_meter(self.uart)
         self.backend = None
+        self.net = None
         self.config = dict(sc.config)
         if run.get("broker_port"):
-            self.config["mqtt_host"] = run.get("broker_host", "127.0.0.1")
-            self.config["mqtt_port"] = run.get("station_broker_port") or run["broker_port"]
-            self.backend = Backend(run.get("broker_host", "127.0.0.1"), run["broker_port"],
-                                   self._cfg("mqtt_prefix"), self._cfg("station_id"),
-                                   self.channel, self.sim_ms)
+            host = run.get("broker_host", "127.0.0.1")
+            # The station's address of the broker is a constant: SimNet carries its
+            # connections to the real one (whose port changes every run), so the trace
+            # does not change with it.
+            self.config["mqtt_host"] = STATION_BROKER[0]
+            self.config["mqtt_port"] = STATION_BROKER[1]
+            self.backend = Backend(host, run["broker_port"], self._cfg("mqtt_prefix"),
+                                   self._cfg("station_id"), self.channel, self.sim_ms)
+            self.net = SimNet(host, run["broker_port"], self.backend, cap_ms=NET_WAIT_CAP_MS)
+            self.backend.net = self.net
+        self.channel.secrets = _scenario.secret_values(sc, self.config)
         self.speed = run.get("speed", 0)        # sim ms per wall ms; 0 = unlimited
         self._factory = station_factory or _station_factory
-        self.station = self._factory(self.board, self.config)
+        # The link's backoff jitter comes from `random`: seeded, so reconnects repeat.
+        try:
+            import random
+            random.seed(sc.seed)
+        except (ImportError, AttributeError):
+            pass
+        self.station = None
+        self._start_station()
         self.board.pacer = self._pace
         self._wall0 = _wall_ms()
-        self._sim0 = 0
-        self._cmd_wait = None       # (id, until sim ms) while a command is unanswered
-        self._ack_since = None      # sim ms since which records wait for the backend's ack
         self.net_stalled = False
-        self._link_until = LINK_SETTLE_MS if self.backend else 0
         self._last = None
         self._last_emit = -HEARTBEAT_MS
         self._refresh = MeterRefresh(METER_PUSH_MS)
+        self._noise = MeterNoise(sc.seed)
         self.stats = {"ticks": 0, "restarts": 0, "meter_pushes": 0, "commands": 0,
-                      "paced_ms": 0, "meter_gave_up": 0}
+                      "meter_gave_up": 0, "net_gave_up": 0}
+
+    def _start_station(self):
+        self.station = self._factory(self.board, self.config)
+        link = getattr(self.station, "link", None)
+        if link is not None and self.net is not None:
+            # The station's sockets are the relay's (simnet.py): answers in lock-step.
+            link._sf = self.net
 
     def _cfg(self, key):
         from firmware.config import SCHEMA
@@ -286,85 +364,32 @@ class Runner:
 
     # -- pacing ---------------------------------------------------------------------------
     def _pace(self, ms):
-        t = self.sim_ms()
+        """Between two iterations: the peers answer what this iteration asked, while the
+        simulated clock stands still (docs/scenarios.md, "Time and peers")."""
         u = self.uart
-        be = self.backend
-        if u is not None and u.waiting():
-            if self.meter_fault == "meter_silent":
-                u.give_up()         # nothing will come: the firmware's timeout runs in sim time
-            else:
-                # Lock-step: the simulated clock stands still until the answer is there.
-                start = _wall_ms()
-                while u.waiting():
-                    if _wall_diff(_wall_ms(), start) >= METER_WAIT_CAP_MS:
-                        u.give_up()
-                        self.stats["meter_gave_up"] += 1
-                        break
-                    time.sleep_ms(1)
-                self._restart_speed(t)
-        if be is not None and be.commands_sent > be.commands_seen:
-            # Hold the clock until the broker has delivered the command (our own
-            # subscription sees it when the station's does).
-            start = _wall_ms()
-            while be.commands_sent > be.commands_seen:
-                be.poll()
-                if _wall_diff(_wall_ms(), start) >= CMD_DELIVERY_CAP_MS:
-                    be.commands_seen = be.commands_sent
-                    break
-                time.sleep_ms(1)
-            self._restart_speed(t)
-        paced = self._ack_owed(t)
-        if self._cmd_wait is not None:
-            cid, until = self._cmd_wait
-            if be.replies.get(cid) is not None or t >= until:
-                self._cmd_wait = None
-            else:
-                paced = True
-        if t < self._link_until:
-            if be.seen_from_station:
-                self._link_until = 0
-            else:
-                paced = True
-        if paced:
-            # 1:1 with wall time while the station owes the backend an answer (its reply,
-            # or its first message after connecting), so MQTT timing stays realistic.
-            start = _wall_ms()
-            while _wall_diff(_wall_ms(), start) < ms:
-                be.poll()
-                time.sleep_ms(1)
-            self.stats["paced_ms"] += ms
-            self._restart_speed(t + ms)
-        elif self.speed:
-            due = (t + ms - self._sim0) // self.speed
+        if u is not None:
+            u.send_held()
+            if u.waiting():
+                if self.meter_fault == "meter_silent":
+                    u.give_up()     # nothing will come: the firmware's timeout runs in sim time
+                else:
+                    start = _wall_ms()
+                    while u.waiting():
+                        if _wall_diff(_wall_ms(), start) >= METER_WAIT_CAP_MS:
+                            u.give_up()
+                            self.stats["meter_gave_up"] += 1
+                            break
+                        _sleep_ms(1)
+        if self.net is not None:
+            if not self.net.settle():
+                self.stats["net_gave_up"] += 1
+        if self.speed:
+            # --speed: simulated time at most `speed` times wall time (for a person to
+            # follow); it only waits, so it cannot change what the firmware decides.
+            due = (self.sim_ms() + ms) // self.speed
             lag = due - _wall_diff(_wall_ms(), self._wall0)
             if lag > 0:
-                time.sleep_ms(lag)
-
-    def _ack_owed(self, t):
-        """True while the station has records in flight that the backend should ack: the
-        round trip runs in wall time, so the clock follows it 1:1 (at most ACK_SETTLE_MS
-        per episode, and not while the scenario has the network stalled)."""
-        if self.backend is None or self.station is None or self.net_stalled:
-            return False
-        outbox = getattr(self.station, "outbox", None)
-        if outbox is None or not len(outbox):
-            self._ack_since = None
-            return False
-        in_flight = False
-        for r in outbox.records():
-            if r.sent_ms is not None:
-                in_flight = True
-                break
-        if not in_flight:
-            self._ack_since = None
-            return False
-        if self._ack_since is None:
-            self._ack_since = t
-        return t - self._ack_since < ACK_SETTLE_MS
-
-    def _restart_speed(self, t):
-        self._wall0 = _wall_ms()
-        self._sim0 = t
+                _sleep_ms(lag)
 
     # -- scenario steps ---------------------------------------------------------------------
     def apply(self, step):
@@ -379,9 +404,14 @@ class Runner:
                 if not m.plugged:       # a plugged EV cannot be plugged again
                     m.plugged = True
                     m.s2 = S2_OPEN
+                    # Another cable (its PP resistor codes its rating) comes with this plug.
+                    if "cable_a" in step.args:
+                        m.cable_ohms = CABLE_OHMS[step.args["cable_a"]]
             elif n == "unplug":
                 m.plugged = False
                 m.s2 = S2_OPEN
+                if "cable_a" in step.args:
+                    m.cable_ohms = CABLE_OHMS[step.args["cable_a"]]
             elif n == "request" or n == "resume":
                 m.s2 = S2_C
             elif n == "request_ventilation":
@@ -414,15 +444,22 @@ class Runner:
                 self.channel.request({"req": "meter_fault", "mode": n if on else "ok"})
             elif n == "network_stall":
                 self.net_stalled = on
-                self.channel.request({"req": "network", "mode": "stall" if on else "ok"})
+                if self.net is not None:
+                    if on:
+                        self.net.stall()
+                    else:
+                        self.net.resume()
             elif n == "power_cut":
                 if on and self.station is not None:
                     # The firmware stops where it is: no shutdown code runs on a power cut.
+                    # Its TCP connections vanish with it (the broker publishes the will).
                     self.station = None
                     b.power_off()
+                    if self.net is not None:
+                        self.net.drop_all()
                 elif not on and self.station is None:
                     b.power_on()
-                    self.station = self._factory(self.board, self.config)
+                    self._start_station()
                     self.stats["restarts"] += 1
                     rec["boot"] = b.reset_cause()
         elif step.kind == "backend":
@@ -433,7 +470,6 @@ class Runner:
                                         step.args.get("raw"), step.args.get("id"))
                 rec["id"] = cid
                 self.stats["commands"] += 1
-                self._cmd_wait = (cid, self.sim_ms() + CMD_SETTLE_MS)
         elif step.kind == "meter":
             if "voltage_v" in step.args:
                 self.meter_voltage_dv = step.args["voltage_v"] * 10
@@ -455,9 +491,15 @@ class Runner:
         t = self.sim_ms()
         if not force and not self._refresh.due(t, key):
             return
-        currents = [i if p < self.ev.phases else 0 for p in range(3)]
-        volts = [self.meter_voltage_dv] * 3     # the supply is there whatever the EV uses
-        power = self.ev.phases * i * self.meter_voltage_dv // 10000 if i else 0
+        # A meter's readings: the supply voltage is there whatever the EV does, current and
+        # power are zero with the contacts open, energy only counts up; voltage and
+        # current carry a little (seeded) noise.
+        nz = self._noise
+        currents = [nz.current(i) if p < self.ev.phases else 0 for p in range(3)]
+        volts = [nz.voltage(self.meter_voltage_dv) for _ in range(3)]
+        power = 0
+        for p in range(3):
+            power += volts[p] * currents[p] // 10000
         self.channel.request({"req": "meter", "t": t, "voltage_dv": volts,
                               "current_ma": currents, "power_w": power,
                               "import_wh": self.energy.wh})
@@ -508,26 +550,31 @@ class Runner:
                 except SimReset:
                     self.stats["restarts"] += 1
                     self.channel.emit({"t": t, "k": "reset", "cause": self.board.reset_cause()})
-                    self.station = self._factory(self.board, self.config)
+                    self._start_station()
             b = self.board
             requesting = self.model.plugged and self.model.s2 != S2_OPEN
             self.ev.update(t, requesting, b.duty, b.contactor_mirror_closed())
             if b.contacts_closed:
                 self.energy.add(self.ev.power_w(), tick)
             self._push_meter()
-            if self.backend is not None:
-                self.backend.poll()
             self._observe()
             self.stats["ticks"] += 1
             if t >= sc.duration_ms:
                 break
-            b.sleep_ms(tick)
-        if self.backend is not None:
-            # What the station sent in its last iterations is still on its way.
-            start = _wall_ms()
-            while _wall_diff(_wall_ms(), start) < END_DRAIN_MS:
-                self.backend.poll()
-                time.sleep_ms(5)
+            # Steps between two iterations happen at the millisecond they name; the firmware
+            # sees them at its next sample, as on the device.
+            nxt = t + tick
+            while i < len(steps) and steps[i].at_ms < nxt:
+                at = steps[i].at_ms
+                if at > self.sim_ms():
+                    b.sleep_ms(at - self.sim_ms())
+                self.apply(steps[i])
+                i += 1
+            b.sleep_ms(nxt - self.sim_ms())
+        if self.net is not None:
+            # What the station sent in its last iteration reaches the backend.
+            self.net.settle()
+        self.stats["net_gave_up"] = self.net.gave_up if self.net is not None else 0
         end = {"t": self.sim_ms(), "k": "end",
                "energy_wh": self.energy.wh - self.meter_start_wh, "meter_wh": self.energy.wh,
                "stats": self.stats,

@@ -85,12 +85,16 @@ def _strlist(where, v):
 
 
 def _only(where, obj, allowed):
+    """obj is an object whose keys are all in `allowed` (empty: any keys)."""
     if not isinstance(obj, dict):
         raise ScenarioError("%s: expected an object" % where)
+    if not allowed:
+        return True
     for k in obj:
         if k not in allowed:
-            raise ScenarioError("%s: unknown key '%s' (known: %s)"
-                                % (where, k, ", ".join(allowed)))
+            raise ScenarioError("%s: unknown key '%s'%s (known: %s)"
+                                % (where, k, _suggest(k, allowed), ", ".join(allowed)))
+    return True
 
 
 class Step:
@@ -189,20 +193,21 @@ def _parse_step(i, raw, prev_ms, duration_ms):
     name = raw[kind]
     args = {}
     if kind == "ev":
-        _only(where, raw, ("at", "after", "ev", "amps"))
-        if name not in EV_ACTIONS:
-            raise ScenarioError("%s: unknown ev action '%s' (known: %s)"
-                                % (where, name, ", ".join(EV_ACTIONS)))
+        _only(where, raw, ("at", "after", "ev", "amps", "cable_a"))
+        _known(where, name, EV_ACTIONS, "ev action")
         if name == "draw":
             if "amps" not in raw:
                 raise ScenarioError("%s: draw needs 'amps'" % where)
             args["amps"] = _int(where + ".amps", raw["amps"], 0, 80)
         elif "amps" in raw:
             raise ScenarioError("%s: 'amps' only goes with draw" % where)
+        if "cable_a" in raw:
+            # Another cable with this plug-in (or, on unplug, the one the next plug uses).
+            if name not in ("plug", "unplug"):
+                raise ScenarioError("%s: 'cable_a' only goes with plug or unplug" % where)
+            args["cable_a"] = _cable(where + ".cable_a", raw["cable_a"])
     elif kind == "fault":
-        if name not in FAULTS:
-            raise ScenarioError("%s: unknown fault '%s' (known: %s)"
-                                % (where, name, ", ".join(FAULTS)))
+        _known(where, name, FAULTS, "fault")
         if name == "temperature":
             _only(where, raw, ("at", "after", "fault", "to_dc", "over_ms"))
             if "to_dc" not in raw:
@@ -249,6 +254,10 @@ def _check_command(where, name, args):
         from firmware import commands
     except ImportError:
         return
+    names = getattr(commands, "COMMAND_NAMES", None)
+    if names and name not in names:
+        raise ScenarioError("%s: backend command rejected: unknown command '%s'%s (known: %s)"
+                            % (where, name, _suggest(name, names), ", ".join(names)))
     payload = json.dumps({"v": 1, "id": "check", "cmd": name, "args": args})
     try:
         commands.parse(payload.encode())
@@ -256,93 +265,294 @@ def _check_command(where, name, args):
         raise ScenarioError("%s: backend command rejected: %s" % (where, e))
 
 
-def parse(data, source="scenario"):
-    """A Scenario from a dict (already decoded JSON). Raises ScenarioError."""
+# Annex A sequence ids the report (annexa.py) can list: what expect.sequences may name.
+SEQUENCES = (
+    "plug_in", "close_in_c", "close_allowed", "closed_without_pwm", "blocking_fault_open",
+    "c_to_b_open", "c_to_a_open", "cp_open_open", "pe_loss_open", "power_cut_open",
+    "pwm_off_open", "diode_fault_open", "cp_short_open", "rcd_trip_open", "fault_raised",
+    "fault_f_hold", "diode_latched", "rcd_latched", "d_no_power", "d_no_ventilation_open",
+    "welded_detected", "welded_never_recloses", "not_closing_detected", "not_closing_open",
+    "rcd_selftest_failed", "rcd_selftest_blocks", "overcurrent_stop", "overtemp_derate",
+    "overtemp_stop", "meter_stale", "network_stall_detected", "duty_within_limits",
+    "wake_up", "limit_applied",
+)
+
+
+def _state_names():
+    # The charge states, and OFF: what the trace shows during a power cut.
     try:
-        return _parse(data)
-    except ScenarioError as e:
-        raise ScenarioError("%s: %s" % (source, e.args[0]))
+        from firmware.states import NAMES
+    except ImportError:
+        return None
+    return tuple(NAMES) + ("OFF",)
 
 
-def _parse(data):
-    _only("scenario", data, _TOP_KEYS)
+def _fault_names():
+    try:
+        from firmware.faults import FAULTS as F
+    except ImportError:
+        return None
+    return tuple(f.name for f in F)
+
+
+def _distance(a, b):
+    """Edit distance (insert, delete, substitute), for "did you mean"."""
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+        prev = cur
+    return prev[len(b)]
+
+
+def _suggest(word, known):
+    if not isinstance(word, str):
+        return ""
+    best = None
+    for k in known:
+        d = _distance(word.lower(), k.lower())
+        if best is None or d < best[0]:
+            best = (d, k)
+    if best is not None and best[0] <= max(2, len(word) // 4):
+        return " (did you mean '%s'?)" % best[1]
+    return ""
+
+
+def _known(where, value, known, what):
+    if value not in known:
+        raise ScenarioError("%s: unknown %s '%s'%s (known: %s)"
+                            % (where, what, value, _suggest(value, known), ", ".join(known)))
+
+
+class _Errors:
+    """Collects every error of a file, so one message lists them all."""
+
+    def __init__(self):
+        self.items = []
+
+    def check(self, fn, *args):
+        try:
+            return fn(*args)
+        except ScenarioError as e:
+            self.items.append(e.args[0])
+            return None
+
+
+def parse(data, source="scenario"):
+    """A Scenario from a dict (already decoded JSON). Raises ScenarioError naming every
+    error with its place (its `errors` attribute lists them)."""
+    errs = _Errors()
+    sc = errs.check(_parse, data, errs)
+    if errs.items:
+        raise _error(source, errs.items)
+    return sc
+
+
+def _error(source, items):
+    if len(items) == 1:
+        e = ScenarioError("%s: %s" % (source, items[0]))
+    else:
+        e = ScenarioError("%s: %d errors:\n%s" % (source, len(items), "\n".join(
+            "  " + i for i in items)))
+    e.errors = items
+    return e
+
+
+def _parse(data, errs):
+    _only("scenario", data, ())      # an object at all
+    for k in data:
+        if k not in _TOP_KEYS:
+            errs.items.append("scenario: unknown key '%s'%s (known: %s)"
+                              % (k, _suggest(k, _TOP_KEYS), ", ".join(_TOP_KEYS)))
     sc = Scenario()
-    sc.name = _str("name", data.get("name"), 64)
-    for ch in sc.name:
+    sc.name = errs.check(_name, data.get("name")) or "scenario"
+    d = data.get("description", "")
+    if isinstance(d, str):
+        sc.description = d
+    else:
+        errs.items.append("description: expected a string")
+    if "duration_ms" not in data:
+        errs.items.append("duration_ms: required")
+    else:
+        sc.duration_ms = errs.check(_int, "duration_ms", data["duration_ms"], 100,
+                                    MAX_DURATION_MS) or MAX_DURATION_MS
+    sc.seed = _or(errs.check(_int, "seed", data.get("seed", 1), 0, 0x3FFFFFFF), 1)
+    sc.tick_ms = _or(errs.check(_int, "tick_ms", data.get("tick_ms", 10), 1, 100), 10)
+    sc.start_ticks = _or(errs.check(_int, "start_ticks", data.get("start_ticks", 0), 0,
+                                    (1 << 30) - 1), 0)
+    sc.config = errs.check(_config, data.get("config", {})) or {}
+    sc.no_broker_config = errs.check(_no_broker_config, sc.config,
+                                     data.get("no_broker_config", {})) or {}
+    ev = data.get("ev", {})
+    if errs.check(_only, "ev", ev, _EV_KEYS) is None and isinstance(ev, dict):
+        pass
+    if not isinstance(ev, dict):
+        ev = {}
+    sc.phases = _or(errs.check(_int, "ev.phases", ev.get("phases", 3), 1, 3), 3)
+    sc.draw_ma = _or(errs.check(_int, "ev.draw_a", ev.get("draw_a", 16), 0, 80), 16) * 1000
+    sc.cable_a = _or(errs.check(_cable, "ev.cable_a", ev.get("cable_a", 32)), 32)
+    sc.stop_ms = _or(errs.check(_int, "ev.stop_ms", ev.get("stop_ms", 1000), 0, 3000), 1000)
+    fe = data.get("front_end", {})
+    errs.check(_only, "front_end", fe, _FRONT_KEYS)
+    if not isinstance(fe, dict):
+        fe = {}
+    sc.noise_mv = _or(errs.check(_int, "front_end.noise_mv", fe.get("noise_mv", 3), 0, 50), 3)
+    sc.broker = data.get("broker", "optional")
+    if sc.broker not in PEER_CHOICES:
+        errs.items.append("broker: one of %s" % ", ".join(PEER_CHOICES))
+    sc.meter = _or(errs.check(_bool, "meter", data.get("meter", True)), True)
+    sc.expect = _expect(data.get("expect", {}), errs)
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not steps:
+        errs.items.append("steps: expected a non-empty list")
+        steps = []
+    elif len(steps) > MAX_STEPS:
+        errs.items.append("steps: at most %d" % MAX_STEPS)
+    prev = 0
+    for i, raw in enumerate(steps):
+        st = errs.check(_parse_step, i, raw, prev, sc.duration_ms)
+        if st is not None:
+            prev = st.at_ms
+            sc.steps.append(st)
+    for i, st in enumerate(sc.steps):
+        if not sc.meter and (st.kind == "meter" or (st.kind == "fault"
+                                                    and st.name.startswith("meter_"))):
+            errs.items.append("steps[%d]: needs the meter (\"meter\": true)" % i)
+        if sc.broker == "none" and (st.kind == "backend" or (
+                st.kind == "fault" and st.name == "network_stall")):
+            errs.items.append("steps[%d]: needs a broker (\"broker\" is \"none\")" % i)
+    return sc
+
+
+def _or(v, default):
+    return default if v is None else v
+
+
+def _name(v):
+    name = _str("name", v, 64)
+    for ch in name:
         if not (ch.isalpha() or ch.isdigit() or ch in "-_."):
             raise ScenarioError("name: letters, digits, - _ . only")
-    sc.description = data.get("description", "")
-    if not isinstance(sc.description, str):
-        raise ScenarioError("description: expected a string")
-    if "duration_ms" not in data:
-        raise ScenarioError("duration_ms: required")
-    sc.duration_ms = _int("duration_ms", data["duration_ms"], 100, MAX_DURATION_MS)
-    sc.seed = _int("seed", data.get("seed", 1), 0, 0x3FFFFFFF)
-    sc.tick_ms = _int("tick_ms", data.get("tick_ms", 10), 1, 100)
-    sc.start_ticks = _int("start_ticks", data.get("start_ticks", 0), 0, (1 << 30) - 1)
-    cfg = data.get("config", {})
+    return name
+
+
+def _cable(where, v):
+    if not _is_int(v) or v not in _CABLES:
+        raise ScenarioError("%s: one of 13, 20, 32, 63" % where)
+    return v
+
+
+def _config(cfg):
     if not isinstance(cfg, dict):
         raise ScenarioError("config: expected an object")
     try:
         from firmware.config import Config
+    except ImportError:
+        return cfg
+    try:
         Config(cfg)
     except ValueError as e:
         raise ScenarioError("config: %s" % e.args[0])
-    sc.config = cfg
-    nb = data.get("no_broker_config", {})
+    return cfg
+
+
+def _no_broker_config(cfg, nb):
     if not isinstance(nb, dict):
         raise ScenarioError("no_broker_config: expected an object")
+    try:
+        from firmware.config import Config
+    except ImportError:
+        return nb
     try:
         Config(cfg).update(nb)
     except ValueError as e:
         raise ScenarioError("no_broker_config: %s" % e.args[0])
-    sc.no_broker_config = nb
-    ev = data.get("ev", {})
-    _only("ev", ev, _EV_KEYS)
-    sc.phases = _int("ev.phases", ev.get("phases", 3), 1, 3)
-    sc.draw_ma = _int("ev.draw_a", ev.get("draw_a", 16), 0, 80) * 1000
-    sc.cable_a = ev.get("cable_a", 32)
-    if sc.cable_a not in _CABLES or not _is_int(sc.cable_a):
-        raise ScenarioError("ev.cable_a: one of 13, 20, 32, 63")
-    sc.stop_ms = _int("ev.stop_ms", ev.get("stop_ms", 1000), 0, 3000)
-    fe = data.get("front_end", {})
-    _only("front_end", fe, _FRONT_KEYS)
-    sc.noise_mv = _int("front_end.noise_mv", fe.get("noise_mv", 3), 0, 50)
-    sc.broker = data.get("broker", "optional")
-    if sc.broker not in PEER_CHOICES:
-        raise ScenarioError("broker: one of %s" % ", ".join(PEER_CHOICES))
-    sc.meter = _bool("meter", data.get("meter", True))
-    exp = data.get("expect", {})
-    _only("expect", exp, _EXPECT_KEYS)
+    return nb
+
+
+def _expect(exp, errs):
+    if errs.check(_only, "expect", exp, ()) is None and not isinstance(exp, dict):
+        return {}
+    for k in exp:
+        if k not in _EXPECT_KEYS:
+            errs.items.append("expect: unknown key '%s'%s (known: %s)"
+                              % (k, _suggest(k, _EXPECT_KEYS), ", ".join(_EXPECT_KEYS)))
+    names = {"faults": (_fault_names(), "fault"), "states": (_state_names(), "state"),
+             "sequences": (SEQUENCES, "sequence")}
     for k in ("faults", "states", "sequences", "replies_error", "session_reasons"):
-        if k in exp:
-            _strlist("expect." + k, exp[k])
+        if k not in exp:
+            continue
+        if errs.check(_strlist, "expect." + k, exp[k]) is None:
+            continue
+        known, what = names.get(k, (None, None))
+        if known:
+            for i, v in enumerate(exp[k]):
+                errs.check(_known, "expect.%s[%d]" % (k, i), v, known, what)
     for k in ("energy_wh_min", "energy_wh_max", "min_mqtt_messages"):
         if k in exp:
-            _int("expect." + k, exp[k], 0, 10 ** 9)
+            errs.check(_int, "expect." + k, exp[k], 0, 10 ** 9)
     for k in ("no_faults", "replies_ok"):
         if k in exp:
-            _bool("expect." + k, exp[k])
-    sc.expect = exp
-    steps = data.get("steps")
-    if not isinstance(steps, list) or not steps:
-        raise ScenarioError("steps: expected a non-empty list")
-    if len(steps) > MAX_STEPS:
-        raise ScenarioError("steps: at most %d" % MAX_STEPS)
-    prev = 0
-    for i, raw in enumerate(steps):
-        st = _parse_step(i, raw, prev, sc.duration_ms)
-        prev = st.at_ms
-        sc.steps.append(st)
-    if not sc.meter:
-        for i, st in enumerate(sc.steps):
-            if st.kind == "meter" or (st.kind == "fault" and st.name.startswith("meter_")):
-                raise ScenarioError("steps[%d]: needs the meter (\"meter\": true)" % i)
-    if sc.broker == "none":
-        for i, st in enumerate(sc.steps):
-            if st.kind == "backend" or (st.kind == "fault" and st.name == "network_stall"):
-                raise ScenarioError("steps[%d]: needs a broker (\"broker\" is \"none\")" % i)
-    return sc
+            errs.check(_bool, "expect." + k, exp[k])
+    return exp
+
+
+MASK = "***"
+
+
+def _is_secret_key(key):
+    try:
+        from firmware.config import is_secret
+    except ImportError:
+        return False
+    return is_secret(key)
+
+
+def secret_values(sc, config=None):
+    """Every secret value the scenario configures (config, no_broker_config, and the
+    set_config commands it sends): no output may show one."""
+    found = []
+
+    def take(d):
+        if isinstance(d, dict):
+            for k in d:
+                v = d[k]
+                if _is_secret_key(k) and isinstance(v, str) and v and v not in found:
+                    found.append(v)
+    take(sc.config)
+    take(sc.no_broker_config)
+    take(config)
+    for st in sc.steps:
+        if st.kind == "backend":
+            a = st.args.get("args")
+            if isinstance(a, dict):
+                take(a.get("changes"))
+    # longest first, so a secret containing another is masked whole
+    found.sort(key=lambda v: -len(v))
+    return tuple(found)
+
+
+def mask(obj, secrets=()):
+    """A copy of obj (decoded JSON) with secrets masked: the value of every secret config
+    key, and every occurrence of a configured secret value in any string."""
+    if isinstance(obj, dict):
+        out = {}
+        for k in obj:
+            v = obj[k]
+            if _is_secret_key(k) and isinstance(v, str) and v:
+                out[k] = MASK
+            else:
+                out[k] = mask(v, secrets)
+        return out
+    if isinstance(obj, list):
+        return [mask(v, secrets) for v in obj]
+    if isinstance(obj, str) and secrets:
+        for s in secrets:
+            if s in obj:
+                obj = obj.replace(s, MASK)
+    return obj
 
 
 def loads(text, source="scenario"):
@@ -354,6 +564,10 @@ def loads(text, source="scenario"):
 
 
 def load(path):
-    with open(path) as f:
-        text = f.read()
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        reason = e.args[1] if len(e.args) > 1 else "cannot be read (%s)" % e
+        raise _error(path, ["cannot read the file: %s" % reason])
     return loads(text, path)
