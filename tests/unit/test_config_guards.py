@@ -69,9 +69,10 @@ class Ceiling(unittest.TestCase):
 
     def test_set_config_refuses_more_than_the_rating_from_any_side(self):
         st = _station()
-        why = st.cmd_set_config({"max_current_ma": 32000})
+        code, why = st.cmd_set_config({"max_current_ma": 32000})
+        self.assertEqual(code, "PropertyConstraintViolation")
         self.assertIn("max_current_ma: 32000 above the hardware rating 16000", why)
-        why = st.cmd_set_config({"comms_fallback_ma": 20000})
+        code, why = st.cmd_set_config({"comms_fallback_ma": 20000})
         self.assertIn("comms_fallback_ma: 20000 above the hardware rating", why)
         self.assertIsNone(st.cmd_set_config({"max_current_ma": 16000}))
         self.assertEqual(st.cfg["max_current_ma"], 16000)
@@ -86,7 +87,8 @@ class Hardware(unittest.TestCase):
         self.assertTrue(st.charger.contactor)
         for change in ({"socket_outlet": False}, {"phases": 1},
                        {"phases": 1, "max_current_ma": 10000}):
-            why = st.cmd_set_config(change)
+            code, why = st.cmd_set_config(change)
+            self.assertEqual(code, "BUSY")
             self.assertIn("not while the contactor is closed", why)
         self.assertEqual((st.cfg["socket_outlet"], st.cfg["phases"],
                           st.cfg["max_current_ma"]), (True, 3, 32000))
