@@ -243,6 +243,7 @@ def help():
            "  set(key, value)     validate, store and apply one setting -> True/False",
            "  counters()          lifetime counters",
            "  service(on=True)    service mode on (False: off) and restart -> True/False",
+           "  bringup()           guided new-board check, ticket line -> True/False",
            "Return None unless an arrow says otherwise. Docs: docs/diagnostics.md"])
 
 
@@ -1003,6 +1004,13 @@ def _all_passed(results):
         if r[1] != "PASS" and r[1] != "SKIP":
             return False
     return True
+
+
+def bringup(ask=input):
+    """The guided check of a new board (drivers/bringup.py, docs/hardware.md)."""
+    import sys
+    from drivers import bringup as _b
+    return _b.run(_context(), echo, ask, sys.modules[__name__])
 
 
 # -- service mode -----------------------------------------------------------------------------

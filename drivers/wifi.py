@@ -6,7 +6,9 @@ isconnected()/status() and a new attempt is started every `retry_ms` while it is
 (never while one is in progress). Once connected, the clock is set by SNTP over a
 non-blocking UDP socket: the request goes out in one step, the reply is read in a later
 one, so no step waits on the network (ntptime.settime() would block up to its timeout).
-The clock is set again every `resync_ms`.
+The server may be a name: it is looked up in a thread by firmware.resolver (getaddrinfo
+blocks for seconds when DNS is down) and the address cached; a request goes out once it is
+known. The clock is set again every `resync_ms`.
 """
 import struct
 import time
@@ -16,9 +18,11 @@ import network
 import socket
 
 from firmware.compat import const, ticks_add, ticks_diff
+from firmware.resolver import Resolver
 
 _NTP_PORT = const(123)
 _NTP_TIMEOUT_MS = const(2000)
+_LOOKUP_POLL_MS = const(500)
 # Seconds from 1900-01-01 (NTP) to 2000-01-01 (the ESP32 epoch) and to 1970-01-01.
 NTP_TO_2000 = 3155673600
 NTP_TO_1970 = 2208988800
@@ -32,26 +36,30 @@ class Sntp:
     """One SNTP exchange at a time; `poll()` returns the server's seconds since the port's
     epoch once the reply is in, else None."""
 
-    def __init__(self, server, port=_NTP_PORT, timeout_ms=_NTP_TIMEOUT_MS):
+    def __init__(self, server, port=_NTP_PORT, timeout_ms=_NTP_TIMEOUT_MS, spawn=-1, sf=None):
         self.server = server
         self.port = port
         self.timeout_ms = timeout_ms
+        self._sf = sf = sf or socket      # the socket module, or a test's stand-in
         self._sock = None
-        self._addr = None               # resolved once: a DNS lookup blocks (use an IP)
+        self.resolver = Resolver(server, port, sf.SOCK_DGRAM, getaddrinfo=sf.getaddrinfo,
+                                 spawn=spawn)
         self._sent = 0
         self._req = bytearray(48)
         self._req[0] = 0x1B             # LI 0, version 3, mode 3 (client)
         self.failures = 0
 
     def start(self, now_ms):
+        """Send a request; False when none went out (the address is not known yet, or the
+        send failed)."""
         self.close()
+        ai = self.resolver.get(now_ms)
+        if ai is None:
+            return False                # not known yet (resolver.failures counts DNS errors)
         try:
-            if self._addr is None:
-                self._addr = socket.getaddrinfo(self.server, self.port, 0,
-                                                socket.SOCK_DGRAM)[0][-1]
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = self._sf.socket(ai[0], self._sf.SOCK_DGRAM)
             s.setblocking(False)
-            s.sendto(self._req, self._addr)
+            s.sendto(self._req, ai[-1])
         except OSError:
             self.failures += 1
             return False
@@ -73,6 +81,7 @@ class Sntp:
         if data is not None or ticks_diff(now_ms, self._sent) >= self.timeout_ms:
             self.failures += 1
             self.close()
+            self.resolver.refresh()     # a pool name may give a server that answers
         return None
 
     @property
@@ -90,7 +99,7 @@ class Sntp:
 
 class Wifi:
     def __init__(self, ssid, password, ntp_server="pool.ntp.org", retry_ms=15000,
-                 resync_ms=86400000, wlan=None):
+                 resync_ms=86400000, wlan=None, spawn=-1, sf=None):
         if not ssid:
             raise ValueError("wifi: ssid must not be empty")
         self.wlan = wlan if wlan is not None else network.WLAN(network.STA_IF)
@@ -99,7 +108,7 @@ class Wifi:
         self.password = password
         self.retry_ms = retry_ms
         self.resync_ms = resync_ms
-        self.sntp = Sntp(ntp_server) if ntp_server else None
+        self.sntp = Sntp(ntp_server, spawn=spawn, sf=sf) if ntp_server else None
         self.attempts = 0
         self.time_set = False
         self._next_attempt = None
@@ -136,8 +145,10 @@ class Wifi:
             elif not n.busy:
                 self._next_sync = ticks_add(now_ms, self.retry_ms)   # failed: try again soon
         elif self._next_sync is None or ticks_diff(now_ms, self._next_sync) >= 0:
-            n.start(now_ms)
-            self._next_sync = ticks_add(now_ms, self.retry_ms)
+            started = n.start(now_ms)
+            # While the name is being looked up, ask again soon rather than in retry_ms.
+            soon = not started and n.resolver.busy
+            self._next_sync = ticks_add(now_ms, _LOOKUP_POLL_MS if soon else self.retry_ms)
 
 
 def _set_rtc(secs):

@@ -129,7 +129,7 @@ SCHEMA = {
     # -- network (drivers) ------------------------------------------------------------
     "wifi_ssid": ("", 0, 32, REBOOT),
     "wifi_password": ("", 0, 64, SECRET | REBOOT),
-    "ntp_server": ("pool.ntp.org", 0, 64, REBOOT),   # "" = no network time; an IP avoids DNS
+    "ntp_server": ("pool.ntp.org", 0, 64, REBOOT),   # "" = no network time; name or IP
 
     # -- authorization and tariff (firmware/auth.py, firmware/tariff.py) -------------------
     "auth_mode": ("free", ("free", "backend", "local"), None, 0),

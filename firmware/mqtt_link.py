@@ -15,32 +15,31 @@ What umqtt.simple does and what this module adds:
   It publishes QoS 0 only; records that must arrive go through the Outbox and are resent
   until the backend acks them on the ack topic.
 - check_msg() ends with setblocking(True), an infinite wait on the ESP32. The socket umqtt
-  sees is a _Wire that turns "blocking" into a bounded wait: every read and write inside one
-  step shares one budget of mqtt_io_timeout_ms; a packet that does not complete within it is
-  a dead connection (a timeout mid-packet leaves the stream unparseable anyway).
+  sees is a _Wire over a firmware.net.Conn (timeout 0, poll(0)): a packet's first byte is
+  handed to umqtt only once the whole packet is buffered, so the "blocking" reads after it
+  come from memory; writes are queued and flushed without waiting. A packet that started
+  but has not completed within mqtt_io_timeout_ms is a dead connection.
 - ping() only sends: the link tracks PINGRESP and drops the connection when it does not
   arrive within half the keepalive.
 - Protocol checks in umqtt are asserts: an AssertionError (or any malformed input) is a
   protocol error and closes the connection.
 
-Worst-case blocking per step (docs/mqtt.md has the full table):
-- OFFLINE, new attempt: one getaddrinfo() when the address is not cached. With an IP
-  literal there is no DNS; with a name, the first attempt (and every 4th failed one) blocks
-  for the resolver (lwIP: seconds when the DNS server is unreachable). Use an IP literal,
-  or call resolve() before the control loop starts.
+Blocking per step: none on the network (docs/architecture.md, "The network seam").
+- OFFLINE: the broker's address comes from firmware.resolver: an IP literal at once, a
+  name from a lookup in a _thread (getaddrinfo releases the GIL on the ESP32), cached, and
+  looked up again hourly and after every 4th failed attempt while the old one stays in use.
 - TCP connect: non-blocking connect() (EINPROGRESS) then poll(0) per step, bounded by
-  mqtt_connect_timeout_ms in total; no step waits.
-- TLS: the handshake is driven by non-blocking writes; a step never waits for the network,
-  but the step that processes the server's certificate runs the public-key operations
-  (on the ESP32 that is CPU time in mbedtls, not measurable from here: keep TLS off
-  stations whose safety reaction relies on the loop, or see docs/mqtt.md).
-- CONNACK / messages: the first byte of each packet is read non-blocking; the rest of a
-  packet, and every write, within the step's budget of mqtt_io_timeout_ms.
+  mqtt_connect_timeout_ms in total.
+- TLS: the handshake advances in non-blocking steps, but the step that processes the
+  server's flight runs the public-key operations with the GIL held (no thread helps). Those
+  steps run only while `quiet()` says a stall is harmless (the station: contactor open);
+  otherwise the handshake waits (tls_deferred counts the steps).
+- CONNACK / messages: reads take what has arrived; writes what the stack accepts.
 """
 import errno
 import sys
 
-from firmware.compat import const, ticks_add, ticks_diff, ticks_ms
+from firmware.compat import const, ticks_add, ticks_diff
 from firmware import messages
 from firmware.commands import (CommandDispatcher, FORMATION_VIOLATION, MAX_COMMAND_BYTES,
                                RETAINED)
@@ -56,17 +55,12 @@ if sys.implementation.name != "micropython":
     sys.modules.setdefault("usocket", _socket)
     sys.modules.setdefault("ustruct", _struct)
     sys.modules.setdefault("ubinascii", _binascii)
-    import ssl as _cpython_ssl
-    # CPython reports "no data yet" as exceptions: non-blocking, TLS wants more, and a
-    # socket timeout (whose errno is None).
-    _WANT = (_cpython_ssl.SSLWantReadError, _cpython_ssl.SSLWantWriteError, BlockingIOError,
-             _socket.timeout)
-else:
-    _WANT = ()
 
 from umqtt.simple import MQTTClient, MQTTException  # noqa: E402
-import select  # noqa: E402
 import struct  # noqa: E402
+
+from firmware.net import Conn  # noqa: E402
+from firmware.resolver import Resolver  # noqa: E402
 
 # Connection states
 OFFLINE = 0
@@ -96,142 +90,122 @@ _ACK_QUEUE = const(64)             # acknowledged ids waiting to be applied (two
 _ACKS_PER_STEP = const(2)          # each costs flash writes: a few per step, not a batch
 _MAX_PACKET = const(8192)          # larger incoming packets are a protocol error (heap safety)
 _TELEMETRY_MIN_GAP_MS = const(1000)  # on-change telemetry no more often than this
-_RESOLVE_EVERY = const(4)          # re-resolve the host name after this many failed attempts
+_RESOLVE_EVERY = const(4)          # look the host name up again after this many failed attempts
 _MAX_BACKOFF_SHIFT = const(16)    # 2**16 x the minimum is beyond any maximum
 _OUTAGE_SPREAD_MS = const(8000)   # first retry after a lost connection: anywhere in 0..8 s
 
-_WOULD_BLOCK = (errno.EAGAIN, errno.ETIMEDOUT, errno.EINPROGRESS)
-
-
-def _would_block(e):
-    if _WANT and isinstance(e, _WANT):
-        return True
-    return isinstance(e, OSError) and e.args and e.args[0] in _WOULD_BLOCK
-
-
 class _Wire:
-    """The stream umqtt.simple reads and writes: counts bytes and bounds every wait.
+    """The stream umqtt.simple reads and writes, over a firmware.net.Conn; nothing here waits.
 
-    raw is the TCP socket (timeouts are set on it: an SSL socket has no settimeout);
-    stream is raw or the TLS socket over it."""
+    umqtt reads a packet's first byte "non-blocking", then the rest "blocking". Here the
+    first byte is handed out only once the whole packet is in the receive buffer (its length
+    is in its header), so the "blocking" reads that follow are served from memory. Writes
+    are queued on the connection and flushed without waiting. A packet that has started to
+    arrive but not completed within io_timeout_ms is a dead connection."""
 
-    def __init__(self, raw, stream, io_timeout_ms):
-        self.raw = raw
-        self.stream = stream
+    def __init__(self, conn, io_timeout_ms):
+        self.conn = conn
         self.io_timeout_ms = io_timeout_ms
-        self.rx = 0
-        self.tx = 0
         self.blocking = False
-        self.op = 0            # first byte of the last packet started by a non-blocking read
+        self.op = 0            # first byte of the packet being read
         self.left = None       # bytes of the current packet not read yet, once its length is known
-        self._timeout = -1
-        self._deadline = ticks_ms()
-        self._readfn = stream.read if hasattr(stream, "read") else stream.recv
-        self._writefn = stream.write if hasattr(stream, "write") else stream.send
-        self._set_timeout(0)
+        self.packets = 0       # packets started (a step reads until none is complete)
+        self.now = 0
+        self._pos = 0          # read position inside the current packet (in conn.buf)
+        self._end = 0          # its end: the packet is dropped from the buffer at the next one
+        self._partial_since = None
 
-    def arm(self):
-        """Start a step's I/O budget."""
-        self._deadline = ticks_add(ticks_ms(), self.io_timeout_ms)
+    @property
+    def rx(self):
+        return self.conn.rx
 
-    def _set_timeout(self, ms):
-        if ms != self._timeout:
-            self.raw.settimeout(ms / 1000 if ms else 0)
-            self._timeout = ms
+    @property
+    def tx(self):
+        return self.conn.tx
 
-    def _remaining(self):
-        left = ticks_diff(self._deadline, ticks_ms())
-        if left <= 0:
-            raise OSError(errno.ETIMEDOUT)
-        return left
+    def arm(self, now_ms):
+        """Start a step: flush what is queued."""
+        self.now = now_ms
+        self.conn.flush()
 
     def setblocking(self, flag):
-        # umqtt calls setblocking(True) after the first byte of every packet: here that
-        # means "wait, within the step's budget", never forever.
         self.blocking = flag
 
     def settimeout(self, t):
         self.blocking = t != 0
 
-    def _recv(self, n):
-        try:
-            return self._readfn(n)
-        except Exception as e:
-            if _would_block(e):
-                return None
-            raise
+    def _whole(self):
+        """The size of the first packet when all of it is buffered, else 0."""
+        c = self.conn
+        buf = c.buf
+        n = c.n
+        size = 0
+        sh = 0
+        i = 1
+        while True:
+            if i >= n:
+                return 0
+            b = buf[i]
+            size |= (b & 0x7F) << sh
+            i += 1
+            if not b & 0x80:
+                break
+            sh += 7
+            if sh > 21:
+                # MQTT 3.1.1 2.2.3: at most four bytes.
+                raise MQTTException("remaining length longer than 4 bytes")
+        if size > _MAX_PACKET:
+            raise MQTTException("packet of %d bytes exceeds %d" % (size, _MAX_PACKET))
+        total = i + size
+        c.reserve(total)
+        return total if n >= total else 0
 
     def read(self, n):
         if not self.blocking:
-            self._set_timeout(0)
-            data = self._recv(n)
-            if not data:
-                return data
+            c = self.conn
+            if self._end:
+                c.drop(self._end)
+                self._end = 0
+            c.fill()
+            total = self._whole() if c.n else 0
+            if not total:
+                if c.eof:
+                    return b""
+                if c.n == 0:
+                    self._partial_since = None
+                elif self._partial_since is None:
+                    self._partial_since = self.now
+                elif ticks_diff(self.now, self._partial_since) >= self.io_timeout_ms:
+                    raise OSError(errno.ETIMEDOUT)
+                return None
+            self._partial_since = None
+            self._end = total
+            self._pos = 1
             self.left = None
-            self.rx += len(data)
-            self.op = data[0]
-            if len(data) < n:
-                data = data + self._read_exact(n - len(data))
-            return data
+            self.packets += 1
+            self.op = c.buf[0]
+            return bytes((self.op,))
         if self.left is not None:
             # umqtt reads a PUBLISH's topic and packet id by their own length fields: a field
             # running past the remaining length would be read out of the next packets.
             if n < 0 or n > self.left:
                 raise MQTTException("field of %d bytes beyond the packet (%d left)" % (n, self.left))
             self.left -= n
-        return self._read_exact(n)
-
-    def _read_exact(self, n):
-        buf = b""
-        while len(buf) < n:
-            self._set_timeout(self._remaining())
-            data = self._recv(n - len(buf))
-            if data is None:
-                continue
-            if not data:
-                raise OSError(errno.ECONNRESET)
-            self.rx += len(data)
-            buf += data
-        return buf
-
-    def try_write(self, buf):
-        """Non-blocking write: the number of bytes taken (0 when it would block)."""
-        self._set_timeout(0)
-        try:
-            n = self._writefn(buf)
-        except Exception as e:
-            if _would_block(e):
-                return 0
-            raise
-        n = n or 0
-        self.tx += n
-        return n
+        if n < 0 or self._pos + n > self._end:
+            raise MQTTException("read of %d bytes beyond the packet" % n)
+        data = bytes(self.conn.buf[self._pos:self._pos + n])
+        self._pos += n
+        return data
 
     def write(self, buf, length=None):
         mv = memoryview(buf)
         if length is not None:
             mv = mv[:length]
-        total = len(mv)
-        done = 0
-        while done < total:
-            self._set_timeout(self._remaining())
-            try:
-                n = self._writefn(mv[done:])
-            except Exception as e:
-                if _would_block(e):
-                    continue
-                raise
-            if n:
-                done += n
-                self.tx += n
-        return total
+        self.conn.send(mv)
+        return len(mv)
 
     def close(self):
-        for s in (self.stream, self.raw):
-            try:
-                s.close()
-            except Exception:
-                pass
+        self.conn.close()
 
 
 def _varint(n):
@@ -306,10 +280,14 @@ class MqttLink:
     wall_time: () -> UTC seconds or None (clock not set); stamps events, telemetry and
       replies and checks command expiry. ledger: firmware.ledger.Ledger of the commands
       executed (exactly once); default one in RAM only.
+    spawn: how the broker's name is looked up off the control path (firmware/resolver.py;
+      default _thread.start_new_thread, None: inline).
+    quiet: quiet() -> True while a stalled loop is harmless (the station: contactor open);
+      TLS handshake steps, seconds of crypto on the ESP32, run only then. None: always.
     """
 
     def __init__(self, cfg, station_id, outbox, target, socket_factory=None, rand=None,
-                 wall_time=None, ledger=None):
+                 wall_time=None, ledger=None, spawn=-1, quiet=None):
         self.cfg = cfg
         self.station_id = station_id
         self.outbox = outbox
@@ -321,6 +299,12 @@ class MqttLink:
         if socket_factory is None:
             import socket as socket_factory
         self._sf = socket_factory
+        self._quiet = quiet
+        self._resolver = None
+        if cfg["mqtt_host"]:
+            self._resolver = Resolver(cfg["mqtt_host"], cfg["mqtt_port"],
+                                      getattr(socket_factory, "SOCK_STREAM", 1),
+                                      getaddrinfo=socket_factory.getaddrinfo, spawn=spawn)
         if rand is None:
             import random
 
@@ -338,10 +322,9 @@ class MqttLink:
         self._keepalive_ms = cfg["mqtt_keepalive_s"] * 1000
         self._state = OFFLINE
         self._wire = None
-        self._addr = None
-        self._poller = None
+        self._conn = None
         self._hello = None
-        self._hello_off = 0
+        self._refreshed_at = 0
         self._tls_ctx = None
         self._attempt = 0
         self._next_attempt_ms = None
@@ -382,6 +365,7 @@ class MqttLink:
         self.tls_errors = 0
         self.internal_errors = 0
         self.pings = 0
+        self.tls_deferred = 0
         self.ping_timeouts = 0
         self.rx_commands = 0
         self.rx_acks = 0
@@ -433,7 +417,7 @@ class MqttLink:
         return self._fallback
 
     def stats(self):
-        w = self._wire
+        w = self._conn
         sent = self._bytes_sent + (w.tx if w else 0)
         received = self._bytes_received + (w.rx if w else 0)
         out = {"state": STATE_NAMES[self._state], "bytes_sent": sent,
@@ -442,7 +426,8 @@ class MqttLink:
                "failures": self.failures, "disconnects": self.disconnects,
                "protocol_errors": self.protocol_errors, "tls_errors": self.tls_errors,
                "internal_errors": self.internal_errors,
-               "pings": self.pings,
+               "pings": self.pings, "tls_deferred": self.tls_deferred,
+               "dns": self._resolver.stats() if self._resolver else None,
                "ping_timeouts": self.ping_timeouts, "rx_commands": self.rx_commands,
                "rejected_commands": self.dispatcher.rejected,
                "duplicate_commands": self.dispatcher.duplicates,
@@ -548,35 +533,38 @@ class MqttLink:
             self.internal_errors += 1
             self._fail(now_ms, "%s: internal error %r" % (STATE_NAMES[state], e))
 
-    def resolve(self):
-        """Resolve the broker's address now (blocking DNS). Call before the control loop
-        starts when mqtt_host is a name; step() then reuses the cached address."""
-        ai = self._sf.getaddrinfo(self.cfg["mqtt_host"], self.cfg["mqtt_port"], 0,
-                                  getattr(self._sf, "SOCK_STREAM", 1))[0]
-        self._addr = ai
-        return ai[-1]
-
     def _begin(self, now_ms):
+        r = self._resolver
+        if self._attempt and self._attempt % _RESOLVE_EVERY == 0 \
+                and self._refreshed_at != self._attempt:
+            # The broker may have moved: look again (in the background for a name; the
+            # cached address is used meanwhile).
+            self._refreshed_at = self._attempt
+            r.refresh()
+        ai = r.get(now_ms)
+        if ai is None:
+            # Not known yet (the lookup runs in its thread): no attempt, nothing waits.
+            if r.last_error is not None:
+                self.last_error = "dns: %s" % r.last_error
+            return
+        if self.cfg["mqtt_tls"]:
+            if self._tls_ctx is None:
+                self._tls_ctx = self._make_tls()
+            if not self._may_stall():
+                return
         self.attempts += 1
         self._deadline_ms = ticks_add(now_ms, self.cfg["mqtt_connect_timeout_ms"])
-        if self._addr is None or (self._attempt and self._attempt % _RESOLVE_EVERY == 0):
-            self.resolve()
-        if self.cfg["mqtt_tls"] and self._tls_ctx is None:
-            self._tls_ctx = self._make_tls()
-        ai = self._addr
-        raw = self._sf.socket(ai[0], ai[1], ai[2])
         self._wire = None
-        self._raw = raw
-        raw.setblocking(False)
-        try:
-            raw.connect(ai[-1])
-        except OSError as e:
-            if not _would_block(e):
-                raw.close()
-                raise
-        self._poller = select.poll()
-        self._poller.register(raw, select.POLLOUT)
+        self._conn = Conn(self._sf, ai)
         self._state = TCP
+
+    def _may_stall(self):
+        # A TLS handshake step runs seconds of public-key crypto with the GIL held on the
+        # ESP32 (no thread helps): only while the station says a stalled loop is harmless.
+        if self._quiet is None or self._quiet():
+            return True
+        self.tls_deferred += 1
+        return False
 
     def _make_tls(self):
         # The ssl module's default is no certificate check: require one, against our CA.
@@ -601,30 +589,12 @@ class MqttLink:
         return ctx
 
     def _poll_tcp(self, now_ms):
-        ready = self._poller.poll(0)
-        if not ready:
-            if ticks_diff(now_ms, self._deadline_ms) >= 0:
-                raise OSError(errno.ETIMEDOUT)
-            return
-        mask = ready[0][1]
-        if mask & (select.POLLERR | select.POLLHUP):
-            raise OSError(errno.ECONNREFUSED)
-        raw = self._raw
-        if hasattr(raw, "getsockopt"):
-            # CPython: the connect's own result (MicroPython reports it as POLLERR).
-            import socket
-            err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err)
-        self._poller = None
-        stream = raw
+        conn = self._conn
+        if not conn.connected():
+            return self._check_deadline(now_ms)
         if self._tls_ctx is not None:
-            stream = self._tls_ctx.wrap_socket(raw, server_hostname=self.cfg["mqtt_host"],
-                                               do_handshake_on_connect=False)
-        # CPython's wrap_socket detaches `raw`: timeouts then go to the TLS socket.
-        # MicroPython's TLS socket has no settimeout: they go to the TCP socket under it.
-        timeouts = stream if hasattr(stream, "settimeout") else raw
-        self._wire = _Wire(timeouts, stream, self.cfg["mqtt_io_timeout_ms"])
+            conn.start_tls(self._tls_ctx, self.cfg["mqtt_host"])
+        self._wire = _Wire(conn, self.cfg["mqtt_io_timeout_ms"])
         self._client.sock = self._wire
         # A persistent session (clean session 0, the client id is the station id): the broker
         # keeps the QoS 1 subscription and queues commands while the station is offline;
@@ -634,7 +604,6 @@ class MqttLink:
         clean = self._client.poisoned
         self._client.poisoned = False
         self._hello = self._client.connect_packet(clean)
-        self._hello_off = 0
         self._state = HELLO
         self._write_hello(now_ms)
 
@@ -650,20 +619,20 @@ class MqttLink:
             raise OSError("tls: %s" % _text(e))
 
     def _write_hello_(self, now_ms):
-        # With TLS the first writes drive the handshake; they take nothing until it is done.
-        w = self._wire
-        stream = w.stream
-        if hasattr(stream, "do_handshake") and self._hello_off == 0:
-            try:
-                stream.do_handshake()
-            except Exception as e:
-                if not _would_block(e):
-                    raise
+        # With TLS the handshake comes first: CPython's do_handshake(), or on MicroPython
+        # the first writes (they take nothing until it is done).
+        conn = self._conn
+        if conn.tls and (self._hello is not None or conn.pending):
+            if not self._may_stall():
+                # Deferred, not failed: the connect deadline starts again when it may run.
+                self._deadline_ms = ticks_add(now_ms, self.cfg["mqtt_connect_timeout_ms"])
+                return
+            if self._hello is not None and not conn.handshake():
                 return self._check_deadline(now_ms)
-        n = w.try_write(memoryview(self._hello)[self._hello_off:])
-        self._hello_off += n
-        if self._hello_off >= len(self._hello):
+        if self._hello is not None:
+            self._wire.write(self._hello)
             self._hello = None
+        if conn.flush():
             self._state = CONNACK
             return
         self._check_deadline(now_ms)
@@ -674,7 +643,7 @@ class MqttLink:
 
     def _poll_connack(self, now_ms):
         w = self._wire
-        w.arm()
+        w.arm(now_ms)
         op = self._client.check_msg()
         if op is None:
             return self._check_deadline(now_ms)
@@ -732,10 +701,10 @@ class MqttLink:
 
     def _service(self, now_ms):
         w = self._wire
-        w.arm()
+        w.arm(now_ms)
         c = self._client
         for _ in range(_RX_PACKETS_PER_STEP):
-            rx_before = w.rx
+            started = w.packets
             op = c.check_msg()
             if op is not None and op & 0xF0 == _PUBLISH:
                 # umqtt.simple 1.4 and later (1.7.0 is frozen in MicroPython v1.28.0) return
@@ -743,7 +712,7 @@ class MqttLink:
                 # way the packet is done (tests/unit/test_umqtt_frozen.py).
                 op = None
             if op is None:
-                if w.rx == rx_before:
+                if w.packets == started:
                     break
                 if w.op == _PINGRESP:
                     self._ping_sent_ms = None
@@ -767,7 +736,8 @@ class MqttLink:
             self._telemetry = None
             self._client.publish(self.topics.telemetry, msg, False, 0)
             self.telemetry_sent += 1
-        rec = self.outbox.due(now_ms)
+        # A record waits until the connection has taken everything queued before it.
+        rec = self.outbox.due(now_ms) if not self._conn.pending else None
         if rec is not None:
             data = self.outbox.payload(rec)       # None: unreadable, the outbox dropped it
             if data is not None:
@@ -837,12 +807,10 @@ class MqttLink:
                                                % (len(msg), MAX_COMMAND_BYTES),
                                                code=FORMATION_VIOLATION)
             else:
-                reply = self.dispatcher.handle(bytes(msg), self._now)
                 # The station's work on a command (set_config, set_limit: flash writes of
-                # tens of ms) is no network wait: the rest of the step gets its I/O budget
-                # anew, or the connection would time out and the reply be lost with it.
-                if self._wire is not None:
-                    self._wire.arm()
+                # tens of ms) cannot time the connection out: the packet was read whole
+                # and the reply is queued, nothing waits on the network.
+                reply = self.dispatcher.handle(bytes(msg), self._now)
             if len(self._replies) >= _REPLY_QUEUE:
                 self._replies.pop(0)
             self._replies.append(reply)
@@ -873,19 +841,13 @@ class MqttLink:
 
     # -- failure and shutdown ---------------------------------------------------------------------
     def _drop_socket(self):
-        w = self._wire
-        if w is not None:
-            self._bytes_sent += w.tx
-            self._bytes_received += w.rx
-            w.close()
-        elif getattr(self, "_raw", None) is not None:
-            try:
-                self._raw.close()
-            except Exception:
-                pass
+        conn = self._conn
+        if conn is not None:
+            self._bytes_sent += conn.tx
+            self._bytes_received += conn.rx
+            conn.close()
         self._wire = None
-        self._raw = None
-        self._poller = None
+        self._conn = None
         self._client.sock = None
 
     def _protocol_error(self, now_ms, reason):
@@ -930,10 +892,11 @@ class MqttLink:
         so the broker does not publish the will."""
         if self._state == ONLINE:
             try:
-                self._wire.arm()
+                self._wire.arm(self._now)
                 self._publish(self.topics.status,
                               messages.status({"reason": reason}, False), retain=True)
                 self._client.disconnect()
+                self._conn.flush()     # what the stack takes now; nothing waits
             except Exception:
                 pass
         self._drop_socket()

@@ -346,6 +346,11 @@ class Station:
             self._tick_error = e
             raise
 
+    def _may_stall(self):
+        # Work that holds the CPU for long (a TLS handshake) runs only with the contactor
+        # open: then no Annex A reaction is owed within the tick (docs/architecture.md).
+        return not self.charger.contactor
+
     def _sense(self):
         b = self.board
         c = self.charger
@@ -406,8 +411,11 @@ class Station:
         board = self.board
         if self.backend is not None:
             try:
-                self.backend.resolve()  # the one blocking DNS lookup, before charging starts
-            except Exception as e:      # noqa: BLE001 - retried by the link's own steps
+                # OCPP's WebSocket still resolves its host name by a blocking lookup (once,
+                # cached): before charging starts. MQTT's runs off the loop
+                # (firmware/resolver.py) and does nothing here.
+                self.backend.resolve()
+            except Exception as e:      # noqa: BLE001 - retried by the backend's own steps
                 self._queue_event({"type": "dns_error", "error": str(e)})
         while True:
             start = board.ticks_ms()

@@ -37,7 +37,7 @@ MPLIB = standin.MPLIB
 # holds bytecode as on the device (no compiler run at import).
 HARNESS = ("tools/__init__.py", "tools/bench_rig.py", "tools/bench_tick.py",
            "tools/bench_session.py", "tools/bench_wall.py", "tools/bench_naive.py",
-           "tools/tcpuart.py", "tools/pilotsim/__init__.py", "tools/pilotsim/model.py",
+           "tools/tcpuart.py", "tools/bench_net.py", "tools/pilotsim/__init__.py", "tools/pilotsim/model.py",
            "tools/pilotsim/simboard.py")
 MPLIB_FILES = ("umqtt/__init__.py", "umqtt/simple.py")
 
@@ -58,6 +58,8 @@ TARGETS = {
     "mpy_total_bytes": ("<=", 80 * KB, "<= 80 KB"),
     "mqtt_idle_bytes_per_hour": ("<=", 10 * KB, "<= 10 KB/h"),
     "modbus_bytes_per_poll": ("ratio", 1.3, "<= 1.3 x min"),
+    "reaction_ms_network_stall": ("<=", 20, "<= 20 ms"),
+    "loop_stall_ms_max": ("<=", 10, "<= 10 ms"),
     "property_violations": ("<=", 0, "0"),
 }
 # Every key bench.json must carry a value for (the order of the table).
@@ -68,6 +70,7 @@ METRICS = (
     "standin_heap_min_bytes", "frozen_code_bytes", "mpy_total_bytes",
     "mqtt_idle_bytes_per_hour", "mqtt_idle_bytes_per_hour_baseline", "mqtt_session_bytes",
     "modbus_bytes_per_poll", "modbus_bytes_per_poll_min", "boot_to_ready_ms",
+    "reaction_ms_network_stall", "loop_stall_ms_max",
     "property_cases", "property_violations",
 )
 # Random cases of the charger's safety properties with commands and resets (tools/bench_props.py).
@@ -560,6 +563,34 @@ def part_wall(peers, tmp, quick):
     return {"reaction_ms_max_wall": round(us[-1] / 1000, 2)}, detail
 
 
+def part_net(tmp, quick):
+    """reaction_ms_network_stall and loop_stall_ms_max: the station's own loop on the real
+    clock while the network stalls as the ESP32 port does (tools/bench_net.py), in each
+    network state. loop_stall_ms_max covers the iterations that began with the contactor
+    closed; the deferred TLS handshake (2 s of CPU, contactor open) is in the detail."""
+    from tools import bench_net
+    storage = os.path.join(tmp, "net")
+    os.makedirs(storage, exist_ok=True)
+    # --quick (the harness's own test): two states, to keep `make test` short.
+    states = ["dns_down", "half_open"] if quick else list(bench_net.STATES)
+    run = {"storage": storage, "states": states,
+           "trials": 2 if quick else 6, "settle_ms": 500 if quick else 8000}
+    path = os.path.join(tmp, "run-net.json")
+    with open(path, "w") as f:
+        json.dump(run, f)
+    r = subprocess.run([MICROPYTHON, "-m", "tools.bench_net", path], cwd=device_fs(),
+                       env=unix_env(), capture_output=True, text=True, timeout=600)
+    if r.returncode:
+        raise BenchError("bench_net failed: %s" % r.stderr[-1500:])
+    out = json.loads(r.stdout.strip().splitlines()[-1])["result"]
+    for state, x in out.items():
+        if len(x["reactions_ms"]) < run["trials"]:
+            raise BenchError("%s: too few reactions" % state)
+    return ({"reaction_ms_network_stall": max(x["reaction_ms_max"] for x in out.values()),
+             "loop_stall_ms_max": max(x["loop_stall_ms_max"] for x in out.values())},
+            out)
+
+
 def part_boot(peers, tmp, quick):
     storage = os.path.join(tmp, "boot")
     os.makedirs(storage, exist_ok=True)
@@ -768,6 +799,7 @@ def main(argv=None, out=None):
                 part("naive", part_naive, peers, tmp, args.quick)
                 part("wall", part_wall, peers, tmp, args.quick)
                 part("boot", part_boot, peers, tmp, args.quick)
+            part("net", part_net, tmp, args.quick)
             part("annexa", part_annexa, args.quick)
             # Firmware that does not compile for the device is not measured at all.
             part("props", part_props, args.quick)

@@ -182,11 +182,8 @@ class VirtualStation:
         self.station = Station(self.board, config=self.config)
         link = self.station.link
         if link is not None:
+            # The link looks a broker name up itself, off the loop (firmware/resolver.py).
             self._watch(link)
-            try:
-                link.resolve()      # the one blocking DNS lookup, as Station.run() does
-            except Exception as e:  # noqa: BLE001 - the link retries on its own
-                emit({"k": "error", "error": "dns: %s" % e})
 
     def _watch(self, link):
         # What goes over MQTT, seen from the station: every publish, every message in.

@@ -24,5 +24,6 @@ def build(station):
     from firmware.mqtt_link import MqttLink
     # Exactly once across resets: the commands executed are kept on flash.
     link = MqttLink(cfg, cfg["station_id"], station.outbox, station,
-                    wall_time=station.board.wall_time, ledger=Ledger(station.store))
+                    wall_time=station.board.wall_time, ledger=Ledger(station.store),
+                    quiet=station._may_stall)
     return link, MqttBackend(link, station)

@@ -28,7 +28,7 @@ class MqttBackend(Backend):
         return self.link.comms_lost(now)
 
     def resolve(self):
-        self.link.resolve()
+        pass            # the link resolves in the background (firmware/resolver.py)
 
     def close(self, reason):
         self.link.close(reason)

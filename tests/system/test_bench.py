@@ -238,3 +238,18 @@ def test_the_safety_properties_ran_their_cases_without_a_violation(quick):
     assert report["property_cases"] == bench.PROP_CASES[True]
     assert report["property_violations"] == 0, report["details"]["props"]["examples"]
     assert report["details"]["props"]["resets"] > 0
+
+
+def test_network_stall_part_reacts_in_every_state_and_never_blocks_the_loop(quick):
+    report, _ = quick
+    net = report["details"]["net"]
+    assert sorted(net) == ["dns_down", "half_open"]
+    for state, x in net.items():
+        assert len(x["reactions_ms"]) == 2, state
+        assert x["control_blocked_ms"] == 0, state      # no fake blocked the loop
+    # The stalls happened: DNS failed off the loop; the half-open link was noticed.
+    assert net["dns_down"]["dns"]["failures"] >= 1
+    assert net["dns_down"]["mqtt"]["attempts"] == 0
+    assert net["half_open"]["mqtt"]["connects"] >= 1
+    assert report["reaction_ms_network_stall"] == max(x["reaction_ms_max"] for x in net.values())
+    assert report["loop_stall_ms_max"] == max(x["loop_stall_ms_max"] for x in net.values())

@@ -32,9 +32,10 @@ CHECKED = ("firmware", "drivers", "boot.py", "main.py", "diag.py")
 # Both are CPython-only branches that pyright cannot tell apart at runtime; the fix is to
 # guard them with firmware.compat.IS_MICROPYTHON, which the checker treats as true.
 KNOWN = {
-    ("firmware/mqtt_link.py", "_socket.timeout)"):
+    ("firmware/net.py",
+     "_WANT = (_ssl.SSLWantReadError, _ssl.SSLWantWriteError, BlockingIOError, _socket.timeout)"):
         "inside `if sys.implementation.name != 'micropython'` (CPython host tests only)",
-    ("firmware/mqtt_link.py", "err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)"):
+    ("firmware/net.py", "err = self.raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)"):
         "guarded by hasattr(raw, 'getsockopt'): the ESP32 socket has no getsockopt "
         "(ports/esp32/modsocket.c), so only CPython runs it",
     ("firmware/mqtt_link.py", "stream.do_handshake()"):

@@ -143,7 +143,7 @@ def test_the_will_says_offline_when_the_connection_dies(broker, console, tmp_dir
     st = Station(broker.port, tmp_dir)
     assert st.run_until_online()
     mark = console.mark()
-    st.link._wire.raw.close()      # the station vanishes without DISCONNECT
+    st.link._conn.raw.close()      # the station vanishes without DISCONNECT
     m = console.wait_for(lambda t, p, r: t == "cp/%s/status" % STATION and not p["online"],
                          10, mark)
     assert m is not None

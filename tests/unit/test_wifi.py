@@ -114,7 +114,7 @@ class WifiLink(unittest.TestCase):
         srv = _server()
         try:
             w = Wifi("site", "secret", ntp_server="127.0.0.1")
-            w.sntp.port = _port(srv)
+            w.sntp.port = w.sntp.resolver.port = _port(srv)
             machine.sim.wifi_connected = True
             w.step(0)                                   # request sent
             self.assertTrue(w.sntp.busy)
