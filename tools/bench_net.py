@@ -355,6 +355,7 @@ def build(storage, state, board=None, simulated=True, spawn=-1, host="broker.exa
     if tls:
         link._tls_ctx = FakeTls(net)
     st.link = link
+    st.backend.link = link           # the MQTT backend plug-in steps this link
     from drivers.wifi import Wifi
     b.wifi = Wifi("site", "secret", ntp_server="pool.ntp.org", wlan=_Wlan(), spawn=spawn,
                   sf=net)

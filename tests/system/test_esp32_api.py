@@ -38,10 +38,6 @@ KNOWN = {
     ("firmware/net.py", "err = self.raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)"):
         "guarded by hasattr(raw, 'getsockopt'): the ESP32 socket has no getsockopt "
         "(ports/esp32/modsocket.c), so only CPython runs it",
-    ("firmware/mqtt_link.py", "stream.do_handshake()"):
-        "guarded by hasattr(stream, 'do_handshake'): MicroPython's TLS socket has no "
-        "do_handshake (extmod/modtls_mbedtls.c: with do_handshake_on_connect=False the "
-        "first write drives it), so only CPython runs it",
 }
 
 
