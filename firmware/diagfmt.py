@@ -7,6 +7,7 @@ lines, each at most WIDTH columns, because a serial terminal is usually 80 wide 
 """
 from firmware import faults as _faults
 from firmware import states as _states
+from firmware.civil import civil
 from firmware.charger import CONTACTOR_REASON_NAMES, LIMIT_NAMES
 from firmware.events import (
     EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_LOCK, EV_OFFER, EV_SELFTEST, EV_STATE,
@@ -255,20 +256,8 @@ def event_lines(records, now_ms, diff, dropped=0):
 
 
 def utc_text(t):
-    """Seconds since 1970 (UTC) as "2026-12-03 14:40:01" (integer civil-date arithmetic)."""
-    days = t // 86400
-    rest = t - days * 86400
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    y = yoe + era * 400 + (1 if m <= 2 else 0)
-    return "%04d-%02d-%02d %02d:%02d:%02d" % (y, m, d, rest // 3600, rest % 3600 // 60,
-                                              rest % 60)
+    """Seconds since 1970 (UTC) as "2026-12-03 14:40:01"."""
+    return "%04d-%02d-%02d %02d:%02d:%02d" % civil(t)
 
 
 def history_time(rec):

@@ -4,20 +4,11 @@ Plain integer arithmetic (H. Hinnant's civil-date algorithms), so it runs alike 
 port whatever its `time` epoch; the values above 2**30 are long ints on the ESP32, which
 is why nothing here runs in the safety tick.
 """
+from firmware.civil import civil
 
 
 def iso(secs):
-    days, rem = divmod(int(secs), 86400)
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    y = yoe + era * 400 + (1 if m <= 2 else 0)
-    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (y, m, d, rem // 3600, rem // 60 % 60, rem % 60)
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % civil(secs)
 
 
 def parse(text):
