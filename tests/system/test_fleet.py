@@ -32,3 +32,58 @@ def test_a_broker_restart_loses_no_record_and_interrupts_no_charge(tmp_path):
     assert 1 <= r["fleet_reconnect_peak_per_s"] < 10
     assert r["fleet_commands_sent"] >= 1 and r["fleet_replies"] >= 1
     assert os.path.exists(tmp_path / "fleet.json")
+
+
+def test_the_relay_black_holes_the_path_without_closing_a_socket():
+    """tools/fleet_relay.py: while black-holed nothing is forwarded either way and no
+    socket closes; a connection opened meanwhile is held; restored, the held bytes flow."""
+    import socket
+    import threading
+
+    from tools.fleet_relay import Relay
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    accepted = []
+
+    def echo():
+        while len(accepted) < 2:
+            c, _ = srv.accept()
+            accepted.append(c)
+            threading.Thread(target=_echo, args=(c,), daemon=True).start()
+
+    def _echo(c):
+        while True:
+            data = c.recv(100)
+            if not data:
+                return
+            c.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    relay = Relay(srv.getsockname()[1])
+    try:
+        a = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
+        a.sendall(b"one")
+        assert a.recv(10) == b"one"
+        relay.blackhole()
+        a.sendall(b"held")
+        a.settimeout(1)
+        with pytest.raises(socket.timeout):
+            a.recv(10)
+        b = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
+        b.sendall(b"new")
+        b.settimeout(1)
+        with pytest.raises(socket.timeout):
+            b.recv(10)
+        assert relay.upstream_connects == 1 and len(accepted) == 1   # b not forwarded
+        assert relay.connections == 2                                 # nothing closed
+        relay.restore()
+        a.settimeout(5)
+        b.settimeout(5)
+        assert a.recv(10) == b"held"
+        assert b.recv(10) == b"new"
+        assert relay.upstream_connects == 2
+    finally:
+        relay.close()
+        srv.close()
