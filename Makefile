@@ -41,11 +41,13 @@ station: $(STAMP)
 	$(PY) -m tools.station $(if $(BROKER),--broker $(BROKER)) $(if $(CONFIG),--config $(CONFIG)) \
 		$(if $(ID),--id $(ID)) $(if $(N),-n $(N)) $(STATION_ARGS)
 
-# A fleet: N virtual stations (default 20) against one local mosquitto and a backend, with a
-# broker restart; report in build/fleet.json and build/fleet.png (tools/fleet.py, docs/fleet.md).
-# FLEET_ARGS="--fault blackhole --down 60 --duration 240 --seed 2" ...
+# A fleet: N virtual stations (default 20) against one local broker (BROKER=mosquitto, the
+# default, or rabbitmq: installed on demand, run as an own node on free ports) and a backend,
+# with a broker fault; report in build/fleet.json (per broker) and build/fleet.png
+# (tools/fleet.py, docs/fleet.md).
+# FLEET_ARGS="--fault restart|outage|blackhole --down 60 --no-jitter --consumers 2" ...
 fleet: $(STAMP)
-	$(PY) -m tools.fleet $(if $(N),-n $(N)) $(FLEET_ARGS)
+	$(PY) -m tools.fleet $(if $(N),-n $(N)) $(if $(BROKER),--broker $(BROKER)) $(FLEET_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench

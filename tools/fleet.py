@@ -1,23 +1,31 @@
-"""A fleet: N virtual stations against one mosquitto and one backend, with a broker fault.
+"""A fleet: N virtual stations against one broker and one backend, with a broker fault.
 
-    make fleet N=100 [FLEET_ARGS="--duration 180 --fault restart --down 5 --seed 1"]
-    python -m tools.fleet -n N [--duration S] [--fault restart|blackhole|none]
-        [--fault-at S] [--down S] [--seed K] [--cmd-per-min R] [--user U --password P]
+    make fleet N=100 [BROKER=rabbitmq] [FLEET_ARGS="--fault outage --down 60 --seed 1"]
+    python -m tools.fleet -n N [--broker mosquitto|rabbitmq] [--duration S]
+        [--fault restart|outage|blackhole|none] [--fault-at S] [--down S] [--no-jitter]
+        [--consumers K] [--flush-per-s R] [--set KEY=INT] [--seed K] [--cmd-per-min R] [--user U --password P]
 
 Each station is the real firmware on the ESP32 stand-in in real time (tools/station_sim.py,
-as `make station` runs it), its flash in build/fleet/<id>/. The tool starts one mosquitto on
-127.0.0.1 (tests/system/mosquitto.py) and a backend (paho, in this process, its own network
-thread) that consumes status, telemetry, events and records, acknowledges every record,
-de-duplicates them by id and sends commands (set_limit, and stop before some departures) at
-a realistic rate. EVs arrive and leave on a random schedule fixed by --seed, driven through
-the stations' stdin (plug/charge/unplug). At --fault-at the broker is killed and comes back
-after --down seconds (`blackhole`: meanwhile a listener on its port accepts and never
-answers). At the end every EV leaves, the backend drains the outboxes, and the report goes
-to the terminal and build/fleet.json (build/fleet.png: connected stations and message rate).
+as `make station` runs it), its flash in build/fleet/<id>/. The tool starts one broker on
+127.0.0.1 (tools/fleet_brokers.py: mosquitto, or RabbitMQ's MQTT plugin as an own node) and
+a backend (paho, in this process) that consumes status, telemetry, events and records,
+acknowledges every record, de-duplicates them by id and sends commands (set_limit, and stop
+before some departures) at a realistic rate; with --consumers K on mosquitto, K clients
+share the load through a $share/ subscription. EVs arrive and leave on a random schedule
+fixed by --seed, driven through the stations' stdin (plug/charge/unplug).
 
-Reconnect times are measured from the moment the broker listens again to each station's
-CONNACK (seen by the station); connects per second are counted in the broker's log
-("New client connected", one-second buckets).
+Faults at --fault-at: `restart` kills the broker (SIGKILL) and starts it after --down s (5);
+`outage` stops it (SIGTERM) for --down s (60); `blackhole` runs the stations' connections
+through a relay (tools/fleet_relay.py) that stops forwarding in both directions for --down s
+(60) without closing a socket. --no-jitter: the stations' random draws (first connect,
+reconnect backoff) are 0, as without storm control. At the end every EV leaves, the backend
+drains the outboxes, and the report goes to the terminal and build/fleet.json
+({broker: {latest run, "runs": {fault: figures}}}); plots in build/fleet-BROKER-FAULT.png
+and build/fleet.png (stations online, backend messages and records per second).
+
+Reconnect times are measured from the moment the broker listens again (or the path is
+restored) to each dropped station's CONNACK (seen by the station); connects per second are
+counted in the broker's own log (one-second buckets).
 """
 import argparse
 import heapq
@@ -66,6 +74,8 @@ class Member:
         self.ev_charging = False          # the EV asks for current (the fleet drove it so)
         self.backend_stopped = False      # the backend sent stop in this session
         self.interruptions = []           # (t, why): contactor opened under a charging EV
+        self.arrived_at = None            # when the current EV arrived
+        self.stop_sent_at = None          # when the backend last sent this station stop
         self.published = set()            # record ids the station sent at least once
         self.reply = None
         self.replied = threading.Event()
@@ -101,8 +111,15 @@ class Member:
                         self.online_changes.append((now, self.online))
                     if self.contactor and not rec["contactor"] and self.ev_charging \
                             and not self.backend_stopped:
-                        self.interruptions.append((now, "%s faults %s" % (rec["state"],
-                                                                          rec["faults"])))
+                        why = "%s faults %s" % (rec["state"], rec["faults"])
+                        if self.stop_sent_at is not None and self.arrived_at is not None \
+                                and self.stop_sent_at < self.arrived_at:
+                            # A stop meant for the previous EV, held by the fault and
+                            # delivered now: it stops this EV's session.
+                            why += "; stale stop: sent %.0f s before this EV arrived, " \
+                                   "%.0f s ago" % (self.arrived_at - self.stop_sent_at,
+                                                   now - self.stop_sent_at)
+                        self.interruptions.append((now, why))
                     self.contactor = rec["contactor"]
             elif k == "mqtt" and rec.get("dir") == "out":
                 payload = rec.get("payload")
@@ -258,6 +275,7 @@ class Fault:
         self.out = out
         self.t_fault = None
         self.t_back = None
+        self.error = None
         self._thread = None
 
     def begin(self):
@@ -285,7 +303,12 @@ class Fault:
             return
 
         def start():
-            self.broker.start()
+            try:
+                self.broker.start()
+            except Exception as e:  # noqa: BLE001 - reported, the run ends
+                self.error = str(e)
+                self.out("fleet: the broker did not come back: %s" % e)
+                return
             self.t_back = time.monotonic()
             self.out("fleet: broker back")
         self._thread = threading.Thread(target=start, daemon=True)
@@ -336,7 +359,8 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
               "down_s": down, "seed": seed, "no_jitter": no_jitter,
               "fleet_backend_consumers": consumers,
               "mqtt_boot_spread_s": cfg.get("mqtt_boot_spread_s", 8),
-              "outbox_flush_per_s": cfg.get("outbox_flush_per_s", 5)}
+              "outbox_flush_per_s": cfg.get("outbox_flush_per_s", 5),
+              "station_config_extra": dict(extra_cfg or {})}
     flt = Fault(fault, broker, relay, down, out)
     try:
         for sid in ids:
@@ -366,7 +390,8 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
         next_cmd = t_all + (rng.uniform(0, interval_s) / n if interval_s else 0)
         while True:
             now = time.monotonic()
-            if now >= t_end and (fault == "none" or flt.t_back is not None):
+            if now >= t_end and (fault == "none" or flt.t_back is not None
+                                 or flt.error is not None or now >= t_end + 120):
                 break
             while plan and plan[0][0] <= now:
                 _, _, action, k = heapq.heappop(plan)
@@ -375,6 +400,7 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
                     with m.lock:
                         m.ev_charging = True
                         m.backend_stopped = False
+                        m.arrived_at = now
                     m.send("charge %d" % rng.choice((10, 16, 16, 20, 32)))
                     seq += 1
                     stay = rng.uniform(*charge_s)
@@ -384,6 +410,7 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
                 elif action == "app_stop":
                     with m.lock:
                         m.backend_stopped = True
+                        m.stop_sent_at = now
                     backend.command(m.id, "stop")
                 elif action == "leave":
                     with m.lock:
@@ -435,6 +462,9 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
                 break
         time.sleep(1)
         result.update(_analyse(members, backend, broker, flt, pending, ids, t0))
+        if relay is not None:
+            result["fleet_relay_upstream_connects"] = relay.upstream_connects
+            result["fleet_relay_abandoned"] = relay.abandoned
     finally:
         for m in members:
             m.send("quit")
@@ -457,7 +487,8 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
 
 
 def run_label(result):
-    return result["fault"] + ("-nojitter" if result.get("no_jitter") else "")
+    return "%s-n%d%s" % (result["fault"], result["fleet_stations"],
+                         "-nojitter" if result.get("no_jitter") else "")
 
 
 def _write_report(path, result):
@@ -518,7 +549,13 @@ def _analyse(members, backend, broker, flt, pending, ids, t0):
     r["fleet_records_published"] = len(published)
     r["fleet_records_received"] = len(received)
     r["fleet_records_resent_raw"] = sum(received.values()) - len(received)
-    lost = published - set(received)
+    missing = published - set(received)
+    # A session's start record still unacknowledged when the session ends is replaced by
+    # the end record, which carries all it did (firmware/outbox.py put()): delivered then.
+    superseded = {(sid, rid) for sid, rid in missing
+                  if str(rid).startswith("start-") and (sid, rid[6:]) in received}
+    lost = missing - superseded
+    r["fleet_records_superseded"] = len(superseded)
     r["fleet_records_lost"] = len(lost) + (pending or 0)
     r["fleet_records_undelivered_at_end"] = pending
     r["fleet_records_lost_ids"] = sorted("%s/%s" % k for k in lost)[:20]
@@ -527,6 +564,8 @@ def _analyse(members, backend, broker, flt, pending, ids, t0):
     r["fleet_sessions"] = len(sessions)
     r["fleet_interruptions"] = sum(len(m.interruptions) for m in members)
     r["fleet_interrupted_by_fault"] = r["fleet_interruptions"] > 0
+    r["fleet_interruptions_by_stale_stop"] = sum(
+        1 for m in members for _, w in m.interruptions if "stale stop" in w)
     r["fleet_interruption_examples"] = [
         "%s: %s" % (m.id, w) for m in members for _, w in m.interruptions][:10]
     r["fleet_commands_sent"] = backend.commands
@@ -537,6 +576,9 @@ def _analyse(members, backend, broker, flt, pending, ids, t0):
     r["fleet_online_at_end"] = sum(m.online for m in members)
     r["fleet_station_errors"] = [e for m in members for e in m.errors][:10]
     t_back = flt.t_back
+    if flt.error is not None or (flt.t_fault is not None and t_back is None):
+        r["fleet_broker_back"] = False
+        r["fleet_broker_error"] = flt.error or "not back at the end of the run"
     if t_back is None:
         return r
     # Time until all are back: from the broker listening again (or the path restored) to
@@ -630,6 +672,51 @@ def _plot(path, samples, backend, t0, n, result, flt):
     plt.close(fig)
 
 
+def backend_capacity(broker_kind="mosquitto", records=4000, stations=100, storage=None):
+    """Records per second this backend takes (consume, de-duplicate, ack) when a fleet's
+    backlog arrives at once: `records` QoS 1 record messages from `stations` ids published
+    as fast as one client can, through the broker. The basis of outbox_flush_per_s."""
+    from tools.fleet_brokers import BROKERS
+    import paho.mqtt.client as mqtt
+    storage = storage or os.path.join(DEFAULT_DIR, "capacity")
+    shutil.rmtree(storage, ignore_errors=True)
+    broker = BROKERS[broker_kind](storage)
+    broker.start()
+    backend = Backend(mosquitto.HOST, broker.port)
+    acks = [0]
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="capacity-pub")
+    pub.on_message = lambda c, u, m: acks.__setitem__(0, acks[0] + 1)
+    pub.max_inflight_messages_set(100)
+    pub.max_queued_messages_set(0)
+    try:
+        backend.connected.wait(30)
+        pub.connect(mosquitto.HOST, broker.port)
+        pub.loop_start()
+        pub.subscribe("%s/+/ack" % PREFIX, 1)
+        time.sleep(1)
+        body = {"v": 1, "kind": "telemetry", "seq": 0, "data": {"power_w": 11000,
+                                                                "energy_wh": 123456}}
+        t0 = time.monotonic()
+        for i in range(records):
+            body["id"] = "r-%d" % i
+            body["seq"] = i
+            pub.publish("%s/cap-%03d/record" % (PREFIX, i % stations), json.dumps(body),
+                        qos=1)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (len(backend.records) < records
+                                               or acks[0] < records):
+            time.sleep(0.05)
+        t1 = time.monotonic()
+        return {"records": records, "received": len(backend.records), "acks": acks[0],
+                "seconds": round(t1 - t0, 2),
+                "records_per_s": round(len(backend.records) / (t1 - t0), 1),
+                "load_avg_1m": os.getloadavg()[0]}
+    finally:
+        pub.loop_stop()
+        backend.close()
+        broker.close()
+
+
 def main(argv=None):
     from tools.fleet_brokers import BROKERS, RabbitBroker
     p = argparse.ArgumentParser(prog="python -m tools.fleet", description=__doc__.split("\n")[0])
@@ -646,6 +733,8 @@ def main(argv=None):
     p.add_argument("--consumers", type=int, default=1,
                    help="backend consumers sharing a $share/ subscription (mosquitto)")
     p.add_argument("--flush-per-s", type=int, help="the stations' outbox_flush_per_s")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=INT",
+                   help="a firmware config key for every station (integer value)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cmd-per-min", type=float, default=0.5,
                    help="set_limit commands per station per minute")
@@ -655,7 +744,12 @@ def main(argv=None):
     p.add_argument("--heap", default=DEFAULT_HEAP)
     p.add_argument("--report", default=os.path.join(ROOT, "build", "fleet.json"))
     p.add_argument("--plot", help="PNG (default build/fleet-BROKER-FAULT.png and build/fleet.png)")
+    p.add_argument("--backend-capacity", action="store_true",
+                   help="only measure the records per second the backend takes")
     args = p.parse_args(argv)
+    if args.backend_capacity:
+        print(json.dumps(backend_capacity(args.broker)))
+        return 0
     cls = BROKERS[args.broker]
     if not cls.available():
         if cls is RabbitBroker:
@@ -664,9 +758,13 @@ def main(argv=None):
             print("fleet: mosquitto is not installed (apt-get install mosquitto)",
                   file=sys.stderr)
             return 2
-    label = args.fault + ("-nojitter" if args.no_jitter else "")
+    label = run_label({"fault": args.fault, "fleet_stations": args.n,
+                       "no_jitter": args.no_jitter})
     plot = args.plot or os.path.join(ROOT, "build", "fleet-%s-%s.png" % (args.broker, label))
-    extra = {"outbox_flush_per_s": args.flush_per_s} if args.flush_per_s else None
+    extra = {"outbox_flush_per_s": args.flush_per_s} if args.flush_per_s else {}
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        extra[key] = int(value)
     r = run(n=args.n, duration=args.duration, fault=args.fault, fault_at=args.fault_at,
             down=args.down, seed=args.seed, cmd_per_min=args.cmd_per_min,
             storage=args.storage, heap=args.heap, user=args.user, password=args.password,

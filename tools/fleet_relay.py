@@ -9,8 +9,10 @@ network path that drops every packet (TCP retransmits; neither end sees a FIN or
 Connections a station opens meanwhile complete their TCP handshake with the relay's
 listener (the kernel answers the SYN) and then hear nothing: CONNECT is not forwarded and
 no upstream connection is made until the path is restored. `restore()` forwards again,
-held bytes included; the upstream side of a held new connection is opened then. A side
-that closed meanwhile is seen closed only after the restore, as its FIN would be.
+held bytes included; the upstream side of a held new connection is opened then, unless the
+station closed it meanwhile (its SYN would never have reached the broker: it is dropped,
+`abandoned`). An established connection's side that closed meanwhile is seen closed only
+after the restore, once its held bytes are through, as its FIN would be.
 """
 import errno
 import selectors
@@ -46,6 +48,7 @@ class Relay:
         self.host = HOST
         self.accepted = 0
         self.upstream_connects = 0
+        self.abandoned = 0            # held new connections closed before the restore
         self.blackholed = False
         self.blackholes = []          # (start, end) monotonic
         self._pairs = []
@@ -112,10 +115,30 @@ class Relay:
             if p.closed:
                 continue
             if not self.blackholed and p.up is None:
+                if self._abandoned(p):
+                    continue
                 self._connect_up(p)
             d, u = self._interest(p)
             self._set(p.down, d, p)
             self._set(p.up, u, p)
+
+    def _abandoned(self, p):
+        """A connection opened during the black hole whose station has given up on it
+        (closed): on a real network its SYN never got through, so the broker never hears of
+        it. Its bytes (a stale CONNECT, which would take the station's live session over)
+        are dropped with it."""
+        while True:
+            try:
+                data = p.down.recv(_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                data = b""
+            if not data:
+                self.abandoned += 1
+                self._close_pair(p)
+                return True
+            p.to_up += data
 
     def _connect_up(self, p):
         up = socket.socket()
