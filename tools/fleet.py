@@ -446,6 +446,7 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
         if "fleet_cpu_pct_per_station" not in result and cpu0 is not None:
             result.update(_usage(members, cpu0, status0, n))
         # Every EV leaves; the outboxes drain.
+        t_drain = time.monotonic()
         for m in members:
             with m.lock:
                 m.ev_charging = False
@@ -461,7 +462,8 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
             if pending == 0 and all(m.online for m in members):
                 break
         time.sleep(1)
-        result.update(_analyse(members, backend, broker, flt, pending, ids, t0))
+        result.update(_analyse(members, backend, broker, flt, pending, ids, t0,
+                                t_drain))
         if relay is not None:
             result["fleet_relay_upstream_connects"] = relay.upstream_connects
             result["fleet_relay_abandoned"] = relay.abandoned
@@ -537,7 +539,7 @@ def _realtime(members, status0):
     return round(worst, 3) if worst is not None else None
 
 
-def _analyse(members, backend, broker, flt, pending, ids, t0):
+def _analyse(members, backend, broker, flt, pending, ids, t0, t_drain):
     r = {}
     with backend.lock:
         received = dict(backend.records)
@@ -622,15 +624,22 @@ def _analyse(members, backend, broker, flt, pending, ids, t0):
     boot = {sec: c for sec, c in per_conn.items() if sec < back_epoch}
     r["fleet_boot_peak_connects_per_s"] = max(boot.values()) if boot else 0
     # The backlog flush: backend messages and records per second in the 60 s after the
-    # broker is back, against the 30 s before the fault.
+    # broker is back (not into the final drain, when every EV leaves at once), against
+    # the 30 s before the fault.
     b0 = int(t_back - t0)
     f0 = int(flt.t_fault - t0)
-    window = [per_s.get(sec, [0, 0]) for sec in range(b0, b0 + 60)]
+    d0 = int(t_drain - t0)
+    window = [per_s.get(sec, [0, 0]) for sec in range(b0, max(b0 + 1, min(b0 + 60, d0)))]
+    r["fleet_flush_window_s"] = len(window)
     before = [per_s.get(sec, [0, 0]) for sec in range(max(0, f0 - 30), f0)]
     r["fleet_flush_msgs_per_s_peak"] = max(w[0] for w in window)
     r["fleet_flush_records_per_s_peak"] = max(w[1] for w in window)
-    r["fleet_flush_records_60s"] = sum(w[1] for w in window)
-    r["fleet_flush_msgs_per_s_mean_60s"] = round(sum(w[0] for w in window) / 60.0, 1)
+    r["fleet_flush_records"] = sum(w[1] for w in window)
+    r["fleet_backend_per_s"] = [per_s.get(sec, [0, 0]) for sec in range(max(per_s or [0]) + 1)]
+    r["fleet_t_fault_s"] = round(flt.t_fault - t0, 1)
+    r["fleet_t_back_s"] = round(t_back - t0, 1)
+    r["fleet_t_drain_s"] = round(t_drain - t0, 1)
+    r["fleet_flush_msgs_per_s_mean"] = round(sum(w[0] for w in window) / len(window), 1)
     r["fleet_steady_msgs_per_s_before_fault"] = round(
         sum(w[0] for w in before) / max(1, len(before)), 1)
     return r
