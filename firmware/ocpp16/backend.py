@@ -10,6 +10,7 @@ Parts: rpc.py (framing, the one CALL in flight), router.py (incoming CALLs to th
 in ops/), txlog.py (the transaction messages on flash), status.py, keys.py, clock.py.
 """
 import os
+import sys
 
 from firmware.backend.api import OK, Backend
 from firmware.compat import const, ticks_add, ticks_diff
@@ -150,6 +151,8 @@ class Ocpp16Backend(Backend):
             self._transaction(now)
             if self.smart is not None:
                 self.smart.step(self, now)
+                if self.smart.idle():
+                    self._drop_smart()
             if ticks_diff(now, self._settle_at) >= 0:
                 self._settle_at = ticks_add(now, _SETTLE_MS)
                 self.ops.settle_sessions()
@@ -398,6 +401,14 @@ class Ocpp16Backend(Backend):
             from firmware.ocpp16.smart import SmartCharging
             self.smart = SmartCharging(self.store)
         return self.smart
+
+    def _drop_smart(self):
+        # The last profile is gone and its limit lifted: the module leaves the heap too.
+        self.smart = None
+        sys.modules.pop("firmware.ocpp16.smart", None)
+        pkg = sys.modules.get("firmware.ocpp16")
+        if pkg is not None and hasattr(pkg, "smart"):
+            delattr(pkg, "smart")
 
     def in_transaction(self):
         return self.log.running is not None

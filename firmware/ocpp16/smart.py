@@ -235,6 +235,10 @@ class SmartCharging:
         self.clear(purpose=TX)
         self._dirty = True
 
+    def idle(self):
+        """No profile left, and the limit of the last one lifted."""
+        return not self.profiles and self._applied and self.limit_ma is None
+
     def changed(self):
         """Look again at the next step (a transaction started, the clock was set)."""
         self._dirty = True

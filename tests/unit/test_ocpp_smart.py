@@ -347,6 +347,18 @@ class CompositeSchedule(unittest.TestCase):
                          [(0, 22080.0)])
         self.assertFalse("get_composite_schedule" in router.resident())
 
+    def test_without_a_profile_the_local_limit_and_no_module_loaded(self):
+        import sys
+        sys.modules.pop("firmware.ocpp16.smart", None)
+        b = _Backend(MON + EPOCH_2020)
+        out = router.dispatch(b, "GetCompositeSchedule", {"connectorId": 1, "duration": 60}, 0)
+        self.assertEqual(out["chargingSchedule"]["chargingSchedulePeriod"],
+                         [{"startPeriod": 0, "limit": 32.0}])
+        out = router.dispatch(b, "ClearChargingProfile", {"stackLevel": 0}, 0)
+        self.assertEqual(out, {"status": "Unknown"})
+        self.assertFalse("firmware.ocpp16.smart" in sys.modules)
+        sys.modules["firmware.ocpp16.smart"] = smart
+
     def test_rejected_without_a_clock_or_for_another_connector(self):
         b = _Backend(0)         # time(now) == 0: neither an RTC nor the central system's
         out = router.dispatch(b, "GetCompositeSchedule", {"connectorId": 1, "duration": 60}, 0)
