@@ -5,9 +5,11 @@ backend-limit path (StationOps.set_limit: under 6 A offers nothing, IEC 61851-1)
 Nothing here runs per tick but a ticks comparison: the composite limit and the time of its
 next change are computed when a profile is set or cleared, a transaction starts or ends,
 the clock is set, or that time comes (a period's start, a schedule's end, a recurrence, a
-validFrom/validTo). The time is the wall clock in whole seconds, so the deadline is set a
-second early and the last second is watched on the clock itself: the new limit is handed
-to the charger in the first loop iteration of its second.
+validFrom/validTo). The time is the wall clock in whole seconds: the clock is read in the
+loop iterations just before a change (the last second, or the last 50 ms once a change has
+shown in which iteration a second begins), so the new limit is handed to the charger in
+the first loop iteration of its second and the PWM follows at the next tick. Reading the
+clock allocates on the ESP32 (an RTC tuple, a long int): a handful of times per change.
 
 A profile is one tuple (the same array on flash, in PROFILES_FILE, all of them written
 atomically at each change; seconds counted from 2020-01-01 so they stay small ints on the
@@ -31,6 +33,9 @@ MAX_PROFILES = const(8)          # MaxChargingProfilesInstalled
 MAX_PERIODS = const(24)          # ChargingScheduleMaxPeriods
 MAX_STACK = const(8)             # ChargeProfileMaxStackLevel
 _MAX_WAIT_S = const(3600)        # recomputed at least hourly: a clock that was set meanwhile
+_GUARD_MS = const(50)            # with a known second edge: the clock read from this early
+_EDGE_GAP_MS = const(50)         # two clock reads this close bracket a second's edge
+_EDGE_MAX_AGE_MS = const(14400000)   # a second edge learnt is trusted for 4 h
 _LIMIT_MAX_MA = const(80000)     # the charger's range (CURRENT_MAX_MA)
 
 CP_MAX = const(0)
@@ -183,7 +188,9 @@ class SmartCharging:
         self.limit_ma = None        # the composite limit in force (None: no profile applies)
         self._applied = False       # set on the station once
         self._dirty = True          # recompute at the next step
-        self._fine = False          # the last second before a change: the clock each tick
+        self._fine = False          # just before a change: the clock each loop iteration
+        self._read_at = 0           # ticks of the last such read
+        self._edge = None           # (ticks, second since 2020) when that second began
         self._due = 0               # ticks: look at the clock again
         self._at = None             # the next change (seconds since 2020), None: none known
         self.recomputes = 0
@@ -253,13 +260,17 @@ class SmartCharging:
             # No clock yet (no RTC, no central system's time): the limit restored from flash
             # stays; the central system's time (BootNotification.conf) recomputes.
             self._dirty = False
-            self._wait(now, _MAX_WAIT_S)
+            self._wait(now, 0, None)
             return
         t = wall - EPOCH_2020
         at = self._at
+        polled = self._fine and ticks_diff(now, self._read_at) <= _EDGE_GAP_MS
+        self._read_at = now
         if not self._dirty and at is not None and t < at:
-            self._wait(now, at - t - 1)
+            self._wait(now, t, at)
             return
+        if polled and t == at:
+            self._edge = (now, t)     # the second `at` began since the previous read
         self._dirty = False
         self.recomputes += 1
         r = b.log.running
@@ -269,17 +280,32 @@ class SmartCharging:
         if lim is not None and lim > _LIMIT_MAX_MA:
             lim = _LIMIT_MAX_MA
         self._at = at
-        self._wait(now, _MAX_WAIT_S if at is None else at - t - 1)
+        self._wait(now, t, at)
         if lim != self.limit_ma or not self._applied:
             self.limit_ma = lim
             self._applied = True
             b.ops.set_limit(lim, now)
 
-    def _wait(self, now, secs):
-        # Whole seconds of the wall clock: the deadline a second early, then the clock is
-        # read each loop iteration until its second comes (self._fine).
-        if secs > _MAX_WAIT_S:
-            secs = _MAX_WAIT_S
-        self._fine = secs <= 0
-        if secs > 0:
-            self._due = ticks_add(now, secs * 1000)
+    def _wait(self, now, t, at):
+        # The wall clock counts whole seconds. Once the loop iteration in which a second
+        # began has been seen (self._edge), the change's second is reckoned from it in ticks
+        # and the clock read from _GUARD_MS before; until then from a second early. From
+        # there on the clock is read each iteration until its second comes (self._fine).
+        self._fine = False
+        if at is None:
+            ms = _MAX_WAIT_S * 1000
+        else:
+            ms = (at - t - 1) * 1000
+            e = self._edge
+            if e is not None:
+                age = ticks_diff(now, e[0])
+                if age < 0 or age > _EDGE_MAX_AGE_MS or e[1] + age // 1000 != t:
+                    self._edge = None     # old, or the clock was set since: learnt anew
+                else:
+                    ms = (at - e[1]) * 1000 - age - _GUARD_MS
+            if ms > _MAX_WAIT_S * 1000:
+                ms = _MAX_WAIT_S * 1000
+        if ms <= 0:
+            self._fine = True
+        else:
+            self._due = ticks_add(now, ms)

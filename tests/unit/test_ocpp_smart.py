@@ -252,19 +252,41 @@ def iso(t2020):
 class Step(unittest.TestCase):
     def test_the_limit_follows_in_the_first_tick_of_the_periods_second(self):
         # The station's clock 08:00:00.000 at tick 0; set at 08:00:00.345, a profile whose
-        # second period (10 A) starts at 08:00:05.
+        # second period (10 A) starts at 08:00:05, its third (12 A) at 08:01:05.
         b = _Backend(MON + EPOCH_2020 + 8 * 3600)
         t0 = MON + 8 * 3600
         out = router.dispatch(b, "SetChargingProfile", {"connectorId": 1, "csChargingProfiles":
-                              period({}, [(0, 16), (5, 10)], iso(t0))}, 345)
+                              period({}, [(0, 16), (5, 10), (65, 12)], iso(t0))}, 345)
         self.assertEqual(out, {"status": "Accepted"})
         self.assertFalse("set_charging_profile" in router.resident())
-        for now in range(350, 8000, 10):
+        reads = {}
+        for now in range(350, 70000, 10):
             b.smart.step(b, now)
-        self.assertEqual(b.ops.limits, [(350, 16000), (5000, 10000)])
-        # Ticks far from the change do not read the clock; its last second does.
-        self.assertEqual(b.smart.recomputes, 2)
-        self.assertTrue(b.clock_reads < 120, b.clock_reads)
+            reads[now] = b.clock_reads
+        self.assertEqual(b.ops.limits, [(350, 16000), (5000, 10000), (65000, 12000)])
+        self.assertEqual(b.smart.recomputes, 3)
+        # Quiet ticks do not read the clock. Before the first change its last second is
+        # read tick by tick; that change shows when a second begins, so the next one is
+        # reckoned in ticks and read only in its last _GUARD_MS.
+        self.assertEqual(reads[4340] - reads[350], 0)
+        self.assertTrue(60 <= reads[5000] - reads[4340] <= 70, reads[5000] - reads[4340])
+        self.assertEqual(reads[64900] - reads[5000], 0)
+        self.assertTrue(reads[65000] - reads[64900] <= 6, reads[65000] - reads[64900])
+
+    def test_a_clock_set_meanwhile_is_not_trusted_to_the_old_edge(self):
+        b = _Backend(MON + EPOCH_2020 + 8 * 3600)
+        t0 = MON + 8 * 3600
+        router.dispatch(b, "SetChargingProfile", {"connectorId": 1, "csChargingProfiles":
+                        period({}, [(0, 16), (5, 10), (20, 12)], iso(t0))}, 0)
+        for now in range(0, 6000, 10):
+            b.smart.step(b, now)
+        self.assertTrue(b.smart._edge is not None)
+        b.wall0 += 3                  # the central system's time: 3 s later than thought
+        b.smart.changed()
+        for now in range(6000, 20000, 10):
+            b.smart.step(b, now)
+        self.assertEqual(b.ops.limits, [(0, 16000), (5000, 10000), (17000, 12000)])
+        self.assertEqual(b.smart._edge[0], 17000)
 
     def test_quiet_ticks_allocate_nothing(self):
         if not HEAP_LOCK:
