@@ -449,6 +449,8 @@ class Ocpp16Backend(Backend):
                             self.cfg["ocpp_connection_timeout_s"] * 1000:
                         self._auth_since = None
                         self.ops.authorization_expired(now)
+                        if self.smart is not None:
+                            self.smart.transaction_ended()   # RemoteStart's TxProfile
                 else:
                     self._auth_since = None
             return

@@ -48,6 +48,11 @@ def _load(name):
     return mod
 
 
+def drop(name):
+    """Let the operation module `name` go (one operation may borrow another's parser)."""
+    _drop(name)
+
+
 def _drop(name):
     full = _PACKAGE + "." + name
     sys.modules.pop(full, None)

@@ -172,6 +172,8 @@ def load(store):
             return []
         out = []
         for a in json.loads(raw):
+            if len(a) != _PERIODS + 1:
+                continue              # not one of ours (a newer layout): dropped
             a[_PERIODS] = tuple(a[_PERIODS])
             out.append(tuple(a))
         return out
@@ -196,8 +198,14 @@ class SmartCharging:
         self.recomputes = 0
 
     # -- the profiles ------------------------------------------------------------------------
-    def save(self):
-        self.store.write_atomic(PROFILES_FILE, json.dumps(self.profiles).encode())
+    def _keep(self, profiles):
+        # On flash first: a profile that could not be stored is not applied either.
+        if profiles:
+            self.store.write_atomic(PROFILES_FILE, json.dumps(profiles).encode())
+        else:
+            self.store.remove(PROFILES_FILE)
+        self.profiles = profiles
+        self._dirty = True
 
     def install(self, profile):
         """Replace the profile of the same id, or of the same stackLevel, purpose and
@@ -209,9 +217,7 @@ class SmartCharging:
         if len(keep) >= MAX_PROFILES:
             return False
         keep.append(profile)
-        self.profiles = keep
-        self.save()
-        self._dirty = True
+        self._keep(keep)
         return True
 
     def clear(self, pid=None, conn=None, purpose=None, stack=None):
@@ -229,12 +235,7 @@ class SmartCharging:
                 keep.append(p)
         n = len(self.profiles) - len(keep)
         if n:
-            self.profiles = keep
-            if keep:
-                self.save()
-            else:
-                self.store.remove(PROFILES_FILE)
-            self._dirty = True
+            self._keep(keep)
         return n
 
     def transaction_ended(self):

@@ -220,6 +220,10 @@ class _Ops:
     def set_limit(self, ma, now):
         self.limits.append((now, ma))
 
+    def start(self, tag, now):
+        self.started = tag
+        return 0
+
 
 class _Backend:
     """The parts of Ocpp16Backend the profiles use; the wall clock follows the ticks from
@@ -233,6 +237,9 @@ class _Backend:
         self.store = store or Store("/sc", RamFs())
         self.smart = None
         self.clock_reads = 0
+
+    def in_transaction(self):
+        return self.log.running is not None
 
     def time(self, now):
         self.clock_reads += 1
@@ -318,6 +325,26 @@ class Step(unittest.TestCase):
         b.smart.step(b, 20)
         self.assertEqual(b.ops.limits, [(10, 10000), (20, None)])
         self.assertEqual(b.smart.profiles, [])
+
+    def test_remote_start_brings_a_tx_profile_for_its_transaction(self):
+        b = _Backend(MON + EPOCH_2020)
+        bad = period({"chargingProfilePurpose": "TxProfile", "transactionId": 3}, [(0, 10)])
+        out = router.dispatch(b, "RemoteStartTransaction", {"idTag": "R1",
+                                                            "chargingProfile": bad}, 0)
+        self.assertEqual(out, {"status": "Rejected"})
+        self.assertIsNone(b.smart)
+        good = period({"chargingProfilePurpose": "TxProfile"}, [(0, 10)])
+        out = router.dispatch(b, "RemoteStartTransaction", {"idTag": "R1",
+                                                            "chargingProfile": good}, 0)
+        self.assertEqual(out, {"status": "Accepted"})
+        self.assertFalse("set_charging_profile" in router.resident())
+        b.smart.step(b, 10)
+        self.assertEqual(b.ops.limits, [(10, None)])      # not before its transaction
+        b.log.running = [1, "R1", 0, MON + EPOCH_2020, 0]
+        b.log.tx_id = 5
+        b.smart.changed()
+        b.smart.step(b, 20)
+        self.assertEqual(b.ops.limits, [(10, None), (20, 10000)])
 
     def test_set_profile_rejections(self):
         b = _Backend(MON + EPOCH_2020)

@@ -79,6 +79,15 @@ def profile(p, now_s):
             unit, rate, tuple(flat))
 
 
+def tx_profile_for_start(b, p, now):
+    """RemoteStartTransaction's chargingProfile: a TxProfile without transactionId, for the
+    transaction about to start on connector 1; None when it is not one."""
+    prof = profile(p, b.time(now) - _smart.EPOCH_2020)
+    if prof is None or prof[3] != _smart.TX or prof[6] is not None:
+        return None
+    return prof[:1] + (1,) + prof[2:]
+
+
 def handle(b, p, now):
     conn = field(p, "connectorId", int)
     prof = profile(field(p, "csChargingProfiles", dict), b.time(now) - _smart.EPOCH_2020)
