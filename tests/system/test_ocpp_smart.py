@@ -11,6 +11,7 @@ from ocpp.v16 import call
 from firmware.pilot import duty_for_current
 from firmware.station import TICK_MS
 from ocpp_cs import CentralSystem, Station, remote
+from tools.devicefiles import HEAP_GROWN
 
 SIM_EPOCH = 1767600000        # tools/pilotsim/simboard.py: the wall clock at board time 0
 
@@ -59,8 +60,10 @@ def test_tx_profile_lowers_the_pwm_within_one_tick_of_its_start(tmp_dir):
     async def scenario():
         cs = CentralSystem()
         port = await cs.start()
+        # In the ESP32's heap without PSRAM once grown, as the RFID session of
+        # test_ocpp_station.py.
         st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port,
-                                 config={"max_current_ma": 16000})
+                                 config={"max_current_ma": 16000}, heap=HEAP_GROWN)
         try:
             snap = await charging_session(cs, st)
             await st.run(2000)
