@@ -305,7 +305,8 @@ class Step(unittest.TestCase):
         micropython.heap_lock()
         try:
             for now in range(10, 60000, 10):
-                sc.step(b, now)
+                sc.step(b, now)       # as Ocpp16Backend.step calls it, idle() included
+                sc.idle()
         finally:
             micropython.heap_unlock()
         self.assertEqual(b.ops.limits, [(0, 16000)])
