@@ -47,7 +47,7 @@ import json
 
 from firmware.auth import check_id_tag
 from firmware.compat import ticks_add, ticks_diff
-from firmware.counters import RETRY_MAX_MS, RETRY_MIN_MS
+from firmware.counters import RETRY_MAX_MS, RETRY_MIN_MS, session_key
 from firmware.states import STATE_A, STATE_B2, ev_connected
 from firmware.storage import Journal, StorageError
 from firmware.tariff import Tariff
@@ -87,13 +87,7 @@ class SessionError(ValueError):
     pass
 
 
-def _id_key(session_id):
-    # "boot-seq" -> (boot, seq) for ordering; unknown shapes sort first.
-    try:
-        boot, seq = session_id.split("-")
-        return int(boot), int(seq)
-    except (AttributeError, ValueError):
-        return (-1, -1)
+_id_key = session_key
 
 
 class _Session:
@@ -249,7 +243,7 @@ class SessionManager:
     # -- boot ----------------------------------------------------------------------------
     def _load(self):
         done = set()
-        last_done = None
+        uncounted = []                # finished on flash, not in the counters yet
         try:
             for payload in self.journal.records():
                 try:
@@ -261,7 +255,11 @@ class SessionManager:
                         if sid not in done:
                             done.add(sid)
                             self._pending.append(sid)
-                        last_done = rec
+                            if not self.counters.counted(sid):
+                                # What counting needs, not the record (a damaged counters
+                                # file makes every pending record uncounted).
+                                uncounted.append({"id": sid, "energy_wh": rec["energy_wh"],
+                                                  "meter_stop_wh": rec.get("meter_stop_wh")})
                     elif kind == "ack" and entry["id"] in self._pending:
                         self._pending.remove(entry["id"])
                         self._dead += 2
@@ -274,9 +272,6 @@ class SessionManager:
             boot, seq = _id_key(sid)
             if boot == self.boot_id and seq > self._seq:
                 self._seq = seq
-        # A session finished on flash whose counters update was cut off by a reset.
-        if last_done is not None and _id_key(last_done["id"]) > _id_key(self.counters.last_session):
-            self._count(last_done, None, last_done.get("meter_stop_wh"))
         try:
             raw = self.store.read(LIVE_FILE)
             if raw is not None:
@@ -300,6 +295,11 @@ class SessionManager:
                         self._seq = seq
         except (StorageError, SessionError, ValueError, TypeError) as e:
             self.error = "session.live: %s" % (e.args[0] if e.args else type(e).__name__)
+        # Sessions finished on flash whose counters update a reset cut off: counted now,
+        # oldest first (the counters say which ids they hold, whatever the journal's order).
+        uncounted.sort(key=lambda r: _id_key(r["id"]))
+        for rec in uncounted:
+            self._count(rec, None, rec.get("meter_stop_wh"))
 
     @property
     def recovering(self):
@@ -661,8 +661,16 @@ class SessionManager:
         if session_id not in self._pending:
             return False
         if session_id in self._unsaved:
-            del self._unsaved[session_id]
+            # Never journaled, but the backend holds it now: count it (first: a cut before
+            # the checkpoint goes replays it as a power-loss record the counters know), then
+            # let its checkpoint go.
+            rec = self._unsaved.pop(session_id)
             self._pending.remove(session_id)
+            self._count(rec, None, rec.get("meter_stop_wh"))
+            if self._live_sid == session_id:
+                self._drop_live(session_id)
+                if self._session is not None:
+                    self._checkpoint(self._now)
             return True
         rest = [sid for sid in self._pending if sid != session_id]
         try:
@@ -978,8 +986,14 @@ class SessionManager:
         self._fresh[sid] = rec
 
     def _count(self, rec, now_ms, ledger_wh):
+        # Older sessions not yet finished on flash (a journal write being retried, a session
+        # cut by a reset awaiting recover()) are counted later: the counters must know.
+        sid = rec["id"]
+        open_ids = [k for k in self._unsaved if k != sid]
+        if self._orphan is not None and self._orphan.id != sid:
+            open_ids.append(self._orphan.id)
         try:
-            self.counters.session_ended(rec["id"], rec["energy_wh"], now_ms, ledger_wh)
+            self.counters.session_ended(sid, rec["energy_wh"], now_ms, ledger_wh, open_ids)
         except StorageError as e:
             self.error = e.args[0]
 
