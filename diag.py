@@ -317,6 +317,7 @@ def status():
             d["meter"] = {"power_w": m.power_w, "import_wh": m.import_wh, "stale": m.stale}
         else:
             d["meter"] = None
+        d["unbilled_wh"] = st.counters.unbilled_wh
         d["link"] = _link_text(st.link)
         d["boot"] = "%d, reset cause %s" % (st.boot_id, st.boot_report["reset_cause"])
         now = board.ticks_ms()

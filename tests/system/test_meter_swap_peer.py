@@ -10,6 +10,7 @@ through the two meters, less at most one poll interval at the exchange (docs/ses
 "Energy ledger").
 """
 import json
+import re
 
 from tests.system.meter_peer import MeterPeer
 from tests.system.test_repl_diag import Repl
@@ -41,9 +42,14 @@ def test_a_meter_swapped_mid_session_is_recorded_and_the_energy_adds_up(tmp_path
             repl("from firmware.storage import Journal")
             repl("sim.run(3000)")                      # the meter is read before the EV
             unbilled0 = _value(repl, "sim.station.counters.unbilled_wh")
+            # 5 Wh through the meter while no session runs (a standby load): unbilled.
+            reg = start_wh + 5
+            peer.set_values(import_wh=reg)
+            repl("sim.run(2000)")
+            assert _value(repl, "sim.station.counters.unbilled_wh") == unbilled0 + 5
+            unbilled0 += 5
             repl("sim.plug(); sim.run(1000); sim.request(); sim.run(2000)")
             assert _value(repl, "sim.board.contactor_cmd") is True
-            reg = start_wh
             old_wh = 0
             for _ in range(12):                        # the first meter counts
                 reg += STEP_WH
@@ -65,10 +71,18 @@ def test_a_meter_swapped_mid_session_is_recorded_and_the_energy_adds_up(tmp_path
             (rec,) = _records(repl)
             unbilled = _value(repl, "sim.station.counters.unbilled_wh") - unbilled0
             serial_now = _value(repl, "sim.station.meter.serial")
+            # The technician sees the unbilled counter at the REPL.
+            total = _value(repl, "sim.station.counters.unbilled_wh")
+            shown = "%d.%03d kWh" % (total // 1000, total % 1000)
+            repl("import diag")
+            status = repl.text("diag.status()")
+            counters = repl.text("diag.counters()")
         finally:
             repl.close()
         assert peer.requests > 30
 
+    assert re.search(r"unbilled +%s \(metered, in no session\)" % re.escape(shown), status), status
+    assert re.search(r"unbilled +%s$" % re.escape(shown), counters, re.M), counters
     flags = rec["meter_flags"]
     assert flags["swaps"] == 1 and flags["rebased"] == 1, flags
     assert (flags["serial_start"], flags["serial_stop"]) == (OLD_SERIAL, NEW_SERIAL), flags
