@@ -219,6 +219,7 @@ class SessionManager:
         self.checkpoint_write_failures = 0
         self.checkpoints_held = 0     # checkpoints not written: an older record owns the files
         self.unreadable_entries = 0
+        self.checkpoints_unreadable = 0  # a live session's files damaged at boot (lost/partial)
         self._state = None
         self._contactor = False
         self._now = 0
@@ -274,6 +275,8 @@ class SessionManager:
                 self._seq = seq
         try:
             raw = self.store.read(LIVE_FILE)
+            if raw is None:
+                self._lone_checkpoint(done)
             if raw is not None:
                 s = _Session.from_dict(json.loads(raw))
                 if s.id in done:
@@ -285,6 +288,8 @@ class SessionManager:
                     try:
                         s.overlay(json.loads(self.store.read(CKPT_FILE) or b"null"))
                     except (StorageError, ValueError, TypeError) as e:
+                        # Recovered from session.live alone: its figures are older.
+                        self.checkpoints_unreadable += 1
                         self.error = "session.ckpt: %s" % (e.args[0] if e.args else "damaged")
                     self._orphan = s
                     self._live_sid = s.id
@@ -294,12 +299,33 @@ class SessionManager:
                     if boot == self.boot_id and seq > self._seq:
                         self._seq = seq
         except (StorageError, SessionError, ValueError, TypeError) as e:
+            # The session cut by the reset cannot be closed: lost, and reported as damage.
+            self.checkpoints_unreadable += 1
             self.error = "session.live: %s" % (e.args[0] if e.args else type(e).__name__)
         # Sessions finished on flash whose counters update a reset cut off: counted now,
         # oldest first (the counters say which ids they hold, whatever the journal's order).
         uncounted.sort(key=lambda r: _id_key(r["id"]))
         for rec in uncounted:
             self._count(rec, None, rec.get("meter_stop_wh"))
+
+    def _lone_checkpoint(self, done):
+        # session.ckpt without session.live: a finished session's leftover (the power failed
+        # between the two removals), or a cut session whose main file was lost with its id
+        # and who pays: that loss is reported.
+        try:
+            left = json.loads(self.store.read(CKPT_FILE) or b"null")
+        except (StorageError, ValueError):
+            left = "damaged"
+        if left is None:
+            return
+        if isinstance(left, list) and left and left[0] in done:
+            try:
+                self.store.remove(CKPT_FILE)
+            except StorageError:
+                pass
+            return
+        self.checkpoints_unreadable += 1
+        self.error = "session.live: missing beside session.ckpt; a cut session is lost"
 
     @property
     def recovering(self):
@@ -568,13 +594,14 @@ class SessionManager:
                 "journal_unreadable_entries": self.unreadable_entries,
                 "journal_write_failures": self.journal_write_failures,
                 "checkpoint_write_failures": self.checkpoint_write_failures,
-                "checkpoints_held": self.checkpoints_held}
+                "checkpoints_held": self.checkpoints_held,
+                "checkpoints_unreadable": self.checkpoints_unreadable}
 
     def damage_total(self):
         j = self.journal
         return (j.damaged_bytes_total + j.cut_failures + self.unreadable_entries
                 + self.journal_write_failures + self.checkpoint_write_failures
-                + self.checkpoints_held)
+                + self.checkpoints_held + self.checkpoints_unreadable)
 
     # -- views for the integrator and the outbox -------------------------------------------
     @property
