@@ -6,7 +6,7 @@ MPY     := .venv/bin/micropython
 PORT    ?= /dev/ttyUSB0
 STAMP   := build/.setup
 
-.PHONY: all setup standin test sim station fleet bench bench-ledger check deploy firmware flash repl clean
+.PHONY: all setup standin test sim station fleet bench bench-ledger bench-flash check deploy firmware flash repl clean
 
 all: test
 
@@ -57,6 +57,16 @@ LEDGER_SEEDS ?= 1000
 bench-ledger: $(STAMP)
 	LEDGER_EXAMPLES=$(LEDGER_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/system/test_energy_ledger_properties.py
 	LEDGER_SEEDS=$(LEDGER_SEEDS) $(PY) tests/run_all.py tests/unit/test_energy_ledger.py
+
+# Damaged-flash boots (issue 20): the real boot.py/main.py on a littlefs image damaged every
+# way tests/system/flash_campaign.py generates (every persistent file truncated, bit-flipped,
+# replaced by a directory or garbage, not UTF-8, removed, torn journals, full flash,
+# read-only mount, bad board files and configs, crash loops), each followed by a repaired
+# boot; prints the counts, details in build/bench_flash_campaign.json (make test runs 22).
+# FLASH_CASES=N runs a seeded sample of N, FLASH_SEED=S another seed.
+bench-flash: $(STAMP)
+	$(PY) -u -m tests.system.flash_campaign $(if $(FLASH_CASES),--cases $(FLASH_CASES)) \
+		$(if $(FLASH_SEED),--seed $(FLASH_SEED))
 
 # mpy-cross over every device file; the last line is the total .mpy size.
 check: $(STAMP)
