@@ -51,7 +51,15 @@ def _station():
     return station.current
 
 
-def _bootinfo():
+def _bootinfo(load=False):
+    # While a station runs, the boot record is the one boot.py started (already resident on
+    # a board); a station without boot.py (the simulator) has none, and importing it would
+    # only load the machine module's fake into the heap. Without a station (service mode),
+    # or for the paths (load=True), diag reads it in.
+    import sys
+    bi = sys.modules.get("drivers.bootinfo")
+    if bi is not None or (not load and _station() is not None):
+        return bi
     try:
         from drivers import bootinfo
         return bootinfo
@@ -60,7 +68,7 @@ def _bootinfo():
 
 
 def _board_from_file():
-    bi = _bootinfo()
+    bi = _bootinfo(load=True)
     if bi is None:
         raise RuntimeError("no board: drivers unavailable on this port")
     from drivers.boardfile import load
@@ -1015,7 +1023,7 @@ def bringup(ask=input):
 
 # -- service mode -----------------------------------------------------------------------------
 def _flag_path():
-    bi = _bootinfo()
+    bi = _bootinfo(load=True)
     root = fs_root if fs_root is not None else (bi.root if bi is not None else os.getcwd())
     if not root.endswith("/"):
         root += "/"
