@@ -194,7 +194,11 @@ class Store:
                 return None
             raise StorageError("%s: cannot open (errno %s)" % (path, _errno(e)))
         try:
-            return f.read()
+            # The size first: read() of unknown length grows its buffer in steps, and on a
+            # fragmented heap the step above the file's size may be the block that is missing.
+            n = f.seek(0, 2)
+            f.seek(0)
+            return f.read(n)
         except OSError as e:
             raise StorageError("%s: read failed (errno %s)" % (path, _errno(e)))
         finally:
