@@ -217,7 +217,17 @@ class VirtualStation:
                 emit({"k": "mqtt", "dir": "in", "topic": _topic(topic), "payload": _payload(msg)})
             receive(topic, msg)
 
+        publish_parts = client.publish_parts
+
+        def sent_parts(topic, parts):
+            # Outbox records go out piece by piece (no joined copy on the device).
+            publish_parts(topic, parts)
+            if only is None or _topic(topic) in only:
+                emit({"k": "mqtt", "dir": "out", "topic": _topic(topic), "retain": False,
+                      "payload": _payload(b"".join(bytes(p) for p in parts))})
+
         client.publish = sent
+        client.publish_parts = sent_parts
         client.cb = received
 
     # -- the user's commands ---------------------------------------------------------------

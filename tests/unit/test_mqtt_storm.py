@@ -59,7 +59,15 @@ class Rig:
                 self.sent.append(ticks_diff(self.clock.now, START))
             publish(topic, msg, retain, qos)
 
+        publish_parts = self.link._client.publish_parts
+
+        def watch_parts(topic, parts):
+            if topic == record:
+                self.sent.append(ticks_diff(self.clock.now, START))
+            publish_parts(topic, parts)
+
         self.link._client.publish = watch
+        self.link._client.publish_parts = watch_parts
         self.first_socket_ms = None
 
     def run(self, ms):
