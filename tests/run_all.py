@@ -6,11 +6,11 @@ summary line that names every runtime and its counts.
 
     tests/run_all.py [-j N] [tests/unit/test_x.py ...]
 
-With N jobs (default 2, one per core of the reference machine; TEST_JOBS=N sets it too) the
-stand-in's unit files run in a pool of N processes while pytest runs its files on N workers
-(pytest-xdist, a file to a worker so that module fixtures are shared as before); most of the
-system tests wait on their peers rather than use a core. -j 1 runs everything one after
-another, as before. The counts do not depend on N.
+With N jobs (default 2, one per core of the reference machine; TEST_JOBS=N sets it too)
+pytest runs its files on N workers (pytest-xdist, a file to a worker so that module fixtures
+are made once per file as before) while the stand-in's unit files run beside it, N/2 at a
+time, the longest (by the last run's times, build/unit-times.json) first. -j 1 runs
+everything one after another, as before. The counts do not depend on N.
 
 Exits non-zero when anything fails or nothing ran.
 """
@@ -137,7 +137,7 @@ def run_micropython(files, jobs=1, out=sys.stdout):
         return result
 
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        longest_first = sorted(files, key=lambda f: -times.get(f, 1e9)) if jobs > 1 else files
+        longest_first = sorted(files, key=lambda f: -times.get(f, 1e9))
         futures = {path: pool.submit(timed, path) for path in longest_first}
         for path in files:
             text, rc = futures[path].result()
@@ -214,8 +214,11 @@ def main(argv):
         # writes only below its own unique names.
         buf = _Buffer()
         mp_result = {}
+        # Half the jobs: pytest's workers have the other half, and the system tests among
+        # them wait on real peers in real time (they must not starve).
+        mp_jobs = max(1, jobs // 2)
         mp_thread = threading.Thread(
-            target=lambda: mp_result.update(run_micropython(mp_files, jobs, buf)))
+            target=lambda: mp_result.update(run_micropython(mp_files, mp_jobs, buf)))
         mp_thread.start()
         py = run_pytest(selected, jobs)
         mp_thread.join()
