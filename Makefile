@@ -23,9 +23,10 @@ standin: $(STAMP)
 
 # Everything: the stand-in (incremental), mpy-cross over the device files, pytest (host tools
 # and the system tests, which run the firmware on the stand-in against real peers), the unit
-# tests on the stand-in; ends with one SUMMARY line. TESTS=tests/unit/test_x.py narrows it.
+# tests on the stand-in beside it; ends with one SUMMARY line. TESTS=tests/unit/test_x.py
+# narrows it; JOBS=N runs N pytest workers and N stand-in processes (default 2; 1: serial).
 test: $(STAMP)
-	$(PY) tests/run_all.py $(TESTS)
+	$(PY) tests/run_all.py $(if $(JOBS),-j $(JOBS)) $(TESTS)
 
 # The firmware on the unix port against the pilot-signal simulator, a simulated meter and
 # (when installed) a real mosquitto, playing the default charging session; the summary

@@ -327,7 +327,7 @@ def part_tick(tmp, quick):
 
 def part_flash(quick):
     """C->B while the station writes records, on a flash with NOR erase times
-    (tools/bench_flash.py, tests/fakes/flash_timing.py), in simulated ms."""
+    (tools/bench_flash.py, tools/flash_timing.py), in simulated ms."""
     cmd = [MICROPYTHON, "-m", "tools.bench_flash"] + (["quick"] if quick else [])
     r = subprocess.run(cmd, cwd=device_fs(), env=micropython_env(fakes=True),
                        capture_output=True, text=True, timeout=300)

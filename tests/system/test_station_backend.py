@@ -11,7 +11,7 @@ import pytest
 
 from firmware.storage import Store
 from firmware.station import TICK_MS, Station
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from tools.pilotsim.model import S2_C, S2_OPEN
 from tools.pilotsim.simboard import SimBoard
 
