@@ -11,7 +11,7 @@ from firmware.mqtt_link import MqttLink, _id_hash, _seed
 from firmware.outbox import Outbox
 from firmware.storage import Journal, Store
 from mqtt_doubles import RecordingTarget
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from tools.bench_net import FakeNet
 
 STEP = 10
