@@ -168,8 +168,9 @@ def run_unix(module, run_cfg, tmp, heap_kb=None, handler=None, timeout_s=120, on
     with open(err_path) as f:
         stderr = f.read()
     if failed is not None:
-        stderr += "\n%s (link: %s; faults: %s)" % (failed["failed"], failed["mqtt_last_error"],
-                                                  ", ".join(failed["faults"]) or "none")
+        stderr += "\n%s (link: %s; faults: %s; service error: %s)" % (
+            failed["failed"], failed["mqtt_last_error"], ", ".join(failed["faults"]) or "none",
+            failed.get("service_error"))
     return rc, result, stderr
 
 

@@ -49,7 +49,8 @@ class Session:
             self.code_heap = gc.mem_alloc()     # every module is imported by now
             gc.disable()
             PROBE.armed = True
-        self.station, self.board, self.pacer = build(run["storage"], run["config"],
+        # The config dict is the Station's to keep or drop: the harness holds no copy.
+        self.station, self.board, self.pacer = build(run["storage"], run.pop("config"),
                                                      run.get("meter_port"),
                                                      probe=self.measure)
         if self.measure:
@@ -218,7 +219,8 @@ def main(argv):
     except RuntimeError as e:
         link = s.station.link
         say({"failed": str(e), "mqtt_last_error": link.last_error if link else None,
-             "faults": s.station.faults.active_names()})
+             "faults": s.station.faults.active_names(),
+             "service_error": s.station.last_service_error})
         raise
     st = s.station
     out["iterations"] = s.iterations
