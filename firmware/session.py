@@ -891,7 +891,7 @@ class SessionManager:
         e = s.energy_wh()
         self._ckpt_wh = e if e is not None else 0
         try:
-            self.store.write_atomic(name, json.dumps(values).encode())
+            self.store.write_json(name, values)
         except StorageError as e:
             self.checkpoint_write_failures += 1
             self.error = e.args[0]

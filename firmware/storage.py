@@ -41,6 +41,8 @@ parts once saw a C->B change 875 ms late. Store.pause, when set, is called after
 flash operation (each commit, rename, remove): the station runs its safety tick there when
 one is due, so a pilot change waits for at most one flash operation (docs/performance.md).
 """
+import io
+import json
 import struct
 from binascii import crc32
 
@@ -67,6 +69,7 @@ MAX_RECORD = 65535                    # a record's payload, bytes (u16 length fi
 _SCAN_CHUNK = const(128)
 _DIRECT_READ = const(4096)            # longer payloads are CRC-checked in chunks before reading
 _CHECK_CHUNK = const(512)
+_JSON_PIECE = const(512)              # Store.write_json writes the file in pieces of this size
 TMP_SUFFIX = ".tmp"
 
 
@@ -89,6 +92,45 @@ def _as_bytes(data, what):
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     raise ValueError("%s: expected bytes, got %s" % (what, type(data).__name__))
+
+
+class _JsonSink(io.IOBase):
+    """json.dump's target: counts the length and the CRC of what it is given and, with
+    `out` (a file), passes it on in pieces of up to _JSON_PIECE bytes. Store.write_json
+    encodes twice, once to learn the header and once into the file, so a record written as
+    JSON never needs a block of its size: on the ESP32 json.dumps grows its string by
+    reallocation, and its final block is the one a fragmented heap lacks
+    (docs/performance.md, Heap)."""
+
+    def __init__(self, out=None):
+        self.out = out
+        self.n = 0
+        self.crc = 0
+        self.buf = bytearray(_JSON_PIECE) if out is not None else None
+        self.used = 0
+
+    def write(self, chunk):
+        # CPython's json writes str; MicroPython's a bytearray over its own memory, valid
+        # only during the call: copied here, never kept by reference.
+        if isinstance(chunk, str):
+            chunk = chunk.encode()
+        k = len(chunk)
+        self.n += k
+        self.crc = _crc(chunk, self.crc)
+        if self.out is not None:
+            if self.used + k > _JSON_PIECE:
+                self.flush()
+            if k > _JSON_PIECE:
+                self.out.write(chunk)
+            else:
+                self.buf[self.used:self.used + k] = chunk
+                self.used += k
+        return k
+
+    def flush(self):
+        if self.used:
+            self.out.write(memoryview(self.buf)[:self.used])
+            self.used = 0
 
 
 def _check_name(name):
@@ -236,15 +278,19 @@ class Store:
         self._paused()
 
     def _write_file(self, path, chunks):
-        # `chunks` is an iterable of bytes; all of it is on the medium when this returns.
+        # `chunks` is an iterable of bytes, or a function that writes to the open file; all
+        # of it is on the medium when this returns.
         try:
             f = self.fs.open(path, "wb")
         except OSError as e:
             raise StorageError("%s: cannot create (errno %s)" % (path, _errno(e)))
         done = False
         try:
-            for chunk in chunks:
-                f.write(chunk)
+            if callable(chunks):
+                chunks(f)
+            else:
+                for chunk in chunks:
+                    f.write(chunk)
             self.fs.sync(f)
             done = True
         except OSError as e:
@@ -262,6 +308,27 @@ class Store:
         header = _FILE_MAGIC + struct.pack(">II", len(data), _crc(data))
         tmp = path + TMP_SUFFIX
         self._write_file(tmp, (header, data))
+        self._replace(tmp, path)
+
+    def write_json(self, name, value):
+        """write_atomic(name, the JSON text of value) without the text in memory at once:
+        the pieces json.dump makes go to the file as they come (see _JsonSink)."""
+        first = _JsonSink()
+        json.dump(value, first)
+        n, crc = first.n, first.crc
+        path = self.path(name)
+        tmp = path + TMP_SUFFIX
+
+        def fill(f):
+            again = _JsonSink(f)
+            # The header in the first piece: a record that fits is one write, as before.
+            again.buf[:_FILE_HDR] = _FILE_MAGIC + struct.pack(">II", n, crc)
+            again.used = _FILE_HDR
+            json.dump(value, again)
+            again.flush()
+            if again.n != n or again.crc != crc:
+                raise ValueError("%s: changed while written" % name)
+        self._write_file(tmp, fill)
         self._replace(tmp, path)
 
     def read(self, name, view=False):

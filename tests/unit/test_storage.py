@@ -86,6 +86,19 @@ class AtomicFiles(unittest.TestCase):
         self.assertEqual(st.read("c"), b"new")
         self.assertEqual(sorted(fs.medium), [ROOT + "/c"])
 
+    def test_write_json_writes_what_write_atomic_of_the_text_writes(self):
+        import json
+        value = {"id": "s-1", "wh": [1, 22, 333], "tag": "caf\u00e9", "n": None,
+                 "long": "x" * 900}
+        fs1, st1 = _fresh()
+        st1.write_atomic("live.json", json.dumps(value).encode())
+        fs2, st2 = _fresh()
+        st2.write_json("live.json", value)
+        self.assertEqual(fs2.medium, fs1.medium)
+        self.assertEqual(json.loads(st2.read("live.json")), value)
+        st2.write_json("live.json", [])            # replaced, not appended to
+        self.assertEqual(st2.read("live.json"), b"[]")
+
     def test_nested_root_is_created(self):
         fs = PowerCutFs()
         Store("/flash/data/x", fs)
@@ -337,6 +350,20 @@ class PowerCutAtEveryStep(unittest.TestCase):
                 self.assertEqual(cfg["auth_mode"], "local")
             self.assertEqual(sorted(fs.medium), [ROOT + "/config.json"])
         self.assertTrue(runs >= 10)
+
+    def test_write_json_is_old_or_new_never_broken(self):
+        old = {"id": "old", "pad": "o" * 300}
+        new = {"id": "new", "pad": "n" * 300}
+        runs = 0
+        for fs, completed, k in _cut_runs(lambda st: st.write_json("live.json", old),
+                                          lambda st: st.write_json("live.json", new)):
+            runs += 1
+            import json
+            got = json.loads(Store(ROOT, fs).read("live.json"))
+            self.assertIn(got, (old, new))
+            if completed:
+                self.assertEqual(got, new)
+        self.assertTrue(runs >= 5)
 
     def test_append_commits_whole_records_only(self):
         committed = [b"rec-%d" % i for i in range(3)]
