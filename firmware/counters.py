@@ -153,9 +153,11 @@ class Counters:
         self.save(now_ms)
         return self.boots
 
-    def session_ended(self, session_id, energy_wh, now_ms=None, ledger_wh=None):
-        """Count a finished session (once per id) and write the counters. `ledger_wh`: the
-        register its record accounts up to (None: no register, the ledger stays)."""
+    def session_ended(self, session_id, energy_wh, now_ms=None, ledger_wh=None, save=True):
+        """Count a finished session (once per id) and write the counters (`save`; else the
+        caller writes them soon: firmware/session.py, one flash write per loop iteration).
+        `ledger_wh`: the register its record accounts up to (None: no register, the ledger
+        stays). False when `session_id` was counted already."""
         if session_id is not None and session_id == self.last_session:
             return False
         self.sessions += 1
@@ -164,7 +166,9 @@ class Counters:
         if ledger_wh is not None:
             self.ledger_wh = ledger_wh
         self.last_session = session_id
-        self.save(now_ms)
+        self._dirty = True
+        if save:
+            self.save(now_ms)
         return True
 
     def unbilled(self, delta_wh, ledger_wh):

@@ -29,6 +29,7 @@ from firmware.events import (
     EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_OFFER, EV_SELFTEST, EV_STATE,
     EV_WAKEUP, EventRing, KIND_NAMES)
 from firmware.faults import FaultSet
+from firmware.flashsched import FlashBudget
 from firmware.history import HK_BOOT, HK_STOP, History, cause_index, stop_index
 from firmware.meter_service import FAILED, NEW_READING, STALE_CHANGED, MeterService
 from firmware.meters import load_map
@@ -50,7 +51,8 @@ _EVENTS_PER_STEP = 8        # charger events handled per iteration (the ring hol
 _REBOOT_GRACE_MS = 1000     # the reply goes out before the restart
 _REBOOT_FORCE_MS = 7000     # a charging EV gets pwm_off_open_ms to stop first
 _DETAIL_CHARS = 600          # crash text carried in an INTERNAL_ERROR fault record
-_SESSIONS_PER_STEP = 2       # finished session records moved to the outbox per iteration
+_SESSIONS_PER_STEP = 1       # finished session records moved to the outbox per iteration
+                             # (one flash write each: firmware/flashsched.py)
 _TELEMETRY_CHECK_MS = 1000  # how often telemetry is considered (the link's on-change gap)
 _RECOVER_WAIT_MS = 5000     # longest wait at boot for the meter to close a cut session
 _FINAL_READING_WAIT_MS = 3000  # longest wait for a session's final meter reading
@@ -100,6 +102,9 @@ class Station:
             except StorageError as e:
                 store = self._ram_store(e)
         self.store = store
+        # One flash write per loop iteration, none in the one that moves the contactor
+        # (firmware/flashsched.py); unbounded until the loop runs.
+        self.flash = FlashBudget(store)
         self.config_error = None
         self.pending_reboot = []       # keys changed since boot that apply after a reboot
         self.cfg = self._load_config(config)
@@ -130,7 +135,7 @@ class Station:
         self._storage_op(self.counters.boot, now)
         self.boot_id = self.counters.boots
         self.sessions = SessionManager(self.cfg, self.store, self.counters, self.boot_id,
-                                       wall_time=board.wall_time)
+                                       wall_time=board.wall_time, budget=self.flash)
         self.auth = Authorizer(self.cfg, self.store)
         self.reader = board.id_tag_reader()
 
@@ -365,8 +370,14 @@ class Station:
 
     def step(self):
         now = self.board.ticks_ms()
+        closed = self.charger.contactor
         self.safety_tick(now)
         self.iterations += 1
+        # The iteration that moved the contactor ends here (the safety record aside): its
+        # slow work (the session end, a dozen flash writes) waits for the next one, so that
+        # the reaction is never followed by a stall (docs/performance.md, loop_stall_ms_max).
+        moved = self.charger.contactor != closed
+        self.flash.begin(moved)
         if self.safe.due(self.faults, self.charger):
             # A latch or limit that changed in this tick goes to flash before anything
             # else: a reset from here on finds it (due() compares ints, no allocation).
@@ -374,13 +385,14 @@ class Station:
                 self._save_safe(now)
             except Exception as e:  # noqa: BLE001 - out of memory, say: retried next time
                 self._service_failed(now, e)
-        try:
-            self._service(now)
-        except Exception as e:  # noqa: BLE001 - see _service_failed
-            self._service_failed(now, e)
+        if not moved:
+            try:
+                self._service(now)
+            except Exception as e:  # noqa: BLE001 - see _service_failed
+                self._service_failed(now, e)
         if self._tick_error is not None:
             raise self._tick_error       # a safety tick failed between flash operations
-        if mem_free() < _GC_FREE_MIN:
+        if not moved and mem_free() < _GC_FREE_MIN:
             gc.collect()
             self.collections += 1
         # Outside the guard: a reboot is the remedy for slow work that fails every time.
@@ -436,8 +448,9 @@ class Station:
             self._uptime_ms %= 1000
         self._storage_op(self.sessions.tick, now)
         self._check_damage(now)
-        self.history.tick(now)
-        if self._undelivered:
+        if self.flash.free():
+            self.history.tick(now)
+        if self._undelivered and self.flash.free():
             kind, rec = self._undelivered.pop(0)
             self._deliver(kind, rec)
         self._offer_sessions()
@@ -466,6 +479,8 @@ class Station:
             self._retry_ev = None
             self._on_event(ev)
         for _ in range(_EVENTS_PER_STEP):
+            if not self.flash.free():
+                break               # an event wrote (a fault record): the rest next time
             ev = self.events.pop()
             if ev is None:
                 break
@@ -637,7 +652,7 @@ class Station:
         # records than it can: it never has to drop one session to take another. The rest
         # wait on flash in the session journal. Without a backend they wait there too, and
         # go out at the first boot with one.
-        if self.link is None:
+        if self.link is None or not self.flash.free():
             return
         # (A start record does not count: its end record takes its place.)
         held = [r.id for r in self.outbox.records() if r.kind == KIND_SESSION]
@@ -647,10 +662,12 @@ class Station:
         # Start records first (the backend learns of a session when it is authorized),
         # only into free places: an end record takes its start's place later.
         for rec in self.sessions.pop_started():
-            if len(self.outbox) >= self.outbox.capacity:
+            if len(self.outbox) >= self.outbox.capacity or not self.flash.free():
                 break
             self._deliver(KIND_SESSION_START, rec)
             self.sessions.start_delivered(rec["id"])
+        if not self.flash.free():
+            return
         for rec in self.sessions.pop_completed(min(room, _SESSIONS_PER_STEP)):
             if rec["id"] not in held:
                 self._deliver(KIND_SESSION, rec)
@@ -1000,11 +1017,13 @@ class Station:
         b.set_contactor(False)
         b.set_pilot(1000)
         now = b.ticks_ms()
+        self.flash.unbounded()         # everything pending goes to flash before the reset
         if self.safe.due(self.faults, self.charger) or self._limit_left_ms is not None:
             # The limit's remaining time too: it runs on from there after the reboot.
             self._save_safe(now, True)
         # A session whose EV has left (waiting for its final reading) ends as it ended.
         self._storage_op(self.sessions.end, now, reason)
+        self._storage_op(self.sessions.flush)
         self._storage_op(self.counters.save, now)
         self.history.add(HK_STOP, stop_index(reason), 0, now)
         self.history.flush(now)
@@ -1017,6 +1036,8 @@ class Station:
         the meter's power, else a closed contactor in C/D counts as loaded), and the log and
         the counters go to flash now, before anything resets the station."""
         now = self.board.ticks_ms()
+        self.flash.unbounded()
+        self._storage_op(self.sessions.flush)
         c = self.charger
         if c.contactor:
             m = self.meter

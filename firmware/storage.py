@@ -160,6 +160,7 @@ class Store:
             raise ValueError("storage: root must be a directory path")
         self.fs = fs if fs is not None else OsFs()
         self.pause = None      # called after each flash operation (see the module docstring)
+        self.ops = 0           # flash operations made (firmware/flashsched.py counts on it)
         self.root = root.rstrip("/") if root != "/" else ""
         self._make_root()
 
@@ -183,6 +184,7 @@ class Store:
 
     # -- helpers shared with Journal -----------------------------------------------------
     def _paused(self):
+        self.ops = (self.ops + 1) & 0x3FFFFFFF    # a small int, whatever the uptime
         if self.pause is not None:
             self.pause()
 
