@@ -250,7 +250,7 @@ class SessionManager:
         # durability order: records to journal, their live files to remove, the counters,
         # the live session's checkpoint (see "Write order" in the module docstring).
         self._queue = []              # (record, now_ms, ledger_wh) to append to the journal
-        self._drops = []              # ids whose session.live / session.ckpt go
+        self._drops = []              # (id, file): session.live / session.ckpt to remove
         self._counters_due = False
         self._ckpt_due = 0            # 1: the small checkpoint, 2: the full one
         self._load()
@@ -813,7 +813,8 @@ class SessionManager:
             if self._queue:
                 self._journal_next()
             elif self._drops:
-                self._drop_live(self._drops.pop(0))
+                sid, name = self._drops.pop(0)
+                self._drop_file(sid, name)
             elif self._counters_due:
                 self._counters_due = False
                 self._save_counters()
@@ -1016,16 +1017,21 @@ class SessionManager:
             self._live_sid = sid
         self._pending.append(sid)
         if sid not in self._unsaved:
-            self._drops.append(sid)
+            self._ask_drop(sid)
             self._count(rec, now_ms, ledger_wh)
 
-    def _drop_live(self, sid):
+    def _ask_drop(self, sid):
+        # session.live first: without it the small checkpoint is never read.
+        self._drops.append((sid, LIVE_FILE))
+        self._drops.append((sid, CKPT_FILE))
+
+    def _drop_file(self, sid, name):
         if self._live_sid is not None and self._live_sid != sid:
             return                       # the files belong to another session by now
         try:
-            self.store.remove(LIVE_FILE)
-            self.store.remove(CKPT_FILE)
-            self._live_sid = None
+            self.store.remove(name)
+            if name == CKPT_FILE:
+                self._live_sid = None
         except StorageError as e:
             self.error = e.args[0]
 
@@ -1062,7 +1068,7 @@ class SessionManager:
                 self._keep_fresh(sid, rec)
             self._count(rec, None, rec.get("meter_stop_wh"))
             if self._live_sid == sid:
-                self._drops.append(sid)
+                self._ask_drop(sid)
                 if self._session is not None:
                     self._checkpoint(self._now)   # the live session's files, held till now
         self._settle()
