@@ -59,7 +59,7 @@ if sys.implementation.name != "micropython":
 from umqtt.simple import MQTTClient, MQTTException  # noqa: E402
 import struct  # noqa: E402
 
-from firmware.net import Conn  # noqa: E402
+from firmware.net import RX_SIZE, Conn  # noqa: E402
 from firmware.resolver import Resolver  # noqa: E402
 
 # Connection states
@@ -250,6 +250,17 @@ class _Client(MQTTClient):
             body += _mqtt_str(t) + bytes((qos,))
         return bytes((_SUBSCRIBE,)) + _varint(len(body)) + body
 
+    def publish_parts(self, topic, parts):
+        """A QoS 0 PUBLISH whose payload is written piece by piece (publish() with the
+        pieces joined, without the joined copy)."""
+        sz = 2 + len(topic)
+        for p in parts:
+            sz += len(p)
+        self.sock.write(bytes((_PUBLISH,)) + _varint(sz))
+        self._send_str(topic)
+        for p in parts:
+            self.sock.write(p)
+
     def _recv_len(self):
         n = 0
         sh = 0
@@ -323,6 +334,8 @@ class MqttLink:
         self._state = OFFLINE
         self._wire = None
         self._conn = None
+        # Made once, while the heap is young: every connection reads into it (firmware/net.py).
+        self._rxbuf = bytearray(RX_SIZE)
         self._hello = None
         self._refreshed_at = 0
         self._tls_ctx = None
@@ -555,7 +568,7 @@ class MqttLink:
         self.attempts += 1
         self._deadline_ms = ticks_add(now_ms, self.cfg["mqtt_connect_timeout_ms"])
         self._wire = None
-        self._conn = Conn(self._sf, ai)
+        self._conn = Conn(self._sf, ai, self._rxbuf)
         self._state = TCP
 
     def _may_stall(self):
@@ -739,11 +752,11 @@ class MqttLink:
         # A record waits until the connection has taken everything queued before it.
         rec = self.outbox.due(now_ms) if not self._conn.pending else None
         if rec is not None:
-            data = self.outbox.payload(rec)       # None: unreadable, the outbox dropped it
+            data = self.outbox.payload(rec, True)   # None: unreadable, the outbox dropped it
             if data is not None:
-                self._client.publish(self.topics.record,
-                                     messages.record_bytes(rec.kind, rec.seq, rec.id, data),
-                                     False, 0)
+                self._client.publish_parts(self.topics.record,
+                                           messages.record_parts(rec.kind, rec.seq, rec.id,
+                                                                 data))
                 self.outbox.sent(rec, now_ms)
                 self.records_sent += 1
         if self._ha is not None or self.cfg["ha_discovery"]:

@@ -12,7 +12,7 @@ _RO = const(0)     # read-only
 _RW = const(1)     # read-write, a station setting
 _WO = const(2)     # write-only (secret): never shown
 
-PROFILES = "Core,RemoteTrigger"
+PROFILES = "Core,RemoteTrigger,SmartCharging"
 
 METER_MEASURANDS = "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage"
 
@@ -22,6 +22,9 @@ KEYS = (
     ("AuthorizationCacheEnabled", _RO, None, "false"),
     ("AuthorizationKey", _WO, "ocpp_password", None),
     ("AuthorizeRemoteTxRequests", _RO, None, "false"),
+    ("ChargeProfileMaxStackLevel", _RO, None, "8"),
+    ("ChargingScheduleAllowedChargingRateUnit", _RO, None, "Current,Power"),
+    ("ChargingScheduleMaxPeriods", _RO, None, "24"),
     ("ClockAlignedDataInterval", _RO, None, "0"),
     ("ConnectionTimeOut", _RW, "ocpp_connection_timeout_s", None),
     ("ConnectorPhaseRotation", _RO, None, "NotApplicable"),
@@ -29,6 +32,7 @@ KEYS = (
     ("HeartbeatInterval", _RW, "ocpp_heartbeat_s", None),
     ("LocalAuthorizeOffline", _RO, None, None),
     ("LocalPreAuthorize", _RO, None, "false"),
+    ("MaxChargingProfilesInstalled", _RO, None, "8"),
     ("MeterValuesAlignedData", _RO, None, ""),
     ("MeterValuesSampledData", _RO, None, METER_MEASURANDS),
     ("MeterValueSampleInterval", _RW, "ocpp_meter_interval_s", None),

@@ -22,7 +22,7 @@ def test_configuration_availability_reset_and_the_rest(tmp_dir):
             await st.run(20000, until="online")
             res = await remote(cs, st, call.GetConfiguration())
             keys = {k["key"]: k for k in res.configuration_key}
-            assert keys["SupportedFeatureProfiles"]["value"] == "Core,RemoteTrigger"
+            assert keys["SupportedFeatureProfiles"]["value"] == "Core,RemoteTrigger,SmartCharging"
             assert "AuthorizationKey" not in keys
             res = await remote(cs, st, call.ChangeConfiguration(key="MeterValueSampleInterval",
                                                                 value="15"))
