@@ -706,10 +706,16 @@ class SessionManager:
             rec = self._unsaved.pop(session_id)
             self._pending.remove(session_id)
             self._count(rec, None, rec.get("meter_stop_wh"))
+            if self._counters_due:
+                # Here the counters go before the live files (the reverse of _settle's
+                # order), at once: an acknowledgement is written when it comes.
+                self._counters_due = False
+                self._save_counters()
             if self._live_sid == session_id:
-                self._drop_live(session_id)
+                self._ask_drop(session_id)
                 if self._session is not None:
                     self._checkpoint(self._now)
+                self._settle()
             return True
         rest = [sid for sid in self._pending if sid != session_id]
         try:
