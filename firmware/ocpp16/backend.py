@@ -14,6 +14,7 @@ import os
 from firmware.backend.api import OK, Backend
 from firmware.compat import const, ticks_add, ticks_diff
 from firmware.ocpp16 import clock, rpc, status as _status
+from firmware.ocpp16.localauth import LocalList
 from firmware.ocpp16.router import dispatch
 from firmware.ocpp16.txlog import TxLog
 from firmware.states import ev_connected
@@ -53,6 +54,9 @@ class Ocpp16Backend(Backend):
                            connect_timeout_ms=cfg["ocpp_connection_timeout_s"] * 1000)
         self.caller = rpc.Caller()
         self.log = TxLog(store)
+        # The central system's Local Authorization List is the station's allow-list now.
+        self.local = LocalList(store, cfg, self._seconds)
+        ops.use_allow_list(self.local)
         self.registration = _UNKNOWN
         self._boot_at = now
         self._was_open = False
@@ -74,6 +78,10 @@ class Ocpp16Backend(Backend):
         self._auth_since = None
         self._settle_at = now
         self._cs_time = None          # (seconds since 1970, ticks) from the central system
+        self._aligned_at = None       # ticks of the next ClockAlignedDataInterval boundary
+        self._aligned_t = 0           # ... and its time in seconds since 1970
+        self._aligned_iv = 0
+        self._aligned_due = None      # a clock-aligned sample outside a transaction, to send
         # A transaction running when the station went down was cut by a reset: stopped as
         # PowerLoss once the meter tells the energy (or it does not answer in time).
         self._orphan_until = ticks_add(now, _RECOVER_WAIT_MS) if self.log.running else None
@@ -98,6 +106,11 @@ class Ocpp16Backend(Backend):
                 and ticks_diff(now, self._offline_since) >= self.cfg["comms_loss_timeout_s"] * 1000)
 
     def id_tag(self, id_tag, now):
+        if self.cfg["ocpp_local_pre_authorize"] and id_tag in self.local:
+            # LocalPreAuthorize (OCPP 1.6 3.5.1): a card the local list accepts starts at
+            # once; the central system hears of it in StartTransaction.
+            self.ops.authorize_result(id_tag, True, now)
+            return
         self._auth_tag = id_tag
 
     def close(self, reason):
@@ -143,6 +156,8 @@ class Ocpp16Backend(Backend):
                 self._next_call(now)
         try:
             self._transaction(now)
+            if self._aligned_at is not None or self.cfg["ocpp_aligned_interval_s"]:
+                self._aligned(now)
             if ticks_diff(now, self._settle_at) >= 0:
                 self._settle_at = ticks_add(now, _SETTLE_MS)
                 self.ops.settle_sessions()
@@ -257,6 +272,10 @@ class Ocpp16Backend(Backend):
                 self.log.delivered()
                 return
             self._call(msg[0], msg[1], e[0], now)
+            return
+        if self._aligned_due is not None:
+            self._call("MeterValues", self._meter_payload(None, self._aligned_due), None, now)
+            self._aligned_due = None
             return
         hb = self.cfg["ocpp_heartbeat_s"]
         if hb and ticks_diff(now, self._last_call) >= hb * 1000:
@@ -382,6 +401,9 @@ class Ocpp16Backend(Backend):
             return self._cs_time[0] + ticks_diff(now, self._cs_time[1]) // 1000
         return 0
 
+    def _seconds(self):
+        return self.time(self.ops.ticks_ms())
+
     def in_transaction(self):
         return self.log.running is not None
 
@@ -438,6 +460,41 @@ class Ocpp16Backend(Backend):
         self.log.meter(self.time(now), m.import_wh, m.power_w, list(m.current_ma),
                        list(m.voltage_dv))
 
+    def _aligned(self, now):
+        """ClockAlignedDataInterval (OCPP 1.6 9.1.2): a sample at every UTC boundary of the
+        interval (midnight-aligned), context Sample.Clock; into the transaction log during a
+        transaction, else sent as it is (not kept while offline). The next boundary is a
+        ticks deadline taken from the clock once per interval, so the loop compares ticks."""
+        iv = self.cfg["ocpp_aligned_interval_s"]
+        if not iv or iv != self._aligned_iv:
+            self._aligned_at = None
+            self._aligned_iv = iv
+        if not iv or not self.cfg["ocpp_aligned_data"]:
+            return
+        if self._aligned_at is None:
+            t = self.time(now)
+            if not t:
+                return              # no clock yet: nothing to align to
+            left = iv - t % iv
+            if t + left <= self._aligned_t:
+                left += iv          # the clock read a second early: that boundary is done
+            self._aligned_t = t + left
+            self._aligned_at = ticks_add(now, left * 1000)
+            return
+        if ticks_diff(now, self._aligned_at) < 0:
+            return
+        self._aligned_at = None
+        m = self.ops.meter
+        if m is None or m.stale or not m.readings:
+            return
+        t = self._aligned_t
+        if self.log.running is not None:
+            self.log.meter(t, m.import_wh, m.power_w, list(m.current_ma), list(m.voltage_dv),
+                           "C")
+        else:
+            self._aligned_due = ("M", 0, t, m.import_wh, m.power_w, list(m.current_ma),
+                                 list(m.voltage_dv), "C")
+
     def _end_tx(self, now, reason):
         self.log.stop(self._meter_wh(), self.time(now), reason)
         self._stop_reason = None
@@ -483,22 +540,27 @@ class Ocpp16Backend(Backend):
                 e = ("M", 0, self.time(now), m.import_wh, m.power_w, list(m.current_ma),
                      list(m.voltage_dv))
         ctx = "Sample.Periodic" if tx_id is not None else "Trigger"
+        want = None
+        if len(e) > 7 and e[7] == "C":
+            ctx = "Sample.Clock"
+            want = self.cfg["ocpp_aligned_data"]       # MeterValuesAlignedData
         sv = []
-        if e[3] is not None:
+        if e[3] is not None and (want is None or "Energy.Active.Import.Register" in want):
             sv.append({"value": "%d" % e[3], "context": ctx,
                        "measurand": "Energy.Active.Import.Register", "unit": "Wh"})
-        if e[4] is not None:
+        if e[4] is not None and (want is None or "Power.Active.Import" in want):
             sv.append({"value": "%d" % e[4], "context": ctx,
                        "measurand": "Power.Active.Import", "unit": "W"})
         phases = self.cfg["phases"]
         for i in range(phases):
-            if e[5] is not None and e[5][i] is not None:
+            if e[5] is not None and e[5][i] is not None and (want is None
+                                                             or "Current.Import" in want):
                 ma = e[5][i]
                 sv.append({"value": "%d.%03d" % (ma // 1000, ma % 1000), "context": ctx,
                            "measurand": "Current.Import", "phase": "L%d" % (i + 1),
                            "unit": "A"})
         for i in range(phases):
-            if e[6] is not None and e[6][i] is not None:
+            if e[6] is not None and e[6][i] is not None and (want is None or "Voltage" in want):
                 dv = e[6][i]
                 sv.append({"value": "%d.%d" % (dv // 10, dv % 10), "context": ctx,
                            "measurand": "Voltage", "phase": "L%d-N" % (i + 1), "unit": "V"})

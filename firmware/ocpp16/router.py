@@ -25,14 +25,16 @@ OPERATIONS = (
     ("ClearCache", "clear_cache", _RARE),
     ("DataTransfer", "data_transfer", _RARE),
     ("GetConfiguration", "get_configuration", _RARE),
+    ("GetLocalListVersion", "get_local_list_version", _RARE),
     ("Reset", "reset", _RARE),
+    ("SendLocalList", "send_local_list", _RARE),
     ("UnlockConnector", "unlock_connector", _RARE),
 )
 
 # Known OCPP 1.6 actions this station does not support (NotSupported, not NotImplemented).
 UNSUPPORTED = ("CancelReservation", "ClearChargingProfile", "GetCompositeSchedule",
-               "GetDiagnostics", "GetLocalListVersion", "ReserveNow", "SendLocalList",
-               "SetChargingProfile", "UpdateFirmware")
+               "GetDiagnostics", "ReserveNow", "SetChargingProfile",
+               "UpdateFirmware")
 
 _PACKAGE = "firmware.ocpp16.ops"
 

@@ -10,6 +10,7 @@ import base64
 import itertools
 import json
 import os
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 import websockets
@@ -211,3 +212,20 @@ async def outage(cs, st):
             break
         await st.run(100, paced=True)
     await task
+
+
+@asynccontextmanager
+async def session(tmp, cs=None, url=None, **station):
+    """A central system (a fresh one unless given) on a free port and the station pointed at
+    it; both stopped afterwards. Yields (cs, station). `station`: Station.start's options."""
+    cs = cs if cs is not None else CentralSystem()
+    port = await cs.start()
+    st = None
+    try:
+        st = await Station.start(tmp, url or "ws://127.0.0.1:%d/ocpp" % port, **station)
+        yield cs, st
+    finally:
+        if st is not None:
+            await st.close()
+        if cs.server is not None:
+            await cs.stop()
