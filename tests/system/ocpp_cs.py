@@ -47,6 +47,9 @@ class StationSide(ChargePoint):
             # Schema check of our own, so a failure shows here and not only as a CALLERROR.
             await validate_payload(Call(msg[1], msg[2], msg[3]), "1.6")
             self.cs.calls.append((msg[2], msg[3]))
+            if self.cs.log is not None:
+                self.cs.log.write(json.dumps([msg[2], msg[3]]) + "\n")
+                self.cs.log.flush()
         self.cs.frames.append(msg)
         return await ChargePoint.route_message(self, raw)
 
@@ -99,6 +102,7 @@ class CentralSystem:
         self.server = None
         self.port = None
         self.auth_seen = []
+        self.log = None          # a file: every CALL as a JSON line, as received (main())
 
     def _check(self, connection, request):
         got = request.headers.get("Authorization")
@@ -229,3 +233,27 @@ async def session(tmp, cs=None, url=None, **station):
             await st.close()
         if cs.server is not None:
             await cs.stop()
+
+
+async def _serve(port, log_path, first_tx_id):
+    cs = CentralSystem()
+    cs.tx_ids = itertools.count(first_tx_id)
+    with open(log_path, "a") as log:
+        cs.log = log
+        await cs.start(port)
+        print("listening %d" % cs.port, flush=True)
+        await asyncio.Event().wait()
+
+
+def main():
+    """The central system as a process of its own (for a test that kills it):
+    ocpp_cs.py PORT LOG_FILE [FIRST_TRANSACTION_ID]; prints "listening PORT" when ready and
+    appends every CALL it receives to LOG_FILE as a JSON line."""
+    import sys
+    port = int(sys.argv[1])
+    first = int(sys.argv[3]) if len(sys.argv) > 3 else 1001
+    asyncio.run(_serve(port, sys.argv[2], first))
+
+
+if __name__ == "__main__":
+    main()

@@ -106,6 +106,8 @@ class Rig:
             return not self.board.contacts_closed
         if name == "delivered":
             return b.online and b.log.pending() == 0 and not b.caller.busy()
+        if name == "idle":           # online, no CALL of ours in flight
+            return b.online and not b.caller.busy()
         if name == "offline":
             return b.ws.state == CLOSED
         raise ValueError("unknown condition %s" % name)
