@@ -105,6 +105,11 @@ class Ocpp16Backend(Backend):
         return (self.ws.state != OPEN
                 and ticks_diff(now, self._offline_since) >= self.cfg["comms_loss_timeout_s"] * 1000)
 
+    def owed(self):
+        """True while the central system owes an answer (a CALL of ours in flight, the
+        connection being opened): a simulator holds its clock to wall time then."""
+        return self.caller.busy() or self.ws.state not in (OPEN, CLOSED)
+
     def id_tag(self, id_tag, now):
         if self.cfg["ocpp_local_pre_authorize"] and id_tag in self.local:
             # LocalPreAuthorize (OCPP 1.6 3.5.1): a card the local list accepts starts at
