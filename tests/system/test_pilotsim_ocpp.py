@@ -69,3 +69,47 @@ def test_a_bad_setting_is_refused(tmp_dir):
     assert "no_such_key" in out.getvalue()
     out = io.StringIO()
     assert main(["demo", "--set", "ocpp_ping_s=often"], out=out) == 2
+
+
+def test_make_station_against_an_ocpp_central_system(tmp_dir):
+    # `make station STATION_ARGS="--set backend=ocpp16 ..."`: a virtual station in real time.
+    async def until(pred, secs=60):
+        for _ in range(secs * 10):
+            if pred():
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def scenario():
+        cs = CentralSystem()
+        port = await cs.start()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tools.station", "--storage", os.path.join(tmp_dir, "flash"),
+            "--set", "backend=ocpp16", "--set", "ocpp_url=ws://127.0.0.1:%d/ocpp" % port,
+            "--set", "ocpp_id=" + IDENTITY, "--set", "ocpp_password=" + PASSWORD,
+            cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        try:
+            assert await until(lambda: cs.actions("StatusNotification")), "no boot"
+            for line in ("plug", "charge 10"):
+                proc.stdin.write((line + "\n").encode())
+            await proc.stdin.drain()
+            assert await until(lambda: cs.actions("StartTransaction")), "no transaction"
+            proc.stdin.write(b"unplug\n")
+            await proc.stdin.drain()
+            assert await until(lambda: cs.actions("StopTransaction")), "no stop"
+            proc.stdin.write(b"quit\n")
+            await proc.stdin.drain()
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            return out.decode(), cs
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await cs.stop()
+
+    out, cs = asyncio.run(scenario())
+    assert "OCPP 1.6J central system ws://127.0.0.1" in out and PASSWORD not in out
+    assert cs.actions("BootNotification")[0]["chargePointSerialNumber"] == "cp-0001"
+    assert cs.actions("StartTransaction")[0]["idTag"] == "FREE"
+    assert cs.actions("StopTransaction")[0]["reason"] == "EVDisconnected"
