@@ -181,14 +181,17 @@ class Ocpp16Backend(Backend):
             self._retry_later(now)
 
     def _tls(self):
+        """The TLS context of wss:// (Security Profile 2): the server's certificate must
+        chain to `ocpp_ca_file` and name the URL's host (the handshake checks both). No CA,
+        no connection: the station never talks to an unverified central system."""
         import ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ca = self.cfg["ocpp_ca_file"]
-        if ca:
-            # Security Profile 2: the server proves itself against our CA.
-            with open(ca, "rb") as f:
-                ctx.load_verify_locations(cadata=f.read())
-            ctx.verify_mode = ssl.CERT_REQUIRED
+        if not ca:
+            raise ValueError("wss:// needs ocpp_ca_file")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        # MicroPython's mbedtls takes DER only: a PEM file is handed over decoded.
+        ctx.load_verify_locations(cadata=_der(ca))
         return ctx
 
     def _retry_later(self, now):
@@ -575,6 +578,21 @@ class Ocpp16Backend(Backend):
             p["transactionId"] = tx_id
         return p
 
+
+
+def _der(path):
+    """The first PEM block of `path` as DER bytes (the file itself when it is DER)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    start = data.find(b"-----BEGIN")
+    if start < 0:
+        return data
+    body = data.find(b"\n", start) + 1
+    end = data.find(b"-----END", body)
+    if body <= 0 or end < 0:
+        raise ValueError("%s: truncated PEM" % path)
+    import binascii
+    return binascii.a2b_base64(data[body:end].replace(b"\r", b"").replace(b"\n", b""))
 
 
 def _random16():

@@ -26,6 +26,7 @@ from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
 from tools.devicefiles import MICROPYTHON, micropython_env, mp_cwd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 IDENTITY = "CP-1"
 PASSWORD = "s3cret-passw0rd-16"
 
@@ -103,6 +104,7 @@ class CentralSystem:
         self.port = None
         self.auth_seen = []
         self.log = None          # a file: every CALL as a JSON line, as received (main())
+        self.ssl = None
 
     def _check(self, connection, request):
         got = request.headers.get("Authorization")
@@ -123,9 +125,12 @@ class CentralSystem:
         finally:
             self.connected.clear()
 
-    async def start(self, port=0):
+    async def start(self, port=0, ssl=None):
+        """Listen on 127.0.0.1 (`ssl`: an ssl.SSLContext for wss://)."""
+        if ssl is not None:
+            self.ssl = ssl
         self.server = await serve(self._handler, "127.0.0.1", port, subprotocols=["ocpp1.6"],
-                                  process_request=self._check)
+                                  process_request=self._check, ssl=self.ssl)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 
@@ -149,7 +154,7 @@ class Station:
         self.proc = proc
 
     @classmethod
-    async def start(cls, tmp, url, config=None, heap=None, start_wh=1000):
+    async def start(cls, tmp, url, config=None, heap=None, start_wh=1000, runtime=MICROPYTHON):
         opts = {"store": os.path.join(tmp, "data"), "start_wh": start_wh,
                 "config": dict({"backend": "ocpp16", "ocpp_url": url, "ocpp_id": IDENTITY,
                                 "ocpp_password": PASSWORD, "auth_mode": "backend"},
@@ -158,12 +163,13 @@ class Station:
         path = os.path.join(tmp, "opts.json")
         with open(path, "w") as f:
             json.dump(opts, f)
-        args = [MICROPYTHON]
+        args = [runtime]
         if heap:
             args += ["-X", "heapsize=" + heap]
         args += [os.path.join(HERE, "ocpp_station.py"), path]
         proc = await asyncio.create_subprocess_exec(
-            *args, cwd=mp_cwd(), env=micropython_env(), stdin=asyncio.subprocess.PIPE,
+            *args, cwd=mp_cwd() if runtime == MICROPYTHON else ROOT,
+            env=micropython_env(runtime=runtime), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
         st = cls(proc)
         ready = await st._line()
