@@ -107,8 +107,9 @@ class Ocpp16Backend(Backend):
 
     def owed(self):
         """True while the central system owes an answer (a CALL of ours in flight, the
-        connection being opened): a simulator holds its clock to wall time then."""
-        return self.caller.busy() or self.ws.state not in (OPEN, CLOSED)
+        connection being opened, a ping): a simulator holds its clock to wall time then."""
+        ws = self.ws
+        return self.caller.busy() or ws.state not in (OPEN, CLOSED) or ws.pings > ws.pongs
 
     def id_tag(self, id_tag, now):
         if self.cfg["ocpp_local_pre_authorize"] and id_tag in self.local:

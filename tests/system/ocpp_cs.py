@@ -180,7 +180,12 @@ class Station:
         line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
         if not line:
             raise AssertionError("the station process ended (rc %s)" % await self.proc.wait())
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:
+            # Not an answer: the station printed an exception (MemoryError, ...).
+            rest = await asyncio.wait_for(self.proc.stdout.read(2000), 5)
+            raise AssertionError("the station says: %s" % (line + rest).decode(errors="replace"))
 
     async def do(self, what, **kw):
         kw["do"] = what
