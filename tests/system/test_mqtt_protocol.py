@@ -88,7 +88,10 @@ def scripted():
 def drive(peer, tmp_dir, sim_ms=1500, **cfg):
     sockets = WatchedSockets()
     cfg.setdefault("mqtt_backoff_min_ms", 60000)     # one attempt is enough to judge
-    st = Station(peer.port, tmp_dir, factory=sockets, mqtt_io_timeout_ms=IO_TIMEOUT_MS, **cfg)
+    # The retry delay is jittered (a lost session's first retry anywhere in 0..backoff):
+    # draw the longest, so a second attempt never falls inside the run.
+    st = Station(peer.port, tmp_dir, factory=sockets, rand=lambda n: n - 1,
+                 mqtt_io_timeout_ms=IO_TIMEOUT_MS, **cfg)
     st.run(sim_ms, real_s=0.002)
     assert sockets.unbounded() == []
     assert sockets.longest() <= IO_TIMEOUT_MS / 1000
