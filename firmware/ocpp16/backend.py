@@ -248,7 +248,15 @@ class Ocpp16Backend(Backend):
             self.errors_out += 1
             self._send(rpc.encode_error(uid, rpc.INTERNAL, "%s" % (e,)))
             return
-        self._send(rpc.encode_result(uid, reply))
+        try:
+            text = rpc.encode_result(uid, reply)
+        except MemoryError:
+            # A large answer (GetConfiguration) on a tight heap: the central system still
+            # hears that the call failed instead of waiting for its timeout.
+            reply = None
+            self.errors_out += 1
+            text = rpc.encode_error(uid, rpc.INTERNAL, "out of memory")
+        self._send(text)
 
     # -- our CALLs ---------------------------------------------------------------------------
     def _call(self, action, payload, context, now):
