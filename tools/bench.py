@@ -515,7 +515,7 @@ def part_idle(peers, tmp, quick, log):
     return metrics, detail
 
 
-OCPP_IDLE_S = {False: 3600, True: 600}      # simulated seconds counted (full, --quick)
+OCPP_IDLE_S = {False: 3600, True: 300}      # simulated seconds counted (full, --quick)
 
 
 def part_ocpp(tmp, quick, log):
