@@ -26,8 +26,21 @@ tick() after RETRY_MIN_MS, doubling per failure up to RETRY_MAX_MS, not at every
 iteration: each failure is a STORAGE_ERROR fault record, and retrying every 10 ms once made
 over a thousand flash writes in 12 s. A successful write ends the back-off.
 
-session_ended() remembers the last session id it counted, so a session replayed after a
-power cut (finished on flash, counters not yet written) is counted exactly once.
+Each session is counted exactly once, whatever the order of writes, power cuts and replays:
+  - a session is counted only once its record is on flash (the journal), and the count is
+    one atomic write of the whole file;
+  - the file says which ids are counted: every id up to `last_session` (the highest id
+    counted; ids "<boot>-<seq>" order by boot, then seq) except those listed in
+    `uncounted`. A session finishes out of id order only when an older one is still open
+    (its journal write failed and is retried, or it was cut by a reset and waits for
+    recover()); the caller names those open ids, and counting a newer session lists them
+    in `uncounted` in the same write, until they are counted in turn;
+  - at boot every finished record in the journal that this says is not counted is counted
+    (the session manager replays them in id order).
+An earlier design kept only the last id counted and replayed only the journal's last record:
+a session journaled after a newer one (a retried write) moved `last_session` back, and once
+the backend's acknowledgements compacted the older record away, the newer one was taken
+for uncounted and counted a second time at the next boot.
 """
 import json
 
@@ -37,10 +50,20 @@ from firmware.storage import StorageError
 FILE = "counters.json"
 BOOT_FILE = "boot.num"        # a second copy of the boot number (see boot())
 _MAX_FAULT_NAMES = 32         # distinct names kept; further names count under "other"
+_MAX_UNCOUNTED = 8            # open sessions older than the newest counted one (see above)
 RETRY_MIN_MS = 1000           # first retry after a failed write ...
 RETRY_MAX_MS = 600000         # ... doubling per failure up to 10 minutes
 _FIELDS = ("boots", "sessions", "energy_wh", "contactor_cycles", "contactor_cycles_under_load",
            "unbilled_wh")
+
+
+def session_key(session_id):
+    """ "boot-seq" -> (boot, seq) for ordering; unknown shapes (and None) sort first."""
+    try:
+        boot, seq = session_id.split("-")
+        return int(boot), int(seq)
+    except (AttributeError, ValueError):
+        return (-1, -1)
 
 
 def _is_count(v):
@@ -62,7 +85,8 @@ class Counters:
         self.ledger_wh = None    # import register the records and unbilled_wh account up to
         self.ledger_serial = None  # the serial number of the meter showing it, when known
         self.faults = {}
-        self.last_session = None
+        self.last_session = None   # the highest session id counted
+        self.uncounted = []        # ids below last_session not counted yet (open sessions)
         self.error = None        # why the stored counters could not be read, if so
         self.writes = 0          # flash writes made by this instance
         self.failures = 0        # failed writes in a row (0 once a write succeeds)
@@ -89,7 +113,12 @@ class Counters:
             faults = d.get("faults", {})
             if isinstance(faults, dict):
                 self.faults = {k: v for k, v in faults.items() if _is_count(v) and v > 0}
-            self.last_session = d.get("last_session")
+            last = d.get("last_session")
+            if isinstance(last, str):
+                self.last_session = last
+            unc = d.get("uncounted")
+            if isinstance(unc, list):
+                self.uncounted = [u for u in unc if isinstance(u, str)][-_MAX_UNCOUNTED:]
             ledger = d.get("ledger_wh")
             if _is_count(ledger):
                 self.ledger_wh = ledger
@@ -118,7 +147,10 @@ class Counters:
 
     def save(self, now_ms=None):
         try:
-            self.store.write_atomic(FILE, json.dumps(self.values()).encode())
+            d = self.values()
+            if self.uncounted:
+                d["uncounted"] = self.uncounted    # on flash only while there are any
+            self.store.write_atomic(FILE, json.dumps(d).encode())
         except StorageError:
             self.failures += 1
             self._dirty = True
@@ -153,17 +185,40 @@ class Counters:
         self.save(now_ms)
         return self.boots
 
-    def session_ended(self, session_id, energy_wh, now_ms=None, ledger_wh=None):
-        """Count a finished session (once per id) and write the counters. `ledger_wh`: the
-        register its record accounts up to (None: no register, the ledger stays)."""
-        if session_id is not None and session_id == self.last_session:
+    def counted(self, session_id):
+        """True when session `session_id` is already in the counts (see the module doc)."""
+        if session_id in self.uncounted:
+            return False
+        return session_key(session_id) <= session_key(self.last_session) \
+            and self.last_session is not None
+
+    def session_ended(self, session_id, energy_wh, now_ms=None, ledger_wh=None, open_ids=()):
+        """Count a finished session, whose record is on flash, once per id, and write the
+        counters. `ledger_wh`: the register its record accounts up to (None: no register,
+        the ledger stays); only the newest session counted moves the ledger. `open_ids`:
+        sessions started before this one that are not finished on flash yet (their turn
+        comes later). Returns False when the id was counted already."""
+        if self.counted(session_id):
             return False
         self.sessions += 1
         if energy_wh:
             self.energy_wh += energy_wh
-        if ledger_wh is not None:
-            self.ledger_wh = ledger_wh
-        self.last_session = session_id
+        key = session_key(session_id)
+        if session_id in self.uncounted:
+            # An older session counted late: the ledger already stands at a newer record.
+            self.uncounted.remove(session_id)
+        else:
+            low = session_key(self.last_session)
+            for sid in open_ids:
+                if low < session_key(sid) < key and sid not in self.uncounted:
+                    self.uncounted.append(sid)
+            # Bounded: an open id lost for good (its checkpoint destroyed too) must not
+            # grow the file; dropping the oldest can under-count, never double count.
+            while len(self.uncounted) > _MAX_UNCOUNTED:
+                self.uncounted.pop(0)
+            self.last_session = session_id
+            if ledger_wh is not None:
+                self.ledger_wh = ledger_wh
         self.save(now_ms)
         return True
 

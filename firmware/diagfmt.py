@@ -413,6 +413,8 @@ def status_lines(st):
                                                  ", STALE" if m.get("stale") else "")))
     elif "meter" in st:
         items.append(("meter", "none"))
+    if st.get("unbilled_wh") is not None:
+        items.append(("unbilled", "%s (metered, in no session)" % kwh(st["unbilled_wh"])))
     if "link" in st:
         items.append(("backend", st["link"] if st["link"] else "not configured"))
     for key in ("wifi", "clock"):
@@ -539,7 +541,12 @@ def counter_lines(values, extra=None):
     items = [("boots", v.get("boots", 0)), ("sessions", v.get("sessions", 0)),
              ("energy", kwh(v.get("energy_wh", 0))),
              ("contactor cycles", v.get("contactor_cycles", 0)),
-             ("  under load", v.get("contactor_cycles_under_load", 0))]
+             ("  under load", v.get("contactor_cycles_under_load", 0)),
+             # Energy the meter counted that no session record bills (gaps, estimates):
+             # records + this = the meter's register difference (docs/sessions.md).
+             ("unbilled", kwh(v.get("unbilled_wh", 0)))]
+    if v.get("ledger_wh") is not None:
+        items.append(("ledger at", "meter register %s" % kwh(v["ledger_wh"])))
     if v.get("last_session"):
         items.append(("last session", v["last_session"]))
     out += pairs(items)

@@ -94,11 +94,19 @@ def record(kind, seq, record_id, data):
     return {"v": API_VERSION, "kind": kind, "seq": seq, "id": record_id, "data": data}
 
 
-def record_bytes(kind, seq, record_id, data_json):
+def record_parts(kind, seq, record_id, data_json):
     """The encoded record message around data that is already JSON (as the outbox stores
-    it), without decoding it into a dict first."""
+    it), as pieces to write one after the other: no decoding into a dict, and no copy of
+    the data (a record is up to a kilobyte; on a fragmented heap a second block of that
+    size may not exist)."""
     head = json.dumps({"v": API_VERSION, "kind": kind, "seq": seq, "id": record_id})
-    return head[:-1].encode() + b', "data": ' + bytes(data_json) + b"}"
+    return (head[:-1].encode() + b', "data": ', data_json, b"}")
+
+
+def record_bytes(kind, seq, record_id, data_json):
+    """record_parts() joined into one message."""
+    head, data, tail = record_parts(kind, seq, record_id, data_json)
+    return head + bytes(data) + tail
 
 
 def reply(corr_id, cmd, reason=None, data=None, code=None, time=None):

@@ -31,6 +31,7 @@ else:
 _WOULD_BLOCK = (errno.EAGAIN, errno.ETIMEDOUT, errno.EINPROGRESS)
 _EPIPE = 32            # not in MicroPython's errno module; 32 on Linux and in lwIP
 _TX_MAX = 16384        # unsent bytes beyond this: the peer is not reading (a dead connection)
+RX_SIZE = 512          # the receive buffer: a status, a command or an ack fits; more grows it
 
 
 def would_block(e):
@@ -49,14 +50,16 @@ class Conn:
     send(data) queues and flushes; flush() writes what the stack takes; all without waiting.
     """
 
-    def __init__(self, sf, ai, rx_size=1536):
+    def __init__(self, sf, ai, buf=None):
         raw = sf.socket(ai[0], ai[1], ai[2])
         raw.setblocking(False)
         self.raw = raw
         self.stream = raw
         self.tls = False
-        self.buf = bytearray(rx_size)
-        self._rx_size = rx_size
+        # The receive buffer: the owner's, made once and handed to every connection, so
+        # that a reconnect on a fragmented heap never needs a new block of this size.
+        self.buf = buf if buf is not None else bytearray(RX_SIZE)
+        self._base = self.buf
         self.n = 0                # valid bytes in buf
         self.eof = False
         self.rx = 0               # bytes received / sent (counters for the link's stats)
@@ -142,7 +145,8 @@ class Conn:
         return got
 
     def reserve(self, size):
-        """Make room for a packet of `size` bytes (grows the buffer; shrink() undoes it)."""
+        """Make room for a packet of `size` bytes (a larger buffer until the packet is
+        consumed, then the base one again)."""
         if size > len(self.buf):
             nb = bytearray(size)
             nb[:self.n] = self.buf[:self.n]
@@ -154,8 +158,8 @@ class Conn:
         if rest > 0:
             self.buf[:rest] = self.buf[k:self.n]
         self.n = rest if rest > 0 else 0
-        if self.n == 0 and len(self.buf) > self._rx_size:
-            self.buf = bytearray(self._rx_size)       # a large packet's room is given back
+        if self.n == 0 and self.buf is not self._base:
+            self.buf = self._base           # a large packet's room is given back
 
     def send(self, data):
         if self._tx:

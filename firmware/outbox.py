@@ -305,11 +305,12 @@ class Outbox:
                 return r
         return None
 
-    def payload(self, record):
-        """The record's data as stored (UTF-8 JSON bytes). A record whose data cannot be
-        read (flash damage) is dropped and counted in corrupt_entries; returns None."""
+    def payload(self, record, view=False):
+        """The record's data as stored (UTF-8 JSON bytes; view=True: a memoryview of them,
+        firmware.storage.Store.read). A record whose data cannot be read (flash damage) is
+        dropped and counted in corrupt_entries; returns None."""
         try:
-            data = self.store.read(self._file(record.seq))
+            data = self.store.read(self._file(record.seq), view)
         except OSError:
             data = None
         if data is None and record in self._records:

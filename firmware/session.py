@@ -47,7 +47,7 @@ import json
 
 from firmware.auth import check_id_tag
 from firmware.compat import ticks_add, ticks_diff
-from firmware.counters import RETRY_MAX_MS, RETRY_MIN_MS
+from firmware.counters import RETRY_MAX_MS, RETRY_MIN_MS, session_key
 from firmware.states import STATE_A, STATE_B2, ev_connected
 from firmware.storage import Journal, StorageError
 from firmware.tariff import Tariff
@@ -87,13 +87,7 @@ class SessionError(ValueError):
     pass
 
 
-def _id_key(session_id):
-    # "boot-seq" -> (boot, seq) for ordering; unknown shapes sort first.
-    try:
-        boot, seq = session_id.split("-")
-        return int(boot), int(seq)
-    except (AttributeError, ValueError):
-        return (-1, -1)
+_id_key = session_key
 
 
 class _Session:
@@ -225,6 +219,7 @@ class SessionManager:
         self.checkpoint_write_failures = 0
         self.checkpoints_held = 0     # checkpoints not written: an older record owns the files
         self.unreadable_entries = 0
+        self.checkpoints_unreadable = 0  # a live session's files damaged at boot (lost/partial)
         self._state = None
         self._contactor = False
         self._now = 0
@@ -249,7 +244,7 @@ class SessionManager:
     # -- boot ----------------------------------------------------------------------------
     def _load(self):
         done = set()
-        last_done = None
+        uncounted = []                # finished on flash, not in the counters yet
         try:
             for payload in self.journal.records():
                 try:
@@ -261,7 +256,11 @@ class SessionManager:
                         if sid not in done:
                             done.add(sid)
                             self._pending.append(sid)
-                        last_done = rec
+                            if not self.counters.counted(sid):
+                                # What counting needs, not the record (a damaged counters
+                                # file makes every pending record uncounted).
+                                uncounted.append({"id": sid, "energy_wh": rec["energy_wh"],
+                                                  "meter_stop_wh": rec.get("meter_stop_wh")})
                     elif kind == "ack" and entry["id"] in self._pending:
                         self._pending.remove(entry["id"])
                         self._dead += 2
@@ -274,11 +273,10 @@ class SessionManager:
             boot, seq = _id_key(sid)
             if boot == self.boot_id and seq > self._seq:
                 self._seq = seq
-        # A session finished on flash whose counters update was cut off by a reset.
-        if last_done is not None and _id_key(last_done["id"]) > _id_key(self.counters.last_session):
-            self._count(last_done, None, last_done.get("meter_stop_wh"))
         try:
             raw = self.store.read(LIVE_FILE)
+            if raw is None:
+                self._lone_checkpoint(done)
             if raw is not None:
                 s = _Session.from_dict(json.loads(raw))
                 if s.id in done:
@@ -290,6 +288,8 @@ class SessionManager:
                     try:
                         s.overlay(json.loads(self.store.read(CKPT_FILE) or b"null"))
                     except (StorageError, ValueError, TypeError) as e:
+                        # Recovered from session.live alone: its figures are older.
+                        self.checkpoints_unreadable += 1
                         self.error = "session.ckpt: %s" % (e.args[0] if e.args else "damaged")
                     self._orphan = s
                     self._live_sid = s.id
@@ -299,7 +299,33 @@ class SessionManager:
                     if boot == self.boot_id and seq > self._seq:
                         self._seq = seq
         except (StorageError, SessionError, ValueError, TypeError) as e:
+            # The session cut by the reset cannot be closed: lost, and reported as damage.
+            self.checkpoints_unreadable += 1
             self.error = "session.live: %s" % (e.args[0] if e.args else type(e).__name__)
+        # Sessions finished on flash whose counters update a reset cut off: counted now,
+        # oldest first (the counters say which ids they hold, whatever the journal's order).
+        uncounted.sort(key=lambda r: _id_key(r["id"]))
+        for rec in uncounted:
+            self._count(rec, None, rec.get("meter_stop_wh"))
+
+    def _lone_checkpoint(self, done):
+        # session.ckpt without session.live: a finished session's leftover (the power failed
+        # between the two removals), or a cut session whose main file was lost with its id
+        # and who pays: that loss is reported.
+        try:
+            left = json.loads(self.store.read(CKPT_FILE) or b"null")
+        except (StorageError, ValueError):
+            left = "damaged"
+        if left is None:
+            return
+        if isinstance(left, list) and left and left[0] in done:
+            try:
+                self.store.remove(CKPT_FILE)
+            except StorageError:
+                pass
+            return
+        self.checkpoints_unreadable += 1
+        self.error = "session.live: missing beside session.ckpt; a cut session is lost"
 
     @property
     def recovering(self):
@@ -568,13 +594,14 @@ class SessionManager:
                 "journal_unreadable_entries": self.unreadable_entries,
                 "journal_write_failures": self.journal_write_failures,
                 "checkpoint_write_failures": self.checkpoint_write_failures,
-                "checkpoints_held": self.checkpoints_held}
+                "checkpoints_held": self.checkpoints_held,
+                "checkpoints_unreadable": self.checkpoints_unreadable}
 
     def damage_total(self):
         j = self.journal
         return (j.damaged_bytes_total + j.cut_failures + self.unreadable_entries
                 + self.journal_write_failures + self.checkpoint_write_failures
-                + self.checkpoints_held)
+                + self.checkpoints_held + self.checkpoints_unreadable)
 
     # -- views for the integrator and the outbox -------------------------------------------
     @property
@@ -661,8 +688,16 @@ class SessionManager:
         if session_id not in self._pending:
             return False
         if session_id in self._unsaved:
-            del self._unsaved[session_id]
+            # Never journaled, but the backend holds it now: count it (first: a cut before
+            # the checkpoint goes replays it as a power-loss record the counters know), then
+            # let its checkpoint go.
+            rec = self._unsaved.pop(session_id)
             self._pending.remove(session_id)
+            self._count(rec, None, rec.get("meter_stop_wh"))
+            if self._live_sid == session_id:
+                self._drop_live(session_id)
+                if self._session is not None:
+                    self._checkpoint(self._now)
             return True
         rest = [sid for sid in self._pending if sid != session_id]
         try:
@@ -978,8 +1013,14 @@ class SessionManager:
         self._fresh[sid] = rec
 
     def _count(self, rec, now_ms, ledger_wh):
+        # Older sessions not yet finished on flash (a journal write being retried, a session
+        # cut by a reset awaiting recover()) are counted later: the counters must know.
+        sid = rec["id"]
+        open_ids = [k for k in self._unsaved if k != sid]
+        if self._orphan is not None and self._orphan.id != sid:
+            open_ids.append(self._orphan.id)
         try:
-            self.counters.session_ended(rec["id"], rec["energy_wh"], now_ms, ledger_wh)
+            self.counters.session_ended(sid, rec["energy_wh"], now_ms, ledger_wh, open_ids)
         except StorageError as e:
             self.error = e.args[0]
 

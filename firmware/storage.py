@@ -194,7 +194,11 @@ class Store:
                 return None
             raise StorageError("%s: cannot open (errno %s)" % (path, _errno(e)))
         try:
-            return f.read()
+            # The size first: read() of unknown length grows its buffer in steps, and on a
+            # fragmented heap the step above the file's size may be the block that is missing.
+            n = f.seek(0, 2)
+            f.seek(0)
+            return f.read(n)
         except OSError as e:
             raise StorageError("%s: read failed (errno %s)" % (path, _errno(e)))
         finally:
@@ -260,21 +264,23 @@ class Store:
         self._write_file(tmp, (header, data))
         self._replace(tmp, path)
 
-    def read(self, name):
+    def read(self, name, view=False):
         """The contents last written by write_atomic, or None when there are none.
-        Raises StorageError when the file is damaged and no intact copy exists."""
+        Raises StorageError when the file is damaged and no intact copy exists.
+        view=True: a memoryview into the file as read instead of a copy of the contents
+        (a record's payload is written to the network as it is: one block, not two)."""
         path = self.path(name)
         tmp = path + TMP_SUFFIX
         raw = self._read_raw(path)
         if raw is not None:
-            data = _unframe_file(raw)
+            data = _unframe_file(raw, view)
             if data is not None:
                 if self._exists(tmp):
                     self._discard(tmp)     # an unfinished write: rolled back
                 return data
         tmp_raw = self._read_raw(tmp)
         if tmp_raw is not None:
-            data = _unframe_file(tmp_raw)
+            data = _unframe_file(tmp_raw, view)
             if data is not None:
                 self._replace(tmp, path)   # the old copy is gone: roll forward
                 return data
@@ -319,14 +325,14 @@ def _close(f, what, check):
             raise StorageError("%s: close failed (errno %s)" % (what, _errno(e)))
 
 
-def _unframe_file(raw):
+def _unframe_file(raw, view=False):
     if len(raw) < _FILE_HDR or raw[:4] != _FILE_MAGIC:
         return None
     length, crc = struct.unpack(">II", raw[4:_FILE_HDR])
-    data = raw[_FILE_HDR:]
+    data = memoryview(raw)[_FILE_HDR:]
     if len(data) != length or _crc(data) != crc:
         return None
-    return data
+    return data if view else bytes(data)
 
 
 def _frame(kind, payload):

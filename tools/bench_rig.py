@@ -15,8 +15,9 @@ from tools.pilotsim.simboard import SimBoard
 
 
 def say(record):
-    """One JSON line to tools/bench.py."""
-    sys.stdout.write(json.dumps(record))
+    """One JSON line to tools/bench.py, written piece by piece (json.dump to the stream):
+    the result line is larger than the free blocks of a heap the session just filled."""
+    json.dump(record, sys.stdout)
     sys.stdout.write("\n")
     sys.stdout.flush()
 

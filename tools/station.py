@@ -145,6 +145,9 @@ def load_config(args):
     if not host or not port.isdigit():
         raise UsageError("broker %r: expected host:port" % broker)
     cfg["mqtt_host"] = host.strip("[]")
+    # A developer's virtual stations connect at once (tools/fleet.py keeps the firmware's
+    # randomized first connect, docs/mqtt.md "Reconnect storms").
+    cfg.setdefault("mqtt_boot_spread_s", 0)
     cfg["mqtt_port"] = int(port)
     for flag, key in (("user", "mqtt_user"), ("password", "mqtt_password"),
                       ("prefix", "mqtt_prefix"), ("tls_ca", "mqtt_ca_file"),

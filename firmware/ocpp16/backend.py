@@ -10,6 +10,7 @@ Parts: rpc.py (framing, the one CALL in flight), router.py (incoming CALLs to th
 in ops/), txlog.py (the transaction messages on flash), status.py, keys.py, clock.py.
 """
 import os
+import sys
 
 from firmware.backend.api import OK, Backend
 from firmware.compat import const, ticks_add, ticks_diff
@@ -41,12 +42,14 @@ _ACCEPTED = const(3)
 REGISTRATION_NAMES = ("unknown", "pending", "rejected", "accepted")
 
 _TX_ACTIONS = {"S": "StartTransaction", "M": "MeterValues", "T": "StopTransaction"}
+_SMART_FILE = "ocpp_cp.json"      # firmware/ocpp16/smart.py PROFILES_FILE
 
 
 class Ocpp16Backend(Backend):
     def __init__(self, cfg, ops, store):
         self.cfg = cfg
         self.ops = ops
+        self.store = store
         now = ops.ticks_ms()
         self.identity = cfg["ocpp_id"] or cfg["station_id"]
         self.url = cfg["ocpp_url"].rstrip("/") + "/" + self.identity
@@ -82,6 +85,9 @@ class Ocpp16Backend(Backend):
         self._aligned_t = 0           # ... and its time in seconds since 1970
         self._aligned_iv = 0
         self._aligned_due = None      # a clock-aligned sample outside a transaction, to send
+        self.smart = None             # SmartCharging, once a charging profile is installed
+        if store.exists(_SMART_FILE):
+            self.smart_charging()
         # A transaction running when the station went down was cut by a reset: stopped as
         # PowerLoss once the meter tells the energy (or it does not answer in time).
         self._orphan_until = ticks_add(now, _RECOVER_WAIT_MS) if self.log.running else None
@@ -162,6 +168,10 @@ class Ocpp16Backend(Backend):
                 self._next_call(now)
         try:
             self._transaction(now)
+            if self.smart is not None:
+                self.smart.step(self, now)
+                if self.smart.idle():
+                    self._drop_smart()
             if self._aligned_at is not None or self.cfg["ocpp_aligned_interval_s"]:
                 self._aligned(now)
             if ticks_diff(now, self._settle_at) >= 0:
@@ -347,6 +357,8 @@ class Ocpp16Backend(Backend):
         if isinstance(t, str):
             try:
                 self._cs_time = (clock.parse(t), now)
+                if self.smart is not None:
+                    self.smart.changed()
             except ValueError:
                 pass
         if action == "BootNotification":
@@ -421,6 +433,22 @@ class Ocpp16Backend(Backend):
     def _seconds(self):
         return self.time(self.ops.ticks_ms())
 
+    def smart_charging(self):
+        """The charging profiles (firmware/ocpp16/smart.py), loaded when first needed: a
+        station without a profile keeps none of it on the heap."""
+        if self.smart is None:
+            from firmware.ocpp16.smart import SmartCharging
+            self.smart = SmartCharging(self.store)
+        return self.smart
+
+    def _drop_smart(self):
+        # The last profile is gone and its limit lifted: the module leaves the heap too.
+        self.smart = None
+        sys.modules.pop("firmware.ocpp16.smart", None)
+        pkg = sys.modules.get("firmware.ocpp16")
+        if pkg is not None and hasattr(pkg, "smart"):
+            delattr(pkg, "smart")
+
     def in_transaction(self):
         return self.log.running is not None
 
@@ -445,6 +473,8 @@ class Ocpp16Backend(Backend):
                 wh = self._meter_wh()
                 tag = self.ops.session_id_tag() or FREE_ID_TAG
                 log.start(tag[:20], wh if wh is not None else 0, self.time(now))
+                if self.smart is not None:
+                    self.smart.changed()      # Relative schedules start now
                 self._meter_at = now
                 self._finishing = False
                 self._auth_since = None
@@ -458,6 +488,8 @@ class Ocpp16Backend(Backend):
                             self.cfg["ocpp_connection_timeout_s"] * 1000:
                         self._auth_since = None
                         self.ops.authorization_expired(now)
+                        if self.smart is not None:
+                            self.smart.transaction_ended()   # RemoteStart's TxProfile
                 else:
                     self._auth_since = None
             return
@@ -515,6 +547,8 @@ class Ocpp16Backend(Backend):
     def _end_tx(self, now, reason):
         self.log.stop(self._meter_wh(), self.time(now), reason)
         self._stop_reason = None
+        if self.smart is not None:
+            self.smart.transaction_ended()
         if self._pending_available is not None:
             self.ops.set_availability(self._pending_available, now)
             self._pending_available = None

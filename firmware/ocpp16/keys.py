@@ -14,7 +14,7 @@ _WO = const(2)     # write-only (secret): never shown
 _RWB = const(3)    # read-write, a boolean station setting ("true" / "false")
 _RWM = const(4)    # read-write, a list of measurands this station samples
 
-PROFILES = "Core,LocalAuthListManagement,RemoteTrigger"
+PROFILES = "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging"
 
 METER_MEASURANDS = "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage"
 
@@ -24,6 +24,9 @@ KEYS = (
     ("AuthorizationCacheEnabled", _RO, None, "false"),
     ("AuthorizationKey", _WO, "ocpp_password", None),
     ("AuthorizeRemoteTxRequests", _RO, None, "false"),
+    ("ChargeProfileMaxStackLevel", _RO, None, "8"),
+    ("ChargingScheduleAllowedChargingRateUnit", _RO, None, "Current,Power"),
+    ("ChargingScheduleMaxPeriods", _RO, None, "24"),
     ("ClockAlignedDataInterval", _RW, "ocpp_aligned_interval_s", None),
     ("ConnectionTimeOut", _RW, "ocpp_connection_timeout_s", None),
     ("ConnectorPhaseRotation", _RO, None, "NotApplicable"),
@@ -33,6 +36,7 @@ KEYS = (
     ("LocalAuthListMaxLength", _RO, "auth_list_max", None),
     ("LocalAuthorizeOffline", _RO, None, None),
     ("LocalPreAuthorize", _RWB, "ocpp_local_pre_authorize", None),
+    ("MaxChargingProfilesInstalled", _RO, None, "8"),
     ("MeterValuesAlignedData", _RWM, "ocpp_aligned_data", None),
     ("MeterValuesSampledData", _RO, None, METER_MEASURANDS),
     ("MeterValueSampleInterval", _RW, "ocpp_meter_interval_s", None),

@@ -23,18 +23,19 @@ OPERATIONS = (
     ("ChangeAvailability", "change_availability", _RARE),
     ("ChangeConfiguration", "change_configuration", _RARE),
     ("ClearCache", "clear_cache", _RARE),
+    ("ClearChargingProfile", "clear_charging_profile", _RARE),
     ("DataTransfer", "data_transfer", _RARE),
+    ("GetCompositeSchedule", "get_composite_schedule", _RARE),
     ("GetConfiguration", "get_configuration", _RARE),
     ("GetLocalListVersion", "get_local_list_version", _RARE),
     ("Reset", "reset", _RARE),
     ("SendLocalList", "send_local_list", _RARE),
+    ("SetChargingProfile", "set_charging_profile", _RARE),
     ("UnlockConnector", "unlock_connector", _RARE),
 )
 
 # Known OCPP 1.6 actions this station does not support (NotSupported, not NotImplemented).
-UNSUPPORTED = ("CancelReservation", "ClearChargingProfile", "GetCompositeSchedule",
-               "GetDiagnostics", "ReserveNow", "SetChargingProfile",
-               "UpdateFirmware")
+UNSUPPORTED = ("CancelReservation", "GetDiagnostics", "ReserveNow", "UpdateFirmware")
 
 _PACKAGE = "firmware.ocpp16.ops"
 
@@ -46,6 +47,11 @@ def _load(name):
         __import__(full)
         mod = sys.modules[full]
     return mod
+
+
+def drop(name):
+    """Let the operation module `name` go (one operation may borrow another's parser)."""
+    _drop(name)
 
 
 def _drop(name):

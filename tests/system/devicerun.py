@@ -103,13 +103,27 @@ except MemoryError:
     outcome = "repl"
 
 _faults = None
+_storage = None
 if not scenario.get("use_standin", True):
     try:
         # Only when main.py got as far: importing the station now, after a run that ended
         # short of heap, would take the heap the report below needs.
         _station = sys.modules.get("firmware.station")
         if _station is not None and _station.current is not None:
-            _faults = _station.current.faults.active_names()
+            _cur = _station.current
+            _faults = _cur.faults.active_names()
+            if scenario.get("report_storage"):
+                # report_storage: what the station counted (faults raised since boot by
+                # name, storage damage), its loop iterations and its configuration error.
+                from firmware import faults as _fmod
+                _c = _cur.faults.counts
+                _storage = {"raised": {_fmod.names(1 << k)[0]: _c[k] for k in range(len(_c))
+                                       if _c[k] and _fmod.names(1 << k)},
+                            "damage": _cur.storage_damage(),
+                            "iterations": _cur.iterations,
+                            "config_error": _cur.config_error,
+                            "max_current_ma": _cur.cfg["max_current_ma"]}
+            _cur = None
             _station.current = None
     except MemoryError:
         _faults = ["?"]
@@ -120,6 +134,10 @@ _heap_after = gc.mem_alloc()
 if scenario.get("brief"):
     # What a heap test needs, written piece by piece.
     print("DEVICERUN " + json.dumps({"outcome": outcome, "faults": _faults}))
+    if _storage is not None:
+        print("DEVICERUN+ " + json.dumps({"storage": _storage, "now_us": sim.now_us,
+                                          "wdt_timeout_ms": sim.wdt_timeout_ms,
+                                          "first_levels": sim.history(26)[:4]}))
     print("DEVICERUN+ " + json.dumps({"contactor": sim.history(26)}))
     print("DEVICERUN+ " + json.dumps({"levels": {"26": sim.level(26)},
                                       "reset_count": sim.reset_count,

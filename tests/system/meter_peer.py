@@ -19,6 +19,13 @@ given comes from DEFAULT_VALUES. `set_register(addr, word)` writes a raw registe
 a NaN). Registers outside the map answer exception 02 (illegal data address); a map whose
 meter allows reading through unused registers (max_gap > 0) serves zeros there.
 
+A map with a serial-number register (Eastron 0xFC00 on FC03, ABB 0x8900; see the map's
+`serial`) serves `serial` (default DEFAULT_SERIAL) there, on that register's own function
+code; `set_serial(n)` changes it live, so a test can exchange the meter mid-session:
+
+        peer.set_serial(20240002)               # another meter on the same address ...
+        peer.set_values(import_wh=1500)         # ... whose register shows its own count
+
 Fault injection (one fault at a time, for the next `count` replies or until cleared):
     "crc"          last CRC byte flipped
     "no_reply"     the request is swallowed
@@ -50,6 +57,8 @@ DEFAULT_VALUES = {
     "export_wh": 4321,
 }
 
+DEFAULT_SERIAL = 20240001
+
 FAULTS = ("crc", "no_reply", "exception", "wrong_slave", "truncated", "garbage", "delay")
 
 
@@ -78,13 +87,16 @@ def values_list(values):
 
 
 class _Meter:
-    def __init__(self, slave, meter_map, values):
+    def __init__(self, slave, meter_map, values, serial=DEFAULT_SERIAL):
         self.slave = slave
         self.map = meter_map
         self.values = [0] * meters.N_QUANTITIES
         self._merge(DEFAULT_VALUES)
         self._merge(values or {})
-        self.pending = {}
+        self.serial = serial
+        # Live changes not yet in the datastore, per function code: {fc: {addr: word}}.
+        # The serial register may sit on another function code than the values (Eastron).
+        self.pending = {3: {}, 4: {}}
 
     def _merge(self, values):
         for q, v in enumerate(values_list(values)):
@@ -98,10 +110,25 @@ class _Meter:
                 regs.setdefault(a, 0)
         return regs
 
+    def serial_registers(self):
+        """(fc, {register: u16}) of the serial number, or None (the map has none)."""
+        if self.map.serial is None or self.serial is None:
+            return None
+        return self.map.serial[0], self.map.encode_serial(self.serial)
+
+    def tables(self):
+        """{fc: {register: u16}}: what the meter serves on each function code."""
+        out = {3: {}, 4: {}}
+        out[self.map.fc].update(self.registers())
+        ser = self.serial_registers()
+        if ser is not None:
+            out[ser[0]].update(ser[1])
+        return out
+
 
 class MeterPeer:
     def __init__(self, map_name="sdm630", values=None, slave=1, custom_map="",
-                 host="127.0.0.1", port=0):
+                 host="127.0.0.1", port=0, serial=DEFAULT_SERIAL):
         self.host = host
         self.port = port or free_port(host)
         self._meters = {}
@@ -118,18 +145,20 @@ class MeterPeer:
         self.rx_bytes = 0
         self.tx_bytes = 0
         self.last_request = b""
-        self.add_meter(slave, map_name, values, custom_map)
+        self.add_meter(slave, map_name, values, custom_map, serial)
 
     @property
     def spec(self):
         """The tools/tcpuart stream spec: "tcp:HOST:PORT"."""
         return "tcp:%s:%d" % (self.host, self.port)
 
-    def add_meter(self, slave, map_name="sdm630", values=None, custom_map=""):
+    def add_meter(self, slave, map_name="sdm630", values=None, custom_map="",
+                  serial=DEFAULT_SERIAL):
         """Serve another meter on the same bus (before start())."""
         if self._thread is not None:
             raise RuntimeError("add meters before start()")
-        self._meters[slave] = _Meter(slave, meters.load_map(map_name, custom_map), values)
+        self._meters[slave] = _Meter(slave, meters.load_map(map_name, custom_map), values,
+                                     serial)
 
     # -- live changes ----------------------------------------------------------------
     def set_values(self, slave=None, **values):
@@ -137,12 +166,22 @@ class MeterPeer:
         m = self._meters[slave or self._first()]
         with self._lock:
             m._merge(values)
-            m.pending.update(m.map.encode(m.values))
+            m.pending[m.map.fc].update(m.map.encode(m.values))
 
-    def set_register(self, addr, word, slave=None):
+    def set_serial(self, serial, slave=None):
+        """Show serial number `serial` from the next reply on (the meter was exchanged)."""
+        m = self._meters[slave or self._first()]
+        if m.map.serial is None:
+            raise ValueError("map %r has no serial-number register" % m.map.name)
+        with self._lock:
+            m.serial = serial
+            fc, regs = m.serial_registers()
+            m.pending[fc].update(regs)
+
+    def set_register(self, addr, word, slave=None, fc=None):
         m = self._meters[slave or self._first()]
         with self._lock:
-            m.pending[addr] = word & 0xFFFF
+            m.pending[fc or m.map.fc][addr] = word & 0xFFFF
 
     def inject(self, fault, count=None, code=4, delay_ms=0, garbage=b"\x00\xff\x13\x37\x01"):
         if fault not in FAULTS:
@@ -176,10 +215,13 @@ class MeterPeer:
     def _make_action(self, meter):
         async def action(func_code, start_address, address, count, registers, set_values):
             with self._lock:
-                for a, w in meter.pending.items():
+                # `registers` is the whole table of this function code: apply its pending
+                # words; the other table's stay pending until it is read.
+                pending = meter.pending.get(func_code, {})
+                for a, w in pending.items():
                     if 0 <= a - start_address < len(registers):
                         registers[a - start_address] = w
-                meter.pending.clear()
+                pending.clear()
             fault, args = self._take_fault(("exception", "delay"))
             if fault == "delay":
                 await asyncio.sleep(args["delay_ms"] / 1000)
@@ -221,23 +263,27 @@ class MeterPeer:
     def _devices(self):
         from pymodbus.simulator import SimData, SimDevice, DataType
         devices = []
-        for slave, m in sorted(self._meters.items()):
-            regs = m.registers()
-            block = []
+        def block(regs):
+            if not regs:
+                # Only the function codes the meter uses see registers, as on the meters.
+                return [SimData(0xFFFF, datatype=DataType.INVALID)]
+            out = []
             addrs = sorted(regs)
             j = 0
             while j < len(addrs):
                 k = j
                 while k + 1 < len(addrs) and addrs[k + 1] == addrs[k] + 1:
                     k += 1
-                block.append(SimData(addrs[j], values=[regs[a] for a in addrs[j:k + 1]],
-                                     datatype=DataType.REGISTERS))
+                out.append(SimData(addrs[j], values=[regs[a] for a in addrs[j:k + 1]],
+                                   datatype=DataType.REGISTERS))
                 j = k + 1
+            return out
+
+        for slave, m in sorted(self._meters.items()):
+            tables = m.tables()
             bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
-            # Only the map's function code sees the registers, as on the meters.
-            unused = [SimData(0xFFFF, datatype=DataType.INVALID)]
-            hr, ir = (block, unused) if m.map.fc == 3 else (unused, block)
-            devices.append(SimDevice(slave, simdata=(bits, list(bits), hr, ir),
+            devices.append(SimDevice(slave, simdata=(bits, list(bits), block(tables[3]),
+                                                     block(tables[4])),
                                      action=self._make_action(m)))
         return devices
 

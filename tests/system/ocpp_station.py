@@ -121,6 +121,8 @@ class Rig:
         return {"t": self.board.now_ms, "state": states.NAMES[c.state],
                 "contactor": self.board.contacts_closed, "authorized": c.authorized,
                 "available": c.available, "offered_ma": c.offered_ma,
+                "duty": self.board.duty, "wall": self.board.wall_time(),
+                "profiles": None if b.smart is None else len(b.smart.profiles),
                 "tx": r[0] if r else None, "tx_id": b.log.running_tx_id(),
                 "pending": b.log.pending(), "online": b.online, "boots": self.boots,
                 "wh": self.mwh // 1000, "paced": self.paced_steps, "stats": b.stats(),

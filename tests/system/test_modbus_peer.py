@@ -92,6 +92,42 @@ def test_every_map_decodes_what_the_meter_serves(name):
     assert peer.rx_bytes + peer.tx_bytes == svc.map.plan_bytes()
 
 
+SERIAL_MAPS = [n for n in meters.BUILTIN_NAMES if meters.load_map(n).serial is not None]
+
+
+def test_some_maps_have_a_serial_register():
+    assert "sdm630" in SERIAL_MAPS and "abb_b23" in SERIAL_MAPS
+
+
+@pytest.mark.parametrize("name", SERIAL_MAPS)
+def test_the_serial_number_is_served_on_its_own_function_code(name):
+    # The firmware's own serial request (its address, encoding and function code from the
+    # map) against pymodbus; a live exchange then shows the new number and the new register
+    # together, and the values' table is not disturbed by the serial's pending words.
+    with MeterPeer(name, VALUES, slave=3, serial=31000017) as peer:
+        cfg = Config(dict(FAST, meter_map=name, meter_addr=3))
+        stream = open_stream(peer.spec)
+        try:
+            svc = MeterService(cfg, stream)
+            svc.request_serial()
+            run_until(svc, lambda c: svc.serial is not None)
+            assert svc.serial == 31000017
+            assert svc.serial_failures == 0
+            peer.set_serial(31000042)
+            peer.set_values(import_wh=1500)
+            svc.request_serial()
+            run_until(svc, lambda c: svc.serial == 31000042 and svc.import_wh == 1500)
+        finally:
+            stream.close()
+    assert service_values(svc)[meters.IMPORT] == 1500
+
+
+def test_a_map_without_serial_refuses_set_serial():
+    with MeterPeer("em340", VALUES) as peer:
+        with pytest.raises(ValueError):
+            peer.set_serial(5)
+
+
 def test_live_changes_reach_the_service(peer):
     stream = open_stream(peer.spec)
     svc = MeterService(Config(FAST), stream)

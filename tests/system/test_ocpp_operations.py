@@ -20,7 +20,7 @@ def test_configuration_availability_reset_and_the_rest(ocpp):
             res = await remote(cs, st, call.GetConfiguration())
             keys = {k["key"]: k for k in res.configuration_key}
             assert (keys["SupportedFeatureProfiles"]["value"]
-                    == "Core,LocalAuthListManagement,RemoteTrigger")
+                    == "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging")
             assert "AuthorizationKey" not in keys
             res = await remote(cs, st, call.ChangeConfiguration(key="MeterValueSampleInterval",
                                                                 value="15"))

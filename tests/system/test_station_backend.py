@@ -44,7 +44,8 @@ class Station1:
         self.fs = fs or PowerCutFs()
         self.board = SimBoard(start_ms=start_ms)
         self.st = Station(self.board, config={"mqtt_host": "127.0.0.1", "mqtt_port": port,
-                                              "mqtt_keepalive_s": 10},
+                                              "mqtt_keepalive_s": 10,
+                                              "mqtt_boot_spread_s": 0},
                           store=Store("/data", self.fs))
 
     def step(self, n=1):

@@ -144,6 +144,17 @@ class Width(unittest.TestCase):
              "faults": {"F%d" % i + "x" * 70: i for i in range(40)}}
         text = "\n".join(self.check(f.counter_lines(v, [("uptime", "1h00m")])))
         self.assertIn("20.500 kWh", text)
+        self.assertIn("unbilled          0.000 kWh", text)
+        self.assertFalse("ledger at" in text, text)
+        v.update(unbilled_wh=1234567, ledger_wh=5000123)
+        text = "\n".join(self.check(f.counter_lines(v)))
+        self.assertIn("unbilled          1234.567 kWh", text)
+        self.assertIn("ledger at         meter register 5000.123 kWh", text)
+
+    def test_status_shows_the_unbilled_energy(self):
+        text = "\n".join(self.check(f.status_lines({"station_id": "cp-1", "unbilled_wh": 42})))
+        self.assertIn("  unbilled  0.042 kWh (metered, in no session)", text)
+        self.assertFalse("unbilled" in "\n".join(f.status_lines({"station_id": "cp-1"})))
 
     def test_pilot_lines(self):
         lines = self.check(f.pilot_lines([(6000, -12000), (5990, -11990)], PILOT_C, 533, "C2"))

@@ -158,6 +158,30 @@ class Cases(unittest.TestCase):
         self.assertEqual(r["meter_flags"]["implausible"], 4)
         self.assertEqual(r["peak_power_w"], 11000)  # the 40 kW reading is not the peak
 
+    def test_a_persistent_jump_loses_at_most_one_poll_interval(self):
+        # The register leaps 1 MWh and stays there (a meter re-programmed, a word-order
+        # slip that persists): a new segment from the reading after it, not billed.
+        rig = self.play([("plug", 3), ("charge", 21), ("jump", 2), ("charge", 21),
+                         ("unplug", 0)])
+        (r,) = rig.records
+        self.assertEqual((r["meter_flags"]["rebased"], r["meter_flags"]["swaps"]), (1, 0))
+        drawn_wh = rig.visit_wh[1] // 3600000
+        self.assertTrue(drawn_wh - 7 <= r["energy_wh"] <= drawn_wh, (r["energy_wh"], drawn_wh))
+        self.assertTrue(r["energy_wh"] < 1000)          # the leap itself is nobody's
+
+    def test_the_backend_reads_the_unbilled_counter(self):
+        # The diagnostics command's answer carries the counters, unbilled_wh and the
+        # ledger's register position among them.
+        import json
+        from firmware.station import Station
+        from firmware.storage import Store
+        from powercut_fs import PowerCutFs
+        from tools.pilotsim.simboard import SimBoard
+        st = Station(SimBoard(), config={}, store=Store("/data", PowerCutFs()))
+        st.counters.unbilled(17, 5000017)
+        counters = json.loads(json.dumps(st.cmd_diagnostics()))["counters"]
+        self.assertEqual((counters["unbilled_wh"], counters["ledger_wh"]), (17, 5000017))
+
 
 class Seeded(unittest.TestCase):
     def test_random_meters_sessions_and_power_cuts(self):

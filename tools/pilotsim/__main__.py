@@ -143,6 +143,12 @@ def main(argv=None, out=None):
         sp.add_argument("--heap", default=orchestrate.DEFAULT_HEAP,
                         help="the stand-in's heap (-X heapsize), e.g. 56K for an ESP32's first"
                              " heap area (default %(default)s)")
+        # The firmware's runtime. Only the ESP32 stand-in (tools/standin.py) today; the
+        # option names it so that `make sim RUNTIME=...` refuses what it cannot run.
+        sp.add_argument("--runtime", default="standin", choices=orchestrate.RUNTIMES,
+                        help="where the firmware runs: standin, the 32-bit MicroPython"
+                             " v1.28.0 unix port with the production image frozen (the only"
+                             " one supported; default %(default)s)")
     sp = sub.add_parser("check")
     sp.add_argument("files", nargs="+")
     sub.add_parser("list")

@@ -77,6 +77,8 @@ class RunResult:
 # The runner keeps the whole trace's bookkeeping beside the firmware: more than a board's
 # heap by default; `--heap 56K` runs it inside an ESP32's first heap area.
 DEFAULT_HEAP = "4M"
+# Runtimes the firmware side can run on (--runtime, `make sim RUNTIME=`): the ESP32 stand-in.
+RUNTIMES = ("standin",)
 
 
 def broker_available():

@@ -319,6 +319,8 @@ class Runner:
             # does not change with it.
             self.config["mqtt_host"] = STATION_BROKER[0]
             self.config["mqtt_port"] = STATION_BROKER[1]
+            # A scenario's trace starts the link at once unless it asks for the spread.
+            self.config.setdefault("mqtt_boot_spread_s", 0)
             self.backend = Backend(host, run["broker_port"], self._cfg("mqtt_prefix"),
                                    self._cfg("station_id"), self.channel, self.sim_ms)
             self.net = SimNet(host, run["broker_port"], self.backend, cap_ms=NET_WAIT_CAP_MS)

@@ -37,6 +37,9 @@ _RD = 0x0001               # MP_STREAM_POLL_RD
 _WR = 0x0004
 _ERR = 0x0008
 _HUP = 0x0010
+# Bytes taken from the broker per recv: on a board the network stack's buffers are outside
+# the GC heap; here they are in it, beside the firmware, so small (as tools/tcpuart.py).
+_RECV_CHUNK = 512
 
 _CONNECT = 0x10
 _CONNACK = 0x20
@@ -285,7 +288,7 @@ class SimNet:
             return
         while _readable(c.broker):
             try:
-                data = c.broker.recv(2048)
+                data = c.broker.recv(_RECV_CHUNK)
             except OSError:
                 data = b""
             if not data:
