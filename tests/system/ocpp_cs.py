@@ -172,8 +172,14 @@ class Station:
             env=micropython_env(runtime=runtime), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
         st = cls(proc)
-        ready = await st._line()
-        assert ready == {"ready": True}, ready
+        try:
+            ready = await st._line()
+            assert ready == {"ready": True}, ready
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()          # no process left behind when it could not start
+            raise
         return st
 
     async def _line(self):
@@ -184,7 +190,10 @@ class Station:
             return json.loads(line)
         except ValueError:
             # Not an answer: the station printed an exception (MemoryError, ...).
-            rest = await asyncio.wait_for(self.proc.stdout.read(2000), 5)
+            try:
+                rest = await asyncio.wait_for(self.proc.stdout.read(), 5)   # to its end
+            except asyncio.TimeoutError:
+                rest = b""
             raise AssertionError("the station says: %s" % (line + rest).decode(errors="replace"))
 
     async def do(self, what, **kw):
