@@ -23,9 +23,10 @@ standin: $(STAMP)
 
 # Everything: the stand-in (incremental), mpy-cross over the device files, pytest (host tools
 # and the system tests, which run the firmware on the stand-in against real peers), the unit
-# tests on the stand-in; ends with one SUMMARY line. TESTS=tests/unit/test_x.py narrows it.
+# tests on the stand-in beside it; ends with one SUMMARY line. TESTS=tests/unit/test_x.py
+# narrows it; JOBS=N runs N pytest workers and N stand-in processes (default 2; 1: serial).
 test: $(STAMP)
-	$(PY) tests/run_all.py $(TESTS)
+	$(PY) tests/run_all.py $(if $(JOBS),-j $(JOBS)) $(TESTS)
 
 # The firmware on the unix port against the pilot-signal simulator, a simulated meter and
 # (when installed) a real mosquitto, playing the default charging session; the summary
@@ -40,16 +41,19 @@ sim: $(STAMP)
 # Virtual stations for backend developers: the firmware on the stand-in in real time, with a
 # simulated EV and meter, on any broker until Ctrl-C (tools/station.py; `help` lists the EV
 # commands). CONFIG=file.json (firmware config keys), ID=first id, N=how many stations,
-# STATION_ARGS=--tls-ca ca.crt --user u --password p ...
+# STATION_ARGS=--tls-ca ca.crt --user u --password p ...; an OCPP 1.6J central system instead
+# of a broker: STATION_ARGS="--set backend=ocpp16 --set ocpp_url=ws://host:port/ocpp --set ocpp_id=CP-7"
 station: $(STAMP)
 	$(PY) -m tools.station $(if $(BROKER),--broker $(BROKER)) $(if $(CONFIG),--config $(CONFIG)) \
 		$(if $(ID),--id $(ID)) $(if $(N),-n $(N)) $(STATION_ARGS)
 
-# A fleet: N virtual stations (default 20) against one local mosquitto and a backend, with a
-# broker restart; report in build/fleet.json and build/fleet.png (tools/fleet.py, docs/fleet.md).
-# FLEET_ARGS="--fault blackhole --down 60 --duration 240 --seed 2" ...
+# A fleet: N virtual stations (default 20) against one local broker (BROKER=mosquitto, the
+# default, or rabbitmq: installed on demand, run as an own node on free ports) and a backend,
+# with a broker fault; report in build/fleet.json (per broker) and build/fleet.png
+# (tools/fleet.py, docs/fleet.md).
+# FLEET_ARGS="--fault restart|outage|blackhole --down 60 --no-jitter --consumers 2" ...
 fleet: $(STAMP)
-	$(PY) -m tools.fleet $(if $(N),-n $(N)) $(FLEET_ARGS)
+	$(PY) -m tools.fleet $(if $(N),-n $(N)) $(if $(BROKER),--broker $(BROKER)) $(FLEET_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench

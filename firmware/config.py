@@ -101,9 +101,13 @@ SCHEMA = {
     "mqtt_io_timeout_ms": (20, 1, 1000, 0),   # longest wait inside one step (rest of a packet)
     "mqtt_backoff_min_ms": (1000, 100, 60000, 0),
     "mqtt_backoff_max_s": (300, 1, 3600, 0),
+    # First connect after boot anywhere in 0..this (stations boot together after a power
+    # cut; docs/mqtt.md "Reconnect storms"); 0 = at once.
+    "mqtt_boot_spread_s": (8, 0, 300, REBOOT),
     "outbox_capacity": (64, 4, 1000, REBOOT),  # records held until the backend acks them
     "outbox_window": (4, 1, 32, 0),           # records in flight (sent, not yet acked)
     "outbox_resend_s": (60, 5, 3600, 0),      # resend an unacked record after this
+    "outbox_flush_per_s": (5, 1, 100, 0),     # records sent per second at most (a backlog flush)
     "ha_discovery": (False, None, None, 0),   # Home Assistant discovery (firmware/ha_discovery.py)
     # The owner's command key (64 hex digits, provisioned at commissioning; "" = none):
     # trust settings change by MQTT only in a command signed with it (firmware/owner.py).
@@ -125,6 +129,10 @@ SCHEMA = {
     "ocpp_tx_attempts": (5, 1, 20, 0),           # TransactionMessageAttempts
     "ocpp_tx_retry_s": (30, 1, 3600, 0),         # TransactionMessageRetryInterval
     "ocpp_backoff_max_s": (120, 5, 3600, 0),     # longest wait between connection attempts
+    "ocpp_local_list": (True, None, None, 0),     # LocalAuthListEnabled
+    "ocpp_local_pre_authorize": (False, None, None, 0),  # LocalPreAuthorize
+    "ocpp_aligned_interval_s": (0, 0, 86400, 0),  # ClockAlignedDataInterval; 0 = none
+    "ocpp_aligned_data": ("Energy.Active.Import.Register", 0, 120, 0),  # MeterValuesAlignedData
 
     # -- network (drivers) ------------------------------------------------------------
     "wifi_ssid": ("", 0, 32, REBOOT),

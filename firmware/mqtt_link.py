@@ -318,10 +318,19 @@ class MqttLink:
                                       getaddrinfo=socket_factory.getaddrinfo, spawn=spawn)
         if rand is None:
             import random
+            # Seeded from the hardware RNG at start-up (esp_random() on the ESP32); the
+            # station id and os.urandom are mixed in so that boards powered up in the same
+            # instant, whose early entropy may agree, still draw different delays.
+            random.seed(random.getrandbits(24) ^ _seed(station_id))
 
             def rand(n):
                 return random.getrandbits(30) % n if n > 0 else 0
         self._rand = rand
+        # Stations boot together after a power cut: the first attempt is anywhere in
+        # 0..mqtt_boot_spread_s, or they would all connect in the same second.
+        spread = cfg["mqtt_boot_spread_s"] * 1000
+        self.boot_delay_ms = rand(spread + 1) if spread else 0
+        self._record_next_ms = None     # no record before this (outbox_flush_per_s)
         user = cfg["mqtt_user"]
         self._client = _Client(station_id.encode(), cfg["mqtt_host"], cfg["mqtt_port"],
                                user=user.encode() if user else None,
@@ -451,6 +460,7 @@ class MqttLink:
                "dropped_events": self.dropped_events, "events_sent": self.events_sent,
                "telemetry_sent": self.telemetry_sent, "telemetry_stored": self.telemetry_stored,
                "records_sent": self.records_sent, "replies_sent": self.replies_sent,
+               "boot_delay_ms": self.boot_delay_ms,
                "last_error": self.last_error}
         return out
 
@@ -520,9 +530,10 @@ class MqttLink:
             if self._acks:
                 self._apply_acks()
             if state == OFFLINE:
-                if self.disabled_reason is None and (
-                        self._next_attempt_ms is None
-                        or ticks_diff(now_ms, self._next_attempt_ms) >= 0):
+                if self._next_attempt_ms is None:
+                    self._next_attempt_ms = ticks_add(now_ms, self.boot_delay_ms)
+                if self.disabled_reason is None and \
+                        ticks_diff(now_ms, self._next_attempt_ms) >= 0:
                     self._begin(now_ms)
             elif state == TCP:
                 self._poll_tcp(now_ms)
@@ -749,8 +760,13 @@ class MqttLink:
             self._telemetry = None
             self._client.publish(self.topics.telemetry, msg, False, 0)
             self.telemetry_sent += 1
-        # A record waits until the connection has taken everything queued before it.
-        rec = self.outbox.due(now_ms) if not self._conn.pending else None
+        # A record waits until the connection has taken everything queued before it, and
+        # records leave at most outbox_flush_per_s a second: after an outage a fleet's
+        # backlog reaches the backend at a rate it can take (docs/mqtt.md, "Reconnect storms").
+        rec = None
+        if not self._conn.pending and (self._record_next_ms is None or
+                                       ticks_diff(now_ms, self._record_next_ms) >= 0):
+            rec = self.outbox.due(now_ms)
         if rec is not None:
             data = self.outbox.payload(rec, True)   # None: unreadable, the outbox dropped it
             if data is not None:
@@ -759,6 +775,8 @@ class MqttLink:
                                                                  data))
                 self.outbox.sent(rec, now_ms)
                 self.records_sent += 1
+                self._record_next_ms = ticks_add(now_ms,
+                                                 1000 // self.cfg["outbox_flush_per_s"])
         if self._ha is not None or self.cfg["ha_discovery"]:
             self._ha_step()
         self._keepalive(now_ms)
@@ -918,6 +936,27 @@ class MqttLink:
 
 def _no_clock():
     return None
+
+
+def _id_hash(station_id):
+    """24 bits of the station id (unique in the fleet): djb2, kept a small int on the
+    32-bit port."""
+    h = 5381
+    for b in station_id.encode() if isinstance(station_id, str) else station_id:
+        h = ((h * 33) ^ b) & 0xFFFFFF
+    return h
+
+
+def _seed(station_id):
+    """The station id's hash mixed with 24 bits of os.urandom."""
+    h = _id_hash(station_id)
+    try:
+        import os
+        r = os.urandom(3)
+        h ^= r[0] << 16 | r[1] << 8 | r[2]
+    except (ImportError, AttributeError, OSError):
+        pass
+    return h
 
 
 def _text(e):

@@ -57,6 +57,7 @@ TARGETS = {
     "heap_data_peak_bytes": ("<=", 40 * KB, "<= 40 KB"),
     "mpy_total_bytes": ("<=", 80 * KB, "<= 80 KB"),
     "mqtt_idle_bytes_per_hour": ("<=", 10 * KB, "<= 10 KB/h"),
+    "standin_heap_min_bytes_ocpp": ("<=", 56 * KB, "<= 56 KB (goal, as for MQTT)"),
     "modbus_bytes_per_poll": ("ratio", 1.3, "<= 1.3 x min"),
     "reaction_ms_network_stall": ("<=", 20, "<= 20 ms"),
     "loop_stall_ms_max": ("<=", 10, "<= 10 ms"),
@@ -69,6 +70,7 @@ METRICS = (
     "safety_tick_us_p99", "standin_heap_peak_bytes", "heap_data_peak_bytes",
     "standin_heap_min_bytes", "frozen_code_bytes", "mpy_total_bytes",
     "mqtt_idle_bytes_per_hour", "mqtt_idle_bytes_per_hour_baseline", "mqtt_session_bytes",
+    "standin_heap_min_bytes_ocpp", "ocpp_frozen_code_bytes", "ocpp_idle_bytes_per_hour",
     "modbus_bytes_per_poll", "modbus_bytes_per_poll_min", "boot_to_ready_ms",
     "reaction_ms_network_stall", "loop_stall_ms_max",
     "property_cases", "property_violations",
@@ -327,7 +329,7 @@ def part_tick(tmp, quick):
 
 def part_flash(quick):
     """C->B while the station writes records, on a flash with NOR erase times
-    (tools/bench_flash.py, tests/fakes/flash_timing.py), in simulated ms."""
+    (tools/bench_flash.py, tools/flash_timing.py), in simulated ms."""
     cmd = [MICROPYTHON, "-m", "tools.bench_flash"] + (["quick"] if quick else [])
     r = subprocess.run(cmd, cwd=device_fs(), env=micropython_env(fakes=True),
                        capture_output=True, text=True, timeout=300)
@@ -511,6 +513,22 @@ def part_idle(peers, tmp, quick, log):
         % (wire, result["idle_sim_ms"] / 1000, metrics["mqtt_idle_bytes_per_hour"],
            metrics["modbus_bytes_per_poll"]))
     return metrics, detail
+
+
+OCPP_IDLE_S = {False: 3600, True: 300}      # simulated seconds counted (full, --quick)
+
+
+def part_ocpp(tmp, quick, log):
+    """The OCPP 1.6J backend (tools/bench_ocpp.py): its smallest heap, its frozen code and
+    its idle traffic, against the `ocpp` library's central system."""
+    from tools import bench_ocpp
+    frozen = bench_ocpp.frozen_bytes(standin.frozen_sizes())
+    heap, heap_detail = bench_ocpp.heap_min(tmp, quick, log)
+    idle, idle_detail = bench_ocpp.idle_bytes_per_hour(tmp, OCPP_IDLE_S[quick])
+    log("  OCPP: heap min %d KB, frozen %d B, idle %d B/h (%d pings, %d heartbeats)"
+        % (heap // KB, frozen, idle, idle_detail["pings"], idle_detail["heartbeats"]))
+    return ({"standin_heap_min_bytes_ocpp": heap, "ocpp_frozen_code_bytes": frozen,
+             "ocpp_idle_bytes_per_hour": idle}, {"heap": heap_detail, "idle": idle_detail})
 
 
 def part_naive(peers, tmp, quick):
@@ -730,7 +748,8 @@ def verdicts(metrics):
 def _fmt(key, v):
     if v is None:
         return "NOT MEASURED"
-    if key.endswith("_bytes") or key.endswith("_per_hour") or key.endswith("_baseline") \
+    if key.endswith("_bytes") or key.endswith("_bytes_ocpp") or key.endswith("_per_hour") \
+            or key.endswith("_baseline") \
             or key.endswith("_per_poll") or key.endswith("_per_poll_min"):
         return "%s B" % (("%.1f" % v) if isinstance(v, float) and v != int(v) else "%d" % v)
     if key.endswith("_ms") or "_ms_" in key:
@@ -813,6 +832,7 @@ def main(argv=None, out=None):
                 part("wall", part_wall, peers, tmp, args.quick)
                 part("boot", part_boot, peers, tmp, args.quick)
             part("net", part_net, tmp, args.quick)
+            part("ocpp", part_ocpp, tmp, args.quick)
             part("annexa", part_annexa, args.quick)
             # Firmware that does not compile for the device is not measured at all.
             part("props", part_props, args.quick)

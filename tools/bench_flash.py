@@ -1,11 +1,11 @@
 """Reaction time while the station writes to flash, in simulated time.
 
-    micropython -m tools.bench_flash [quick]     (tests/fakes on MICROPYPATH)
+    micropython -m tools.bench_flash [quick]
 
 Prints one JSON line: {"reaction_ms_max": ..., "by_op": [...], "flash": {...}}. Run by
 tools/bench.py (reaction_ms_flash_busy) and by tests/unit/test_flash_timing.py.
 
-The flash is tests/fakes/flash_timing.py over the in-memory flash of powercut_fs: every
+The flash is tools/flash_timing.py over the in-memory flash of powercut_fs: every
 erase and page program advances the SimBoard's clock by what it takes on an ESP32's SPI
 NOR flash (about 45 ms per 4 KB sector erase), as the CPU is held meanwhile.
 
@@ -24,8 +24,8 @@ import sys
 from firmware.outbox import KIND_SESSION
 from firmware.station import TICK_MS, Station
 from firmware.storage import Store
-from flash_timing import FlashTimingFs
-from powercut_fs import PowerCutFs
+from tools.flash_timing import FlashTimingFs
+from tools.powercut_fs import PowerCutFs
 from tools.pilotsim.model import S2_C, S2_OPEN
 from tools.pilotsim.simboard import SimBoard
 

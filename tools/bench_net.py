@@ -344,6 +344,7 @@ def build(storage, state, board=None, simulated=True, spawn=-1, host="broker.exa
     cfg = {"mqtt_host": host, "mqtt_port": 8883 if tls else 1883,
            "mqtt_connect_timeout_ms": 3000, "mqtt_backoff_min_ms": 500,
            "mqtt_backoff_max_s": 2, "mqtt_keepalive_s": 10, "b_to_c_debounce_ms": 0,
+           "mqtt_boot_spread_s": 0,
            "station_id": "cp-net"}
     if tls:
         cfg.update({"mqtt_tls": True, "mqtt_ca_file": "ca.der"})   # the context is FakeTls

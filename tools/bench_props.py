@@ -7,7 +7,7 @@ One case is a list of (action, ticks): the action changes the world (the EV, the
 the residual-current monitor, temperature, the meter), sends a backend command, or resets
 the station (a commanded reboot, the watchdog, a crash, a power cut); then the charger runs
 that many 10 ms ticks. The charger is the real firmware (firmware/charger.py) in the test
-rig of tests/unit/charger_rig.py; after each tick the latches and the limit go to the safety
+rig of tools/charger_rig.py; after each tick the latches and the limit go to the safety
 record on an in-memory flash as the station does (firmware/safestate.py), and a reset builds
 a new charger and restores it from that record, as Station.__init__ does.
 
@@ -27,8 +27,8 @@ from firmware.charger import Charger
 from firmware.compat import ticks_add, ticks_diff
 from firmware.safestate import SafeState
 from firmware.storage import Store
-from tests.fakes.powercut_fs import PowerCutFs
-from tests.unit.charger_rig import Rig
+from tools.powercut_fs import PowerCutFs
+from tools.charger_rig import Rig
 
 # The station's reboot command (firmware/station.py): the reply first, then the reset once
 # the charger is ready (the contactor open or the EV's time to stop is over, no F hold).

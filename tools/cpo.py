@@ -35,6 +35,23 @@ CSV_COLUMNS = ("station", "id", "seq", "id_tag", "start_time", "stop_time", "dur
                "currency", "cost_minor", "stop_reason", "record")
 
 
+def wait_first(cond, items, predicate, timeout, start=0):
+    """The first of `items` (a list other threads append to under `cond`, notifying it) from
+    index `start` on for which predicate(item) is true; None after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        i = start
+        while True:
+            while i < len(items):
+                if predicate(items[i]):
+                    return items[i]
+                i += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            cond.wait(left)
+
+
 class Console:
     """A backend client: remembers every message it sees, sends commands, acks records."""
 
@@ -123,18 +140,7 @@ class Console:
     def wait_for(self, predicate, timeout=10.0, start=0):
         """The first message from index `start` on for which predicate(topic, payload,
         retain) is true; None after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            i = start
-            while True:
-                while i < len(self.messages):
-                    if predicate(*self.messages[i]):
-                        return self.messages[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
+        return wait_first(self._cond, self.messages, lambda m: predicate(*m), timeout, start)
 
     def mark(self):
         with self._cond:

@@ -47,7 +47,10 @@ def host_tree():
         link = os.path.join(HOST_TREE, name)
         if name in skip or os.path.lexists(link):
             continue
-        os.symlink(os.path.join(ROOT, name), link)
+        try:
+            os.symlink(os.path.join(ROOT, name), link)
+        except FileExistsError:
+            pass            # another process of the same run made it first
     return HOST_TREE
 
 

@@ -139,7 +139,16 @@ def install_mplib(src):
 
 
 def build(quiet=True):
-    """Build (or bring up to date) the stand-in; returns the binary's path."""
+    """Build (or bring up to date) the stand-in; returns the binary's path. One build at a
+    time in a checkout: pytest's workers and the unit-test pool each make sure of it."""
+    import fcntl
+    os.makedirs(BUILD, exist_ok=True)
+    with open(os.path.join(BUILD, ".build-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(quiet)
+
+
+def _build(quiet):
     src = source_dir()
     install_mplib(src)
     jobs = "-j%d" % max(1, min(4, os.cpu_count() or 1))

@@ -6,7 +6,8 @@ Runs on the ESP32 stand-in (on PyPI's 64-bit port when the broker needs TLS: the
 has no mbedtls). RUN.json, written by tools/station.py: {"config": {firmware config keys},
 "storage": folder (the station's flash), "meter_wh": the meter's register at start,
 optional "emit_topics": [topic, ...] (only MQTT messages on these topics are printed: a
-fleet of stations, tools/fleet.py, follows its records without the cost of the rest)}.
+fleet of stations, tools/fleet.py, follows its records without the cost of the rest),
+optional "no_jitter": true (the link's random draws are all 0: tools/fleet.py --no-jitter)}.
 
 The real firmware (firmware.station.Station, its MQTT link to whatever broker the config
 names) runs on the simulator's board (tools/pilotsim/simboard.py) whose clock follows the
@@ -156,6 +157,7 @@ class VirtualStation:
     def __init__(self, run):
         self.config = run["config"]
         self._emit_topics = run.get("emit_topics")
+        self._no_jitter = run.get("no_jitter", False)
         self.loops = 0
         self.model = PilotModel()
         self.model.cable_ohms = CABLE_OHMS[32]
@@ -181,6 +183,11 @@ class VirtualStation:
         from firmware.station import Station
         self.station = Station(self.board, config=self.config)
         link = self.station.link
+        if link is not None and self._no_jitter:
+            # A fleet's comparison run (tools/fleet.py --no-jitter): every random draw of
+            # the link (first connect, reconnect backoff) is 0, as without storm control.
+            link._rand = _zero
+            link.boot_delay_ms = 0
         if link is not None:
             # The link looks a broker name up itself, off the loop (firmware/resolver.py).
             self._watch(link)
@@ -210,7 +217,17 @@ class VirtualStation:
                 emit({"k": "mqtt", "dir": "in", "topic": _topic(topic), "payload": _payload(msg)})
             receive(topic, msg)
 
+        publish_parts = client.publish_parts
+
+        def sent_parts(topic, parts):
+            # Outbox records go out piece by piece (no joined copy on the device).
+            publish_parts(topic, parts)
+            if only is None or _topic(topic) in only:
+                emit({"k": "mqtt", "dir": "out", "topic": _topic(topic), "retain": False,
+                      "payload": _payload(b"".join(bytes(p) for p in parts))})
+
         client.publish = sent
+        client.publish_parts = sent_parts
         client.cb = received
 
     # -- the user's commands ---------------------------------------------------------------
@@ -325,6 +342,10 @@ class VirtualStation:
         # As a reboot does: contactor open, the session closed on flash, offline status.
         self.station.shutdown("shutdown")
         emit({"k": "bye", "energy_wh": self.energy.wh})
+
+
+def _zero(n):
+    return 0
 
 
 def main(argv):

@@ -47,7 +47,9 @@ class PrintingTarget(RecordingTarget):
 
 
 def main(opts):
-    cfg = Config(opts.get("config", {}))
+    values = dict(opts.get("config", {}))
+    values.setdefault("mqtt_boot_spread_s", 0)     # connect at once unless a test asks
+    cfg = Config(values)
     store = Store(opts.get("store", "build/mqtt-station"))
     outbox = Outbox(Journal(store, "outbox"), capacity=cfg["outbox_capacity"],
                     window=cfg["outbox_window"], resend_ms=cfg["outbox_resend_s"] * 1000,

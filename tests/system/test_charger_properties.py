@@ -50,12 +50,7 @@ def test_a_small_bench_run_reports_its_figures():
 
 
 # -- the transition table (firmware/transitions.py, docs/state-machine.md) ------------------
-import os  # noqa: E402
-import sys  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "unit"))
-
-from charger_rig import Rig  # noqa: E402
+from tools.charger_rig import Rig  # noqa: E402
 
 
 def apply(r, action):

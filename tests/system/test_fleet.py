@@ -1,6 +1,6 @@
 """A small fleet (tools/fleet.py): 10 virtual stations, one mosquitto, the backend, one broker
 restart while EVs charge. Counts only: records, duplicates, reconnects, interruptions."""
-import os
+import json
 
 import pytest
 
@@ -16,11 +16,14 @@ def test_a_broker_restart_loses_no_record_and_interrupts_no_charge(tmp_path):
     r = fleet.run(n=N, duration=24, fault="restart", fault_at=8, down=2, seed=3,
                   cmd_per_min=2, storage=str(tmp_path / "fleet"), first_id="ft-01",
                   out=lambda *a: None, charge_s=(12, 22), idle_s=(1, 4), drain_s=40,
-                  report=str(tmp_path / "fleet.json"))
+                  report=str(tmp_path / "fleet.json"),
+                  extra_cfg={"mqtt_boot_spread_s": 3})      # a shorter boot, same restart
     assert r["fleet_online_after_boot"] == N
     assert r["fleet_online_at_fault"] == N
     assert r["fleet_charging_at_fault"] >= 1          # the fault hits running sessions
+    assert r["fleet_dropped_by_fault"] == N
     assert r["fleet_reconnected"] == N and r["fleet_not_reconnected"] == 0
+    assert r["fleet_reconnects_at_broker"] >= N       # the broker's log saw every one
     assert r["fleet_online_at_end"] == N
     assert r["fleet_sessions"] >= N                    # every EV's session reached the backend
     assert r["fleet_records_published"] >= 2 * N       # a start and an end record each
@@ -31,4 +34,66 @@ def test_a_broker_restart_loses_no_record_and_interrupts_no_charge(tmp_path):
     # Full jitter on the first retry: ten stations do not come back in the same second.
     assert 1 <= r["fleet_reconnect_peak_per_s"] < 10
     assert r["fleet_commands_sent"] >= 1 and r["fleet_replies"] >= 1
-    assert os.path.exists(tmp_path / "fleet.json")
+    with open(tmp_path / "fleet.json") as f:
+        report = json.load(f)
+    assert report["mosquitto"]["runs"]["restart-n10"]["fleet_records_lost"] == 0
+
+
+def test_the_relay_black_holes_the_path_without_closing_a_socket():
+    """tools/fleet_relay.py: while black-holed nothing is forwarded either way and no
+    socket closes; a connection opened meanwhile is held; restored, the held bytes flow."""
+    import socket
+    import threading
+
+    from tools.fleet_relay import Relay
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    accepted = []
+
+    def echo():
+        while len(accepted) < 2:
+            c, _ = srv.accept()
+            accepted.append(c)
+            threading.Thread(target=_echo, args=(c,), daemon=True).start()
+
+    def _echo(c):
+        while True:
+            data = c.recv(100)
+            if not data:
+                return
+            c.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    relay = Relay(srv.getsockname()[1])
+    try:
+        a = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
+        a.sendall(b"one")
+        assert a.recv(10) == b"one"
+        relay.blackhole()
+        a.sendall(b"held")
+        a.settimeout(1)
+        with pytest.raises(socket.timeout):
+            a.recv(10)
+        b = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
+        b.sendall(b"new")
+        b.settimeout(1)
+        with pytest.raises(socket.timeout):
+            b.recv(10)
+        assert relay.upstream_connects == 1 and len(accepted) == 1   # b not forwarded
+        assert relay.connections == 2                                 # nothing closed
+        # A station gives up on a connection it opened during the black hole: its stale
+        # CONNECT never reaches the broker (it would take over the live session).
+        c = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
+        c.sendall(b"stale")
+        c.close()
+        relay.restore()
+        a.settimeout(5)
+        b.settimeout(5)
+        assert a.recv(10) == b"held"
+        assert b.recv(10) == b"new"
+        assert relay.upstream_connects == 2 and relay.abandoned == 1
+    finally:
+        relay.close()
+        srv.close()

@@ -30,7 +30,8 @@ class Station:
     """The link with an outbox and a recording target, stepped in simulated time."""
 
     def __init__(self, port, store_dir, station=STATION, factory=None, rand=None, **cfg):
-        values = {"mqtt_host": "127.0.0.1", "mqtt_port": port, "mqtt_keepalive_s": 30}
+        values = {"mqtt_host": "127.0.0.1", "mqtt_port": port, "mqtt_keepalive_s": 30,
+                  "mqtt_boot_spread_s": 0}
         values.update(cfg)
         self.cfg = Config(values)
         self.acked = []

@@ -133,7 +133,7 @@ def test_tx_default_profile_survives_a_power_cut(tmp_dir):
             res = await remote(cs, st, call.GetConfiguration(key=[
                 "SupportedFeatureProfiles", "MaxChargingProfilesInstalled"]))
             assert [k["value"] for k in res.configuration_key] == [
-                "Core,RemoteTrigger,SmartCharging", "8"]
+                "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging", "8"]
             res = await remote(cs, st, call.SetChargingProfile(connector_id=0,
                                cs_charging_profiles=profile(7, "TxDefaultProfile", [(0, 8)],
                                                             stack=1)))

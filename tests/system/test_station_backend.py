@@ -11,7 +11,7 @@ import pytest
 
 from firmware.storage import Store
 from firmware.station import TICK_MS, Station
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from tools.pilotsim.model import S2_C, S2_OPEN
 from tools.pilotsim.simboard import SimBoard
 
@@ -44,7 +44,8 @@ class Station1:
         self.fs = fs or PowerCutFs()
         self.board = SimBoard(start_ms=start_ms)
         self.st = Station(self.board, config={"mqtt_host": "127.0.0.1", "mqtt_port": port,
-                                              "mqtt_keepalive_s": 10},
+                                              "mqtt_keepalive_s": 10,
+                                              "mqtt_boot_spread_s": 0},
                           store=Store("/data", self.fs))
 
     def step(self, n=1):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tools.cpo import Console
+from tools.cpo import Console, wait_first
 from tools.devicefiles import ROOT, ensure_standin
 from tools.station import check_command, station_ids, UsageError
 
@@ -44,18 +44,7 @@ class StationTool:
         self.proc.stdin.flush()
 
     def wait_line(self, predicate, timeout=WAIT_S, start=0):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            i = start
-            while True:
-                while i < len(self.lines):
-                    if predicate(self.lines[i]):
-                        return self.lines[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
+        return wait_first(self._cond, self.lines, predicate, timeout, start)
 
     def mark(self):
         with self._cond:

@@ -26,7 +26,7 @@ from firmware.session import SessionManager
 from firmware.states import STATE_A, STATE_B2, STATE_C2, ev_connected
 from firmware.storage import Store
 from meter_doubles import SimClock, SlaveStream
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 
 LOOP_MS = 100
 POLL_MS = 1000

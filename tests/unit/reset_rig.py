@@ -8,7 +8,7 @@ Runs on CPython and on the MicroPython unix port.
 from firmware.meter_service import NEW_READING
 from firmware.station import TICK_MS, Station
 from firmware.storage import Store
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from tools.pilotsim.model import S2_C, S2_OPEN
 from tools.pilotsim.simboard import SimBoard
 
@@ -88,16 +88,10 @@ class Board(SimBoard):
         self.crash_now = False         # the next pilot sample raises (a crash in the loop)
         self.wall = True               # False: the clock is not set (no SNTP yet)
         self.pilot_log = []            # (now_ms, duty) each time the pilot changes
-        m = self.model
-        m.plugged = world.plugged
-        m.s2 = world.s2
-        m.diode_short = world.diode_short
-        m.update()
-        self.rcd_fault = world.leak
-        self.rcd_selftest_ok = world.monitor_ok
-        self.contactor_welded = world.welded
-        self.contactor_stuck_open = world.stuck_open
+        # The contacts are where the last boot left them; with the coil unpowered since the
+        # reset, sync() opens them unless they are welded.
         self.contacts_closed = world.contacts_closed
+        self.sync()
 
     def reset_cause(self):
         return self.cause

@@ -4,7 +4,7 @@
 # played on the charge controller with every key at its worst end.
 import unittest
 
-from charger_rig import Rig
+from tools.charger_rig import Rig
 from firmware.config import SCHEMA
 from firmware.station import TICK_MS
 

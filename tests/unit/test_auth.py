@@ -5,7 +5,7 @@ from firmware.auth import (LIST_FILE, SOURCE_BACKEND, SOURCE_READER, AllowListEr
                            IdTagError, IdTagReader)
 from firmware.config import Config
 from firmware.storage import Store
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 
 ROOT = "/data"
 

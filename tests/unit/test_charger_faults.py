@@ -2,7 +2,7 @@
 # Runs on CPython (pytest) and on the MicroPython unix port (tests/mprun.py).
 import unittest
 
-from charger_rig import Rig
+from tools.charger_rig import Rig
 from firmware import faults as F
 from firmware.board import LED_FAULT
 from firmware.charger import CONTACTOR_FAULT, LIMIT_THERMAL

@@ -7,7 +7,7 @@ Found by tests/system/flash_campaign.py on a littlefs image."""
 import unittest
 
 from firmware.session import CKPT_FILE, LIVE_FILE
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from test_record_durability import ROOT, boot, copy, plug_and_charge
 
 LIVE = ROOT + "/" + LIVE_FILE

@@ -10,7 +10,7 @@ from firmware.config import (
     Config, ConfigError, is_hardware, suggest, unknown_key, validate as check, warnings)
 from firmware.station import TICK_MS, Station
 from firmware.storage import Store
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from tools.pilotsim.model import S2_C
 from tools.pilotsim.simboard import SimBoard
 

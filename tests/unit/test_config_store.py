@@ -8,7 +8,7 @@ from firmware import config_store, faults
 from firmware.config import SAFE_FALLBACK, SCHEMA, Config
 from firmware.station import TICK_MS, Station
 from firmware.storage import StorageError, Store
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from tools.pilotsim.model import S2_C
 from tools.pilotsim.simboard import SimBoard
 

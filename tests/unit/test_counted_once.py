@@ -16,7 +16,7 @@ import firmware.session as session_mod
 from firmware.counters import RETRY_MAX_MS, Counters
 from firmware.session import JOURNAL_FILE, LIVE_FILE
 from firmware.storage import Store
-from powercut_fs import FailingFs, PowerCutFs
+from tools.powercut_fs import FailingFs, PowerCutFs
 from test_record_durability import ROOT, Sweep, boot, copy, plug_and_charge, recovered_ids, unplug
 
 

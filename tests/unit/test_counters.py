@@ -5,7 +5,7 @@ from firmware.compat import TICKS_MAX, ticks_add
 from firmware.config import Config
 from firmware.counters import FILE, RETRY_MAX_MS, RETRY_MIN_MS, Counters
 from firmware.storage import StorageError, Store
-from powercut_fs import PowerCut, PowerCutFs
+from tools.powercut_fs import PowerCut, PowerCutFs
 
 ROOT = "/data"
 
@@ -153,7 +153,7 @@ class FailedWritesBackOff(unittest.TestCase):
     every tick: each failure also became a fault record, over a thousand writes in 12 s."""
 
     def failing_counters(self):
-        from powercut_fs import FailingFs
+        from tools.powercut_fs import FailingFs
         fs = FailingFs(paths=("/" + FILE,))
         c = Counters(Store(ROOT, fs), save_interval_s=60)
         self.assertRaises(StorageError, c.boot, 0)
@@ -197,7 +197,7 @@ class FailedWritesBackOff(unittest.TestCase):
         self.assertEqual(self.attempts_until(fs, c, 12000), [1000, 3000, 7000])
 
     def test_a_failure_without_a_time_waits_from_the_next_tick(self):
-        from powercut_fs import FailingFs
+        from tools.powercut_fs import FailingFs
         fs = FailingFs(paths=("/" + FILE,))
         c = Counters(Store(ROOT, fs))
         self.assertRaises(StorageError, c.session_ended, "1-1", 100, None)

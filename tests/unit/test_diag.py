@@ -10,7 +10,7 @@ from firmware.faults import by_name
 from firmware.station import TICK_MS, Station
 from firmware.storage import Store
 from meter_doubles import SlaveStream
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from tools.pilotsim.model import CABLE_OHMS, S2_C, S2_OPEN
 from tools.pilotsim.simboard import SimBoard
 

@@ -175,7 +175,7 @@ class Cases(unittest.TestCase):
         import json
         from firmware.station import Station
         from firmware.storage import Store
-        from powercut_fs import PowerCutFs
+        from tools.powercut_fs import PowerCutFs
         from tools.pilotsim.simboard import SimBoard
         st = Station(SimBoard(), config={}, store=Store("/data", PowerCutFs()))
         st.counters.unbilled(17, 5000017)

@@ -1,12 +1,12 @@
 # Runs on CPython (pytest) and on the MicroPython unix port (tests/mprun.py).
-# Flash writes take time (tests/fakes/flash_timing.py: ~45 ms per sector erase, the CPU held
+# Flash writes take time (tools/flash_timing.py: ~45 ms per sector erase, the CPU held
 # meanwhile): the safety tick runs between flash operations, so a pilot change made while
 # the station writes opens the contactor within IEC 61851-1's 100 ms.
 import unittest
 
 from firmware.storage import Journal, Store
-from flash_timing import FlashTimingFs
-from powercut_fs import PowerCutFs
+from tools.flash_timing import FlashTimingFs
+from tools.powercut_fs import PowerCutFs
 from tools import bench_flash
 
 

@@ -7,7 +7,7 @@ from firmware import history as H
 from firmware.events import EV_FAULT_RAISED, EV_STATE
 from firmware.ramfs import RamFs
 from firmware.storage import Store
-from powercut_fs import PowerCut, PowerCutFs
+from tools.powercut_fs import PowerCut, PowerCutFs
 
 ROOT = "/data"
 

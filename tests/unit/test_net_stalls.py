@@ -8,7 +8,7 @@ import unittest
 
 from firmware.resolver import Resolver, is_ipv4
 from firmware.storage import Store
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from tools import bench_net
 
 TICK = 10

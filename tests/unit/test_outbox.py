@@ -109,7 +109,7 @@ class RecordsAreHeldUntilAcknowledged(OutboxCase):
     def test_a_power_cut_while_replacing_a_session_keeps_a_copy(self):
         # Whatever moment the power fails while a held session record is replaced, the
         # next boot holds exactly one copy of it: the old or the new one.
-        from powercut_fs import PowerCut, PowerCutFs
+        from tools.powercut_fs import PowerCut, PowerCutFs
         k = 1
         while True:
             fs = PowerCutFs()
@@ -132,7 +132,7 @@ class RecordsAreHeldUntilAcknowledged(OutboxCase):
     def test_a_power_cut_while_a_full_outbox_takes_a_session_loses_none(self):
         # The overflow victim goes only after the new record is on flash: a power cut in
         # between must not leave the outbox with neither.
-        from powercut_fs import PowerCut, PowerCutFs
+        from tools.powercut_fs import PowerCut, PowerCutFs
         k = 1
         while True:
             fs = PowerCutFs()

@@ -10,7 +10,7 @@ from firmware.counters import RETRY_MAX_MS, Counters
 from firmware.session import JOURNAL_FILE, LIVE_FILE, SessionManager
 from firmware.states import STATE_A, STATE_B2, STATE_C2
 from firmware.storage import Journal, Store
-from powercut_fs import FailingFs, PowerCut, PowerCutFs
+from tools.powercut_fs import FailingFs, PowerCut, PowerCutFs
 
 ROOT = "/data"
 CFG = {"station_id": "cp-7"}

@@ -8,7 +8,7 @@ import unittest
 
 from firmware import faults as F
 from firmware.safestate import FILE
-from powercut_fs import PowerCut, PowerCutFs
+from tools.powercut_fs import PowerCut, PowerCutFs
 from reset_rig import Rig
 from tools.pilotsim.model import S2_C, S2_OPEN
 from tools.pilotsim.simboard import SimReset

@@ -11,7 +11,7 @@ from firmware.config import Config
 from firmware.faults import FaultSet
 from firmware.safestate import FILE, SafeState
 from firmware.storage import Store
-from powercut_fs import PowerCut, PowerCutFs
+from tools.powercut_fs import PowerCut, PowerCutFs
 from reset_rig import Rig
 from tools.pilotsim.model import S2_C, S2_OPEN
 from tools.pilotsim.simboard import SimReset

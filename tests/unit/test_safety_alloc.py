@@ -3,7 +3,7 @@
 # On CPython there is no heap lock: the tests skip (the unix-port run is what counts).
 import unittest
 
-from charger_rig import Rig
+from tools.charger_rig import Rig
 from firmware import faults as F
 from firmware.charger import Charger
 from firmware.compat import TICKS_MAX

@@ -9,7 +9,7 @@ from firmware.counters import Counters
 from firmware.session import CKPT_FILE, JOURNAL_FILE, LIVE_FILE, SessionError, SessionManager
 from firmware.states import STATE_A, STATE_B1, STATE_B2, STATE_C1, STATE_C2, STATE_F
 from firmware.storage import Store
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 
 ROOT = "/data"
 MIN = 60000

@@ -9,7 +9,7 @@ from firmware.counters import Counters
 from firmware.session import SessionManager
 from firmware.states import STATE_A, STATE_B2, STATE_C2
 from firmware.storage import Store
-from powercut_fs import PowerCut, PowerCutFs
+from tools.powercut_fs import PowerCut, PowerCutFs
 
 ROOT = "/data"
 CFG_V1 = {"station_id": "cp-0042", "price_per_kwh_minor": 30}

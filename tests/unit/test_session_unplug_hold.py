@@ -10,7 +10,7 @@ from firmware.outbox import KIND_SESSION
 from firmware.session import LIVE_FILE, SessionManager
 from firmware.states import STATE_A, STATE_B2, STATE_C2
 from firmware.storage import Store
-from powercut_fs import PowerCut, PowerCutFs
+from tools.powercut_fs import PowerCut, PowerCutFs
 from reset_rig import Rig
 from tools.pilotsim.model import S2_OPEN
 from tools.pilotsim.simboard import SimReset

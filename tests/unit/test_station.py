@@ -9,7 +9,7 @@ from firmware import faults
 from firmware.outbox import KIND_FAULT, KIND_SESSION
 from firmware.station import TICK_MS, Station
 from firmware.storage import Store
-from powercut_fs import PowerCutFs
+from tools.powercut_fs import PowerCutFs
 from tools.pilotsim.model import S2_C, S2_OPEN
 from tools.pilotsim.simboard import SimBoard
 

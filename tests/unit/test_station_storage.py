@@ -7,7 +7,7 @@ from firmware import faults
 from firmware.outbox import KIND_FAULT
 from firmware.station import OUTBOX_FILE, TICK_MS, Station
 from firmware.storage import Journal, Store
-from powercut_fs import FailingFs, PowerCutFs
+from tools.powercut_fs import FailingFs, PowerCutFs
 from tools.pilotsim.model import S2_C
 from tools.pilotsim.simboard import SimBoard
 

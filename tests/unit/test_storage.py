@@ -5,7 +5,7 @@ import unittest
 
 from firmware.config import Config
 from firmware.storage import Journal, StorageError, Store, MAX_RECORD
-from powercut_fs import PowerCut, PowerCutFs
+from tools.powercut_fs import PowerCut, PowerCutFs
 
 ROOT = "/data"
 IS_MICROPYTHON = sys.implementation.name == "micropython"

@@ -11,7 +11,7 @@ from firmware import faults
 from firmware.auth import AllowList
 from firmware.station import OUTBOX_FILE, TICK_MS, Station
 from firmware.storage import Journal, Store
-from powercut_fs import FailingFs, PowerCutFs
+from tools.powercut_fs import FailingFs, PowerCutFs
 from tools.pilotsim.model import S2_C, S2_OPEN
 from tools.pilotsim.simboard import SimBoard
 

@@ -319,6 +319,8 @@ class Runner:
             # does not change with it.
             self.config["mqtt_host"] = STATION_BROKER[0]
             self.config["mqtt_port"] = STATION_BROKER[1]
+            # A scenario's trace starts the link at once unless it asks for the spread.
+            self.config.setdefault("mqtt_boot_spread_s", 0)
             self.backend = Backend(host, run["broker_port"], self._cfg("mqtt_prefix"),
                                    self._cfg("station_id"), self.channel, self.sim_ms)
             self.net = SimNet(host, run["broker_port"], self.backend, cap_ms=NET_WAIT_CAP_MS)
@@ -383,7 +385,12 @@ class Runner:
         if self.net is not None:
             if not self.net.settle():
                 self.stats["net_gave_up"] += 1
-        if self.speed:
+        owed = getattr(getattr(self.station, "backend", None), "owed", None)
+        if owed is not None and owed():
+            # A backend of its own sockets (OCPP 1.6J) waits for a real central system: the
+            # simulated clock runs 1:1 with wall time until it has answered.
+            _sleep_ms(ms)
+        elif self.speed:
             # --speed: simulated time at most `speed` times wall time (for a person to
             # follow); it only waits, so it cannot change what the firmware decides.
             due = (self.sim_ms() + ms) // self.speed

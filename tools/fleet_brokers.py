@@ -1,0 +1,354 @@
+"""The fleet's brokers: mosquitto (tests/system/mosquitto.py) and RabbitMQ's MQTT plugin.
+
+Both offer start(), kill() (SIGKILL: a crash), stop() (SIGTERM: an orderly stop), running,
+port, log and connects_per_s(prefix) -> {epoch second: MQTT connections accepted}, read
+from the broker's own log.
+
+RabbitMQ runs as this user's own node on free ports, nothing shared with a system one:
+its own RABBITMQ_NODENAME, RABBITMQ_MNESIA_BASE, RABBITMQ_LOG_BASE, a config file with the
+MQTT listener's port, RABBITMQ_NODE_PORT (AMQP), RABBITMQ_DIST_PORT (Erlang distribution),
+its own epmd port (ERL_EPMD_PORT) and its own HOME (the Erlang cookie). Debian's package:
+`apt-get install -y rabbitmq-server` (3.10.8 on Debian 12); tools/setup.sh does not install
+it (`make test` does not need it); `make fleet BROKER=rabbitmq` installs it on demand.
+"""
+import datetime
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from tools.devicefiles import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "tests", "system"))
+import mosquitto  # noqa: E402  (tests/system/mosquitto.py: the test broker helper)
+
+HOST = mosquitto.HOST
+RABBIT_BIN = "/usr/lib/rabbitmq/bin"
+RABBIT_INSTALL = "apt-get install -y rabbitmq-server"
+
+
+class MosquittoBroker:
+    name = "mosquitto"
+
+    def __init__(self, directory, users=None):
+        os.makedirs(directory, exist_ok=True)
+        self.b = mosquitto.Mosquitto(directory=directory, users=users,
+                                     extra_config="max_queued_messages 1000")
+        # Connection notices only: "log_type all" logs every PUBLISH of the fleet.
+        with open(self.b.conf) as f:
+            conf = f.read().replace("log_type all", "log_type error\nlog_type warning\n"
+                                    "log_type notice\nlog_timestamp true")
+        with open(self.b.conf, "w") as f:
+            f.write(conf)
+        if os.path.exists(self.b.log):
+            os.remove(self.b.log)
+        self.port = self.b.port
+        self.log = self.b.log
+        self.shared_subscriptions = True
+
+    @staticmethod
+    def available():
+        return mosquitto.available()
+
+    def start(self):
+        self.b.start()
+
+    def kill(self):
+        self.b.kill()
+
+    def stop(self):
+        self.b.stop()
+
+    @property
+    def running(self):
+        return self.b.running
+
+    def close(self):
+        self.b.stop()
+
+    def connects_per_s(self, client_prefix):
+        per_s = {}
+        try:
+            with open(self.log, errors="replace") as f:
+                for line in f:
+                    if "New client connected" in line and (" as %s" % client_prefix) in line:
+                        sec = int(line.split(":", 1)[0])
+                        per_s[sec] = per_s.get(sec, 0) + 1
+        except (OSError, ValueError):
+            pass
+        return per_s
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind((HOST, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class RabbitBroker:
+    """RabbitMQ with rabbitmq_mqtt on its own ports (see the module docstring)."""
+    name = "rabbitmq"
+
+    def __init__(self, directory, users=None):
+        self.dir = os.path.abspath(directory)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = _free_port()
+        self.amqp_port = _free_port()
+        self.dist_port = _free_port()
+        self.epmd_port = _free_port()
+        self.node = "fleet%d@localhost" % self.port
+        self.log = os.path.join(self.dir, "log", self.node + ".log")
+        self.shared_subscriptions = False
+        conf = os.path.join(self.dir, "rabbitmq.conf")
+        lines = ["listeners.tcp.default = %d" % self.amqp_port,
+                 "mqtt.listeners.tcp.default = %d" % self.port,
+                 "mqtt.allow_anonymous = %s" % ("false" if users else "true"),
+                 "log.file.level = info", "log.console = false",
+                 "loopback_users = none",
+                 # The fleet's 100+ connections, each with a session queue.
+                 "mqtt.tcp_listen_options.backlog = 1024"]
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        with open(os.path.join(self.dir, "enabled_plugins"), "w") as f:
+            f.write("[rabbitmq_mqtt].\n")
+        self.users = users or {}
+        self.env = dict(os.environ, HOME=self.dir, RABBITMQ_NODENAME=self.node,
+                        RABBITMQ_MNESIA_BASE=os.path.join(self.dir, "mnesia"),
+                        RABBITMQ_LOG_BASE=os.path.join(self.dir, "log"),
+                        RABBITMQ_CONFIG_FILE=conf[:-len(".conf")],
+                        RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir, "enabled_plugins"),
+                        RABBITMQ_NODE_PORT=str(self.amqp_port),
+                        RABBITMQ_DIST_PORT=str(self.dist_port),
+                        ERL_EPMD_PORT=str(self.epmd_port),
+                        RABBITMQ_PID_FILE=os.path.join(self.dir, "rabbit.pid"))
+        self.proc = None
+        self._started_users = False
+
+    @staticmethod
+    def available():
+        return os.path.exists(os.path.join(RABBIT_BIN, "rabbitmq-server"))
+
+    @staticmethod
+    def install(out=print):
+        out("fleet: RabbitMQ is not installed: %s" % RABBIT_INSTALL)
+        r = subprocess.run(RABBIT_INSTALL.split(), env=dict(os.environ,
+                           DEBIAN_FRONTEND="noninteractive"), capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError("%s failed: %s" % (RABBIT_INSTALL, r.stderr[-500:]))
+
+    def start(self, timeout=120.0):
+        self.proc = subprocess.Popen([os.path.join(RABBIT_BIN, "rabbitmq-server")],
+                                     env=self.env, cwd=self.dir, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("rabbitmq-server exited (%s); see %s"
+                                   % (self.proc.returncode, self.log))
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("RabbitMQ's MQTT listener not up in %.0f s" % timeout)
+        if self.users and not self._started_users:
+            for user, password in self.users.items():
+                self.ctl("add_user", user, password)
+                self.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+            self._started_users = True
+
+    def ctl(self, *args):
+        return subprocess.run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", self.node]
+                              + list(args), env=self.env, capture_output=True, text=True,
+                              timeout=120)
+
+    def _signal(self, sig):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # The server script execs beam; the whole session (beam, its helpers) goes.
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def kill(self):
+        self._signal(signal.SIGKILL)
+
+    def stop(self):
+        self._signal(signal.SIGTERM)
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self):
+        self.stop()
+        # epmd on our own port: started by the node, ours to end.
+        try:
+            subprocess.run(["epmd", "-port", str(self.epmd_port), "-kill"],
+                           capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+    def connects_per_s(self, client_prefix):
+        """From 'accepting MQTT connection ... client id: <id>' lines of the node's log."""
+        per_s = {}
+        try:
+            with open(self.log, errors="replace") as f:
+                for line in f:
+                    if "accepting MQTT connection" not in line \
+                            or ("client id: %s" % client_prefix) not in line:
+                        continue
+                    stamp = line.split(" [", 1)[0]
+                    t = datetime.datetime.fromisoformat(stamp)
+                    sec = int(t.timestamp())
+                    per_s[sec] = per_s.get(sec, 0) + 1
+        except (OSError, ValueError):
+            pass
+        return per_s
+
+
+BROKERS = {"mosquitto": MosquittoBroker, "rabbitmq": RabbitBroker}
+
+
+def clean(directory):
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- what the station relies on, checked on a broker ------------------------------------------
+def check_features(broker, wait=1.5):
+    """{feature: (ok, detail)} for what the station and the fleet's backend rely on:
+    MQTT 3.1.1, QoS 1 both ways, retained messages (to an exact and to a wildcard
+    subscription), a persistent session (clean_session=False) queueing QoS 1 while the
+    client is away, a retained last will, and shared subscriptions ($share/group/...)."""
+    import paho.mqtt.client as mqtt
+    port = broker.port
+    out = {}
+
+    def client(cid, clean=True, will=None):
+        got = []
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=clean,
+                        protocol=mqtt.MQTTv311)
+        c.on_message = lambda cl, u, m: got.append((m.topic, bytes(m.payload), m.retain,
+                                                    m.qos))
+        flags = {}
+        c.on_connect = lambda cl, u, f, rc, p=None: flags.update(
+            session_present=f.session_present, rc=int(rc.value if hasattr(rc, "value") else rc))
+        if will:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.connect(HOST, port, keepalive=10)
+        c.loop_start()
+        t = time.monotonic() + 5
+        while "rc" not in flags and time.monotonic() < t:
+            time.sleep(0.05)
+        return c, got, flags
+
+    def stop(c):
+        c.loop_stop()
+        c.disconnect()
+
+    pub, _, f = client("chk-pub")
+    out["mqtt_3_1_1"] = (f.get("rc") == 0, "CONNACK rc %s" % f.get("rc"))
+    # QoS 1 and retained
+    sub, got, _ = client("chk-sub")
+    sub.subscribe("chk/+/q", 1)
+    time.sleep(wait / 2)
+    pub.publish("chk/a/q", b"q1", qos=1).wait_for_publish(5)
+    pub.publish("chk/a/status", b"ret", qos=1, retain=True).wait_for_publish(5)
+    time.sleep(wait)
+    out["qos1"] = (("chk/a/q", b"q1", False, 1) in got, repr(got[:2]))
+    exact, g1, _ = client("chk-exact")
+    exact.subscribe("chk/a/status", 1)
+    wild, g2, _ = client("chk-wild")
+    wild.subscribe("chk/+/status", 1)
+    time.sleep(wait)
+    out["retained_exact_topic"] = (any(m[1] == b"ret" and m[2] for m in g1), repr(g1[:1]))
+    out["retained_wildcard"] = (any(m[1] == b"ret" and m[2] for m in g2), repr(g2[:1]))
+    for c in (sub, exact, wild):
+        stop(c)
+    # persistent session
+    p, _, f1 = client("chk-persist", clean=False)
+    p.subscribe("chk/p/cmd", 1)
+    time.sleep(wait / 2)
+    stop(p)
+    time.sleep(wait / 2)
+    pub.publish("chk/p/cmd", b"while-away", qos=1).wait_for_publish(5)
+    time.sleep(wait / 2)
+    p, got, f2 = client("chk-persist", clean=False)
+    time.sleep(wait)
+    out["persistent_session"] = (any(m[1] == b"while-away" for m in got)
+                                 and bool(f2.get("session_present")),
+                                 "session_present %s, queued %r" % (f2.get("session_present"),
+                                                                    got[:1]))
+    stop(p)
+    # last will: the client's socket closes without DISCONNECT
+    w, _, _ = client("chk-will", will=("chk/w/status", b"gone"))
+    watcher, gw, _ = client("chk-watch")
+    watcher.subscribe("chk/w/status", 1)
+    time.sleep(wait / 2)
+    w.loop_stop()
+    w.socket().close()
+    time.sleep(wait * 2)
+    late, gl, _ = client("chk-late")
+    late.subscribe("chk/w/status", 1)
+    time.sleep(wait)
+    out["last_will"] = (any(m[1] == b"gone" for m in gw), repr(gw[:1]))
+    out["last_will_retained"] = (any(m[1] == b"gone" and m[2] for m in gl), repr(gl[:1]))
+    for c in (watcher, late):
+        stop(c)
+    # shared subscriptions: two consumers share one group's messages
+    a, ga, _ = client("chk-share-a")
+    b, gb, _ = client("chk-share-b")
+    for c in (a, b):
+        c.subscribe("$share/backend/chk/s/+", 1)
+    time.sleep(wait / 2)
+    for i in range(20):
+        pub.publish("chk/s/%d" % i, b"%d" % i, qos=1)
+    time.sleep(wait)
+    ok = len(ga) + len(gb) == 20 and ga and gb
+    out["shared_subscription"] = (bool(ok), "consumer a %d, b %d of 20" % (len(ga), len(gb)))
+    for c in (a, b, pub):
+        stop(c)
+    # clean up the retained messages
+    return out
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m tools.fleet_brokers",
+                                description="check a broker for what the station relies on")
+    p.add_argument("broker", choices=sorted(BROKERS))
+    p.add_argument("--dir", default=os.path.join(ROOT, "build", "fleet-check"))
+    args = p.parse_args(argv)
+    cls = BROKERS[args.broker]
+    if not cls.available():
+        if args.broker == "rabbitmq":
+            cls.install()
+        else:
+            print("mosquitto is not installed", file=sys.stderr)
+            return 2
+    clean(os.path.join(args.dir, args.broker))
+    b = cls(os.path.join(args.dir, args.broker))
+    b.start()
+    try:
+        r = check_features(b)
+    finally:
+        b.close()
+    for k, (ok, detail) in r.items():
+        print("%-22s %-4s %s" % (k, "ok" if ok else "FAIL", detail))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
