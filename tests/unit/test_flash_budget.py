@@ -12,7 +12,7 @@ from firmware.flashsched import FlashBudget
 from firmware.session import CKPT_FILE, JOURNAL_FILE, LIVE_FILE, SessionManager
 from firmware.states import STATE_A, STATE_B2, STATE_C2
 from firmware.storage import Store
-from powercut_fs import PowerCut, PowerCutFs
+from tools.powercut_fs import PowerCut, PowerCutFs
 from tools.pilotsim.model import S2_C, S2_OPEN
 
 from test_station import BACKEND, Rig
