@@ -144,6 +144,10 @@ class AuthCache:
         the bound. A flash failure leaves the cache as it was (it is a cache)."""
         try:
             data = self._read() if self.count else None
+            line = entry_line(tag, st, expiry, parent)
+            if data and data.endswith(b"\n" + line + b"\n"):
+                return        # already the newest, unchanged: no flash write (an Authorize
+                              # and its StartTransaction answer alike)
             key = tag + b" "
             lines = [ln for ln in (data.split(b"\n")[1:-1] if data else ())
                      if not ln.startswith(key)]
@@ -154,7 +158,7 @@ class AuthCache:
             out = [_HEADER]
             for ln in lines:
                 out.append(ln + b"\n")
-            out.append(entry_line(tag, st, expiry, parent) + b"\n")
+            out.append(line + b"\n")
             self.store.write_atomic(FILE, b"".join(out))
         except (StorageError, MemoryError, OSError):
             self.write_failures += 1

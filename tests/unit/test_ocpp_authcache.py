@@ -59,8 +59,13 @@ class AuthCacheTests(unittest.TestCase):
         self.assertEqual(self.cache.status("Card-A"), "Accepted")   # CiString
         self.assertEqual(self.cache.status("CARD-B"), "Blocked")
         self.assertEqual(self.cache.status("CARD"), None)           # a prefix is no match
+        # The same answer again (StartTransaction.conf after Authorize.conf): no write.
+        ops = self.cache.store.ops
+        self.cache.update("CARD-B", info("Blocked"))
+        self.assertEqual(self.cache.store.ops, ops)
         # A later answer replaces the entry.
         self.cache.update("CARD-B", info("Accepted"))
+        self.assertTrue(self.cache.store.ops > ops)
         self.assertEqual((len(self.cache), self.cache.status("CARD-B")), (2, "Accepted"))
         again = AuthCache(self.store(), self.cfg, lambda: T0)
         self.assertEqual((len(again), again.status("CARD-A"), again.damaged), (2, "Accepted", 0))
