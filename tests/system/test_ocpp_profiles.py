@@ -155,8 +155,10 @@ def test_authorization_cache_starts_offline_until_cleared(ocpp):
             await st.do("tag", id="CARD-OK")                # Authorize: Accepted, cached
             await st.run(10000, until="tx")
             await st.do("ev", plugged=False)
+            await st.run(3000, until="no_tx")
             snap = await st.run(20000, until="delivered")
             assert len(cs.actions("Authorize")) == 1
+            assert [p["transactionId"] for p in cs.actions("StopTransaction")] == [1001]
             assert snap["stats"]["auth_cache_entries"] == 1
 
             await outage(cs, st)
