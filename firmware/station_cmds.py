@@ -14,7 +14,7 @@ from firmware.auth import ASK_BACKEND, SOURCE_BACKEND, SOURCE_READER
 from firmware.compat import ticks_add, ticks_diff
 from firmware.config import Config, is_hardware, needs_reboot
 from firmware.meters import load_map
-from firmware.session import REASON_REBOOT, REASON_REMOTE_STOP
+from firmware.session import REASON_REBOOT, REASON_REMOTE_STOP, TIME_WALL
 from firmware.storage import StorageError
 
 AVAILABILITY_FILE = "inoperative"   # present: the operator took the station out of service
@@ -56,10 +56,19 @@ class Commands:
         self.sessions.set_id_tag(None, now_ms, SOURCE_BACKEND)
         return None
 
-    def cmd_stop(self, now_ms):
+    def cmd_stop(self, now_ms, session_id=None, sent_at=None):
         c = self.charger
-        if self.sessions.active is None:
+        active = self.sessions.active
+        if active is None:
             return _cmd.NO_SESSION, "no session"
+        # A stop held back by an outage must not end the next driver's charge.
+        if session_id is not None and session_id != active["id"]:
+            return _cmd.OTHER_SESSION, "session %s is not the running one (%s)" % (
+                session_id, active["id"])
+        if sent_at is not None and active["time_source"] == TIME_WALL \
+                and sent_at + _cmd.STOP_SKEW_S < active["start_time"]:
+            return _cmd.OTHER_SESSION, "sent %d s before the running session began" % (
+                active["start_time"] - sent_at)
         if c.paused:
             return _cmd.ALREADY, "already stopped"
         c.pause()
