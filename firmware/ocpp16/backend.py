@@ -15,6 +15,7 @@ import sys
 from firmware.backend.api import OK, Backend
 from firmware.compat import const, ticks_add, ticks_diff
 from firmware.ocpp16 import clock, rpc, status as _status
+from firmware.ocpp16.authcache import AuthCache
 from firmware.ocpp16.localauth import LocalList
 from firmware.ocpp16.router import dispatch
 from firmware.ocpp16.txlog import TxLog
@@ -59,6 +60,9 @@ class Ocpp16Backend(Backend):
         self.log = TxLog(store)
         # The central system's Local Authorization List is the station's allow-list now.
         self.local = LocalList(store, cfg, self._seconds)
+        # What the central system answered for each card, asked after the list (3.5.3).
+        self.cache = AuthCache(store, cfg, self._seconds)
+        self.local.cache = self.cache
         ops.use_allow_list(self.local)
         self.registration = _UNKNOWN
         self._boot_at = now
@@ -119,8 +123,8 @@ class Ocpp16Backend(Backend):
 
     def id_tag(self, id_tag, now):
         if self.cfg["ocpp_local_pre_authorize"] and id_tag in self.local:
-            # LocalPreAuthorize (OCPP 1.6 3.5.1): a card the local list accepts starts at
-            # once; the central system hears of it in StartTransaction.
+            # LocalPreAuthorize (OCPP 1.6 3.5.1): a card the local list or the cache accepts
+            # starts at once; the central system hears of it in StartTransaction.
             self.ops.authorize_result(id_tag, True, now)
             return
         self._auth_tag = id_tag
@@ -137,6 +141,8 @@ class Ocpp16Backend(Backend):
                     "errors_out": self.errors_out, "malformed": self.malformed,
                     "timeouts": self.caller.timeouts, "connects": self.connects,
                     "tx_pending": self.log.pending(), "tx_dropped": self.tx_dropped,
+                    "auth_cache_entries": self.cache.count,
+                    "auth_cache_damaged": self.cache.damaged,
                     "meter_dropped": self.log.dropped_meter})
         return out
 
@@ -379,17 +385,20 @@ class Ocpp16Backend(Backend):
         elif action == "Authorize":
             info = p.get("idTagInfo")
             ok = isinstance(info, dict) and info.get("status") == "Accepted"
+            self.cache.update(ctx, info)
             self.ops.authorize_result(ctx, ok, now)
         elif ctx in _TX_ACTIONS:
             tx_id = None
+            info = p.get("idTagInfo")
+            e = self.log.head()
+            if info is not None and e is not None and ctx != "M":
+                self.cache.update(e[2], info)        # Start- and StopTransaction.conf
             if ctx == "S":
                 tx_id = p.get("transactionId")
                 if not isinstance(tx_id, int):
                     self._failed(now, False)
                     return
-                info = p.get("idTagInfo")
                 r = self.log.running
-                e = self.log.head()
                 if (isinstance(info, dict) and info.get("status") != "Accepted"
                         and r is not None and e is not None and r[0] == e[1]):
                     # StopTransactionOnInvalidId: the central system refuses this idTag.

@@ -21,7 +21,7 @@ METER_MEASURANDS = "Energy.Active.Import.Register,Power.Active.Import,Current.Im
 # (key, access, station setting or None, fixed value)
 KEYS = (
     ("AllowOfflineTxForUnknownId", _RO, None, None),
-    ("AuthorizationCacheEnabled", _RO, None, "false"),
+    ("AuthorizationCacheEnabled", _RWB, "ocpp_auth_cache", None),
     ("AuthorizationKey", _WO, "ocpp_password", None),
     ("AuthorizeRemoteTxRequests", _RO, None, "false"),
     ("ChargeProfileMaxStackLevel", _RO, None, "8"),

@@ -6,7 +6,8 @@ offline when LocalAuthorizeOffline holds (offline_policy "local_list"), online b
 Authorize when LocalPreAuthorize holds. The list takes the place of the station's own
 allow-list (firmware/auth.py) while the OCPP backend runs, through the same interface
 (`in`, `len`, `version`, `error`, `tags()`), so the station's authorization rules do not
-learn about OCPP.
+learn about OCPP. `in` also asks the Authorization Cache (authcache.py) about a card the list
+does not hold, which makes the cache serve LocalAuthorizeOffline and LocalPreAuthorize alike.
 
 Compact on flash, next to nothing in RAM: one file, written atomically,
     b"<listVersion>\\n" then one line per entry b"<IDTAG> <S>[ <expiry>]\\n"
@@ -27,11 +28,52 @@ FAILED = "Failed"
 MISMATCH = "VersionMismatch"
 
 
+def entry_line(tag, st, expiry=None, parent=None):
+    """One entry's line, without its newline: `tag` upper-cased bytes, `st` an index into
+    STATUSES, `expiry` seconds since 1970 or None, `parent` (the cache's parentIdTag) bytes
+    or None, kept as b" /<parent>" so that it cannot be taken for an expiry."""
+    line = tag + b" " + _LETTERS[st:st + 1]
+    if expiry is not None:
+        line += (" %d" % expiry).encode()
+    if parent:
+        line += b" /" + parent
+    return line
+
+
+def parse_entry(line):
+    """(tag, status index, expiry or None, parent or None) of one line; ValueError when the
+    line is not one entry_line() writes (a damaged file)."""
+    f = line.split(b" ")
+    st = _LETTERS.find(f[1]) if len(f) > 1 and len(f[1]) == 1 else -1
+    if st < 0 or not f[0] or len(f) > 4:
+        raise ValueError("damaged entry")
+    expiry = None
+    parent = None
+    for x in f[2:]:
+        if x[:1] == b"/":
+            parent = x[1:]
+        else:
+            expiry = int(x)
+    return f[0], st, expiry, parent
+
+
+def find_entry(data, id_tag):
+    """parse_entry() of `id_tag`'s line in a file's bytes (entries after a first line), or
+    None. A search of the bytes: nothing per entry is built."""
+    key = b"\n" + id_tag.upper().encode() + b" "
+    i = data.find(key)
+    if i < 0:
+        return None
+    end = data.find(b"\n", i + 1)
+    return parse_entry(data[i + 1:end])
+
+
 class LocalList:
     def __init__(self, store, cfg, clock=None):
         self.store = store
         self.cfg = cfg                # ocpp_local_list (LocalAuthListEnabled), auth_list_max
         self.clock = clock            # () -> seconds since 1970, 0 when unknown
+        self.cache = None             # the Authorization Cache (authcache.py), consulted after
         self.version = 0
         self.count = 0
         self.error = None
@@ -55,7 +97,12 @@ class LocalList:
         return self.count if self.enabled else 0
 
     def __contains__(self, id_tag):
-        return self.status(id_tag) == ACCEPTED
+        st = self.status(id_tag)
+        if st is None and self.cache is not None:
+            # OCPP 1.6 3.5.3: the list takes precedence; the Authorization Cache speaks only
+            # for a card the list does not hold.
+            st = self.cache.use(id_tag)
+        return st == ACCEPTED
 
     def tags(self):
         out = []
@@ -75,16 +122,16 @@ class LocalList:
             return None
         if data is None:
             return None
-        key = b"\n" + id_tag.upper().encode() + b" "
-        i = data.find(key)
-        if i < 0:
+        try:
+            e = find_entry(data, id_tag)
+        except ValueError:
             return None
-        i += len(key)
-        end = data.find(b"\n", i)
-        st = STATUSES[_LETTERS.find(data[i:i + 1])]
-        if st == ACCEPTED and end > i + 2 and self.clock is not None:
+        if e is None:
+            return None
+        st = STATUSES[e[1]]
+        if st == ACCEPTED and e[2] is not None and self.clock is not None:
             now = self.clock()
-            if now and int(data[i + 2:end]) <= now:
+            if now and e[2] <= now:
                 return "Expired"
         return st
 
@@ -115,10 +162,7 @@ class LocalList:
                 if st is None:
                     table.pop(tag, None)
                 else:
-                    line = tag + b" " + _LETTERS[st:st + 1]
-                    if expiry is not None:
-                        line += (" %d" % expiry).encode()
-                    table[tag] = line
+                    table[tag] = entry_line(tag, st, expiry)
             if len(table) > self.cfg["auth_list_max"]:
                 return FAILED
             out = [("%d" % version).encode()]

@@ -140,3 +140,58 @@ def test_clock_aligned_meter_values_at_the_utc_boundaries(ocpp):
             assert all(b - a == 30 for a, b in zip(secs, secs[1:]))
             assert snap["stats"]["errors_in"] == 0
     run(scenario())
+
+
+def test_authorization_cache_starts_offline_until_cleared(ocpp):
+    # OCPP 1.6 3.5.1: a card the central system accepted online starts offline from the
+    # Authorization Cache (LocalAuthorizeOffline); ClearCache takes that away.
+    async def scenario():
+        async with ocpp(config={"offline_policy": "local_list"}) as (cs, st):
+            await st.run(20000, until="online")
+            res = await remote(cs, st, call.GetConfiguration(key=["AuthorizationCacheEnabled"]))
+            assert res.configuration_key == [{"key": "AuthorizationCacheEnabled",
+                                              "readonly": False, "value": "true"}]
+            await st.do("ev", plugged=True, charge=True)
+            await st.do("tag", id="CARD-OK")                # Authorize: Accepted, cached
+            await st.run(10000, until="tx")
+            await st.do("ev", plugged=False)
+            await st.run(3000, until="no_tx")
+            snap = await st.run(20000, until="delivered")
+            assert len(cs.actions("Authorize")) == 1
+            assert [p["transactionId"] for p in cs.actions("StopTransaction")] == [1001]
+            assert snap["stats"]["auth_cache_entries"] == 1
+
+            await outage(cs, st)
+            await st.run(5000, until="offline")
+            await st.do("ev", plugged=True, charge=True)
+            await st.do("tag", id="CARD-OTHER")             # never answered for: refused
+            snap = await st.run(3000)
+            assert snap["tx"] is None and not snap["authorized"]
+            await st.do("tag", id="card-ok")                # from the cache, case-insensitive
+            snap = await st.run(5000, until="contactor")
+            assert snap["tx"] is not None and snap["tx_id"] is None and not snap["online"]
+            await st.run(5000)
+            await st.do("ev", plugged=False)
+            await st.run(3000, until="no_tx")
+            offline_calls = len(cs.calls)
+
+            await cs.start(cs.port)
+            snap = await st.run(60000, until="delivered")
+            later = cs.calls[offline_calls:]
+            assert all(a != "Authorize" for a, _ in later)
+            starts = [p for a, p in later if a == "StartTransaction"]
+            assert len(starts) == 1 and starts[0]["idTag"] == "card-ok"
+            stops = [p for a, p in later if a == "StopTransaction"]
+            assert [p["transactionId"] for p in stops] == [1002]
+            assert snap["stats"]["tx_dropped"] == 0 and snap["stats"]["errors_in"] == 0
+
+            assert (await remote(cs, st, call.ClearCache())).status == "Accepted"
+            snap = await st.run(1000)
+            assert snap["stats"]["auth_cache_entries"] == 0
+            await outage(cs, st)
+            await st.run(5000, until="offline")
+            await st.do("ev", plugged=True, charge=True)
+            await st.do("tag", id="CARD-OK")
+            snap = await st.run(5000)
+            assert snap["tx"] is None and not snap["authorized"] and not snap["contactor"]
+    run(scenario())
