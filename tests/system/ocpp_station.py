@@ -105,7 +105,11 @@ class Rig:
         if name == "no_contactor":
             return not self.board.contacts_closed
         if name == "delivered":
-            return b.online and b.log.pending() == 0 and not b.caller.busy()
+            # Said and answered, and nothing left to say: a transaction whose EV has left
+            # is stopped a few iterations after the unplug (the iteration that opens the
+            # contactor does nothing else), so its StopTransaction is still to come.
+            return b.online and b.log.pending() == 0 and not b.caller.busy() \
+                and (b.log.running is None or self.model.plugged)
         if name == "idle":           # online, no CALL of ours in flight
             return b.online and not b.caller.busy()
         if name == "offline":
