@@ -41,7 +41,8 @@ sim: $(STAMP)
 # Virtual stations for backend developers: the firmware on the stand-in in real time, with a
 # simulated EV and meter, on any broker until Ctrl-C (tools/station.py; `help` lists the EV
 # commands). CONFIG=file.json (firmware config keys), ID=first id, N=how many stations,
-# STATION_ARGS=--tls-ca ca.crt --user u --password p ...
+# STATION_ARGS=--tls-ca ca.crt --user u --password p ...; an OCPP 1.6J central system instead
+# of a broker: STATION_ARGS="--set backend=ocpp16 --set ocpp_url=ws://host:port/ocpp --set ocpp_id=CP-7"
 station: $(STAMP)
 	$(PY) -m tools.station $(if $(BROKER),--broker $(BROKER)) $(if $(CONFIG),--config $(CONFIG)) \
 		$(if $(ID),--id $(ID)) $(if $(N),-n $(N)) $(STATION_ARGS)

@@ -69,6 +69,12 @@ EXPIRED = "EXPIRED"                # past its expires_at / sent_at + ttl_s
 CLOCK_NOT_SET = "CLOCK_NOT_SET"    # an expiry the station cannot check without UTC time
 OWNER_ONLY = "OWNER_ONLY"          # a trust setting without the owner's signature
 INSECURE = "INSECURE"              # credentials over a connection without TLS
+OTHER_SESSION = "OTHER_SESSION"    # a stop meant for another session (named, or sent before it)
+
+# A stop sent (by the backend's clock) this long before the running session began was meant
+# for an earlier one: held back by an outage, it must not end the next driver's charge.
+# The margin allows for the two clocks' skew; a backend that names the session is exact.
+STOP_SKEW_S = const(5)
 
 ERROR_CODES = (FORMATION_VIOLATION, PROTOCOL_ERROR, TYPE_CONSTRAINT, PROPERTY_CONSTRAINT,
                OCCURRENCE_CONSTRAINT, NOT_IMPLEMENTED, NOT_SUPPORTED, SECURITY_ERROR,
@@ -99,8 +105,10 @@ class CommandTarget:
         the backend's own authorization) pays; `connector_id` None means the station's."""
         raise NotImplementedError
 
-    def cmd_stop(self, now_ms):
-        """Stop charging (a pause: the session stays open until the EV leaves)."""
+    def cmd_stop(self, now_ms, session_id=None, sent_at=None):
+        """Stop charging (a pause: the session stays open until the EV leaves). Refused
+        (OTHER_SESSION) when `session_id` names another session than the running one, or
+        the command was sent (`sent_at`, UTC s) more than STOP_SKEW_S before it began."""
         raise NotImplementedError
 
     def cmd_authorize(self, id_tag, now_ms):
@@ -161,7 +169,7 @@ _OPTIONAL = const(False)
 _COMMANDS = {
     "start": (("id_tag", _ID_TAG, 1, MAX_ID_TAG_LEN, _OPTIONAL),
               ("connector_id", _INT, 1, 8, _OPTIONAL)),
-    "stop": (),
+    "stop": (("session_id", _STR, 1, MAX_ID_LEN, _OPTIONAL),),
     "authorize": (("id_tag", _ID_TAG, 1, MAX_ID_TAG_LEN, _REQUIRED),),
     "set_limit": (("limit_ma", _INT, 0, MAX_LIMIT_MA, _REQUIRED),
                   ("expires_s", _INT, 1, MAX_EXPIRES_S, _OPTIONAL)),
@@ -298,6 +306,7 @@ def _time_field(msg, name, high):
 
 def _expiry(msg):
     # expires_at (UTC s), or sent_at (UTC s) + ttl_s: when the command goes stale.
+    # Returns (expires_at, sent_at).
     expires_at = _time_field(msg, "expires_at", 1 << 40)
     sent_at = _time_field(msg, "sent_at", 1 << 40)
     ttl = _time_field(msg, "ttl_s", MAX_TTL_S)
@@ -308,13 +317,13 @@ def _expiry(msg):
             raise CommandError("ttl_s: 0 out of range 1..%d" % MAX_TTL_S, PROPERTY_CONSTRAINT)
         if expires_at is None or sent_at + ttl < expires_at:
             expires_at = sent_at + ttl
-    return expires_at
+    return expires_at, sent_at
 
 
 def parse_envelope(payload):
     """Parse and validate one command payload (bytes). Returns (corr_id, name, args,
-    expires_at, signed) with args a dict of validated values, expires_at None or UTC
-    seconds, signed True when the command carries a `sig` (not yet verified), or raises
+    expires_at, signed, sent_at) with args a dict of validated values, expires_at and
+    sent_at None or UTC seconds, signed True when the command carries a `sig` (not yet verified), or raises
     CommandError. The correlation id and command name are set on the exception
     (`corr_id`, `cmd`) when they could be read, so the error reply can be correlated."""
     msg, corr_id = None, None
@@ -338,7 +347,7 @@ def parse_envelope(payload):
         sig = msg.get("sig")
         if sig is not None and (not isinstance(sig, str) or len(sig) != owner.SIG_HEX):
             raise CommandError("sig: expected %d hex digits" % owner.SIG_HEX, TYPE_CONSTRAINT)
-        expires_at = _expiry(msg)
+        expires_at, sent_at = _expiry(msg)
         raw = msg.get("args", {})
         if raw is None:
             raw = {}
@@ -364,12 +373,12 @@ def parse_envelope(payload):
         if msg is not None and isinstance(msg.get("cmd"), str):
             e.cmd = msg.get("cmd")
         raise
-    return corr_id, name, args, expires_at, sig is not None
+    return corr_id, name, args, expires_at, sig is not None, sent_at
 
 
 def parse(payload):
     """parse_envelope without the expiry and signature: (corr_id, name, args)."""
-    corr_id, name, args, _, _ = parse_envelope(payload)
+    corr_id, name, args, _, _, _ = parse_envelope(payload)
     return corr_id, name, args
 
 
@@ -429,7 +438,7 @@ class CommandDispatcher:
         correlation id and name when they can be read."""
         corr_id = name = None
         try:
-            corr_id, name, _, _, _ = parse_envelope(payload)
+            corr_id, name, _, _, _, _ = parse_envelope(payload)
         except CommandError as e:
             corr_id = getattr(e, "corr_id", None)
             name = getattr(e, "cmd", None)
@@ -437,7 +446,7 @@ class CommandDispatcher:
 
     def handle(self, payload, now_ms):
         try:
-            corr_id, name, args, expires_at, signed = parse_envelope(payload)
+            corr_id, name, args, expires_at, signed, sent_at = parse_envelope(payload)
         except CommandError as e:
             return self.reject(e.args[0], getattr(e, "corr_id", None), getattr(e, "cmd", None),
                                e.code)
@@ -455,7 +464,7 @@ class CommandDispatcher:
         except CommandError as e:
             return self.reject(e.args[0], corr_id, name, e.code)
         try:
-            outcome, data = self._call(name, args, now_ms)
+            outcome, data = self._call(name, args, now_ms, sent_at)
         except Exception as e:  # a station bug must not take the link down
             outcome, data = (INTERNAL_ERROR, "internal error: %s" % _short(repr(e))), None
         if outcome is not None:
@@ -512,7 +521,7 @@ class CommandDispatcher:
                                    "connection without TLS (mqtt_plain_credentials)" % key,
                                    INSECURE)
 
-    def _call(self, name, args, now_ms):
+    def _call(self, name, args, now_ms, sent_at=None):
         t = self.target
         if name == "start":
             connector = args["connector_id"]
@@ -522,7 +531,7 @@ class CommandDispatcher:
                         % self.cfg["connector_id"]), None
             return t.cmd_start(now_ms, args["id_tag"], connector), None
         if name == "stop":
-            return t.cmd_stop(now_ms), None
+            return t.cmd_stop(now_ms, args["session_id"], sent_at), None
         if name == "authorize":
             return t.cmd_authorize(args["id_tag"], now_ms), None
         if name == "set_limit":

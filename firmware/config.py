@@ -129,6 +129,11 @@ SCHEMA = {
     "ocpp_tx_attempts": (5, 1, 20, 0),           # TransactionMessageAttempts
     "ocpp_tx_retry_s": (30, 1, 3600, 0),         # TransactionMessageRetryInterval
     "ocpp_backoff_max_s": (120, 5, 3600, 0),     # longest wait between connection attempts
+    "ocpp_local_list": (True, None, None, 0),     # LocalAuthListEnabled
+    "ocpp_local_pre_authorize": (False, None, None, 0),  # LocalPreAuthorize
+    "ocpp_auth_cache": (True, None, None, 0),     # AuthorizationCacheEnabled
+    "ocpp_aligned_interval_s": (0, 0, 86400, 0),  # ClockAlignedDataInterval; 0 = none
+    "ocpp_aligned_data": ("Energy.Active.Import.Register", 0, 120, 0),  # MeterValuesAlignedData
 
     # -- network (drivers) ------------------------------------------------------------
     "wifi_ssid": ("", 0, 32, REBOOT),

@@ -192,12 +192,14 @@ class Counters:
         return session_key(session_id) <= session_key(self.last_session) \
             and self.last_session is not None
 
-    def session_ended(self, session_id, energy_wh, now_ms=None, ledger_wh=None, open_ids=()):
+    def session_ended(self, session_id, energy_wh, now_ms=None, ledger_wh=None, open_ids=(),
+                      save=True):
         """Count a finished session, whose record is on flash, once per id, and write the
-        counters. `ledger_wh`: the register its record accounts up to (None: no register,
-        the ledger stays); only the newest session counted moves the ledger. `open_ids`:
-        sessions started before this one that are not finished on flash yet (their turn
-        comes later). Returns False when the id was counted already."""
+        counters (`save`; else the caller writes them soon: firmware/session.py, one flash
+        write per loop iteration). `ledger_wh`: the register its record accounts up to
+        (None: no register, the ledger stays); only the newest session counted moves the
+        ledger. `open_ids`: sessions started before this one that are not finished on flash
+        yet (their turn comes later). Returns False when the id was counted already."""
         if self.counted(session_id):
             return False
         self.sessions += 1
@@ -219,7 +221,9 @@ class Counters:
             self.last_session = session_id
             if ledger_wh is not None:
                 self.ledger_wh = ledger_wh
-        self.save(now_ms)
+        self._dirty = True
+        if save:
+            self.save(now_ms)
         return True
 
     def unbilled(self, delta_wh, ledger_wh):

@@ -300,6 +300,9 @@ class History:
             raise StorageError("%s: write failed (%s)" % (path, e))
         finally:
             f.close()
+            # Like every Store write: the safety tick gets its turn after the operation
+            # (a segment append may cost an erase, tens of ms on NOR flash).
+            self.store.op_done()
         self.writes += 1
 
     # -- reading ------------------------------------------------------------------------

@@ -48,6 +48,7 @@ import json
 from firmware.auth import check_id_tag
 from firmware.compat import ticks_add, ticks_diff
 from firmware.counters import RETRY_MAX_MS, RETRY_MIN_MS, session_key
+from firmware.flashsched import ALWAYS
 from firmware.states import STATE_A, STATE_B2, ev_connected
 from firmware.storage import Journal, StorageError
 from firmware.tariff import Tariff
@@ -195,8 +196,9 @@ class _Session:
 
 
 class SessionManager:
-    def __init__(self, cfg, store, counters, boot_id, wall_time=lambda: None):
+    def __init__(self, cfg, store, counters, boot_id, wall_time=lambda: None, budget=ALWAYS):
         self.cfg = cfg
+        self.budget = budget          # firmware/flashsched.py: when a write may happen
         self.store = store
         self.counters = counters
         self.boot_id = boot_id
@@ -239,7 +241,15 @@ class SessionManager:
         self._full_ms = 0
         self._requested = None        # a stop asked for while the contactor was closed
         self._starts = []             # start records not yet in the outbox
+        # Writes asked for and not made yet (the budget said no), made by _settle() in
+        # durability order: records to journal, their live files to remove, the counters,
+        # the live session's checkpoint (see "Write order" in the module docstring).
+        self._queue = []              # (record, now_ms, ledger_wh) to append to the journal
+        self._drops = []              # (id, file): session.live / session.ckpt to remove
+        self._counters_due = False
+        self._ckpt_due = 0            # 1: the small checkpoint, 2: the full one
         self._load()
+        self._settle()
 
     # -- boot ----------------------------------------------------------------------------
     def _load(self):
@@ -575,9 +585,11 @@ class SessionManager:
                     self._checkpoint(now_ms)
                 else:
                     self._checkpoint_small(now_ms)
-        self.counters.tick(now_ms)
-        if self._unsaved and (self._retry_at is None
-                              or ticks_diff(now_ms, self._retry_at) >= 0):
+        self._settle()
+        if self.budget.free():
+            self.counters.tick(now_ms)
+        if self._unsaved and self.budget.free() and (
+                self._retry_at is None or ticks_diff(now_ms, self._retry_at) >= 0):
             if not self._retry_unsaved():
                 # Backed off as the counters are (firmware/counters.py): a refused journal
                 # retried every iteration wears the flash and floods the fault records.
@@ -694,10 +706,16 @@ class SessionManager:
             rec = self._unsaved.pop(session_id)
             self._pending.remove(session_id)
             self._count(rec, None, rec.get("meter_stop_wh"))
+            if self._counters_due:
+                # Here the counters go before the live files (the reverse of _settle's
+                # order), at once: an acknowledgement is written when it comes.
+                self._counters_due = False
+                self._save_counters()
             if self._live_sid == session_id:
-                self._drop_live(session_id)
+                self._ask_drop(session_id)
                 if self._session is not None:
                     self._checkpoint(self._now)
+                self._settle()
             return True
         rest = [sid for sid in self._pending if sid != session_id]
         try:
@@ -815,12 +833,47 @@ class SessionManager:
 
     def _save_ledger(self, now_ms):
         # A session's base goes to flash only after the ledger up to it: a power cut then
-        # finds the unbilled energy before the base counted, and the session's after it.
+        # finds the unbilled energy before the base counted, and the session's after it
+        # (_settle writes the counters before the checkpoint).
         if self.counters.dirty:
-            try:
-                self.counters.save(now_ms)
-            except StorageError as e:
-                self.error = e.args[0]
+            self._counters_due = True
+            self._settle()
+
+    def _save_counters(self):
+        try:
+            self.counters.save(self._now)
+        except StorageError as e:
+            self.error = e.args[0]
+
+    def _settle(self):
+        """Make the writes asked for, in durability order, while the budget allows: a
+        record is on flash before its live files go and before the counters count it, the
+        ledger before the checkpoint of a session based on it."""
+        b = self.budget
+        while b.free():
+            if self._queue:
+                self._journal_next()
+            elif self._drops:
+                sid, name = self._drops.pop(0)
+                self._drop_file(sid, name)
+            elif self._counters_due:
+                self._counters_due = False
+                self._save_counters()
+            elif self._ckpt_due:
+                small = self._ckpt_due == 1
+                self._ckpt_due = 0
+                if self._session is not None:
+                    self._write_checkpoint(small)
+            else:
+                return
+
+    def flush(self):
+        """Every write still pending, now (with an unbounded budget: a shutdown)."""
+        self._settle()
+
+    @property
+    def writes_pending(self):
+        return bool(self._queue or self._drops or self._counters_due or self._ckpt_due)
 
     def _start(self, now_ms, plugged, id_tag=None, auth=None):
         if self._orphan is not None:
@@ -867,10 +920,20 @@ class SessionManager:
 
     def _checkpoint(self, now_ms):
         self._full_ms = now_ms
-        self._write_checkpoint(now_ms, False)
+        self._ask_checkpoint(now_ms, 2)
 
     def _checkpoint_small(self, now_ms):
-        self._write_checkpoint(now_ms, True)
+        self._ask_checkpoint(now_ms, 1)
+
+    def _ask_checkpoint(self, now_ms, level):
+        # Written by _settle(), with the session as it is then (several asks in one
+        # iteration, as at a start, make one write).
+        self._ckpt_ms = now_ms
+        e = self._session.energy_wh()
+        self._ckpt_wh = e if e is not None else 0
+        if level > self._ckpt_due:
+            self._ckpt_due = level
+        self._settle()
 
     def _live_held(self, sid):
         # session.live / session.ckpt still hold a finished record the journal could not
@@ -878,7 +941,7 @@ class SessionManager:
         live = self._live_sid
         return live is not None and live != sid and live in self._unsaved
 
-    def _write_checkpoint(self, now_ms, small):
+    def _write_checkpoint(self, small):
         s = self._session
         self._sync_wall(s)
         if self._live_held(s.id):
@@ -887,9 +950,6 @@ class SessionManager:
         self._live_sid = s.id
         name = CKPT_FILE if small else LIVE_FILE
         values = s.small() if small else s.to_dict()
-        self._ckpt_ms = now_ms
-        e = s.energy_wh()
-        self._ckpt_wh = e if e is not None else 0
         try:
             self.store.write_json(name, values)
         except StorageError as e:
@@ -972,7 +1032,18 @@ class SessionManager:
                 self._starts.remove(start)
                 break
         # Order matters for crash safety: the record first, then the live file, then the
-        # counters (which skip a session id they already counted).
+        # counters (which skip a session id they already counted): queued, and written in
+        # that order by _settle() (at once, or one write per loop iteration in a station).
+        # Until its record is journaled the live files stay: a reset recovers the session.
+        if s is self._session:
+            self._ckpt_due = 0            # its checkpoint is moot: the record says all
+        self._queue.append((rec, now_ms, ledger_wh))
+        self._settle()
+        return rec
+
+    def _journal_next(self):
+        rec, now_ms, ledger_wh = self._queue.pop(0)
+        sid = rec["id"]
         try:
             self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
             self._keep_fresh(sid, rec)
@@ -987,17 +1058,21 @@ class SessionManager:
             self._live_sid = sid
         self._pending.append(sid)
         if sid not in self._unsaved:
-            self._drop_live(sid)
+            self._ask_drop(sid)
             self._count(rec, now_ms, ledger_wh)
-        return rec
 
-    def _drop_live(self, sid):
+    def _ask_drop(self, sid):
+        # session.live first: without it the small checkpoint is never read.
+        self._drops.append((sid, LIVE_FILE))
+        self._drops.append((sid, CKPT_FILE))
+
+    def _drop_file(self, sid, name):
         if self._live_sid is not None and self._live_sid != sid:
             return                       # the files belong to another session by now
         try:
-            self.store.remove(LIVE_FILE)
-            self.store.remove(CKPT_FILE)
-            self._live_sid = None
+            self.store.remove(name)
+            if name == CKPT_FILE:
+                self._live_sid = None
         except StorageError as e:
             self.error = e.args[0]
 
@@ -1013,19 +1088,25 @@ class SessionManager:
         self._fresh[sid] = rec
 
     def _count(self, rec, now_ms, ledger_wh):
-        # Older sessions not yet finished on flash (a journal write being retried, a session
-        # cut by a reset awaiting recover()) are counted later: the counters must know.
+        # Counted in RAM now, written by _settle() after the record and its live files.
+        # Older sessions not yet finished on flash (a journal write being retried or
+        # queued, a session cut by a reset awaiting recover()) are counted later: the
+        # counters must know.
         sid = rec["id"]
         open_ids = [k for k in self._unsaved if k != sid]
+        for q in self._queue:
+            if q[0]["id"] != sid:
+                open_ids.append(q[0]["id"])
         if self._orphan is not None and self._orphan.id != sid:
             open_ids.append(self._orphan.id)
-        try:
-            self.counters.session_ended(sid, rec["energy_wh"], now_ms, ledger_wh, open_ids)
-        except StorageError as e:
-            self.error = e.args[0]
+        if self.counters.session_ended(sid, rec["energy_wh"], now_ms, ledger_wh, open_ids,
+                                       save=False):
+            self._counters_due = True
 
     def _retry_unsaved(self):
         for sid in list(self._unsaved):
+            if not self.budget.free():
+                return True               # the others in a later iteration
             rec = self._unsaved[sid]
             try:
                 self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
@@ -1036,11 +1117,12 @@ class SessionManager:
             del self._unsaved[sid]
             if sid not in self._handed:
                 self._keep_fresh(sid, rec)
+            self._count(rec, None, rec.get("meter_stop_wh"))
             if self._live_sid == sid:
-                self._drop_live(sid)
+                self._ask_drop(sid)
                 if self._session is not None:
                     self._checkpoint(self._now)   # the live session's files, held till now
-            self._count(rec, None, rec.get("meter_stop_wh"))
+        self._settle()
         return True
 
     def _stored_records(self, ids):

@@ -202,6 +202,7 @@ class Store:
             raise ValueError("storage: root must be a directory path")
         self.fs = fs if fs is not None else OsFs()
         self.pause = None      # called after each flash operation (see the module docstring)
+        self.ops = 0           # flash operations made (firmware/flashsched.py counts on it)
         self.root = root.rstrip("/") if root != "/" else ""
         self._make_root()
 
@@ -224,7 +225,10 @@ class Store:
         return self.root + "/" + name
 
     # -- helpers shared with Journal -----------------------------------------------------
-    def _paused(self):
+    def op_done(self):
+        """A flash operation has just finished (a writer outside this module calls it too):
+        counted, and Store.pause runs."""
+        self.ops = (self.ops + 1) & 0x3FFFFFFF    # a small int, whatever the uptime
         if self.pause is not None:
             self.pause()
 
@@ -260,7 +264,7 @@ class Store:
             if _errno(e) != ENOENT:
                 raise StorageError("%s: cannot remove (errno %s)" % (path, _errno(e)))
             return
-        self._paused()
+        self.op_done()
 
     def _replace(self, tmp, path):
         try:
@@ -275,7 +279,7 @@ class Store:
                 self.fs.rename(tmp, path)
             except OSError as e2:
                 raise StorageError("%s: rename failed (errno %s)" % (path, _errno(e2)))
-        self._paused()
+        self.op_done()
 
     def _write_file(self, path, chunks):
         # `chunks` is an iterable of bytes, or a function that writes to the open file; all
@@ -297,7 +301,7 @@ class Store:
             raise StorageError("%s: write failed (errno %s)" % (path, _errno(e)))
         finally:
             _close(f, path, done)
-        self._paused()
+        self.op_done()
 
     # -- public --------------------------------------------------------------------------
     def write_atomic(self, name, data):
@@ -573,7 +577,7 @@ class Journal:
             self._ready = False
             _close(f, self.name, done)
             self._ready = done
-        self.store._paused()
+        self.store.op_done()
 
     def _swap(self, payloads):
         def chunks():

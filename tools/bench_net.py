@@ -407,12 +407,16 @@ def run_state(storage, state, trials=4, simulated=True, board=None, spawn=-1,
             t0 = b.ticks_ms()
             closed = b.contactor_cmd
             change = pending is not None
+            ops = st.store.ops
+            gcs = st.collections
             st.step()
             spent = ticks_diff(b.ticks_ms(), t0)
             if closed and spent > longest:
                 longest = spent
+                # What the iteration did: flash operations, a collection (else: the host).
                 where = {"iteration": step_no, "state": st.charger.state,
-                         "pilot_change": change}
+                         "pilot_change": change, "flash_ops": st.store.ops - ops,
+                         "collections": st.collections - gcs}
             if closed and not change and spent > longest_steady:
                 longest_steady = spent
             elif not closed and spent > longest_open:

@@ -3,7 +3,9 @@
     make station BROKER=host:port [CONFIG=station.json] [ID=cp-0001] [N=20]
     python -m tools.station --broker HOST:PORT [--config FILE] [--id ID] [-n N]
         [--user U --password P] [--tls-ca CA [--cert C --key K]] [--prefix P]
-        [--storage DIR] [--fresh] [--heap SIZE] [--no-mqtt]
+        [--storage DIR] [--fresh] [--heap SIZE] [--no-mqtt] [--set KEY=VALUE ...]
+    make station STATION_ARGS="--set backend=ocpp16 --set ocpp_url=ws://host:port/ocpp
+        --set ocpp_id=CP-7"          (an OCPP 1.6J central system instead of a broker)
 
 Each station is one MicroPython process (tools/station_sim.py) running firmware.station on
 the simulator's board with the wall clock, a simulated EV and an SDM630 meter, connected to
@@ -14,6 +16,10 @@ PyPI's 64-bit port instead (the stand-in has no mbedtls): --tls-ca picks it.
 The terminal drives the EVs and shows each station's state and every MQTT message it sends
 (->) and receives (<-). Commands (`help` lists them) go to the selected station, or to the
 station named first (`3 plug`, `cp-0003 plug`, `all unplug`).
+
+`--set KEY=VALUE` sets one firmware setting (tools/setopt.py), over CONFIG and the flags.
+With `--set backend=ocpp16` the stations speak OCPP 1.6J to `ocpp_url` (docs/ocpp.md) and no
+broker is needed; a station's identity is `ocpp_id` (with -n: each station's id). A wss:// URL runs PyPI's 64-bit port, like TLS to a broker.
 
 CONFIG is a JSON object of firmware config keys (docs/mqtt.md, firmware/config.py), e.g.
 {"station_id": "cp-0042", "mqtt_user": "cp-0042", "mqtt_password": "...",
@@ -114,8 +120,25 @@ def load_config(args):
             cfg = json.load(f)
         if not isinstance(cfg, dict):
             raise UsageError("%s: expected a JSON object" % args.config)
+    from tools import setopt
+    try:
+        cfg.update(setopt.parse(getattr(args, "set", None)))
+    except setopt.SetError as e:
+        raise UsageError(str(e))
     broker = args.broker or cfg.pop("broker", None)
     cfg.pop("broker", None)
+    if setopt.uses_ocpp(cfg):
+        if not cfg.get("ocpp_url"):
+            raise UsageError("backend=ocpp16 needs --set ocpp_url=ws://host:port/path")
+        if broker:
+            raise UsageError("backend=ocpp16: no broker (the central system is the backend)")
+        base = args.id or cfg.get("station_id") or "cp-0001"
+        from firmware.config import Config, ConfigError
+        try:
+            Config(dict(cfg, station_id=base))
+        except ConfigError as e:
+            raise UsageError("config: %s" % e)
+        return cfg, base, {}
     if not broker:
         raise UsageError("no broker: BROKER=host:port (or \"broker\" in the config file)")
     host, _, port = broker.rpartition(":")
@@ -342,6 +365,8 @@ def main(argv=None):
                    help="MicroPython heap of each station (default %s; %s on the 64-bit port)"
                    % (DEFAULT_HEAP, DEFAULT_HEAP_64))
     p.add_argument("--no-mqtt", action="store_true", help="do not print MQTT messages")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a firmware setting (repeatable), e.g. --set backend=ocpp16")
     args = p.parse_args(argv)
     try:
         if args.n < 1:
@@ -350,7 +375,11 @@ def main(argv=None):
     except (UsageError, OSError, ValueError) as e:
         print("station: %s" % e, file=sys.stderr)
         return 2
-    runtime = MICROPYTHON64 if cfg.get("mqtt_tls") else MICROPYTHON
+    ocpp = cfg.get("backend") == "ocpp16"
+    if ocpp and args.n > 1:
+        cfg["ocpp_id"] = ""        # one identity each: the station ids, counting up
+    tls = cfg.get("ocpp_url", "").startswith("wss://") if ocpp else cfg.get("mqtt_tls")
+    runtime = MICROPYTHON64 if tls else MICROPYTHON
     if args.heap is None:
         args.heap = DEFAULT_HEAP_64 if runtime == MICROPYTHON64 else DEFAULT_HEAP
     ids = station_ids(base, args.n)
@@ -372,10 +401,14 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, stop_signal)
     where = ("PyPI's 64-bit MicroPython (TLS: the stand-in has no mbedtls)"
              if runtime == MICROPYTHON64 else "the ESP32 stand-in")
-    out("%d station%s (%s) on %s, one process each, heap %s; broker %s:%d%s; flash in %s"
+    if ocpp:
+        peer = "OCPP 1.6J central system %s" % cfg["ocpp_url"]
+    else:
+        peer = "broker %s:%d%s" % (cfg["mqtt_host"], cfg["mqtt_port"],
+                                   " with TLS" if cfg.get("mqtt_tls") else "")
+    out("%d station%s (%s) on %s, one process each, heap %s; %s; flash in %s"
         % (len(ids), "s" if len(ids) > 1 else "", ", ".join(ids) if len(ids) <= 4 else
-           "%s .. %s" % (ids[0], ids[-1]), where, args.heap, cfg["mqtt_host"], cfg["mqtt_port"],
-           " with TLS" if cfg.get("mqtt_tls") else "", args.storage))
+           "%s .. %s" % (ids[0], ids[-1]), where, args.heap, peer, args.storage))
     out("type help for the commands; Ctrl-C stops")
     children = []
     try:

@@ -35,6 +35,11 @@ class StationOps:
         active = self._st.sessions.active
         return active["id_tag"] if active is not None else None
 
+    def use_allow_list(self, allow_list):
+        """The backend's list of locally authorized idTags replaces the station's own (OCPP's
+        Local Authorization List); the station's offline rules (firmware/auth.py) use it."""
+        self._st.auth.allow_list = allow_list
+
     def storage_failed(self, e):
         """A backend's own flash write failed: STORAGE_ERROR, as the station's do."""
         def fail():

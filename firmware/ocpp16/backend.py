@@ -15,6 +15,8 @@ import sys
 from firmware.backend.api import OK, Backend
 from firmware.compat import const, ticks_add, ticks_diff
 from firmware.ocpp16 import clock, rpc, status as _status
+from firmware.ocpp16.authcache import AuthCache
+from firmware.ocpp16.localauth import LocalList
 from firmware.ocpp16.router import dispatch
 from firmware.ocpp16.txlog import TxLog
 from firmware.states import ev_connected
@@ -56,6 +58,12 @@ class Ocpp16Backend(Backend):
                            connect_timeout_ms=cfg["ocpp_connection_timeout_s"] * 1000)
         self.caller = rpc.Caller()
         self.log = TxLog(store)
+        # The central system's Local Authorization List is the station's allow-list now.
+        self.local = LocalList(store, cfg, self._seconds)
+        # What the central system answered for each card, asked after the list (3.5.3).
+        self.cache = AuthCache(store, cfg, self._seconds)
+        self.local.cache = self.cache
+        ops.use_allow_list(self.local)
         self.registration = _UNKNOWN
         self._boot_at = now
         self._was_open = False
@@ -77,6 +85,10 @@ class Ocpp16Backend(Backend):
         self._auth_since = None
         self._settle_at = now
         self._cs_time = None          # (seconds since 1970, ticks) from the central system
+        self._aligned_at = None       # ticks of the next ClockAlignedDataInterval boundary
+        self._aligned_t = 0           # ... and its time in seconds since 1970
+        self._aligned_iv = 0
+        self._aligned_due = None      # a clock-aligned sample outside a transaction, to send
         self.smart = None             # SmartCharging, once a charging profile is installed
         if store.exists(_SMART_FILE):
             self.smart_charging()
@@ -103,7 +115,18 @@ class Ocpp16Backend(Backend):
         return (self.ws.state != OPEN
                 and ticks_diff(now, self._offline_since) >= self.cfg["comms_loss_timeout_s"] * 1000)
 
+    def owed(self):
+        """True while the central system owes an answer (a CALL of ours in flight, the
+        connection being opened, a ping): a simulator holds its clock to wall time then."""
+        ws = self.ws
+        return self.caller.busy() or ws.state not in (OPEN, CLOSED) or ws.pings > ws.pongs
+
     def id_tag(self, id_tag, now):
+        if self.cfg["ocpp_local_pre_authorize"] and id_tag in self.local:
+            # LocalPreAuthorize (OCPP 1.6 3.5.1): a card the local list or the cache accepts
+            # starts at once; the central system hears of it in StartTransaction.
+            self.ops.authorize_result(id_tag, True, now)
+            return
         self._auth_tag = id_tag
 
     def close(self, reason):
@@ -118,6 +141,8 @@ class Ocpp16Backend(Backend):
                     "errors_out": self.errors_out, "malformed": self.malformed,
                     "timeouts": self.caller.timeouts, "connects": self.connects,
                     "tx_pending": self.log.pending(), "tx_dropped": self.tx_dropped,
+                    "auth_cache_entries": self.cache.count,
+                    "auth_cache_damaged": self.cache.damaged,
                     "meter_dropped": self.log.dropped_meter})
         return out
 
@@ -153,6 +178,8 @@ class Ocpp16Backend(Backend):
                 self.smart.step(self, now)
                 if self.smart.idle():
                     self._drop_smart()
+            if self._aligned_at is not None or self.cfg["ocpp_aligned_interval_s"]:
+                self._aligned(now)
             if ticks_diff(now, self._settle_at) >= 0:
                 self._settle_at = ticks_add(now, _SETTLE_MS)
                 self.ops.settle_sessions()
@@ -171,14 +198,17 @@ class Ocpp16Backend(Backend):
             self._retry_later(now)
 
     def _tls(self):
+        """The TLS context of wss:// (Security Profile 2): the server's certificate must
+        chain to `ocpp_ca_file` and name the URL's host (the handshake checks both). No CA,
+        no connection: the station never talks to an unverified central system."""
         import ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ca = self.cfg["ocpp_ca_file"]
-        if ca:
-            # Security Profile 2: the server proves itself against our CA.
-            with open(ca, "rb") as f:
-                ctx.load_verify_locations(cadata=f.read())
-            ctx.verify_mode = ssl.CERT_REQUIRED
+        if not ca:
+            raise ValueError("wss:// needs ocpp_ca_file")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        # MicroPython's mbedtls takes DER only: a PEM file is handed over decoded.
+        ctx.load_verify_locations(cadata=_der(ca))
         return ctx
 
     def _retry_later(self, now):
@@ -234,7 +264,15 @@ class Ocpp16Backend(Backend):
             self.errors_out += 1
             self._send(rpc.encode_error(uid, rpc.INTERNAL, "%s" % (e,)))
             return
-        self._send(rpc.encode_result(uid, reply))
+        try:
+            text = rpc.encode_result(uid, reply)
+        except MemoryError:
+            # A large answer (GetConfiguration) on a tight heap: the central system still
+            # hears that the call failed instead of waiting for its timeout.
+            reply = None
+            self.errors_out += 1
+            text = rpc.encode_error(uid, rpc.INTERNAL, "out of memory")
+        self._send(text)
 
     # -- our CALLs ---------------------------------------------------------------------------
     def _call(self, action, payload, context, now):
@@ -267,6 +305,10 @@ class Ocpp16Backend(Backend):
                 self.log.delivered()
                 return
             self._call(msg[0], msg[1], e[0], now)
+            return
+        if self._aligned_due is not None:
+            self._call("MeterValues", self._meter_payload(None, self._aligned_due), None, now)
+            self._aligned_due = None
             return
         hb = self.cfg["ocpp_heartbeat_s"]
         if hb and ticks_diff(now, self._last_call) >= hb * 1000:
@@ -343,17 +385,20 @@ class Ocpp16Backend(Backend):
         elif action == "Authorize":
             info = p.get("idTagInfo")
             ok = isinstance(info, dict) and info.get("status") == "Accepted"
+            self.cache.update(ctx, info)
             self.ops.authorize_result(ctx, ok, now)
         elif ctx in _TX_ACTIONS:
             tx_id = None
+            info = p.get("idTagInfo")
+            e = self.log.head()
+            if info is not None and e is not None and ctx != "M":
+                self.cache.update(e[2], info)        # Start- and StopTransaction.conf
             if ctx == "S":
                 tx_id = p.get("transactionId")
                 if not isinstance(tx_id, int):
                     self._failed(now, False)
                     return
-                info = p.get("idTagInfo")
                 r = self.log.running
-                e = self.log.head()
                 if (isinstance(info, dict) and info.get("status") != "Accepted"
                         and r is not None and e is not None and r[0] == e[1]):
                     # StopTransactionOnInvalidId: the central system refuses this idTag.
@@ -393,6 +438,9 @@ class Ocpp16Backend(Backend):
         if self._cs_time is not None:
             return self._cs_time[0] + ticks_diff(now, self._cs_time[1]) // 1000
         return 0
+
+    def _seconds(self):
+        return self.time(self.ops.ticks_ms())
 
     def smart_charging(self):
         """The charging profiles (firmware/ocpp16/smart.py), loaded when first needed: a
@@ -470,6 +518,41 @@ class Ocpp16Backend(Backend):
         self.log.meter(self.time(now), m.import_wh, m.power_w, list(m.current_ma),
                        list(m.voltage_dv))
 
+    def _aligned(self, now):
+        """ClockAlignedDataInterval (OCPP 1.6 9.1.2): a sample at every UTC boundary of the
+        interval (midnight-aligned), context Sample.Clock; into the transaction log during a
+        transaction, else sent as it is (not kept while offline). The next boundary is a
+        ticks deadline taken from the clock once per interval, so the loop compares ticks."""
+        iv = self.cfg["ocpp_aligned_interval_s"]
+        if not iv or iv != self._aligned_iv:
+            self._aligned_at = None
+            self._aligned_iv = iv
+        if not iv or not self.cfg["ocpp_aligned_data"]:
+            return
+        if self._aligned_at is None:
+            t = self.time(now)
+            if not t:
+                return              # no clock yet: nothing to align to
+            left = iv - t % iv
+            if t + left <= self._aligned_t:
+                left += iv          # the clock read a second early: that boundary is done
+            self._aligned_t = t + left
+            self._aligned_at = ticks_add(now, left * 1000)
+            return
+        if ticks_diff(now, self._aligned_at) < 0:
+            return
+        self._aligned_at = None
+        m = self.ops.meter
+        if m is None or m.stale or not m.readings:
+            return
+        t = self._aligned_t
+        if self.log.running is not None:
+            self.log.meter(t, m.import_wh, m.power_w, list(m.current_ma), list(m.voltage_dv),
+                           "C")
+        else:
+            self._aligned_due = ("M", 0, t, m.import_wh, m.power_w, list(m.current_ma),
+                                 list(m.voltage_dv), "C")
+
     def _end_tx(self, now, reason):
         self.log.stop(self._meter_wh(), self.time(now), reason)
         self._stop_reason = None
@@ -517,22 +600,27 @@ class Ocpp16Backend(Backend):
                 e = ("M", 0, self.time(now), m.import_wh, m.power_w, list(m.current_ma),
                      list(m.voltage_dv))
         ctx = "Sample.Periodic" if tx_id is not None else "Trigger"
+        want = None
+        if len(e) > 7 and e[7] == "C":
+            ctx = "Sample.Clock"
+            want = self.cfg["ocpp_aligned_data"]       # MeterValuesAlignedData
         sv = []
-        if e[3] is not None:
+        if e[3] is not None and (want is None or "Energy.Active.Import.Register" in want):
             sv.append({"value": "%d" % e[3], "context": ctx,
                        "measurand": "Energy.Active.Import.Register", "unit": "Wh"})
-        if e[4] is not None:
+        if e[4] is not None and (want is None or "Power.Active.Import" in want):
             sv.append({"value": "%d" % e[4], "context": ctx,
                        "measurand": "Power.Active.Import", "unit": "W"})
         phases = self.cfg["phases"]
         for i in range(phases):
-            if e[5] is not None and e[5][i] is not None:
+            if e[5] is not None and e[5][i] is not None and (want is None
+                                                             or "Current.Import" in want):
                 ma = e[5][i]
                 sv.append({"value": "%d.%03d" % (ma // 1000, ma % 1000), "context": ctx,
                            "measurand": "Current.Import", "phase": "L%d" % (i + 1),
                            "unit": "A"})
         for i in range(phases):
-            if e[6] is not None and e[6][i] is not None:
+            if e[6] is not None and e[6][i] is not None and (want is None or "Voltage" in want):
                 dv = e[6][i]
                 sv.append({"value": "%d.%d" % (dv // 10, dv % 10), "context": ctx,
                            "measurand": "Voltage", "phase": "L%d-N" % (i + 1), "unit": "V"})
@@ -542,6 +630,21 @@ class Ocpp16Backend(Backend):
             p["transactionId"] = tx_id
         return p
 
+
+
+def _der(path):
+    """The first PEM block of `path` as DER bytes (the file itself when it is DER)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    start = data.find(b"-----BEGIN")
+    if start < 0:
+        return data
+    body = data.find(b"\n", start) + 1
+    end = data.find(b"-----END", body)
+    if body <= 0 or end < 0:
+        raise ValueError("%s: truncated PEM" % path)
+    import binascii
+    return binascii.a2b_base64(data[body:end].replace(b"\r", b"").replace(b"\n", b""))
 
 
 def _random16():

@@ -11,33 +11,38 @@ from firmware.compat import const
 _RO = const(0)     # read-only
 _RW = const(1)     # read-write, a station setting
 _WO = const(2)     # write-only (secret): never shown
+_RWB = const(3)    # read-write, a boolean station setting ("true" / "false")
+_RWM = const(4)    # read-write, a list of measurands this station samples
 
-PROFILES = "Core,RemoteTrigger,SmartCharging"
+PROFILES = "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging"
 
 METER_MEASURANDS = "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage"
 
 # (key, access, station setting or None, fixed value)
 KEYS = (
     ("AllowOfflineTxForUnknownId", _RO, None, None),
-    ("AuthorizationCacheEnabled", _RO, None, "false"),
+    ("AuthorizationCacheEnabled", _RWB, "ocpp_auth_cache", None),
     ("AuthorizationKey", _WO, "ocpp_password", None),
     ("AuthorizeRemoteTxRequests", _RO, None, "false"),
     ("ChargeProfileMaxStackLevel", _RO, None, "8"),
     ("ChargingScheduleAllowedChargingRateUnit", _RO, None, "Current,Power"),
     ("ChargingScheduleMaxPeriods", _RO, None, "24"),
-    ("ClockAlignedDataInterval", _RO, None, "0"),
+    ("ClockAlignedDataInterval", _RW, "ocpp_aligned_interval_s", None),
     ("ConnectionTimeOut", _RW, "ocpp_connection_timeout_s", None),
     ("ConnectorPhaseRotation", _RO, None, "NotApplicable"),
     ("GetConfigurationMaxKeys", _RO, None, "40"),
     ("HeartbeatInterval", _RW, "ocpp_heartbeat_s", None),
+    ("LocalAuthListEnabled", _RWB, "ocpp_local_list", None),
+    ("LocalAuthListMaxLength", _RO, "auth_list_max", None),
     ("LocalAuthorizeOffline", _RO, None, None),
-    ("LocalPreAuthorize", _RO, None, "false"),
+    ("LocalPreAuthorize", _RWB, "ocpp_local_pre_authorize", None),
     ("MaxChargingProfilesInstalled", _RO, None, "8"),
-    ("MeterValuesAlignedData", _RO, None, ""),
+    ("MeterValuesAlignedData", _RWM, "ocpp_aligned_data", None),
     ("MeterValuesSampledData", _RO, None, METER_MEASURANDS),
     ("MeterValueSampleInterval", _RW, "ocpp_meter_interval_s", None),
     ("NumberOfConnectors", _RO, None, "1"),
     ("ResetRetries", _RO, None, "1"),
+    ("SendLocalListMaxLength", _RO, None, "32"),
     ("StopTransactionOnEVSideDisconnect", _RO, None, "true"),
     ("StopTransactionOnInvalidId", _RO, None, "true"),
     ("StopTxnAlignedData", _RO, None, ""),
@@ -99,6 +104,13 @@ def setting_for(name, value):
     setting = row[2]
     if row[1] == _WO:
         return setting, value
+    if row[1] == _RWB:
+        v = value.strip().lower()
+        if v != "true" and v != "false":
+            return "Rejected"
+        return setting, v == "true"
+    if row[1] == _RWM:
+        return measurands(value, setting)
     try:
         n = int(value)
     except ValueError:
@@ -106,3 +118,17 @@ def setting_for(name, value):
     if "%d" % n != value.strip():
         return "Rejected"
     return setting, n
+
+
+def measurands(value, setting=None):
+    """A comma-separated measurand list checked against what the meter gives: (setting,
+    the list normalised) or "Rejected" (OCPP 1.6 9.1.14: unsupported measurands refused)."""
+    out = []
+    for m in value.split(","):
+        m = m.strip()
+        if not m:
+            continue
+        if m not in METER_MEASURANDS.split(","):
+            return "Rejected"
+        out.append(m)
+    return setting, ",".join(out)

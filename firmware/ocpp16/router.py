@@ -27,14 +27,15 @@ OPERATIONS = (
     ("DataTransfer", "data_transfer", _RARE),
     ("GetCompositeSchedule", "get_composite_schedule", _RARE),
     ("GetConfiguration", "get_configuration", _RARE),
+    ("GetLocalListVersion", "get_local_list_version", _RARE),
     ("Reset", "reset", _RARE),
+    ("SendLocalList", "send_local_list", _RARE),
     ("SetChargingProfile", "set_charging_profile", _RARE),
     ("UnlockConnector", "unlock_connector", _RARE),
 )
 
 # Known OCPP 1.6 actions this station does not support (NotSupported, not NotImplemented).
-UNSUPPORTED = ("CancelReservation", "GetDiagnostics", "GetLocalListVersion", "ReserveNow",
-               "SendLocalList", "UpdateFirmware")
+UNSUPPORTED = ("CancelReservation", "GetDiagnostics", "ReserveNow", "UpdateFirmware")
 
 _PACKAGE = "firmware.ocpp16.ops"
 

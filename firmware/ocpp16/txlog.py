@@ -9,7 +9,8 @@ is sent with its id once the Start has been confirmed.
 
 Journal entries (JSON arrays, one record each; firmware/storage.py makes every append atomic):
     ["S", nr, idTag, meterStart_Wh, t]                      StartTransaction
-    ["M", nr, t, Wh, W, [mA L1, L2, L3], [dV L1, L2, L3]]   MeterValues
+    ["M", nr, t, Wh, W, [mA L1, L2, L3], [dV L1, L2, L3]]   MeterValues (Sample.Periodic)
+    ["M", nr, t, Wh, W, [mA ...], [dV ...], "C"]            MeterValues (Sample.Clock)
     ["T", nr, idTag, meterStop_Wh, t, reason]               StopTransaction
     ["D", nr, transactionId or null]                        the oldest pending one confirmed
     ["I", nr, transactionId]                                (compaction) an id still needed
@@ -86,15 +87,19 @@ class TxLog:
         self.running = [nr, id_tag, wh, t, wh]
         return nr
 
-    def meter(self, t, wh, w, ma, dv):
-        """A sample of the running transaction; False when the log is full (not kept)."""
+    def meter(self, t, wh, w, ma, dv, context=None):
+        """A sample of the running transaction; False when the log is full (not kept).
+        context "C": clock-aligned (ClockAlignedDataInterval)."""
         r = self.running
         if r is None:
             return False
         if self.pending() >= self.capacity - 4:      # room kept for the Stop
             self.dropped_meter += 1
             return False
-        self._append(["M", r[0], t, wh, w, ma, dv])
+        e = ["M", r[0], t, wh, w, ma, dv]
+        if context is not None:
+            e.append(context)
+        self._append(e)
         if wh is not None:
             r[4] = wh
         return True

@@ -63,3 +63,16 @@ def black_hole():
     h = mosquitto.BlackHole()
     yield h
     h.close()
+
+
+@pytest.fixture
+def ocpp(tmp_dir):
+    """`async with ocpp(config=..., heap=..., cs=...) as (cs, st)`: the `ocpp` library's central
+    system on a free port and the station on the stand-in pointed at it (tests/system/ocpp_cs.py),
+    both stopped afterwards. Needs the `ocpp` and `websockets` packages."""
+    pytest.importorskip("ocpp")
+    import ocpp_cs
+
+    def start(tmp=None, **kw):
+        return ocpp_cs.session(tmp or tmp_dir, **kw)
+    return start

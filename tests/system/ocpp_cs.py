@@ -10,6 +10,7 @@ import base64
 import itertools
 import json
 import os
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 import websockets
@@ -25,6 +26,7 @@ from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
 from tools.devicefiles import MICROPYTHON, micropython_env, mp_cwd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 IDENTITY = "CP-1"
 PASSWORD = "s3cret-passw0rd-16"
 
@@ -46,6 +48,9 @@ class StationSide(ChargePoint):
             # Schema check of our own, so a failure shows here and not only as a CALLERROR.
             await validate_payload(Call(msg[1], msg[2], msg[3]), "1.6")
             self.cs.calls.append((msg[2], msg[3]))
+            if self.cs.log is not None:
+                self.cs.log.write(json.dumps([msg[2], msg[3]]) + "\n")
+                self.cs.log.flush()
         self.cs.frames.append(msg)
         return await ChargePoint.route_message(self, raw)
 
@@ -98,6 +103,8 @@ class CentralSystem:
         self.server = None
         self.port = None
         self.auth_seen = []
+        self.log = None          # a file: every CALL as a JSON line, as received (main())
+        self.ssl = None
 
     def _check(self, connection, request):
         got = request.headers.get("Authorization")
@@ -118,9 +125,12 @@ class CentralSystem:
         finally:
             self.connected.clear()
 
-    async def start(self, port=0):
+    async def start(self, port=0, ssl=None):
+        """Listen on 127.0.0.1 (`ssl`: an ssl.SSLContext for wss://)."""
+        if ssl is not None:
+            self.ssl = ssl
         self.server = await serve(self._handler, "127.0.0.1", port, subprotocols=["ocpp1.6"],
-                                  process_request=self._check)
+                                  process_request=self._check, ssl=self.ssl)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 
@@ -144,7 +154,7 @@ class Station:
         self.proc = proc
 
     @classmethod
-    async def start(cls, tmp, url, config=None, heap=None, start_wh=1000):
+    async def start(cls, tmp, url, config=None, heap=None, start_wh=1000, runtime=MICROPYTHON):
         opts = {"store": os.path.join(tmp, "data"), "start_wh": start_wh,
                 "config": dict({"backend": "ocpp16", "ocpp_url": url, "ocpp_id": IDENTITY,
                                 "ocpp_password": PASSWORD, "auth_mode": "backend"},
@@ -153,23 +163,38 @@ class Station:
         path = os.path.join(tmp, "opts.json")
         with open(path, "w") as f:
             json.dump(opts, f)
-        args = [MICROPYTHON]
+        args = [runtime]
         if heap:
             args += ["-X", "heapsize=" + heap]
         args += [os.path.join(HERE, "ocpp_station.py"), path]
         proc = await asyncio.create_subprocess_exec(
-            *args, cwd=mp_cwd(), env=micropython_env(), stdin=asyncio.subprocess.PIPE,
+            *args, cwd=mp_cwd() if runtime == MICROPYTHON else ROOT,
+            env=micropython_env(runtime=runtime), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
         st = cls(proc)
-        ready = await st._line()
-        assert ready == {"ready": True}, ready
+        try:
+            ready = await st._line()
+            assert ready == {"ready": True}, ready
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()          # no process left behind when it could not start
+            raise
         return st
 
     async def _line(self):
         line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
         if not line:
             raise AssertionError("the station process ended (rc %s)" % await self.proc.wait())
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:
+            # Not an answer: the station printed an exception (MemoryError, ...).
+            try:
+                rest = await asyncio.wait_for(self.proc.stdout.read(), 5)   # to its end
+            except asyncio.TimeoutError:
+                rest = b""
+            raise AssertionError("the station says: %s" % (line + rest).decode(errors="replace"))
 
     async def do(self, what, **kw):
         kw["do"] = what
@@ -211,3 +236,44 @@ async def outage(cs, st):
             break
         await st.run(100, paced=True)
     await task
+
+
+@asynccontextmanager
+async def session(tmp, cs=None, url=None, **station):
+    """A central system (a fresh one unless given) on a free port and the station pointed at
+    it; both stopped afterwards. Yields (cs, station). `station`: Station.start's options."""
+    cs = cs if cs is not None else CentralSystem()
+    port = await cs.start()
+    st = None
+    try:
+        st = await Station.start(tmp, url or "ws://127.0.0.1:%d/ocpp" % port, **station)
+        yield cs, st
+    finally:
+        if st is not None:
+            await st.close()
+        if cs.server is not None:
+            await cs.stop()
+
+
+async def _serve(port, log_path, first_tx_id):
+    cs = CentralSystem()
+    cs.tx_ids = itertools.count(first_tx_id)
+    with open(log_path, "a") as log:
+        cs.log = log
+        await cs.start(port)
+        print("listening %d" % cs.port, flush=True)
+        await asyncio.Event().wait()
+
+
+def main():
+    """The central system as a process of its own (for a test that kills it):
+    ocpp_cs.py PORT LOG_FILE [FIRST_TRANSACTION_ID]; prints "listening PORT" when ready and
+    appends every CALL it receives to LOG_FILE as a JSON line."""
+    import sys
+    port = int(sys.argv[1])
+    first = int(sys.argv[3]) if len(sys.argv) > 3 else 1001
+    asyncio.run(_serve(port, sys.argv[2], first))
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ sys.path.insert(0, "tests/unit")
 
 from firmware.station import TICK_MS, Station  # noqa: E402
 from firmware.storage import Store  # noqa: E402
-from firmware.ws import CLOSED, OPEN  # noqa: E402
+from firmware.ws import CLOSED  # noqa: E402
 from meter_doubles import SlaveStream  # noqa: E402
 from tools.pilotsim.model import S2_C, S2_OPEN, PilotModel  # noqa: E402
 from tools.pilotsim.simboard import SimBoard, SimReset  # noqa: E402
@@ -86,7 +86,7 @@ class Rig:
             self.mwh += self.power_w * TICK_MS // 3600
         self.registers()
         b = self.station.backend
-        if paced or (b is not None and (b.caller.busy() or b.ws.state not in (OPEN, CLOSED))):
+        if paced or (b is not None and b.owed()):
             self.paced_steps += 1
             time.sleep_ms(TICK_MS)
         self.board.sleep_ms(TICK_MS)
@@ -105,7 +105,13 @@ class Rig:
         if name == "no_contactor":
             return not self.board.contacts_closed
         if name == "delivered":
-            return b.online and b.log.pending() == 0 and not b.caller.busy()
+            # Said and answered, and nothing left to say: a transaction whose EV has left
+            # is stopped a few iterations after the unplug (the iteration that opens the
+            # contactor does nothing else), so its StopTransaction is still to come.
+            return b.online and b.log.pending() == 0 and not b.caller.busy() \
+                and (b.log.running is None or self.model.plugged)
+        if name == "idle":           # online, no CALL of ours in flight
+            return b.online and not b.caller.busy()
         if name == "offline":
             return b.ws.state == CLOSED
         raise ValueError("unknown condition %s" % name)

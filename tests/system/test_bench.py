@@ -20,7 +20,7 @@ def quick(tmp_path_factory):
         pytest.skip("mosquitto is not installed (tools/setup.sh installs it)")
     out = str(tmp_path_factory.mktemp("bench") / "bench.json")
     r = subprocess.run([sys.executable, "-m", "tools.bench", "--quick", "--out", out],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, capture_output=True, text=True, timeout=420)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     with open(out) as f:
         report = json.load(f)

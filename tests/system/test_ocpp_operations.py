@@ -6,23 +6,21 @@ import pytest
 from ocpp.exceptions import NotSupportedError
 from ocpp.v16 import call
 
-from ocpp_cs import CentralSystem, Station, remote
+from ocpp_cs import CentralSystem, remote
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))
 
 
-def test_configuration_availability_reset_and_the_rest(tmp_dir):
+def test_configuration_availability_reset_and_the_rest(ocpp):
     async def scenario():
-        cs = CentralSystem()
-        port = await cs.start()
-        st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port)
-        try:
+        async with ocpp() as (cs, st):
             await st.run(20000, until="online")
             res = await remote(cs, st, call.GetConfiguration())
             keys = {k["key"]: k for k in res.configuration_key}
-            assert keys["SupportedFeatureProfiles"]["value"] == "Core,RemoteTrigger,SmartCharging"
+            assert (keys["SupportedFeatureProfiles"]["value"]
+                    == "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging")
             assert "AuthorizationKey" not in keys
             res = await remote(cs, st, call.ChangeConfiguration(key="MeterValueSampleInterval",
                                                                 value="15"))
@@ -87,19 +85,14 @@ def test_configuration_availability_reset_and_the_rest(tmp_dir):
             assert snap["boots"] == 2 and len(cs.actions("BootNotification")) == 2
             snap = await st.do("config", keys=["ocpp_meter_interval_s"])
             assert snap["cfg"] == {"ocpp_meter_interval_s": 15}
-        finally:
-            await st.close()
-            await cs.stop()
     run(scenario())
 
 
-def test_boot_pending_then_accepted_and_a_wrong_password_refused(tmp_dir):
+def test_boot_pending_then_accepted_and_a_wrong_password_refused(ocpp, tmp_dir):
     async def scenario():
         cs = CentralSystem(interval=20)
         cs.boot_status = ["Pending", "Rejected"]
-        port = await cs.start()
-        st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port)
-        try:
+        async with ocpp(cs=cs) as (cs, st):
             snap = await st.run(5000)
             assert len(cs.actions("BootNotification")) == 1 and not snap["online"]
             # Nothing but BootNotification while not accepted; it comes again after the interval.
@@ -109,17 +102,9 @@ def test_boot_pending_then_accepted_and_a_wrong_password_refused(tmp_dir):
             assert len(boots) == 3
             first = [f for f in cs.frames if f[0] == 2]
             assert [f[2] for f in first[:3]] == ["BootNotification"] * 3
-        finally:
-            await st.close()
-            await cs.stop()
         cs2 = CentralSystem(password="another-password")
-        port = await cs2.start()
-        st = await Station.start(tmp_dir + "/b", "ws://127.0.0.1:%d/ocpp" % port)
-        try:
+        async with ocpp(tmp=tmp_dir + "/b", cs=cs2) as (cs2, st):
             snap = await st.run(5000)
             assert not snap["online"] and cs2.calls == []
             assert snap["stats"]["error"] == "handshake: HTTP 401"
-        finally:
-            await st.close()
-            await cs2.stop()
     run(scenario())

@@ -10,7 +10,7 @@ from ocpp.v16 import call
 
 from firmware.pilot import duty_for_current
 from firmware.station import TICK_MS
-from ocpp_cs import CentralSystem, Station, remote
+from ocpp_cs import remote
 from tools.devicefiles import HEAP_GROWN
 
 SIM_EPOCH = 1767600000        # tools/pilotsim/simboard.py: the wall clock at board time 0
@@ -56,15 +56,11 @@ async def charging_session(cs, st):
     return await st.run(10000, until="contactor")
 
 
-def test_tx_profile_lowers_the_pwm_within_one_tick_of_its_start(tmp_dir):
+def test_tx_profile_lowers_the_pwm_within_one_tick_of_its_start(ocpp):
     async def scenario():
-        cs = CentralSystem()
-        port = await cs.start()
         # In the ESP32's heap without PSRAM once grown, as the RFID session of
         # test_ocpp_station.py.
-        st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port,
-                                 config={"max_current_ma": 16000}, heap=HEAP_GROWN)
-        try:
+        async with ocpp(config={"max_current_ma": 16000}, heap=HEAP_GROWN) as (cs, st):
             snap = await charging_session(cs, st)
             await st.run(2000)
             snap = await st.run(TICK_MS)
@@ -116,24 +112,17 @@ def test_tx_profile_lowers_the_pwm_within_one_tick_of_its_start(tmp_dir):
             assert await composite(cs, st, 1, 60, "A") == [(0, 16.0)]
             assert snap["profiles"] is None       # none left: the module left the heap too
             assert snap["stats"]["errors_in"] == 0 and snap["service_errors"] == 0
-        finally:
-            await st.close()
-            await cs.stop()
     run(scenario())
 
 
-def test_tx_default_profile_survives_a_power_cut(tmp_dir):
+def test_tx_default_profile_survives_a_power_cut(ocpp):
     async def scenario():
-        cs = CentralSystem()
-        port = await cs.start()
-        st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port,
-                                 config={"max_current_ma": 16000})
-        try:
+        async with ocpp(config={"max_current_ma": 16000}) as (cs, st):
             await st.run(20000, until="online")
             res = await remote(cs, st, call.GetConfiguration(key=[
                 "SupportedFeatureProfiles", "MaxChargingProfilesInstalled"]))
             assert [k["value"] for k in res.configuration_key] == [
-                "Core,RemoteTrigger,SmartCharging", "8"]
+                "Core,LocalAuthListManagement,RemoteTrigger,SmartCharging", "8"]
             res = await remote(cs, st, call.SetChargingProfile(connector_id=0,
                                cs_charging_profiles=profile(7, "TxDefaultProfile", [(0, 8)],
                                                             stack=1)))
@@ -161,7 +150,4 @@ def test_tx_default_profile_survives_a_power_cut(tmp_dir):
             snap = await st.run(3000)
             assert snap["offered_ma"] == 16000 and snap["profiles"] is None
             assert snap["stats"]["errors_in"] == 0 and snap["service_errors"] == 0
-        finally:
-            await st.close()
-            await cs.stop()
     run(scenario())

@@ -7,21 +7,17 @@ import pytest
 from ocpp.v16 import call
 
 from tools.devicefiles import HEAP_GROWN
-from ocpp_cs import CentralSystem, Station, outage, remote
+from ocpp_cs import outage, remote
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))
 
 
-def test_boot_rfid_session_with_meter_values(tmp_dir):
+def test_boot_rfid_session_with_meter_values(ocpp):
     async def scenario():
-        cs = CentralSystem()
-        port = await cs.start()
         # The ESP32's heap without PSRAM once grown (tools/devicefiles.py HEAP_GROWN).
-        st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port,
-                                 config={"ocpp_meter_interval_s": 10}, heap=HEAP_GROWN)
-        try:
+        async with ocpp(config={"ocpp_meter_interval_s": 10}, heap=HEAP_GROWN) as (cs, st):
             snap = await st.run(20000, until="online")
             assert snap["online"]
             await st.run(2000)
@@ -61,18 +57,12 @@ def test_boot_rfid_session_with_meter_values(tmp_dir):
             seen = [s["status"] for s in cs.actions("StatusNotification") if s["connectorId"] == 1]
             assert "Charging" in seen and seen[-1] == "Available"
             assert snap["stats"]["errors_in"] == 0 and snap["service_errors"] == 0
-        finally:
-            await st.close()
-            await cs.stop()
     run(scenario())
 
 
-def test_remote_start_and_stop(tmp_dir):
+def test_remote_start_and_stop(ocpp):
     async def scenario():
-        cs = CentralSystem()
-        port = await cs.start()
-        st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port)
-        try:
+        async with ocpp() as (cs, st):
             await st.run(20000, until="online")
             res = await remote(cs, st, call.RemoteStartTransaction(id_tag="REMOTE-1",
                                                                    connector_id=1))
@@ -101,20 +91,13 @@ def test_remote_start_and_stop(tmp_dir):
             await st.run(3000)
             assert cs.actions("StatusNotification")[-1]["status"] == "Available"
             assert cs.actions("Authorize") == []
-        finally:
-            await st.close()
-            await cs.stop()
     run(scenario())
 
 
-def test_central_system_outage_mid_session_delivers_every_message_in_order(tmp_dir):
+def test_central_system_outage_mid_session_delivers_every_message_in_order(ocpp):
     async def scenario():
-        cs = CentralSystem()
-        port = await cs.start()
-        st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port,
-                                 config={"ocpp_meter_interval_s": 10,
-                                         "offline_policy": "allow_all"})
-        try:
+        async with ocpp(config={"ocpp_meter_interval_s": 10,
+                                "offline_policy": "allow_all"}) as (cs, st):
             await st.run(20000, until="online")
             await st.do("ev", plugged=True, charge=True)
             await st.do("tag", id="CARD-OK")
@@ -135,7 +118,7 @@ def test_central_system_outage_mid_session_delivers_every_message_in_order(tmp_d
             await st.do("ev", plugged=False)
             snap = await st.run(3000)
             assert snap["pending"] >= 8
-            await cs.start(port)
+            await cs.start(cs.port)
             snap = await st.run(120000, until="delivered")
             tx = cs.tx_calls()
             later = tx[online_calls:]
@@ -156,19 +139,12 @@ def test_central_system_outage_mid_session_delivers_every_message_in_order(tmp_d
             assert stamps == sorted(stamps)
             assert len({str(p) for _, p in tx}) == len(tx)
             assert snap["stats"]["tx_dropped"] == 0 and snap["stats"]["errors_in"] == 0
-        finally:
-            await st.close()
-            await cs.stop()
     run(scenario())
 
 
-def test_power_cut_mid_transaction_stops_it_as_power_loss_after_the_restart(tmp_dir):
+def test_power_cut_mid_transaction_stops_it_as_power_loss_after_the_restart(ocpp):
     async def scenario():
-        cs = CentralSystem()
-        port = await cs.start()
-        st = await Station.start(tmp_dir, "ws://127.0.0.1:%d/ocpp" % port,
-                                 config={"ocpp_meter_interval_s": 10})
-        try:
+        async with ocpp(config={"ocpp_meter_interval_s": 10}) as (cs, st):
             await st.run(20000, until="online")
             await st.do("ev", plugged=True, charge=True)
             await st.do("tag", id="CARD-OK")
@@ -189,7 +165,4 @@ def test_power_cut_mid_transaction_stops_it_as_power_loss_after_the_restart(tmp_
             assert len(cs.actions("StartTransaction")) == 1
             # The EV is still plugged in: no new transaction without a new authorization.
             assert snap["tx"] is None and not snap["contactor"]
-        finally:
-            await st.close()
-            await cs.stop()
     run(scenario())

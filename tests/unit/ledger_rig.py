@@ -33,7 +33,7 @@ POLL_MS = 1000
 MAX_W = 22000
 MS_PER_WH = 3600000
 RECOVER_WAIT_MS = 5000        # firmware/station.py _RECOVER_WAIT_MS
-FINAL_WAIT_MS = 3000          # firmware/station.py _FINAL_READING_WAIT_MS
+FINAL_WAIT_MS = 3000          # firmware/station_events.py _FINAL_READING_WAIT_MS
 
 CFG = {"meter_map": "sdm630", "meter_poll_ms": POLL_MS, "meter_timeout_ms": 100,
        "meter_retries": 0, "meter_stale_after": 3, "meter_max_power_w": MAX_W,

@@ -24,8 +24,10 @@ class RecordingTarget:
             return self._done("start")
         return self._done("start", id_tag, connector_id)
 
-    def cmd_stop(self, now_ms):
-        return self._done("stop")
+    def cmd_stop(self, now_ms, session_id=None, sent_at=None):
+        if session_id is None and sent_at is None:
+            return self._done("stop")
+        return self._done("stop", session_id, sent_at)
 
     def cmd_authorize(self, id_tag, now_ms):
         return self._done("authorize", id_tag)

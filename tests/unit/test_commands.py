@@ -182,8 +182,18 @@ class ValidCommandsReachTheStation(unittest.TestCase):
         self.assertEqual(self.d.failed, 1)
         self.assertEqual(self.d.rejected, 0)
 
+    def test_stop_passes_the_named_session_and_the_sending_time(self):
+        d = CommandDispatcher(self.target, lambda: WALL)
+        d.handle(cmd("stop", {"session_id": "cp-1-7"}), NOW)
+        d.handle(cmd("stop", sent_at=WALL - 50, ttl_s=60), NOW)
+        self.assertEqual(self.target.calls[-2:], [("stop", "cp-1-7", None),
+                                                  ("stop", None, WALL - 50)])
+        reply = d.handle(cmd("stop", {"session_id": ""}), NOW)
+        self.assertEqual(reply["code"], "PropertyConstraintViolation")
+        self.assertEqual(len(self.target.calls), 2)
+
     def test_a_station_exception_becomes_an_error_reply(self):
-        def broken(now_ms):
+        def broken(now_ms, session_id=None, sent_at=None):
             raise KeyError("oops")
         self.target.cmd_stop = broken
         reply = self.d.handle(cmd("stop"), NOW)

@@ -36,6 +36,19 @@ class Writing(unittest.TestCase):
         self.assertEqual(h.writes, 1)
         self.assertEqual(_flash_bytes(fs), H.BUFFER * H.RECORD)
 
+    def test_each_segment_write_gives_the_safety_tick_its_turn(self):
+        # An append may cost a NOR erase (tens of ms): like every Store write, it is
+        # followed by Store.pause, where the station runs its safety tick when one is due.
+        store = _store()
+        turns = []
+        store.pause = lambda: turns.append(store.ops)
+        h = H.History(store, boot=1)
+        for i in range(H.BUFFER):
+            h.add(EV_STATE, i, 0, now_ms=i)
+        self.assertTrue(h.flush(100))
+        self.assertEqual(h.writes, 1)
+        self.assertEqual(turns, [1])
+
     def test_a_lone_record_is_written_after_flush_ms(self):
         h = H.History(_store(), boot=1)
         h.add(EV_STATE, 1, 0, now_ms=0)

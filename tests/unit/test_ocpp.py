@@ -169,6 +169,18 @@ class TransactionLog(unittest.TestCase):
         self.assertEqual(log.head(), None)
         self.assertEqual(self.log().pending(), 0)      # compacted: nothing comes back
 
+    def test_a_clock_aligned_sample_keeps_its_context_across_a_reset(self):
+        log = self.log()
+        nr = log.start("CARD", 100, 1000)
+        log.meter(1800, 120, 7200, [1, 2, 3], [4, 5, 6], "C")
+        log.meter(1810, 121, 7200, [1, 2, 3], [4, 5, 6])
+        log.delivered(5)
+        again = self.log()
+        self.assertEqual(again.head(), ["M", nr, 1800, 120, 7200, [1, 2, 3], [4, 5, 6], "C"])
+        again.delivered()
+        self.assertEqual(len(again.head()), 7)          # periodic: no context field
+        self.assertEqual(again.running[4], 121)
+
     def test_pending_messages_and_ids_survive_a_reset(self):
         log = self.log()
         nr = log.start("CARD", 100, 1000)

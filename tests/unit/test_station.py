@@ -395,6 +395,37 @@ class Commands(unittest.TestCase):
         self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
         self.assertEqual(st.sessions.active["id"], sid)
 
+    def test_a_stop_meant_for_an_earlier_session_is_refused(self):
+        # A stop held back by an outage arrives after that EV left and the next one
+        # plugged in: it names the old session, or was sent before this one began. It
+        # must not end the next driver's charge (docs/mqtt.md, stop).
+        r = Rig()
+        st = r.station
+        r.ev(plugged=True, s2=S2_C)
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        first = st.sessions.active["id"]
+        sent = r.board.wall_time()
+        r.ev(plugged=False)
+        r.run(2000)
+        r.run(40000)                                  # the next EV comes 40 s later
+        r.ev(plugged=True, s2=S2_C)
+        self.assertIsNotNone(r.run_until(lambda: r.board.contacts_closed, 3000))
+        second = st.sessions.active
+        self.assertNotEqual(second["id"], first)
+        now = r.board.ticks_ms()
+        code, why = st.cmd_stop(now, session_id=first)
+        self.assertEqual(code, "OTHER_SESSION")
+        self.assertTrue(first in why)
+        code, why = st.cmd_stop(now, sent_at=sent)
+        self.assertEqual(code, "OTHER_SESSION")
+        self.assertTrue("before the running session began" in why)
+        r.run(1000)
+        self.assertTrue(r.board.contactor_cmd and not st.charger.paused)
+        # Within the clocks' allowed skew, and naming the running session: it stops.
+        self.assertIsNone(st.cmd_stop(now, session_id=second["id"],
+                                      sent_at=second["start_time"] - 3))
+        self.assertTrue(st.charger.paused)
+
     def test_limit_with_expiry(self):
         r = Rig()
         st = r.station

@@ -11,7 +11,11 @@
 
 Options for run/demo: --trace PATH (default build/pilotsim/NAME.jsonl), --plot PATH (a PNG
 of the run, see plot), --speed N (simulated ms per wall ms at most; 0 = as fast as possible,
-the default for run; 5 for demo), --no-broker, --quiet (no live view).
+the default for run; 5 for demo), --no-broker, --quiet (no live view), --set KEY=VALUE (a
+firmware setting over the scenario's; repeatable). `--set backend=ocpp16 --set
+ocpp_url=ws://HOST:PORT/PATH --set ocpp_id=ID` points the simulated station at an OCPP 1.6J
+central system (no broker then; use --speed 1 or a little more: the central system answers
+in wall time).
 Exit status: 0 when every Annex A check passes and the scenario's expectations hold; 1 when
 one does not; 2 when a scenario file is bad (every error listed, nothing run).
 """
@@ -73,11 +77,14 @@ def _play(path, args, out):
     live = None if args.quiet else orchestrate.LiveView(out)
     for line in orchestrate.fit("== %s: %s" % (sc.name, sc.description), indent=3):
         out.write(line + "\n")
-    if sc.broker != "none" and (args.no_broker or not orchestrate.broker_available()):
+    if args.settings.get("backend") == "ocpp16":
+        out.write("   backend: OCPP 1.6J at %s (no broker)\n" % args.settings.get("ocpp_url"))
+    elif sc.broker != "none" and (args.no_broker or not orchestrate.broker_available()):
         out.write("   running WITHOUT a broker (%s): no MQTT, backend steps are skipped\n"
                   % ("--no-broker" if args.no_broker else "mosquitto is not installed"))
     res = orchestrate.run(path, trace_path=trace, live=live, speed=args.speed,
-                          broker=not args.no_broker, heap=args.heap)
+                          broker=not args.no_broker, heap=args.heap,
+                          extra_config=args.settings or None)
     out.write("\n" + orchestrate.format_summary(res) + "\n")
     problems = _expect.check(res)
     for p in problems:
@@ -131,6 +138,8 @@ def main(argv=None, out=None):
         sp.add_argument("--speed", type=int, default=5 if name == "demo" else 0)
         sp.add_argument("--no-broker", action="store_true")
         sp.add_argument("--quiet", action="store_true")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        dest="set", help="a firmware setting over the scenario's (repeatable)")
         sp.add_argument("--heap", default=orchestrate.DEFAULT_HEAP,
                         help="the stand-in's heap (-X heapsize), e.g. 56K for an ESP32's first"
                              " heap area (default %(default)s)")
@@ -152,6 +161,15 @@ def main(argv=None, out=None):
     sp.add_argument("--port", required=True)
     sp.add_argument("--baud", type=int, default=115200)
     args = p.parse_args(argv)
+    if args.cmd in ("demo", "run"):
+        from tools import setopt
+        try:
+            args.settings = setopt.parse(args.set)
+        except setopt.SetError as e:
+            out.write("%s\n" % e)
+            return 2
+        if setopt.uses_ocpp(args.settings):
+            args.no_broker = True       # the OCPP central system is the backend
     missing = _missing_modules(args)
     if missing:
         out.write("python -m tools.pilotsim %s needs %s, which this Python (%s) does not have:"

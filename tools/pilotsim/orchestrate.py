@@ -176,8 +176,9 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
     else:
         res.notes.append("no broker: running without MQTT")
     if not res.broker and sc.no_broker_config:
+        # The caller's settings (--set) still win over the scenario's fallback.
         run_cfg["scenario"]["config"] = dict(run_cfg["scenario"]["config"],
-                                             **sc.no_broker_config)
+                                             **dict(sc.no_broker_config, **(extra_config or {})))
         res.notes.append("without a broker the scenario's no_broker_config applies: %s"
                          % json.dumps(sc.no_broker_config))
 

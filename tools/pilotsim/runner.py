@@ -385,7 +385,12 @@ class Runner:
         if self.net is not None:
             if not self.net.settle():
                 self.stats["net_gave_up"] += 1
-        if self.speed:
+        owed = getattr(getattr(self.station, "backend", None), "owed", None)
+        if owed is not None and owed():
+            # A backend of its own sockets (OCPP 1.6J) waits for a real central system: the
+            # simulated clock runs 1:1 with wall time until it has answered.
+            _sleep_ms(ms)
+        elif self.speed:
             # --speed: simulated time at most `speed` times wall time (for a person to
             # follow); it only waits, so it cannot change what the firmware decides.
             due = (self.sim_ms() + ms) // self.speed

@@ -1,6 +1,7 @@
-"""ClearCache (OCPP 1.6 5.4): this station keeps no authorization cache
-(AuthorizationCacheEnabled is false), so there is nothing to clear and nothing refused."""
+"""ClearCache (OCPP 1.6 5.4): empties the Authorization Cache (firmware/ocpp16/authcache.py);
+Rejected while AuthorizationCacheEnabled is false or when the flash refuses."""
 
 
 def handle(b, p, now):
-    return {"status": "Accepted"}
+    c = b.cache
+    return {"status": "Accepted" if c.enabled and c.clear() else "Rejected"}
