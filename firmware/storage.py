@@ -102,11 +102,11 @@ class _JsonSink(io.IOBase):
     reallocation, and its final block is the one a fragmented heap lacks
     (docs/performance.md, Heap)."""
 
-    def __init__(self, out=None):
+    def __init__(self, out=None, buf=None):
         self.out = out
         self.n = 0
         self.crc = 0
-        self.buf = bytearray(_JSON_PIECE) if out is not None else None
+        self.buf = buf
         self.used = 0
 
     def write(self, chunk):
@@ -205,6 +205,10 @@ class Store:
         self.ops = 0           # flash operations made (firmware/flashsched.py counts on it)
         self.root = root.rstrip("/") if root != "/" else ""
         self._make_root()
+        # write_json's piece buffer: made with the store, before the station's other
+        # long-lived objects, and reused; made per write it was itself the block a
+        # fragmented heap lacked.
+        self._piece = bytearray(_JSON_PIECE)
 
     def _make_root(self):
         prefix = "/" if self.root.startswith("/") else ""
@@ -324,7 +328,7 @@ class Store:
         tmp = path + TMP_SUFFIX
 
         def fill(f):
-            again = _JsonSink(f)
+            again = _JsonSink(f, self._piece)
             # The header in the first piece: a record that fits is one write, as before.
             again.buf[:_FILE_HDR] = _FILE_MAGIC + struct.pack(">II", n, crc)
             again.used = _FILE_HDR
