@@ -58,11 +58,10 @@ class Ocpp16Backend(Backend):
                            connect_timeout_ms=cfg["ocpp_connection_timeout_s"] * 1000)
         self.caller = rpc.Caller()
         self.log = TxLog(store)
-        # The central system's Local Authorization List is the station's allow-list now.
-        self.local = LocalList(store, cfg, self._seconds)
-        # What the central system answered for each card, asked after the list (3.5.3).
+        # The central system's Local Authorization List is the station's allow-list now;
+        # what the central system answered for each card is asked after the list (3.5.3).
         self.cache = AuthCache(store, cfg, self._seconds)
-        self.local.cache = self.cache
+        self.local = LocalList(store, cfg, self._seconds, self.cache)
         ops.use_allow_list(self.local)
         self.registration = _UNKNOWN
         self._boot_at = now

@@ -69,11 +69,11 @@ def find_entry(data, id_tag):
 
 
 class LocalList:
-    def __init__(self, store, cfg, clock=None):
+    def __init__(self, store, cfg, clock=None, cache=None):
         self.store = store
         self.cfg = cfg                # ocpp_local_list (LocalAuthListEnabled), auth_list_max
         self.clock = clock            # () -> seconds since 1970, 0 when unknown
-        self.cache = None             # the Authorization Cache (authcache.py), consulted after
+        self.cache = cache            # the Authorization Cache (authcache.py), consulted after
         self.version = 0
         self.count = 0
         self.error = None

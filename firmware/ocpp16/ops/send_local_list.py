@@ -18,7 +18,7 @@ def handle(b, p, now):
         if not isinstance(item, dict):
             raise CallError(PROPERTY, "localAuthorizationList: objects")
         tag = field(item, "idTag", str, max_len=20)
-        if not tag or [c for c in tag if not "!" <= c <= "~"]:
+        if not isinstance(tag, str) or not tag or [c for c in tag if not "!" <= c <= "~"]:
             raise CallError(PROPERTY, "idTag: printable ASCII without spaces")
         info = field(item, "idTagInfo", dict, False)
         st = None
