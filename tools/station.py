@@ -399,6 +399,10 @@ def main(argv=None):
         raise KeyboardInterrupt()
 
     signal.signal(signal.SIGTERM, stop_signal)
+    # Ctrl-C stops the stations even when this was started with SIGINT ignored (a job put
+    # in the background by a non-interactive shell, a test runner's worker): it is how the
+    # tool is meant to be ended.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     where = ("PyPI's 64-bit MicroPython (TLS: the stand-in has no mbedtls)"
              if runtime == MICROPYTHON64 else "the ESP32 stand-in")
     if ocpp:
