@@ -138,7 +138,8 @@ async def _idle(tmp, idle_s):
             # Fewer heartbeats than the interval gives: the backend was not stepped as it
             # should have been; a figure from such a run would be wrong, not small.
             raise RuntimeError("idle run: %d heartbeats in %d s (HeartbeatInterval 300 s), "
-                               "%d service errors" % (beats, idle_s, b["service_errors"]))
+                               "%d service errors (last: %s)"
+                               % (beats, idle_s, b["service_errors"], b["last_error"]))
         return {"sim_ms": b["t"] - a["t"], "rx": wb["rx"] - wa["rx"], "tx": wb["tx"] - wa["tx"],
                 "pings": wb["pings"] - wa["pings"], "pongs": wb["pongs"] - wa["pongs"],
                 "connects": wb["connects"] - wa["connects"],
