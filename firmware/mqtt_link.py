@@ -59,7 +59,7 @@ if sys.implementation.name != "micropython":
 from umqtt.simple import MQTTClient, MQTTException  # noqa: E402
 import struct  # noqa: E402
 
-from firmware.net import RX_SIZE, Conn  # noqa: E402
+from firmware.net import RX_SIZE, Conn, der as _der  # noqa: E402
 from firmware.resolver import Resolver  # noqa: E402
 
 # Connection states
@@ -991,17 +991,3 @@ class _LegacyTls:
         return self._ssl.wrap_socket(sock, server_hostname=server_hostname,
                                      do_handshake=do_handshake_on_connect, **self._kw)
 
-
-def _der(path):
-    """The first PEM block of `path` decoded to DER (or the file itself when it is DER)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    start = data.find(b"-----BEGIN")
-    if start < 0:
-        return data
-    body_start = data.find(b"\n", start) + 1
-    end = data.find(b"-----END", body_start)
-    if body_start <= 0 or end < 0:
-        raise ValueError("%s: truncated PEM" % path)
-    import binascii
-    return binascii.a2b_base64(data[body_start:end].replace(b"\r", b"").replace(b"\n", b""))

@@ -205,3 +205,19 @@ class Conn:
             except Exception:  # noqa: BLE001 - closing a dead socket
                 pass
         self._poller = None
+
+
+def der(path):
+    """The first PEM block of `path` decoded to DER (or the file itself when it is DER): what
+    the ESP32's ssl takes for cadata, cert and key (MQTT and OCPP alike)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    start = data.find(b"-----BEGIN")
+    if start < 0:
+        return data
+    body_start = data.find(b"\n", start) + 1
+    end = data.find(b"-----END", body_start)
+    if body_start <= 0 or end < 0:
+        raise ValueError("%s: truncated PEM" % path)
+    import binascii
+    return binascii.a2b_base64(data[body_start:end].replace(b"\r", b"").replace(b"\n", b""))

@@ -14,6 +14,7 @@ import sys
 
 from firmware.backend.api import OK, Backend
 from firmware.compat import const, ticks_add, ticks_diff
+from firmware.net import der as _der
 from firmware.ocpp16 import clock, rpc, status as _status
 from firmware.ocpp16.authcache import AuthCache
 from firmware.ocpp16.localauth import LocalList
@@ -628,22 +629,6 @@ class Ocpp16Backend(Backend):
         if tx_id is not None:
             p["transactionId"] = tx_id
         return p
-
-
-
-def _der(path):
-    """The first PEM block of `path` as DER bytes (the file itself when it is DER)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    start = data.find(b"-----BEGIN")
-    if start < 0:
-        return data
-    body = data.find(b"\n", start) + 1
-    end = data.find(b"-----END", body)
-    if body <= 0 or end < 0:
-        raise ValueError("%s: truncated PEM" % path)
-    import binascii
-    return binascii.a2b_base64(data[body:end].replace(b"\r", b"").replace(b"\n", b""))
 
 
 def _random16():
