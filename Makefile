@@ -10,7 +10,7 @@ STAMP   := build/.setup
 
 all: test
 
-$(STAMP): requirements.txt tools/setup.sh tools/standin.py
+$(STAMP): requirements.txt tools/setup.sh tools/standin.py tools/mp_patches.py
 	./tools/setup.sh
 	@mkdir -p build && touch $(STAMP)
 

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 
-from tools import deploy
+from tools import deploy, mp_patches
 from tools.devicefiles import ROOT
 
 BOARD_NAME = "CHARGER_ESP32"
@@ -158,6 +158,16 @@ def firmware(variant=None, dry_run=False, env=None, log=print, run=subprocess.ca
     if version != MICROPYTHON_VERSION:
         log("warning: MICROPY_SRC is MicroPython %s; this board is made for %s"
             % (version or "(unknown version)", MICROPYTHON_VERSION))
+    # The project's fixes to MicroPython (tools/mp_patches.py): the image gets the ones the
+    # stand-in the tests ran on was built with.
+    if dry_run:
+        log("python -m tools.mp_patches %s" % src)
+    else:
+        try:
+            mp_patches.apply(src, log=log)
+        except mp_patches.PatchError as e:
+            log("make firmware: %s" % e)
+            return 2
     for cwd, argv in build_steps(src, variant):
         shown = "cd %s && %s" % (cwd, shlex.join(argv))
         if dry_run:

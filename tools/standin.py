@@ -13,8 +13,9 @@ Where the source comes from, first match wins:
   4. git clone --depth 1 -b v1.28.0 https://github.com/micropython/micropython
      plus the lib/micropython-lib submodule
 
-Nothing is written into the source tree: mpy-cross and the unix port build into
-build/standin/. The build is make's own, so a changed firmware file refreezes in seconds
+The only change to the source tree is the project's fixes to MicroPython itself
+(tools/mp_patches.py, the same ones `make firmware` applies to the ESP32 image's tree); mpy-cross
+and the unix port build into build/standin/. The build is make's own, so a changed firmware file refreezes in seconds
 and an unchanged tree rebuilds nothing.
 
 What differs from an ESP32 (docs/performance.md, "The stand-in"): the port (unix: no Wi-Fi,
@@ -27,6 +28,8 @@ import hashlib
 import os
 import subprocess
 import sys
+
+from tools import mp_patches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build", "standin")
@@ -150,6 +153,7 @@ def build(quiet=True):
 
 def _build(quiet):
     src = source_dir()
+    mp_patches.apply(src, log=None if quiet else print)
     install_mplib(src)
     jobs = "-j%d" % max(1, min(4, os.cpu_count() or 1))
     cross_build = os.path.join(BUILD, "mpy-cross")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tools import deploy, flash
+from tools import deploy, flash, mp_patches
 from tools.devicefiles import ROOT, device_files
 
 PY = sys.executable
@@ -277,6 +277,8 @@ def fake_toolchain(tmp_path, idf_on_path=True, version=("1", "28", "0")):
     (src / "py" / "mpconfig.h").write_text(
         "#define MICROPY_VERSION_MAJOR %s\n#define MICROPY_VERSION_MINOR %s\n"
         "#define MICROPY_VERSION_MICRO %s\n" % version)
+    # The lines of py/gc.c the project patches (tools/mp_patches.py), as v1.28.0 has them.
+    (src / "py" / "gc.c").write_text("/* gc */\n" + mp_patches.GC_REALLOC_LAST_USED[1])
     idf = tmp_path / "esp-idf"
     (idf / "tools").mkdir(parents=True)
     (idf / "tools" / "idf.py").write_text("")
@@ -305,12 +307,14 @@ def test_firmware_dry_run_prints_the_port_build_commands(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     port = os.path.join(src, "ports", "esp32")
     assert r.stdout.splitlines() == [
+        "python -m tools.mp_patches %s" % src,
         "cd %s && make BOARD_DIR=%s BOARD_VARIANT=S3_SPIRAM submodules" % (port, BOARD_DIR),
         "cd %s && make BOARD_DIR=%s BOARD_VARIANT=S3_SPIRAM" % (port, BOARD_DIR),
         "cp %s/build-CHARGER_ESP32-S3_SPIRAM/firmware.bin %s/build/firmware/"
         "CHARGER_ESP32-S3_SPIRAM.bin" % (port, ROOT),
     ]
     assert not (tmp_path / "make.log").exists()
+    assert mp_patches.state(src, mp_patches.GC_REALLOC_LAST_USED) == "pending"   # dry: untouched
 
 
 def test_firmware_runs_the_port_make_without_the_outer_makes_variables(tmp_path, monkeypatch):
@@ -327,6 +331,9 @@ def test_firmware_runs_the_port_make_without_the_outer_makes_variables(tmp_path,
         "%s MAKEFLAGS=[] BOARD_DIR=%s BOARD_VARIANT=SPIRAM" % (port, BOARD_DIR),
     ]
     assert out[0] == "warning: MICROPY_SRC is MicroPython v1.27.0; this board is made for v1.28.0"
+    # The image is built from the tree with the project's MicroPython fixes, as the stand-in is.
+    assert out[1] == "patched " + os.path.join(src, "py", "gc.c")
+    assert mp_patches.state(src, mp_patches.GC_REALLOC_LAST_USED) == "applied"
     assert (tmp_path / "out" / "CHARGER_ESP32-SPIRAM.bin").read_bytes() == b"\xe9image"
     assert out[-1].startswith("image: ") and out[-1].endswith("CHARGER_ESP32-SPIRAM.bin (6 bytes)")
 
@@ -344,6 +351,7 @@ def test_firmware_stops_at_the_first_failing_make(tmp_path, monkeypatch):
     out = []
     assert flash.firmware(None, env=env, log=out.append, run=run) == 2
     assert calls == [["make", "BOARD_DIR=" + BOARD_DIR, "submodules"]]
+    assert mp_patches.state(src, mp_patches.GC_REALLOC_LAST_USED) == "applied"
     assert out[-1].startswith("failed (exit 2): cd ")
     assert not (tmp_path / "out").exists()
 
