@@ -723,7 +723,7 @@ class SessionManager:
                 self.journal.rewrite([])       # nothing pending: the empty journal is the ack
                 self._dead = 0
             else:
-                self.journal.append(json.dumps({"k": "ack", "id": session_id}).encode())
+                self.journal.append_json({"k": "ack", "id": session_id})
                 self._dead += 2
                 # Compact when most of the file is dead, so pending records that stay
                 # unacknowledged for long are not rewritten at every acknowledgement.
@@ -1045,7 +1045,7 @@ class SessionManager:
         rec, now_ms, ledger_wh = self._queue.pop(0)
         sid = rec["id"]
         try:
-            self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
+            self.journal.append_json({"k": "done", "r": rec})
             self._keep_fresh(sid, rec)
         except (StorageError, ValueError, MemoryError) as e:
             # Kept in RAM and retried from tick(); the live file stays until it is on flash
@@ -1109,7 +1109,7 @@ class SessionManager:
                 return True               # the others in a later iteration
             rec = self._unsaved[sid]
             try:
-                self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
+                self.journal.append_json({"k": "done", "r": rec})
             except (StorageError, ValueError, MemoryError) as e:
                 self.journal_write_failures += 1
                 self.error = e.args[0] if e.args else type(e).__name__

@@ -102,10 +102,10 @@ class _JsonSink(io.IOBase):
     reallocation, and its final block is the one a fragmented heap lacks
     (docs/performance.md, Heap)."""
 
-    def __init__(self, out=None, buf=None):
+    def __init__(self, out=None, buf=None, crc=0):
         self.out = out
         self.n = 0
-        self.crc = 0
+        self.crc = crc
         self.buf = buf
         self.used = 0
 
@@ -318,12 +318,17 @@ class Store:
         self._write_file(tmp, (header, data))
         self._replace(tmp, path)
 
-    def write_json(self, name, value):
-        """write_atomic(name, the JSON text of value) without the text in memory at once:
-        the pieces json.dump makes go to the file as they come (see _JsonSink)."""
+    def json_sum(self, value):
+        """(length, CRC) of the JSON text of `value`, without making the text."""
         first = _JsonSink()
         json.dump(value, first)
-        n, crc = first.n, first.crc
+        return first.n, first.crc
+
+    def write_json(self, name, value, summed=None):
+        """write_atomic(name, the JSON text of value) without the text in memory at once:
+        the pieces json.dump makes go to the file as they come (see _JsonSink). `summed`:
+        json_sum(value) when the caller has it already."""
+        n, crc = summed or self.json_sum(value)
         path = self.path(name)
         tmp = path + TMP_SUFFIX
 
@@ -564,6 +569,33 @@ class Journal:
             raise ValueError("%s: record of %d bytes exceeds %d" % (self.name, len(payload), MAX_RECORD))
         self._recover()
         frame = _frame(_KIND_RECORD, payload)
+        self._append_with(lambda f: f.write(frame))
+
+    def append_json(self, value):
+        """append(the JSON text of value) without the text in memory at once: json.dump
+        runs three times, for the length, for the CRC (which covers the header) and into
+        the file through the store's piece buffer (see _JsonSink, Store.write_json)."""
+        n = self.store.json_sum(value)[0]
+        if n > MAX_RECORD:
+            raise ValueError("%s: record of %d bytes exceeds %d" % (self.name, n, MAX_RECORD))
+        head = struct.pack(">BH", _KIND_RECORD, n)
+        summed = _JsonSink(crc=_crc(head))
+        json.dump(value, summed)
+        crc = summed.crc
+        self._recover()
+
+        def fill(f):
+            sink = _JsonSink(f, self.store._piece, _crc(head))
+            sink.buf[0] = _REC_MAGIC
+            sink.buf[1:_REC_HDR] = head + struct.pack(">I", crc)
+            sink.used = _REC_HDR
+            json.dump(value, sink)
+            sink.flush()
+            if sink.n != n or sink.crc != crc:
+                raise ValueError("%s: changed while written" % self.name)
+        self._append_with(fill)
+
+    def _append_with(self, write):
         fs = self.store.fs
         try:
             f = fs.open(self.path, "ab")
@@ -571,7 +603,7 @@ class Journal:
             raise StorageError("%s: cannot open for append (errno %s)" % (self.name, _errno(e)))
         done = False
         try:
-            f.write(frame)
+            write(f)
             fs.sync(f)
             done = True
         except OSError as e:
