@@ -46,7 +46,7 @@ is flagged estimated and the rest is unbilled).
 import json
 
 from firmware.auth import check_id_tag
-from firmware.compat import ticks_add, ticks_diff
+from firmware.compat import presize, ticks_add, ticks_diff
 from firmware.counters import RETRY_MAX_MS, RETRY_MIN_MS, session_key
 from firmware.flashsched import ALWAYS
 from firmware.states import STATE_A, STATE_B2, ev_connected
@@ -195,8 +195,22 @@ class _Session:
         return "power" if self.power_seen else "none"
 
 
+# Every attribute of SessionManager, given first (compat.presize: its table's size is final
+# before the objects it holds are made); tests/unit check the list is complete.
+MANAGER_ATTRS = ("cfg", "budget", "store", "counters", "boot_id", "_wall", "journal", "error",
+                 "_pending", "_handed", "_fresh", "_unsaved", "_dead", "_seq", "_session",
+                 "_orphan", "_orphan_adjusted", "_live_sid", "_retry_at",
+                 "journal_write_failures", "checkpoint_write_failures", "checkpoints_held",
+                 "unreadable_entries", "checkpoints_unreadable", "_state", "_contactor",
+                 "_now", "_block_until_unplug", "_reg", "_clean", "_first", "_open_ms",
+                 "_boot_ms", "_serial", "_present", "serial_wanted", "_power", "_power_ms",
+                 "_ckpt_ms", "_ckpt_wh", "_full_ms", "_requested", "_starts", "_queue",
+                 "_drops", "_counters_due", "_ckpt_due")
+
+
 class SessionManager:
     def __init__(self, cfg, store, counters, boot_id, wall_time=lambda: None, budget=ALWAYS):
+        presize(self, MANAGER_ATTRS)
         self.cfg = cfg
         self.budget = budget          # firmware/flashsched.py: when a write may happen
         self.store = store

@@ -236,7 +236,8 @@ class Store:
         if self.pause is not None:
             self.pause()
 
-    def _read_raw(self, path):
+    def _read_raw(self, path, into=None):
+        # into: a buffer to read the file into when it fits (a memoryview of it returned).
         try:
             f = self.fs.open(path, "rb")
         except OSError as e:
@@ -248,6 +249,10 @@ class Store:
             # fragmented heap the step above the file's size may be the block that is missing.
             n = f.seek(0, 2)
             f.seek(0)
+            if into is not None and n <= len(into) and hasattr(f, "readinto"):
+                mv = memoryview(into)[:n]
+                got = f.readinto(mv)
+                return mv if got == n else mv[:got or 0]
             return f.read(n)
         except OSError as e:
             raise StorageError("%s: read failed (errno %s)" % (path, _errno(e)))
@@ -348,10 +353,12 @@ class Store:
         """The contents last written by write_atomic, or None when there are none.
         Raises StorageError when the file is damaged and no intact copy exists.
         view=True: a memoryview into the file as read instead of a copy of the contents
-        (a record's payload is written to the network as it is: one block, not two)."""
+        (a record's payload is written to the network as it is: one block, not two); a
+        file that fits the store's piece buffer is read into it, so the view is valid until
+        the next read or JSON write (no block of the record's size per read)."""
         path = self.path(name)
         tmp = path + TMP_SUFFIX
-        raw = self._read_raw(path)
+        raw = self._read_raw(path, self._piece if view else None)
         if raw is not None:
             data = _unframe_file(raw, view)
             if data is not None:
@@ -406,7 +413,7 @@ def _close(f, what, check):
 
 
 def _unframe_file(raw, view=False):
-    if len(raw) < _FILE_HDR or raw[:4] != _FILE_MAGIC:
+    if len(raw) < _FILE_HDR or bytes(raw[:4]) != _FILE_MAGIC:
         return None
     length, crc = struct.unpack(">II", raw[4:_FILE_HDR])
     data = memoryview(raw)[_FILE_HDR:]
