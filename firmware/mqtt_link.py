@@ -302,7 +302,7 @@ class MqttLink:
     """The station's connection to the backend. See the module docstring and docs/mqtt.md.
 
     cfg: firmware.config.Config (mqtt_*, telemetry_*, comms_*, outbox_* keys).
-    outbox: firmware.outbox.Outbox; target: a firmware.commands.CommandTarget.
+    outbox: firmware.outbox.Outbox; target: a firmware.command_target.CommandTarget.
     socket_factory: an object with getaddrinfo() and socket() like the socket module
       (the default); tests pass one that records how sockets are used.
     rand: rand(n) -> int in [0, n) for backoff jitter; default from the random module.

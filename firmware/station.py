@@ -17,7 +17,7 @@ The station is also the backend's command target and the source of what the back
 those parts live in mixins, one responsibility each:
     firmware/station_events.py   charger events and meter readings -> sessions, history
     firmware/station_report.py   status, telemetry, diagnostics, events, outbox records
-    firmware/station_cmds.py     the commands (firmware.commands.CommandTarget), idTags
+    firmware/station_cmds.py     the commands (firmware.command_target.CommandTarget), idTags
 """
 import gc
 

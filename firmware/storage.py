@@ -69,7 +69,9 @@ MAX_RECORD = 65535                    # a record's payload, bytes (u16 length fi
 _SCAN_CHUNK = const(128)
 _DIRECT_READ = const(4096)            # longer payloads are CRC-checked in chunks before reading
 _CHECK_CHUNK = const(512)
-_JSON_PIECE = const(512)              # Store.write_json writes the file in pieces of this size
+# Store.write_json writes the file in pieces of this size, and Store.read(view=True) reads
+# a file that fits into the same buffer: 1 KB holds a session record (about 800 B).
+_JSON_PIECE = const(1024)
 TMP_SUFFIX = ".tmp"
 
 
