@@ -1,9 +1,11 @@
 """The whole station in simulated time against real peers, on the MicroPython unix port.
 
-    micropython -X heapsize=64K -m tools.bench_session RUN.json
+    micropython -X heapsize=80K -m tools.bench_session RUN.json
 
 RUN.json (written by tools/bench.py): {"mode": "session" | "idle", "storage": DIR,
-"config": {...station config...}, "meter_port": N, "measure_heap": bool, ...}.
+"config": {...station config...}, "meter_port": N, "measure_heap": bool,
+"firmware_pool": bytes, ...}. With firmware_pool the harness is built and measured first
+and a ballast block leaves the firmware exactly that pool (tools/bench_rig.py HarnessRoom).
 
 - session: a charging session (docs/performance.md): link up, plug, charge with the meter
   following the simulated EV, EV stops, unplug, the session record acknowledged by the
