@@ -227,11 +227,25 @@ class HarnessRoom:
         if excess < 0:
             raise RuntimeError("the harness (%d B) does not fit the room given for it"
                                % self.harness)
-        if excess >= 64:
-            free0 = gc.mem_free()
-            # A bytearray is a one-block object plus its data, in 16-byte blocks.
-            self.ballast = bytearray(excess - 16)
-            self.ballast_bytes = free0 - gc.mem_free()
+        free0 = gc.mem_free()
+        # One block when the heap has the run for it; else (the simulator's runner leaves
+        # its heap in pieces) the largest pieces that fit, placed first fit as the allocator
+        # places everything. A bytearray of n bytes takes one 16-byte block for the object
+        # and n/16 for the data; bytearray(0) only the first. The list is made first.
+        self.ballast = [None] * 32
+        left = excess - (free0 - gc.mem_free())
+        piece = left
+        k = 0
+        while left >= 16 and k < len(self.ballast):
+            piece = min(piece, left)
+            try:
+                self.ballast[k] = bytearray(piece - 16)
+            except MemoryError:
+                piece = max(16, (piece // 2) & ~15)
+                continue
+            k += 1
+            left = excess - (free0 - gc.mem_free())
+        self.ballast_bytes = free0 - gc.mem_free()
         return self.firmware_pool()
 
     def firmware_pool(self):
