@@ -351,7 +351,6 @@ class Runner:
             # process with room for the harness on top).
             from tools.bench_rig import ROOM
             ROOM.reserve(pool)
-            self.stats["harness_bytes"] = ROOM.harness
         self._start_station()
 
     def _start_station(self):
