@@ -12,6 +12,7 @@ Each stdin line is one JSON command; each is answered with one JSON line (a snap
     {"do": "power", "w": W}                                 the EV's draw while the contacts close
     {"do": "tag", "id": TAG}                                a card at the reader
     {"do": "powercut"}                                      the station loses power, restarts
+    {"do": "heap"}                                          {"alloc", "free"} after gc.collect()
     {"do": "quit"}
 Time: simulated time runs as fast as the station computes, except 1:1 with wall time while
 the backend waits for the central system (a CALL in flight, connecting) or `paced` is set.
@@ -60,7 +61,8 @@ class Rig:
 
     def boot(self, start_ms):
         self.board = SimBoard(model=self.model, start_ms=start_ms)
-        self.slave = SlaveStream(_Clock(self), regs={}, slave=1, fcs=(4,))
+        # log=False: the double's logs of every poll would grow on the station's heap.
+        self.slave = SlaveStream(_Clock(self), regs={}, slave=1, fcs=(4,), log=False)
         self.board.attach_meter(self.slave)
         self.registers()
         self.station = Station(self.board, config=self.config, store=Store(self.store))
@@ -157,6 +159,11 @@ class Rig:
             # No shutdown: the station object is dropped as it stands, the flash kept.
             self.board.power_off()
             self.boot(self.board.now_ms + 2000)
+        elif what == "heap":
+            # The live heap after a collection (a leak shows as growth between two calls).
+            import gc
+            gc.collect()
+            return {"alloc": gc.mem_alloc(), "free": gc.mem_free()}
         elif what == "config":
             return {"cfg": self.station.cfg.public(cmd.get("keys"))}
         return self.snapshot()
