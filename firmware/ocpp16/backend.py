@@ -265,6 +265,12 @@ class Ocpp16Backend(Backend):
             self._send(rpc.encode_error(uid, rpc.INTERNAL, "%s" % (e,)))
             return
         try:
+            if callable(reply):
+                # An answer in pieces (GetConfiguration): written into the send queue one
+                # piece after the other, never one string.
+                if not self.ws.send_pieces(lambda: rpc.result_pieces(uid, reply)):
+                    self.ws.close_now("send queue full")
+                return
             text = rpc.encode_result(uid, reply)
         except MemoryError:
             # A large answer (GetConfiguration) on a tight heap: the central system still

@@ -50,6 +50,14 @@ def encode_result(uid, payload):
     return json.dumps([CALLRESULT, uid, payload])
 
 
+def result_pieces(uid, payload_pieces):
+    """A CALLRESULT whose payload comes as JSON text in pieces (`payload_pieces()`)."""
+    yield "[%d,%s," % (CALLRESULT, json.dumps(uid))
+    for piece in payload_pieces():
+        yield piece
+    yield "]"
+
+
 def encode_error(uid, code, description=""):
     return json.dumps([CALLERROR, uid, code, description[:255], {}])
 

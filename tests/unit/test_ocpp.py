@@ -86,7 +86,7 @@ class Router(unittest.TestCase):
         b = _NoBackend()
         b.cfg = Config()
         out = router.dispatch(b, "GetConfiguration", {"key": ["HeartbeatInterval"]}, 0)
-        self.assertEqual(out, {"configurationKey": [
+        self.assertEqual(json.loads("".join(out())), {"configurationKey": [
             {"key": "HeartbeatInterval", "readonly": False, "value": "300"}]})
         self.assertFalse("get_configuration" in router.resident())
         out = router.dispatch(b, "DataTransfer", {"vendorId": "com.example"}, 0)
@@ -112,6 +112,25 @@ class Keys(unittest.TestCase):
         self.assertTrue(byname["NumberOfConnectors"]["readonly"])
         known, unknown = keys.get(cfg, ["AuthorizationKey", "Nope"])
         self.assertEqual((known, unknown), ([], ["AuthorizationKey", "Nope"]))
+
+    def test_get_configuration_in_pieces_is_the_answer_as_one(self):
+        b = _NoBackend()
+        b.cfg = Config({"ocpp_password": "0123456789abcdef"})
+        for names in (None, [], ["HeartbeatInterval", "Nope", "AuthorizationKey",
+                                 "SupportedFeatureProfiles", "Caf\u00e9 \"x\""]):
+            answer = router.dispatch(b, "GetConfiguration", {} if names is None else
+                                     {"key": names}, 0)
+            known, unknown = keys.get(b.cfg, names)
+            want = {"configurationKey": known}
+            if unknown:
+                want["unknownKey"] = unknown
+            pieces = list(answer())
+            self.assertTrue(len(pieces) >= 3)
+            self.assertEqual(json.loads("".join(pieces)), want)
+            # As the backend sends it: one CALLRESULT frame.
+            text = "".join(rpc.result_pieces("u1", answer))
+            self.assertEqual(json.loads(text), [3, "u1", want])
+        self.assertEqual(len(keys.get(b.cfg, None)[0]), 31)
 
     def test_the_documentation_names_the_profiles_and_every_key(self):
         with open("docs/ocpp.md") as f:
