@@ -114,6 +114,26 @@ def parse_url(url):
     return secure, host, port, path
 
 
+def _head(op, n):
+    """(a frame's header with its mask key, the key) for `n` bytes of payload."""
+    mask = os.urandom(4)
+    if n < 126:
+        head = bytes((0x80 | op, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack(">BBH", 0x80 | op, 0x80 | 126, n)
+    else:
+        head = struct.pack(">BBII", 0x80 | op, 0x80 | 127, 0, n)
+    return head + mask, mask
+
+
+def _xor(buf, start, mask, k):
+    # RFC 6455 5.3: every client frame is masked, so intermediaries cannot be poisoned;
+    # `k`: the payload's offset of buf[start], where the key's cycle stands.
+    for i in range(start, len(buf)):
+        buf[i] ^= mask[k & 3]
+        k += 1
+
+
 def _b64(data):
     return b2a_base64(data).rstrip(b"\n")
 
@@ -143,7 +163,8 @@ class WsClient:
         self._rx = self._small        # _small, or a frame's own while a large one is read
         self._rn = 0
         self._msg = None          # a fragmented text message being put together
-        self._out = bytearray()
+        self._q = []              # what is to be sent: frames (or a frame's pieces), in order
+        self._qn = 0              # ... and their bytes
         self._sock = None
         self._stream = None
         self._poll = None
@@ -202,7 +223,9 @@ class WsClient:
         if password is not None:
             cred = _b64(("%s:%s" % (user or "", password)).encode()).decode()
             head += "Authorization: Basic %s\r\n" % cred
-        self._out = bytearray(head.encode() + b"\r\n")
+        self._q = []
+        self._qn = 0
+        self._push(head.encode() + b"\r\n")
         self._protocol = protocol.encode()
         self._rx = self._small
         self._rn = 0
@@ -232,7 +255,8 @@ class WsClient:
         self._sock = None
         self._stream = None
         self._poll = None
-        self._out = bytearray()
+        self._q = []
+        self._qn = 0
         self._rx = self._small        # a large frame's buffer goes with the connection
         self._rn = 0
         self._msg = None
@@ -252,7 +276,7 @@ class WsClient:
             return False
         if isinstance(data, str):
             data = data.encode()
-        if len(self._out) + len(data) + 14 > _MAX_OUT:
+        if self._qn + len(data) + 14 > _MAX_OUT:
             return False
         self._frame(_OP_TEXT, data)
         return True
@@ -260,58 +284,44 @@ class WsClient:
     def send_pieces(self, make):
         """Queue one text message given in pieces: `make()` returns an iterable of str (or
         bytes) pieces, the same each time; it is called twice, for the length the frame's
-        header needs and then for the bytes, so the message is never one string. False as
-        send_text; MemoryError leaves the queue as it was."""
+        header needs and then for the bytes. Each piece is masked into a block of its own
+        in the send queue, so the message is never one string nor one block: on a
+        fragmented heap a 2 KB answer needs no 2 KB run of free memory. False as
+        send_text; an exception (MemoryError) leaves the queue as it was."""
         if self.state != OPEN:
             return False
         n = 0
         for piece in make():
             n += len(piece.encode() if isinstance(piece, str) else piece)
-        if len(self._out) + n + 14 > _MAX_OUT:
+        if self._qn + n + 14 > _MAX_OUT:
             return False
-        keep = len(self._out)
-        try:
-            out = self._out
-            start = self._header(_OP_TEXT, n)
-            for piece in make():
-                out.extend(piece.encode() if isinstance(piece, str) else piece)
-            if len(out) - start != n:
-                raise ValueError("pieces changed between the two calls")
-            self._mask(start, n)
-        except BaseException:
-            # Never a half frame in the queue: the stream would be lost from there on.
-            self._out = self._out[:keep]
-            raise
+        head, mask = _head(_OP_TEXT, n)
+        chunks = [head]
+        k = 0
+        for piece in make():
+            b = bytearray(piece.encode() if isinstance(piece, str) else piece)
+            _xor(b, 0, mask, k)
+            k += len(b)
+            chunks.append(b)
+        if k != n:
+            raise ValueError("pieces changed between the two calls")
+        # Queued only now, whole: a half frame would lose the stream from there on.
+        for b in chunks:
+            self._push(b)
         return True
 
     def _frame(self, op, payload):
-        n = len(payload)
-        start = self._header(op, n)
-        self._out.extend(payload)
-        self._mask(start, n)
+        head, mask = _head(op, len(payload))
+        h = len(head)
+        buf = bytearray(h + len(payload))
+        buf[:h] = head
+        buf[h:] = payload
+        _xor(buf, h, mask, 0)
+        self._push(buf)
 
-    def _header(self, op, n):
-        """Queue a frame's header and mask key for `n` bytes of payload; where the payload
-        starts in the queue."""
-        out = self._out
-        out.append(0x80 | op)
-        if n < 126:
-            out.append(0x80 | n)
-        elif n < 65536:
-            out.append(0x80 | 126)
-            out.extend(struct.pack(">H", n))
-        else:
-            out.append(0x80 | 127)
-            out.extend(struct.pack(">II", 0, n))
-        out.extend(os.urandom(4))
-        return len(out)
-
-    def _mask(self, start, n):
-        # RFC 6455 5.3: every client frame is masked, so intermediaries cannot be poisoned.
-        out = self._out
-        mask = out[start - 4:start]
-        for i in range(n):
-            out[start + i] ^= mask[i & 3]
+    def _push(self, chunk):
+        self._q.append(chunk)
+        self._qn += len(chunk)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, now):
@@ -375,21 +385,25 @@ class WsClient:
         self.state = HANDSHAKE
 
     def _flush(self):
-        out = self._out
-        if not out:
-            return True
-        try:
-            n = self._stream.write(out) if hasattr(self._stream, "write") else \
-                self._stream.send(out)
-        except OSError as e:
-            if _would_block(e):
+        q = self._q
+        write = self._stream.write if hasattr(self._stream, "write") else self._stream.send
+        while q:
+            chunk = q[0]
+            try:
+                n = write(chunk)
+            except OSError as e:
+                if _would_block(e):
+                    return False
+                raise
+            if n is None:
                 return False
-            raise
-        if n is None:
-            return False
-        self.tx_bytes += n
-        self._out = out[n:]
-        return not self._out
+            self.tx_bytes += n
+            self._qn -= n
+            if n < len(chunk):
+                q[0] = chunk[n:]
+                return False
+            q.pop(0)
+        return True
 
     def _recv_into(self, mv):
         s = self._stream

@@ -311,7 +311,7 @@ class Buffers(unittest.TestCase):
     def test_pieces_that_fail_leave_the_queue_as_it_was(self):
         c = self.c
         c.send_text("queued")
-        before = bytes(c._out)
+        before = list(c._q)
         calls = []
 
         def make():
@@ -322,7 +322,7 @@ class Buffers(unittest.TestCase):
             yield "def"
         with self.assertRaises(MemoryError):
             c.send_pieces(make)
-        self.assertEqual(bytes(c._out), before)
+        self.assertEqual(c._q, before)
         self.assertEqual(self.p.read_frame(), (1, b"queued"))
 
 
