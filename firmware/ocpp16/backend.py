@@ -90,6 +90,7 @@ class Ocpp16Backend(Backend):
         self._aligned_iv = 0
         self._aligned_due = None      # a clock-aligned sample outside a transaction, to send
         self.smart = None             # SmartCharging, once a charging profile is installed
+        self._clock = clock.Watch()   # the clock being set: they plan again
         if store.exists(_SMART_FILE):
             self.smart_charging()
         # A transaction running when the station went down was cut by a reset: stopped as
@@ -174,6 +175,13 @@ class Ocpp16Backend(Backend):
                 self._next_call(now)
         try:
             self._transaction(now)
+            if (self.smart is not None or self._aligned_at is not None) \
+                    and self._clock.due(now) and self._clock.jumped(self.time(now), now):
+                # Set by NTP or by the central system's time mid-schedule: the profiles'
+                # limit and the next aligned boundary are reckoned from the new time.
+                if self.smart is not None:
+                    self.smart.changed()
+                self._aligned_at = None
             if self.smart is not None:
                 self.smart.step(self, now)
                 if self.smart.idle():

@@ -13,6 +13,7 @@ Each stdin line is one JSON command; each is answered with one JSON line (a snap
     {"do": "tag", "id": TAG}                                a card at the reader
     {"do": "powercut"}                                      the station loses power, restarts
     {"do": "heap"}                                          {"alloc", "free"} after gc.collect()
+    {"do": "clock", "shift_s": N}                           the board's clock set N s on (NTP)
     {"do": "quit"}
 Time: simulated time runs as fast as the station computes, except 1:1 with wall time while
 the backend waits for the central system (a CALL in flight, connecting) or `paced` is set.
@@ -57,10 +58,14 @@ class Rig:
         self.board = None
         self.boots = 0
         self.paced_steps = 0
+        self.wall_shift = 0           # seconds the board's clock was set on ("clock")
         self.boot(0)
 
     def boot(self, start_ms):
         self.board = SimBoard(model=self.model, start_ms=start_ms)
+        wall = self.board.wall_time
+        # The board's clock as NTP may set it: the simulator's plus the shift.
+        self.board.wall_time = lambda: wall() + self.wall_shift
         # log=False: the double's logs of every poll would grow on the station's heap.
         self.slave = SlaveStream(_Clock(self), regs={}, slave=1, fcs=(4,), log=False)
         self.board.attach_meter(self.slave)
@@ -159,6 +164,8 @@ class Rig:
             # No shutdown: the station object is dropped as it stands, the flash kept.
             self.board.power_off()
             self.boot(self.board.now_ms + 2000)
+        elif what == "clock":
+            self.wall_shift += cmd["shift_s"]
         elif what == "heap":
             # The live heap after a collection (a leak shows as growth between two calls).
             import gc
