@@ -18,7 +18,6 @@ import sys
 
 from firmware.backend.api import OK, Backend
 from firmware.compat import const, ticks_add, ticks_diff
-from firmware.net import der as _der
 from firmware.ocpp16 import clock, messages, rpc, status as _status
 from firmware.ocpp16.authcache import AuthCache
 from firmware.ocpp16.localauth import LocalList
@@ -196,13 +195,14 @@ class Ocpp16Backend(Backend):
         chain to `ocpp_ca_file` and name the URL's host (the handshake checks both). No CA,
         no connection: the station never talks to an unverified central system."""
         import ssl
+        from firmware.net import der     # wss:// only: ws:// keeps the module off the heap
         ca = self.cfg["ocpp_ca_file"]
         if not ca:
             raise ValueError("wss:// needs ocpp_ca_file")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.verify_mode = ssl.CERT_REQUIRED
         # MicroPython's mbedtls takes DER only: a PEM file is handed over decoded.
-        ctx.load_verify_locations(cadata=_der(ca))
+        ctx.load_verify_locations(cadata=der(ca))
         return ctx
 
     def _retry_later(self, now):
