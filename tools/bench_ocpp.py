@@ -122,7 +122,9 @@ def heap_min(tmp, quick, log, lo_kb=32, hi_kb=112):
 
 async def _idle(tmp, idle_s):
     from ocpp_cs import CentralSystem, Station
-    cs = CentralSystem(interval=300)
+    # No pings of the central system's own: they come every 20 s of wall time, so their
+    # share of a simulated hour would follow the machine's speed, not the station.
+    cs = CentralSystem(interval=300, ping_interval=None)
     port = await cs.start()
     st = None
     try:
