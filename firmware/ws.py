@@ -67,6 +67,7 @@ CLOSE_TOO_BIG = const(1009)
 
 _MAX_HEADER = const(2048)     # HTTP response head; longer is refused
 _RX_SIZE = const(512)         # the receive buffer kept between messages
+CHUNK = const(256)           # send_pieces gathers pieces into blocks of about this size
 _MAX_OUT = const(16384)       # queued outgoing bytes; more is refused (the caller retries)
 _CLOSE_WAIT_MS = const(1000)  # how long a close waits for the peer's close frame
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -284,9 +285,9 @@ class WsClient:
     def send_pieces(self, make):
         """Queue one text message given in pieces: `make()` returns an iterable of str (or
         bytes) pieces, the same each time; it is called twice, for the length the frame's
-        header needs and then for the bytes. Each piece is masked into a block of its own
-        in the send queue, so the message is never one string nor one block: on a
-        fragmented heap a 2 KB answer needs no 2 KB run of free memory. False as
+        header needs and then for the bytes. The pieces are gathered and masked into blocks
+        of about CHUNK bytes in the send queue, so the message is never one string nor one
+        block: on a fragmented heap a 2 KB answer needs no 2 KB run of free memory. False as
         send_text; an exception (MemoryError) leaves the queue as it was."""
         if self.state != OPEN:
             return False
@@ -298,11 +299,22 @@ class WsClient:
         head, mask = _head(_OP_TEXT, n)
         chunks = [head]
         k = 0
+        cur = None
         for piece in make():
-            b = bytearray(piece.encode() if isinstance(piece, str) else piece)
-            _xor(b, 0, mask, k)
-            k += len(b)
-            chunks.append(b)
+            b = piece.encode() if isinstance(piece, str) else piece
+            if cur is not None and len(cur) + len(b) > CHUNK:
+                _xor(cur, 0, mask, k)
+                k += len(cur)
+                chunks.append(cur)
+                cur = None
+            if cur is None:
+                cur = bytearray(b)        # (a piece over CHUNK is a block of its own)
+            else:
+                cur.extend(b)
+        if cur is not None:
+            _xor(cur, 0, mask, k)
+            k += len(cur)
+            chunks.append(cur)
         if k != n:
             raise ValueError("pieces changed between the two calls")
         # Queued only now, whole: a half frame would lose the stream from there on.

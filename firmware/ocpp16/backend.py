@@ -225,6 +225,11 @@ class Ocpp16Backend(Backend):
             # Only a full send queue gets here: the link is stuck; start afresh.
             self.ws.close_now("send queue full")
 
+    def _send_pieces(self, make):
+        # A message in pieces (rpc.pieces): no block of the message's size is needed.
+        if not self.ws.send_pieces(make):
+            self.ws.close_now("send queue full")
+
     def _on_message(self, raw, now):
         try:
             kind, uid, a, b = rpc.decode(raw)
@@ -259,16 +264,13 @@ class Ocpp16Backend(Backend):
             self._send(rpc.encode_error(uid, rpc.INTERNAL, "%s" % (e,)))
             return
         try:
-            if callable(reply):
-                # An answer in pieces (GetConfiguration): written into the send queue one
-                # piece after the other, never one string.
-                if not self.ws.send_pieces(lambda: rpc.result_pieces(uid, reply)):
-                    self.ws.close_now("send queue full")
-                return
-            text = rpc.encode_result(uid, reply)
+            # In pieces (GetConfiguration's answer is a function of its own pieces, key by
+            # key): never one string.
+            self._send_pieces(lambda: rpc.result_pieces(uid, reply))
+            return
         except MemoryError:
-            # A large answer (GetConfiguration) on a tight heap: the central system still
-            # hears that the call failed instead of waiting for its timeout.
+            # A large answer on a tight heap: the central system still hears that the call
+            # failed instead of waiting for its timeout.
             reply = None
             self.errors_out += 1
             text = rpc.encode_error(uid, rpc.INTERNAL, "out of memory")
@@ -276,10 +278,16 @@ class Ocpp16Backend(Backend):
 
     # -- our CALLs ---------------------------------------------------------------------------
     def _call(self, action, payload, context, now):
+        uid = self.caller.begin(action, context, now, self.cfg["ocpp_call_timeout_s"] * 1000)
+        try:
+            self._send_pieces(lambda: rpc.call_pieces(uid, action, payload))
+        except MemoryError:
+            # Not sent, so not in flight: the same message is tried again in a later step
+            # (a MeterValues of 1 KB on a tight heap), not after the call timeout.
+            self.caller.cancel()
+            raise
         self.calls += 1
         self._last_call = now
-        self._send(self.caller.start(action, payload, context, now,
-                                     self.cfg["ocpp_call_timeout_s"] * 1000))
 
     def _next_call(self, now):
         if self.registration != _ACCEPTED:

@@ -39,6 +39,26 @@ class Framing(unittest.TestCase):
         self.assertEqual(json.loads(rpc.encode_error("5", rpc.NOT_SUPPORTED, "x")),
                          [4, "5", "NotSupported", "x", {}])
 
+    def test_messages_in_pieces_are_the_messages_as_one(self):
+        payload = {"connectorId": 1, "transactionId": 1001, "meterValue": [
+            {"timestamp": "2026-01-05T08:00:00Z", "sampledValue": [
+                {"value": "1234", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                {"value": "16.000", "phase": "L1", "unit": "A"}]}],
+            "empty": {}, "none": [], "flags": [True, False, None], "idTag": "Caf\u00e9\"x"}
+        parts = list(rpc.call_pieces("17", "MeterValues", payload))
+        self.assertEqual(json.loads("".join(parts)), [2, "17", "MeterValues", payload])
+        self.assertTrue(max(len(p) for p in parts) < 40, parts)   # no piece near the whole
+        res = "".join(rpc.result_pieces("18", {"status": "Accepted"}))
+        self.assertEqual(json.loads(res), [3, "18", {"status": "Accepted"}])
+
+    def test_a_call_begun_is_in_flight_until_answered(self):
+        c = rpc.Caller()
+        uid = c.begin("Heartbeat", "ctx", 0, 1000)
+        self.assertTrue(c.busy() and c.action == "Heartbeat" and c.context == "ctx")
+        c.cancel()
+        self.assertFalse(c.busy())
+        self.assertNotEqual(c.begin("Heartbeat", None, 0, 1000), uid)
+
     def test_field_checks_name_the_violation(self):
         p = {"connectorId": "1", "idTag": "X" * 21}
         for key, kind, code in (("missing", int, rpc.OCCURRENCE), ("connectorId", int, rpc.TYPE)):

@@ -308,6 +308,15 @@ class Buffers(unittest.TestCase):
         self.assertEqual(one, (1, "".join(parts).encode()))
         self.assertEqual(self.p.read_frame(), one)
 
+    def test_pieces_are_gathered_into_blocks_of_bounded_size(self):
+        from firmware.ws import CHUNK
+        parts = ["p%03d," % i for i in range(300)] + ["L" * (CHUNK + 40), "end"]
+        self.assertTrue(self.c.send_pieces(lambda: iter(parts)))
+        sizes = [len(b) for b in self.c._q]
+        self.assertTrue(max(sizes) <= CHUNK + 40, sizes)
+        self.assertTrue(len(sizes) <= 2 + len("".join(parts)) // (CHUNK - 8), sizes)
+        self.assertEqual(self.p.read_frame(), (1, "".join(parts).encode()))
+
     def test_pieces_that_fail_leave_the_queue_as_it_was(self):
         c = self.c
         c.send_text("queued")
