@@ -50,11 +50,23 @@ def encode_result(uid, payload):
     return json.dumps([CALLRESULT, uid, payload])
 
 
+def _flat(items):
+    for v in items:
+        if isinstance(v, (dict, list, tuple)):
+            return False
+    return True
+
+
 def pieces(obj):
-    """The JSON text of `obj` in pieces: a container opened, its items and closed piece by
-    piece, each key and scalar one json.dumps. Sent with WsClient.send_pieces, a message
-    (a MeterValues of 1 KB, say) never exists as one string or one block."""
-    if isinstance(obj, dict):
+    """The JSON text of `obj` in pieces: a container that holds containers is opened, its
+    items given and closed piece by piece; one that holds only scalars (a sampledValue,
+    about 90 B) is one json.dumps. Sent with WsClient.send_pieces, a message (a MeterValues
+    of 1 KB, say) never exists as one string or one block, for about twice the CPU time of
+    one json.dumps."""
+    if _flat(obj.values() if isinstance(obj, dict) else obj
+             if isinstance(obj, (list, tuple)) else ()):
+        yield json.dumps(obj)
+    elif isinstance(obj, dict):
         yield "{"
         sep = ""
         for k in obj:
@@ -73,8 +85,6 @@ def pieces(obj):
                 yield p
             sep = ","
         yield "]"
-    else:
-        yield json.dumps(obj)
 
 
 def call_pieces(uid, action, payload):
