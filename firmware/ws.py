@@ -2,8 +2,11 @@
 
 The control loop calls `step(now)` every iteration and it never waits on the network: the
 socket is non-blocking, readiness comes from select.poll with timeout 0, and every frame is
-parsed incrementally from one preallocated receive buffer, so a message that arrives in
-pieces over many steps costs no step more than a poll and a read.
+parsed incrementally from one receive buffer, so a message that arrives in pieces over many
+steps costs no step more than a poll and a read. The buffer is small (`rx_size`, made
+once): the answers a station gets are a few hundred bytes. A frame whose header announces
+more gets a buffer of its own size for as long as it is being read (never over
+`max_message`), so the heap holds a large block only while a large message arrives.
 
     CLOSED --open()--> CONNECTING --(writable)--> [TLS] --> HANDSHAKE --(101)--> OPEN
        ^                                                                           |
@@ -17,7 +20,10 @@ What the client does (RFC 6455 section numbers):
 - client frames are masked with a fresh key each (5.3); server frames must not be (5.1);
 - text messages, fragmented or not (5.4), up to `max_message` bytes: a longer frame or
   message closes the connection with 1009 (message too big) before its payload is read,
-  so a peer cannot exhaust the heap; a binary message is refused with 1003;
+  so a peer cannot exhaust the heap (as does a frame whose buffer cannot be had); a binary
+  message is refused with 1003;
+- a message to send can be given in pieces (`send_pieces`): written into the send queue
+  one after the other, so a large answer never exists as one string;
 - ping is answered with pong (5.5.2); the client pings every `ping_s` seconds and counts
   the connection dead when nothing at all arrives for `ping_s` + `pong_timeout_ms`;
 - close (5.5.1, 7): answered, then the socket is shut.
@@ -60,6 +66,8 @@ CLOSE_UNSUPPORTED = const(1003)
 CLOSE_TOO_BIG = const(1009)
 
 _MAX_HEADER = const(2048)     # HTTP response head; longer is refused
+_RX_SIZE = const(512)         # the receive buffer kept between messages
+CHUNK = const(256)           # send_pieces gathers pieces into blocks of about this size
 _MAX_OUT = const(16384)       # queued outgoing bytes; more is refused (the caller retries)
 _CLOSE_WAIT_MS = const(1000)  # how long a close waits for the peer's close frame
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -107,6 +115,26 @@ def parse_url(url):
     return secure, host, port, path
 
 
+def _head(op, n):
+    """(a frame's header with its mask key, the key) for `n` bytes of payload."""
+    mask = os.urandom(4)
+    if n < 126:
+        head = bytes((0x80 | op, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack(">BBH", 0x80 | op, 0x80 | 126, n)
+    else:
+        head = struct.pack(">BBII", 0x80 | op, 0x80 | 127, 0, n)
+    return head + mask, mask
+
+
+def _xor(buf, start, mask, k):
+    # RFC 6455 5.3: every client frame is masked, so intermediaries cannot be poisoned;
+    # `k`: the payload's offset of buf[start], where the key's cycle stands.
+    for i in range(start, len(buf)):
+        buf[i] ^= mask[k & 3]
+        k += 1
+
+
 def _b64(data):
     return b2a_base64(data).rstrip(b"\n")
 
@@ -122,20 +150,22 @@ def _expected_accept(key):
 
 
 class WsClient:
-    """One WebSocket connection at a time. `max_message`: the largest text message taken
-    (and the size of the receive buffer, allocated once)."""
+    """One WebSocket connection at a time. `max_message`: the largest text message taken;
+    `rx_size`: the receive buffer kept (a larger frame borrows one of its size)."""
 
     def __init__(self, max_message=4096, ping_s=0, pong_timeout_ms=10000,
-                 connect_timeout_ms=10000, socket_module=None):
+                 connect_timeout_ms=10000, socket_module=None, rx_size=_RX_SIZE):
         self.max_message = max_message
         self.ping_s = ping_s
         self.pong_timeout_ms = pong_timeout_ms
         self.connect_timeout_ms = connect_timeout_ms
         self._sm = socket_module or socket
-        self._rx = bytearray(max_message + 14)   # one frame: header (<= 14) + payload
+        self._small = bytearray(rx_size)
+        self._rx = self._small        # _small, or a frame's own while a large one is read
         self._rn = 0
         self._msg = None          # a fragmented text message being put together
-        self._out = bytearray()
+        self._q = []              # what is to be sent: frames (or a frame's pieces), in order
+        self._qn = 0              # ... and their bytes
         self._sock = None
         self._stream = None
         self._poll = None
@@ -194,8 +224,11 @@ class WsClient:
         if password is not None:
             cred = _b64(("%s:%s" % (user or "", password)).encode()).decode()
             head += "Authorization: Basic %s\r\n" % cred
-        self._out = bytearray(head.encode() + b"\r\n")
+        self._q = []
+        self._qn = 0
+        self._push(head.encode() + b"\r\n")
         self._protocol = protocol.encode()
+        self._rx = self._small
         self._rn = 0
         self._msg = None
         self.state = CONNECTING
@@ -223,7 +256,11 @@ class WsClient:
         self._sock = None
         self._stream = None
         self._poll = None
-        self._out = bytearray()
+        self._q = []
+        self._qn = 0
+        self._rx = self._small        # a large frame's buffer goes with the connection
+        self._rn = 0
+        self._msg = None
         if self.state != CLOSED and reason is not None:
             self.error = reason
         self.state = CLOSED
@@ -240,30 +277,63 @@ class WsClient:
             return False
         if isinstance(data, str):
             data = data.encode()
-        if len(self._out) + len(data) + 14 > _MAX_OUT:
+        if self._qn + len(data) + 14 > _MAX_OUT:
             return False
         self._frame(_OP_TEXT, data)
         return True
 
+    def send_pieces(self, make):
+        """Queue one text message given in pieces: `make()` returns an iterable of str (or
+        bytes) pieces, the same each time; it is called twice, for the length the frame's
+        header needs and then for the bytes. The pieces are gathered and masked into blocks
+        of about CHUNK bytes in the send queue, so the message is never one string nor one
+        block: on a fragmented heap a 2 KB answer needs no 2 KB run of free memory. False as
+        send_text; an exception (MemoryError) leaves the queue as it was."""
+        if self.state != OPEN:
+            return False
+        n = 0
+        for piece in make():
+            n += len(piece.encode() if isinstance(piece, str) else piece)
+        if self._qn + n + 14 > _MAX_OUT:
+            return False
+        head, mask = _head(_OP_TEXT, n)
+        chunks = [head]
+        k = 0
+        cur = None
+        for piece in make():
+            b = piece.encode() if isinstance(piece, str) else piece
+            if cur is not None and len(cur) + len(b) > CHUNK:
+                _xor(cur, 0, mask, k)
+                k += len(cur)
+                chunks.append(cur)
+                cur = None
+            if cur is None:
+                cur = bytearray(b)        # (a piece over CHUNK is a block of its own)
+            else:
+                cur.extend(b)
+        if cur is not None:
+            _xor(cur, 0, mask, k)
+            k += len(cur)
+            chunks.append(cur)
+        if k != n:
+            raise ValueError("pieces changed between the two calls")
+        # Queued only now, whole: a half frame would lose the stream from there on.
+        for b in chunks:
+            self._push(b)
+        return True
+
     def _frame(self, op, payload):
-        n = len(payload)
-        out = self._out
-        out.append(0x80 | op)
-        if n < 126:
-            out.append(0x80 | n)
-        elif n < 65536:
-            out.append(0x80 | 126)
-            out.extend(struct.pack(">H", n))
-        else:
-            out.append(0x80 | 127)
-            out.extend(struct.pack(">II", 0, n))
-        mask = os.urandom(4)
-        out.extend(mask)
-        start = len(out)
-        out.extend(payload)
-        # RFC 6455 5.3: every client frame is masked, so intermediaries cannot be poisoned.
-        for i in range(n):
-            out[start + i] ^= mask[i & 3]
+        head, mask = _head(op, len(payload))
+        h = len(head)
+        buf = bytearray(h + len(payload))
+        buf[:h] = head
+        buf[h:] = payload
+        _xor(buf, h, mask, 0)
+        self._push(buf)
+
+    def _push(self, chunk):
+        self._q.append(chunk)
+        self._qn += len(chunk)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, now):
@@ -327,21 +397,25 @@ class WsClient:
         self.state = HANDSHAKE
 
     def _flush(self):
-        out = self._out
-        if not out:
-            return True
-        try:
-            n = self._stream.write(out) if hasattr(self._stream, "write") else \
-                self._stream.send(out)
-        except OSError as e:
-            if _would_block(e):
+        q = self._q
+        write = self._stream.write if hasattr(self._stream, "write") else self._stream.send
+        while q:
+            chunk = q[0]
+            try:
+                n = write(chunk)
+            except OSError as e:
+                if _would_block(e):
+                    return False
+                raise
+            if n is None:
                 return False
-            raise
-        if n is None:
-            return False
-        self.tx_bytes += n
-        self._out = out[n:]
-        return not self._out
+            self.tx_bytes += n
+            self._qn -= n
+            if n < len(chunk):
+                q[0] = chunk[n:]
+                return False
+            q.pop(0)
+        return True
 
     def _recv_into(self, mv):
         s = self._stream
@@ -355,8 +429,8 @@ class WsClient:
             raise
 
     def _read(self, now):
-        buf = self._rx
         while True:
+            buf = self._rx            # a large frame may have swapped it
             if self._rn < len(buf):
                 got = self._recv_into(memoryview(buf)[self._rn:])
                 if got is None:
@@ -372,22 +446,41 @@ class WsClient:
             progressed = self._handshake_in() if self.state == HANDSHAKE else self._frames(now)
             if self.state == CLOSED:
                 return
-            if got < 0 and not progressed:
-                return
+            if got < 0 and not progressed and self._rx is buf:
+                return                # (a new buffer: read on into it)
 
     def _consume(self, n):
         buf = self._rx
         rest = self._rn - n
-        if rest:
+        small = self._small
+        if buf is not small and rest <= len(small):
+            # The large frame is read: back to the small buffer, the large one let go.
+            if rest:
+                small[:rest] = buf[n:self._rn]
+            self._rx = small
+        elif rest:
             buf[:rest] = buf[n:self._rn]
         self._rn = rest
+
+    def _grow(self, size):
+        """A receive buffer of `size` bytes holding what has been read so far; False when
+        the heap has no such block (the caller fails the connection)."""
+        try:
+            buf = bytearray(size)
+        except MemoryError:
+            return False
+        buf[:self._rn] = memoryview(self._rx)[:self._rn]
+        self._rx = buf
+        return True
 
     def _handshake_in(self):
         head = bytes(memoryview(self._rx)[:self._rn])
         end = head.find(b"\r\n\r\n")
         if end < 0:
-            if self._rn >= _MAX_HEADER or self._rn >= len(self._rx):
+            if self._rn >= _MAX_HEADER:
                 raise WsError("handshake: response head too long")
+            if self._rn >= len(self._rx) and not self._grow(min(2 * self._rn, _MAX_HEADER)):
+                raise WsError("handshake: no memory for the response head")
             return False
         lines = head[:end].split(b"\r\n")
         status = lines[0].split(b" ")
@@ -448,6 +541,8 @@ class WsClient:
                 self._fail(CLOSE_TOO_BIG, "frame of %d bytes over %d" % (length, self.max_message))
                 return took
             if n < hl + length:
+                if hl + length > len(buf) and not self._grow(hl + length):
+                    self._fail(CLOSE_TOO_BIG, "no memory for a frame of %d bytes" % length)
                 return took
             payload = bytes(memoryview(buf)[hl:hl + length])
             self._consume(hl + length)

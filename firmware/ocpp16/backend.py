@@ -2,25 +2,28 @@
 
 One step per loop iteration, never waiting on the network (firmware/ws.py). Per step:
     connection (open, backoff) -> received messages (answers; the central system's CALLs,
-    through the router) -> transactions (start, meter values, stop: into the TxLog, online
-    or not) -> at most one CALL of ours: BootNotification until accepted, then a triggered
-    message, Authorize, StatusNotification on change, the TxLog's oldest message, Heartbeat.
+    through the router) -> at most one CALL of ours: BootNotification until accepted, then
+    a triggered message, Authorize, StatusNotification on change, the TxLog's oldest
+    message, Heartbeat -> transactions (transactions.py: start, meter values, stop, into
+    the TxLog, online or not) -> Smart Charging.
 
-Parts: rpc.py (framing, the one CALL in flight), router.py (incoming CALLs to the modules
-in ops/), txlog.py (the transaction messages on flash), status.py, keys.py, clock.py.
+This module: the connection, registration, the order of our CALLs and what their answers
+do. Parts: rpc.py (framing, the one CALL in flight), router.py (incoming CALLs to the
+modules in ops/), transactions.py (the transaction from the charger's state),
+messages.py (the payloads, rendered at send time), txlog.py (the transaction messages on
+flash), status.py, keys.py, clock.py.
 """
 import os
 import sys
 
 from firmware.backend.api import OK, Backend
 from firmware.compat import const, ticks_add, ticks_diff
-from firmware.net import der as _der
-from firmware.ocpp16 import clock, rpc, status as _status
+from firmware.ocpp16 import clock, messages, rpc, status as _status
 from firmware.ocpp16.authcache import AuthCache
 from firmware.ocpp16.localauth import LocalList
 from firmware.ocpp16.router import dispatch
+from firmware.ocpp16.transactions import Transactions
 from firmware.ocpp16.txlog import TxLog
-from firmware.states import ev_connected
 from firmware.storage import StorageError
 from firmware.ws import CLOSED, OPEN, WsClient
 
@@ -28,13 +31,7 @@ _MAX_MESSAGE = const(4096)        # larger frames close the connection (heap saf
 _RX_PER_STEP = const(4)
 _BACKOFF_MIN_MS = const(1000)
 _BOOT_RETRY_S = const(60)         # BootNotification retry when the answer has no interval
-_RECOVER_WAIT_MS = const(5000)    # at boot: the meter's register for a cut transaction
 _SETTLE_MS = const(1000)
-
-FREE_ID_TAG = "FREE"              # the idTag of a transaction in auth_mode "free"
-VENDOR = "OpenChargePoint"
-MODEL = "AC-ESP32"
-FIRMWARE = "1.0"
 
 # Registration (BootNotification.conf status)
 _UNKNOWN = const(0)
@@ -76,25 +73,15 @@ class Ocpp16Backend(Backend):
         self._status_retry_at = now
         self._auth_tag = None         # a card waiting for Authorize
         self._trigger = None          # (action, connectorId) asked by TriggerMessage
-        self._stop_reason = None      # why the running transaction is being ended
-        self._finishing = False
-        self._pending_available = None   # ChangeAvailability scheduled after the transaction
         self._tx_attempts = 0
         self._tx_retry_at = now
-        self._meter_at = now
-        self._auth_since = None
         self._settle_at = now
         self._cs_time = None          # (seconds since 1970, ticks) from the central system
-        self._aligned_at = None       # ticks of the next ClockAlignedDataInterval boundary
-        self._aligned_t = 0           # ... and its time in seconds since 1970
-        self._aligned_iv = 0
-        self._aligned_due = None      # a clock-aligned sample outside a transaction, to send
         self.smart = None             # SmartCharging, once a charging profile is installed
+        self._clock = clock.Watch()   # the clock being set: they plan again
         if store.exists(_SMART_FILE):
             self.smart_charging()
-        # A transaction running when the station went down was cut by a reset: stopped as
-        # PowerLoss once the meter tells the energy (or it does not answer in time).
-        self._orphan_until = ticks_add(now, _RECOVER_WAIT_MS) if self.log.running else None
+        self.tx = Transactions(self, now)
         self.calls = 0
         self.answers = 0
         self.errors_in = 0
@@ -131,7 +118,7 @@ class Ocpp16Backend(Backend):
 
     def close(self, reason):
         if self.log.running is not None:
-            self._end_tx(self.ops.ticks_ms(), self._stop_reason or "Reboot")
+            self.tx.end(self.ops.ticks_ms(), self.tx.stop_reason or "Reboot")
         self.ws.close_now(reason)
 
     def stats(self):
@@ -172,14 +159,20 @@ class Ocpp16Backend(Backend):
                 self._failed(now, True)
             if ws.state == OPEN and not self.caller.busy():
                 self._next_call(now)
+        tx = self.tx
         try:
-            self._transaction(now)
+            tx.step(now)
+            if (self.smart is not None or tx.aligned_at is not None) \
+                    and self._clock.due(now) and self._clock.jumped(self.time(now), now):
+                # Set by NTP or by the central system's time mid-schedule: the profiles'
+                # limit and the next aligned boundary are reckoned from the new time.
+                if self.smart is not None:
+                    self.smart.changed()
+                tx.aligned_at = None
             if self.smart is not None:
                 self.smart.step(self, now)
                 if self.smart.idle():
                     self._drop_smart()
-            if self._aligned_at is not None or self.cfg["ocpp_aligned_interval_s"]:
-                self._aligned(now)
             if ticks_diff(now, self._settle_at) >= 0:
                 self._settle_at = ticks_add(now, _SETTLE_MS)
                 self.ops.settle_sessions()
@@ -202,13 +195,14 @@ class Ocpp16Backend(Backend):
         chain to `ocpp_ca_file` and name the URL's host (the handshake checks both). No CA,
         no connection: the station never talks to an unverified central system."""
         import ssl
+        from firmware.net import der     # wss:// only: ws:// keeps the module off the heap
         ca = self.cfg["ocpp_ca_file"]
         if not ca:
             raise ValueError("wss:// needs ocpp_ca_file")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.verify_mode = ssl.CERT_REQUIRED
         # MicroPython's mbedtls takes DER only: a PEM file is handed over decoded.
-        ctx.load_verify_locations(cadata=_der(ca))
+        ctx.load_verify_locations(cadata=der(ca))
         return ctx
 
     def _retry_later(self, now):
@@ -229,6 +223,11 @@ class Ocpp16Backend(Backend):
     def _send(self, text):
         if not self.ws.send_text(text):
             # Only a full send queue gets here: the link is stuck; start afresh.
+            self.ws.close_now("send queue full")
+
+    def _send_pieces(self, make):
+        # A message in pieces (rpc.pieces): no block of the message's size is needed.
+        if not self.ws.send_pieces(make):
             self.ws.close_now("send queue full")
 
     def _on_message(self, raw, now):
@@ -265,10 +264,13 @@ class Ocpp16Backend(Backend):
             self._send(rpc.encode_error(uid, rpc.INTERNAL, "%s" % (e,)))
             return
         try:
-            text = rpc.encode_result(uid, reply)
+            # In pieces (GetConfiguration's answer is a function of its own pieces, key by
+            # key): never one string.
+            self._send_pieces(lambda: rpc.result_pieces(uid, reply))
+            return
         except MemoryError:
-            # A large answer (GetConfiguration) on a tight heap: the central system still
-            # hears that the call failed instead of waiting for its timeout.
+            # A large answer on a tight heap: the central system still hears that the call
+            # failed instead of waiting for its timeout.
             reply = None
             self.errors_out += 1
             text = rpc.encode_error(uid, rpc.INTERNAL, "out of memory")
@@ -276,15 +278,21 @@ class Ocpp16Backend(Backend):
 
     # -- our CALLs ---------------------------------------------------------------------------
     def _call(self, action, payload, context, now):
+        uid = self.caller.begin(action, context, now, self.cfg["ocpp_call_timeout_s"] * 1000)
+        try:
+            self._send_pieces(lambda: rpc.call_pieces(uid, action, payload))
+        except MemoryError:
+            # Not sent, so not in flight: the same message is tried again in a later step
+            # (a MeterValues of 1 KB on a tight heap), not after the call timeout.
+            self.caller.cancel()
+            raise
         self.calls += 1
         self._last_call = now
-        self._send(self.caller.start(action, payload, context, now,
-                                     self.cfg["ocpp_call_timeout_s"] * 1000))
 
     def _next_call(self, now):
         if self.registration != _ACCEPTED:
             if ticks_diff(now, self._boot_at) >= 0:
-                self._call("BootNotification", self._boot_payload(), None, now)
+                self._call("BootNotification", messages.boot(self.cfg), None, now)
             return
         trig = self._trigger
         if trig is not None:
@@ -299,16 +307,18 @@ class Ocpp16Backend(Backend):
             return
         e = self.log.head()
         if e is not None and ticks_diff(now, self._tx_retry_at) >= 0:
-            msg = self._render(e)
+            msg = messages.render(self, e)
             if msg is None:
                 self.tx_dropped += 1
                 self.log.delivered()
                 return
             self._call(msg[0], msg[1], e[0], now)
             return
-        if self._aligned_due is not None:
-            self._call("MeterValues", self._meter_payload(None, self._aligned_due), None, now)
-            self._aligned_due = None
+        tx = self.tx
+        if tx.aligned_due is not None:
+            self._call("MeterValues", messages.meter_values(self, None, tx.aligned_due), None,
+                       now)
+            tx.aligned_due = None
             return
         hb = self.cfg["ocpp_heartbeat_s"]
         if hb and ticks_diff(now, self._last_call) >= hb * 1000:
@@ -317,22 +327,17 @@ class Ocpp16Backend(Backend):
     def _triggered(self, trig, now):
         action, conn = trig
         if action == "BootNotification":
-            self._call(action, self._boot_payload(), None, now)
+            self._call(action, messages.boot(self.cfg), None, now)
         elif action == "Heartbeat":
             self._call(action, {}, None, now)
         elif action == "StatusNotification":
             self._sent[0 if conn == 0 else 1] = None
             return self._status_due(now)
         elif action == "MeterValues":
-            self._call(action, self._meter_payload(None), None, now)
+            self._call(action, messages.meter_values(self, None), None, now)
         else:
             return False
         return True
-
-    def _boot_payload(self):
-        return {"chargePointVendor": VENDOR, "chargePointModel": MODEL,
-                "chargePointSerialNumber": self.cfg["station_id"][:25],
-                "firmwareVersion": FIRMWARE}
 
     def _status_due(self, now):
         ops = self.ops
@@ -342,7 +347,7 @@ class Ocpp16Backend(Backend):
                 st = _status.station(c, ops.faults)
             else:
                 st = _status.connector(c, ops.faults, self.log.running is not None,
-                                       self._finishing)
+                                       self.tx.finishing)
             code, name = _status.error(ops.faults)
             sent = self._sent[conn]
             if sent is not None and sent[0] == st and sent[1] == code:
@@ -402,7 +407,7 @@ class Ocpp16Backend(Backend):
                 if (isinstance(info, dict) and info.get("status") != "Accepted"
                         and r is not None and e is not None and r[0] == e[1]):
                     # StopTransactionOnInvalidId: the central system refuses this idTag.
-                    self._stop_reason = "DeAuthorized"
+                    self.tx.stop_reason = "DeAuthorized"
                     self.ops.stop("deauthorized", now)
             self._tx_attempts = 0
             self.log.delivered(tx_id)
@@ -461,174 +466,9 @@ class Ocpp16Backend(Backend):
     def in_transaction(self):
         return self.log.running is not None
 
-    def _meter_wh(self):
-        m = self.ops.meter
-        if m is None or m.stale or not m.readings:
-            return None
-        return m.import_wh
-
-    def _transaction(self, now):
-        c = self.ops.charger
-        connected = ev_connected(c.state)
-        log = self.log
-        if self._orphan_until is not None:
-            m = self.ops.meter
-            if m is not None and not m.readings and ticks_diff(now, self._orphan_until) < 0:
-                return
-            self._orphan_until = None
-            self._end_tx(now, "PowerLoss")
-        if log.running is None:
-            if connected and c.authorized:
-                wh = self._meter_wh()
-                tag = self.ops.session_id_tag() or FREE_ID_TAG
-                log.start(tag[:20], wh if wh is not None else 0, self.time(now))
-                if self.smart is not None:
-                    self.smart.changed()      # Relative schedules start now
-                self._meter_at = now
-                self._finishing = False
-                self._auth_since = None
-            elif not connected:
-                self._finishing = False
-                if c.authorized:
-                    # Authorized without an EV: ConnectionTimeOut (OCPP 1.6 9.1.9).
-                    if self._auth_since is None:
-                        self._auth_since = now
-                    elif ticks_diff(now, self._auth_since) >= \
-                            self.cfg["ocpp_connection_timeout_s"] * 1000:
-                        self._auth_since = None
-                        self.ops.authorization_expired(now)
-                        if self.smart is not None:
-                            self.smart.transaction_ended()   # RemoteStart's TxProfile
-                else:
-                    self._auth_since = None
-            return
-        if not (connected and c.authorized):
-            self._end_tx(now, self._stop_reason or ("Local" if connected else "EVDisconnected"))
-            self._finishing = connected
-            return
-        interval = self.cfg["ocpp_meter_interval_s"]
-        if interval and ticks_diff(now, self._meter_at) >= interval * 1000:
-            self._meter_at = now
-            self._sample(now)
-
-    def _sample(self, now):
-        m = self.ops.meter
-        if m is None or m.stale or not m.readings:
-            return
-        self.log.meter(self.time(now), m.import_wh, m.power_w, list(m.current_ma),
-                       list(m.voltage_dv))
-
-    def _aligned(self, now):
-        """ClockAlignedDataInterval (OCPP 1.6 9.1.2): a sample at every UTC boundary of the
-        interval (midnight-aligned), context Sample.Clock; into the transaction log during a
-        transaction, else sent as it is (not kept while offline). The next boundary is a
-        ticks deadline taken from the clock once per interval, so the loop compares ticks."""
-        iv = self.cfg["ocpp_aligned_interval_s"]
-        if not iv or iv != self._aligned_iv:
-            self._aligned_at = None
-            self._aligned_iv = iv
-        if not iv or not self.cfg["ocpp_aligned_data"]:
-            return
-        if self._aligned_at is None:
-            t = self.time(now)
-            if not t:
-                return              # no clock yet: nothing to align to
-            left = iv - t % iv
-            if t + left <= self._aligned_t:
-                left += iv          # the clock read a second early: that boundary is done
-            self._aligned_t = t + left
-            self._aligned_at = ticks_add(now, left * 1000)
-            return
-        if ticks_diff(now, self._aligned_at) < 0:
-            return
-        self._aligned_at = None
-        m = self.ops.meter
-        if m is None or m.stale or not m.readings:
-            return
-        t = self._aligned_t
-        if self.log.running is not None:
-            self.log.meter(t, m.import_wh, m.power_w, list(m.current_ma), list(m.voltage_dv),
-                           "C")
-        else:
-            self._aligned_due = ("M", 0, t, m.import_wh, m.power_w, list(m.current_ma),
-                                 list(m.voltage_dv), "C")
-
-    def _end_tx(self, now, reason):
-        self.log.stop(self._meter_wh(), self.time(now), reason)
-        self._stop_reason = None
-        if self.smart is not None:
-            self.smart.transaction_ended()
-        if self._pending_available is not None:
-            self.ops.set_availability(self._pending_available, now)
-            self._pending_available = None
-
     def stop_tx(self, reason, session_reason, now):
         """End the running transaction for the central system (RemoteStop, Reset, Unlock)."""
-        if self.log.running is None:
-            return False
-        self._stop_reason = reason
-        if self.ops.stop(session_reason, now) != OK:
-            self._stop_reason = None
-            return False
-        self._transaction(now)
-        return True
-
-    # -- rendering TxLog entries (at send time: the transactionId is known by then) ------------
-    def _render(self, e):
-        kind = e[0]
-        nr = e[1]
-        if kind == "S":
-            return "StartTransaction", {"connectorId": 1, "idTag": e[2], "meterStart": e[3],
-                                        "timestamp": clock.iso(e[4])}
-        tx_id = self.log.tx_id(nr)
-        if tx_id is None:
-            return None       # its Start was given up: the central system knows no such id
-        if kind == "M":
-            return "MeterValues", self._meter_payload(tx_id, e)
-        p = {"transactionId": tx_id, "idTag": e[2], "meterStop": e[3],
-             "timestamp": clock.iso(e[4]), "reason": e[5]}
-        return "StopTransaction", p
-
-    def _meter_payload(self, tx_id, e=None):
-        if e is None:
-            # TriggerMessage: the reading now.
-            m = self.ops.meter
-            now = self.ops.ticks_ms()
-            if m is None:
-                e = ("M", 0, self.time(now), None, None, None, None)
-            else:
-                e = ("M", 0, self.time(now), m.import_wh, m.power_w, list(m.current_ma),
-                     list(m.voltage_dv))
-        ctx = "Sample.Periodic" if tx_id is not None else "Trigger"
-        want = None
-        if len(e) > 7 and e[7] == "C":
-            ctx = "Sample.Clock"
-            want = self.cfg["ocpp_aligned_data"]       # MeterValuesAlignedData
-        sv = []
-        if e[3] is not None and (want is None or "Energy.Active.Import.Register" in want):
-            sv.append({"value": "%d" % e[3], "context": ctx,
-                       "measurand": "Energy.Active.Import.Register", "unit": "Wh"})
-        if e[4] is not None and (want is None or "Power.Active.Import" in want):
-            sv.append({"value": "%d" % e[4], "context": ctx,
-                       "measurand": "Power.Active.Import", "unit": "W"})
-        phases = self.cfg["phases"]
-        for i in range(phases):
-            if e[5] is not None and e[5][i] is not None and (want is None
-                                                             or "Current.Import" in want):
-                ma = e[5][i]
-                sv.append({"value": "%d.%03d" % (ma // 1000, ma % 1000), "context": ctx,
-                           "measurand": "Current.Import", "phase": "L%d" % (i + 1),
-                           "unit": "A"})
-        for i in range(phases):
-            if e[6] is not None and e[6][i] is not None and (want is None or "Voltage" in want):
-                dv = e[6][i]
-                sv.append({"value": "%d.%d" % (dv // 10, dv % 10), "context": ctx,
-                           "measurand": "Voltage", "phase": "L%d-N" % (i + 1), "unit": "V"})
-        p = {"connectorId": 1 if tx_id is not None else 0,
-             "meterValue": [{"timestamp": clock.iso(e[2]), "sampledValue": sv}]}
-        if tx_id is not None:
-            p["transactionId"] = tx_id
-        return p
+        return self.tx.stop(reason, session_reason, now)
 
 
 def _random16():

@@ -5,6 +5,10 @@ port whatever its `time` epoch; the values above 2**30 are long ints on the ESP3
 is why nothing here runs in the safety tick.
 """
 from firmware.civil import civil
+from firmware.compat import const, ticks_add, ticks_diff
+
+_WATCH_MS = const(1000)           # how often Watch looks at the clock
+_WATCH_SPAN_MS = const(3600000)   # its reference is taken afresh this often (ticks wrap, drift)
 
 
 def iso(secs):
@@ -44,3 +48,34 @@ def parse(text):
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
     days = era * 146097 + doe - 719468
     return days * 86400 + secs - off
+
+
+class Watch:
+    """Notices that the clock was set (NTP, or the central system's time taking over):
+    once a second it compares the clock with what the ticks say it should show by now. A
+    second either way is the clock's own rounding; more is a jump. Smart Charging and the
+    clock-aligned meter values plan in ticks from a clock reading, so a jump tells them to
+    look again (one clock read a second, and only while one of them needs the time)."""
+
+    def __init__(self):
+        self._t = None            # the clock (seconds) at ticks self._at
+        self._at = 0
+        self._next = 0
+
+    def due(self, now):
+        return ticks_diff(now, self._next) >= 0
+
+    def jumped(self, t, now):
+        """Called when due() with the clock's reading `t`: True when it was set since."""
+        self._next = ticks_add(now, _WATCH_MS)
+        ref = self._t
+        jump = False
+        if ref is not None:
+            age = ticks_diff(now, self._at)
+            d = t - ref - age // 1000
+            jump = age < 0 or d < 0 or d > 1
+            if not jump and age < _WATCH_SPAN_MS:
+                return False
+        self._t = t
+        self._at = now
+        return jump

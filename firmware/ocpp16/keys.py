@@ -78,18 +78,32 @@ def _value(row, cfg):
     return fixed
 
 
+def entries(cfg, names):
+    """(key, readonly, value) of each key asked for, in order (names None or [] = every key
+    that may be read); readonly None: an unknown key. A generator: GetConfiguration writes
+    its answer entry by entry and never holds them all."""
+    if not names:
+        for row in KEYS:
+            if row[1] != _WO:
+                yield row[0], row[1] == _RO, _value(row, cfg)
+        return
+    for name in names:
+        row = _find(name)
+        if row is None or row[1] == _WO:
+            yield name, None, None
+        else:
+            yield name, row[1] == _RO, _value(row, cfg)
+
+
 def get(cfg, names):
     """(configurationKey, unknownKey) for GetConfiguration; names None or [] = all."""
     known = []
     unknown = []
-    if not names:
-        names = [row[0] for row in KEYS if row[1] != _WO]
-    for name in names:
-        row = _find(name)
-        if row is None or row[1] == _WO:
+    for name, ro, value in entries(cfg, names):
+        if ro is None:
             unknown.append(name)
         else:
-            known.append({"key": name, "readonly": row[1] == _RO, "value": _value(row, cfg)})
+            known.append({"key": name, "readonly": ro, "value": value})
     return known, unknown
 
 

@@ -50,6 +50,60 @@ def encode_result(uid, payload):
     return json.dumps([CALLRESULT, uid, payload])
 
 
+def _flat(items):
+    for v in items:
+        if isinstance(v, (dict, list, tuple)):
+            return False
+    return True
+
+
+def pieces(obj):
+    """The JSON text of `obj` in pieces: a container that holds containers is opened, its
+    items given and closed piece by piece; one that holds only scalars (a sampledValue,
+    about 90 B) is one json.dumps. Sent with WsClient.send_pieces, a message (a MeterValues
+    of 1 KB, say) never exists as one string or one block, for about twice the CPU time of
+    one json.dumps."""
+    if _flat(obj.values() if isinstance(obj, dict) else obj
+             if isinstance(obj, (list, tuple)) else ()):
+        yield json.dumps(obj)
+    elif isinstance(obj, dict):
+        yield "{"
+        sep = ""
+        for k in obj:
+            yield sep + json.dumps(k) + ":"
+            for p in pieces(obj[k]):
+                yield p
+            sep = ","
+        yield "}"
+    elif isinstance(obj, (list, tuple)):
+        yield "["
+        sep = ""
+        for v in obj:
+            if sep:
+                yield sep
+            for p in pieces(v):
+                yield p
+            sep = ","
+        yield "]"
+
+
+def call_pieces(uid, action, payload):
+    """A CALL in pieces (see pieces())."""
+    yield "[%d,%s,%s," % (CALL, json.dumps(uid), json.dumps(action))
+    for p in pieces(payload):
+        yield p
+    yield "]"
+
+
+def result_pieces(uid, payload):
+    """A CALLRESULT in pieces; `payload` a dict, or a function that returns the payload's
+    JSON text in pieces (GetConfiguration's answer, written key by key)."""
+    yield "[%d,%s," % (CALLRESULT, json.dumps(uid))
+    for p in (payload() if callable(payload) else pieces(payload)):
+        yield p
+    yield "]"
+
+
 def encode_error(uid, code, description=""):
     return json.dumps([CALLERROR, uid, code, description[:255], {}])
 
@@ -122,14 +176,18 @@ class Caller:
     def busy(self):
         return self.uid is not None
 
-    def start(self, action, payload, context, now, timeout_ms):
-        """The frame for a new CALL (the caller sends it); remembered until answered."""
+    def begin(self, action, context, now, timeout_ms):
+        """A new CALL's uniqueId (the caller sends the CALL); remembered until answered."""
         self._n = (self._n + 1) & 0x3FFFFFF
         self.uid = "%d" % self._n
         self.action = action
         self.context = context
         self._deadline = ticks_add(now, timeout_ms)
-        return encode_call(self.uid, action, payload)
+        return self.uid
+
+    def start(self, action, payload, context, now, timeout_ms):
+        """The frame for a new CALL, as one string (begin() and encode_call())."""
+        return encode_call(self.begin(action, context, now, timeout_ms), action, payload)
 
     def answered(self, uid):
         """True (and the call ends) when `uid` answers the CALL in flight."""

@@ -119,16 +119,27 @@ def evaluate(p, t, tx_start):
 
 
 def to_ma(limit, unit, phases):
-    """A limit in tenths of A or W as mA per phase; W over the configured phases at 230 V."""
+    """A limit in tenths of A or W as mA per phase; W over `phases` at 230 V."""
     if unit == UNIT_A:
         return limit * 100
     return limit * 100 // (NOMINAL_V * phases)
 
 
+def used_phases(number_phases, phases):
+    """The phases a period charges on: its numberPhases, 3 when it names none (OCPP 1.6
+    7.13: "numberPhases=3 will be assumed unless another number is given"), never more
+    than the station is wired for (`phases`)."""
+    n = number_phases or 3
+    return n if n < phases else phases
+
+
 def _best(profiles, purpose, t, tx_start, tx_id, phases):
-    """(mA or None, next change) of the purpose's profile that wins at `t`: a connector's
-    own over connector 0's, then the highest stackLevel with a period running now."""
+    """(mA or None, its minChargingRate in mA or 0, the phases it charges on, next change)
+    of the purpose's profile that wins at `t`: a connector's own over connector 0's, then
+    the highest stackLevel with a period running now."""
     best = None
+    low = 0
+    used = phases
     rank = -1
     nxt = None
     for p in profiles:
@@ -136,30 +147,44 @@ def _best(profiles, purpose, t, tx_start, tx_id, phases):
             continue
         if purpose == TX and (tx_start is None or p[_TX_ID] is not None and p[_TX_ID] != tx_id):
             continue
-        lim, _ph, n = evaluate(p, t, tx_start)
+        lim, ph, n = evaluate(p, t, tx_start)
         nxt = _earlier(nxt, n)
         r = p[_CONN] * 100 + p[_STACK]
         if lim is not None and r > rank:
             rank = r
-            best = to_ma(lim, p[_UNIT], phases)
-    return best, nxt
+            used = used_phases(ph, phases)
+            best = to_ma(lim, p[_UNIT], used)
+            m = p[_MIN_RATE]
+            low = 0 if m is None else to_ma(m, p[_UNIT], used)
+    return best, low, used, nxt
 
 
-def composite(profiles, t, tx_start, tx_id, phases, connector=1):
+def composite(profiles, t, tx_start, tx_id, phases, connector=1, detail=False):
     """(limit in mA or None: no profile applies, the next time it may change or None):
     min(ChargePointMaxProfile, TxProfile if one applies else TxDefaultProfile) (OCPP 1.6
-    3.13.4). Connector 0 is the station's supply: the ChargePointMaxProfile alone."""
-    lim, nxt = _best(profiles, CP_MAX, t, tx_start, tx_id, phases)
-    if connector == 0:
-        return lim, nxt
-    tx, n = _best(profiles, TX, t, tx_start, tx_id, phases)
-    nxt = _earlier(nxt, n)
-    dflt, n = _best(profiles, TX_DEFAULT, t, tx_start, tx_id, phases)
-    nxt = _earlier(nxt, n)
-    if tx is None:
-        tx = dflt
-    if tx is not None and (lim is None or tx < lim):
-        lim = tx
+    3.13.4). Connector 0 is the station's supply: the ChargePointMaxProfile alone.
+
+    A W limit is turned into A over the phases its period charges on (used_phases). A limit
+    below the minChargingRate of a schedule in force is 0: the EV cannot charge that slowly
+    (7.13), so the charger pauses instead of offering it a rate it cannot use.
+    `detail`: the phases of the limit come third (GetCompositeSchedule's W)."""
+    lim, low, ph, nxt = _best(profiles, CP_MAX, t, tx_start, tx_id, phases)
+    if connector != 0:
+        tx, tlow, tph, n = _best(profiles, TX, t, tx_start, tx_id, phases)
+        nxt = _earlier(nxt, n)
+        dflt, dlow, dph, n = _best(profiles, TX_DEFAULT, t, tx_start, tx_id, phases)
+        nxt = _earlier(nxt, n)
+        if tx is None:
+            tx, tlow, tph = dflt, dlow, dph
+        if tx is not None:
+            if lim is None or tx < lim:
+                lim, ph = tx, tph
+            if tlow > low:
+                low = tlow
+    if lim is not None and lim < low:
+        lim = 0
+    if detail:
+        return lim, nxt, ph
     return lim, nxt
 
 

@@ -12,6 +12,8 @@ Each stdin line is one JSON command; each is answered with one JSON line (a snap
     {"do": "power", "w": W}                                 the EV's draw while the contacts close
     {"do": "tag", "id": TAG}                                a card at the reader
     {"do": "powercut"}                                      the station loses power, restarts
+    {"do": "heap"}                                          {"alloc", "free"} after gc.collect()
+    {"do": "clock", "shift_s": N}                           the board's clock set N s on (NTP)
     {"do": "quit"}
 Time: simulated time runs as fast as the station computes, except 1:1 with wall time while
 the backend waits for the central system (a CALL in flight, connecting) or `paced` is set.
@@ -56,11 +58,16 @@ class Rig:
         self.board = None
         self.boots = 0
         self.paced_steps = 0
+        self.wall_shift = 0           # seconds the board's clock was set on ("clock")
         self.boot(0)
 
     def boot(self, start_ms):
         self.board = SimBoard(model=self.model, start_ms=start_ms)
-        self.slave = SlaveStream(_Clock(self), regs={}, slave=1, fcs=(4,))
+        wall = self.board.wall_time
+        # The board's clock as NTP may set it: the simulator's plus the shift.
+        self.board.wall_time = lambda: wall() + self.wall_shift
+        # log=False: the double's logs of every poll would grow on the station's heap.
+        self.slave = SlaveStream(_Clock(self), regs={}, slave=1, fcs=(4,), log=False)
         self.board.attach_meter(self.slave)
         self.registers()
         self.station = Station(self.board, config=self.config, store=Store(self.store))
@@ -157,6 +164,13 @@ class Rig:
             # No shutdown: the station object is dropped as it stands, the flash kept.
             self.board.power_off()
             self.boot(self.board.now_ms + 2000)
+        elif what == "clock":
+            self.wall_shift += cmd["shift_s"]
+        elif what == "heap":
+            # The live heap after a collection (a leak shows as growth between two calls).
+            import gc
+            gc.collect()
+            return {"alloc": gc.mem_alloc(), "free": gc.mem_free()}
         elif what == "config":
             return {"cfg": self.station.cfg.public(cmd.get("keys"))}
         return self.snapshot()

@@ -24,11 +24,20 @@ def iso(t):
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _period(q):
+    out = {"startPeriod": q[0], "limit": q[1]}
+    if len(q) > 2:
+        out["numberPhases"] = q[2]
+    return out
+
+
 def profile(pid, purpose, periods, stack=0, **kw):
     sched = {"chargingRateUnit": kw.pop("unit", "A"),
-             "chargingSchedulePeriod": [{"startPeriod": s, "limit": lim} for s, lim in periods]}
+             "chargingSchedulePeriod": [_period(q) for q in periods]}
     if "start" in kw:
         sched["startSchedule"] = iso(kw.pop("start"))
+    if "min_rate" in kw:
+        sched["minChargingRate"] = kw.pop("min_rate")
     out = {"chargingProfileId": pid, "stackLevel": stack, "chargingProfilePurpose": purpose,
            "chargingProfileKind": "Absolute", "chargingSchedule": sched}
     out.update(kw)
@@ -149,5 +158,51 @@ def test_tx_default_profile_survives_a_power_cut(ocpp):
             assert res.status == "Accepted"
             snap = await st.run(3000)
             assert snap["offered_ma"] == 16000 and snap["profiles"] is None
+            assert snap["stats"]["errors_in"] == 0 and snap["service_errors"] == 0
+    run(scenario())
+
+
+def test_clock_set_mid_schedule_and_the_evs_minimum_rate(ocpp):
+    """OCPP 1.6 7.13 and 3.13: a schedule read from the station's clock follows that clock
+    when NTP sets it mid-schedule (within a second); a limit under the schedule's
+    minChargingRate pauses the charge instead of offering the EV less than it can use; a W
+    limit counts the period's numberPhases."""
+    async def scenario():
+        async with ocpp(config={"max_current_ma": 16000}) as (cs, st):
+            snap = await charging_session(cs, st)
+            start = snap["wall"] - 10
+            # 14 A, after an hour 10 A (under the EV's 12 A), after two hours 13 A.
+            res = await remote(cs, st, call.SetChargingProfile(connector_id=1,
+                               cs_charging_profiles=profile(
+                                   3, "TxDefaultProfile", [(0, 14), (3600, 10), (7200, 13)],
+                                   start=start, min_rate=12)))
+            assert res.status == "Accepted"
+            snap = await st.run(2000)
+            assert snap["offered_ma"] == 14000 and snap["contactor"]
+            # NTP sets the clock an hour on: the second period is in force within a second,
+            # and 10 A is under the minimum rate: nothing offered, the contactor opens.
+            t_set = snap["t"]
+            await st.do("clock", shift_s=3600)
+            snap = await st.run(1100)
+            assert snap["offered_ma"] == 0 and snap["t"] - t_set <= 1100, snap
+            snap = await st.run(15000, until="no_contactor")
+            await st.run(3000)
+            seen = [s["status"] for s in cs.actions("StatusNotification")
+                    if s["connectorId"] == 1]
+            assert seen[-1] == "SuspendedEVSE", seen
+            assert await composite(cs, st, 1, 600, "A") == [(0, 0.0)]
+            await st.do("clock", shift_s=3600)
+            snap = await st.run(15000, until="contactor")
+            assert snap["offered_ma"] == 13000
+            # numberPhases 1: 3220 W on one phase is 14 A (on three it would be 4.6 A).
+            res = await remote(cs, st, call.SetChargingProfile(connector_id=1,
+                               cs_charging_profiles=profile(
+                                   4, "TxDefaultProfile", [(0, 3220, 1)], stack=1,
+                                   unit="W")))
+            assert res.status == "Accepted"
+            # (a raise of the offer reaches the charger a few seconds later)
+            snap = await st.run(10000)
+            assert snap["offered_ma"] == 14000
+            assert await composite(cs, st, 1, 60, "W") == [(0, 3220.0)]
             assert snap["stats"]["errors_in"] == 0 and snap["service_errors"] == 0
     run(scenario())

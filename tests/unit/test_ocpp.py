@@ -39,6 +39,30 @@ class Framing(unittest.TestCase):
         self.assertEqual(json.loads(rpc.encode_error("5", rpc.NOT_SUPPORTED, "x")),
                          [4, "5", "NotSupported", "x", {}])
 
+    def test_messages_in_pieces_are_the_messages_as_one(self):
+        payload = {"connectorId": 1, "transactionId": 1001, "meterValue": [
+            {"timestamp": "2026-01-05T08:00:00Z", "sampledValue": [
+                {"value": "1234", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                {"value": "16.000", "phase": "L1", "unit": "A"}]}],
+            "empty": {}, "none": [], "flags": [True, False, None], "idTag": "Caf\u00e9\"x"}
+        parts = list(rpc.call_pieces("17", "MeterValues", payload))
+        self.assertEqual(json.loads("".join(parts)), [2, "17", "MeterValues", payload])
+        # Containers of containers are split; one of scalars is one piece.
+        self.assertTrue(max(len(p) for p in parts) < 90, parts)
+        one = [p for p in parts if "16.000" in p]
+        self.assertEqual(len(one), 1, parts)
+        self.assertEqual(json.loads(one[0]), {"value": "16.000", "phase": "L1", "unit": "A"})
+        res = "".join(rpc.result_pieces("18", {"status": "Accepted"}))
+        self.assertEqual(json.loads(res), [3, "18", {"status": "Accepted"}])
+
+    def test_a_call_begun_is_in_flight_until_answered(self):
+        c = rpc.Caller()
+        uid = c.begin("Heartbeat", "ctx", 0, 1000)
+        self.assertTrue(c.busy() and c.action == "Heartbeat" and c.context == "ctx")
+        c.cancel()
+        self.assertFalse(c.busy())
+        self.assertNotEqual(c.begin("Heartbeat", None, 0, 1000), uid)
+
     def test_field_checks_name_the_violation(self):
         p = {"connectorId": "1", "idTag": "X" * 21}
         for key, kind, code in (("missing", int, rpc.OCCURRENCE), ("connectorId", int, rpc.TYPE)):
@@ -86,7 +110,7 @@ class Router(unittest.TestCase):
         b = _NoBackend()
         b.cfg = Config()
         out = router.dispatch(b, "GetConfiguration", {"key": ["HeartbeatInterval"]}, 0)
-        self.assertEqual(out, {"configurationKey": [
+        self.assertEqual(json.loads("".join(out())), {"configurationKey": [
             {"key": "HeartbeatInterval", "readonly": False, "value": "300"}]})
         self.assertFalse("get_configuration" in router.resident())
         out = router.dispatch(b, "DataTransfer", {"vendorId": "com.example"}, 0)
@@ -112,6 +136,25 @@ class Keys(unittest.TestCase):
         self.assertTrue(byname["NumberOfConnectors"]["readonly"])
         known, unknown = keys.get(cfg, ["AuthorizationKey", "Nope"])
         self.assertEqual((known, unknown), ([], ["AuthorizationKey", "Nope"]))
+
+    def test_get_configuration_in_pieces_is_the_answer_as_one(self):
+        b = _NoBackend()
+        b.cfg = Config({"ocpp_password": "0123456789abcdef"})
+        for names in (None, [], ["HeartbeatInterval", "Nope", "AuthorizationKey",
+                                 "SupportedFeatureProfiles", "Caf\u00e9 \"x\""]):
+            answer = router.dispatch(b, "GetConfiguration", {} if names is None else
+                                     {"key": names}, 0)
+            known, unknown = keys.get(b.cfg, names)
+            want = {"configurationKey": known}
+            if unknown:
+                want["unknownKey"] = unknown
+            pieces = list(answer())
+            self.assertTrue(len(pieces) >= 3)
+            self.assertEqual(json.loads("".join(pieces)), want)
+            # As the backend sends it: one CALLRESULT frame.
+            text = "".join(rpc.result_pieces("u1", answer))
+            self.assertEqual(json.loads(text), [3, "u1", want])
+        self.assertEqual(len(keys.get(b.cfg, None)[0]), 31)
 
     def test_the_documentation_names_the_profiles_and_every_key(self):
         with open("docs/ocpp.md") as f:

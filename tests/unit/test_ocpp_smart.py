@@ -6,7 +6,7 @@
 import unittest
 
 from firmware.config import Config
-from firmware.ocpp16 import router, smart
+from firmware.ocpp16 import clock, router, smart
 from firmware.ocpp16.ops import set_charging_profile as scp
 from firmware.ocpp16.smart import (
     CP_MAX, EPOCH_2020, TX, TX_DEFAULT, SmartCharging, composite, evaluate)
@@ -25,10 +25,18 @@ WEEK = 7 * DAY
 MON = 1767571200 - EPOCH_2020
 
 
+def _period(q):
+    out = {"startPeriod": q[0], "limit": q[1]}
+    if len(q) > 2:
+        out["numberPhases"] = q[2]
+    return out
+
+
 def period(p, s, t0=None):
-    """A csChargingProfiles object; `s` the schedule's periods [(startPeriod, limit), ...]."""
+    """A csChargingProfiles object; `s` the schedule's periods [(startPeriod, limit), ...]
+    or [(startPeriod, limit, numberPhases), ...]."""
     sched = {"chargingRateUnit": p.pop("unit", "A"),
-             "chargingSchedulePeriod": [{"startPeriod": a, "limit": b} for a, b in s]}
+             "chargingSchedulePeriod": [_period(q) for q in s]}
     if t0 is not None:
         sched["startSchedule"] = t0
     for k in ("duration", "minChargingRate"):
@@ -103,6 +111,75 @@ class Evaluate(unittest.TestCase):
         self.assertEqual(composite([p], MON, None, None, 1), (48000, None))
         self.assertEqual(composite([make(unit="W", periods=[(0, 4140)])], MON, None, None, 3)[0],
                          6000)
+
+
+class Phases(unittest.TestCase):
+    """OCPP 1.6 7.13: numberPhases, 3 when a period names none; W -> A over the phases the
+    period charges on, at most those the station is wired for."""
+
+    def test_watts_over_the_periods_number_of_phases(self):
+        p = make(unit="W", periods=[(0, 7360, 1), (600, 7360, 2), (1200, 7360)])
+        self.assertEqual(composite([p], MON, None, None, 3)[0], 32000)         # 7360 / 230
+        self.assertEqual(composite([p], MON + 600, None, None, 3)[0], 16000)   # / 460
+        self.assertEqual(composite([p], MON + 1200, None, None, 3)[0], 10666)  # / 690
+        # A single-phase station charges on its one phase whatever the period allows.
+        self.assertEqual(composite([p], MON + 1200, None, None, 1)[0], 32000)
+        self.assertEqual(composite([p], MON + 600, None, None, 1)[0], 32000)
+        self.assertEqual(smart.used_phases(0, 3), 3)
+        self.assertEqual(smart.used_phases(2, 3), 2)
+        self.assertEqual(smart.used_phases(3, 2), 2)
+
+    def test_amperes_are_per_phase_whatever_the_phases(self):
+        p = make(periods=[(0, 16, 1)])
+        self.assertEqual(composite([p], MON, None, None, 3, 1, True), (16000, None, 1))
+        self.assertEqual(composite([make(periods=[(0, 16)])], MON, None, None, 3, 1, True),
+                         (16000, None, 3))
+
+    def test_the_limit_that_wins_brings_its_phases(self):
+        cap = make(conn=0, chargingProfileId=1, chargingProfilePurpose="ChargePointMaxProfile",
+                   periods=[(0, 20)])
+        one = make(chargingProfileId=2, periods=[(0, 10, 1)])
+        self.assertEqual(composite([cap, one], MON, None, None, 3, 1, True), (10000, None, 1))
+        self.assertEqual(composite([cap, one], MON, None, None, 3, 0, True), (20000, None, 3))
+
+
+class MinChargingRate(unittest.TestCase):
+    """OCPP 1.6 7.13 minChargingRate: the EV cannot charge below it, so a composite limit
+    under it pauses the charge (0) rather than offering a rate the EV cannot use."""
+
+    def test_a_limit_below_the_minimum_rate_is_zero(self):
+        dflt = make(chargingProfileId=1, minChargingRate=8, periods=[(0, 16), (600, 7.5),
+                                                                     (1200, 8)])
+        self.assertEqual(composite([dflt], MON, None, None, 3)[0], 16000)
+        self.assertEqual(composite([dflt], MON + 600, None, None, 3), (0, MON + 1200))
+        self.assertEqual(composite([dflt], MON + 1200, None, None, 3)[0], 8000)   # at it: ok
+
+    def test_the_station_maximum_under_the_evs_minimum_pauses(self):
+        tx = make(chargingProfileId=2, chargingProfilePurpose="TxProfile", minChargingRate=10,
+                  periods=[(0, 32)])
+        cap = make(conn=0, chargingProfileId=3, chargingProfilePurpose="ChargePointMaxProfile",
+                   periods=[(0, 16), (3600, 9)])
+        tx_start = MON - 60
+        self.assertEqual(composite([tx, cap], MON, tx_start, 7, 3)[0], 16000)
+        self.assertEqual(composite([tx, cap], MON + 3600, tx_start, 7, 3)[0], 0)
+        # No transaction: the TxProfile and its minimum do not apply.
+        self.assertEqual(composite([tx, cap], MON + 3600, None, None, 3)[0], 9000)
+
+    def test_a_minimum_in_watts_over_the_periods_phases(self):
+        # 5520 W = 8 A on three phases, 24 A on one.
+        p = make(unit="W", minChargingRate=5520, periods=[(0, 6900), (600, 6900, 1)])
+        self.assertEqual(composite([p], MON, None, None, 3)[0], 10000)
+        self.assertEqual(composite([p], MON + 600, None, None, 3)[0], 30000)
+        low = make(unit="W", minChargingRate=5520, periods=[(0, 4830)])   # 7 A < 8 A
+        self.assertEqual(composite([low], MON, None, None, 3)[0], 0)
+
+    def test_the_charger_is_handed_zero(self):
+        b = _Backend(MON + EPOCH_2020)
+        sc = b.smart_charging()
+        sc.install(make(minChargingRate=8, periods=[(0, 16), (60, 7)]))
+        for now in range(0, 61000, 10):
+            sc.step(b, now)
+        self.assertEqual(b.ops.limits, [(0, 16000), (60000, 0)])
 
 
 class Composite(unittest.TestCase):
@@ -374,6 +451,30 @@ class Step(unittest.TestCase):
         self.assertEqual([p[3] for p in b.smart.profiles], [TX])
 
 
+class ClockWatch(unittest.TestCase):
+    """The clock set (NTP, the central system's time) is noticed within a second."""
+
+    def test_the_clock_running_with_the_ticks_is_no_jump(self):
+        w = clock.Watch()
+        t0 = MON + EPOCH_2020
+        seen = []
+        for now in range(0, 7300000, 10):
+            if w.due(now):
+                seen.append(w.jumped(t0 + (now + 370) // 1000, now))
+        self.assertEqual(len(seen), 7300)      # once a second, not per iteration
+        self.assertFalse(any(seen))
+
+    def test_set_forward_back_or_from_nothing(self):
+        w = clock.Watch()
+        t0 = MON + EPOCH_2020
+        self.assertFalse(w.jumped(0, 0))       # no clock yet
+        self.assertTrue(w.jumped(t0, 1000))    # NTP: the time is known
+        self.assertFalse(w.jumped(t0 + 1, 2000))
+        self.assertTrue(w.jumped(t0 + 3602, 3000))
+        self.assertFalse(w.jumped(t0 + 3603, 4000))
+        self.assertTrue(w.jumped(t0 + 3000, 5000))
+
+
 class CompositeSchedule(unittest.TestCase):
     def test_periods_in_amperes_and_watts_with_the_local_limit(self):
         b = _Backend(MON + EPOCH_2020 + 8 * 3600)
@@ -408,6 +509,16 @@ class CompositeSchedule(unittest.TestCase):
         self.assertEqual(out, {"status": "Unknown"})
         self.assertFalse("firmware.ocpp16.smart" in sys.modules)
         sys.modules["firmware.ocpp16.smart"] = smart
+
+    def test_watts_over_each_periods_phases(self):
+        b = _Backend(MON + EPOCH_2020)
+        sc = b.smart_charging()
+        sc.install(make(periods=[(0, 16, 1), (600, 16)], duration=1200))
+        out = router.dispatch(b, "GetCompositeSchedule", {"connectorId": 1, "duration": 1800,
+                                                          "chargingRateUnit": "W"}, 0)
+        self.assertEqual([(q["startPeriod"], q["limit"])
+                          for q in out["chargingSchedule"]["chargingSchedulePeriod"]],
+                         [(0, 3680.0), (600, 11040.0), (1200, 22080.0)])
 
     def test_rejected_without_a_clock_or_for_another_connector(self):
         b = _Backend(0)         # time(now) == 0: neither an RTC nor the central system's

@@ -253,6 +253,88 @@ class Frames(unittest.TestCase):
         self.assertEqual(c.error, "no answer to ping")
 
 
+class Buffers(unittest.TestCase):
+    """The small receive buffer: a larger frame borrows one of its size while it is read,
+    and the small one is back once it is taken; pieces make the same frame as one text."""
+
+    def setUp(self):
+        self.c = WsClient(max_message=1000, rx_size=64)
+        self.p = Peer(self.c)        # the server's response head (~130 B) is over 64 B
+        self.p.step()
+        self.assertEqual(self.c.state, OPEN)
+        self.assertTrue(self.c._rx is self.c._small)
+
+    def tearDown(self):
+        self.p.close()
+
+    def test_a_frame_larger_than_the_buffer_borrows_one_and_gives_it_back(self):
+        c = self.c
+        big = b"[" + b"7" * 700 + b"]"
+        data = frame(1, big) + frame(1, b"after")
+        self.p.conn.send(data[:100])
+        self.p.step()
+        self.assertEqual(len(c._rx), 4 + len(big))        # header + payload, no more
+        self.p.conn.send(data[100:])
+        self.p.step()
+        self.assertEqual(c.inbox, [big, b"after"])
+        self.assertTrue(c._rx is c._small)
+        self.assertEqual(c._rn, 0)
+        self.p.conn.send(frame(1, b"small"))
+        self.p.step()
+        self.assertEqual(c.inbox[-1], b"small")
+        self.assertTrue(c._rx is c._small)
+
+    def test_two_large_frames_in_one_read(self):
+        a = b"a" * 300
+        b = b"b" * 500
+        self.p.conn.send(frame(1, a) + frame(1, b))
+        self.p.step()
+        self.assertEqual(self.c.inbox, [a, b])
+        self.assertTrue(self.c._rx is self.c._small)
+
+    def test_a_closed_connection_gives_back_the_large_buffer(self):
+        self.p.conn.send(frame(1, b"c" * 500)[:200])
+        self.p.step()
+        self.assertFalse(self.c._rx is self.c._small)
+        self.c.close_now("test")
+        self.assertTrue(self.c._rx is self.c._small)
+        self.assertEqual(self.c._rn, 0)
+
+    def test_pieces_make_the_frame_one_text_makes(self):
+        parts = ['[3,"9",{"k":[', '"\u00e9", "é"', "," * 200, "]}]"]
+        self.assertTrue(self.c.send_pieces(lambda: iter(parts)))
+        self.assertTrue(self.c.send_text("".join(parts)))
+        one = self.p.read_frame()
+        self.assertEqual(one, (1, "".join(parts).encode()))
+        self.assertEqual(self.p.read_frame(), one)
+
+    def test_pieces_are_gathered_into_blocks_of_bounded_size(self):
+        from firmware.ws import CHUNK
+        parts = ["p%03d," % i for i in range(300)] + ["L" * (CHUNK + 40), "end"]
+        self.assertTrue(self.c.send_pieces(lambda: iter(parts)))
+        sizes = [len(b) for b in self.c._q]
+        self.assertTrue(max(sizes) <= CHUNK + 40, sizes)
+        self.assertTrue(len(sizes) <= 2 + len("".join(parts)) // (CHUNK - 8), sizes)
+        self.assertEqual(self.p.read_frame(), (1, "".join(parts).encode()))
+
+    def test_pieces_that_fail_leave_the_queue_as_it_was(self):
+        c = self.c
+        c.send_text("queued")
+        before = list(c._q)
+        calls = []
+
+        def make():
+            calls.append(1)
+            yield "abc"
+            if len(calls) > 1:
+                raise MemoryError("out of heap")
+            yield "def"
+        with self.assertRaises(MemoryError):
+            c.send_pieces(make)
+        self.assertEqual(c._q, before)
+        self.assertEqual(self.p.read_frame(), (1, b"queued"))
+
+
 class Urls(unittest.TestCase):
     def test_parse(self):
         self.assertEqual(parse_url("ws://10.0.0.2:8180/steve/websocket/CentralSystemService/CP1"),

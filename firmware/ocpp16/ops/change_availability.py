@@ -10,8 +10,8 @@ def handle(b, p, now):
     if conn not in (0, 1):
         return {"status": "Rejected"}
     if b.in_transaction() and not operative:
-        b._pending_available = False
+        b.tx.pending_available = False
         return {"status": "Scheduled"}
-    b._pending_available = None
+    b.tx.pending_available = None
     return {"status": "Accepted" if b.ops.set_availability(operative, now) == OK
             else "Rejected"}

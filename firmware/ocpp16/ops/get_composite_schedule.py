@@ -1,6 +1,7 @@
 """GetCompositeSchedule (OCPP 1.6 5.7): the limits the station will apply from now on for
 `duration` seconds: the installed profiles (firmware/ocpp16/smart.py) and the local limits
-(max_current_ma, the board's rating), in A or W (230 V per phase, the configured phases).
+(max_current_ma, the board's rating), in A or W (230 V per phase, over the phases each
+period charges on: its numberPhases, else 3, at most the configured phases).
 Rejected for a connector the station does not have, or while it does not know the time."""
 from firmware.ocpp16 import clock
 from firmware.ocpp16.rpc import PROPERTY, CallError, choice, field
@@ -38,16 +39,18 @@ def handle(b, p, now):
     last = None
     while len(periods) < _MAX_PERIODS:
         ma = nxt = None
+        ph = phases
         if sc is not None:
-            ma, nxt = composite(sc.profiles, t, tx_start, tx_id, phases, conn)
+            ma, nxt, ph = composite(sc.profiles, t, tx_start, tx_id, phases, conn, True)
         if ma is None or ma > local:
             ma = local
-        if ma != last:
-            last = ma
+            ph = phases
+        if (ma, ph) != last:
+            last = (ma, ph)
             if unit == "A":
                 v = ma // 100 / 10
             else:
-                v = ma * _NOMINAL_V * phases // 100 / 10
+                v = ma * _NOMINAL_V * ph // 100 / 10
             periods.append({"startPeriod": t - t0, "limit": v})
         if nxt is None or nxt >= end:
             break
