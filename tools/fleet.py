@@ -33,6 +33,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -48,6 +49,7 @@ DEFAULT_DIR = os.path.join(ROOT, "build", "fleet")
 PREFIX = "cp"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TICK_MS = 10                 # firmware.station.TICK_MS (not imported: CPython side)
+STATION_NICE = 10            # the stations' nice: the broker and the backend go first
 
 
 # -- one station process --------------------------------------------------------------------
@@ -83,7 +85,17 @@ class Member:
             [MICROPYTHON, "-X", "heapsize=" + heap, "-m", "tools.station_sim", path],
             cwd=self.dir, env=micropython_env(fakes=False, runtime=MICROPYTHON),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, start_new_session=True)
+            text=True, bufsize=1, process_group=0)
+        # Below the broker and the backend: they stand for a CPO's own machines, the
+        # stations for a thousand boards with a CPU each. An own process group (a terminal's
+        # Ctrl-C reaches the tool, which ends them in order) but no own session: with the
+        # kernel's autogroups (sched_autogroup_enabled) every session is a scheduling group
+        # of equal weight, and 100 stations in 100 sessions left the broker a 1/100th share
+        # whatever their nice (docs/fleet.md, "CPU priority").
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, STATION_NICE)
+        except OSError:
+            pass
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -341,27 +353,30 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
     broker = BROKERS[broker_kind](os.path.join(storage, "broker"), users=users)
     if not broker.shared_subscriptions:
         consumers = 1
-    broker.start()
-    relay = Relay(broker.port) if fault == "blackhole" else None
-    port = relay.port if relay is not None else broker.port
-    cfg = {"mqtt_host": mosquitto.HOST, "mqtt_port": port, "mqtt_prefix": PREFIX}
-    if no_jitter:
-        cfg["mqtt_boot_spread_s"] = 0
-    if user:
-        cfg.update(mqtt_user=user, mqtt_password=password, mqtt_plain_credentials=True)
-    cfg.update(extra_cfg or {})
-    t0 = time.monotonic()
-    backend = Backend(mosquitto.HOST, broker.port, user, password, consumers=consumers, t0=t0)
     members = []
-    samples = []                 # (t, stations online, backend messages so far)
-    result = {"fleet_stations": n, "fleet_broker": broker.name, "fault": fault,
-              "down_s": down, "seed": seed, "no_jitter": no_jitter,
-              "fleet_backend_consumers": consumers,
-              "mqtt_boot_spread_s": cfg.get("mqtt_boot_spread_s", 8),
-              "outbox_flush_per_s": cfg.get("outbox_flush_per_s", 5),
-              "station_config_extra": dict(extra_cfg or {})}
-    flt = Fault(fault, broker, relay, down, out)
+    backend = relay = None
+    restore = _hold_signals(False)
     try:
+        broker.start()
+        relay = Relay(broker.port) if fault == "blackhole" else None
+        port = relay.port if relay is not None else broker.port
+        cfg = {"mqtt_host": mosquitto.HOST, "mqtt_port": port, "mqtt_prefix": PREFIX}
+        if no_jitter:
+            cfg["mqtt_boot_spread_s"] = 0
+        if user:
+            cfg.update(mqtt_user=user, mqtt_password=password, mqtt_plain_credentials=True)
+        cfg.update(extra_cfg or {})
+        t0 = time.monotonic()
+        backend = Backend(mosquitto.HOST, broker.port, user, password, consumers=consumers,
+                          t0=t0)
+        samples = []                 # (t, stations online, backend messages so far)
+        result = {"fleet_stations": n, "fleet_broker": broker.name, "fault": fault,
+                  "down_s": down, "seed": seed, "no_jitter": no_jitter,
+                  "fleet_backend_consumers": consumers,
+                  "mqtt_boot_spread_s": cfg.get("mqtt_boot_spread_s", 8),
+                  "outbox_flush_per_s": cfg.get("outbox_flush_per_s", 5),
+                  "station_config_extra": dict(extra_cfg or {})}
+        flt = Fault(fault, broker, relay, down, out)
         for sid in ids:
             members.append(Member(sid, cfg, storage, heap, no_jitter))
             time.sleep(spawn_gap_s)
@@ -467,17 +482,14 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
             result["fleet_relay_upstream_connects"] = relay.upstream_connects
             result["fleet_relay_abandoned"] = relay.abandoned
     finally:
-        for m in members:
-            m.send("quit")
-        for m in members:
-            try:
-                m.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                m.proc.kill()
-        backend.close()
-        if relay is not None:
-            relay.close()
-        broker.close()
+        # Every way out (the end, an exception, Ctrl-C, SIGTERM): the stations, the
+        # backend, the relay and the broker (RabbitMQ: the node and its epmd) end here,
+        # and a second Ctrl-C or a SIGTERM meanwhile cannot cut it short.
+        _hold_signals(True)
+        try:
+            _shutdown(members, backend, relay, broker, out)
+        finally:
+            restore()
     result["samples"] = len(samples)
     result["load_avg_1m"] = os.getloadavg()[0]
     if report:
@@ -485,6 +497,53 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
     if plot:
         _plot(plot, samples, backend, t0, n, result, flt)
     return result
+
+
+def _hold_signals(hold):
+    """hold: SIGINT and SIGTERM are ignored (while the run cleans up); returns a function
+    that restores the handlers found. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hold:
+        for sig in saved:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def restore():
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    return restore
+
+
+def _shutdown(members, backend, relay, broker, out, quit_s=10.0):
+    """Ends what run() started, each step whatever the one before did: the stations (quit,
+    and their process groups killed after quit_s), the backend, the relay, the broker."""
+    for m in members:
+        m.send("quit")
+    deadline = time.monotonic() + quit_s
+    for m in members:
+        try:
+            m.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for m in members:
+        if m.proc.poll() is None:
+            try:
+                os.killpg(m.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            m.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            out("fleet: station %s (pid %d) did not end" % (m.id, m.proc.pid))
+    for step in (backend and backend.close, relay and relay.close, broker.close):
+        if not step:
+            continue
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - the next step must still run
+            out("fleet: clean-up: %s: %s" % (getattr(step, "__qualname__", step), e))
 
 
 def run_label(result):
@@ -773,11 +832,23 @@ def main(argv=None):
     for kv in args.set:
         key, _, value = kv.partition("=")
         extra[key] = int(value)
-    r = run(n=args.n, duration=args.duration, fault=args.fault, fault_at=args.fault_at,
-            down=args.down, seed=args.seed, cmd_per_min=args.cmd_per_min,
-            storage=args.storage, heap=args.heap, user=args.user, password=args.password,
-            report=args.report, plot=plot, broker_kind=args.broker, no_jitter=args.no_jitter,
-            consumers=args.consumers, extra_cfg=extra)
+    def stop_signal(signum, frame):
+        raise KeyboardInterrupt()
+
+    # SIGTERM ends the run as Ctrl-C does (run() cleans up); Ctrl-C works even when this
+    # was started with SIGINT ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGTERM, stop_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        r = run(n=args.n, duration=args.duration, fault=args.fault, fault_at=args.fault_at,
+                down=args.down, seed=args.seed, cmd_per_min=args.cmd_per_min,
+                storage=args.storage, heap=args.heap, user=args.user,
+                password=args.password, report=args.report, plot=plot,
+                broker_kind=args.broker, no_jitter=args.no_jitter,
+                consumers=args.consumers, extra_cfg=extra)
+    except KeyboardInterrupt:
+        print("fleet: interrupted; the stations and the broker are stopped", flush=True)
+        return 130
     if not args.plot:
         shutil.copyfile(plot, os.path.join(ROOT, "build", "fleet.png"))
     print("fleet report (%s [%s][runs][%s], %s):" % (args.report, args.broker, label, plot))

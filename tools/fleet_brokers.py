@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from tools.devicefiles import ROOT
@@ -48,13 +49,18 @@ class MosquittoBroker:
         self.port = self.b.port
         self.log = self.b.log
         self.shared_subscriptions = True
+        self._lock = threading.Lock()
+        self._closed = False
 
     @staticmethod
     def available():
         return mosquitto.available()
 
     def start(self):
-        self.b.start()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("mosquitto: closed")
+            self.b.start()
 
     def kill(self):
         self.b.kill()
@@ -67,7 +73,9 @@ class MosquittoBroker:
         return self.b.running
 
     def close(self):
-        self.b.stop()
+        with self._lock:
+            self._closed = True
+            self.b.stop()
 
     def connects_per_s(self, client_prefix):
         per_s = {}
@@ -125,8 +133,15 @@ class RabbitBroker:
                         RABBITMQ_NODE_PORT=str(self.amqp_port),
                         RABBITMQ_DIST_PORT=str(self.dist_port),
                         ERL_EPMD_PORT=str(self.epmd_port),
+                        # epmd is ours (_start_epmd): the node must not start a daemon
+                        # of its own that outlives it.
+                        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-start_epmd false",
                         RABBITMQ_PID_FILE=os.path.join(self.dir, "rabbit.pid"))
         self.proc = None
+        self.epmd = None
+        self._groups = []          # every node's process group this object started
+        self._lock = threading.Lock()
+        self._closed = False
         self._started_users = False
 
     @staticmethod
@@ -141,15 +156,37 @@ class RabbitBroker:
         if r.returncode:
             raise RuntimeError("%s failed: %s" % (RABBIT_INSTALL, r.stderr[-500:]))
 
-    def start(self, timeout=120.0):
-        self.proc = subprocess.Popen([os.path.join(RABBIT_BIN, "rabbitmq-server")],
-                                     env=self.env, cwd=self.dir, stdout=subprocess.DEVNULL,
+    def _start_epmd(self):
+        """The node's epmd, on the fleet's own port, as this tool's child: ended by pid in
+        close(), never left behind as the daemon `erl` would start."""
+        if self.epmd is not None and self.epmd.poll() is None:
+            return
+        self.epmd = subprocess.Popen(["epmd", "-port", str(self.epmd_port)],
+                                     env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        if not mosquitto.wait_port(self.epmd_port):
+            raise RuntimeError("epmd did not listen on %d" % self.epmd_port)
+
+    def start(self, timeout=120.0):
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("rabbitmq: closed")
+            self._start_epmd()
+            # Its own session: the node is its own scheduling group (autogroup), as a
+            # broker on its own machine; a terminal's Ctrl-C does not reach it.
+            self.proc = subprocess.Popen([os.path.join(RABBIT_BIN, "rabbitmq-server")],
+                                         env=self.env, cwd=self.dir,
+                                         stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
+            self._groups.append(self.proc.pid)
+        proc = self.proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self._closed:
+                raise RuntimeError("rabbitmq: closed while starting")
+            if proc.poll() is not None:
                 raise RuntimeError("rabbitmq-server exited (%s); see %s"
-                                   % (self.proc.returncode, self.log))
+                                   % (proc.returncode, self.log))
             try:
                 socket.create_connection((HOST, self.port), timeout=1).close()
                 break
@@ -168,19 +205,17 @@ class RabbitBroker:
                               + list(args), env=self.env, capture_output=True, text=True,
                               timeout=120)
 
-    def _signal(self, sig):
-        if self.proc is None or self.proc.poll() is not None:
+    def _signal(self, sig, wait_s=60.0):
+        """`sig` to the node's whole process group (the server script, beam.smp and its
+        helpers), then wait until none of it is left (SIGKILL after wait_s)."""
+        proc = self.proc
+        if proc is None:
             return
-        # The server script execs beam; the whole session (beam, its helpers) goes.
+        _end_group(proc.pid, sig, wait_s)
         try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(60)
+            proc.wait(5)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            pass
 
     def kill(self):
         self._signal(signal.SIGKILL)
@@ -192,14 +227,33 @@ class RabbitBroker:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def close(self):
-        self.stop()
-        # epmd on our own port: started by the node, ours to end.
-        try:
-            subprocess.run(["epmd", "-port", str(self.epmd_port), "-kill"],
-                           capture_output=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+    def close(self, wait_s=5.0):
+        """Ends every node this object started (one still booting in a fault's thread
+        included) and then its epmd. Safe to call from any exit path, more than once.
+        SIGKILL after wait_s: a node early in its boot ignores SIGTERM, and the fleet's
+        node holds nothing worth waiting for (the next run starts from an empty folder)."""
+        with self._lock:
+            self._closed = True
+            groups = list(self._groups)
+        for pgid in groups:
+            _end_group(pgid, signal.SIGTERM, wait_s)
+        if self.proc is not None:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.epmd is not None and self.epmd.poll() is None:
+            self.epmd.kill()
+            self.epmd.wait(5)
+
+    def pids(self):
+        """The pids of everything of this broker still alive (the tests check the end)."""
+        out = []
+        if self.epmd is not None and self.epmd.poll() is None:
+            out.append(self.epmd.pid)
+        for pgid in self._groups:
+            out += _group_pids(pgid)
+        return out
 
     def connects_per_s(self, client_prefix):
         """From 'accepting MQTT connection ... client id: <id>' lines of the node's log."""
@@ -217,6 +271,44 @@ class RabbitBroker:
         except (OSError, ValueError):
             pass
         return per_s
+
+
+def _group_pids(pgid):
+    """Live (not zombie) processes of process group `pgid`."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                out.append(int(name))
+    return out
+
+
+def _end_group(pgid, sig, wait_s):
+    """`sig` to process group `pgid`; SIGKILL what is left after wait_s; wait until it is
+    empty. The group outlives its leader (beam.smp when the script died first)."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        if not _group_pids(pgid):
+            return
+        if time.monotonic() >= deadline:
+            if sig == signal.SIGKILL:
+                return
+            sig = signal.SIGKILL
+            deadline = time.monotonic() + 10
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+        time.sleep(0.1)
 
 
 BROKERS = {"mosquitto": MosquittoBroker, "rabbitmq": RabbitBroker}
