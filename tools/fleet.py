@@ -285,6 +285,8 @@ class Fault:
         self.down = down
         self.out = out
         self.t_fault = None
+        self.t_start = None        # the broker started again (epoch s, for its log)
+        self.t_start_mono = None
         self.t_back = None
         self.error = None
         self._thread = None
@@ -314,6 +316,7 @@ class Fault:
             return
 
         def start():
+            self.t_start, self.t_start_mono = time.time(), time.monotonic()
             try:
                 self.broker.start()
             except Exception as e:  # noqa: BLE001 - reported, the run ends
@@ -639,25 +642,20 @@ def _analyse(members, backend, broker, flt, pending, ids, t0, t_drain):
     if flt.error is not None or (flt.t_fault is not None and t_back is None):
         r["fleet_broker_back"] = False
         r["fleet_broker_error"] = flt.error or "not back at the end of the run"
+    if flt.t_start is not None:
+        # The broker's own restart: from start to listening, and RabbitMQ's boot phases
+        # from its log (docs/fleet.md, "RabbitMQ at 100").
+        if t_back is not None:
+            r["fleet_broker_restart_s"] = round(t_back - flt.t_start_mono, 1)
+        if hasattr(broker, "boot_phases"):
+            r["fleet_broker_boot_phases"] = broker.boot_phases(flt.t_start)
     if t_back is None:
         return r
     # Time until all are back: from the broker listening again (or the path restored) to
     # each dropped station's CONNACK. A station the fault did not drop (a black hole
     # shorter than its keepalive) counts 0 s.
-    times = []
-    missing = 0
-    dropped = 0
-    for m in members:
-        went_down = any(not up and flt.t_fault <= t <= t_back + 1 for t, up in m.online_changes)
-        ups = [t for t, up in m.online_changes if up and t >= t_back]
-        if not went_down and m.online_changes and m.online_changes[-1][1]:
-            times.append(0.0)
-            continue
-        dropped += 1
-        if ups:
-            times.append(ups[0] - t_back)
-        else:
-            missing += 1
+    times, dropped, missing = reconnect_times([m.online_changes for m in members],
+                                              flt.t_fault, t_back)
     r["fleet_dropped_by_fault"] = dropped
     r["fleet_reconnected"] = len(times)
     r["fleet_not_reconnected"] = missing
@@ -703,6 +701,27 @@ def _analyse(members, backend, broker, flt, pending, ids, t0, t_drain):
     return r
 
 
+def reconnect_times(changes, t_fault, t_back):
+    """(times, dropped, not back) from each station's [(t, online)]: its time back is from
+    t_back to its first CONNACK after the fault dropped it; one the fault did not drop
+    (online throughout) counts 0 s, and so does one whose CONNACK came before t_back (the
+    listener was up before the tool's probe got through, on a loaded machine)."""
+    times = []
+    missing = dropped = 0
+    for ch in changes:
+        downs = [t for t, up in ch if not up and t_fault <= t <= t_back + 1]
+        if not downs and ch and ch[-1][1]:
+            times.append(0.0)
+            continue
+        dropped += 1
+        ups = [t for t, up in ch if up and t > (downs[0] if downs else t_back)]
+        if ups:
+            times.append(max(0.0, ups[0] - t_back))
+        else:
+            missing += 1
+    return times, dropped, missing
+
+
 def _round(v):
     return None if v is None else round(v, 2)
 
@@ -716,7 +735,8 @@ def _plot(path, samples, backend, t0, n, result, flt):
         per_s = dict(backend.per_s)
     secs = list(range(0, int(ts[-1]) + 1)) if ts else []
     fig, ax = plt.subplots(figsize=(10, 5))
-    ax.plot(ts, [x[1] for x in samples], color="tab:blue", label="stations online")
+    ax.plot(ts, [x[1] for x in samples], color="tab:blue", label="stations online",
+            drawstyle="steps-post")
     ax.set_xlabel("s")
     ax.set_ylabel("stations online", color="tab:blue")
     ax.set_ylim(0, n * 1.05 + 1)

@@ -1,5 +1,9 @@
 """The fleet's brokers: mosquitto (tests/system/mosquitto.py) and RabbitMQ's MQTT plugin.
 
+    python -m tools.fleet_brokers mosquitto|rabbitmq       what the station relies on
+    python -m tools.fleet_brokers rabbitmq --restart-under-load 100 [--one-session]
+        [--nice 10] [--sessions 100]       a restart's time and boot phases beside load
+
 Both offer start(), kill() (SIGKILL: a crash), stop() (SIGTERM: an orderly stop), running,
 port, log and connects_per_s(prefix) -> {epoch second: MQTT connections accepted}, read
 from the broker's own log.
@@ -255,6 +259,37 @@ class RabbitBroker:
             out += _group_pids(pgid)
         return out
 
+    # A node's boot, from its log: (phase, the line that ends it)
+    BOOT_PHASES = (("erlang_vm_s", None),                   # the first line it logs
+                   ("prelaunch_s", "Starting RabbitMQ"),
+                   ("core_s", "Running boot step recovery"),  # mnesia, core boot steps
+                   ("queues_recovered_s", "queues of type rabbit_classic_queue"),
+                   ("mqtt_listener_s", "started MQTT TCP listener"))
+
+    def boot_phases(self, since):
+        """{phase: s after `since` (epoch s, when start() was called)} of the first boot
+        logged after `since`, plus "queues_recovered" (the node's own line)."""
+        out = {}
+        try:
+            with open(self.log, errors="replace") as f:
+                for line in f:
+                    try:
+                        t = datetime.datetime.fromisoformat(line.split(" [", 1)[0])
+                    except ValueError:
+                        continue
+                    if t.timestamp() < since:
+                        continue
+                    for name, key in self.BOOT_PHASES:
+                        if name not in out and (key is None or key in line):
+                            out[name] = round(t.timestamp() - since, 2)
+                            if name == "queues_recovered_s":
+                                out["queues_recovered"] = line.split("> ", 1)[-1].strip()
+                    if "mqtt_listener_s" in out:
+                        break
+        except OSError:
+            pass
+        return out
+
     def connects_per_s(self, client_prefix):
         """From 'accepting MQTT connection ... client id: <id>' lines of the node's log."""
         per_s = {}
@@ -416,12 +451,75 @@ def check_features(broker, wait=1.5):
     return out
 
 
+# -- a restart under load (docs/fleet.md, "RabbitMQ at 100") --------------------------------
+# A stand-in for a station's CPU use: busy 2 ms of every 100 ms (a station takes ~2 %).
+LOAD_PROC = ("import time\nwhile True:\n t = time.perf_counter()\n"
+             " while time.perf_counter() - t < 0.002: pass\n time.sleep(0.098)\n")
+
+
+def restart_under_load(broker, sessions=100, load=100, own_sessions=True, nice=0,
+                       settle_s=15.0, timeout=300.0):
+    """Kill `broker` (SIGKILL) holding `sessions` persistent MQTT sessions, beside `load`
+    processes that each need ~2 % of a core (in a session each or all in ours, at `nice`),
+    and time its start again: {"restart_s", "boot_phases" (RabbitMQ), "load_avg"}."""
+    import paho.mqtt.client as mqtt
+    broker.start(timeout=timeout)
+    clients = []
+    procs = []
+    try:
+        for i in range(sessions):
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="load-%03d" % i,
+                            clean_session=False)
+            c.connect(HOST, broker.port)
+            c.loop_start()
+            c.subscribe("cp/load-%03d/cmd" % i, 1)
+            clients.append(c)
+        time.sleep(3)
+        for _ in range(load):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", LOAD_PROC], start_new_session=own_sessions,
+                process_group=None if own_sessions else 0))
+            if nice:
+                os.setpriority(os.PRIO_PROCESS, procs[-1].pid, nice)
+        time.sleep(settle_s)
+        broker.kill()
+        for c in clients:
+            c.loop_stop()
+        time.sleep(2)
+        t0, m0 = time.time(), time.monotonic()
+        r = {"sessions": sessions, "load_procs": load, "own_sessions": own_sessions,
+             "nice": nice, "load_avg_before": os.getloadavg()[0]}
+        try:
+            broker.start(timeout=timeout)
+            r["restart_s"] = round(time.monotonic() - m0, 1)
+        except RuntimeError as e:
+            r["error"] = str(e)
+        r["load_avg"] = os.getloadavg()[0]
+        time.sleep(2)                       # the node's log lines of that moment
+        if hasattr(broker, "boot_phases"):
+            r["boot_phases"] = broker.boot_phases(t0)
+        return r
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+        broker.close()
+
+
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="python -m tools.fleet_brokers",
                                 description="check a broker for what the station relies on")
     p.add_argument("broker", choices=sorted(BROKERS))
     p.add_argument("--dir", default=os.path.join(ROOT, "build", "fleet-check"))
+    p.add_argument("--restart-under-load", type=int, metavar="PROCS",
+                   help="instead: time a restart (SIGKILL) with --sessions persistent "
+                   "sessions beside PROCS processes of ~2 %% CPU each (0: alone)")
+    p.add_argument("--sessions", type=int, default=100)
+    p.add_argument("--one-session", action="store_true",
+                   help="the load processes in this tool's session (one autogroup)")
+    p.add_argument("--nice", type=int, default=0, help="the load processes' nice")
     args = p.parse_args(argv)
     cls = BROKERS[args.broker]
     if not cls.available():
@@ -432,6 +530,10 @@ def main(argv=None):
             return 2
     clean(os.path.join(args.dir, args.broker))
     b = cls(os.path.join(args.dir, args.broker))
+    if args.restart_under_load is not None:
+        print(restart_under_load(b, args.sessions, args.restart_under_load,
+                                 not args.one_session, args.nice))
+        return 0
     b.start()
     try:
         r = check_features(b)

@@ -45,6 +45,20 @@ def test_a_broker_restart_loses_no_record_and_interrupts_no_charge(tmp_path):
     assert report["mosquitto"]["runs"]["restart-n10"]["fleet_records_lost"] == 0
 
 
+def test_reconnect_times_count_from_the_broker_back_to_each_dropped_stations_connack():
+    t_fault, t_back = 100.0, 110.0
+    changes = [
+        [(0.0, True), (100.5, False), (112.0, True)],      # back 2 s after the broker
+        [(0.0, True), (100.5, False), (109.9, True)],      # its CONNACK before the probe
+        [(0.0, True)],                                     # never dropped (a black hole)
+        [(0.0, True), (101.0, False)],                     # not back
+        [(0.0, True), (101.0, False), (104.0, True), (104.5, False), (117.0, True)],
+    ]
+    times, dropped, missing = fleet.reconnect_times(changes, t_fault, t_back)
+    assert dropped == 4 and missing == 1
+    assert times == [2.0, 0.0, 0.0, 0.0]
+
+
 def test_the_relay_black_holes_the_path_without_closing_a_socket():
     """tools/fleet_relay.py: while black-holed nothing is forwarded either way and no
     socket closes; a connection opened meanwhile is held; restored, the held bytes flow."""
