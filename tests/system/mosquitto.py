@@ -14,6 +14,7 @@
 Also used by tools and the simulator's tests: nothing here is specific to one test.
 """
 import os
+import select
 import shutil
 import signal
 import socket
@@ -248,8 +249,9 @@ class BlackHole:
 class Relay:
     """A TCP relay in front of a broker that can stall: `stall()` stops forwarding in both
     directions while keeping every connection open (a broker or a network path that hangs
-    mid-session), `resume()` forwards again (held bytes included), `cut()` closes every
-    relayed connection (a reset)."""
+    mid-session), `resume()` forwards again (held bytes included; `drop_closed=True` first
+    closes the connections whose client has already gone, as a proxy that saw their FIN
+    would), `cut()` closes every relayed connection (a reset)."""
 
     def __init__(self, upstream_port, upstream_host=HOST):
         self.upstream = (upstream_host, upstream_port)
@@ -263,6 +265,8 @@ class Relay:
         self._go.set()
         self._stop = False
         self._conns = []
+        self._pairs = []           # (downstream, upstream) per relayed connection
+        self.dropped = 0
         self.accepted = 0
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -270,7 +274,24 @@ class Relay:
     def stall(self):
         self._go.clear()
 
-    def resume(self):
+    def resume(self, drop_closed=False):
+        if drop_closed:
+            gone = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+            for down, up in list(self._pairs):
+                p = select.poll()
+                try:
+                    p.register(down, select.POLLIN | select.POLLRDHUP)
+                    closed = any(ev & gone for _, ev in p.poll(0))
+                except (OSError, ValueError):
+                    closed = True
+                if closed:
+                    for c in (down, up):
+                        try:
+                            c.close()
+                        except OSError:
+                            pass
+                    self._pairs.remove((down, up))
+                    self.dropped += 1
         self._go.set()
 
     def cut(self):
@@ -295,6 +316,7 @@ class Relay:
                 down.close()
                 continue
             self._conns += [down, up]
+            self._pairs.append((down, up))
             for a, b in ((down, up), (up, down)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
