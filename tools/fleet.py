@@ -23,6 +23,10 @@ drains the outboxes, and the report goes to the terminal and build/fleet.json
 ({broker: {latest run, "runs": {fault: figures}}}); plots in build/fleet-BROKER-FAULT.png
 and build/fleet.png (stations online, backend messages and records per second).
 
+The stations run at nice 10 in this tool's session, below the broker and the backend
+(docs/fleet.md, "CPU priority"). Every way out (the end, an exception, Ctrl-C, SIGTERM)
+ends the stations, the backend, the relay and the broker (RabbitMQ: node and epmd).
+
 Reconnect times are measured from the moment the broker listens again (or the path is
 restored) to each dropped station's CONNACK (seen by the station); connects per second are
 counted in the broker's own log (one-second buckets).
@@ -451,7 +455,10 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
                 flt.begin()
             if flt.due_end(now):
                 flt.end()
-            samples.append((now - t0, sum(m.online for m in members), backend.messages))
+            # Its own time: the fault's start above (the usage queries, a kill) takes
+            # seconds, and `now` would date the fault's first sample before the fault.
+            samples.append((time.monotonic() - t0, sum(m.online for m in members),
+                            backend.messages))
             if now - last_progress >= 2:
                 last_progress = now
                 out("fleet %5.0fs  online %3d/%d  charging %3d  backend msgs %6d  records %5d"
