@@ -346,13 +346,16 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
         user=None, password=None, fresh=True, out=print, plot=None, report=None,
         charge_s=(40, 160), idle_s=(5, 60), spawn_gap_s=0.05, drain_s=90.0,
         broker_kind="mosquitto", no_jitter=False, consumers=1, extra_cfg=None):
-    from tools.fleet_brokers import BROKERS
+    from tools.fleet_brokers import BROKERS, end_leftovers
     from tools.fleet_relay import Relay
     rng = random.Random(seed)
     if down is None:
         down = DEFAULT_DOWN[fault]
     storage = os.path.abspath(storage)
     ids = station_ids(first_id, n)
+    left = end_leftovers(storage)
+    if left:
+        out("fleet: ended %d processes a killed run left in %s" % (len(left), storage))
     if fresh:
         shutil.rmtree(storage, ignore_errors=True)
     os.makedirs(storage, exist_ok=True)
@@ -510,11 +513,12 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
 
 
 def _hold_signals(hold):
-    """hold: SIGINT and SIGTERM are ignored (while the run cleans up); returns a function
-    that restores the handlers found. Only the main thread may set handlers."""
+    """hold: SIGINT, SIGTERM and SIGHUP are ignored (while the run cleans up); returns a
+    function that restores the handlers found. Only the main thread may set handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved = {sig: signal.getsignal(sig)
+             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     if hold:
         for sig in saved:
             signal.signal(sig, signal.SIG_IGN)
@@ -862,9 +866,11 @@ def main(argv=None):
     def stop_signal(signum, frame):
         raise KeyboardInterrupt()
 
-    # SIGTERM ends the run as Ctrl-C does (run() cleans up); Ctrl-C works even when this
-    # was started with SIGINT ignored (a background job of a non-interactive shell).
+    # SIGTERM and SIGHUP end the run as Ctrl-C does (run() cleans up); Ctrl-C works even
+    # when this was started with SIGINT ignored (a background job of a non-interactive
+    # shell).
     signal.signal(signal.SIGTERM, stop_signal)
+    signal.signal(signal.SIGHUP, stop_signal)            # the terminal closed
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         r = run(n=args.n, duration=args.duration, fault=args.fault, fault_at=args.fault_at,

@@ -346,6 +346,50 @@ def _end_group(pgid, sig, wait_s):
         time.sleep(0.1)
 
 
+def leftovers(directory):
+    """Live processes of a fleet run in `directory` (its storage): a RabbitMQ node and
+    its epmd (their environment names the node's folder below it) and stations (their
+    working directory is below it). Never this process or its parents."""
+    directory = os.path.abspath(directory)
+    mark = ("RABBITMQ_MNESIA_BASE=" + directory + os.sep).encode()
+    mine, pid = set(), os.getpid()
+    while pid > 1 and pid not in mine:
+        mine.add(pid)
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in mine:
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open("/proc/%s/environ" % name, "rb") as f:
+                env = f.read()
+            cwd = os.readlink("/proc/%s/cwd" % name)
+        except OSError:
+            continue
+        if mark in env or cwd == directory or cwd.startswith(directory + os.sep):
+            found.append(int(name))
+    return found
+
+
+def end_leftovers(directory):
+    """SIGKILL what a run in `directory` left running (a run killed by SIGKILL cleans up
+    nothing); returns the pids ended."""
+    pids = leftovers(directory)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return pids
+
+
 BROKERS = {"mosquitto": MosquittoBroker, "rabbitmq": RabbitBroker}
 
 

@@ -193,13 +193,28 @@ def _assert_all_ended(proc, storage, lines, sig):
 
 
 @rabbit
-def test_sigterm_while_the_node_boots_ends_the_node_and_its_epmd(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_while_the_node_boots_ends_the_node_and_its_epmd(tmp_path, sig):
     proc, storage, lines = _start_tool(tmp_path, "-n", "2", "--fault", "none")
     _wait_for(lambda: _beams(storage))
     seen = set(_processes_of(storage).values())
     assert "epmd" in seen, seen                 # the node's own epmd ran
-    proc.send_signal(signal.SIGTERM)
-    _assert_all_ended(proc, storage, lines, "SIGTERM")
+    proc.send_signal(getattr(signal, sig))
+    _assert_all_ended(proc, storage, lines, sig)
+
+
+@rabbit
+def test_what_a_killed_run_left_is_ended_by_the_next(tmp_path):
+    """SIGKILL leaves the tool no clean-up: the next run in the same storage ends the node
+    and its epmd before it starts (tools.fleet_brokers.end_leftovers)."""
+    proc, storage, lines = _start_tool(tmp_path, "-n", "2", "--fault", "none")
+    _wait_for(lambda: _beams(storage))
+    proc.kill()
+    proc.wait(10)
+    left = fleet_brokers.leftovers(storage)
+    assert {"beam.smp", "epmd"} <= set(_processes_of(storage).values())
+    assert sorted(fleet_brokers.end_leftovers(storage)) == sorted(left)
+    _wait_for(lambda: not _processes_of(storage), timeout=30)
 
 
 @rabbit
