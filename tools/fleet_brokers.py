@@ -4,14 +4,16 @@
     python -m tools.fleet_brokers rabbitmq --restart-under-load 100 [--one-session]
         [--nice 10] [--sessions 100]       a restart's time and boot phases beside load
 
-Both offer start(), kill() (SIGKILL: a crash), stop() (SIGTERM: an orderly stop), running,
-port, log and connects_per_s(prefix) -> {epoch second: MQTT connections accepted}, read
-from the broker's own log.
+Both offer start(), kill() (SIGKILL: a crash), stop() (SIGTERM: an orderly stop), close()
+(ends everything the object started, from any thread, more than once), running, port, log
+and connects_per_s(prefix) -> {epoch second: MQTT connections accepted}, read from the
+broker's own log.
 
 RabbitMQ runs as this user's own node on free ports, nothing shared with a system one:
 its own RABBITMQ_NODENAME, RABBITMQ_MNESIA_BASE, RABBITMQ_LOG_BASE, a config file with the
 MQTT listener's port, RABBITMQ_NODE_PORT (AMQP), RABBITMQ_DIST_PORT (Erlang distribution),
-its own epmd port (ERL_EPMD_PORT) and its own HOME (the Erlang cookie). Debian's package:
+its own epmd (ERL_EPMD_PORT; started and ended by this module, not left as a daemon) and
+its own HOME (the Erlang cookie). Debian's package:
 `apt-get install -y rabbitmq-server` (3.10.8 on Debian 12); tools/setup.sh does not install
 it (`make test` does not need it); `make fleet BROKER=rabbitmq` installs it on demand.
 """
