@@ -20,6 +20,19 @@ except ImportError:
         # CPython has no fixed heap to run out of.
         return 1 << 30
 
+
+
+def presize(obj, names):
+    """Gives `obj` every attribute in `names` (None for now), so that its attribute table
+    reaches its final size first. An instance's table grows by rehashing as attributes are
+    added (a new block each time, the old one freed); for a wide object made late in the
+    Station's construction (the MQTT link: 71 attributes, 584 B) the last growth needed a
+    block the fragmented heap lacked (docs/performance.md, Heap). `names`: a constant
+    tuple, in flash when frozen."""
+    for name in names:
+        setattr(obj, name, None)
+
+
 try:
     from micropython import const  # noqa: F401
 except ImportError:

@@ -39,7 +39,7 @@ Blocking per step: none on the network (docs/architecture.md, "The network seam"
 import errno
 import sys
 
-from firmware.compat import const, ticks_add, ticks_diff
+from firmware.compat import const, presize, ticks_add, ticks_diff
 from firmware import messages
 from firmware.commands import (CommandDispatcher, FORMATION_VIOLATION, MAX_COMMAND_BYTES,
                                RETAINED)
@@ -280,11 +280,29 @@ class _Client(MQTTClient):
         return n
 
 
+# Every attribute of MqttLink, given first (compat.presize: its table's size is final
+# before the objects it holds are made); tests/unit check the list is complete.
+LINK_ATTRS = ("cfg", "station_id", "outbox", "_wall", "dispatcher", "topics", "_sf", "_quiet",
+              "_resolver", "_rand", "boot_delay_ms", "_record_next_ms", "_client",
+              "_keepalive_ms", "_state", "_wire", "_conn", "_rxbuf", "_hello", "_refreshed_at",
+              "_tls_ctx", "_attempt", "_next_attempt_ms", "_deadline_ms", "_now",
+              "_last_step_ms", "_sub_pid", "subscribed", "offline_since_ms", "_offline_ms",
+              "_fallback", "_ever_connected", "_last_rx_ms", "_last_tx_ms", "_rx_seen",
+              "_tx_seen", "_ping_sent_ms", "last_error", "disabled_reason", "_status",
+              "_status_dirty", "_events", "_replies", "_acks", "_telemetry", "_tele_last_ms",
+              "_tele_last_power", "_ha", "_bytes_sent", "_bytes_received", "connects",
+              "attempts", "failures", "disconnects", "protocol_errors", "tls_errors",
+              "internal_errors", "pings", "tls_deferred", "ping_timeouts", "rx_commands",
+              "rx_acks", "bad_acks", "dropped_acks", "foreign_messages", "dropped_events",
+              "telemetry_sent", "telemetry_stored", "records_sent", "events_sent",
+              "replies_sent")
+
+
 class MqttLink:
     """The station's connection to the backend. See the module docstring and docs/mqtt.md.
 
     cfg: firmware.config.Config (mqtt_*, telemetry_*, comms_*, outbox_* keys).
-    outbox: firmware.outbox.Outbox; target: a firmware.commands.CommandTarget.
+    outbox: firmware.outbox.Outbox; target: a firmware.command_target.CommandTarget.
     socket_factory: an object with getaddrinfo() and socket() like the socket module
       (the default); tests pass one that records how sockets are used.
     rand: rand(n) -> int in [0, n) for backoff jitter; default from the random module.
@@ -299,6 +317,7 @@ class MqttLink:
 
     def __init__(self, cfg, station_id, outbox, target, socket_factory=None, rand=None,
                  wall_time=None, ledger=None, spawn=-1, quiet=None):
+        presize(self, LINK_ATTRS)
         self.cfg = cfg
         self.station_id = station_id
         self.outbox = outbox

@@ -46,7 +46,7 @@ is flagged estimated and the rest is unbilled).
 import json
 
 from firmware.auth import check_id_tag
-from firmware.compat import ticks_add, ticks_diff
+from firmware.compat import presize, ticks_add, ticks_diff
 from firmware.counters import RETRY_MAX_MS, RETRY_MIN_MS, session_key
 from firmware.flashsched import ALWAYS
 from firmware.states import STATE_A, STATE_B2, ev_connected
@@ -195,8 +195,22 @@ class _Session:
         return "power" if self.power_seen else "none"
 
 
+# Every attribute of SessionManager, given first (compat.presize: its table's size is final
+# before the objects it holds are made); tests/unit check the list is complete.
+MANAGER_ATTRS = ("cfg", "budget", "store", "counters", "boot_id", "_wall", "journal", "error",
+                 "_pending", "_handed", "_fresh", "_unsaved", "_dead", "_seq", "_session",
+                 "_orphan", "_orphan_adjusted", "_live_sid", "_retry_at",
+                 "journal_write_failures", "checkpoint_write_failures", "checkpoints_held",
+                 "unreadable_entries", "checkpoints_unreadable", "_state", "_contactor",
+                 "_now", "_block_until_unplug", "_reg", "_clean", "_first", "_open_ms",
+                 "_boot_ms", "_serial", "_present", "serial_wanted", "_power", "_power_ms",
+                 "_ckpt_ms", "_ckpt_wh", "_full_ms", "_requested", "_starts", "_queue",
+                 "_drops", "_counters_due", "_ckpt_due")
+
+
 class SessionManager:
     def __init__(self, cfg, store, counters, boot_id, wall_time=lambda: None, budget=ALWAYS):
+        presize(self, MANAGER_ATTRS)
         self.cfg = cfg
         self.budget = budget          # firmware/flashsched.py: when a write may happen
         self.store = store
@@ -723,7 +737,7 @@ class SessionManager:
                 self.journal.rewrite([])       # nothing pending: the empty journal is the ack
                 self._dead = 0
             else:
-                self.journal.append(json.dumps({"k": "ack", "id": session_id}).encode())
+                self.journal.append_json({"k": "ack", "id": session_id})
                 self._dead += 2
                 # Compact when most of the file is dead, so pending records that stay
                 # unacknowledged for long are not rewritten at every acknowledgement.
@@ -1045,7 +1059,7 @@ class SessionManager:
         rec, now_ms, ledger_wh = self._queue.pop(0)
         sid = rec["id"]
         try:
-            self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
+            self.journal.append_json({"k": "done", "r": rec})
             self._keep_fresh(sid, rec)
         except (StorageError, ValueError, MemoryError) as e:
             # Kept in RAM and retried from tick(); the live file stays until it is on flash
@@ -1109,7 +1123,7 @@ class SessionManager:
                 return True               # the others in a later iteration
             rec = self._unsaved[sid]
             try:
-                self.journal.append(json.dumps({"k": "done", "r": rec}).encode())
+                self.journal.append_json({"k": "done", "r": rec})
             except (StorageError, ValueError, MemoryError) as e:
                 self.journal_write_failures += 1
                 self.error = e.args[0] if e.args else type(e).__name__

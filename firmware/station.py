@@ -17,7 +17,7 @@ The station is also the backend's command target and the source of what the back
 those parts live in mixins, one responsibility each:
     firmware/station_events.py   charger events and meter readings -> sessions, history
     firmware/station_report.py   status, telemetry, diagnostics, events, outbox records
-    firmware/station_cmds.py     the commands (firmware.commands.CommandTarget), idTags
+    firmware/station_cmds.py     the commands (firmware.command_target.CommandTarget), idTags
 """
 import gc
 
@@ -26,7 +26,7 @@ from firmware import faults as _faults
 from firmware import states as _states
 from firmware.auth import Authorizer
 from firmware.charger import Charger
-from firmware.compat import mem_free, ticks_add, ticks_diff
+from firmware.compat import mem_free, presize, ticks_add, ticks_diff
 from firmware.config import Config
 from firmware.counters import Counters
 from firmware.events import EventRing
@@ -62,12 +62,26 @@ _GC_FREE_MIN = 16 * 1024
 current = None              # the running station, for the REPL diagnostics (diag.py)
 
 
+# Every attribute of Station, given first (compat.presize: its table's size is final
+# before the objects it holds are made); tests/unit check the list is complete.
+STATION_ATTRS = ("board", "link", "backend", "storage_error", "store", "flash", "config_error",
+                 "pending_reboot", "cfg", "events", "faults", "charger", "ceiling_ma", "safe",
+                 "_safe_retry_at", "counters", "boot_id", "sessions", "auth", "reader",
+                 "meter", "_recover_until", "_held", "_retry_ev", "outbox", "_fallback",
+                 "_undelivered", "_stop_fault", "_reboot_at", "_reboot_deadline",
+                 "_reboot_now", "service_errors", "last_service_error", "_limit_left_ms",
+                 "_limit_counted", "_last_status", "_tele_checked", "_tele_sent", "iterations",
+                 "collections", "uptime_s", "_uptime_ms", "_uptime_at", "boot_report",
+                 "history", "_ticked", "_tick_error", "_damage_seen")
+
+
 class Station(EventHandling, Reporting, Commands):
     """The loop (safety tick, then one bounded slice of slow work) and its parts; the
     events, the backend's view and the commands are in the mixins (module docstring)."""
 
     def __init__(self, board, config=None, store=None):
         global current
+        presize(self, STATION_ATTRS)
         self.board = board
         # Set before the first storage call: _storage_op reports through the link, which
         # is built further down (the fault itself reaches the outbox through the ring).

@@ -1,4 +1,4 @@
-"""The station as the backend's command target (firmware.commands.CommandTarget) and the
+"""The station as the backend's command target (firmware.command_target.CommandTarget) and the
 idTags read at the station: start, stop, authorize, limits, availability, configuration,
 reboot, self-test, faults cleared by a person.
 

@@ -69,7 +69,9 @@ MAX_RECORD = 65535                    # a record's payload, bytes (u16 length fi
 _SCAN_CHUNK = const(128)
 _DIRECT_READ = const(4096)            # longer payloads are CRC-checked in chunks before reading
 _CHECK_CHUNK = const(512)
-_JSON_PIECE = const(512)              # Store.write_json writes the file in pieces of this size
+# Store.write_json writes the file in pieces of this size, and Store.read(view=True) reads
+# a file that fits into the same buffer: 1 KB holds a session record (about 800 B).
+_JSON_PIECE = const(1024)
 TMP_SUFFIX = ".tmp"
 
 
@@ -102,10 +104,10 @@ class _JsonSink(io.IOBase):
     reallocation, and its final block is the one a fragmented heap lacks
     (docs/performance.md, Heap)."""
 
-    def __init__(self, out=None, buf=None):
+    def __init__(self, out=None, buf=None, crc=0):
         self.out = out
         self.n = 0
-        self.crc = 0
+        self.crc = crc
         self.buf = buf
         self.used = 0
 
@@ -236,7 +238,8 @@ class Store:
         if self.pause is not None:
             self.pause()
 
-    def _read_raw(self, path):
+    def _read_raw(self, path, into=None):
+        # into: a buffer to read the file into when it fits (a memoryview of it returned).
         try:
             f = self.fs.open(path, "rb")
         except OSError as e:
@@ -248,6 +251,10 @@ class Store:
             # fragmented heap the step above the file's size may be the block that is missing.
             n = f.seek(0, 2)
             f.seek(0)
+            if into is not None and n <= len(into) and hasattr(f, "readinto"):
+                mv = memoryview(into)[:n]
+                got = f.readinto(mv)
+                return mv if got == n else mv[:got or 0]
             return f.read(n)
         except OSError as e:
             raise StorageError("%s: read failed (errno %s)" % (path, _errno(e)))
@@ -318,12 +325,17 @@ class Store:
         self._write_file(tmp, (header, data))
         self._replace(tmp, path)
 
-    def write_json(self, name, value):
-        """write_atomic(name, the JSON text of value) without the text in memory at once:
-        the pieces json.dump makes go to the file as they come (see _JsonSink)."""
+    def json_sum(self, value):
+        """(length, CRC) of the JSON text of `value`, without making the text."""
         first = _JsonSink()
         json.dump(value, first)
-        n, crc = first.n, first.crc
+        return first.n, first.crc
+
+    def write_json(self, name, value, summed=None):
+        """write_atomic(name, the JSON text of value) without the text in memory at once:
+        the pieces json.dump makes go to the file as they come (see _JsonSink). `summed`:
+        json_sum(value) when the caller has it already."""
+        n, crc = summed or self.json_sum(value)
         path = self.path(name)
         tmp = path + TMP_SUFFIX
 
@@ -343,10 +355,12 @@ class Store:
         """The contents last written by write_atomic, or None when there are none.
         Raises StorageError when the file is damaged and no intact copy exists.
         view=True: a memoryview into the file as read instead of a copy of the contents
-        (a record's payload is written to the network as it is: one block, not two)."""
+        (a record's payload is written to the network as it is: one block, not two); a
+        file that fits the store's piece buffer is read into it, so the view is valid until
+        the next read or JSON write (no block of the record's size per read)."""
         path = self.path(name)
         tmp = path + TMP_SUFFIX
-        raw = self._read_raw(path)
+        raw = self._read_raw(path, self._piece if view else None)
         if raw is not None:
             data = _unframe_file(raw, view)
             if data is not None:
@@ -401,7 +415,7 @@ def _close(f, what, check):
 
 
 def _unframe_file(raw, view=False):
-    if len(raw) < _FILE_HDR or raw[:4] != _FILE_MAGIC:
+    if len(raw) < _FILE_HDR or bytes(raw[:4]) != _FILE_MAGIC:
         return None
     length, crc = struct.unpack(">II", raw[4:_FILE_HDR])
     data = memoryview(raw)[_FILE_HDR:]
@@ -564,6 +578,33 @@ class Journal:
             raise ValueError("%s: record of %d bytes exceeds %d" % (self.name, len(payload), MAX_RECORD))
         self._recover()
         frame = _frame(_KIND_RECORD, payload)
+        self._append_with(lambda f: f.write(frame))
+
+    def append_json(self, value):
+        """append(the JSON text of value) without the text in memory at once: json.dump
+        runs three times, for the length, for the CRC (which covers the header) and into
+        the file through the store's piece buffer (see _JsonSink, Store.write_json)."""
+        n = self.store.json_sum(value)[0]
+        if n > MAX_RECORD:
+            raise ValueError("%s: record of %d bytes exceeds %d" % (self.name, n, MAX_RECORD))
+        head = struct.pack(">BH", _KIND_RECORD, n)
+        summed = _JsonSink(crc=_crc(head))
+        json.dump(value, summed)
+        crc = summed.crc
+        self._recover()
+
+        def fill(f):
+            sink = _JsonSink(f, self.store._piece, _crc(head))
+            sink.buf[0] = _REC_MAGIC
+            sink.buf[1:_REC_HDR] = head + struct.pack(">I", crc)
+            sink.used = _REC_HDR
+            json.dump(value, sink)
+            sink.flush()
+            if sink.n != n or sink.crc != crc:
+                raise ValueError("%s: changed while written" % self.name)
+        self._append_with(fill)
+
+    def _append_with(self, write):
         fs = self.store.fs
         try:
             f = fs.open(self.path, "ab")
@@ -571,7 +612,7 @@ class Journal:
             raise StorageError("%s: cannot open for append (errno %s)" % (self.name, _errno(e)))
         done = False
         try:
-            f.write(frame)
+            write(f)
             fs.sync(f)
             done = True
         except OSError as e:

@@ -158,22 +158,102 @@ class Pacer:
             self.paced_ms += ms
 
 
+class Rig:
+    """The hardware side of a run: the SimBoard (with the meter on a TcpUart to the
+    pymodbus peer), its pacer and the filesystem the Store uses. Built before the firmware
+    is imported, so that what it holds can be measured apart (HarnessRoom). `probe`: the
+    board's clock and the filesystem call PROBE.sample() (see HeapProbe)."""
+
+    def __init__(self, storage, meter_port=None, board_class=None, probe=False):
+        uart = None
+        if meter_port:
+            from tools.tcpuart import TcpUart
+            uart = WatchedUart(TcpUart("127.0.0.1", meter_port))
+        cls = board_class or (ProbingBoard if probe else SimBoard)
+        self.storage = storage
+        self.board = cls(meter_uart=uart, storage=storage)
+        self.pacer = Pacer(uart)
+        self.board.pacer = self.pacer
+        self.fs = ProbingFs() if probe else OsFs()
+
+    def station(self, config):
+        from firmware.station import Station
+        station = Station(self.board, config=config, store=Store(self.storage, self.fs))
+        self.pacer.station = station
+        return station
+
+
 def build(storage, config, meter_port=None, board_class=None, probe=False):
-    """(station, board, pacer) with the meter on a TcpUart to the pymodbus peer. `probe`:
-    the board's clock and the filesystem call PROBE.sample() (see HeapProbe)."""
-    from firmware.station import Station
-    uart = None
-    if meter_port:
-        from tools.tcpuart import TcpUart
-        uart = WatchedUart(TcpUart("127.0.0.1", meter_port))
-    cls = board_class or (ProbingBoard if probe else SimBoard)
-    board = cls(meter_uart=uart, storage=storage)
-    pacer = Pacer(uart)
-    board.pacer = pacer
-    store = Store(storage, ProbingFs()) if probe else Store(storage)
-    station = Station(board, config=config, store=store)
-    pacer.station = station
-    return station, board, pacer
+    """(station, board, pacer): a Rig and the Station on it."""
+    rig = Rig(storage, meter_port, board_class, probe)
+    return rig.station(config), rig.board, rig.pacer
+
+
+class HarnessRoom:
+    """Gives the firmware the heap of an ESP32 although the harness shares the process.
+
+    On an ESP32 the board (pins, ADC, PWM, UART) is the `machine` module and hardware: C
+    code and registers, no GC heap. On the stand-in the SimBoard, the pilot model, the TCP
+    UART, this module and the lock-step channel stand for it and live in the same heap.
+    So the process is started with a heap larger than the figure under test (`room`), the
+    harness is imported and built first, what it then holds is measured (`begin()` before,
+    `reserve()` after, each after a collection), and one block (the ballast) takes the
+    rest of the excess: the firmware's modules and data then have exactly the pool that
+    `-X heapsize=<figure>` gives (`pool`, measured by tools/bench.py from a process of that
+    size), whatever the harness's size. Counted as firmware, to err on the safe side: the
+    interpreter's own start-up heap, the firmware modules the harness builds on (imported
+    before `begin()`), the run's parameters, and everything the harness allocates later
+    (its JSON lines, the EV model's arithmetic), which churns in the firmware's share.
+    The ballast is one block right after the harness; the firmware's share is the small
+    holes the harness left plus one free run, as on a board where boot.py ran first."""
+
+    def __init__(self):
+        self.start = 0
+        self.harness = 0
+        self.ballast = None
+        self.ballast_bytes = 0
+
+    def begin(self):
+        gc.collect()
+        self.start = gc.mem_alloc()
+
+    def reserve(self, pool=None):
+        """Measures the harness; with `pool`, leaves the firmware that many bytes."""
+        gc.collect()
+        self.harness = gc.mem_alloc() - self.start
+        if pool is None:
+            return self.firmware_pool()
+        excess = gc.mem_free() - (pool - (gc.mem_alloc() - self.harness))
+        if excess < 0:
+            raise RuntimeError("the harness (%d B) does not fit the room given for it"
+                               % self.harness)
+        free0 = gc.mem_free()
+        # One block when the heap has the run for it; else (the simulator's runner leaves
+        # its heap in pieces) the largest pieces that fit, placed first fit as the allocator
+        # places everything. A bytearray of n bytes takes one 16-byte block for the object
+        # and n/16 for the data; bytearray(0) only the first. The list is made first.
+        self.ballast = [None] * 32
+        left = excess - (free0 - gc.mem_free())
+        piece = left
+        k = 0
+        while left >= 16 and k < len(self.ballast):
+            piece = min(piece, left)
+            try:
+                self.ballast[k] = bytearray(piece - 16)
+            except MemoryError:
+                piece = max(16, (piece // 2) & ~15)
+                continue
+            k += 1
+            left = excess - (free0 - gc.mem_free())
+        self.ballast_bytes = free0 - gc.mem_free()
+        return self.firmware_pool()
+
+    def firmware_pool(self):
+        """The pool the firmware has: what is neither the harness nor the ballast."""
+        return gc.mem_alloc() + gc.mem_free() - self.harness - self.ballast_bytes
+
+
+ROOM = HarnessRoom()
 
 
 def read_json(path):

@@ -1,9 +1,11 @@
 """The whole station in simulated time against real peers, on the MicroPython unix port.
 
-    micropython -X heapsize=64K -m tools.bench_session RUN.json
+    micropython -X heapsize=80K -m tools.bench_session RUN.json
 
 RUN.json (written by tools/bench.py): {"mode": "session" | "idle", "storage": DIR,
-"config": {...station config...}, "meter_port": N, "measure_heap": bool, ...}.
+"config": {...station config...}, "meter_port": N, "measure_heap": bool,
+"firmware_pool": bytes, ...}. With firmware_pool the harness is built and measured first
+and a ballast block leaves the firmware exactly that pool (tools/bench_rig.py HarnessRoom).
 
 - session: a charging session (docs/performance.md): link up, plug, charge with the meter
   following the simulated EV, EV stops, unplug, the session record acknowledged by the
@@ -18,17 +20,30 @@ byte counters (relay, meter peer) at a known simulated moment. The last line is 
 result: {"result": {...}}.
 """
 import gc
+import json
 import sys
 import time
 
-import firmware.mqtt_link  # noqa: F401 - imported before the heap baseline is taken
-import firmware.meter_service  # noqa: F401
-import tools.tcpuart  # noqa: F401
-import umqtt.simple  # noqa: F401
-from firmware.outbox import KIND_SESSION
-from firmware.station import TICK_MS
-from tools.bench_rig import PROBE, ask, build, read_json, say
-from tools.pilotsim.model import EVLoad, EnergyCounter, MeterRefresh, S2_C, S2_OPEN
+# Counted as firmware (tools/bench_rig.py HarnessRoom): the firmware modules the harness
+# builds on (the Board base class, the filesystem) and the run's parameters (the config).
+import firmware.board  # noqa: F401
+import firmware.storage  # noqa: F401
+
+
+def _read_run():
+    if __name__ != "__main__":
+        return None
+    with open(sys.argv[1]) as f:
+        return json.load(f)
+
+
+_RUN = _read_run()
+gc.collect()
+_START = gc.mem_alloc()
+# The harness: its modules and (in Session) its objects, measured apart.
+import tools.tcpuart  # noqa: F401,E402
+from tools.bench_rig import PROBE, ROOM, Rig, ask, say  # noqa: E402
+from tools.pilotsim.model import EVLoad, EnergyCounter, MeterRefresh, S2_C, S2_OPEN  # noqa: E402
 
 METER_PUSH_MS = 500          # registers refreshed at least this often while energy flows
 LINK_UP_LIMIT_MS = 15000     # the link must be online within this (paced 1:1)
@@ -44,15 +59,30 @@ class Session:
         self.loop_peak = 0
         self.loop_peak_at = None
         self.construction_peak = 0
+        self._refresh = MeterRefresh(METER_PUSH_MS)
+        # The harness's own objects and attributes, all made before HarnessRoom measures
+        # it: made later, they would count as the firmware's (and sit among its blocks).
+        self.meter_wh = run.get("meter_start_wh", 0)
+        self.ev = EVLoad(phases=3, wanted_ma=run.get("draw_ma", 16000), stop_ms=1000)
+        self.energy = EnergyCounter(start_wh=self.meter_wh)
+        self.following = False          # the simulated EV drives the meter (session())
+        self.station = self.t0 = self.iterations = self.code_heap = None
+        rig = Rig(run["storage"], run.get("meter_port"), probe=self.measure)
+        self.board, self.pacer = rig.board, rig.pacer
+        # Everything the harness holds is built: what the firmware gets from here on is
+        # `firmware_pool` bytes (the pool of `-X heapsize=<figure>`), when the run asks.
+        ROOM.reserve(run.get("firmware_pool"))
+        import firmware.mqtt_link  # noqa: F401 - imported before the heap baseline
+        import firmware.meter_service  # noqa: F401
+        import firmware.station  # noqa: F401
+        import umqtt.simple  # noqa: F401
         if self.measure:
             gc.collect()
             self.code_heap = gc.mem_alloc()     # every module is imported by now
             gc.disable()
             PROBE.armed = True
         # The config dict is the Station's to keep or drop: the harness holds no copy.
-        self.station, self.board, self.pacer = build(run["storage"], run.pop("config"),
-                                                     run.get("meter_port"),
-                                                     probe=self.measure)
+        self.station = rig.station(run.pop("config"))
         if self.measure:
             # Construction: the same upper bound as for a step.
             PROBE.armed = False
@@ -60,10 +90,6 @@ class Session:
             gc.enable()
         self.t0 = self.board.now_ms
         self.iterations = 0
-        self.meter_wh = run.get("meter_start_wh", 0)
-        self._refresh = MeterRefresh(METER_PUSH_MS)
-        self.ev = None
-        self.energy = None
 
     def sim_ms(self):
         return self.board.now_ms - self.t0
@@ -91,7 +117,7 @@ class Session:
         else:
             st.step()
         self.iterations += 1
-        if self.ev is not None:
+        if self.following:
             self._follow_ev(tick_ms)
         self.board.sleep_ms(tick_ms)
 
@@ -137,10 +163,11 @@ class Session:
 
     # -- the two runs ------------------------------------------------------------------
     def session(self):
+        from firmware.outbox import KIND_SESSION
+        from firmware.station import TICK_MS
         run = self.run
         m = self.board.model
-        self.ev = EVLoad(phases=3, wanted_ma=run.get("draw_ma", 16000), stop_ms=1000)
-        self.energy = EnergyCounter(start_wh=self.meter_wh)
+        self.following = True
         self.link_up()
         self.run_for(2000, TICK_MS)
         self.mark("plug")
@@ -211,8 +238,8 @@ class Session:
         return out
 
 
-def main(argv):
-    run = read_json(argv[1])
+def main(run):
+    ROOM.start = _START
     s = Session(run)
     try:
         out = s.session() if run["mode"] == "session" else s.idle()
@@ -237,10 +264,13 @@ def main(argv):
         out["heap_loop_peak_at_ms"] = s.loop_peak_at
         out["heap_construction_peak"] = s.construction_peak
         out["heap_probe_samples"] = PROBE.samples
+    out["heap_harness"] = ROOM.harness
+    out["heap_ballast"] = ROOM.ballast_bytes
+    out["heap_firmware_pool"] = ROOM.firmware_pool()
     out["heap_end_alloc"] = gc.mem_alloc()
     out["heap_end_free"] = gc.mem_free()
     say({"result": out})
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main(_RUN)

@@ -34,52 +34,70 @@ def _errno(e):
 
 
 class TcpUart:
+    """Receives into one buffer made at start (`_CHUNK` bytes, more than a Modbus RTU frame):
+    like a UART's FIFO, `any()` and `readinto()` allocate nothing, so the harness does not
+    churn the heap the firmware's figures are taken in (docs/performance.md, Heap)."""
+
     def __init__(self, host, port):
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.connect(socket.getaddrinfo(host, port)[0][-1])
         self._sock.setblocking(False)
-        self._rx = bytearray()
+        self._buf = bytearray(_CHUNK)
+        self._view = memoryview(self._buf)
+        self._n = 0                 # bytes waiting in _buf
+        # MicroPython's socket is a stream: readinto() returns None when nothing waits.
+        self._readinto = getattr(self._sock, "readinto", None)
         self.closed = False
         self.host = host
         self.port = port
 
     def _pump(self):
-        while not self.closed:
-            try:
-                data = self._sock.recv(_CHUNK)
-            except OSError as e:
-                if _errno(e) in _WOULD_BLOCK:
-                    return
-                raise
-            if data is None:        # MicroPython: non-blocking socket with nothing to read
+        if self.closed or self._n >= _CHUNK:
+            return
+        try:
+            if self._readinto is not None:
+                got = self._readinto(self._view[self._n:])
+            else:
+                got = self._sock.recv_into(self._view[self._n:])
+        except OSError as e:
+            if _errno(e) in _WOULD_BLOCK:
                 return
-            if not data:
-                self.closed = True  # the peer went away: behave like a silent bus
-                return
-            self._rx.extend(data)
+            raise
+        if got is None:             # MicroPython: non-blocking socket with nothing to read
+            return
+        if not got:
+            self.closed = True      # the peer went away: behave like a silent bus
+            return
+        self._n += got
+
+    def _take(self, n):
+        rest = self._n - n
+        if rest:
+            self._buf[:rest] = self._buf[n:self._n]
+        self._n = rest
 
     def any(self):
         self._pump()
-        return len(self._rx)
+        return self._n
 
     def readinto(self, buf, nbytes=None):
         self._pump()
         n = len(buf) if nbytes is None else min(nbytes, len(buf))
-        n = min(n, len(self._rx))
+        n = min(n, self._n)
         if not n:
             return None
-        buf[:n] = self._rx[:n]
-        self._rx = self._rx[n:]
+        buf[:n] = self._view[:n]
+        self._take(n)
         return n
 
     def read(self, n=-1):
         self._pump()
-        if not self._rx:
+        if not self._n:
             return None
-        if n < 0 or n > len(self._rx):
-            n = len(self._rx)
-        data = bytes(self._rx[:n])
-        self._rx = self._rx[n:]
+        if n < 0 or n > self._n:
+            n = self._n
+        data = bytes(self._view[:n])
+        self._take(n)
         return data
 
     def write(self, buf):

@@ -92,7 +92,11 @@ def test_heap_figures_are_consistent(quick):
     assert 0 < s["heap_code_firmware_bytes"] <= s["heap_code_bytes"]
     assert s["heap_live_peak_bytes"] <= report["standin_heap_peak_bytes"]
     assert report["standin_heap_min_bytes"] <= s["heap_kb"] * bench.KB
-    assert report["standin_heap_min_bytes"] > s["heap_live_peak_bytes"]
+    # The figure is the firmware's heap, the harness held apart (docs/performance.md, Heap):
+    # above what the firmware itself holds live.
+    assert 0 < s["heap_harness_bytes"] < s["heap_live_peak_bytes"]
+    assert s["heap_firmware_live_peak_bytes"] == s["heap_live_peak_bytes"] - s["heap_harness_bytes"]
+    assert report["standin_heap_min_bytes"] > s["heap_firmware_live_peak_bytes"]
 
 
 def test_code_size_is_the_sum_over_every_device_file(quick):

@@ -1,14 +1,19 @@
 # The charging session the heap figures are about (tools/bench_session.py: Modbus meter on
 # the pymodbus peer, MQTT with telemetry through mosquitto, a backend set_limit, the session
-# record acknowledged, `import diag` and diag.status()) on the ESP32 stand-in with a fixed
-# -X heapsize: the regression guard of docs/performance.md, "Heap".
+# record acknowledged, `import diag` and diag.status()) on the ESP32 stand-in, the firmware
+# given a fixed heap: the regression guard of docs/performance.md, "Heap".
 #
-# GUARD_KB is the smallest heap the session completed with when this test was written
-# (standin_heap_min_bytes: 65 KB at 1 KB resolution, quick session) plus room for the kilobyte or two by
-# which fragmentation moves that figure between runs. A change that makes the session need
-# more heap fails here. Lower it as the figure falls; the goal is the ESP32's first heap
-# area, 56 KB (issue 12), which the xfail below tracks: it turns into a failure (strict)
-# the day the session fits, so that GUARD_KB is then set to 56.
+# `kb` is the firmware's heap: the process gets the pool of `-X heapsize=<kb>K` for the
+# firmware plus the harness (SimBoard, pilot model, TCP UART, the bench's channel), measured
+# in the run and held apart (tools/bench_rig.py HarnessRoom, tools/bench.py _session_run).
+#
+# GUARD_KB is the smallest heap the session completed with when this test was last set
+# (standin_heap_min_bytes: 57 KB at 1 KB resolution, in every run) plus room for the kilobyte
+# or two by which fragmentation moves that figure between runs. A change that makes the
+# session need more heap fails here. Lower it as the figure falls; the goal is the ESP32's
+# first heap area, 56 KB (issue 12), which the xfail below tracks: it turns into a failure
+# (strict) the day the session fits, so that GUARD_KB is then set to 56. Today at 56 KB the
+# session itself completes and `import diag` after it does not (fragmentation).
 import shutil
 
 import pytest
@@ -17,7 +22,7 @@ from tools import bench
 
 import mosquitto
 
-GUARD_KB = 69
+GUARD_KB = 59
 TARGET_KB = 56
 
 

@@ -671,15 +671,15 @@ class OutOfMemoryAtTheEnd(unittest.TestCase):
         st.state(STATE_B2)
         st.start_charging(7000)
         st.run(10 * MIN)
-        real = st.sm.journal.append
+        real = st.sm.journal.append_json
         failures = [1]
 
-        def append(payload):
+        def append_json(value):
             if failures:
                 failures.pop()
                 raise MemoryError("memory allocation failed")
-            return real(payload)
-        st.sm.journal.append = append
+            return real(value)
+        st.sm.journal.append_json = append_json
         st.contactor(False)
         st.state(STATE_A)
         self.assertIsNone(st.sm.active)

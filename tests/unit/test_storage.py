@@ -99,6 +99,28 @@ class AtomicFiles(unittest.TestCase):
         st2.write_json("live.json", [])            # replaced, not appended to
         self.assertEqual(st2.read("live.json"), b"[]")
 
+    def test_append_json_writes_what_append_of_the_text_writes(self):
+        import json
+        values = [{"k": "done", "r": {"id": "s-1", "wh": [1, 22], "tag": "caf\u00e9",
+                                       "pad": "x" * 1300}}, {"k": "ack", "id": "s-1"}, []]
+        fs1, st1 = _fresh()
+        fs2, st2 = _fresh()
+        j1 = Journal(st1, "j")
+        j2 = Journal(st2, "j")
+        for v in values:
+            j1.append(json.dumps(v).encode())
+            j2.append_json(v)
+        self.assertEqual(fs2.medium, fs1.medium)
+        self.assertEqual([json.loads(p) for p in Journal(st2, "j").replay()], values)
+
+    def test_append_json_refuses_a_record_over_the_limit_and_writes_nothing(self):
+        fs, st = _fresh()
+        j = Journal(st, "j")
+        j.append_json({"a": 1})
+        before = dict(fs.medium)
+        self.assertRaises(ValueError, j.append_json, "x" * MAX_RECORD)
+        self.assertEqual(fs.medium, before)
+
     def test_nested_root_is_created(self):
         fs = PowerCutFs()
         Store("/flash/data/x", fs)

@@ -77,6 +77,49 @@ class RunResult:
 # The runner keeps the whole trace's bookkeeping beside the firmware: more than a board's
 # heap by default; `--heap 56K` runs it inside an ESP32's first heap area.
 DEFAULT_HEAP = "4M"
+# Heap the runner's process gets on top of `heap`, for the harness; a ballast block takes
+# what the harness leaves (tools/bench_rig.py HarnessRoom). Not a figure.
+HARNESS_ROOM_KB = 64
+# The runner, started so that the firmware modules the harness uses are imported (and
+# counted as the firmware's) before the harness's share is measured.
+_LAUNCH = ("import gc\n"
+           "import firmware.board, firmware.commands, firmware.config, firmware.faults\n"
+           "import firmware.states, firmware.storage, umqtt.simple\n"
+           "gc.collect()\n"
+           "_start = gc.mem_alloc()\n"
+           "from tools.bench_rig import ROOM\n"
+           "ROOM.start = _start\n"
+           "import sys\n"
+           "try:\n"
+           "    from tools.pilotsim import runner\n"
+           "    runner.main(['runner', %r])\n"
+           "except BaseException as e:\n"    # -c prints a traceback to stdout: the trace's
+           "    sys.print_exception(e, sys.stderr)\n"     # channel; stderr is the summary's
+           "    sys.exit(1)\n")
+_pools = {}
+
+
+def _kb(heap):
+    """'56K' or '4M' as KB."""
+    h = heap.strip().upper()
+    if h.endswith("M"):
+        return int(h[:-1]) * 1024
+    if h.endswith("K"):
+        return int(h[:-1])
+    return int(h) // 1024
+
+
+def _pool(heap):
+    """The GC pool of the stand-in at -X heapsize=heap (the heap less its tables)."""
+    if heap not in _pools:
+        r = subprocess.run([MICROPYTHON, "-X", "heapsize=" + heap, "-c",
+                            "import gc\nprint(gc.mem_alloc() + gc.mem_free())"],
+                           cwd=mp_cwd(), env=micropython_env(fakes=False), capture_output=True,
+                           text=True, timeout=30)
+        if r.returncode:
+            raise RuntimeError("stand-in heap probe failed: %s" % r.stderr[-800:])
+        _pools[heap] = int(r.stdout.strip())
+    return _pools[heap]
 # Runtimes the firmware side can run on (--runtime, `make sim RUNTIME=`): the ESP32 stand-in.
 RUNTIMES = ("standin",)
 
@@ -193,6 +236,11 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
             run_cfg["meter_port"] = meter.port
             res.meter = True
 
+    # The firmware gets the GC pool of `-X heapsize=<heap>`; the runner's own share (its
+    # modules, compiled from tools/, the trace bookkeeping, the backend client) is measured
+    # in the run and held apart (tools/bench_rig.py HarnessRoom), as a board's hardware
+    # takes none of the ESP32's heap.
+    run_cfg["firmware_pool"] = _pool(heap)
     run_path = os.path.join(tmp, "run.json")
     with open(run_path, "w") as f:
         json.dump(run_cfg, f)
@@ -204,8 +252,8 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
     err_path = os.path.join(tmp, "stderr.txt")
     err = open(err_path, "w")
     cleanup.append(err.close)
-    proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=" + heap, "-m", "tools.pilotsim.runner",
-                             run_path], cwd=mp_cwd(), env=micropython_env(fakes=False),
+    proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=%dK" % (_kb(heap) + HARNESS_ROOM_KB),
+                             "-c", _LAUNCH % run_path], cwd=tmp, env=micropython_env(fakes=False),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                             text=True, bufsize=1)
     started = time.monotonic()

@@ -335,7 +335,6 @@ class Runner:
         except (ImportError, AttributeError):
             pass
         self.station = None
-        self._start_station()
         self.board.pacer = self._pace
         self._wall0 = _wall_ms()
         self.net_stalled = False
@@ -345,6 +344,14 @@ class Runner:
         self._noise = MeterNoise(sc.seed)
         self.stats = {"ticks": 0, "restarts": 0, "meter_pushes": 0, "commands": 0,
                       "meter_gave_up": 0, "net_gave_up": 0}
+        pool = run.get("firmware_pool")
+        if pool:
+            # The harness is built: from here on the firmware has the pool of the heap the
+            # run asked for (tools/bench_rig.py HarnessRoom; orchestrate.py starts this
+            # process with room for the harness on top).
+            from tools.bench_rig import ROOM
+            ROOM.reserve(pool)
+        self._start_station()
 
     def _start_station(self):
         self.station = self._factory(self.board, self.config)

@@ -53,6 +53,37 @@ _DISCONNECT = 0xE0
 SOCK_STREAM = 1
 
 
+def _packet_end(buf, i):
+    """Where the MQTT packet starting at buf[i] ends, or -1 when it is not complete."""
+    n = len(buf)
+    j = i + 1
+    length = 0
+    shift = 0
+    while True:
+        if j >= n:
+            return -1
+        b = buf[j]
+        j += 1
+        length |= (b & 0x7F) << shift
+        if not b & 0x80:
+            break
+        shift += 7
+        if shift > 21:
+            raise ValueError("malformed MQTT length")
+    return j + length if j + length <= n else -1
+
+
+def _complete(buf):
+    """The length of the complete MQTT packets at the start of buf."""
+    i = 0
+    while i < len(buf):
+        j = _packet_end(buf, i)
+        if j < 0:
+            break
+        i = j
+    return i
+
+
 def split_packets(buf):
     """(complete MQTT packets as bytes, the incomplete rest) of a byte stream."""
     out = []
@@ -151,7 +182,7 @@ class SimSocket(io.IOBase):
             raise OSError(errno.EBADF)
         if self.eof or self.refused:
             raise OSError(errno.ECONNRESET)
-        self.outbuf += bytes(buf)
+        self.outbuf.extend(buf)
         return len(buf)
 
     send = write
@@ -178,6 +209,27 @@ class _Conn:
         self.batch_publishes = []
 
 
+def _recv(sock, buf):
+    """recv() into `buf`: the bytes read (b"" at the end; MicroPython's stream readinto,
+    CPython's recv_into)."""
+    into = getattr(sock, "readinto", None)
+    if into is None:
+        n = sock.recv_into(buf)
+    else:
+        # MicroPython's readinto on a blocking socket waits until the buffer is full:
+        # non-blocking for the read, what has arrived (poll said readable) is returned.
+        sock.setblocking(False)
+        try:
+            n = into(buf)
+        finally:
+            sock.setblocking(True)
+    if n is None:
+        return None             # nothing after all (a non-blocking stream)
+    if not n:
+        return b""
+    return bytes(memoryview(buf)[:n])
+
+
 class SimNet:
     """The socket factory handed to MqttLink, and the relay it talks through."""
 
@@ -192,6 +244,9 @@ class SimNet:
         self.stalled = False
         self.gave_up = 0            # settles that ran into the cap (should stay 0)
         self.connections = 0
+        # What the broker sends is read into this buffer, made once: a recv(_RECV_CHUNK)
+        # would ask the heap the firmware's figures are taken in for 512 B every time.
+        self._rxbuf = bytearray(_RECV_CHUNK)
 
     # -- the socket module's face ------------------------------------------------------
     def getaddrinfo(self, host, port, af=0, type=0, proto=0, flags=0):
@@ -255,23 +310,26 @@ class SimNet:
         if c.stalled or c.dead:
             return
         if sim.outbuf:
-            packets, rest = split_packets(sim.outbuf)
-            sent = len(sim.outbuf) - len(rest)
+            # The complete packets go on as they are, without copies: the relay shares the
+            # heap the firmware's figures are taken in (docs/performance.md, Heap).
+            buf = sim.outbuf
+            sent = _complete(buf)
             if sent:
-                data = bytes(sim.outbuf[:sent])
-                sim.outbuf = sim.outbuf[sent:]
-                for p in packets:
-                    self._up(c, p)
+                i = 0
+                while i < sent:
+                    self._up(c, buf[i])
+                    i = _packet_end(buf, i)
                 try:
-                    _send_all(c.broker, data)
+                    _send_all(c.broker, memoryview(buf)[:sent])
                 except OSError:
                     self._drop(c)
                     return
+                buf[:sent] = b""
         if sim.closed and not sim.outbuf:
             self._drop(c)
 
-    def _up(self, c, p):
-        kind = p[0] & 0xF0
+    def _up(self, c, first):
+        kind = first & 0xF0
         if kind == _CONNECT or kind == _PINGREQ:
             c.answers_owed += 1
         elif kind == _SUBSCRIBE:
@@ -288,9 +346,11 @@ class SimNet:
             return
         while _readable(c.broker):
             try:
-                data = c.broker.recv(_RECV_CHUNK)
+                data = _recv(c.broker, self._rxbuf)
             except OSError:
                 data = b""
+            if data is None:
+                return
             if not data:
                 self._drop(c)       # the broker closed it: the station reads the end
                 return
