@@ -23,6 +23,10 @@ drains the outboxes, and the report goes to the terminal and build/fleet.json
 ({broker: {latest run, "runs": {fault: figures}}}); plots in build/fleet-BROKER-FAULT.png
 and build/fleet.png (stations online, backend messages and records per second).
 
+The stations run at nice 10 in this tool's session, below the broker and the backend
+(docs/fleet.md, "CPU priority"). Every way out (the end, an exception, Ctrl-C, SIGTERM)
+ends the stations, the backend, the relay and the broker (RabbitMQ: node and epmd).
+
 Reconnect times are measured from the moment the broker listens again (or the path is
 restored) to each dropped station's CONNACK (seen by the station); connects per second are
 counted in the broker's own log (one-second buckets).
@@ -33,6 +37,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -48,6 +53,7 @@ DEFAULT_DIR = os.path.join(ROOT, "build", "fleet")
 PREFIX = "cp"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TICK_MS = 10                 # firmware.station.TICK_MS (not imported: CPython side)
+STATION_NICE = 10            # the stations' nice: the broker and the backend go first
 
 
 # -- one station process --------------------------------------------------------------------
@@ -83,7 +89,17 @@ class Member:
             [MICROPYTHON, "-X", "heapsize=" + heap, "-m", "tools.station_sim", path],
             cwd=self.dir, env=micropython_env(fakes=False, runtime=MICROPYTHON),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, start_new_session=True)
+            text=True, bufsize=1, process_group=0)
+        # Below the broker and the backend: they stand for a CPO's own machines, the
+        # stations for a thousand boards with a CPU each. An own process group (a terminal's
+        # Ctrl-C reaches the tool, which ends them in order) but no own session: with the
+        # kernel's autogroups (sched_autogroup_enabled) every session is a scheduling group
+        # of equal weight, and 100 stations in 100 sessions left the broker a 1/100th share
+        # whatever their nice (docs/fleet.md, "CPU priority").
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, STATION_NICE)
+        except OSError:
+            pass
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -273,6 +289,8 @@ class Fault:
         self.down = down
         self.out = out
         self.t_fault = None
+        self.t_start = None        # the broker started again (epoch s, for its log)
+        self.t_start_mono = None
         self.t_back = None
         self.error = None
         self._thread = None
@@ -302,6 +320,7 @@ class Fault:
             return
 
         def start():
+            self.t_start, self.t_start_mono = time.time(), time.monotonic()
             try:
                 self.broker.start()
             except Exception as e:  # noqa: BLE001 - reported, the run ends
@@ -327,13 +346,16 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
         user=None, password=None, fresh=True, out=print, plot=None, report=None,
         charge_s=(40, 160), idle_s=(5, 60), spawn_gap_s=0.05, drain_s=90.0,
         broker_kind="mosquitto", no_jitter=False, consumers=1, extra_cfg=None):
-    from tools.fleet_brokers import BROKERS
+    from tools.fleet_brokers import BROKERS, end_leftovers
     from tools.fleet_relay import Relay
     rng = random.Random(seed)
     if down is None:
         down = DEFAULT_DOWN[fault]
     storage = os.path.abspath(storage)
     ids = station_ids(first_id, n)
+    left = end_leftovers(storage)
+    if left:
+        out("fleet: ended %d processes a killed run left in %s" % (len(left), storage))
     if fresh:
         shutil.rmtree(storage, ignore_errors=True)
     os.makedirs(storage, exist_ok=True)
@@ -341,27 +363,30 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
     broker = BROKERS[broker_kind](os.path.join(storage, "broker"), users=users)
     if not broker.shared_subscriptions:
         consumers = 1
-    broker.start()
-    relay = Relay(broker.port) if fault == "blackhole" else None
-    port = relay.port if relay is not None else broker.port
-    cfg = {"mqtt_host": mosquitto.HOST, "mqtt_port": port, "mqtt_prefix": PREFIX}
-    if no_jitter:
-        cfg["mqtt_boot_spread_s"] = 0
-    if user:
-        cfg.update(mqtt_user=user, mqtt_password=password, mqtt_plain_credentials=True)
-    cfg.update(extra_cfg or {})
-    t0 = time.monotonic()
-    backend = Backend(mosquitto.HOST, broker.port, user, password, consumers=consumers, t0=t0)
     members = []
-    samples = []                 # (t, stations online, backend messages so far)
-    result = {"fleet_stations": n, "fleet_broker": broker.name, "fault": fault,
-              "down_s": down, "seed": seed, "no_jitter": no_jitter,
-              "fleet_backend_consumers": consumers,
-              "mqtt_boot_spread_s": cfg.get("mqtt_boot_spread_s", 8),
-              "outbox_flush_per_s": cfg.get("outbox_flush_per_s", 5),
-              "station_config_extra": dict(extra_cfg or {})}
-    flt = Fault(fault, broker, relay, down, out)
+    backend = relay = None
+    restore = _hold_signals(False)
     try:
+        broker.start()
+        relay = Relay(broker.port) if fault == "blackhole" else None
+        port = relay.port if relay is not None else broker.port
+        cfg = {"mqtt_host": mosquitto.HOST, "mqtt_port": port, "mqtt_prefix": PREFIX}
+        if no_jitter:
+            cfg["mqtt_boot_spread_s"] = 0
+        if user:
+            cfg.update(mqtt_user=user, mqtt_password=password, mqtt_plain_credentials=True)
+        cfg.update(extra_cfg or {})
+        t0 = time.monotonic()
+        backend = Backend(mosquitto.HOST, broker.port, user, password, consumers=consumers,
+                          t0=t0)
+        samples = []                 # (t, stations online, backend messages so far)
+        result = {"fleet_stations": n, "fleet_broker": broker.name, "fault": fault,
+                  "down_s": down, "seed": seed, "no_jitter": no_jitter,
+                  "fleet_backend_consumers": consumers,
+                  "mqtt_boot_spread_s": cfg.get("mqtt_boot_spread_s", 8),
+                  "outbox_flush_per_s": cfg.get("outbox_flush_per_s", 5),
+                  "station_config_extra": dict(extra_cfg or {})}
+        flt = Fault(fault, broker, relay, down, out)
         for sid in ids:
             members.append(Member(sid, cfg, storage, heap, no_jitter))
             time.sleep(spawn_gap_s)
@@ -433,7 +458,10 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
                 flt.begin()
             if flt.due_end(now):
                 flt.end()
-            samples.append((now - t0, sum(m.online for m in members), backend.messages))
+            # Its own time: the fault's start above (the usage queries, a kill) takes
+            # seconds, and `now` would date the fault's first sample before the fault.
+            samples.append((time.monotonic() - t0, sum(m.online for m in members),
+                            backend.messages))
             if now - last_progress >= 2:
                 last_progress = now
                 out("fleet %5.0fs  online %3d/%d  charging %3d  backend msgs %6d  records %5d"
@@ -467,17 +495,14 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
             result["fleet_relay_upstream_connects"] = relay.upstream_connects
             result["fleet_relay_abandoned"] = relay.abandoned
     finally:
-        for m in members:
-            m.send("quit")
-        for m in members:
-            try:
-                m.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                m.proc.kill()
-        backend.close()
-        if relay is not None:
-            relay.close()
-        broker.close()
+        # Every way out (the end, an exception, Ctrl-C, SIGTERM): the stations, the
+        # backend, the relay and the broker (RabbitMQ: the node and its epmd) end here,
+        # and a second Ctrl-C or a SIGTERM meanwhile cannot cut it short.
+        _hold_signals(True)
+        try:
+            _shutdown(members, backend, relay, broker, out)
+        finally:
+            restore()
     result["samples"] = len(samples)
     result["load_avg_1m"] = os.getloadavg()[0]
     if report:
@@ -485,6 +510,54 @@ def run(n=20, duration=120.0, fault="restart", fault_at=None, down=None, seed=1,
     if plot:
         _plot(plot, samples, backend, t0, n, result, flt)
     return result
+
+
+def _hold_signals(hold):
+    """hold: SIGINT, SIGTERM and SIGHUP are ignored (while the run cleans up); returns a
+    function that restores the handlers found. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    saved = {sig: signal.getsignal(sig)
+             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    if hold:
+        for sig in saved:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def restore():
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    return restore
+
+
+def _shutdown(members, backend, relay, broker, out, quit_s=10.0):
+    """Ends what run() started, each step whatever the one before did: the stations (quit,
+    and their process groups killed after quit_s), the backend, the relay, the broker."""
+    for m in members:
+        m.send("quit")
+    deadline = time.monotonic() + quit_s
+    for m in members:
+        try:
+            m.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for m in members:
+        if m.proc.poll() is None:
+            try:
+                os.killpg(m.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            m.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            out("fleet: station %s (pid %d) did not end" % (m.id, m.proc.pid))
+    for step in (backend and backend.close, relay and relay.close, broker.close):
+        if not step:
+            continue
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - the next step must still run
+            out("fleet: clean-up: %s: %s" % (getattr(step, "__qualname__", step), e))
 
 
 def run_label(result):
@@ -580,25 +653,20 @@ def _analyse(members, backend, broker, flt, pending, ids, t0, t_drain):
     if flt.error is not None or (flt.t_fault is not None and t_back is None):
         r["fleet_broker_back"] = False
         r["fleet_broker_error"] = flt.error or "not back at the end of the run"
+    if flt.t_start is not None:
+        # The broker's own restart: from start to listening, and RabbitMQ's boot phases
+        # from its log (docs/fleet.md, "RabbitMQ at 100").
+        if t_back is not None:
+            r["fleet_broker_restart_s"] = round(t_back - flt.t_start_mono, 1)
+        if hasattr(broker, "boot_phases"):
+            r["fleet_broker_boot_phases"] = broker.boot_phases(flt.t_start)
     if t_back is None:
         return r
     # Time until all are back: from the broker listening again (or the path restored) to
     # each dropped station's CONNACK. A station the fault did not drop (a black hole
     # shorter than its keepalive) counts 0 s.
-    times = []
-    missing = 0
-    dropped = 0
-    for m in members:
-        went_down = any(not up and flt.t_fault <= t <= t_back + 1 for t, up in m.online_changes)
-        ups = [t for t, up in m.online_changes if up and t >= t_back]
-        if not went_down and m.online_changes and m.online_changes[-1][1]:
-            times.append(0.0)
-            continue
-        dropped += 1
-        if ups:
-            times.append(ups[0] - t_back)
-        else:
-            missing += 1
+    times, dropped, missing = reconnect_times([m.online_changes for m in members],
+                                              flt.t_fault, t_back)
     r["fleet_dropped_by_fault"] = dropped
     r["fleet_reconnected"] = len(times)
     r["fleet_not_reconnected"] = missing
@@ -644,6 +712,27 @@ def _analyse(members, backend, broker, flt, pending, ids, t0, t_drain):
     return r
 
 
+def reconnect_times(changes, t_fault, t_back):
+    """(times, dropped, not back) from each station's [(t, online)]: its time back is from
+    t_back to its first CONNACK after the fault dropped it; one the fault did not drop
+    (online throughout) counts 0 s, and so does one whose CONNACK came before t_back (the
+    listener was up before the tool's probe got through, on a loaded machine)."""
+    times = []
+    missing = dropped = 0
+    for ch in changes:
+        downs = [t for t, up in ch if not up and t_fault <= t <= t_back + 1]
+        if not downs and ch and ch[-1][1]:
+            times.append(0.0)
+            continue
+        dropped += 1
+        ups = [t for t, up in ch if up and t > (downs[0] if downs else t_back)]
+        if ups:
+            times.append(max(0.0, ups[0] - t_back))
+        else:
+            missing += 1
+    return times, dropped, missing
+
+
 def _round(v):
     return None if v is None else round(v, 2)
 
@@ -657,7 +746,8 @@ def _plot(path, samples, backend, t0, n, result, flt):
         per_s = dict(backend.per_s)
     secs = list(range(0, int(ts[-1]) + 1)) if ts else []
     fig, ax = plt.subplots(figsize=(10, 5))
-    ax.plot(ts, [x[1] for x in samples], color="tab:blue", label="stations online")
+    ax.plot(ts, [x[1] for x in samples], color="tab:blue", label="stations online",
+            drawstyle="steps-post")
     ax.set_xlabel("s")
     ax.set_ylabel("stations online", color="tab:blue")
     ax.set_ylim(0, n * 1.05 + 1)
@@ -773,11 +863,25 @@ def main(argv=None):
     for kv in args.set:
         key, _, value = kv.partition("=")
         extra[key] = int(value)
-    r = run(n=args.n, duration=args.duration, fault=args.fault, fault_at=args.fault_at,
-            down=args.down, seed=args.seed, cmd_per_min=args.cmd_per_min,
-            storage=args.storage, heap=args.heap, user=args.user, password=args.password,
-            report=args.report, plot=plot, broker_kind=args.broker, no_jitter=args.no_jitter,
-            consumers=args.consumers, extra_cfg=extra)
+    def stop_signal(signum, frame):
+        raise KeyboardInterrupt()
+
+    # SIGTERM and SIGHUP end the run as Ctrl-C does (run() cleans up); Ctrl-C works even
+    # when this was started with SIGINT ignored (a background job of a non-interactive
+    # shell).
+    signal.signal(signal.SIGTERM, stop_signal)
+    signal.signal(signal.SIGHUP, stop_signal)            # the terminal closed
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        r = run(n=args.n, duration=args.duration, fault=args.fault, fault_at=args.fault_at,
+                down=args.down, seed=args.seed, cmd_per_min=args.cmd_per_min,
+                storage=args.storage, heap=args.heap, user=args.user,
+                password=args.password, report=args.report, plot=plot,
+                broker_kind=args.broker, no_jitter=args.no_jitter,
+                consumers=args.consumers, extra_cfg=extra)
+    except KeyboardInterrupt:
+        print("fleet: interrupted; the stations and the broker are stopped", flush=True)
+        return 130
     if not args.plot:
         shutil.copyfile(plot, os.path.join(ROOT, "build", "fleet.png"))
     print("fleet report (%s [%s][runs][%s], %s):" % (args.report, args.broker, label, plot))
