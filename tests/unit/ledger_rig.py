@@ -53,7 +53,7 @@ class TrueMeter:
 
     def __init__(self, clock):
         self.map = meters.load_map("sdm630")
-        self.stream = SlaveStream(clock, fcs=(3, 4))
+        self.stream = SlaveStream(clock, fcs=(3, 4), log=False)   # long runs: no wire log
         self.wms = 0                 # energy through the meter, W*ms (true)
         self.offset = 5000000        # register = offset + true Wh (5 MWh: an older meter)
         self.serial = 11111
