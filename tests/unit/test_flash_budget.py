@@ -48,7 +48,7 @@ class _Writes:
         self.depth = 0
         st = station
         for obj, names in ((st.store, ("write_atomic", "remove")),
-                           (st.sessions.journal, ("append", "rewrite")),
+                           (st.sessions.journal, ("append", "append_json", "rewrite")),
                            (st.outbox, ("put", "ack"))):
             for n in names:
                 setattr(obj, n, self._wrap(n, getattr(obj, n)))
@@ -62,6 +62,8 @@ class _Writes:
                 self.depth -= 1
                 if self.depth == 0:
                     what = a[0] if name in ("write_atomic", "remove") else name
+                    if what == "append_json":
+                        what = "append"           # a journal record, written streaming
                     self.log.append(what)
         return call
 
