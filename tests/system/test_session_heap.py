@@ -11,9 +11,10 @@
 # (standin_heap_min_bytes: 57 KB at 1 KB resolution, in every run) plus room for the kilobyte
 # or two by which fragmentation moves that figure between runs. A change that makes the
 # session need more heap fails here. Lower it as the figure falls; the goal is the ESP32's
-# first heap area, 56 KB (issue 12), which the xfail below tracks: it turns into a failure
-# (strict) the day the session fits, so that GUARD_KB is then set to 56. Today at 56 KB the
-# session itself completes and `import diag` after it does not (fragmentation).
+# first heap area, 56 KB (issue 12). At 56 KB the session completes in some runs and not in
+# others (where the holes fall moves with the timing of the real peers), so no test asserts
+# either outcome there: `make bench` (standin_heap_min_bytes) and docs/performance.md, Heap,
+# track it.
 import shutil
 
 import pytest
@@ -23,7 +24,6 @@ from tools import bench
 import mosquitto
 
 GUARD_KB = 59
-TARGET_KB = 56
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,3 @@ def _completes(rc, result, stderr):
 
 def test_session_completes_within_the_guard_heap(peers):
     _completes(*_session(peers, GUARD_KB))
-
-
-@pytest.mark.xfail(strict=True, reason="issue 12: the session does not fit 56 KB yet"
-                                       " (docs/performance.md, Heap)")
-def test_session_completes_in_the_esp32_first_heap_area(peers):
-    _completes(*_session(peers, TARGET_KB))
