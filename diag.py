@@ -145,46 +145,6 @@ def _emit(lines):
         echo(line)
 
 
-def _error(text):
-    for line in _fmt.wrap(text, "  "):
-        echo(line)
-
-
-def _confirm(question):
-    """True when the technician answers yes."""
-    q = question + " [y/N] "
-    try:
-        answer = ask(q) if ask is not None else input(q)
-    except (EOFError, KeyboardInterrupt):
-        answer = ""
-    return str(answer).strip().lower() in ("y", "yes")
-
-
-def _is_bool(v):
-    return v is True or v is False
-
-
-def _is_int(v):
-    return isinstance(v, int) and not _is_bool(v)
-
-
-def _store():
-    st = _station()
-    return st.store if st is not None else _service().store
-
-
-def _stopped_text():
-    bi = _bootinfo()
-    if bi is not None and getattr(bi, "interrupted_stop", False):
-        return "STOPPED (Ctrl-C), contactor open; machine.reset() resumes"
-    return None
-
-
-def _blocking_names(st):
-    from firmware import faults as _faults
-    return _faults.names(st.faults.blocking())
-
-
 # -- live board readings --------------------------------------------------------------------
 def _duty(board, st=None):
     """What the board drives on the CP now (the board's record, not the charger's wish:
@@ -246,54 +206,6 @@ def help():
            "Return None unless an arrow says otherwise. Docs: docs/diagnostics.md"])
 
 
-def _link_text(link):
-    if link is None:
-        return None
-    s = link.stats()
-    text = s["state"]
-    why = getattr(link, "disabled_reason", None)
-    if why:
-        text += " (will not connect: %s)" % why
-    elif s.get("last_error"):
-        text += " (last error: %s)" % s["last_error"]
-    return text
-
-
-def _wifi_text(board, cfg):
-    if not cfg["wifi_ssid"]:
-        return "not configured (wifi_ssid empty)"
-    w = getattr(board, "wifi", None)
-    if w is None:
-        return "%s: no Wi-Fi on this board" % cfg["wifi_ssid"]
-    try:
-        wlan = w.wlan
-        if not wlan.isconnected():
-            return "%s: not connected (%d attempts)" % (w.ssid, w.attempts)
-        ip = wlan.ifconfig()[0]
-        try:
-            rssi = "%d dBm" % wlan.status("rssi")
-        except Exception:
-            rssi = "RSSI unknown"
-        return "%s: %s, %s" % (w.ssid, ip, rssi)
-    except Exception as e:      # a driver without these calls: say so, do not fail
-        return "%s: %s" % (cfg["wifi_ssid"], e)
-
-
-def _clock_text(board):
-    t = board.wall_time()
-    if t is None:
-        return "not set (times are boot number + uptime)"
-    return _fmt.utc_text(t) + " UTC"
-
-
-def _crash_line(board):
-    # The ESP32 board reads drivers.bootinfo's crash file; the simulator's its own record.
-    crash = board.last_crash()
-    if crash:
-        return crash.strip().split("\n")[-1]
-    return None
-
-
 def status():
     from firmware.config import warnings
     from firmware.version import VERSION, BUILD
@@ -307,7 +219,7 @@ def status():
         d["blocked"] = bool(st.faults.blocking())
         d["contactor"] = _coil_closed(board, st)
         d["temp_dc"] = c.temp_dc
-        d["stopped"] = _stopped_text()
+        d["stopped"] = _sup()._stopped_text()
         if d["contactor"] != c.contactor or _duty(board, st) != c.duty_pm:
             # Ctrl-C: main.py put the board in its safe state after the last tick.
             d["note"] = "loop stopped, board made safe; the state is the last tick's"
@@ -317,10 +229,10 @@ def status():
         else:
             d["meter"] = None
         d["unbilled_wh"] = st.counters.unbilled_wh
-        d["link"] = _link_text(st.link)
+        d["link"] = _sup()._link_text(st.link)
         d["boot"] = "%d, reset cause %s" % (st.boot_id, st.boot_report["reset_cause"])
         now = board.ticks_ms()
-        d["uptime"] = _fmt.seconds(_uptime_ms(st, now))
+        d["uptime"] = _fmt.seconds(_sup()._uptime_ms(st, now))
         d["iterations"] = st.iterations
         d["config_error"] = st.config_error
         d["pending_reboot"] = getattr(st, "pending_reboot", None)
@@ -340,9 +252,9 @@ def status():
         d["reset_cause"] = bi.reset_cause if bi is not None else board.reset_cause()
         d["config_error"] = svc.config_error
         d["uptime"] = _fmt.seconds(ticks_diff(board.ticks_ms(), svc.started_ms))
-    d["wifi"] = _wifi_text(board, cfg)
-    d["clock"] = _clock_text(board)
-    d["last_crash"] = _crash_line(board)
+    d["wifi"] = _sup()._wifi_text(board, cfg)
+    d["clock"] = _sup()._clock_text(board)
+    d["last_crash"] = _sup()._crash_line(board)
     d["warnings"] = warnings(cfg)
     if getattr(board, "has_mirror", True):
         d["mirror_closed"] = board.contactor_mirror_closed()
@@ -369,13 +281,6 @@ def version():
     _emit([_fmt.header("version")] + _fmt.pairs(items))
 
 
-def _uptime_ms(st, now):
-    # The station counts its uptime (ticks_diff alone wraps after 6 days); the service-mode
-    # stand-in has only its start time.
-    up = getattr(st, "uptime_s", None)
-    return up * 1000 if up is not None else ticks_diff(now, st.started_ms)
-
-
 # -- why not charging --------------------------------------------------------------------------
 def why():
     """One sentence: the cause that stops charging now, and what to do about it."""
@@ -390,18 +295,18 @@ def why():
                      " diag.service(False) restarts normally." % (reason or "no station"))
     else:
         c = st.charger
-        if _stopped_text():
+        if _sup()._stopped_text():
             w["mode"] = ("Not charging: stopped at the REPL (Ctrl-C), contactor open;"
                          " machine.reset() restarts the station.")
         w.update({
-            "faults": _blocking_names(st), "available": c.available,
+            "faults": _sup()._blocking_names(st), "available": c.available,
             "state": S.NAMES[c.state], "connected": S.ev_connected(c.state),
             "authorized": c.authorized, "auth_mode": st.cfg["auth_mode"],
             "paused": c.paused, "limit": LIMIT_NAMES[c.limit_why()],
             "limit_ma": c.effective_limit_ma(), "backend_ma": c.backend_limit_ma(),
             "comms_ma": st.cfg["comms_fallback_ma"], "offered_ma": c.offered_ma,
             "contactor": c.contactor, "requesting": S.ev_requesting(c.state),
-            "backend": _link_text(st.link)})
+            "backend": _sup()._link_text(st.link)})
     _emit(_fmt.wrap(_fmt.why_text(w)))
 
 
@@ -416,7 +321,15 @@ _PARTS = (
                     "_check_contactor", "_all_passed")),
     ("diag_records", ("events", "faults", "config", "set", "sessions", "counters",
                       "service", "_count", "_history", "_fault_kinds", "_flag_path")),
+    ("diag_support", ("_error", "_confirm", "_is_bool", "_is_int", "_store", "_stopped_text",
+                      "_blocking_names", "_link_text", "_wifi_text", "_clock_text",
+                      "_crash_line", "_uptime_ms")),
 )
+
+
+def _sup():
+    import diag_support
+    return diag_support
 
 
 def __getattr__(name):

@@ -5,15 +5,8 @@ station, the fault table and the meter service already report) and returns a lis
 lines, each at most WIDTH columns, because a serial terminal is usually 80 wide and wraps
 (or cuts) anything longer. Integer arithmetic only: the values are mA, mV, Wh, ms.
 """
+from firmware import civil as _civil
 from firmware import faults as _faults
-from firmware import states as _states
-from firmware.civil import civil
-from firmware.charger import CONTACTOR_REASON_NAMES, LIMIT_NAMES
-from firmware.events import (
-    EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_LOCK, EV_OFFER, EV_SELFTEST, EV_STATE,
-    EV_WAKEUP, KIND_NAMES)
-from firmware.history import HK_BOOT, HK_LOST, HK_STOP, RESET_CAUSES, STOP_REASONS
-from firmware.pilot import LEVEL_NAMES, PP_ERROR, PP_NO_CABLE
 
 WIDTH = 80
 _ELLIPSIS = "..."
@@ -142,232 +135,9 @@ def header(title):
         else fit("-- " + title)
 
 
-# -- pilot and proximity --------------------------------------------------------------------
-def output_text(duty_pm):
-    """What the EVSE drives on the CP, from the duty in permille."""
-    if duty_pm is None:
-        return "unknown"
-    if duty_pm >= 1000:
-        return "steady +12 V (x1: no current offered)"
-    if duty_pm <= 0:
-        return "steady -12 V (state F: not available)"
-    return "PWM %s %% (%s offered)" % (_div(duty_pm, 10, 1), amps(_offered_ma(duty_pm)))
-
-
-def _offered_ma(duty_pm):
-    # IEC 61851-1 Table A.8, the EV's reading of the duty.
-    if duty_pm < 80:
-        return 0
-    if duty_pm <= 100:
-        return 6000
-    if duty_pm <= 850:
-        return duty_pm * 60
-    if duty_pm <= 960:
-        return (duty_pm - 640) * 250
-    return 0
-
-
-def pilot_lines(samples, level, duty_pm, state_name=None):
-    """`samples`: [(high_mv, low_mv), ...] taken just now; `level`: firmware.pilot level of
-    the last one; `duty_pm`: what the EVSE drives; `state_name`: the charger's state."""
-    out = [header("control pilot (live)")]
-    items = [("output", output_text(duty_pm))]
-    if samples:
-        his = [s[0] for s in samples]
-        los = [s[1] for s in samples]
-        items.append(("CP high", "%s  (%d samples, %s .. %s)"
-                      % (volts(samples[-1][0]), len(samples), volts(min(his)), volts(max(his)))))
-        items.append(("CP low", "%s  (%s .. %s)"
-                      % (volts(samples[-1][1]), volts(min(los)), volts(max(los)))))
-    items.append(("level", LEVEL_TEXT[level] if 0 <= level < len(LEVEL_TEXT) else str(level)))
-    if state_name is not None:
-        items.append(("state", state_name + " (charge controller)"))
-    out += pairs(items)
-    if duty_pm is not None and duty_pm <= 0:
-        out += wrap("While the EVSE drives -12 V the EV cannot be seen; the level shows "
-                    "the EVSE's own output.", "  ")
-    return out
-
-
-def pp_text(rating_ma):
-    if rating_ma == PP_NO_CABLE:
-        return "no cable (open circuit)"
-    if rating_ma == PP_ERROR:
-        return "invalid (under 75 ohm: short or no valid coding)"
-    return "cable rated %s" % amps(rating_ma)
-
-
-def pp_lines(ohms, rating_ma, socket_outlet=True):
-    out = [header("proximity pilot (live)")]
-    shown = "open" if ohms >= 100000 else "%d ohm" % ohms
-    items = [("PP-PE", shown), ("cable", pp_text(rating_ma))]
-    if not socket_outlet:
-        items.append(("note", "tethered cable (socket_outlet false): PP not used"))
-    out += pairs(items)
-    return out
-
-
-# -- events and faults -------------------------------------------------------------------------
-def fault_name(code):
-    try:
-        return _faults.by_code(code).name
-    except ValueError:
-        return "fault %d" % code
-
-
-def event_text(kind, a, b):
-    """One event record (firmware.events) in words."""
-    if kind == EV_STATE:
-        return "state %s -> %s" % (_name(_states.NAMES, b), _name(_states.NAMES, a))
-    if kind == EV_FAULT_RAISED:
-        return "fault raised %s" % fault_name(a)
-    if kind == EV_FAULT_CLEARED:
-        return "fault cleared %s%s" % (fault_name(a), " (by request)" if b else "")
-    if kind == EV_CONTACTOR:
-        return "contactor %s (%s)" % ("closed" if a else "opened",
-                                      _name(CONTACTOR_REASON_NAMES, b))
-    if kind == EV_OFFER:
-        return "offer %s (limit: %s)" % (amps(a) if a else "none", _name(LIMIT_NAMES, b))
-    if kind == EV_SELFTEST:
-        return "RCD self-test %s (%d ms)" % ("passed" if a else "FAILED", b)
-    if kind == EV_WAKEUP:
-        return "wake-up %s" % ("started" if a else "ended")
-    if kind == EV_LOCK:
-        return "lock %s" % ("commanded" if a else "released")
-    return "%s a=%d b=%d" % (_name(KIND_NAMES, kind), a, b)
-
-
-def _name(names, i):
-    if 0 <= i < len(names):
-        return names[i]
-    return "?%d" % i
-
-
-def event_lines(records, now_ms, diff, dropped=0):
-    """`records`: [(t_ms, kind, a, b), ...] oldest first."""
-    out = [header("events (newest last)")]
-    if not records:
-        out.append("  none recorded")
-    for t, kind, a, b in records:
-        out.append(fit("  %10s  %s" % (age(now_ms, t, diff), event_text(kind, a, b))))
-    if dropped:
-        out.append("  (%d older events were overwritten)" % dropped)
-    return out
-
-
 def utc_text(t):
     """Seconds since 1970 (UTC) as "2026-12-03 14:40:01"."""
-    return "%04d-%02d-%02d %02d:%02d:%02d" % civil(t)
-
-
-def history_time(rec):
-    """When a history record (firmware.history.read) happened: its UTC time when the
-    clock was set, else its boot and the uptime then."""
-    if rec[1] is not None:
-        return utc_text(rec[1])
-    return "boot %d +%s" % (rec[3], seconds(rec[2] * 100))
-
-
-def history_text(kind, a, b):
-    if kind == HK_BOOT:
-        return "BOOT, reset cause %s%s" % (_name(RESET_CAUSES, a),
-                                            " (the previous run crashed)" if b else "")
-    if kind == HK_STOP:
-        return "stopped: %s" % _name(STOP_REASONS, a)
-    if kind == HK_LOST:
-        return "(%d records not logged: too many too fast, or flash failed)" % a
-    return event_text(kind, a, b)
-
-
-def history_lines(title, records, note=None):
-    """`records`: firmware.history.read() tuples, oldest first."""
-    out = [header(title)]
-    if not records:
-        out.append("  none recorded")
-    for rec in records:
-        out.append(fit("  %-19s  %s" % (history_time(rec), history_text(rec[4], rec[5],
-                                                                          rec[6]))))
-    if note:
-        out += wrap(note, "  ")
-    return out
-
-
-def _fault_flags(f):
-    how = ("by itself", "on unplug", "when cleared")[f.clearing]
-    return "%s; clears %s%s" % ("Stops charging" if f.blocking else "Warning", how,
-                                "" if f.remote_clear else " (on site only)")
-
-
-def active_fault_lines(active_codes, title="active faults"):
-    out = [header(title)]
-    if not active_codes:
-        out.append("  none")
-    for code in active_codes:
-        f = _faults.by_code(code)
-        out.append(fit("  %s  (OCPP %s)" % (f.name, f.ocpp)))
-        out += wrap(_fault_flags(f) + ". " + f.text, "      ")
-    return out
-
-
-def fault_count_lines(counts):
-    out = [header("times raised since boot")]
-    items = []
-    for code in sorted(counts):
-        if counts[code]:
-            items.append((fault_name(code), counts[code]))
-    out += pairs(items) if items else ["  none"]
-    return out
-
-
-def fault_lines(active_codes, history, now_ms, diff, counts=None):
-    """`active_codes`: fault codes; `history`: [(t_ms, code, raised)] oldest first;
-    `counts`: {code: times raised} (optional)."""
-    out = active_fault_lines(active_codes)
-    out.append(header("fault history (newest last)"))
-    if not history:
-        out.append("  none")
-    for t, code, raised in history:
-        out.append(fit("  %10s  %-8s %s" % (age(now_ms, t, diff),
-                                            "raised" if raised else "cleared",
-                                            fault_name(code))))
-    if counts:
-        out += fault_count_lines(counts)
-    return out
-
-
-# -- configuration ----------------------------------------------------------------------------
-def config_lines(public, defaults, reboot_keys=(), match=None):
-    """`public`: {key: value} with secrets already masked; `defaults`: {key: default}.
-    A `*` marks a value changed from its default, `(r)` a key that applies after a reboot."""
-    out = [header("configuration" + (" matching %r" % match if match else ""))]
-    keys = sorted(k for k in public if match is None or match in k)
-    if not keys:
-        out.append("  no key matches")
-    w = 0
-    for k in keys:
-        if len(k) > w:
-            w = len(k)
-    for k in keys:
-        v = public[k]
-        mark = "*" if v != defaults.get(k) and v != "***" else " "
-        if v == "***":
-            mark = "*"
-        tail = "  (r)" if k in reboot_keys else ""
-        text = _value_text(v)
-        room = WIDTH - 2 - w - 3 - len(tail)
-        out.append("%s %s = %s%s" % (mark, k + " " * (w - len(k)), fit(text, room), tail))
-    out.append("  * changed from the default, (r) applies after a reboot")
-    return out
-
-
-def _value_text(v):
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, str):
-        return '"%s"' % v
-    return str(v)
+    return "%04d-%02d-%02d %02d:%02d:%02d" % _civil.civil(t)
 
 
 # -- status, meter, counters ----------------------------------------------------------------------
@@ -441,133 +211,6 @@ def status_lines(st):
     return out
 
 
-def meter_lines(reading, stats, addr=None, map_name=None):
-    """`reading`: MeterService.reading(); `stats`: MeterService.stats()."""
-    title = "energy meter"
-    if map_name:
-        title += " %s" % map_name
-    if addr is not None:
-        title += " at address %d" % addr
-    out = [header(title)]
-    r = reading
-    items = [
-        ("voltage", "  ".join(_div(v, 10, 1) + " V" for v in r["voltage_dv"])),
-        ("current", "  ".join(amps(i) for i in r["current_ma"])),
-        ("power", "-" if r["power_w"] is None else "%d W" % r["power_w"]),
-        ("import", kwh(r["import_wh"])),
-    ]
-    if r.get("export_wh") is not None:
-        items.append(("export", kwh(r["export_wh"])))
-    state = []
-    if r.get("stale"):
-        state.append("STALE (%s)" % stale_cause(stats))
-    if r.get("implausible"):
-        state.append("IMPLAUSIBLE (%s)" % r.get("implausible_reason", "?"))
-    if r.get("last_ok_ms") is None and not state:
-        state.append("none yet")
-    items.append(("reading", ", ".join(state) if state else "ok"))
-    if "last_ok_age" in r:
-        items.append(("last good", r["last_ok_age"]))
-    out += pairs(items)
-    if stats:
-        out.append(header("meter bus"))
-        s = stats
-        out += pairs([
-            ("requests", "%d, replies %d, retries %d" % (s.get("requests", 0),
-                                                        s.get("replies", 0),
-                                                        s.get("retries", 0))),
-            ("errors", "timeouts %d, crc %d, exceptions %d, bad frames %d"
-             % (s.get("timeouts", 0), s.get("crc_errors", 0), s.get("exceptions", 0),
-                s.get("bad_frames", 0))),
-            ("cycles", "%d, failed %d, failing now %d" % (s.get("cycles", 0),
-                                                          s.get("cycles_failed", 0),
-                                                          s.get("consecutive_failures", 0))),
-            ("implausible", s.get("implausible_count", 0)),
-            ("last error", s.get("last_error") or "none"),
-            ("per poll", "%d requests, %d bytes" % (s.get("requests_per_poll", 0),
-                                                   s.get("bytes_per_poll", 0))),
-        ])
-    return out
-
-
-def stale_cause(stats):
-    """Why a stale meter is stale, from its bus statistics: a meter that answers with
-    exceptions is there but refuses the registers of the configured map."""
-    s = stats or {}
-    if s.get("exceptions", 0):
-        return "meter answers with exceptions: wrong meter_map?"
-    if s.get("crc_errors", 0) or s.get("bad_frames", 0):
-        return "garbled answers: baud, parity or wiring?"
-    return "no answer"
-
-
-def session_lines(records, live=None):
-    """`records`: finished session records (firmware/session.py), oldest first; `live`:
-    the running session's record so far."""
-    out = [header("charging sessions (newest last)")]
-    if not records and live is None:
-        out.append("  none on flash")
-    for rec in records:
-        out += _session(rec)
-    if live is not None:
-        out += _session(live, "running")
-    return out
-
-
-def _session(rec, note=None):
-    t = rec.get("start_time")
-    if rec.get("time_source") == "wall" and isinstance(t, int):
-        when = utc_text(t)
-    else:
-        when = "boot %s" % rec.get("boot", "?")
-    head = "  %s  %s  %s, %s" % (rec.get("id", "?"), when, kwh(rec.get("energy_wh")),
-                                 seconds((rec.get("duration_s") or 0) * 1000))
-    lines = [fit(head)]
-    reason = note or rec.get("stop_reason") or "?"
-    tail = "      %s; idTag %s; cost %s %s" % (reason, rec.get("id_tag") or "-",
-                                              rec.get("cost_minor", 0), rec.get("currency", ""))
-    if rec.get("faults"):
-        tail += "; faults " + ", ".join(rec["faults"])
-    if rec.get("pending"):
-        tail += "; not yet acknowledged by the backend"
-    lines += wrap(tail.strip(), "      ")
-    return lines
-
-
-def counter_lines(values, extra=None):
-    """`values`: Counters.values(); `extra`: more ("label", value) pairs (RAM counters)."""
-    out = [header("lifetime counters")]
-    v = values
-    items = [("boots", v.get("boots", 0)), ("sessions", v.get("sessions", 0)),
-             ("energy", kwh(v.get("energy_wh", 0))),
-             ("contactor cycles", v.get("contactor_cycles", 0)),
-             ("  under load", v.get("contactor_cycles_under_load", 0)),
-             # Energy the meter counted that no session record bills (gaps, estimates):
-             # records + this = the meter's register difference (docs/sessions.md).
-             ("unbilled", kwh(v.get("unbilled_wh", 0)))]
-    if v.get("ledger_wh") is not None:
-        items.append(("ledger at", "meter register %s" % kwh(v["ledger_wh"])))
-    if v.get("last_session"):
-        items.append(("last session", v["last_session"]))
-    out += pairs(items)
-    f = v.get("faults") or {}
-    out.append(header("faults counted"))
-    if f:
-        out += pairs([(k, f[k]) for k in sorted(f)])
-    else:
-        out.append("  none")
-    if extra:
-        out.append(header("since boot"))
-        out += pairs(extra)
-    return out
-
-
-def check_line(name, verdict, detail=""):
-    """One self-test line: "  name ........ PASS  detail"."""
-    dots = "." * (22 - len(name)) if len(name) < 22 else ""
-    return fit("  %s %s %-4s  %s" % (name, dots, verdict, detail))
-
-
 # -- why not charging -------------------------------------------------------------------------
 def _fault_remedy(f):
     if f.clearing == _faults.AUTO:
@@ -629,3 +272,25 @@ def why_text(w):
                 " after the checks (debounce, self-test, lock)." % amps(w.get("offered_ma")))
     return "Charging: %s offered (limit: %s); nothing blocks it." % (
         amps(w.get("offered_ma")), limit)
+
+
+# The text of the commands in diag_check.py and diag_records.py lives in diagfmt_check.py
+# and diagfmt_records.py, imported on their first use: `import diag` on a running station
+# then builds only this module's table (a block of about 200 B, where the station's
+# fragmented heap has holes of a few hundred bytes at most; docs/performance.md, Heap).
+# `diagfmt.<name>` reaches them all.
+_CHECK = ("output_text", "pilot_lines", "pp_text", "pp_lines", "meter_lines", "stale_cause",
+          "check_line")
+_RECORDS = ("fault_name", "event_text", "event_lines", "history_time", "history_text",
+            "history_lines", "active_fault_lines", "fault_count_lines", "fault_lines",
+            "config_lines", "_value_text", "session_lines", "counter_lines")
+
+
+def __getattr__(name):
+    if name in _CHECK:
+        from firmware import diagfmt_check as part
+    elif name in _RECORDS:
+        from firmware import diagfmt_records as part
+    else:
+        raise AttributeError(name)
+    return getattr(part, name)

@@ -15,7 +15,8 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE_DIRS = ("firmware", "drivers")
-DEVICE_TOP = ("boot.py", "main.py", "diag.py", "diag_check.py", "diag_records.py")
+DEVICE_TOP = ("boot.py", "main.py", "diag.py", "diag_check.py", "diag_records.py",
+              "diag_support.py")
 MICROPYTHON = os.path.join(ROOT, "build", "standin", "unix", "micropython")
 MICROPYTHON64 = os.path.join(ROOT, ".venv", "bin", "micropython")
 MPLIB = os.path.join(ROOT, "build", "standin", "lib")
