@@ -256,6 +256,7 @@ def main(run):
     out["mqtt"] = st.link.stats() if st.link else None
     out["meter"] = st.meter.stats() if st.meter else None
     out["faults"] = st.faults.active_names()
+    out["service_error"] = st.last_service_error
     if s.measure:
         gc.collect()
         out["heap_live_peak"] = s.live_peak
