@@ -2,8 +2,8 @@
 bringup(). Imported by `diag` when one of them is first used (see diag.py); the settings
 (echo, ask, ...) are diag's."""
 import diag as _d
-from diag import (_coil_closed, _context, _duty, _emit, _fmt, _level, _sample, _service, _station)
-from diag_support import (_error, _is_bool)
+from diag import _coil_closed, _context, _duty, _emit, _fmt, _level, _sample, _service, _station
+from diag_support import _error, _is_bool
 from firmware.compat import ticks_diff
 
 def pilot(n=3):

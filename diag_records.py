@@ -4,8 +4,8 @@ the settings (echo, ask, ...) are diag's."""
 import os
 
 import diag as _d
-from diag import (_bootinfo, _coil_closed, _context, _emit, _fmt, _service, _station)
-from diag_support import (_confirm, _crash_line, _error, _is_bool, _is_int, _store, _uptime_ms)
+from diag import _bootinfo, _coil_closed, _context, _emit, _fmt, _service, _station
+from diag_support import _confirm, _crash_line, _error, _is_bool, _is_int, _store, _uptime_ms
 
 def _count(name, n, low=1, high=256):
     if not _is_int(n) or not low <= n <= high:

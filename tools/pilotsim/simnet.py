@@ -88,27 +88,13 @@ def split_packets(buf):
     """(complete MQTT packets as bytes, the incomplete rest) of a byte stream."""
     out = []
     i = 0
-    n = len(buf)
-    while i < n:
-        j = i + 1
-        length = 0
-        shift = 0
-        while True:
-            if j >= n:
-                return out, buf[i:]
-            b = buf[j]
-            j += 1
-            length |= (b & 0x7F) << shift
-            if not b & 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                raise ValueError("malformed MQTT length")
-        if j + length > n:
-            return out, buf[i:]
-        out.append(bytes(buf[i:j + length]))
-        i = j + length
-    return out, b""
+    while i < len(buf):
+        j = _packet_end(buf, i)
+        if j < 0:
+            break
+        out.append(bytes(buf[i:j]))
+        i = j
+    return out, buf[i:]
 
 
 class SimSocket(io.IOBase):
