@@ -97,19 +97,23 @@ def _as_bytes(data, what):
 
 
 class _JsonSink(io.IOBase):
-    """json.dump's target: counts the length and the CRC of what it is given and, with
-    `out` (a file), passes it on in pieces of up to _JSON_PIECE bytes. Store.write_json
-    encodes twice, once to learn the header and once into the file, so a record written as
-    JSON never needs a block of its size: on the ESP32 json.dumps grows its string by
-    reallocation, and its final block is the one a fragmented heap lacks
-    (docs/performance.md, Heap)."""
+    """json.dump's target: collects what it is given in the store's piece buffer `buf` and,
+    a piece at a time, counts its length and CRC and, with `out` (a file), writes it. The
+    first `skip` bytes of the buffer (a header put there first) are written, not counted.
+    Store.write_json encodes twice, once to learn the header and once into the file, so a
+    record written as JSON never needs a block of its size: on the ESP32 json.dumps grows
+    its string by reallocation, and its final block is the one a fragmented heap lacks
+    (docs/performance.md, Heap). json.dump writes token by token (a quote, a key, a colon):
+    nothing is computed per token, as a CRC of 32 bits is a new int object each time on a
+    32-bit port and a session record has some 500 tokens."""
 
-    def __init__(self, out=None, buf=None, crc=0):
+    def __init__(self, buf, out=None, crc=0, skip=0):
+        self.buf = buf
         self.out = out
         self.n = 0
         self.crc = crc
-        self.buf = buf
-        self.used = 0
+        self.used = skip
+        self.skip = skip
 
     def write(self, chunk):
         # CPython's json writes str; MicroPython's a bytearray over its own memory, valid
@@ -117,22 +121,29 @@ class _JsonSink(io.IOBase):
         if isinstance(chunk, str):
             chunk = chunk.encode()
         k = len(chunk)
-        self.n += k
-        self.crc = _crc(chunk, self.crc)
-        if self.out is not None:
-            if self.used + k > _JSON_PIECE:
-                self.flush()
-            if k > _JSON_PIECE:
-                self.out.write(chunk)
-            else:
-                self.buf[self.used:self.used + k] = chunk
-                self.used += k
+        if self.used + k > len(self.buf):
+            self.flush()
+        if k > len(self.buf):
+            self._emit(chunk)
+        else:
+            self.buf[self.used:self.used + k] = chunk
+            self.used += k
         return k
+
+    def _emit(self, data):
+        self.n += len(data)
+        self.crc = _crc(data, self.crc)
+        if self.out is not None:
+            self.out.write(data)
 
     def flush(self):
         if self.used:
-            self.out.write(memoryview(self.buf)[:self.used])
-            self.used = 0
+            view = memoryview(self.buf)
+            self.n += self.used - self.skip
+            self.crc = _crc(view[self.skip:self.used], self.crc)
+            if self.out is not None:
+                self.out.write(view[:self.used])
+            self.used = self.skip = 0
 
 
 def _check_name(name):
@@ -327,8 +338,9 @@ class Store:
 
     def json_sum(self, value):
         """(length, CRC) of the JSON text of `value`, without making the text."""
-        first = _JsonSink()
+        first = _JsonSink(self._piece)
         json.dump(value, first)
+        first.flush()
         return first.n, first.crc
 
     def write_json(self, name, value, summed=None):
@@ -340,10 +352,9 @@ class Store:
         tmp = path + TMP_SUFFIX
 
         def fill(f):
-            again = _JsonSink(f, self._piece)
             # The header in the first piece: a record that fits is one write, as before.
+            again = _JsonSink(self._piece, f, skip=_FILE_HDR)
             again.buf[:_FILE_HDR] = _FILE_MAGIC + struct.pack(">II", n, crc)
-            again.used = _FILE_HDR
             json.dump(value, again)
             again.flush()
             if again.n != n or again.crc != crc:
@@ -357,7 +368,7 @@ class Store:
         view=True: a memoryview into the file as read instead of a copy of the contents
         (a record's payload is written to the network as it is: one block, not two); a
         file that fits the store's piece buffer is read into it, so the view is valid until
-        the next read or JSON write (no block of the record's size per read)."""
+        the next read, JSON write or json_sum (no block of the record's size per read)."""
         path = self.path(name)
         tmp = path + TMP_SUFFIX
         raw = self._read_raw(path, self._piece if view else None)
@@ -588,16 +599,17 @@ class Journal:
         if n > MAX_RECORD:
             raise ValueError("%s: record of %d bytes exceeds %d" % (self.name, n, MAX_RECORD))
         head = struct.pack(">BH", _KIND_RECORD, n)
-        summed = _JsonSink(crc=_crc(head))
+        piece = self.store._piece
+        summed = _JsonSink(piece, crc=_crc(head))
         json.dump(value, summed)
+        summed.flush()
         crc = summed.crc
         self._recover()
 
         def fill(f):
-            sink = _JsonSink(f, self.store._piece, _crc(head))
-            sink.buf[0] = _REC_MAGIC
-            sink.buf[1:_REC_HDR] = head + struct.pack(">I", crc)
-            sink.used = _REC_HDR
+            sink = _JsonSink(piece, f, _crc(head), _REC_HDR)
+            piece[0] = _REC_MAGIC
+            piece[1:_REC_HDR] = head + struct.pack(">I", crc)
             json.dump(value, sink)
             sink.flush()
             if sink.n != n or sink.crc != crc:
