@@ -100,3 +100,23 @@ def _uptime_ms(st, now):
     # stand-in has only its start time.
     up = getattr(st, "uptime_s", None)
     return up * 1000 if up is not None else ticks_diff(now, st.started_ms)
+
+
+class Both:
+    """Two dicts read as one, `first` before `second` (diag.status: its lines over the
+    station's status report), without a table of both."""
+
+    def __init__(self, first, second):
+        self.first = first
+        self.second = second
+
+    def __contains__(self, key):
+        return key in self.first or key in self.second
+
+    def __getitem__(self, key):
+        return self.first[key] if key in self.first else self.second[key]
+
+    def get(self, key, default=None):
+        if key in self.first:
+            return self.first[key]
+        return self.second.get(key, default)
