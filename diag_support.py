@@ -50,13 +50,14 @@ def _blocking_names(st):
 def _link_text(link):
     if link is None:
         return None
-    s = link.stats()
-    text = s["state"]
+    # The link's state and last error, not its stats(): a dict of 32 counters to read two.
+    from firmware.mqtt_link import STATE_NAMES
+    text = STATE_NAMES[link.state]
     why = getattr(link, "disabled_reason", None)
     if why:
         text += " (will not connect: %s)" % why
-    elif s.get("last_error"):
-        text += " (last error: %s)" % s["last_error"]
+    elif link.last_error:
+        text += " (last error: %s)" % link.last_error
     return text
 
 
