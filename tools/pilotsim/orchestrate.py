@@ -245,6 +245,9 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
     with open(run_path, "w") as f:
         json.dump(run_cfg, f)
 
+    # Configured secrets are masked here, in every record, before it is kept, shown or
+    # written (the runner writes what the firmware and the broker gave it).
+    secrets = _scenario.secret_values(sc, run_cfg["scenario"]["config"])
     trace = open(trace_path, "w") if trace_path else None
     if trace:
         cleanup.append(trace.close)
@@ -276,9 +279,10 @@ def _run(sc, res, cleanup, trace_path, live, speed, want_broker, want_meter, tim
                 proc.stdin.write(answer + "\n")
                 proc.stdin.flush()
                 continue
+            rec = _scenario.mask(rec, secrets)
             res.records.append(rec)
             if trace:
-                trace.write(line + "\n")
+                trace.write(json.dumps(rec) + "\n")
             if live:
                 live(rec)
     finally:

@@ -10,8 +10,8 @@ times between two control-loop iterations. It talks to the orchestrator over its
 - stdout: one JSON object per line. Trace records have "k" (see docs/scenarios.md,
   "Trace"); requests have "req" and wait for one line on stdin ("ok" or "err REASON"):
   meter register updates and meter faults. This lock-step keeps the meter's registers
-  exactly in line with the simulated EV. Every record is masked (configured secrets)
-  before it is written.
+  exactly in line with the simulated EV. The orchestrator masks configured secrets in
+  every record before it shows or writes one.
 - The backend: this process publishes the scenario's commands to the broker itself (at their
   simulated time) and subscribes to the station's topics, so MQTT traffic lands in the trace
   with simulated timestamps. The station's own MQTT connection goes through SimNet
@@ -54,11 +54,30 @@ class Channel:
         self.out = out or sys.stdout
         self.inp = inp or sys.stdin
         self.lines = 0
-        self.secrets = ()           # configured secret values: never written out
 
     def emit(self, record):
-        self.out.write(json.dumps(_scenario.mask(record, self.secrets)))
+        # Streamed (json.dump writes to the stream piece by piece): this process shares its
+        # heap with the firmware, and a string of the record's size is a block the
+        # firmware's heap would have to give (tools/bench_rig.py HarnessRoom).
+        json.dump(record, self.out)
         self.out.write("\n")
+        self.lines += 1
+
+    def emit_raw(self, head, payload):
+        """A record whose last field, "payload", is JSON text as it came (bytes): written
+        as it is, not decoded into objects and encoded again. `head`: the record's other
+        fields."""
+        text = json.dumps(head)
+        self.out.write(text[:-1])
+        self.out.write(', "payload": ')
+        raw = getattr(self.out, "buffer", None)
+        if raw is not None:
+            self.out.flush()
+            raw.write(payload)
+            raw.flush()
+        else:
+            self.out.write(bytes(payload).decode())
+        self.out.write("}\n")
         self.lines += 1
 
     def request(self, record):
@@ -207,7 +226,10 @@ _TO_STATION = ("cmd", "ack")     # what the backend publishes; the rest is the s
 class Backend:
     """The scenario's side of MQTT: publishes commands, acknowledges records, observes the
     station's topics. Its own connection goes straight to the broker; SimNet.settle()
-    calls `receive()` while it waits and `flush()` once everything owed has arrived."""
+    calls `receive()` while it waits and `flush()` once everything owed has arrived.
+    It shares the firmware's heap (tools/bench_rig.py HarnessRoom), so it reads each
+    message into one buffer made with it and passes the station's JSON on as it came: no
+    block of a message's size per message (a session record is some 850 B)."""
 
     def __init__(self, host, port, prefix, station_id, channel, now):
         from umqtt.simple import MQTTClient
@@ -218,33 +240,75 @@ class Backend:
         self.net = None
         self.messages = 0
         self.bytes = 0
-        self.replies = {}           # id -> reply payload (dict)
         self.owed = 0               # messages the broker still owes this client
-        self._batch = []            # trace records of this delivery, written by flush()
+        self._batch = []            # its own messages of this delivery, written by flush()
         self._n = 0
+        self._rx = bytearray(_BACKEND_RX)
+        self._byte = bytearray(1)
         self.client = MQTTClient(b"pilotsim-backend", host, port, keepalive=0)
+        # umqtt.simple wants a callback before it subscribes; messages are read by _packet.
         self.client.set_callback(self._on_msg)
         self.client.connect()
         self.client.subscribe((self.base + "#").encode())
 
+    def _read(self, sock, n):
+        view = memoryview(self._rx)[:n]
+        got = 0
+        while got < n:
+            k = sock.readinto(view[got:])
+            if not k:
+                raise OSError("backend: the broker closed the connection")
+            got += k
+        return view
+
+    def _packet(self, sock):
+        # One MQTT packet (umqtt.simple.wait_msg's reading, into the buffer): the
+        # subscription and this client's publishes are QoS 0, so a PUBLISH has no id.
+        if not sock.readinto(self._byte):
+            raise OSError("backend: the broker closed the connection")
+        op = self._byte[0]
+        n = 0
+        shift = 0
+        while True:
+            sock.readinto(self._byte)
+            n |= (self._byte[0] & 0x7F) << shift
+            shift += 7
+            if not self._byte[0] & 0x80:
+                break
+        if n > len(self._rx):
+            raise OSError("backend: a message of %d bytes" % n)
+        view = self._read(sock, n)
+        if op & 0xF0 != 0x30:
+            return                   # SUBACK: nothing owed to the trace
+        tlen = view[0] << 8 | view[1]
+        self._on_msg(bytes(view[2:2 + tlen]).decode(), view[2 + tlen:])
+
     def _on_msg(self, topic, msg):
-        topic = topic.decode()
         self.owed -= 1
         self.messages += 1
         self.bytes += len(topic) + len(msg)
         sub = topic[len(self.base):] if topic.startswith(self.base) else topic
+        head = {"t": self.now(), "k": "mqtt", "topic": sub,
+                "dir": "to_station" if sub in _TO_STATION else "from_station",
+                "bytes": len(msg)}
+        if head["dir"] == "from_station" and len(msg) and msg[0] == 0x7B:     # "{"
+            if sub == "record":
+                # As a backend does: acknowledge every record so the outbox can let it go.
+                # The id is in the record's head, before its data (messages.record_parts).
+                self._publish(self.base + "ack",
+                              json.dumps({"v": 1, "ids": [_record_id(msg)]}))
+            # The station's messages first, in broker order (one connection), before this
+            # client's own of the same delivery: written now, from the buffer.
+            self.channel.emit_raw(head, msg)
+            return
         try:
-            payload = json.loads(msg)
+            head["payload"] = json.loads(bytes(msg))
         except ValueError:
-            payload = msg.decode() if isinstance(msg, bytes) else msg
-        if sub == "reply" and isinstance(payload, dict) and "id" in payload:
-            self.replies[payload["id"]] = payload
-        if sub == "record" and isinstance(payload, dict) and "id" in payload:
-            # As a backend does: acknowledge every record so the outbox can let it go.
-            self._publish(self.base + "ack", json.dumps({"v": 1, "ids": [payload["id"]]}))
-        self._batch.append({"t": self.now(), "k": "mqtt", "topic": sub,
-                            "dir": "to_station" if sub in _TO_STATION else "from_station",
-                            "bytes": len(msg), "payload": payload})
+            head["payload"] = bytes(msg).decode()
+        if head["dir"] == "from_station":
+            self.channel.emit(head)
+        else:
+            self._batch.append(head)
 
     def _publish(self, topic, payload):
         self.client.publish(topic.encode(), payload.encode())
@@ -252,20 +316,15 @@ class Backend:
             self.net.backend_published(True)
 
     def receive(self):
-        while _readable(self.client.sock):
-            self.client.check_msg()
+        sock = self.client.sock
+        while _readable(sock):
+            self._packet(sock)
 
     def flush(self):
-        # The station's messages (one connection: broker order) before this client's own,
-        # whatever order the broker interleaved them in.
         batch = self._batch
         self._batch = []
         for r in batch:
-            if r["dir"] == "from_station":
-                self.channel.emit(r)
-        for r in batch:
-            if r["dir"] != "from_station":
-                self.channel.emit(r)
+            self.channel.emit(r)
 
     def send(self, name, args, raw, cid):
         self._n += 1
@@ -277,6 +336,16 @@ class Backend:
             payload = json.dumps({"v": 1, "id": cid, "cmd": name, "args": args})
         self._publish(self.cmd_topic, payload)
         return cid
+
+
+_BACKEND_RX = 4096          # the largest message the station sends (a record) and then some
+
+
+def _record_id(msg):
+    # {"v": 1, "kind": ..., "seq": ..., "id": ..., "data": {...}}: the head alone decoded.
+    cut = bytes(msg[:200])
+    i = cut.find(b', "data": ')
+    return json.loads(cut[:i] + b"}")["id"] if i > 0 else json.loads(bytes(msg))["id"]
 
 
 def _readable(sock):
@@ -325,7 +394,6 @@ class Runner:
                                    self._cfg("station_id"), self.channel, self.sim_ms)
             self.net = SimNet(host, run["broker_port"], self.backend, cap_ms=NET_WAIT_CAP_MS)
             self.backend.net = self.net
-        self.channel.secrets = _scenario.secret_values(sc, self.config)
         self.speed = run.get("speed", 0)        # sim ms per wall ms; 0 = unlimited
         self._factory = station_factory or _station_factory
         # The link's backoff jitter comes from `random`: seeded, so reconnects repeat.

@@ -251,10 +251,10 @@ def _parse_step(i, raw, prev_ms, duration_ms):
 def _check_command(where, name, args):
     # The firmware's own parser decides what a valid command is.
     try:
-        from firmware import commands
+        from firmware import command_parse, commands
     except ImportError:
         return
-    names = getattr(commands, "COMMAND_NAMES", None)
+    names = getattr(command_parse, "COMMAND_NAMES", None)
     if names and name not in names:
         raise ScenarioError("%s: backend command rejected: unknown command '%s'%s (known: %s)"
                             % (where, name, _suggest(name, names), ", ".join(names)))
