@@ -166,6 +166,9 @@ class Rig:
             import gc
             gc.collect()
             return {"alloc": gc.mem_alloc(), "free": gc.mem_free()}
+        elif what == "modules":
+            # What the station has imported (an OCPP station must not hold the MQTT side).
+            return {"modules": sorted(sys.modules)}
         elif what == "config":
             return {"cfg": self.station.cfg.public(cmd.get("keys"))}
         return self.snapshot()

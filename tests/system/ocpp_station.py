@@ -15,6 +15,7 @@ one JSON command; each is answered with one JSON line (a snapshot):
     {"do": "powercut"}                                      the station loses power, restarts
     {"do": "heap"}                                          {"alloc", "free"} after gc.collect()
     {"do": "clock", "shift_s": N}                           the board's clock set N s on (NTP)
+    {"do": "modules"}                                       {"modules": sorted(sys.modules)}
     {"do": "quit"}
 Time: simulated time runs as fast as the station computes, except 1:1 with wall time while
 the backend waits for the central system (a CALL in flight, connecting) or `paced` is set.
