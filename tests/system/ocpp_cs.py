@@ -90,6 +90,13 @@ class StationSide(ChargePoint):
         return call_result.StopTransaction()
 
 
+# The station's meter (tests/system/ocpp_rig.py's Modbus double). Input registers, u32
+# big-endian: voltage dV L1..L3, current mA L1..L3, power W, import Wh.
+METER_MAP = ('{"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 3,'
+             ' "voltage": [0, "u32", 1, 1], "current": [6, "u32", 1, 1],'
+             ' "power": [12, "i32", 1, 1], "import": [14, "u32", 1, 1]}')
+
+
 class CentralSystem:
     def __init__(self, interval=300, password=PASSWORD, ping_interval=20):
         self.interval = interval
@@ -191,7 +198,8 @@ class Station:
     @classmethod
     async def start(cls, tmp, url, config=None, heap=None, start_wh=1000, runtime=MICROPYTHON):
         opts = {"store": os.path.join(tmp, "data"), "start_wh": start_wh,
-                "config": dict({"backend": "ocpp16", "ocpp_url": url, "ocpp_id": IDENTITY,
+                "config": dict({"meter_map": "custom", "meter_custom_map": METER_MAP,
+                                "backend": "ocpp16", "ocpp_url": url, "ocpp_id": IDENTITY,
                                 "ocpp_password": PASSWORD, "auth_mode": "backend"},
                                **(config or {}))}
         if heap:

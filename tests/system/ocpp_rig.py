@@ -5,6 +5,7 @@ Imported by ocpp_station.py after HarnessRoom.begin() (tools/bench_rig.py), so t
 module's code and what Rig builds before the station count as the harness, not as firmware;
 the firmware (firmware.station and what it imports) is imported only in Rig.start().
 """
+import json
 import sys
 import time
 
@@ -13,6 +14,7 @@ sys.path.insert(0, "tests/unit")
 from meter_doubles import SlaveStream  # noqa: E402
 from tools.pilotsim.model import S2_C, S2_OPEN, PilotModel  # noqa: E402
 from tools.pilotsim.simboard import SimBoard, SimReset  # noqa: E402
+from tools.bench_rig import ROOM, say  # noqa: E402
 
 TICK_MS = 10     # firmware.station.TICK_MS, checked in Rig.start (imported after the room)
 
@@ -29,7 +31,7 @@ class _Clock:
 class Rig:
     def __init__(self, opts):
         self.store = opts["store"]
-        self.config = opts["config"]     # ocpp_station.py's, with the meter's map
+        self.config = opts["config"]     # with the meter's map (tests/system/ocpp_cs.py)
         self.mwh = opts.get("start_wh", 1000) * 1000
         self.power_w = 7200
         self.model = PilotModel()
@@ -172,3 +174,31 @@ class Rig:
         elif what == "config":
             return {"cfg": self.station.cfg.public(cmd.get("keys"))}
         return self.snapshot()
+
+
+def main(opts, start):
+    """The command loop; `start`: gc.mem_alloc() before the harness was imported."""
+    ROOM.start = start
+    rig = Rig(opts)
+    ROOM.reserve(opts.get("firmware_pool"))
+    opts = None
+    rig.start()
+    say({"ready": True, "harness": ROOM.harness, "ballast": ROOM.ballast_bytes,
+         "pool": ROOM.firmware_pool()})
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        cmd = json.loads(line)
+        line = None
+        if cmd["do"] == "quit":
+            break
+        try:
+            out = rig.do(cmd)
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            sys.print_exception(e)
+            out = {"error": "%s: %s" % (type(e).__name__, e)}
+        cmd = None
+        # Written piece by piece (json.dump to the stream): no string of the whole answer.
+        say(out)
+        out = None

@@ -3,8 +3,8 @@ by tests/system/test_ocpp_*.py and tools/bench_ocpp.py (the central system runs 
 
     micropython [-X heapsize=N] tests/system/ocpp_station.py OPTIONS.json
 
-Options: store (data directory), config (station settings), start_wh (meter register),
-firmware_pool (bytes: see below). The station runs on the simulator's board
+Options: store (data directory), config (station settings, the meter's map among them:
+tests/system/ocpp_cs.py), start_wh (meter register), firmware_pool (bytes: see below). The station runs on the simulator's board
 (tools/pilotsim/simboard.py) in simulated time, with a Modbus meter double on its RS-485 bus
 whose registers follow the simulated energy (tests/system/ocpp_rig.py). Each stdin line is
 one JSON command; each is answered with one JSON line (a snapshot):
@@ -22,69 +22,31 @@ the backend waits for the central system (a CALL in flight, connecting) or `pace
 
 The heap (tools/bench_rig.py HarnessRoom, as the MQTT bench): on an ESP32 the board is C
 code and hardware, no GC heap. With `firmware_pool` the process is started with a heap
-larger than the figure under test; the harness (this file's rig: the SimBoard, the pilot
-model, the meter double, tools/bench_rig.py) is imported and built first and measured, and
-a ballast block leaves the firmware exactly `firmware_pool` bytes, the pool of
-`-X heapsize=<figure>`. The first line says {"ready": true, "harness": B, "ballast": B,
-"pool": B}. Counted as firmware, to err on the safe side: the interpreter's start-up heap,
-this file's code, the options, the firmware modules the harness builds on (imported before
-the harness is measured) and the command and answer lines (they churn in the firmware's
-share).
+larger than the figure under test; the harness (tests/system/ocpp_rig.py: the SimBoard, the
+pilot model, the meter double, the command loop; tools/bench_rig.py) is imported and built
+first and measured, and a ballast block leaves the firmware exactly `firmware_pool` bytes,
+the pool of `-X heapsize=<figure>`. The first line says {"ready": true, "harness": B,
+"ballast": B, "pool": B}. Counted as firmware, to err on the safe side: the interpreter's
+start-up heap, this file's few lines, the options (the station's config among them), the
+firmware modules the harness builds on (imported before the harness is measured) and the
+command and answer lines (they churn in the firmware's share). This file is compiled onto
+the heap from source (not frozen), so it is kept to what must come first.
 """
 import gc
 import json
 import sys
 
 # Counted as firmware: the modules the harness builds on (SimBoard's base class, the
-# Modbus CRC of the meter double, the filesystem).
+# Modbus CRC of the meter double, the filesystem), and the run's parameters.
 import firmware.board  # noqa: F401
 import firmware.modbus  # noqa: F401
 import firmware.storage  # noqa: F401
 
-# Input registers, u32 big-endian: voltage dV L1..L3, current mA L1..L3, power W, import Wh.
-METER_MAP = ('{"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 3,'
-             ' "voltage": [0, "u32", 1, 1], "current": [6, "u32", 1, 1],'
-             ' "power": [12, "i32", 1, 1], "import": [14, "u32", 1, 1]}')
-
-
-def _options():
-    # The run's parameters, counted as firmware (the config dict is the Station's input).
-    with open(sys.argv[1]) as f:
-        opts = json.load(f)
-    cfg = {"meter_map": "custom", "meter_custom_map": METER_MAP}
-    cfg.update(opts.get("config", {}))
-    opts["config"] = cfg
-    return opts
-
-
-def main():
-    opts = _options()
-    gc.collect()
-    start = gc.mem_alloc()
-    # The harness: its modules and objects, measured apart.
-    from tools.bench_rig import ROOM, say
-    import ocpp_rig          # tests/system, beside this file: compiled onto the heap here
-    ROOM.start = start
-    rig = ocpp_rig.Rig(opts)
-    ROOM.reserve(opts.get("firmware_pool"))
-    rig.start()
-    say({"ready": True, "harness": ROOM.harness, "ballast": ROOM.ballast_bytes,
-         "pool": ROOM.firmware_pool()})
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            break
-        cmd = json.loads(line)
-        if cmd["do"] == "quit":
-            break
-        try:
-            out = rig.do(cmd)
-        except Exception as e:  # noqa: BLE001 - reported to the test
-            sys.print_exception(e)
-            out = {"error": "%s: %s" % (type(e).__name__, e)}
-        cmd = line = None
-        # Written piece by piece (json.dump to the stream): no string of the whole answer.
-        say(out)
-
-
-main()
+with open(sys.argv[1]) as _f:
+    _OPTS = json.load(_f)
+_f = None
+gc.collect()
+_START = gc.mem_alloc()
+# The harness: its code (compiled here, beside this file) and objects, measured apart.
+import ocpp_rig  # noqa: E402
+ocpp_rig.main(_OPTS, _START)
