@@ -40,7 +40,7 @@ _REJECTED = const(2)
 _ACCEPTED = const(3)
 REGISTRATION_NAMES = ("unknown", "pending", "rejected", "accepted")
 
-_TX_ACTIONS = {"S": "StartTransaction", "M": "MeterValues", "T": "StopTransaction"}
+_TX_KINDS = ("S", "M", "T")       # the context of a transaction message (txlog.py "S", "M", "T")
 _SMART_FILE = "ocpp_cp.json"      # firmware/ocpp16/smart.py PROFILES_FILE
 
 
@@ -392,7 +392,7 @@ class Ocpp16Backend(Backend):
             ok = isinstance(info, dict) and info.get("status") == "Accepted"
             self.cache.update(ctx, info)
             self.ops.authorize_result(ctx, ok, now)
-        elif ctx in _TX_ACTIONS:
+        elif ctx in _TX_KINDS:
             tx_id = None
             info = p.get("idTagInfo")
             e = self.log.head()
@@ -422,7 +422,7 @@ class Ocpp16Backend(Backend):
             self._status_retry_at = ticks_add(now, self.cfg["ocpp_tx_retry_s"] * 1000)
         elif action == "Authorize":
             self.ops.authorize_result(ctx, False, now)
-        elif ctx in _TX_ACTIONS:
+        elif ctx in _TX_KINDS:
             # TransactionMessageAttempts / RetryInterval (OCPP 1.6 4.10): the wait grows
             # with each attempt; after the last the message is given up.
             self._tx_attempts += 1
