@@ -42,7 +42,7 @@ import struct
 import sys
 from binascii import b2a_base64
 
-from firmware.compat import const, ticks_add, ticks_diff
+from firmware.compat import const, presize, ticks_add, ticks_diff
 
 CLOSED = const(0)
 CONNECTING = const(1)
@@ -149,12 +149,23 @@ def _expected_accept(key):
     return _b64(sha1(key + _GUID).digest())
 
 
+# Every attribute of WsClient, given first (compat.presize): open() adds a connection's own,
+# which would otherwise grow the table at the first connection, on a heap fragmented by then.
+# tests/unit/test_presize.py checks the list is complete.
+WS_ATTRS = ("max_message", "ping_s", "pong_timeout_ms", "connect_timeout_ms", "_sm", "_small",
+            "_rx", "_rn", "_msg", "_q", "_qn", "_sock", "_stream", "_poll", "_addr",
+            "_addr_for", "state", "error", "close_code", "inbox", "url", "tls_context",
+            "rx_bytes", "tx_bytes", "pings", "pongs", "_host", "_secure", "_key", "_protocol",
+            "_deadline", "_heard", "_pinged")
+
+
 class WsClient:
     """One WebSocket connection at a time. `max_message`: the largest text message taken;
     `rx_size`: the receive buffer kept (a larger frame borrows one of its size)."""
 
     def __init__(self, max_message=4096, ping_s=0, pong_timeout_ms=10000,
                  connect_timeout_ms=10000, socket_module=None, rx_size=_RX_SIZE):
+        presize(self, WS_ATTRS)
         self.max_message = max_message
         self.ping_s = ping_s
         self.pong_timeout_ms = pong_timeout_ms
