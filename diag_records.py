@@ -71,21 +71,22 @@ def faults():
 
 
 def config(match=None):
-    from firmware.config import REBOOT, SCHEMA
+    from firmware.config import keys, needs_reboot
+    from firmware.config import default as _default
     if match is not None and not isinstance(match, str):
         _error("config: match is a part of a key, e.g. config(\"meter\")")
         return
     _, _, cfg = _context()
     defaults = {}
     reboot = []
-    for k in SCHEMA:
-        defaults[k] = SCHEMA[k][0]
-        if SCHEMA[k][3] & REBOOT:
+    for k in keys():
+        defaults[k] = _default(k)
+        if needs_reboot(k):
             reboot.append(k)
     lines = _fmt.config_lines(cfg.public(), defaults, reboot, match)
     if match and lines[1] == "  no key matches":
         from firmware.config import suggest
-        near = suggest(match, SCHEMA)
+        near = suggest(match, keys())
         if near:
             lines[1] = "  no key matches; did you mean %s?" % near
     _emit(lines)
@@ -98,12 +99,12 @@ def set(key, value, confirm=False):   # noqa: A001 - the REPL verb a technician 
     """Validate, store and apply `key` = `value` through the station's config command (the
     same path as the backend's set_config command). A bad key or value changes nothing.
     Raising a current asks first (confirm=True answers yes in a script)."""
-    from firmware.config import SCHEMA, is_secret, needs_reboot, unknown_key, warnings
+    from firmware.config import is_secret, needs_reboot, spec, unknown_key, warnings
     st = _station()
     if not isinstance(key, str):
         _error("set: the key must be a string, e.g. set(\"max_current_ma\", 16000)")
         return False
-    if key not in SCHEMA:
+    if spec(key) is None:
         _error("set: refused: %s." % unknown_key(key))
         _d.echo("  Nothing changed.")
         return False

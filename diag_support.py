@@ -50,13 +50,14 @@ def _blocking_names(st):
 def _link_text(link):
     if link is None:
         return None
-    s = link.stats()
-    text = s["state"]
+    # The link's state and last error, not its stats(): a dict of 32 counters to read two.
+    from firmware.mqtt_link import STATE_NAMES
+    text = STATE_NAMES[link.state]
     why = getattr(link, "disabled_reason", None)
     if why:
         text += " (will not connect: %s)" % why
-    elif s.get("last_error"):
-        text += " (last error: %s)" % s["last_error"]
+    elif link.last_error:
+        text += " (last error: %s)" % link.last_error
     return text
 
 
@@ -100,3 +101,23 @@ def _uptime_ms(st, now):
     # stand-in has only its start time.
     up = getattr(st, "uptime_s", None)
     return up * 1000 if up is not None else ticks_diff(now, st.started_ms)
+
+
+class Both:
+    """Two dicts read as one, `first` before `second` (diag.status: its lines over the
+    station's status report), without a table of both."""
+
+    def __init__(self, first, second):
+        self.first = first
+        self.second = second
+
+    def __contains__(self, key):
+        return key in self.first or key in self.second
+
+    def __getitem__(self, key):
+        return self.first[key] if key in self.first else self.second[key]
+
+    def get(self, key, default=None):
+        if key in self.first:
+            return self.first[key]
+        return self.second.get(key, default)

@@ -183,7 +183,7 @@ def _check_arg(cmd, name, kind, low, high, value):
         if len(value) < low or len(value) > high:
             raise CommandError("%s: %d..%d keys" % (where, low, high), PROPERTY_CONSTRAINT)
         for key in value:
-            if not isinstance(key, str) or key not in config.SCHEMA:
+            if not isinstance(key, str) or config.spec(key) is None:
                 raise CommandError("%s: unknown config key %s" % (where, _short(key)),
                                    PROPERTY_CONSTRAINT)
         return value

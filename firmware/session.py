@@ -155,6 +155,15 @@ class _Session:
             d[k] = getattr(self, k)
         return d
 
+    def dump_json(self, out):
+        """to_dict()'s JSON object written to `out` field by field (Store.write_json takes
+        this method for a value): no table of its 40 fields, a block a full heap lacks."""
+        out.write('{"v": %d' % RECORD_VERSION)
+        for k in self.FIELDS:
+            out.write(', "%s": ' % k)
+            json.dump(getattr(self, k), out)
+        out.write("}")
+
     def small(self):
         return [getattr(self, k) for k in self.SMALL]
 
@@ -963,7 +972,7 @@ class SessionManager:
             return
         self._live_sid = s.id
         name = CKPT_FILE if small else LIVE_FILE
-        values = s.small() if small else s.to_dict()
+        values = s.small() if small else s.dump_json
         try:
             self.store.write_json(name, values)
         except StorageError as e:

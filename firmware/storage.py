@@ -146,6 +146,15 @@ class _JsonSink(io.IOBase):
             self.used = self.skip = 0
 
 
+def _dump(value, sink):
+    # A function writes its JSON itself: an object too wide to build as a dict first
+    # (firmware/session.py _Session.dump_json).
+    if callable(value):
+        value(sink)
+    else:
+        json.dump(value, sink)
+
+
 def _check_name(name):
     if not isinstance(name, str) or not name or "/" in name or name.endswith(TMP_SUFFIX) \
             or name in (".", ".."):
@@ -337,9 +346,11 @@ class Store:
         self._replace(tmp, path)
 
     def json_sum(self, value):
-        """(length, CRC) of the JSON text of `value`, without making the text."""
+        """(length, CRC) of the JSON text of `value`, without making the text. Here and in
+        write_json and Journal.append_json, `value` may be a function that writes its JSON
+        to the stream it is given, for an object too wide to build first."""
         first = _JsonSink(self._piece)
-        json.dump(value, first)
+        _dump(value, first)
         first.flush()
         return first.n, first.crc
 
@@ -355,7 +366,7 @@ class Store:
             # The header in the first piece: a record that fits is one write, as before.
             again = _JsonSink(self._piece, f, skip=_FILE_HDR)
             again.buf[:_FILE_HDR] = _FILE_MAGIC + struct.pack(">II", n, crc)
-            json.dump(value, again)
+            _dump(value, again)
             again.flush()
             if again.n != n or again.crc != crc:
                 raise ValueError("%s: changed while written" % name)
@@ -601,7 +612,7 @@ class Journal:
         head = struct.pack(">BH", _KIND_RECORD, n)
         piece = self.store._piece
         summed = _JsonSink(piece, crc=_crc(head))
-        json.dump(value, summed)
+        _dump(value, summed)
         summed.flush()
         crc = summed.crc
         self._recover()
@@ -610,7 +621,7 @@ class Journal:
             sink = _JsonSink(piece, f, _crc(head), _REC_HDR)
             piece[0] = _REC_MAGIC
             piece[1:_REC_HDR] = head + struct.pack(">I", crc)
-            json.dump(value, sink)
+            _dump(value, sink)
             sink.flush()
             if sink.n != n or sink.crc != crc:
                 raise ValueError("%s: changed while written" % self.name)

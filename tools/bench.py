@@ -510,7 +510,7 @@ def _idle_run(peers, tmp, idle_s, extra, tag):
 
 
 def part_idle(peers, tmp, quick, log):
-    from firmware.config import SCHEMA
+    from firmware import config
     from firmware.meters import load_map
     idle_s = IDLE_S[quick]
     result, d, per_hour = _idle_run(peers, tmp, idle_s, None, "default")
@@ -519,7 +519,7 @@ def part_idle(peers, tmp, quick, log):
     polls = result["meter_cycles"] - result["meter_failed"]
     if polls <= 0:
         raise BenchError("no meter poll completed in the idle run")
-    mmap = load_map(SCHEMA["meter_map"][0])
+    mmap = load_map(config.default("meter_map"))
     best, per_block, blocks = modbus_min_bytes(mmap)
     metrics = {
         "mqtt_idle_bytes_per_hour": round(per_hour),

@@ -13,7 +13,7 @@ relay between the "naive_start" and "naive_end" marks.
 import sys
 
 from firmware import messages
-from firmware.config import SCHEMA
+from firmware import config
 from tools.bench_rig import ask, build, read_json, say
 
 PERIOD_S = 30
@@ -31,8 +31,8 @@ def main(argv):
     st, _b, _ = build(run["storage"], cfg)
     st.step()
     payload = messages.encode(messages.status(st.status(), True))
-    topics = messages.Topics(cfg.get("mqtt_prefix", SCHEMA["mqtt_prefix"][0]),
-                             cfg.get("station_id", SCHEMA["station_id"][0]))
+    topics = messages.Topics(cfg.get("mqtt_prefix", config.default("mqtt_prefix")),
+                             cfg.get("station_id", config.default("station_id")))
     c = MQTTClient(b"naive-baseline", mqtt_host, mqtt_port, keepalive=KEEPALIVE_S)
     c.connect()
     time.sleep_ms(100)

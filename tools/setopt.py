@@ -3,7 +3,7 @@ typed and checked by the firmware's own schema (firmware/config.py), e.g.
 
     --set backend=ocpp16 --set ocpp_url=ws://csms.example:9000/ocpp --set ocpp_id=CP-7
 """
-from firmware.config import SCHEMA
+from firmware import config
 
 
 class SetError(ValueError):
@@ -16,9 +16,9 @@ def parse(pairs):
     for pair in pairs or ():
         key, eq, text = pair.partition("=")
         key = key.strip()
-        if not eq or key not in SCHEMA:
+        if not eq or config.spec(key) is None:
             raise SetError("--set %s: expected KEY=VALUE with a firmware setting as KEY" % pair)
-        default = SCHEMA[key][0]
+        default = config.default(key)
         if default is True or default is False:
             if text.lower() not in ("true", "false", "1", "0"):
                 raise SetError("--set %s: true or false" % pair)

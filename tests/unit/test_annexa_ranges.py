@@ -5,7 +5,7 @@
 import unittest
 
 from tools.charger_rig import Rig
-from firmware.config import SCHEMA
+from firmware.config import spec
 from firmware.station import TICK_MS
 
 CLOSE_AFTER_C_MS = 3000       # EV in C with PWM on -> contactor closed (Annex A)
@@ -17,11 +17,11 @@ SELFTEST_PERIOD_MAX_MS = 86400000   # residual-current monitor tested at least d
 
 
 def lo(key):
-    return SCHEMA[key][1]
+    return spec(key)[1]
 
 
 def hi(key):
-    return SCHEMA[key][2]
+    return spec(key)[2]
 
 
 def worst_close_ms():

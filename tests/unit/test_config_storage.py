@@ -3,7 +3,7 @@
 # ints): every key still reads as before, and the safety tick's reads allocate nothing.
 import unittest
 
-from firmware.config import SCHEMA, Config, ConfigError
+from firmware.config import Config, ConfigError, default, keys
 
 try:
     import micropython
@@ -15,33 +15,33 @@ except ImportError:
 class SparseStorage(unittest.TestCase):
     def test_every_key_reads_its_default(self):
         cfg = Config()
-        for key in SCHEMA:
-            self.assertEqual(cfg[key], SCHEMA[key][0], key)
-            self.assertEqual(cfg.get(key), SCHEMA[key][0], key)
+        for key in keys():
+            self.assertEqual(cfg[key], default(key), key)
+            self.assertEqual(cfg.get(key), default(key), key)
         self.assertEqual(cfg.changed_from_defaults(), {})
         self.assertEqual(cfg.get("no_such_key", 5), 5)
         self.assertRaises(KeyError, lambda: cfg["no_such_key"])
         # Stored: the big int defaults only (a handful, not the whole schema).
-        big = [k for k in SCHEMA if type(SCHEMA[k][0]) is int and SCHEMA[k][0] > 8191]
+        big = [k for k in keys() if type(default(k)) is int and default(k) > 8191]
         self.assertEqual(sorted(cfg._values), sorted(big))
 
     def test_a_change_is_stored_and_a_return_to_the_default_is_dropped(self):
         cfg = Config({"phases": 1, "station_id": "cp-9"})
         self.assertEqual((cfg["phases"], cfg["station_id"]), (1, "cp-9"))
         self.assertEqual(cfg.changed_from_defaults(), {"phases": 1, "station_id": "cp-9"})
-        self.assertEqual(cfg.update({"phases": SCHEMA["phases"][0], "station_id": "cp-9"}),
+        self.assertEqual(cfg.update({"phases": default("phases"), "station_id": "cp-9"}),
                          ["phases"])
         self.assertFalse("phases" in cfg._values)
-        self.assertEqual(cfg["phases"], SCHEMA["phases"][0])
+        self.assertEqual(cfg["phases"], default("phases"))
         self.assertEqual(cfg.changed_from_defaults(), {"station_id": "cp-9"})
         self.assertEqual(Config.from_json(cfg.to_json()).changed_from_defaults(),
                          {"station_id": "cp-9"})
 
     def test_a_big_int_key_set_to_its_default_stays_readable(self):
         cfg = Config({"max_current_ma": 16000})
-        self.assertEqual(cfg.update({"max_current_ma": SCHEMA["max_current_ma"][0]}),
+        self.assertEqual(cfg.update({"max_current_ma": default("max_current_ma")}),
                          ["max_current_ma"])
-        self.assertEqual(cfg["max_current_ma"], SCHEMA["max_current_ma"][0])
+        self.assertEqual(cfg["max_current_ma"], default("max_current_ma"))
         self.assertEqual(cfg.changed_from_defaults(), {})
 
     def test_a_refused_update_changes_nothing(self):
@@ -63,8 +63,8 @@ class SparseStorage(unittest.TestCase):
             total = cfg["max_current_ma"] - 1000 + cfg["phases"] + cfg["pilot_confirm_n"]
         finally:
             micropython.heap_unlock()
-        self.assertEqual(total, SCHEMA["max_current_ma"][0] - 1000 + 1
-                         + SCHEMA["pilot_confirm_n"][0])
+        self.assertEqual(total, default("max_current_ma") - 1000 + 1
+                         + default("pilot_confirm_n"))
 
 
 if __name__ == "__main__":

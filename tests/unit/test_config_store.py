@@ -5,7 +5,7 @@ import json
 import unittest
 
 from firmware import config_store, faults
-from firmware.config import SAFE_FALLBACK, SCHEMA, Config
+from firmware.config import SAFE_FALLBACK, Config, default
 from firmware.station import TICK_MS, Station
 from firmware.storage import StorageError, Store
 from tools.powercut_fs import PowerCutFs
@@ -51,8 +51,8 @@ class FallbackValues(unittest.TestCase):
     def test_every_fallback_is_at_most_its_default_and_valid(self):
         cfg = config_store.safe_defaults()
         for key in SAFE_FALLBACK:
-            default = SCHEMA[key][0]
-            self.assertTrue(SAFE_FALLBACK[key] <= default, key)
+            dflt = default(key)
+            self.assertTrue(SAFE_FALLBACK[key] <= dflt, key)
             self.assertEqual(cfg[key], SAFE_FALLBACK[key])
         self.assertEqual(cfg["max_current_ma"], 6000)
         self.assertEqual(cfg["phases"], 1)
@@ -68,7 +68,7 @@ class LoadAndSave(unittest.TestCase):
     def test_a_station_never_configured_runs_on_the_defaults_without_error(self):
         cfg, err = config_store.load(store_with())
         self.assertIsNone(err)
-        self.assertEqual(cfg["max_current_ma"], SCHEMA["max_current_ma"][0])
+        self.assertEqual(cfg["max_current_ma"], default("max_current_ma"))
 
     def test_save_writes_the_file_and_its_copy(self):
         st = store_with()

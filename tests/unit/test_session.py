@@ -830,3 +830,21 @@ class StartRecords(unittest.TestCase):
         # The recovered session ends: its end record says it all, the start goes.
         st.sm.recover(st.t, st.register)
         self.assertEqual(st.sm.pop_started(), [])
+
+
+class CheckpointJson(unittest.TestCase):
+    # The full checkpoint is written field by field (_Session.dump_json), not built as a
+    # dict of 40 fields first: what a reset reads back is still to_dict().
+    def test_the_live_file_holds_to_dict(self):
+        from firmware.session import _Session
+        s = _Session()
+        s.id = "s-7"
+        s.faults = ["OVERCURRENT"]
+        s.tariff = {"id": "t1", "price_minor": 30}
+        s.reason = "ev_stopped"
+        s.last_wall = 1764806400
+        st = Store("/d", PowerCutFs())
+        st.write_json(LIVE_FILE, s.dump_json)
+        self.assertEqual(json.loads(st.read(LIVE_FILE)), s.to_dict())
+        again = _Session.from_dict(json.loads(st.read(LIVE_FILE)))
+        self.assertEqual(again.to_dict(), s.to_dict())

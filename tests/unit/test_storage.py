@@ -162,6 +162,26 @@ class AtomicFiles(unittest.TestCase):
             # journal's append (three passes) takes about 2.4 KB now, file objects included.
             self.assertTrue(used < 4096, "%s allocated %d B" % (what, used))
 
+    def test_a_function_may_write_its_own_json(self):
+        # For an object too wide to build as a dict first (a session checkpoint).
+        import json
+        text = '{"id": "s-1", "wh": [1, 22, 333], "tag": %s}' % json.dumps("caf\u00e9")
+
+        def writer(out):
+            out.write('{"id": ')
+            json.dump("s-1", out)
+            out.write(', "wh": [1, 22, 333], "tag": ')
+            json.dump("caf\u00e9", out)
+            out.write("}")
+        fs1, st1 = _fresh()
+        fs2, st2 = _fresh()
+        st1.write_atomic("live.json", text.encode())
+        st2.write_json("live.json", writer)
+        Journal(st1, "j").append(text.encode())
+        Journal(st2, "j").append_json(writer)
+        self.assertEqual(fs2.medium, fs1.medium)
+        self.assertEqual(json.loads(st2.read("live.json"))["tag"], "caf\u00e9")
+
     def test_append_json_refuses_a_record_over_the_limit_and_writes_nothing(self):
         fs, st = _fresh()
         j = Journal(st, "j")

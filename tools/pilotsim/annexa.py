@@ -188,8 +188,8 @@ class Timeline:
     def _start_cfg(self, key, default):
         if key in self.config:
             return self.config[key]
-        from firmware.config import SCHEMA
-        return SCHEMA[key][0] if key in SCHEMA else default
+        from firmware import config
+        return default if config.spec(key) is None else config.default(key)
 
 
 def analyse(records):

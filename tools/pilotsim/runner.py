@@ -361,8 +361,8 @@ class Runner:
             link._sf = self.net
 
     def _cfg(self, key):
-        from firmware.config import SCHEMA
-        return self.config.get(key, SCHEMA[key][0])
+        from firmware import config
+        return self.config.get(key, config.default(key))
 
     def _open_meter(self, port):
         from tools.tcpuart import TcpUart
