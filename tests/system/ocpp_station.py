@@ -4,10 +4,11 @@ by tests/system/test_ocpp_*.py and tools/bench_ocpp.py (the central system runs 
     micropython [-X heapsize=N] tests/system/ocpp_station.py OPTIONS.json
 
 Options: store (data directory), config (station settings, the meter's map among them:
-tests/system/ocpp_cs.py), start_wh (meter register), firmware_pool (bytes: see below). The station runs on the simulator's board
-(tools/pilotsim/simboard.py) in simulated time, with a Modbus meter double on its RS-485 bus
-whose registers follow the simulated energy (tests/system/ocpp_rig.py). Each stdin line is
-one JSON command; each is answered with one JSON line (a snapshot):
+tests/system/ocpp_cs.py), start_wh (meter register), firmware_pool (bytes: see below).
+The station runs on the simulator's board (tools/pilotsim/simboard.py) in simulated time,
+with a Modbus meter double on its RS-485 bus whose registers follow the simulated energy
+(tests/system/ocpp_rig.py). Each stdin line is one JSON command; each is answered with one
+JSON line (a snapshot):
     {"do": "run", "ms": N, "until": NAME, "paced": bool}   step N ms (or until NAME holds)
     {"do": "ev", "plugged": bool, "charge": bool}           the EV: plugged, requesting (C)
     {"do": "power", "w": W}                                 the EV's draw while the contacts close

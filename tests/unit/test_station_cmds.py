@@ -15,7 +15,8 @@ class ResultCodes(unittest.TestCase):
     def test_the_station_codes_are_error_codes_of_the_command_set(self):
         for name in station_cmds.CODES:
             if name != "STOP_SKEW_S":
-                self.assertIn(getattr(station_cmds, name), commands.ERROR_CODES + (commands.OTHER_SESSION,))
+                self.assertIn(getattr(station_cmds, name),
+                              commands.ERROR_CODES + (commands.OTHER_SESSION,))
 
 
 if __name__ == "__main__":
