@@ -33,6 +33,21 @@ def presize(obj, names):
         setattr(obj, name, None)
 
 
+def unload(name):
+    """Forget the module `name` ("firmware.x"): out of sys.modules and its package, its
+    globals, functions and tables leave the heap at the next collection, provided nothing
+    else refers to them. For code that runs now and then (firmware/command_parse.py): a
+    frozen module costs no flash reads to import again, but its globals dict, a function
+    object per def and a dict per class are heap while it is imported."""
+    sys.modules.pop(name, None)
+    dot = name.rfind(".")
+    if dot > 0:
+        package = sys.modules.get(name[:dot])
+        leaf = name[dot + 1:]
+        if package is not None and leaf in package.__dict__:
+            delattr(package, leaf)
+
+
 try:
     from micropython import const  # noqa: F401
 except ImportError:

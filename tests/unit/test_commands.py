@@ -260,7 +260,8 @@ class ValidCommandsReachTheStation(unittest.TestCase):
         self.assertEqual(reply["data"], {"uptime_s": 12, "heap_free": 40000})
 
     def test_command_names_are_the_documented_set(self):
-        self.assertEqual(commands.COMMAND_NAMES,
+        from firmware import command_parse
+        self.assertEqual(command_parse.COMMAND_NAMES,
                          ("authorize", "clear_fault", "diagnostics", "get_config", "reboot",
                           "selftest", "set_availability", "set_config", "set_limit", "start",
                           "stop"))
@@ -568,6 +569,10 @@ class OnlyTheOwnerChangesTrustSettings(unittest.TestCase):
                                  "mqtt_tls": True, "mqtt_ca_file": "ca.pem"})
         self.assertIs(reply["ok"], True, reply)
         self.assertEqual(self.cfg["mqtt_host"], "new.example")
+        # The signature check was imported for it and is unloaded again.
+        import sys
+        self.assertFalse("firmware.owner" in sys.modules)
+        self.assertEqual(len(owner.sign(cmd("stop"), "cp-0001", KEY).rsplit(b'"', 2)[1]), 64)
 
     def test_a_wrong_key_a_wrong_station_or_a_changed_byte_is_refused(self):
         for kw in ({"key": bytes(32)}, {"station": "cp-0002"}):
@@ -641,3 +646,46 @@ class RetainedCommands(unittest.TestCase):
         reply = d.refuse_unread(b"garbage", "retained commands are not accepted", commands.RETAINED)
         self.assertEqual((reply["id"], reply["code"]), (None, "RETAINED"))
         self.assertEqual(target.calls, [])
+
+
+class ParserLeavesTheHeap(unittest.TestCase):
+    # firmware/command_parse.py is imported for each command and unloaded after it: between
+    # commands its tables and functions are not in the heap.
+    def setUp(self):
+        from firmware.compat import unload
+        unload("firmware.command_parse")
+        self.target = RecordingTarget()
+        self.d = CommandDispatcher(self.target)
+
+    def test_not_imported_after_a_command_a_refusal_or_a_parse(self):
+        import sys
+        import firmware
+        for call in (lambda: self.d.handle(cmd("set_limit", {"limit_ma": 10000}), NOW),
+                     lambda: self.d.handle(b"{not json", NOW),
+                     lambda: self.d.refuse_unread(cmd("reboot"), "retained", "RETAINED"),
+                     lambda: parse(cmd("stop"))):
+            call()
+            for name in ("command_parse", "owner"):
+                self.assertFalse("firmware." + name in sys.modules, name)
+                self.assertFalse(name in firmware.__dict__, name)
+        self.assertEqual(self.target.calls[0][0], "set_limit")
+
+    def test_the_heap_is_back_where_it_was_after_a_command(self):
+        import gc
+        if not hasattr(gc, "mem_alloc"):
+            raise unittest.SkipTest("gc.mem_alloc: MicroPython")
+        self.d.handle(cmd("set_limit", {"limit_ma": 10000}, "warm"), NOW)
+        gc.collect()
+        before = gc.mem_alloc()
+        from firmware import command_parse      # what an import holds: some 900 B
+        gc.collect()
+        held = gc.mem_alloc() - before
+        del command_parse
+        from firmware.compat import unload
+        unload("firmware.command_parse")
+        self.d.handle(cmd("set_limit", {"limit_ma": 12000}, "again"), NOW)
+        gc.collect()
+        after = gc.mem_alloc()
+        self.assertTrue(held > 512, held)
+        # The reply and the call's record stay (the target keeps them): a few hundred bytes.
+        self.assertTrue(after - before < held // 2, (after - before, held))
