@@ -183,13 +183,13 @@ def counters():
     st, board, cfg = _context()
     if st is not None:
         v = st.counters.values()
-        ob = st.outbox.stats()
+        ob = st.outbox.stats() if st.outbox is not None else None    # None: OCPP
         extra = [("control iterations", st.iterations),
                  ("uptime", _fmt.seconds(_uptime_ms(st, board.ticks_ms()))),
                  ("events", "%d pushed, %d overwritten" % (st.events.pushed,
                                                            st.events.dropped)),
                  ("outbox", "%d held, %d put, %d acked, %d resent" % (
-                     ob["pending"], ob["put"], ob["acked"], ob["resends"])),
+                     ob["pending"], ob["put"], ob["acked"], ob["resends"]) if ob else "none"),
                  ("counter writes", st.counters.writes),
                  ("history", "%d flash writes, %d records not logged%s" % (
                      st.history.writes, st.history.lost,

@@ -34,7 +34,6 @@ from firmware.faults import FaultSet
 from firmware.flashsched import FlashBudget
 from firmware.history import HK_BOOT, HK_STOP, History, cause_index, stop_index
 from firmware.meter_service import MeterService
-from firmware.outbox import Outbox
 from firmware.safestate import SafeState
 from firmware.session import SessionManager
 from firmware.station_cmds import AVAILABILITY_FILE, Commands
@@ -153,15 +152,21 @@ class Station(EventHandling, Reporting, Commands):
             # meter is declared stale), so the energy since the checkpoint is counted.
             self._storage_op(self.sessions.recover, now)
 
-        try:
-            self.outbox = self._outbox(Journal(self.store, OUTBOX_FILE),
-                                       self.cfg["outbox_capacity"])
-        except (StorageError, ValueError, TypeError, KeyError) as e:
-            # A damaged journal the flash cannot rewrite (full, read-only), a file it cannot
-            # remove: this boot's records are held in RAM (a few: the heap is small); the
-            # ones on flash stay there for a boot with a working flash.
-            self.outbox = self._outbox(Journal(self._ram_store(e), OUTBOX_FILE),
-                                       min(self.cfg["outbox_capacity"], _RAM_OUTBOX_CAPACITY))
+        # The outbox (records resent until the backend acknowledges them) is MQTT's: OCPP's
+        # transaction messages carry the records (firmware/ocpp16/txlog.py), so an OCPP
+        # station neither imports nor builds it (its journal stays on flash untouched).
+        self.outbox = None
+        if self.cfg["backend"] != "ocpp16":
+            try:
+                self.outbox = self._outbox(Journal(self.store, OUTBOX_FILE),
+                                           self.cfg["outbox_capacity"])
+            except (StorageError, ValueError, TypeError, KeyError) as e:
+                # A damaged journal the flash cannot rewrite (full, read-only), a file it
+                # cannot remove: this boot's records are held in RAM (a few: the heap is
+                # small); the ones on flash stay there for a boot with a working flash.
+                self.outbox = self._outbox(Journal(self._ram_store(e), OUTBOX_FILE),
+                                           min(self.cfg["outbox_capacity"],
+                                               _RAM_OUTBOX_CAPACITY))
         if self.cfg["wifi_ssid"]:
             board.start_network(self.cfg["wifi_ssid"], self.cfg["wifi_password"],
                                 self.cfg["ntp_server"])
@@ -228,6 +233,7 @@ class Station(EventHandling, Reporting, Commands):
         return cfg
 
     def _outbox(self, journal, capacity):
+        from firmware.outbox import Outbox
         return Outbox(journal, capacity=capacity, window=self.cfg["outbox_window"],
                       resend_ms=self.cfg["outbox_resend_s"] * 1000,
                       on_ack=self._on_ack, on_overflow=self._on_overflow)
@@ -422,9 +428,11 @@ class Station(EventHandling, Reporting, Commands):
         if self.backend is not None:
             self._comms(now)
             self.backend.step(now)
-        if self.outbox.overflow_active and len(self.outbox) <= self.outbox.capacity // 2:
-            self.outbox.clear_overflow()          # reported; the backend is catching up
-        self._fault_flag(_faults.OUTBOX_OVERFLOW, self.outbox.overflow_active, now)
+        ob = self.outbox
+        if ob is not None:
+            if ob.overflow_active and len(ob) <= ob.capacity // 2:
+                ob.clear_overflow()               # reported; the backend is catching up
+            self._fault_flag(_faults.OUTBOX_OVERFLOW, ob.overflow_active, now)
         if self._limit_left_ms is not None:
             self._limit_expiry(now)
 

@@ -6,18 +6,40 @@ A mixin of firmware.station.Station (which holds the charger, sessions, store an
 rest); split from it so that the loop (firmware/station.py) stays readable. Every command
 that must survive a reset is on flash before it returns its reply.
 """
-from firmware import commands as _cmd
 from firmware import config_store
 from firmware import faults as _faults
 from firmware import states as _states
 from firmware.auth import ASK_BACKEND, SOURCE_BACKEND, SOURCE_READER
-from firmware.compat import ticks_add, ticks_diff
+from firmware.compat import const, ticks_add, ticks_diff
 from firmware.config import Config, is_hardware, needs_reboot
 from firmware.meters import load_map
 from firmware.session import REASON_REBOOT, REASON_REMOTE_STOP, TIME_WALL
 from firmware.storage import StorageError
 
 AVAILABILITY_FILE = "inoperative"   # present: the operator took the station out of service
+
+# The result codes these methods return with a reason: firmware/commands.py's error codes
+# (docs/mqtt.md "Error codes"), the same strings. Not imported from there: firmware.commands
+# is the MQTT command set (with messages, owner and the ledger, some 3 KB of heap), which an
+# OCPP station (firmware/backend/station_ops.py) does without. tests/unit/test_station_cmds
+# checks that every one equals its namesake in firmware.commands.
+PROPERTY_CONSTRAINT = "PropertyConstraintViolation"
+NO_EV = "NO_EV"
+NO_SESSION = "NO_SESSION"
+INOPERATIVE = "INOPERATIVE"
+BUSY = "BUSY"
+ALREADY = "ALREADY"
+NOT_AUTHORIZED = "NOT_AUTHORIZED"
+OCCUPIED = "OCCUPIED"
+STORAGE = "STORAGE"
+ON_SITE = "ON_SITE"
+DISABLED = "DISABLED"
+OTHER_SESSION = "OTHER_SESSION"
+STOP_SKEW_S = const(5)       # firmware.commands.STOP_SKEW_S: a stop sent this long before
+                             # the running session began was meant for an earlier one
+CODES = ("PROPERTY_CONSTRAINT", "NO_EV", "NO_SESSION", "INOPERATIVE", "BUSY", "ALREADY",
+         "NOT_AUTHORIZED", "OCCUPIED", "STORAGE", "ON_SITE", "DISABLED", "OTHER_SESSION",
+         "STOP_SKEW_S")
 
 _REBOOT_GRACE_MS = 1000     # the reply goes out before the restart
 _REBOOT_FORCE_MS = 7000     # a charging EV gets pwm_off_open_ms to stop first
@@ -28,29 +50,29 @@ class Commands:
         # connector_id is checked by the dispatcher (this station has one connector).
         c = self.charger
         if not c.available:
-            return _cmd.INOPERATIVE, "station is inoperative"
+            return INOPERATIVE, "station is inoperative"
         if self._reboot_at is not None:
             # The reboot paused charging so the EV stops first; resuming would have the
             # reset cut a charging EV under load.
-            return _cmd.BUSY, "reboot scheduled"
+            return BUSY, "reboot scheduled"
         if id_tag is not None:
             # OCPP RemoteStartTransaction: the backend names who pays; the EV may plug in
             # afterwards (the session starts at the authorization).
             try:
                 ok, why = self.auth.request(id_tag, True, SOURCE_BACKEND)
             except ValueError as e:
-                return _cmd.PROPERTY_CONSTRAINT, str(e)
+                return PROPERTY_CONSTRAINT, str(e)
             err = self._authorize(id_tag, ok, why, now_ms)
             if err is None and c.paused:
                 c.resume()
             return err
         if not _states.ev_connected(c.state):
-            return _cmd.NO_EV, "no EV connected"
+            return NO_EV, "no EV connected"
         if c.paused:
             c.resume()
             return None
         if c.authorized:
-            return _cmd.ALREADY, "already started"
+            return ALREADY, "already started"
         # A remote start authorizes the connected EV (OCPP RemoteStartTransaction).
         c.authorize(True)
         self.sessions.set_id_tag(None, now_ms, SOURCE_BACKEND)
@@ -60,17 +82,17 @@ class Commands:
         c = self.charger
         active = self.sessions.active
         if active is None:
-            return _cmd.NO_SESSION, "no session"
+            return NO_SESSION, "no session"
         # A stop held back by an outage must not end the next driver's charge.
         if session_id is not None and session_id != active["id"]:
-            return _cmd.OTHER_SESSION, "session %s is not the running one (%s)" % (
+            return OTHER_SESSION, "session %s is not the running one (%s)" % (
                 session_id, active["id"])
         if sent_at is not None and active["time_source"] == TIME_WALL \
-                and sent_at + _cmd.STOP_SKEW_S < active["start_time"]:
-            return _cmd.OTHER_SESSION, "sent %d s before the running session began" % (
+                and sent_at + STOP_SKEW_S < active["start_time"]:
+            return OTHER_SESSION, "sent %d s before the running session began" % (
                 active["start_time"] - sent_at)
         if c.paused:
-            return _cmd.ALREADY, "already stopped"
+            return ALREADY, "already stopped"
         c.pause()
         self.sessions.stop_reason(REASON_REMOTE_STOP)
         return None
@@ -79,7 +101,7 @@ class Commands:
         try:
             ok, why = self.auth.request(id_tag, True, SOURCE_BACKEND)
         except ValueError as e:
-            return _cmd.PROPERTY_CONSTRAINT, str(e)
+            return PROPERTY_CONSTRAINT, str(e)
         return self._authorize(id_tag, ok, why, now_ms)
 
     def present_id_tag(self, id_tag, now_ms):
@@ -101,16 +123,16 @@ class Commands:
 
     def _authorize(self, id_tag, ok, why, now_ms):
         if not ok:
-            return _cmd.NOT_AUTHORIZED, "not authorized: %s" % why
+            return NOT_AUTHORIZED, "not authorized: %s" % why
         if not self.charger.available:
-            return _cmd.INOPERATIVE, "station is inoperative"
+            return INOPERATIVE, "station is inoperative"
         active = self.sessions.active
         holder = active["id_tag"] if active is not None else None
         if holder is not None and self.charger.authorized:
             # The card that started the session pays for it: another card presented at a
             # station in use must not take the session (and its bill) over.
             if id_tag.upper() != holder.upper():
-                return _cmd.OCCUPIED, "the session belongs to another idTag"
+                return OCCUPIED, "the session belongs to another idTag"
             return None
         self.charger.authorize(True)
         self.sessions.set_id_tag(id_tag, now_ms, why)
@@ -122,7 +144,7 @@ class Commands:
         try:
             self.charger.set_backend_limit(limit_ma)
         except ValueError as e:
-            return _cmd.PROPERTY_CONSTRAINT, str(e)
+            return PROPERTY_CONSTRAINT, str(e)
         # The station counts the expiry down itself: a week does not fit a ticks deadline.
         self._limit_left_ms = None if expires_s is None else expires_s * 1000
         self._limit_counted = now_ms
@@ -147,7 +169,7 @@ class Commands:
             else:
                 self.store.write_atomic(AVAILABILITY_FILE, b"1")
         except StorageError as e:
-            return _cmd.STORAGE, "availability not stored: %s" % e
+            return STORAGE, "availability not stored: %s" % e
         self.charger.set_available(operative)
         return None
 
@@ -164,14 +186,14 @@ class Commands:
             if meter_keys:
                 load_map(trial["meter_map"], trial["meter_custom_map"])
         except ValueError as e:
-            return _cmd.PROPERTY_CONSTRAINT, str(e)
+            return PROPERTY_CONSTRAINT, str(e)
         guard = self._hardware_guard(trial, changes, changed)
         if guard:
             return guard
         try:
             config_store.save(self.store, trial)
         except StorageError as e:
-            return _cmd.STORAGE, "config not stored: %s" % e
+            return STORAGE, "config not stored: %s" % e
         self.cfg.update(changes)
         self.charger.reload_config()
         if self._fallback and "comms_fallback_ma" in changed:
@@ -193,19 +215,19 @@ class Commands:
         if self.charger.contactor:
             for k in changed:
                 if is_hardware(k):
-                    return (_cmd.BUSY,
+                    return (BUSY,
                             "%s: not while the contactor is closed (stop the charge first)" % k)
         ceiling = self.ceiling_ma
         if ceiling is not None:
             for k in ("max_current_ma", "comms_fallback_ma"):
                 if k in changes and trial[k] > ceiling:
-                    return (_cmd.PROPERTY_CONSTRAINT, "%s: %d above the hardware rating %d"
+                    return (PROPERTY_CONSTRAINT, "%s: %d above the hardware rating %d"
                             " (board file rated_current_ma)" % (k, trial[k], ceiling))
         return None
 
     def cmd_reboot(self, now_ms):
         if self._reboot_at is not None:
-            return _cmd.BUSY, "reboot already scheduled"
+            return BUSY, "reboot already scheduled"
         self.charger.pause()
         self.sessions.stop_reason(REASON_REBOOT)
         self._reboot_at = ticks_add(now_ms, _REBOOT_GRACE_MS)
@@ -224,9 +246,9 @@ class Commands:
     def cmd_selftest(self, now_ms):
         if not self.cfg["rcd_selftest"]:
             # The charger drops the request: no test would run and no result would come.
-            return _cmd.DISABLED, "the residual-current self-test is disabled (rcd_selftest)"
+            return DISABLED, "the residual-current self-test is disabled (rcd_selftest)"
         if self.charger.contactor:
-            return _cmd.BUSY, "charging: the self-test runs when the contactor is open"
+            return BUSY, "charging: the self-test runs when the contactor is open"
         self.charger.request_selftest()
         return None
 
@@ -237,15 +259,15 @@ class Commands:
         try:
             code = _faults.by_name(name).code
         except ValueError as e:
-            return _cmd.PROPERTY_CONSTRAINT, str(e)
+            return PROPERTY_CONSTRAINT, str(e)
         err = self.clear_fault(code, True, now_ms)
         if err is None:
             return None
         if err.endswith("on site"):
-            return _cmd.ON_SITE, err
+            return ON_SITE, err
         if err.endswith("not active"):
-            return _cmd.ALREADY, err
-        return _cmd.BUSY, err                  # its cause is still present: later
+            return ALREADY, err
+        return BUSY, err                  # its cause is still present: later
 
     def clear_fault(self, code, remote, now_ms):
         """A person asks to clear fault `code` (`remote`: from the backend; else on site,

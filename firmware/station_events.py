@@ -17,7 +17,6 @@ from firmware.events import (
     EV_CONTACTOR, EV_FAULT_CLEARED, EV_FAULT_RAISED, EV_OFFER, EV_SELFTEST, EV_STATE,
     EV_WAKEUP, KIND_NAMES)
 from firmware.meter_service import FAILED, NEW_READING, STALE_CHANGED
-from firmware.outbox import KIND_FAULT
 from firmware.session import (
     FAULT_PREFIX, LIMIT_PREFIX, REASON_EV_STOPPED, REASON_EV_UNPLUGGED, REASON_INOPERATIVE)
 from firmware.station_report import coded_ma
@@ -178,7 +177,9 @@ class EventHandling:
             # UTC, or null: the clock was not set (t_ms and boot order it then).
             rec["time"] = self.board.wall_time()
             # Fault events must reach the backend: outbox (persisted, resent until acked).
-            self._deliver(KIND_FAULT, rec)
+            if self.link is not None:
+                from firmware.outbox import KIND_FAULT    # MQTT's; with the link
+                self._deliver(KIND_FAULT, rec)
         elif kind == EV_OFFER:
             self._queue_event({"type": "offer", "offered_ma": coded_ma(a),
                                "limit": LIMIT_NAMES[b], "t_ms": t})

@@ -9,7 +9,6 @@ from firmware import faults as _faults
 from firmware import states as _states
 from firmware.charger import LIMIT_NAMES
 from firmware.compat import ticks_diff
-from firmware.outbox import KIND_SESSION, KIND_SESSION_START, OutboxError
 from firmware.pilot import DUTY_PAUSED, CURRENT_MIN_MA, current_for_duty, duty_for_current
 from firmware.storage import StorageError
 from firmware.version import VERSION
@@ -43,17 +42,20 @@ class Reporting:
         also a STORAGE_ERROR and a storage_damage event (docs/faults.md)."""
         d = self.sessions.damage()
         ob = self.outbox
-        d["outbox_corrupt_entries"] = ob.corrupt_entries
-        d["outbox_orphans_removed"] = ob.orphans_removed
-        d["outbox_journal_damaged_bytes"] = getattr(ob.journal, "damaged_bytes_total", 0)
+        if ob is not None:          # None: an OCPP station has no outbox (firmware/station.py)
+            d["outbox_corrupt_entries"] = ob.corrupt_entries
+            d["outbox_orphans_removed"] = ob.orphans_removed
+            d["outbox_journal_damaged_bytes"] = getattr(ob.journal, "damaged_bytes_total", 0)
         d["allow_list_unreadable"] = 1 if self.auth.allow_list.error else 0
         return d
 
     def _damage_total(self):
         ob = self.outbox
-        return (self.sessions.damage_total() + ob.corrupt_entries + ob.orphans_removed
-                + getattr(ob.journal, "damaged_bytes_total", 0)
-                + (1 if self.auth.allow_list.error else 0))
+        n = self.sessions.damage_total() + (1 if self.auth.allow_list.error else 0)
+        if ob is None:
+            return n
+        return n + ob.corrupt_entries + ob.orphans_removed \
+            + getattr(ob.journal, "damaged_bytes_total", 0)
 
     def _check_damage(self, now):
         # Compared as one int per iteration; the report is built only when it grows.
@@ -74,6 +76,8 @@ class Reporting:
         # go out at the first boot with one.
         if self.link is None or not self.flash.free():
             return
+        # The outbox's module, imported with the link (an OCPP station has neither).
+        from firmware.outbox import KIND_SESSION, KIND_SESSION_START
         # (A start record does not count: its end record takes its place.)
         held = [r.id for r in self.outbox.records() if r.kind == KIND_SESSION]
         room = self.outbox.capacity - len(held)
@@ -93,6 +97,7 @@ class Reporting:
                 self._deliver(KIND_SESSION, rec)
 
     def _on_overflow(self, kind, record_id):
+        from firmware.outbox import KIND_SESSION      # an outbox's callback: imported
         if kind == KIND_SESSION:
             # Only a smaller outbox_capacity after a reboot gets here: the record is still
             # pending in the session journal; offer the journal's records again.
@@ -104,6 +109,7 @@ class Reporting:
         # backend); fault events stay in the fault history and counters.
         if self.link is None:
             return
+        from firmware.outbox import OutboxError
         try:
             self.outbox.put(kind, rec)
         except StorageError as e:
@@ -127,6 +133,7 @@ class Reporting:
             self.link.publish_event(fields)
 
     def _on_ack(self, kind, record_id):
+        from firmware.outbox import KIND_SESSION      # an outbox's callback: imported
         if kind == KIND_SESSION:
             self._storage_op(self.sessions.acknowledged, record_id)
 
@@ -224,7 +231,7 @@ class Reporting:
                "fault_history": [(t, _faults.by_code(code).name, raised)
                                  for t, code, raised in self.faults.history(8)],
                "counters": self.counters.values(),
-               "outbox": self.outbox.stats(),
+               "outbox": self.outbox.stats() if self.outbox is not None else None,
                "storage_damage": self.storage_damage(),
                "config_error": self.config_error,
                "service_errors": self.service_errors,

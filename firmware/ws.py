@@ -42,7 +42,7 @@ import struct
 import sys
 from binascii import b2a_base64
 
-from firmware.compat import const, ticks_add, ticks_diff
+from firmware.compat import const, presize, ticks_add, ticks_diff
 
 CLOSED = const(0)
 CONNECTING = const(1)
@@ -67,7 +67,7 @@ CLOSE_TOO_BIG = const(1009)
 
 _MAX_HEADER = const(2048)     # HTTP response head; longer is refused
 _RX_SIZE = const(512)         # the receive buffer kept between messages
-CHUNK = const(256)           # send_pieces gathers pieces into blocks of about this size
+CHUNK = const(256)           # send_pieces copies a message's pieces into blocks of this size
 _MAX_OUT = const(16384)       # queued outgoing bytes; more is refused (the caller retries)
 _CLOSE_WAIT_MS = const(1000)  # how long a close waits for the peer's close frame
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -149,12 +149,23 @@ def _expected_accept(key):
     return _b64(sha1(key + _GUID).digest())
 
 
+# Every attribute of WsClient, given first (compat.presize): open() adds a connection's own,
+# which would otherwise grow the table at the first connection, on a heap fragmented by then.
+# tests/unit/test_presize.py checks the list is complete.
+WS_ATTRS = ("max_message", "ping_s", "pong_timeout_ms", "connect_timeout_ms", "_sm", "_small",
+            "_rx", "_rn", "_msg", "_q", "_qn", "_sock", "_stream", "_poll", "_addr",
+            "_addr_for", "state", "error", "close_code", "inbox", "url", "tls_context",
+            "rx_bytes", "tx_bytes", "pings", "pongs", "_host", "_secure", "_key", "_protocol",
+            "_deadline", "_heard", "_pinged")
+
+
 class WsClient:
     """One WebSocket connection at a time. `max_message`: the largest text message taken;
     `rx_size`: the receive buffer kept (a larger frame borrows one of its size)."""
 
     def __init__(self, max_message=4096, ping_s=0, pong_timeout_ms=10000,
                  connect_timeout_ms=10000, socket_module=None, rx_size=_RX_SIZE):
+        presize(self, WS_ATTRS)
         self.max_message = max_message
         self.ping_s = ping_s
         self.pong_timeout_ms = pong_timeout_ms
@@ -285,10 +296,17 @@ class WsClient:
     def send_pieces(self, make):
         """Queue one text message given in pieces: `make()` returns an iterable of str (or
         bytes) pieces, the same each time; it is called twice, for the length the frame's
-        header needs and then for the bytes. The pieces are gathered and masked into blocks
-        of about CHUNK bytes in the send queue, so the message is never one string nor one
-        block: on a fragmented heap a 2 KB answer needs no 2 KB run of free memory. False as
-        send_text; an exception (MemoryError) leaves the queue as it was."""
+        header needs and then for the bytes. The pieces are copied and masked into blocks
+        of CHUNK bytes (the last one shorter), each made once at its final size (a block
+        grown piece by piece left the garbage of its regrowths on a tight heap), so the
+        message is never one string nor one block: on a fragmented heap a 2 KB answer needs
+        no 2 KB run of free memory. When nothing is queued before it, each block is written
+        to the socket as soon as it is made (what the socket does not take is queued), so
+        the heap holds one block of the message at a time, not all of them.
+
+        False as send_text. An exception (MemoryError) before any of the message's bytes
+        reached the socket leaves the queue as it was; after, the frame is cut short on the
+        wire and the connection is closed (a half frame would lose the stream)."""
         if self.state != OPEN:
             return False
         n = 0
@@ -296,31 +314,65 @@ class WsClient:
             n += len(piece.encode() if isinstance(piece, str) else piece)
         if self._qn + n + 14 > _MAX_OUT:
             return False
+        direct = not self._q
+        sent = self.tx_bytes
+        q0 = len(self._q)
+        qn0 = self._qn
+        try:
+            self._pieces(make, n, direct)
+        except OSError as e:
+            # The socket failed while a block was written: as ws.step() does.
+            self.close_now("socket: %s" % (e,))
+        except Exception:
+            if self.tx_bytes == sent:
+                del self._q[q0:]
+                self._qn = qn0
+                raise
+            self.close_now("a message cut short (out of memory)")
+            raise
+        return True
+
+    def _pieces(self, make, n, direct):
         head, mask = _head(_OP_TEXT, n)
-        chunks = [head]
-        k = 0
-        cur = None
+        chunks = None if direct else [head]
+        if direct:
+            self._out(head)
+        k = 0                 # payload bytes in finished blocks
+        cur = None            # the block being filled, `at` bytes of it so far
+        at = 0
         for piece in make():
             b = piece.encode() if isinstance(piece, str) else piece
-            if cur is not None and len(cur) + len(b) > CHUNK:
-                _xor(cur, 0, mask, k)
-                k += len(cur)
-                chunks.append(cur)
-                cur = None
-            if cur is None:
-                cur = bytearray(b)        # (a piece over CHUNK is a block of its own)
-            else:
-                cur.extend(b)
-        if cur is not None:
-            _xor(cur, 0, mask, k)
-            k += len(cur)
-            chunks.append(cur)
-        if k != n:
+            m = len(b)
+            i = 0
+            while i < m:
+                if cur is None:
+                    if k >= n:
+                        raise ValueError("pieces changed between the two calls")
+                    cur = bytearray(min(CHUNK, n - k))
+                    at = 0
+                take = min(m - i, len(cur) - at)
+                cur[at:at + take] = b if take == m else memoryview(b)[i:i + take]
+                at += take
+                i += take
+                if at == len(cur):
+                    _xor(cur, 0, mask, k)
+                    k += at
+                    if direct:
+                        self._out(cur)
+                    else:
+                        chunks.append(cur)
+                    cur = None
+        if cur is not None or k != n:
             raise ValueError("pieces changed between the two calls")
-        # Queued only now, whole: a half frame would lose the stream from there on.
-        for b in chunks:
-            self._push(b)
-        return True
+        if not direct:
+            # Queued only now, whole: a half frame would lose the stream from there on.
+            for b in chunks:
+                self._push(b)
+
+    def _out(self, chunk):
+        # A block of a message sent as it is made: to the socket when it takes it.
+        self._push(chunk)
+        self._flush()
 
     def _frame(self, op, payload):
         head, mask = _head(op, len(payload))

@@ -12,7 +12,9 @@
   system's BootNotification answer), per simulated hour.
 
 The central system is the `ocpp` library (tests/system/ocpp_cs.py), the station
-tests/system/ocpp_station.py on the stand-in in simulated time.
+tests/system/ocpp_station.py on the stand-in in simulated time. The heap figure is the
+firmware's: the station's harness (the SimBoard, the pilot model, the meter double) is
+measured in every run and held apart, as in the MQTT bench (tools/bench_rig.py HarnessRoom).
 """
 import asyncio
 import os
@@ -52,7 +54,7 @@ async def _run(st, ms, until=None, chunk=5000):
     return snap
 
 
-async def _session(tmp, heap_kb, quick):
+async def _session(tmp, heap_kb, quick, room):
     from ocpp.v16 import call
     from ocpp_cs import CentralSystem, Station, remote
     cs = CentralSystem()
@@ -61,6 +63,7 @@ async def _session(tmp, heap_kb, quick):
     try:
         st = await Station.start(tmp, "ws://127.0.0.1:%d/ocpp" % port, heap="%dK" % heap_kb,
                                  config={"ocpp_meter_interval_s": 5 if quick else 10})
+        room.update(st.room)
         await _run(st, 30000, until="online")
         # A CALLERROR (out of memory building the answer) raises: the session failed.
         conf = await remote(cs, st, call.GetConfiguration(), suppress=False)
@@ -78,11 +81,15 @@ async def _session(tmp, heap_kb, quick):
         await cs.stop()
 
 
-def session_completes(tmp, heap_kb, quick=False):
+def session_completes(tmp, heap_kb, quick=False, room=None):
+    """(ok, why) of one session whose firmware has the pool of -X heapsize=heap_kb K, the
+    harness held apart (tests/system/ocpp_cs.py HARNESS_ROOM_KB); `room`, a dict, gets the
+    harness's measured bytes (tools/bench_rig.py HarnessRoom)."""
     d = os.path.join(tmp, "ocpp-heap-%d" % heap_kb)
     shutil.rmtree(d, ignore_errors=True)
     try:
-        return asyncio.run(asyncio.wait_for(_session(d, heap_kb, quick), 600)), "completes"
+        return asyncio.run(asyncio.wait_for(
+            _session(d, heap_kb, quick, {} if room is None else room), 600)), "completes"
     except Exception as e:  # noqa: BLE001 - out of heap shows as the station process failing
         lines = [x for x in ("%s: %s" % (type(e).__name__, e)).splitlines() if x.strip()]
         return False, " / ".join(lines[-2:])[:300]
@@ -95,16 +102,20 @@ def heap_min(tmp, quick, log, lo_kb=32, hi_kb=112):
     shorter session)."""
     step = 16 if quick else 1
     tried = {}
+    harness = {}
 
     def completes(kb):
-        ok, why = session_completes(tmp, kb, quick)
+        room = {}
+        ok, why = session_completes(tmp, kb, quick, room)
         if not ok and "MemoryError" not in why and "out of memory" not in why:
             # Not the heap (a wall-clock timeout on a loaded machine): once more, so that
             # the bisection only ever turns on what the heap decides.
             log("  OCPP heap %d KB: %s; again" % (kb, why))
             ok, why = session_completes(tmp, kb, quick)
         tried[kb] = why
-        log("  OCPP heap %d KB: %s" % (kb, why))
+        if room:
+            harness[kb] = room["harness"]
+        log("  OCPP heap %d KB: %s (harness %s B apart)" % (kb, why, room.get("harness")))
         return ok
 
     if not completes(hi_kb):
@@ -117,7 +128,7 @@ def heap_min(tmp, quick, log, lo_kb=32, hi_kb=112):
             hi = mid
         else:
             lo = mid
-    return hi * KB, {"resolution_kb": step, "tried_kb": tried}
+    return hi * KB, {"resolution_kb": step, "tried_kb": tried, "harness_bytes": harness}
 
 
 async def _idle(tmp, idle_s):

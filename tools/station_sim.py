@@ -277,7 +277,7 @@ class VirtualStation:
             emit({"k": "reply", "to": "status", "status": self.station.status(),
                   "energy_wh": self.energy.wh, "current_ma": self.ev.current_ma,
                   "loops": self.loops, "now_ms": b.now_ms,
-                  "outbox": len(self.station.outbox)})
+                  "outbox": len(self.station.outbox) if self.station.outbox is not None else None})
         elif name == "quit":
             self.running = False
         else:

@@ -17,7 +17,7 @@ import os
 import sys
 
 from firmware.backend.api import OK, Backend
-from firmware.compat import const, ticks_add, ticks_diff
+from firmware.compat import const, presize, ticks_add, ticks_diff
 from firmware.ocpp16 import clock, messages, rpc, status as _status
 from firmware.ocpp16.authcache import AuthCache
 from firmware.ocpp16.localauth import LocalList
@@ -40,12 +40,24 @@ _REJECTED = const(2)
 _ACCEPTED = const(3)
 REGISTRATION_NAMES = ("unknown", "pending", "rejected", "accepted")
 
-_TX_ACTIONS = {"S": "StartTransaction", "M": "MeterValues", "T": "StopTransaction"}
+_TX_KINDS = ("S", "M", "T")       # the context of a transaction message (txlog.py "S", "M", "T")
 _SMART_FILE = "ocpp_cp.json"      # firmware/ocpp16/smart.py PROFILES_FILE
+
+
+# Every attribute of Ocpp16Backend, given first (compat.presize: its table is made once at
+# its final size, not regrown a dozen times during the construction); tests/unit/test_presize.py
+# checks the list is complete.
+BACKEND_ATTRS = ("cfg", "ops", "store", "identity", "url", "ws", "caller", "log", "cache",
+                 "local", "registration", "_boot_at", "_was_open", "_attempting", "_attempt_at",
+                 "_backoff_ms", "_offline_since", "_last_call", "_sent", "_status_retry_at",
+                 "_auth_tag", "_trigger", "_tx_attempts", "_tx_retry_at", "_settle_at",
+                 "_cs_time", "smart", "_clock", "tx", "calls", "answers", "errors_in",
+                 "errors_out", "malformed", "connects", "tx_dropped")
 
 
 class Ocpp16Backend(Backend):
     def __init__(self, cfg, ops, store):
+        presize(self, BACKEND_ATTRS)
         self.cfg = cfg
         self.ops = ops
         self.store = store
@@ -392,7 +404,7 @@ class Ocpp16Backend(Backend):
             ok = isinstance(info, dict) and info.get("status") == "Accepted"
             self.cache.update(ctx, info)
             self.ops.authorize_result(ctx, ok, now)
-        elif ctx in _TX_ACTIONS:
+        elif ctx in _TX_KINDS:
             tx_id = None
             info = p.get("idTagInfo")
             e = self.log.head()
@@ -422,7 +434,7 @@ class Ocpp16Backend(Backend):
             self._status_retry_at = ticks_add(now, self.cfg["ocpp_tx_retry_s"] * 1000)
         elif action == "Authorize":
             self.ops.authorize_result(ctx, False, now)
-        elif ctx in _TX_ACTIONS:
+        elif ctx in _TX_KINDS:
             # TransactionMessageAttempts / RetryInterval (OCPP 1.6 4.10): the wait grows
             # with each attempt; after the last the message is given up.
             self._tx_attempts += 1

@@ -10,6 +10,7 @@ import base64
 import itertools
 import json
 import os
+import subprocess
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
@@ -89,6 +90,13 @@ class StationSide(ChargePoint):
         return call_result.StopTransaction()
 
 
+# The station's meter (tests/system/ocpp_rig.py's Modbus double). Input registers, u32
+# big-endian: voltage dV L1..L3, current mA L1..L3, power W, import Wh.
+METER_MAP = ('{"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 3,'
+             ' "voltage": [0, "u32", 1, 1], "current": [6, "u32", 1, 1],'
+             ' "power": [12, "i32", 1, 1], "import": [14, "u32", 1, 1]}')
+
+
 class CentralSystem:
     def __init__(self, interval=300, password=PASSWORD, ping_interval=20):
         self.interval = interval
@@ -151,25 +159,58 @@ class CentralSystem:
                 if a in ("StartTransaction", "MeterValues", "StopTransaction")]
 
 
+# Heap the station's process gets on top of the figure under test (`heap`), for the harness
+# (tests/system/ocpp_station.py: the SimBoard, the pilot model, the meter double); what the
+# harness does not take is held by a ballast block (tools/bench_rig.py HarnessRoom), so the
+# firmware has the pool of `-X heapsize=<heap>`. Not a figure: the harness is measured in
+# every run (Station.room).
+HARNESS_ROOM_KB = 16
+_pools = {}
+
+
+def heap_pool(heap, runtime=MICROPYTHON):
+    """The GC pool (gc.mem_alloc() + gc.mem_free()) of `runtime` at -X heapsize=`heap`."""
+    key = (heap, runtime)
+    if key not in _pools:
+        out = subprocess.run([runtime, "-X", "heapsize=" + heap, "-c",
+                              "import gc\nprint(gc.mem_alloc() + gc.mem_free())"],
+                             cwd=mp_cwd() if runtime == MICROPYTHON else ROOT,
+                             env=micropython_env(runtime=runtime), capture_output=True,
+                             text=True, timeout=30, check=True)
+        _pools[key] = int(out.stdout.strip())
+    return _pools[key]
+
+
+def _kb(heap):
+    assert heap.endswith("K"), heap
+    return int(heap[:-1])
+
+
 class Station:
-    """The station process: one JSON command, one JSON answer."""
+    """The station process: one JSON command, one JSON answer. `heap` ("76K"): the heap the
+    firmware gets, the harness held apart (HARNESS_ROOM_KB); `room`: the first line's
+    figures (harness, ballast, pool)."""
 
     def __init__(self, proc):
         self.proc = proc
+        self.room = None
 
     @classmethod
     async def start(cls, tmp, url, config=None, heap=None, start_wh=1000, runtime=MICROPYTHON):
         opts = {"store": os.path.join(tmp, "data"), "start_wh": start_wh,
-                "config": dict({"backend": "ocpp16", "ocpp_url": url, "ocpp_id": IDENTITY,
+                "config": dict({"meter_map": "custom", "meter_custom_map": METER_MAP,
+                                "backend": "ocpp16", "ocpp_url": url, "ocpp_id": IDENTITY,
                                 "ocpp_password": PASSWORD, "auth_mode": "backend"},
                                **(config or {}))}
+        if heap:
+            opts["firmware_pool"] = heap_pool(heap, runtime)
         os.makedirs(tmp, exist_ok=True)
         path = os.path.join(tmp, "opts.json")
         with open(path, "w") as f:
             json.dump(opts, f)
         args = [runtime]
         if heap:
-            args += ["-X", "heapsize=" + heap]
+            args += ["-X", "heapsize=%dK" % (_kb(heap) + HARNESS_ROOM_KB)]
         args += [os.path.join(HERE, "ocpp_station.py"), path]
         proc = await asyncio.create_subprocess_exec(
             *args, cwd=mp_cwd() if runtime == MICROPYTHON else ROOT,
@@ -178,7 +219,8 @@ class Station:
         st = cls(proc)
         try:
             ready = await st._line()
-            assert ready == {"ready": True}, ready
+            assert ready.pop("ready", None) is True, ready
+            st.room = ready
         except BaseException:
             if proc.returncode is None:
                 proc.kill()

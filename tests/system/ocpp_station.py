@@ -1,12 +1,14 @@
 """The whole station with the OCPP 1.6J backend, on the ESP32 stand-in, driven line by line
-by tests/system/test_ocpp_*.py (the central system runs in the test).
+by tests/system/test_ocpp_*.py and tools/bench_ocpp.py (the central system runs there).
 
-    micropython tests/system/ocpp_station.py OPTIONS.json
+    micropython [-X heapsize=N] tests/system/ocpp_station.py OPTIONS.json
 
-Options: store (data directory), config (station settings), start_wh (meter register).
+Options: store (data directory), config (station settings, the meter's map among them:
+tests/system/ocpp_cs.py), start_wh (meter register), firmware_pool (bytes: see below).
 The station runs on the simulator's board (tools/pilotsim/simboard.py) in simulated time,
-with a Modbus meter double on its RS-485 bus whose registers follow the simulated energy.
-Each stdin line is one JSON command; each is answered with one JSON line (a snapshot):
+with a Modbus meter double on its RS-485 bus whose registers follow the simulated energy
+(tests/system/ocpp_rig.py). Each stdin line is one JSON command; each is answered with one
+JSON line (a snapshot):
     {"do": "run", "ms": N, "until": NAME, "paced": bool}   step N ms (or until NAME holds)
     {"do": "ev", "plugged": bool, "charge": bool}           the EV: plugged, requesting (C)
     {"do": "power", "w": W}                                 the EV's draw while the contacts close
@@ -14,186 +16,38 @@ Each stdin line is one JSON command; each is answered with one JSON line (a snap
     {"do": "powercut"}                                      the station loses power, restarts
     {"do": "heap"}                                          {"alloc", "free"} after gc.collect()
     {"do": "clock", "shift_s": N}                           the board's clock set N s on (NTP)
+    {"do": "modules"}                                       {"modules": sorted(sys.modules)}
     {"do": "quit"}
 Time: simulated time runs as fast as the station computes, except 1:1 with wall time while
 the backend waits for the central system (a CALL in flight, connecting) or `paced` is set.
+
+The heap (tools/bench_rig.py HarnessRoom, as the MQTT bench): on an ESP32 the board is C
+code and hardware, no GC heap. With `firmware_pool` the process is started with a heap
+larger than the figure under test; the harness (tests/system/ocpp_rig.py: the SimBoard, the
+pilot model, the meter double, the command loop; tools/bench_rig.py) is imported and built
+first and measured, and a ballast block leaves the firmware exactly `firmware_pool` bytes,
+the pool of `-X heapsize=<figure>`. The first line says {"ready": true, "harness": B,
+"ballast": B, "pool": B}. Counted as firmware, to err on the safe side: the interpreter's
+start-up heap, this file's few lines, the options (the station's config among them), the
+firmware modules the harness builds on (imported before the harness is measured) and the
+command and answer lines (they churn in the firmware's share). This file is compiled onto
+the heap from source (not frozen), so it is kept to what must come first.
 """
+import gc
 import json
 import sys
-import time
 
-sys.path.insert(0, "tests/unit")
+# Counted as firmware: the modules the harness builds on (SimBoard's base class, the
+# Modbus CRC of the meter double, the filesystem), and the run's parameters.
+import firmware.board  # noqa: F401
+import firmware.modbus  # noqa: F401
+import firmware.storage  # noqa: F401
 
-from firmware.station import TICK_MS, Station  # noqa: E402
-from firmware.storage import Store  # noqa: E402
-from firmware.ws import CLOSED  # noqa: E402
-from meter_doubles import SlaveStream  # noqa: E402
-from tools.pilotsim.model import S2_C, S2_OPEN, PilotModel  # noqa: E402
-from tools.pilotsim.simboard import SimBoard, SimReset  # noqa: E402
-
-# Input registers, u32 big-endian: voltage dV L1..L3, current mA L1..L3, power W, import Wh.
-METER_MAP = ('{"fc": 4, "max_regs": 80, "max_gap": 80, "phases": 3,'
-             ' "voltage": [0, "u32", 1, 1], "current": [6, "u32", 1, 1],'
-             ' "power": [12, "i32", 1, 1], "import": [14, "u32", 1, 1]}')
-
-
-class _Clock:
-    def __init__(self, rig):
-        self.rig = rig
-
-    @property
-    def now(self):
-        return self.rig.board.now_ms
-
-
-class Rig:
-    def __init__(self, opts):
-        self.store = opts["store"]
-        cfg = {"meter_map": "custom", "meter_custom_map": METER_MAP}
-        cfg.update(opts.get("config", {}))
-        self.config = cfg
-        self.mwh = opts.get("start_wh", 1000) * 1000
-        self.power_w = 7200
-        self.model = PilotModel()
-        self.board = None
-        self.boots = 0
-        self.paced_steps = 0
-        self.wall_shift = 0           # seconds the board's clock was set on ("clock")
-        self.boot(0)
-
-    def boot(self, start_ms):
-        self.board = SimBoard(model=self.model, start_ms=start_ms)
-        wall = self.board.wall_time
-        # The board's clock as NTP may set it: the simulator's plus the shift.
-        self.board.wall_time = lambda: wall() + self.wall_shift
-        # log=False: the double's logs of every poll would grow on the station's heap.
-        self.slave = SlaveStream(_Clock(self), regs={}, slave=1, fcs=(4,), log=False)
-        self.board.attach_meter(self.slave)
-        self.registers()
-        self.station = Station(self.board, config=self.config, store=Store(self.store))
-        self.boots += 1
-
-    def registers(self):
-        closed = self.board.contacts_closed
-        w = self.power_w if closed else 0
-        ma = w * 1000 // 690 if closed else 0
-        r = self.slave.regs
-        vals = (2300, 2300, 2300, ma, ma, ma, w, self.mwh // 1000)
-        for i, v in enumerate(vals):
-            r[2 * i] = (v >> 16) & 0xFFFF
-            r[2 * i + 1] = v & 0xFFFF
-
-    def step(self, paced):
-        try:
-            self.station.step()
-        except SimReset:
-            self.boot(self.board.now_ms + 500)
-            return
-        if self.board.contacts_closed:
-            self.mwh += self.power_w * TICK_MS // 3600
-        self.registers()
-        b = self.station.backend
-        if paced or (b is not None and b.owed()):
-            self.paced_steps += 1
-            time.sleep_ms(TICK_MS)
-        self.board.sleep_ms(TICK_MS)
-
-    def holds(self, name):
-        st = self.station
-        b = st.backend
-        if name == "online":
-            return b.online
-        if name == "tx":
-            return b.log.running is not None and b.log.running_tx_id() is not None
-        if name == "no_tx":
-            return b.log.running is None
-        if name == "contactor":
-            return self.board.contacts_closed
-        if name == "no_contactor":
-            return not self.board.contacts_closed
-        if name == "delivered":
-            # Said and answered, and nothing left to say: a transaction whose EV has left
-            # is stopped a few iterations after the unplug (the iteration that opens the
-            # contactor does nothing else), so its StopTransaction is still to come.
-            return b.online and b.log.pending() == 0 and not b.caller.busy() \
-                and (b.log.running is None or self.model.plugged)
-        if name == "idle":           # online, no CALL of ours in flight
-            return b.online and not b.caller.busy()
-        if name == "offline":
-            return b.ws.state == CLOSED
-        raise ValueError("unknown condition %s" % name)
-
-    def snapshot(self):
-        st = self.station
-        b = st.backend
-        c = st.charger
-        from firmware import states
-        r = b.log.running
-        return {"t": self.board.now_ms, "state": states.NAMES[c.state],
-                "contactor": self.board.contacts_closed, "authorized": c.authorized,
-                "available": c.available, "offered_ma": c.offered_ma,
-                "duty": self.board.duty, "wall": self.board.wall_time(),
-                "profiles": None if b.smart is None else len(b.smart.profiles),
-                "tx": r[0] if r else None, "tx_id": b.log.running_tx_id(),
-                "pending": b.log.pending(), "online": b.online, "boots": self.boots,
-                "wh": self.mwh // 1000, "paced": self.paced_steps, "stats": b.stats(),
-                "service_errors": st.service_errors, "last_error": st.last_service_error}
-
-    def do(self, cmd):
-        what = cmd["do"]
-        if what == "run":
-            until = cmd.get("until")
-            paced = cmd.get("paced", False)
-            n = cmd.get("ms", 0) // TICK_MS
-            for _ in range(n):
-                self.step(paced)
-                if until is not None and self.holds(until):
-                    break
-            if until is not None and not self.holds(until):
-                return {"error": "%s not reached" % until, "snap": self.snapshot()}
-        elif what == "ev":
-            m = self.model
-            m.plugged = cmd.get("plugged", True)
-            m.s2 = S2_C if cmd.get("charge") else S2_OPEN
-            m.update()
-        elif what == "power":
-            self.power_w = cmd["w"]
-        elif what == "tag":
-            self.station.present_id_tag(cmd["id"], self.board.ticks_ms())
-        elif what == "powercut":
-            # No shutdown: the station object is dropped as it stands, the flash kept.
-            self.board.power_off()
-            self.boot(self.board.now_ms + 2000)
-        elif what == "clock":
-            self.wall_shift += cmd["shift_s"]
-        elif what == "heap":
-            # The live heap after a collection (a leak shows as growth between two calls).
-            import gc
-            gc.collect()
-            return {"alloc": gc.mem_alloc(), "free": gc.mem_free()}
-        elif what == "config":
-            return {"cfg": self.station.cfg.public(cmd.get("keys"))}
-        return self.snapshot()
-
-
-def main():
-    with open(sys.argv[1]) as f:
-        opts = json.load(f)
-    rig = Rig(opts)
-    sys.stdout.write(json.dumps({"ready": True}) + "\n")
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            break
-        cmd = json.loads(line)
-        if cmd["do"] == "quit":
-            break
-        try:
-            out = rig.do(cmd)
-        except Exception as e:  # noqa: BLE001 - reported to the test
-            sys.print_exception(e)
-            out = {"error": "%s: %s" % (type(e).__name__, e)}
-        sys.stdout.write(json.dumps(out) + "\n")
-
-
-main()
+with open(sys.argv[1]) as _f:
+    _OPTS = json.load(_f)
+_f = None
+gc.collect()
+_START = gc.mem_alloc()
+# The harness: its code (compiled here, beside this file) and objects, measured apart.
+import ocpp_rig  # noqa: E402
+ocpp_rig.main(_OPTS, _START)

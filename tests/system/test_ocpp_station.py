@@ -10,6 +10,13 @@ from tools.devicefiles import HEAP_GROWN
 from ocpp_cs import outage, remote
 
 
+# The MQTT backend's modules (its link, command set, outbox, ledger): an OCPP station
+# imports none of them.
+MQTT_ONLY = {"firmware.mqtt_link", "firmware.commands", "firmware.messages", "firmware.owner",
+             "firmware.ledger", "firmware.outbox", "firmware.backend.mqtt", "umqtt.simple",
+             "firmware.resolver"}
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))
 
@@ -57,6 +64,10 @@ def test_boot_rfid_session_with_meter_values(ocpp):
             seen = [s["status"] for s in cs.actions("StatusNotification") if s["connectorId"] == 1]
             assert "Charging" in seen and seen[-1] == "Available"
             assert snap["stats"]["errors_in"] == 0 and snap["service_errors"] == 0
+            # What only the MQTT backend needs stayed off the heap through the whole session.
+            modules = set((await st.do("modules"))["modules"])
+            assert "firmware.ocpp16.backend" in modules and "firmware.station" in modules
+            assert not modules & MQTT_ONLY, modules & MQTT_ONLY
     run(scenario())
 
 

@@ -2,6 +2,7 @@
 # The OCPP 1.6J parts that need no network: RPC framing and its CallErrors, the router, the
 # configuration keys, timestamps and the transaction log on flash.
 import json
+import sys
 import unittest
 
 from firmware.config import Config
@@ -113,6 +114,7 @@ class Router(unittest.TestCase):
         self.assertEqual(json.loads("".join(out())), {"configurationKey": [
             {"key": "HeartbeatInterval", "readonly": False, "value": "300"}]})
         self.assertFalse("get_configuration" in router.resident())
+        self.assertFalse("firmware.ocpp16.keys" in sys.modules)     # its helper went too
         out = router.dispatch(b, "DataTransfer", {"vendorId": "com.example"}, 0)
         self.assertEqual(out, {"status": "UnknownVendorId"})
         with self.assertRaises(rpc.CallError) as ctx:

@@ -309,13 +309,55 @@ class Buffers(unittest.TestCase):
         self.assertEqual(self.p.read_frame(), one)
 
     def test_pieces_are_gathered_into_blocks_of_bounded_size(self):
+        # Behind a frame still queued, the message's blocks are queued whole.
         from firmware.ws import CHUNK
+        c = self.c
+        c.send_text("first")
         parts = ["p%03d," % i for i in range(300)] + ["L" * (CHUNK + 40), "end"]
-        self.assertTrue(self.c.send_pieces(lambda: iter(parts)))
-        sizes = [len(b) for b in self.c._q]
+        self.assertTrue(c.send_pieces(lambda: iter(parts)))
+        sizes = [len(b) for b in c._q[1:]]
         self.assertTrue(max(sizes) <= CHUNK + 40, sizes)
         self.assertTrue(len(sizes) <= 2 + len("".join(parts)) // (CHUNK - 8), sizes)
+        self.assertEqual(self.p.read_frame(), (1, b"first"))
         self.assertEqual(self.p.read_frame(), (1, "".join(parts).encode()))
+
+    def test_pieces_go_to_the_socket_block_by_block_when_nothing_is_queued(self):
+        # Each block is written as it is made: the heap holds one block of the message,
+        # not all of them.
+        from firmware.ws import CHUNK
+        c = self.c
+        held = []
+        push = c._push
+
+        def watched(chunk):
+            push(chunk)
+            held.append((len(chunk), len(c._q)))
+        c._push = watched
+        parts = ["p%03d," % i for i in range(300)] + ["L" * (CHUNK + 40), "end"]
+        self.assertTrue(c.send_pieces(lambda: iter(parts)))
+        sizes = [n for n, _q in held]
+        self.assertTrue(max(sizes) <= CHUNK + 40, sizes)
+        self.assertTrue(len(sizes) <= 2 + len("".join(parts)) // (CHUNK - 8), sizes)
+        self.assertEqual(max(q for _n, q in held), 1, held)     # one block at a time
+        self.assertEqual(c._q, [])
+        self.assertEqual(self.p.read_frame(), (1, "".join(parts).encode()))
+
+    def test_pieces_that_fail_after_some_were_sent_close_the_connection(self):
+        c = self.c
+        calls = []
+
+        def make():
+            calls.append(1)
+            yield "x" * 600
+            if len(calls) > 1:
+                raise MemoryError("out of heap")
+            yield "y" * 600
+        with self.assertRaises(MemoryError):
+            c.send_pieces(make)
+        # Part of the frame is on the wire: nothing may follow it on this connection.
+        self.assertEqual(c.state, CLOSED)
+        self.assertEqual(c._q, [])
+        self.assertFalse(c.send_text("after"))
 
     def test_pieces_that_fail_leave_the_queue_as_it_was(self):
         c = self.c
