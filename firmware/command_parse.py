@@ -12,15 +12,14 @@ import json
 from firmware import auth
 from firmware import commands as _c
 from firmware import config
-from firmware import ledger
 from firmware import messages
-from firmware import pilot
 from firmware import strictjson
-from firmware.compat import const, unload
+from firmware.compat import const
 
-# Everything here is a const or reached through its module: the globals table of a module
-# imported for each command is one of the larger blocks the import needs (a table of about
-# 50 names took 472 B, the block a full heap lacked).
+# Few names: constants are const, other modules' names are reached through their module
+# (or imported where used), small helpers are not functions of their own. The globals table
+# of a module imported for each command is the largest block its import needs, and a full
+# heap lacks blocks of 300-500 B (a table of 34 names took 376 B; 22 take 184 B).
 _MAX_ID_LEN = const(64)          # characters (Unicode code points), not bytes
 _MAX_LIMIT_MA = const(80000)
 _MAX_EXPIRES_S = const(7 * 86400)
@@ -28,12 +27,7 @@ _MAX_CONFIG_KEYS = const(32)
 _MAX_FAULT_NAME_LEN = const(32)
 _MAX_TTL_S = const(7 * 86400)
 _MAX_SIGNED_AHEAD_S = const(3600)   # a signed command expires within this: bounds a replay
-# The idTags the reader path asks the backend about (firmware/auth.py ID_TAG_MAX).
-_MAX_ID_TAG_LEN = auth.ID_TAG_MAX
 _SIG_HEX = const(64)                # firmware/owner.py SIG_HEX: HMAC-SHA256 as hex digits
-
-# Commands that change nothing: answered afresh, never recorded in the ledger.
-READ_ONLY = ("get_config", "diagnostics")
 
 # Argument kinds
 # (const: the argument tables below then fold into constant tuples, in flash when frozen)
@@ -49,11 +43,12 @@ _REQUIRED = const(True)
 _OPTIONAL = const(False)
 
 # name: ((arg, kind, low, high, required), ...)
-_COMMANDS = {
-    "start": (("id_tag", _ID_TAG, 1, _MAX_ID_TAG_LEN, _OPTIONAL),
+COMMANDS = {
+    # (auth.ID_TAG_MAX: the idTags the reader path asks the backend about)
+    "start": (("id_tag", _ID_TAG, 1, auth.ID_TAG_MAX, _OPTIONAL),
               ("connector_id", _INT, 1, 8, _OPTIONAL)),
     "stop": (("session_id", _STR, 1, _MAX_ID_LEN, _OPTIONAL),),
-    "authorize": (("id_tag", _ID_TAG, 1, _MAX_ID_TAG_LEN, _REQUIRED),),
+    "authorize": (("id_tag", _ID_TAG, 1, auth.ID_TAG_MAX, _REQUIRED),),
     "set_limit": (("limit_ma", _INT, 0, _MAX_LIMIT_MA, _REQUIRED),
                   ("expires_s", _INT, 1, _MAX_EXPIRES_S, _OPTIONAL)),
     "set_availability": (("availability", _CHOICE, ("operative", "inoperative"), None,
@@ -66,19 +61,11 @@ _COMMANDS = {
     "clear_fault": (("name", _STR, 1, _MAX_FAULT_NAME_LEN, _REQUIRED),),
 }
 
-COMMAND_NAMES = tuple(sorted(_COMMANDS))
 
 
 def _is_int(v):
     # bool is not an int here: true for a current is a mistake, not 1 mA.
     return isinstance(v, int) and v is not True and v is not False
-
-
-def _printable(s):
-    for ch in s:
-        if ch < " " or ch == "\x7f":
-            return False
-    return True
 
 
 def _check_arg(cmd, name, kind, low, high, value):
@@ -100,9 +87,10 @@ def _check_arg(cmd, name, kind, low, high, value):
         if len(value) < low or len(value) > high:
             raise _c.CommandError("%s: length must be %d..%d" % (where, low, high),
                                   _c.PROPERTY_CONSTRAINT)
-        if not _printable(value):
-            raise _c.CommandError("%s: control characters not allowed" % where,
-                                  _c.PROPERTY_CONSTRAINT)
+        for ch in value:
+            if ch < " " or ch == "\x7f":
+                raise _c.CommandError("%s: control characters not allowed" % where,
+                                      _c.PROPERTY_CONSTRAINT)
         return value
     if kind == _ID_TAG:
         if not isinstance(value, str):
@@ -174,9 +162,6 @@ def _read(payload):
     return msg, corr_id
 
 
-_ENVELOPE = ("v", "id", "cmd", "args", "expires_at", "sent_at", "ttl_s", "sig")
-
-
 def _time_field(msg, name, high):
     value = msg.get(name)
     if value is None:
@@ -209,8 +194,8 @@ def _expiry(msg):
 def parse_envelope(payload):
     """Parse and validate one command payload (bytes). Returns (corr_id, name, args,
     expires_at, signed, sent_at) with args a dict of validated values, expires_at and
-    sent_at None or UTC seconds, signed True when the command carries a `sig` (not yet verified), or raises
-    _c.CommandError. The correlation id and command name are set on the exception
+    sent_at None or UTC seconds, signed True when the command carries a `sig` (not yet
+    verified), or raises CommandError. The correlation id and command name are set on the exception
     (`corr_id`, `cmd`) when they could be read, so the error reply can be correlated."""
     msg, corr_id = None, None
     try:
@@ -220,14 +205,15 @@ def parse_envelope(payload):
             raise _c.CommandError("v: unsupported version %s (this station speaks %d)"
                                   % (_short(v), messages.API_VERSION), _c.NOT_SUPPORTED)
         for key in msg:
-            if key not in _ENVELOPE:
+            if key not in ("v", "id", "cmd", "args", "expires_at", "sent_at", "ttl_s",
+                           "sig"):
                 raise _c.CommandError("unknown field %s" % _short(key), _c.OCCURRENCE_CONSTRAINT)
         name = msg.get("cmd")
         if name is None:
             raise _c.CommandError("cmd: missing or not a string", _c.OCCURRENCE_CONSTRAINT)
         if not isinstance(name, str):
             raise _c.CommandError("cmd: missing or not a string", _c.TYPE_CONSTRAINT)
-        spec = _COMMANDS.get(name)
+        spec = COMMANDS.get(name)
         if spec is None:
             raise _c.CommandError("cmd: unknown command %s" % _short(name), _c.NOT_IMPLEMENTED)
         sig = msg.get("sig")
@@ -263,12 +249,6 @@ def parse_envelope(payload):
     return corr_id, name, args, expires_at, sig is not None, sent_at
 
 
-def parse(payload):
-    """parse_envelope without the expiry and signature: (corr_id, name, args)."""
-    corr_id, name, args, _, _, _ = parse_envelope(payload)
-    return corr_id, name, args
-
-
 def _mask(values):
     # Defence in depth: whatever the station returns, a secret never leaves the station.
     if not isinstance(values, dict):
@@ -302,7 +282,8 @@ def handle(d, payload, now_ms):
     except _c.CommandError as e:
         return d.reject(e.args[0], getattr(e, "corr_id", None), getattr(e, "cmd", None),
                         e.code)
-    recorded = d.ledger is not None and name not in READ_ONLY
+    # Commands that change nothing are answered afresh, never recorded in the ledger.
+    recorded = d.ledger is not None and name not in ("get_config", "diagnostics")
     if recorded:
         first = d.ledger.find(corr_id)
         if first is not None:
@@ -319,40 +300,27 @@ def handle(d, payload, now_ms):
         outcome, data = _call(d, name, args, now_ms, sent_at)
     except Exception as e:  # a station bug must not take the link down
         outcome, data = (_c.INTERNAL_ERROR, "internal error: %s" % _short(repr(e))), None
-    if outcome is not None:
-        code, reason = _outcome(outcome)
-        d.failed += 1
-        reply = d.reply(corr_id, name, reason, None, code)
-    else:
+    if outcome is None:
         d.accepted += 1
         reply = d.reply(corr_id, name, None, data)
+    else:
+        # The station's refusal: (code, reason), or a bare reason (GenericError).
+        code, reason = _c.GENERIC_ERROR, outcome
+        if isinstance(outcome, tuple) and len(outcome) == 2:
+            code, reason = outcome
+        if not isinstance(reason, str):
+            reason = _short(repr(reason))
+        d.failed += 1
+        reply = d.reply(corr_id, name, reason, None, code)
     if recorded:
-        _record(d, corr_id, reply)
+        from firmware.ledger import KEEP_BYTES
+        encoded = messages.encode(reply)
+        if len(encoded) > KEEP_BYTES:
+            short = dict(reply)
+            short.pop("data", None)
+            encoded = messages.encode(short)
+        d.ledger.add(corr_id, encoded)
     return reply
-
-
-def _record(d, corr_id, reply):
-    encoded = messages.encode(reply)
-    if len(encoded) > ledger.KEEP_BYTES:
-        short = dict(reply)
-        short.pop("data", None)
-        encoded = messages.encode(short)
-    d.ledger.add(corr_id, encoded)
-
-
-def _check_signature(d, payload):
-    # The owner's signature check (firmware/owner.py) is imported for a signed command
-    # only, and unloaded after it as this module is.
-    from firmware import owner
-    try:
-        key = owner.key_bytes(d.cfg["owner_key"]) if d.cfg is not None else None
-        if key is None:
-            raise _c.CommandError("sig: no owner key is provisioned on this station",
-                                  _c.SECURITY_ERROR)
-        if not owner.verify(payload, d.station_id, key):
-            raise _c.CommandError("sig: the signature does not verify", _c.SECURITY_ERROR)
-    finally:
-        unload("firmware.owner")
 
 
 def _admit(d, payload, name, args, expires_at, signed):
@@ -360,7 +328,20 @@ def _admit(d, payload, name, args, expires_at, signed):
     # then the rules for settings that decide whom the station trusts.
     cfg = d.cfg
     if signed:
-        _check_signature(d, payload)
+        # The owner's signature check (firmware/owner.py) is imported for a signed command
+        # only, and unloaded after it as this module is.
+        from firmware import owner
+        from firmware.compat import unload
+        try:
+            key = owner.key_bytes(cfg["owner_key"]) if cfg is not None else None
+            if key is None:
+                raise _c.CommandError("sig: no owner key is provisioned on this station",
+                                      _c.SECURITY_ERROR)
+            if not owner.verify(payload, d.station_id, key):
+                raise _c.CommandError("sig: the signature does not verify",
+                                      _c.SECURITY_ERROR)
+        finally:
+            unload("firmware.owner")
     now = d.wall_time()
     if expires_at is not None or signed:
         if now is None:
@@ -402,9 +383,10 @@ def _call(d, name, args, now_ms, sent_at=None):
     if name == "set_limit":
         # IEC 61851-1: no duty offers less than 6 A, so a smaller limit pauses the
         # charge (PWM off, x1) until a limit of 6 A or more comes; the reply says so.
+        from firmware.pilot import CURRENT_MIN_MA
         limit = args["limit_ma"]
         return (t.cmd_set_limit(limit, args["expires_s"], now_ms),
-                {"limit_ma": limit, "paused_by_limit": limit < pilot.CURRENT_MIN_MA})
+                {"limit_ma": limit, "paused_by_limit": limit < CURRENT_MIN_MA})
     if name == "set_availability":
         return t.cmd_set_availability(args["availability"] == "operative", now_ms), None
     if name == "get_config":
@@ -425,15 +407,3 @@ def _call(d, name, args, now_ms, sent_at=None):
     if name == "clear_fault":
         return t.cmd_clear_fault(args["name"], now_ms), None
     raise _c.CommandError("cmd: unknown command %s" % name, _c.NOT_IMPLEMENTED)
-
-
-def _outcome(outcome):
-    # The station's refusal: (code, reason), or a bare reason (GenericError).
-    if isinstance(outcome, tuple) and len(outcome) == 2:
-        code, reason = outcome
-        if not isinstance(reason, str):
-            reason = _short(repr(reason))
-        return code, reason
-    if not isinstance(outcome, str):
-        outcome = _short(repr(outcome))
-    return _c.GENERIC_ERROR, outcome

@@ -34,6 +34,7 @@ class ScriptedBroker:
         self.connections = 0
         self._stop = False
         self._conns = []
+        self.eof = threading.Event()        # a connection read to its end (keep_reading)
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -60,6 +61,7 @@ class ScriptedBroker:
                     except socket.timeout:
                         continue
                     if not data:
+                        self.eof.set()
                         break
                     self.received += data
             except OSError:
@@ -341,4 +343,6 @@ def test_commands_on_the_wire_on_the_unix_port(scripted, tmp_dir):
     calls = [json.loads(l[5:]) for l in r.stdout.splitlines() if l.startswith("CALL ")]
     assert calls == WIRE_CALLS
     assert json.loads(done[0][5:])["rejected_commands"] == 8
+    # The station's process has ended: its last bytes are read once the peer sees the end.
+    assert peer.eof.wait(10)
     check_wire(peer.received)

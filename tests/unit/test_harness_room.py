@@ -9,21 +9,32 @@ from tools.bench_rig import HarnessRoom
 MEASURES = hasattr(gc, "mem_alloc")
 
 
+def _scrub(depth=40):
+    # The collector is conservative: a stale pointer on the C stack (left by the test
+    # runner compiling this module) keeps garbage alive at begin()'s collection, and the
+    # next collection frees it, which reads as a smaller harness. Deep calls overwrite
+    # those stack slots first.
+    return 0 if depth == 0 else _scrub(depth - 1) + 1
+
+
 @unittest.skipUnless(MEASURES, "gc.mem_alloc: MicroPython only")
 class HarnessRoomLeavesTheFirmwareItsPool(unittest.TestCase):
     def _harness(self):
         # Something the harness holds: a few objects of different sizes.
-        return [bytearray(300), list(range(40)), {"a": 1, "b": 2}]
+        # (A bytearray of 3 000 B: what the collector frees of what was live at begin(),
+        # stale references on the stack, is a few hundred bytes at most.)
+        return [bytearray(3000), list(range(40)), {"a": 1, "b": 2}]
 
     def test_the_firmware_has_exactly_the_pool_asked_for(self):
         room = HarnessRoom()
+        _scrub()
         room.begin()
         held = self._harness()
         gc.collect()
         pool = gc.mem_free() // 2 // 16 * 16 + (gc.mem_alloc() - room.start)
         got = room.reserve(pool)
         gc.collect()
-        self.assertTrue(room.harness > 300, room.harness)
+        self.assertTrue(room.harness > 2500, room.harness)
         self.assertEqual(got, pool)
         # What is neither harness nor ballast: the live firmware (here: what was live
         # before begin()) plus what is free.
@@ -53,7 +64,7 @@ class HarnessRoomLeavesTheFirmwareItsPool(unittest.TestCase):
         room.reserve()
         self.assertEqual(room.ballast_bytes, 0)
         self.assertIsNone(room.ballast)
-        self.assertTrue(room.harness > 300, room.harness)
+        self.assertTrue(room.harness > 2500, room.harness)
         self.assertTrue(held)
 
     def test_a_harness_larger_than_its_room_is_an_error(self):

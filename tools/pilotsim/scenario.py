@@ -254,7 +254,7 @@ def _check_command(where, name, args):
         from firmware import command_parse, commands
     except ImportError:
         return
-    names = getattr(command_parse, "COMMAND_NAMES", None)
+    names = tuple(sorted(command_parse.COMMANDS))
     if names and name not in names:
         raise ScenarioError("%s: backend command rejected: unknown command '%s'%s (known: %s)"
                             % (where, name, _suggest(name, names), ", ".join(names)))

@@ -3,17 +3,15 @@
 Runs on the MicroPython unix port, inside the runner (tools/pilotsim/runner.py).
 
 The firmware's MqttLink gets `SimNet` as its socket factory. A `SimSocket` is an in-memory
-stream (io.IOBase, so select.poll works on it): what the station writes waits in it, and the
-station reads only what the relay has put there. Between two control-loop iterations the
-runner calls `settle()`, which
-
-- forwards everything the station wrote to the broker over a real TCP connection,
-- knows from the MQTT packets what must come back (CONNECT -> CONNACK, SUBSCRIBE -> SUBACK,
-  PINGREQ -> PINGRESP; each station PUBLISH reaches the scenario's backend; each backend
-  PUBLISH on cmd/ack reaches the subscribed station and comes back to the backend; a
-  connection dropped without DISCONNECT makes the broker publish the will),
-- and holds the simulated clock (waits in wall time, at most `cap_ms`) until all of it has
-  arrived, whole packets only.
+stream (io.IOBase, so select.poll works on it): what the station writes goes on to the
+broker over a real TCP connection as it is written, and each packet header going by says
+what must come back (CONNECT -> CONNACK, SUBSCRIBE -> SUBACK, PINGREQ -> PINGRESP; each
+station PUBLISH reaches the scenario's backend; each backend PUBLISH on cmd/ack reaches the
+subscribed station and comes back to the backend; a connection dropped without DISCONNECT
+makes the broker publish the will). The station reads only what the relay has put there:
+between two control-loop iterations the runner calls `settle()`, which holds the simulated
+clock (waits in wall time, at most `cap_ms`) until all that is owed has arrived, whole
+packets only, and then delivers it.
 
 So the station sees every answer exactly one control-loop iteration after it asked, on
 every run and whatever the machine's load: the broker can no longer change when the
@@ -73,17 +71,6 @@ def _packet_end(buf, i):
     return j + length if j + length <= n else -1
 
 
-def _complete(buf):
-    """The length of the complete MQTT packets at the start of buf."""
-    i = 0
-    while i < len(buf):
-        j = _packet_end(buf, i)
-        if j < 0:
-            break
-        i = j
-    return i
-
-
 def split_packets(buf):
     """(complete MQTT packets as bytes, the incomplete rest) of a byte stream."""
     out = []
@@ -103,7 +90,6 @@ class SimSocket(io.IOBase):
     def __init__(self, net):
         self.net = net
         self.inbuf = bytearray()        # delivered by the relay, not yet read by the station
-        self.outbuf = bytearray()       # written by the station, not yet forwarded
         self.timeout = None
         self.closed = False             # closed by the station
         self.eof = False                # the far end has gone (after inbuf is read)
@@ -168,7 +154,11 @@ class SimSocket(io.IOBase):
             raise OSError(errno.EBADF)
         if self.eof or self.refused:
             raise OSError(errno.ECONNRESET)
-        self.outbuf.extend(buf)
+        # Passed on at once, not kept: a buffer here would grow by every message inside
+        # the firmware's own write (a session record: some 870 B), in the heap the
+        # firmware's figures are taken in. The broker's answers still reach the station only
+        # at settle(), so nothing the firmware sees changes.
+        self.net._out(self, buf)
         return len(buf)
 
     send = write
@@ -193,6 +183,10 @@ class _Conn:
         self.dead = False
         self.batch_answers = []
         self.batch_publishes = []
+        self.first = None           # the first byte of the packet whose length is being read
+        self.length = 0
+        self.shift = 0
+        self.left = 0               # bytes of the current packet still to pass
 
 
 def _recv(sock, buf):
@@ -291,27 +285,41 @@ class SimNet:
                 self.backend.owed += 1      # the broker publishes the station's will
 
     # -- the relay ----------------------------------------------------------------------------
-    def _forward(self, c):
-        sim = c.sim
-        if c.stalled or c.dead:
+    def _out(self, sim, buf):
+        """What the station writes goes to the broker as it is written (black-holed while
+        the path is stalled: resume() drops those connections), and each packet whose
+        header goes by counts what it asks for (_up)."""
+        c = sim.conn
+        if c is None or c.stalled or c.dead or c.broker is None:
             return
-        if sim.outbuf:
-            # The complete packets go on as they are, without copies: the relay shares the
-            # heap the firmware's figures are taken in (docs/performance.md, Heap).
-            buf = sim.outbuf
-            sent = _complete(buf)
-            if sent:
-                i = 0
-                while i < sent:
-                    self._up(c, buf[i])
-                    i = _packet_end(buf, i)
-                try:
-                    _send_all(c.broker, memoryview(buf)[:sent])
-                except OSError:
-                    self._drop(c)
-                    return
-                buf[:sent] = b""
-        if sim.closed and not sim.outbuf:
+        mv = memoryview(buf)
+        i = 0
+        n = len(mv)
+        while i < n:
+            if c.left:
+                k = min(c.left, n - i)
+                c.left -= k
+                i += k
+                continue
+            b = mv[i]
+            i += 1
+            if c.first is None:
+                c.first = b
+                c.length = c.shift = 0
+                continue
+            c.length |= (b & 0x7F) << c.shift
+            c.shift += 7
+            if not b & 0x80:
+                self._up(c, c.first)
+                c.left = c.length
+                c.first = None
+        try:
+            _send_all(c.broker, mv)
+        except OSError:
+            self._drop(c)
+
+    def _forward(self, c):
+        if c.sim.closed and not c.dead:
             self._drop(c)
 
     def _up(self, c, first):
@@ -368,7 +376,7 @@ class SimNet:
         for c in self.conns:
             if c.dead or c.stalled:
                 continue
-            if c.sim.outbuf or c.answers_owed > 0 or c.publishes_owed > 0:
+            if c.answers_owed > 0 or c.publishes_owed > 0:
                 return False
         return self.backend is None or self.backend.owed <= 0
 
