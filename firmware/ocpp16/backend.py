@@ -14,10 +14,9 @@ messages.py (the payloads, rendered at send time), txlog.py (the transaction mes
 flash), status.py, keys.py, clock.py.
 """
 import os
-import sys
 
 from firmware.backend.api import OK, Backend
-from firmware.compat import const, presize, ticks_add, ticks_diff
+from firmware.compat import const, presize, ticks_add, ticks_diff, unload
 from firmware.ocpp16 import clock, messages, rpc, status as _status
 from firmware.ocpp16.authcache import AuthCache
 from firmware.ocpp16.localauth import LocalList
@@ -470,10 +469,7 @@ class Ocpp16Backend(Backend):
     def _drop_smart(self):
         # The last profile is gone and its limit lifted: the module leaves the heap too.
         self.smart = None
-        sys.modules.pop("firmware.ocpp16.smart", None)
-        pkg = sys.modules.get("firmware.ocpp16")
-        if pkg is not None and hasattr(pkg, "smart"):
-            delattr(pkg, "smart")
+        unload("firmware.ocpp16.smart")
 
     def in_transaction(self):
         return self.log.running is not None

@@ -9,7 +9,7 @@ long as the station runs, and Reset or ChangeConfiguration come seldom.
 """
 import sys
 
-from firmware.compat import const
+from firmware.compat import const, unload
 from firmware.ocpp16 import rpc
 
 _HOT = const(0)
@@ -58,11 +58,7 @@ def drop(name):
 
 
 def _drop(name, package=_PACKAGE):
-    full = package + "." + name
-    sys.modules.pop(full, None)
-    pkg = sys.modules.get(package)
-    if pkg is not None and hasattr(pkg, name):
-        delattr(pkg, name)          # the package holds it too: both go, so it can be freed
+    unload(package + "." + name)    # sys.modules and the package both let it go
 
 
 def dispatch(backend, action, payload, now):
