@@ -48,6 +48,41 @@ def unload(name):
             delattr(package, leaf)
 
 
+# Names for module_room(): a constant tuple, so they are qstrs in flash, never strings
+# interned at run time.
+_ROOM = ("_r0", "_r1", "_r2", "_r3", "_r4", "_r5", "_r6", "_r7", "_r8", "_r9", "_r10", "_r11",
+         "_r12", "_r13", "_r14", "_r15", "_r16", "_r17", "_r18", "_r19", "_r20", "_r21",
+         "_r22", "_r23", "_r24", "_r25", "_r26", "_r27", "_r28", "_r29", "_r30", "_r31",
+         "_r32", "_r33", "_r34", "_r35", "_r36", "_r37", "_r38", "_r39", "_r40", "_r41",
+         "_r42", "_r43", "_r44", "_r45", "_r46", "_r47", "_r48", "_r49", "_r50", "_r51",
+         "_r52", "_r53", "_r54", "_r55", "_r56", "_r57", "_r58", "_r59", "_r60", "_r61",
+         "_r62", "_r63")
+
+
+def module_room(package, modules, names):
+    """Grows sys.modules to hold `modules` entries and `package`'s table `names`, now, when
+    the heap is young. A dict grows only when it is full, then by a quarter, in one new
+    block: the first import after the station was built (the command parser, `import
+    diag` at the REPL) made the `firmware` package's full 37-slot table a 47-slot one
+    (376 B), or sys.modules' 59 slots 73 (584 B), at a moment a fragmented heap had no such
+    block. Entries added and removed again leave their slots free for the modules to come.
+    At most len(_ROOM) entries are added to either."""
+    pkg = sys.modules.get(package)
+    more = max(0, modules - len(sys.modules))
+    own = max(0, names - len(pkg.__dict__)) if pkg is not None else 0
+    n = min(max(more, own), len(_ROOM))
+    for i in range(n):
+        if i < more:
+            sys.modules[_ROOM[i]] = pkg
+        if i < own:
+            setattr(pkg, _ROOM[i], None)
+    for i in range(n):
+        if i < more:
+            del sys.modules[_ROOM[i]]
+        if i < own:
+            delattr(pkg, _ROOM[i])
+
+
 try:
     from micropython import const  # noqa: F401
 except ImportError:

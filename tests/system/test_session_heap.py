@@ -7,14 +7,12 @@
 # firmware plus the harness (SimBoard, pilot model, TCP UART, the bench's channel), measured
 # in the run and held apart (tools/bench_rig.py HarnessRoom, tools/bench.py _session_run).
 #
-# GUARD_KB is the smallest heap the session completed with when this test was last set
-# (standin_heap_min_bytes: 57 KB at 1 KB resolution, in every run) plus room for the kilobyte
-# or two by which fragmentation moves that figure between runs. A change that makes the
-# session need more heap fails here. Lower it as the figure falls; the goal is the ESP32's
-# first heap area, 56 KB (issue 12). At 56 KB the session completes in some runs and not in
-# others (where the holes fall moves with the timing of the real peers), so no test asserts
-# either outcome there: `make bench` (standin_heap_min_bytes) and docs/performance.md, Heap,
-# track it.
+# GUARD_KB is the smallest heap the session completes with in every run when this test was
+# last set (standin_heap_min_bytes: 56 KB at 1 KB resolution, the ESP32's first heap area;
+# 55 KB completes in some runs) plus 2 KB for what fragmentation moves between runs and
+# machines (the storage path, longer on CI, is in the heap and moves the holes). A change
+# that makes the session need more heap fails here; `make bench` (standin_heap_min_bytes)
+# and docs/performance.md, Heap, track the figure itself.
 import shutil
 
 import pytest
@@ -23,7 +21,7 @@ from tools import bench
 
 import mosquitto
 
-GUARD_KB = 59
+GUARD_KB = 58
 
 
 @pytest.fixture(scope="module")

@@ -70,3 +70,47 @@ class Presize(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ModuleRoom(unittest.TestCase):
+    # compat.module_room: with the room made, the next modules imported (the command
+    # parser, diag at the REPL) grow neither sys.modules nor the package's table: a dict
+    # grows in one new block, late, when the heap lacks it. firmware/__init__.py makes it.
+    def _growth(self, n):
+        # Bytes allocated by n more modules in sys.modules and in the firmware package.
+        import gc
+        import sys
+        import firmware
+        from firmware.compat import _ROOM
+        names = _ROOM[:n]
+        gc.collect()
+        gc.disable()
+        try:
+            before = gc.mem_alloc()
+            for name in names:
+                sys.modules[name] = firmware
+                setattr(firmware, name, None)
+            return gc.mem_alloc() - before
+        finally:
+            for name in names:
+                sys.modules.pop(name, None)
+                if name in firmware.__dict__:
+                    delattr(firmware, name)
+            gc.enable()
+
+    def test_the_room_takes_sixteen_more_modules_without_a_new_table(self):
+        import gc
+        import sys
+        import firmware
+        from firmware.compat import module_room
+        if not hasattr(gc, "mem_alloc"):
+            raise unittest.SkipTest("gc.mem_alloc: MicroPython")
+        module_room("firmware", len(sys.modules) + 16, len(firmware.__dict__) + 16)
+        self.assertEqual(self._growth(16), 0)
+
+    def test_without_room_the_tables_grow(self):
+        # The measurement sees a table grow: far past any room, they do.
+        import gc
+        if not hasattr(gc, "mem_alloc"):
+            raise unittest.SkipTest("gc.mem_alloc: MicroPython")
+        self.assertTrue(self._growth(64) > 0)
