@@ -20,9 +20,10 @@ Before the station sees a command the dispatcher also decides:
 
 The work of a command (parse, validate, authorise, call the station, build the reply) is in
 firmware/command_parse.py, imported for each command and unloaded after it
-(compat.unload): commands come now and then, and its tables and functions (about 1.7 KB with
-the owner's signature check) then stay out of the heap between them. What stays resident is
-this module: the error codes, CommandError and the dispatcher's state (counters, ledger).
+(compat.unload): commands come now and then, and its tables and functions (0.7 KB, and
+0.4 KB more for the owner's signature check of a signed command) stay out of the heap
+between them. What stays resident is this module: the error codes, CommandError and the
+dispatcher's state (counters, ledger).
 The station implements CommandTarget (firmware/command_target.py: the interface, written
 down there and never imported, so that its methods take no RAM). Methods are called from
 the control loop (inside MqttLink.step), so they must not block; cmd_reboot and cmd_selftest should schedule the work
