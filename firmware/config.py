@@ -400,7 +400,7 @@ class Config:
         stored = candidate._values = dict(self._values)
         for key in changes:
             value = validate(key, changes[key])
-            dflt = _TABLE[_TABLE.index(key) + 1][0]
+            dflt = default(key)
             if value == dflt and not _big(dflt):
                 if key in stored:
                     del stored[key]
